@@ -1,0 +1,1 @@
+"""Broker adapters behind one interface (`brokers.base.Broker`), built by `BrokerFactory`."""

@@ -1,0 +1,77 @@
+"""BrokerFactory: an explicit broker name -> adapter table; an unknown name raises."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from brokers.base import Broker, ConnectionListener
+from execution_service.errors import FatalConfigError
+
+if TYPE_CHECKING:
+    from execution_service.config import Settings
+
+BrokerBuilder = Callable[["Settings", object], Broker]
+
+
+def _build_mock(settings: Settings, database) -> Broker:
+    from brokers.mock import MockBroker, MockSettings
+
+    return MockBroker(database, MockSettings.from_settings(settings))
+
+
+def _build_zerodha(settings: Settings, database) -> Broker:
+    if not (settings.KITE_API_KEY and settings.KITE_ACCESS_TOKEN):
+        raise FatalConfigError("ZERODHA accounts need KITE_API_KEY and KITE_ACCESS_TOKEN")
+    from brokers.zerodha import ZerodhaBroker
+
+    return ZerodhaBroker(settings.KITE_API_KEY, settings.KITE_ACCESS_TOKEN,
+                         root=settings.KITE_API_URL,
+                         orders_per_second=settings.KITE_ORDERS_PER_SECOND)
+
+
+BUILDERS: dict[str, BrokerBuilder] = {
+    "MOCK": _build_mock,
+    "ZERODHA": _build_zerodha,
+}
+
+
+class BrokerFactory:
+    """Builds one broker per name on first use and hands out the same one afterwards."""
+
+    def __init__(self, settings: Settings, database, listener: ConnectionListener | None = None,
+                 builders: dict[str, BrokerBuilder] | None = None):
+        self._settings = settings
+        self._database = database
+        self._listener = listener
+        self._builders = BUILDERS if builders is None else builders
+        self._brokers: dict[str, Broker] = {}
+
+    def broker_name_for(self, account: dict) -> str:
+        """USE_MOCK_BROKER routes every account to the paper broker (SPEC §2.5)."""
+        return "MOCK" if self._settings.USE_MOCK_BROKER else str(account.get("broker", "")).upper()
+
+    def check(self, name: str) -> None:
+        """Fail at start, not at the first order, when a broker cannot be built."""
+        if name not in self._builders:
+            known = ", ".join(sorted(self._builders))
+            raise FatalConfigError(f"unknown broker {name!r}: use one of {known}")
+
+    def create_broker(self, name: str) -> Broker:
+        self.check(name)
+        if name not in self._brokers:
+            broker = self._builders[name](self._settings, self._database)
+            broker.connection_listener = (
+                None if self._listener is None
+                else (lambda connected, detail, n=name: self._listener(connected, f"{n}: {detail}"))
+            )
+            self._brokers[name] = broker
+        return self._brokers[name]
+
+    @property
+    def brokers(self) -> dict[str, Broker]:
+        return dict(self._brokers)
+
+    async def close(self) -> None:
+        for broker in self._brokers.values():
+            await broker.close()

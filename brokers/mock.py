@@ -1,0 +1,228 @@
+"""The mock paper broker: ships in the product, and is the test double (SPEC §4).
+
+Deterministic: prices come from the signal, fills fall due on a schedule fixed at placement or
+trigger, randomness is seeded per signal. The order ledger lives in the store's
+`mock_broker_orders` collection, so another process (or this one after a restart) can ask
+"which order carries this signal_id" and gets the fills that fell due meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pymongo.errors import DuplicateKeyError
+
+from brokers.base import Broker, BrokerOrder, BrokerStatus, Fill, OrderRequest
+from execution_service.clock import utc_now
+from execution_service.domain.records import as_utc as _aware
+from execution_service.errors import OrderNotFound, OrderRejected, PlacementUncertain
+
+LEDGER = "mock_broker_orders"
+DEFAULT_PRICE = 100.0
+
+
+@dataclass(frozen=True)
+class MockSettings:
+    fill_delay_seconds: float = 0.05
+    fill_chunks: int = 1
+    reject_rate: float = 0.0
+    slippage_bps: float = 0.0
+    commission_per_order: float = 1.0
+    seed: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings) -> MockSettings:
+        return cls(settings.MOCK_FILL_DELAY_SECONDS, settings.MOCK_FILL_CHUNKS,
+                   settings.MOCK_REJECT_RATE, settings.MOCK_SLIPPAGE_BPS,
+                   settings.MOCK_COMMISSION_PER_ORDER, settings.MOCK_SEED)
+
+
+class MockBroker(Broker):
+    name = "MOCK"
+
+    def __init__(self, database, settings: MockSettings | None = None,
+                 clock: Callable[[], datetime] = utc_now):
+        self._ledger = database[LEDGER]
+        self._settings = settings or MockSettings()
+        self._clock = clock
+        self._last_prices: dict[str, float] = {}
+        self._connected = False
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    async def connect(self) -> None:
+        self._connected = True
+
+    async def close(self) -> None:
+        self._connected = False
+
+    # placing ----------------------------------------------------------------------------------
+
+    async def place_order(self, request: OrderRequest) -> BrokerOrder:
+        now = self._clock()
+        market = self.market_price(request.symbol, request.reference_price)
+        doc = {
+            "_id": _order_id(request.signal_id), "signal_id": request.signal_id,
+            "account_id": request.account_id, "symbol": request.symbol, "side": request.side,
+            "quantity": request.quantity, "order_type": request.order_type,
+            "limit_price": request.limit_price, "stop_price": request.stop_price,
+            "time_in_force": request.time_in_force, "reference_price": request.reference_price,
+            "market_price_at_submit": market, "submitted_at": now, "status": "WORKING",
+            "reason": None, "triggered_at": None, "fills": [], "cancelled_at": None,
+        }
+        rejection = self._random_rejection(request.signal_id)
+        if rejection:
+            doc.update(status="REJECTED", reason=rejection)
+        else:
+            doc.update(self._trigger(doc, market, now))
+        try:
+            self._ledger.insert_one(doc)
+        except DuplicateKeyError as e:
+            # The signal already has an order here: never place it twice.
+            raise PlacementUncertain(f"mock broker already holds an order for "
+                                     f"{request.signal_id}") from e
+        if rejection:
+            raise OrderRejected(rejection)
+        return self._snapshot(doc, now)
+
+    def market_price(self, symbol: str, reference_price: float | None = None) -> float:
+        if reference_price is not None:
+            self._last_prices[symbol] = reference_price
+            return reference_price
+        if symbol not in self._last_prices:
+            seen = self._ledger.find_one({"symbol": symbol, "reference_price": {"$ne": None}},
+                                         sort=[("submitted_at", -1)])
+            return seen["reference_price"] if seen else DEFAULT_PRICE
+        return self._last_prices[symbol]
+
+    def _random_rejection(self, signal_id: str) -> str | None:
+        rate = self._settings.reject_rate
+        if rate <= 0:
+            return None
+        seed = None if self._settings.seed is None else f"{self._settings.seed}:{signal_id}"
+        if random.Random(seed).random() >= rate:
+            return None
+        return f"Insufficient margin (mock broker, MOCK_REJECT_RATE={rate:g})"
+
+    # when orders fill -------------------------------------------------------------------------
+
+    def _trigger(self, doc: dict, market: float, now: datetime) -> dict:
+        """The fields that change when the order becomes marketable at `market`, if it does."""
+        price = _execution_price(doc, market, self._settings.slippage_bps)
+        if price is None:
+            if doc["time_in_force"] == "IOC":
+                return {"status": "CANCELLED", "cancelled_at": now,
+                        "reason": "IOC order not marketable at submission"}
+            return {}
+        return {"triggered_at": now, "fills": self._plan_fills(doc, price, now)}
+
+    def _plan_fills(self, doc: dict, price: float, start: datetime) -> list[dict]:
+        chunks = _split(doc["quantity"], self._settings.fill_chunks)
+        commissions = _split_money(self._settings.commission_per_order, len(chunks))
+        delay = timedelta(seconds=self._settings.fill_delay_seconds)
+        return [{"exec_id": f"{doc['_id']}-F{n}", "quantity": quantity, "price": price,
+                 "commission": commission, "due_at": start + delay * n}
+                for n, (quantity, commission) in enumerate(zip(chunks, commissions), start=1)]
+
+    def _refresh(self, doc: dict, now: datetime) -> dict:
+        """Trigger a resting order whose price has come (another signal moved the market)."""
+        if doc["status"] != "WORKING" or doc["triggered_at"] is not None:
+            return doc
+        changes = self._trigger(doc, self.market_price(doc["symbol"]), now)
+        if not changes:
+            return doc
+        self._ledger.update_one({"_id": doc["_id"], "triggered_at": None}, {"$set": changes})
+        return {**doc, **changes}
+
+    # reading ----------------------------------------------------------------------------------
+
+    async def get_order(self, order_id: str) -> BrokerOrder:
+        doc = self._ledger.find_one({"_id": order_id})
+        if doc is None:
+            raise OrderNotFound(f"mock broker has no order {order_id}")
+        now = self._clock()
+        return self._snapshot(self._refresh(doc, now), now)
+
+    async def find_order(self, signal_id: str) -> BrokerOrder | None:
+        doc = self._ledger.find_one({"signal_id": signal_id})
+        if doc is None:
+            return None
+        now = self._clock()
+        return self._snapshot(self._refresh(doc, now), now)
+
+    async def list_orders(self) -> list[BrokerOrder]:
+        now = self._clock()
+        return [self._snapshot(doc, now) for doc in self._ledger.find()]
+
+    def _snapshot(self, doc: dict, now: datetime) -> BrokerOrder:
+        cutoff = _aware(doc["cancelled_at"]) or now
+        fills = tuple(Fill(f["exec_id"], f["quantity"], f["price"], _aware(f["due_at"]),
+                           f["commission"]) for f in doc["fills"]
+                      if _aware(f["due_at"]) <= min(now, cutoff))
+        status = BrokerStatus(doc["status"])
+        if status is BrokerStatus.WORKING and doc["fills"] and len(fills) == len(doc["fills"]):
+            status = BrokerStatus.FILLED
+        return BrokerOrder(order_id=doc["_id"], status=status, quantity=doc["quantity"],
+                           signal_id=doc["signal_id"], fills=fills, reason=doc["reason"])
+
+    # cancelling -------------------------------------------------------------------------------
+
+    async def cancel_order(self, order_id: str) -> None:
+        order = await self.get_order(order_id)
+        if order.status is not BrokerStatus.WORKING:
+            return  # already filled, cancelled or rejected: nothing to cancel
+        self._ledger.update_one({"_id": order_id, "status": "WORKING"},
+                                {"$set": {"status": "CANCELLED", "cancelled_at": self._clock(),
+                                          "reason": "cancelled on request"}})
+
+    async def wait_for_update(self, order_id: str, timeout: float) -> None:
+        doc = self._ledger.find_one({"_id": order_id}, {"fills": 1, "status": 1})
+        due = [_aware(f["due_at"]) for f in (doc or {}).get("fills", [])
+               if _aware(f["due_at"]) > self._clock()]
+        if due and doc["status"] == "WORKING":
+            timeout = min(timeout, max(0.0, (min(due) - self._clock()).total_seconds()))
+        await asyncio.sleep(timeout)
+
+
+def _order_id(signal_id: str) -> str:
+    return "MOCK-" + hashlib.sha256(signal_id.encode()).hexdigest()[:16].upper()
+
+
+def _execution_price(doc: dict, market: float, slippage_bps: float) -> float | None:
+    """The price the order fills at, at this market price, or None when it must rest."""
+    buy = doc["side"] == "BUY"
+    kind = doc["order_type"]
+    if kind in ("STOP", "STOP_LIMIT"):
+        stop = doc["stop_price"]
+        if (buy and market < stop) or (not buy and market > stop):
+            return None
+        kind = "MARKET" if kind == "STOP" else "LIMIT"
+    if kind == "MARKET":
+        slip = market * slippage_bps / 10_000
+        return round(market + slip if buy else market - slip, 6)
+    limit = doc["limit_price"]
+    marketable = market <= limit if buy else market >= limit
+    return limit if marketable else None
+
+
+def _split(quantity: float, chunks: int) -> list[float]:
+    if float(quantity).is_integer():
+        whole = int(quantity)
+        chunks = max(1, min(chunks, whole))
+        base, extra = divmod(whole, chunks)
+        return [float(base + (1 if n >= chunks - extra else 0)) for n in range(chunks)]
+    part = round(quantity / chunks, 9)
+    return [part] * (chunks - 1) + [round(quantity - part * (chunks - 1), 9)]
+
+
+def _split_money(total: float, parts: int) -> list[float]:
+    cents = round(total * 100)
+    base, extra = divmod(cents, parts)
+    return [(base + (1 if n >= parts - extra else 0)) / 100 for n in range(parts)]

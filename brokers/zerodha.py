@@ -1,0 +1,279 @@
+"""Zerodha through the official kiteconnect client (Kite Connect v3 REST).
+
+The client is synchronous (requests), so every call runs in a worker thread
+(`asyncio.to_thread`) and the event loop never blocks. The adapter translates; it does not
+decide: no polling, no retries, no timeout policy (those live in the order tracker). The one
+rule it enforces itself is the venue's: at most KITE_ORDERS_PER_SECOND order requests per
+second, queued, never dropped.
+
+Neither the api key nor the access token is ever logged: they live only inside the client,
+which sends them in the Authorization header (its debug logging stays off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+
+import requests
+from kiteconnect import KiteConnect
+from kiteconnect import exceptions as kite_errors
+from urllib3.exceptions import NewConnectionError
+
+from brokers.base import Broker, BrokerOrder, BrokerStatus, OrderRequest
+from brokers.zerodha_mapping import (
+    VARIETY,
+    entry_has_tag,
+    kite_tag,
+    newest,
+    order_params,
+    to_broker_order,
+)
+from execution_service.errors import (
+    ExecutionError,
+    OrderNotFound,
+    OrderRejected,
+    PlacementUncertain,
+    TransientBrokerError,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ROOT = "https://api.kite.trade"
+DEFAULT_REQUEST_TIMEOUT = 5.0
+SESSION_EXPIRED = "Kite session expired: renew KITE_ACCESS_TOKEN"
+
+# What a call was doing decides what a failure means (see `translate_error`).
+PLACE, CANCEL, LOOKUP, READ = "place", "cancel", "lookup", "read"
+
+_REFUSALS = (kite_errors.InputException, kite_errors.OrderException,
+             kite_errors.PermissionException)
+_SERVER_SIDE = (kite_errors.NetworkException, kite_errors.DataException)
+
+
+class OrderRateLimiter:
+    """At most `per_second` requests per second, waiting in arrival order, never dropped.
+
+    A sliding window: a request waits until the n-th most recent one is one window old. Kite
+    counts requests as they arrive, so the window carries 5% headroom for the jitter between
+    this clock and Kite's (thread start-up, network).
+    """
+
+    HEADROOM = 1.05
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+        if not per_second > 0:
+            raise ValueError("per_second must be > 0")
+        self._burst = max(1, int(per_second))
+        self._window = self._burst / per_second * self.HEADROOM
+        self._sent: deque[float] = deque(maxlen=self._burst)
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            if len(self._sent) == self._burst:
+                delay = self._sent[0] + self._window - self._clock()
+                if delay > 0:
+                    await self._sleep(delay)
+            self._sent.append(self._clock())
+
+
+class ZerodhaBroker(Broker):
+    name = "ZERODHA"
+
+    def __init__(self, api_key: str, access_token: str, *, root: str = DEFAULT_ROOT,
+                 orders_per_second: float = 10.0,
+                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT):
+        self._kite = KiteConnect(api_key, access_token=access_token, root=root,
+                                 timeout=request_timeout)
+        self._root = root
+        self._limiter = OrderRateLimiter(orders_per_second)
+        self._connected: bool | None = None  # None: not known yet
+        self._signals: dict[str, str] = {}  # tag -> signal id, for tags made in this process
+
+    def __repr__(self) -> str:
+        return f"ZerodhaBroker(root={self._root!r})"
+
+    @property
+    def is_connected(self) -> bool:
+        return bool(self._connected)
+
+    async def connect(self) -> None:
+        """Check the session with one cheap call (`GET /user/profile`)."""
+        await self._call(READ, self._kite.profile)
+        logger.info("Connected to Kite at %s", self._root)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._kite.reqsession.close)
+        self._connected = None
+
+    def order_tag(self, signal_id: str) -> str:
+        tag = kite_tag(signal_id)
+        self._signals[tag] = signal_id
+        return tag
+
+    async def place_order(self, request: OrderRequest) -> BrokerOrder:
+        tag = self.order_tag(request.signal_id)
+        try:
+            params = order_params(request, tag)
+        except OrderRejected as e:
+            logger.info("Not sent to Kite: %s: %s", request.signal_id, e.reason)
+            raise
+        await self._limiter.acquire()
+        logger.info("Placing Kite order: %s: %s %s %s:%s %s %s %s tag=%s", request.signal_id,
+                    params["transaction_type"], params["quantity"], params["exchange"],
+                    params["tradingsymbol"], params["order_type"], params["product"],
+                    params["validity"], tag)
+        order_id = str(await self._call(PLACE, self._kite.place_order, **params))
+        logger.info("Kite received order %s: %s", order_id, request.signal_id)
+        # A 200 only means Kite received it: its fate shows in the order history.
+        return BrokerOrder(order_id=order_id, status=BrokerStatus.PENDING,
+                           quantity=float(params["quantity"]), signal_id=request.signal_id,
+                           extra={"tag": tag, "exchange": params["exchange"],
+                                  "tradingsymbol": params["tradingsymbol"],
+                                  "product": params["product"]})
+
+    async def get_order(self, order_id: str) -> BrokerOrder:
+        history = await self._call(LOOKUP, self._kite.order_history, order_id)
+        if not history:
+            raise OrderNotFound(f"Kite has no order {order_id}")
+        return await self._snapshot(history[-1])  # the last entry is the current state
+
+    async def find_order(self, signal_id: str) -> BrokerOrder | None:
+        """The newest order in today's order book carrying this signal's tag."""
+        tag = self.order_tag(signal_id)
+        orders = await self._call(READ, self._kite.orders)
+        entry = newest([order for order in orders if entry_has_tag(order, tag)])
+        if entry is None:
+            return None
+        return await self._snapshot(entry, signal_id)
+
+    async def cancel_order(self, order_id: str) -> None:
+        await self._limiter.acquire()
+        logger.info("Cancelling Kite order %s", order_id)
+        await self._call(CANCEL, self._kite.cancel_order, VARIETY, order_id)
+
+    async def list_orders(self) -> list[BrokerOrder]:
+        orders = await self._call(READ, self._kite.orders)
+        trades_by_order: dict[str, list[dict]] = defaultdict(list)
+        if any(float(order.get("filled_quantity") or 0) > 0 for order in orders):
+            for trade in await self._call(READ, self._kite.trades):
+                trades_by_order[str(trade.get("order_id"))].append(trade)
+        return [to_broker_order(order, trades_by_order[str(order["order_id"])],
+                                self._signals.get(order.get("tag")))
+                for order in orders]
+
+    async def _snapshot(self, entry: dict, signal_id: str | None = None) -> BrokerOrder:
+        trades: list[dict] = []
+        if float(entry.get("filled_quantity") or 0) > 0:
+            trades = await self._call(LOOKUP, self._kite.order_trades, str(entry["order_id"]))
+        return to_broker_order(entry, trades, signal_id or self._signals.get(entry.get("tag")))
+
+    async def _call(self, operation: str, method: Callable, *args, **kwargs):
+        """Run one client call in a worker thread; translate whatever it raises."""
+        try:
+            result = await asyncio.to_thread(method, *args, **kwargs)
+        except Exception as e:
+            error = translate_error(e, operation)
+            self._note_failure(e, error, operation)
+            raise error from e
+        self._set_connected(True, "Kite reachable")
+        return result
+
+    def _note_failure(self, cause: Exception, error: ExecutionError, operation: str) -> None:
+        if isinstance(cause, kite_errors.TokenException):
+            self._set_connected(False, SESSION_EXPIRED)
+        elif isinstance(cause, requests.ConnectionError) and not isinstance(
+                error, PlacementUncertain):
+            self._set_connected(False, f"Kite unreachable ({type(cause).__name__})")
+        if isinstance(error, OrderRejected | OrderNotFound):
+            logger.info("Kite %s refused: %s", operation, error)
+        elif isinstance(cause, kite_errors.KiteException | requests.RequestException):
+            logger.warning("Kite %s failed: %s", operation, error)
+        else:
+            logger.warning("Kite %s failed unexpectedly: %s", operation, error, exc_info=cause)
+
+    def _set_connected(self, connected: bool, detail: str) -> None:
+        """Tell the listener about a loss, and about a recovery after a loss."""
+        previous, self._connected = self._connected, connected
+        if connected and previous is False:
+            self._connection_changed(True, detail)
+        elif not connected and previous is not False:
+            self._connection_changed(False, detail)
+
+
+def translate_error(error: Exception, operation: str) -> ExecutionError:
+    """What a failed client call means for the caller.
+
+    Kite refusals (InputException, OrderException, PermissionException, and the error types
+    the client turns into GeneralException below 500: margin, holding, user) are OrderRejected
+    when placing or cancelling. TokenException: the session is gone. 429: try later. The API's
+    trouble reaching its OMS (NetworkException, DataException, 5xx) and network errors are
+    transient, except while placing: the order may have reached the OMS all the same (Kite's
+    advice is to check the order book), so that is PlacementUncertain, unless the connection
+    was certainly never made.
+    """
+    if isinstance(error, kite_errors.KiteException):
+        return _translate_kite(error, operation)
+    if isinstance(error, requests.RequestException):
+        return _translate_network(error, operation)
+    detail = f"unexpected {type(error).__name__} from kiteconnect: {error}"
+    if operation == PLACE:
+        return PlacementUncertain(f"{detail}: look the order up by its tag")
+    return TransientBrokerError(detail)
+
+
+def _translate_kite(error: kite_errors.KiteException, operation: str) -> ExecutionError:
+    message = str(error) or type(error).__name__
+    code = getattr(error, "code", 500)
+    if isinstance(error, kite_errors.TokenException):
+        if operation == PLACE:
+            return OrderRejected(f"not sent: {SESSION_EXPIRED} ({message})", alert=SESSION_EXPIRED)
+        return TransientBrokerError(f"{SESSION_EXPIRED} ({message})")
+    if code == 429:
+        return TransientBrokerError(f"Kite rate limit ({message})")
+    if operation in (LOOKUP, CANCEL) and _is_not_found(error):
+        return OrderNotFound(message)
+    server_side = not isinstance(error, _REFUSALS) and (
+        isinstance(error, _SERVER_SIDE) or code >= 500)
+    kind = f"{type(error).__name__} {code}: {message}"
+    if server_side and operation == PLACE:
+        return PlacementUncertain(f"Kite could not confirm the order ({kind}): "
+                                  "look it up by its tag")
+    if server_side:
+        return TransientBrokerError(f"Kite unavailable ({kind})")
+    if operation in (PLACE, CANCEL):
+        return OrderRejected(message)
+    if operation == LOOKUP and isinstance(error, kite_errors.InputException):
+        return OrderNotFound(message)
+    return TransientBrokerError(f"Kite refused the request ({kind})")
+
+
+def _is_not_found(error: kite_errors.KiteException) -> bool:
+    message = str(error).lower()
+    return getattr(error, "code", None) == 404 or "couldn't find" in message \
+        or "not found" in message
+
+
+def _translate_network(error: requests.RequestException, operation: str) -> ExecutionError:
+    kind = f"{type(error).__name__}: {error}"
+    if operation == PLACE and not _never_connected(error):
+        return PlacementUncertain(f"no answer from Kite while placing ({kind}): "
+                                  "look the order up by its tag")
+    return TransientBrokerError(f"Kite unreachable ({kind})")
+
+
+def _never_connected(error: requests.RequestException) -> bool:
+    """True when no byte of the request can have reached Kite (no connection was made)."""
+    if isinstance(error, requests.ConnectTimeout):
+        return True
+    if not isinstance(error, requests.ConnectionError):
+        return False
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return isinstance(reason, NewConnectionError)

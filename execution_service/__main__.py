@@ -1,0 +1,3 @@
+from execution_service.cli import main
+
+main()

@@ -1,0 +1,50 @@
+"""Logging (SPEC §8): console, logs/execution_service.log and logs/signal_processing.log."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import re
+from pathlib import Path
+
+FORMAT = "%(asctime)s | [EXECUTION] | %(message)s"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+SERVICE_LOG = "execution_service.log"
+JOURNEY_LOG = "signal_processing.log"
+_JOURNEY = re.compile(r"^(Received order|Placing order|Order |Published execution|Duplicate "
+                      r"signal|Late fill|Resuming)")
+
+
+class JourneyFilter(logging.Filter):
+    """Only the lines that tell a signal's journey go to the shared journey log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return bool(_JOURNEY.match(record.getMessage()))
+
+
+def setup_logging(log_dir: Path, level: str = "INFO", console: bool = True) -> None:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    formatter = logging.Formatter(FORMAT, DATE_FORMAT)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_execution_service", False):
+            root.removeHandler(handler)
+            handler.close()
+    handlers: list[logging.Handler] = [_rotating(log_dir / SERVICE_LOG)]
+    journey = _rotating(log_dir / JOURNEY_LOG)
+    journey.addFilter(JourneyFilter())
+    handlers.append(journey)
+    if console:
+        handlers.append(logging.StreamHandler())
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler._execution_service = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    for noisy in ("google", "grpc", "urllib3", "httpx", "httpcore", "ib_async"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _rotating(path: Path) -> logging.Handler:
+    return logging.handlers.RotatingFileHandler(path, maxBytes=20 * 1024 * 1024, backupCount=5,
+                                                encoding="utf-8")

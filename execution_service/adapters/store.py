@@ -1,0 +1,255 @@
+"""The audit store: one repository over pymongo's API, three backends chosen by MONGODB_URI.
+
+`mongodb://…` a real MongoDB; `mongomock://` in memory; unset (or `embedded://PATH`) the
+embedded on-disk store (litemongo: one sqlite file per collection, each write committed).
+Only single-document atomic writes are used: neither mongomock nor a standalone MongoDB
+has transactions.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pymongo
+from pymongo import ReturnDocument
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+
+from execution_service.domain.records import record_id
+from execution_service.errors import StoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+RECORDS = "execution_confirmations"
+SIGNALS = "signal_store"
+POSITIONS = "positions"
+ACCOUNTS = "accounts"
+SERVICE_STATUS = "service_status"
+MOCK_LEDGER = "mock_broker_orders"
+NON_TERMINAL = [str(status) for status in ("PENDING", "SUBMITTED", "PARTIALLY_FILLED")]
+
+T = TypeVar("T")
+
+
+class DuplicateSignal(Exception):
+    """A record for this signal_id already exists."""
+
+
+@dataclass
+class StoreHandle:
+    client: Any
+    database: Any
+    description: str
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def open_store(uri: str | None, database: str, embedded_path: Path | None) -> StoreHandle:
+    """Connect to the backend MONGODB_URI names (see module docstring)."""
+    if embedded_path is not None:
+        import litemongo
+
+        embedded_path.mkdir(parents=True, exist_ok=True)
+        client = litemongo.connect(str(embedded_path.absolute()), tz_aware=True)
+        return StoreHandle(client, client[database], f"embedded store at {embedded_path}")
+    if uri and uri.startswith("mongomock://"):
+        import mongomock
+
+        client = mongomock.MongoClient(tz_aware=True)
+        return StoreHandle(client, client[database], "in-memory store (mongomock)")
+    client = pymongo.MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=3000)
+    return StoreHandle(client, client[database], f"MongoDB {_redact(uri or '')}")
+
+
+def _redact(uri: str) -> str:
+    if "@" not in uri:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def translating(method: Callable[..., T]) -> Callable[..., T]:
+    """Turn driver failures into StoreUnavailable so callers nack instead of crashing."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except (DuplicateKeyError, DuplicateSignal, StoreUnavailable):
+            raise
+        except (ConnectionFailure, PyMongoError, OSError) as e:
+            raise StoreUnavailable(f"store unavailable: {type(e).__name__}: {e}") from e
+
+    return wrapper
+
+
+class Store:
+    """Every read and write the service makes. One instance per process."""
+
+    def __init__(self, database) -> None:
+        self.db = database
+        self.records = database[RECORDS]
+        self.signals = database[SIGNALS]
+        self.positions = database[POSITIONS]
+        self.accounts = database[ACCOUNTS]
+        self.service_status = database[SERVICE_STATUS]
+
+    @translating
+    def ensure_indexes(self) -> None:
+        self.records.create_index("signal_id", unique=True)
+        self.records.create_index("status")
+        self.records.create_index([("received_at", pymongo.DESCENDING)])
+        self.signals.create_index("signal_id", unique=True)
+        self.positions.create_index([("account_id", 1), ("strategy_name", 1), ("symbol", 1),
+                                     ("status", 1)])
+        self.db[MOCK_LEDGER].create_index("signal_id", unique=True)
+
+    # accounts -------------------------------------------------------------------------------
+
+    @translating
+    def get_account(self, account_id: str) -> dict | None:
+        return self.accounts.find_one({"_id": account_id})
+
+    @translating
+    def list_accounts(self) -> list[dict]:
+        return list(self.accounts.find().sort("_id", 1))
+
+    @translating
+    def upsert_account(self, account_id: str, fields: dict, at: datetime) -> dict:
+        return self.accounts.find_one_and_update(
+            {"_id": account_id}, {"$set": {**fields, "updated_at": at},
+                                  "$setOnInsert": {"created_at": at}},
+            upsert=True, return_document=ReturnDocument.AFTER)
+
+    @translating
+    def count_accounts(self) -> int:
+        return self.accounts.count_documents({})
+
+    # execution records ----------------------------------------------------------------------
+
+    @translating
+    def insert_record(self, doc: dict) -> None:
+        try:
+            self.records.insert_one(doc)
+        except DuplicateKeyError as e:
+            raise DuplicateSignal(doc["signal_id"]) from e
+
+    @translating
+    def get_record(self, signal_id: str) -> dict | None:
+        return self.records.find_one({"_id": record_id(signal_id)})
+
+    @translating
+    def update_record(self, doc: dict, fields: dict, events: list[dict],
+                      confirmations: list[dict]) -> dict | None:
+        """Compare-and-set on `version`: None when someone else changed the record first."""
+        update: dict[str, Any] = {"$set": fields, "$inc": {"version": 1}}
+        pushes = {name: {"$each": items} for name, items in
+                  (("events", events), ("confirmations", confirmations)) if items}
+        if pushes:
+            update["$push"] = pushes
+        return self.records.find_one_and_update(
+            {"_id": doc["_id"], "version": doc["version"]}, update,
+            return_document=ReturnDocument.AFTER)
+
+    @translating
+    def mark_published(self, signal_id: str, sequence: int) -> None:
+        self.records.update_one({"_id": record_id(signal_id)},
+                                {"$max": {"published_sequence": sequence}})
+        self.records.update_one({"_id": record_id(signal_id),
+                                 "confirmation_sequence": {"$lte": sequence}},
+                                {"$set": {"outbox_pending": False}})
+
+    @translating
+    def records_with_unpublished(self) -> list[dict]:
+        return list(self.records.find({"outbox_pending": True}).sort("received_at", 1))
+
+    @translating
+    def open_records(self) -> list[dict]:
+        return list(self.records.find({"status": {"$in": NON_TERMINAL}}).sort("received_at", 1))
+
+    @translating
+    def recent_records(self, limit: int) -> list[dict]:
+        cursor = self.records.find().sort([("received_at", -1), ("_id", -1)])
+        return list(cursor.limit(limit) if limit else cursor)
+
+    @translating
+    def counts_by_status(self) -> dict[str, int]:
+        rows = self.records.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+        return {row["_id"]: row["n"] for row in rows}
+
+    @translating
+    def set_positions_applied(self, signal_id: str, count: int) -> None:
+        self.records.update_one({"_id": record_id(signal_id)},
+                                {"$max": {"positions_applied": count}})
+
+    # signal_store ---------------------------------------------------------------------------
+
+    @translating
+    def update_signal(self, signal_id: str, fields: dict, at: datetime) -> None:
+        self.signals.update_one({"signal_id": signal_id},
+                                {"$set": {**fields, "execution_updated_at": at},
+                                 "$setOnInsert": {"created_by": "execution_service"}},
+                                upsert=True)
+
+    # positions ------------------------------------------------------------------------------
+
+    @translating
+    def open_position(self, key: dict) -> dict | None:
+        return self.positions.find_one({**key, "status": "OPEN"})
+
+    @translating
+    def position_with_fill(self, key: dict, fill_key: str) -> dict | None:
+        return self.positions.find_one({**key, "fill_keys": fill_key})
+
+    @translating
+    def position_opened_from(self, position_id: str) -> dict | None:
+        return self.positions.find_one({"opened_from": position_id})
+
+    @translating
+    def count_positions(self, key: dict) -> int:
+        return self.positions.count_documents(key)
+
+    @translating
+    def insert_position(self, doc: dict) -> bool:
+        try:
+            self.positions.insert_one(doc)
+            return True
+        except DuplicateKeyError:
+            return False
+
+    @translating
+    def get_position(self, position_id: str) -> dict | None:
+        return self.positions.find_one({"_id": position_id})
+
+    @translating
+    def update_position(self, doc: dict, fields: dict, fill_key: str) -> bool:
+        result = self.positions.update_one(
+            {"_id": doc["_id"], "version": doc["version"]},
+            {"$set": fields, "$inc": {"version": 1},
+             "$push": {"fill_keys": {"$each": [fill_key], "$slice": -500}}})
+        return result.modified_count == 1
+
+    @translating
+    def list_positions(self, status: str | None = "OPEN") -> list[dict]:
+        query = {} if status is None else {"status": status}
+        return list(self.positions.find(query).sort([("opened_at", -1)]))
+
+    # service status -------------------------------------------------------------------------
+
+    @translating
+    def write_status(self, doc: dict) -> None:
+        self.service_status.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+    @translating
+    def read_statuses(self) -> list[dict]:
+        return list(self.service_status.find().sort("last_heartbeat", -1))
+
+    @translating
+    def ping(self) -> None:
+        self.records.find_one({"_id": "__ping__"})

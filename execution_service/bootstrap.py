@@ -1,0 +1,178 @@
+"""The one place that builds clients and wires them together."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from brokers.factory import BrokerFactory
+from execution_service.adapters.store import Store, StoreHandle, open_store
+from execution_service.clock import utc_now
+from execution_service.config import Settings
+from execution_service.domain.accounts import parse_symbols
+from execution_service.domain.notices import AlertKind, ServiceAlert
+from execution_service.errors import FatalConfigError
+from execution_service.service.journal import Counters, OrderJournal
+from execution_service.service.outbox import ConfirmationOutbox
+from execution_service.service.ports import NullNotifier
+from execution_service.service.positions import PositionBook
+from execution_service.service.processor import SignalProcessor
+from execution_service.service.tracker import OrderTracker, TrackingPolicy
+
+logger = logging.getLogger(__name__)
+DEMO_ACCOUNT = {"_id": "acc_abc123", "broker": "MOCK", "enabled": True, "allowed_symbols": [],
+                "display_name": "Demo Paper Account"}
+EMULATOR_HOST_FILE = "pubsub-emulator.host"
+
+
+@dataclass
+class App:
+    settings: Settings
+    handle: StoreHandle
+    store: Store
+    brokers: BrokerFactory
+    journal: OrderJournal
+    tracker: OrderTracker
+    processor: SignalProcessor
+    outbox: ConfirmationOutbox
+    notifier: object
+    counters: Counters
+    clock: Callable[[], datetime]
+    closers: list = field(default_factory=list)
+
+    def close(self) -> None:
+        for closer in reversed(self.closers):
+            closer()
+        self.handle.close()
+
+
+def open_app_store(settings: Settings) -> tuple[StoreHandle, Store]:
+    handle = open_store(settings.MONGODB_URI, settings.MONGODB_DATABASE,
+                        settings.embedded_store_path)
+    store = Store(handle.database)
+    return handle, store
+
+
+def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHandle | None = None,
+              clock: Callable[[], datetime] = utc_now, broker_builders: dict | None = None) -> App:
+    """Everything but the transport: tests pass a fake publisher and get the same wiring."""
+    if handle is None:
+        handle, store = open_app_store(settings)
+    else:
+        store = Store(handle.database)
+    store.ensure_indexes()
+    notifier = notifier or NullNotifier()
+    counters = Counters()
+    brokers = BrokerFactory(settings, handle.database, _connection_alerts(notifier),
+                            builders=broker_builders)
+    outbox = ConfirmationOutbox(store, publisher)
+    journal = OrderJournal(store, PositionBook(store), outbox, notifier, counters, clock)
+    policy = TrackingPolicy(order_timeout=settings.ORDER_TIMEOUT_SECONDS,
+                            max_attempts=settings.MAX_RETRY_ATTEMPTS,
+                            backoff_base=settings.RETRY_BACKOFF_SECONDS,
+                            poll_interval=settings.ORDER_POLL_SECONDS)
+    tracker = OrderTracker(journal, brokers, notifier, policy, clock)
+    owner = {"host": socket.gethostname(), "pid": os.getpid()}
+    processor = SignalProcessor(store, journal, tracker, brokers, clock, owner)
+    return App(settings, handle, store, brokers, journal, tracker, processor, outbox, notifier,
+               counters, clock)
+
+
+def _connection_alerts(notifier):
+    def listener(connected: bool, detail: str) -> None:
+        kind = AlertKind.BROKER_CONNECTION_RESTORED if connected else \
+            AlertKind.BROKER_CONNECTION_LOST
+        (logger.info if connected else logger.warning)("Broker connection %s: %s",
+                                                       "restored" if connected else "lost", detail)
+        notifier.notify(ServiceAlert(kind, detail, key=f"{kind}:{detail.split(':')[0]}"))
+    return listener
+
+
+def seed_accounts(settings: Settings, store: Store, clock=utc_now) -> list[str]:
+    """ACCOUNTS_FILE upserted into `accounts`; with neither a file nor any account, the demo
+    paper account, so the README's sample signal fills."""
+    if settings.ACCOUNTS_FILE is not None:
+        accounts = load_accounts_file(settings.ACCOUNTS_FILE)
+    elif store.count_accounts() == 0:
+        accounts = [dict(DEMO_ACCOUNT)]
+    else:
+        return []
+    for account in accounts:
+        fields = {key: value for key, value in account.items() if key != "_id"}
+        store.upsert_account(account["_id"], fields, clock())
+    return [account["_id"] for account in accounts]
+
+
+def load_accounts_file(path: Path) -> list[dict]:
+    try:
+        rows = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise FatalConfigError(f"ACCOUNTS_FILE {path}: {e}") from None
+    if not isinstance(rows, list):
+        raise FatalConfigError(f"ACCOUNTS_FILE {path}: must be a JSON list of accounts")
+    return [account_document(row, f"ACCOUNTS_FILE {path} entry {n}") for n, row in
+            enumerate(rows, start=1)]
+
+
+def account_document(row: dict, where: str) -> dict:
+    if not isinstance(row, dict) or not isinstance(row.get("account_id"), str) \
+            or not row["account_id"]:
+        raise FatalConfigError(f"{where}: needs a string account_id")
+    broker = str(row.get("broker", "MOCK")).upper()
+    symbols = row.get("allowed_symbols") or []
+    if isinstance(symbols, str):
+        symbols = parse_symbols(symbols)
+    doc = {key: value for key, value in row.items() if key not in ("account_id",)}
+    doc.update({"_id": row["account_id"], "broker": broker,
+                "enabled": bool(row.get("enabled", True)),
+                "allowed_symbols": [str(s).upper() for s in symbols]})
+    return doc
+
+
+def check_brokers(app: App) -> None:
+    """Every enabled account's broker must be buildable now, not at the first order."""
+    for account in app.store.list_accounts():
+        if account.get("enabled", True):
+            name = app.brokers.broker_name_for(account)
+            app.brokers.check(name)
+            app.brokers.create_broker(name)
+
+
+class StoreLock:
+    """One daemon per embedded store: an exclusive lock file next to the data."""
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / "daemon.lock"
+        self._file = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 - held for the daemon's lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise FatalConfigError(
+                f"another daemon (pid {holder}) already uses the embedded store at "
+                f"{self.path.parent}; stop it first (the embedded store is single-process: "
+                f"run replicas on a real MongoDB)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None

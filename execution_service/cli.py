@@ -1,0 +1,247 @@
+"""Operators' commands (SPEC §10): parse options, call bootstrap, print."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from execution_service.bootstrap import EMULATOR_HOST_FILE, account_document, open_app_store
+from execution_service.clock import utc_now
+from execution_service.config import Settings, load_settings
+from execution_service.domain.accounts import parse_symbols
+from execution_service.domain.records import iso
+from execution_service.errors import ExecutionError, FatalConfigError
+
+
+def _settings(**overrides) -> Settings:
+    return load_settings({key: value for key, value in overrides.items() if value is not None})
+
+
+def _json_default(value):
+    if isinstance(value, datetime):
+        return iso(value)
+    return str(value)
+
+
+def _print_json(value) -> None:
+    click.echo(json.dumps(value, indent=2, default=_json_default))
+
+
+class Cli(click.Group):
+    """Turns our errors into one clear line and exit code 2 instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ExecutionError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=Cli)
+@click.version_option(package_name="execution-service")
+def main() -> None:
+    """Order execution service: trading-orders in, broker orders, execution-confirmations out."""
+
+
+@main.command()
+@click.option("--use-mock-broker", is_flag=True, help="Route every account to the paper broker.")
+def run(use_mock_broker: bool) -> None:
+    """Run the daemon (local defaults: emulator, embedded store, mock broker)."""
+    from execution_service.run import run_daemon
+
+    settings = _settings(USE_MOCK_BROKER="true" if use_mock_broker else None)
+    sys.exit(run_daemon(settings, say=click.echo))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json: bool) -> None:
+    """Heartbeat, uptime, counters and store statistics. Exit 0 only when running."""
+    from execution_service.status import read_status, render_status
+
+    settings = _settings()
+    handle, store = open_app_store(settings)
+    try:
+        report = read_status(store, settings, utc_now())
+    finally:
+        handle.close()
+    if as_json:
+        _print_json(report)
+    else:
+        click.echo(render_status(report))
+    sys.exit(0 if report["running"] else 1)
+
+
+def _emulator_host(settings: Settings) -> str | None:
+    if settings.PUBSUB_EMULATOR_HOST:
+        return settings.PUBSUB_EMULATOR_HOST
+    host_file = Path(settings.LOG_DIR) / EMULATOR_HOST_FILE
+    if settings.starts_local_emulator:
+        if not host_file.exists():
+            raise FatalConfigError("no Pub/Sub emulator: start the daemon (`execution-service "
+                                   "run`) or set PUBSUB_EMULATOR_HOST")
+        return host_file.read_text().strip()
+    return None
+
+
+def _pubsub(settings: Settings):
+    host = _emulator_host(settings)
+    if host:
+        os.environ["PUBSUB_EMULATOR_HOST"] = host
+    from execution_service.adapters import pubsub
+
+    return pubsub, pubsub.PubSubNames(settings)
+
+
+@main.command("send-test-signal")
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="A JSON signal file.")
+@click.option("--signal-id", help="Send it under this signal_id instead of the file's.")
+def send_test_signal(path: Path, signal_id: str | None) -> None:
+    """Publish a signal file to trading-orders."""
+    body = path.read_bytes()
+    if signal_id:
+        data = json.loads(body)
+        data["signal_id"] = signal_id
+        body = json.dumps(data).encode()
+    settings = _settings()
+    pubsub, names = _pubsub(settings)
+    publisher = pubsub.pubsub_v1.PublisherClient()
+    message_id = publisher.publish(names.orders_topic, body).result(timeout=30)
+    shown = signal_id or _signal_id_of(body)
+    click.echo(f"Published {path.name} (signal {shown}) to {names.orders_topic}: "
+               f"message {message_id}")
+
+
+def _signal_id_of(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("signal_id"))
+    except (ValueError, AttributeError):
+        return "?"
+
+
+@main.command("setup-pubsub")
+def setup_pubsub_command() -> None:
+    """Create the topics and subscriptions (idempotent)."""
+    settings = _settings()
+    pubsub, names = _pubsub(settings)
+    created = pubsub.setup_pubsub(names)
+    for name in created:
+        click.echo(f"created {name}")
+    click.echo(f"Pub/Sub ready ({len(created)} created, the rest already existed)")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", default=20, show_default=True, help="How many, newest first (0: all).")
+def orders(as_json: bool, limit: int) -> None:
+    """Execution records, newest first."""
+    records = _with_store(lambda store: store.recent_records(limit))
+    if as_json:
+        _print_json(records)
+        return
+    for doc in records:
+        click.echo(f"{iso(doc.get('received_at'))}  {doc['signal_id']:<32} {doc['status']:<16} "
+                   f"{doc.get('side') or '':<4} {_num(doc.get('filled_quantity'))}/"
+                   f"{_num(doc.get('quantity'))} {doc.get('symbol') or ''} "
+                   f"@ {_num(doc.get('avg_fill_price'))}  {doc.get('reject_reason') or ''}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--all", "show_all", is_flag=True, help="Closed positions too.")
+def positions(as_json: bool, show_all: bool) -> None:
+    """Open positions (with --all, closed ones too)."""
+    rows = _with_store(lambda store: store.list_positions(None if show_all else "OPEN"))
+    rows = [{key: value for key, value in row.items() if key != "fill_keys"} for row in rows]
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['account_id']:<16} {row['strategy_name']:<24} {row['symbol']:<10} "
+                   f"{row['side']:<5} {_num(row['quantity'])} @ {_num(row['avg_entry_price'])} "
+                   f"pnl {row['realized_pnl']:.2f} {row['status']}")
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _with_store(read):
+    handle, store = open_app_store(_settings())
+    try:
+        return read(store)
+    finally:
+        handle.close()
+
+
+@main.group()
+def accounts() -> None:
+    """Registered accounts: add, list, enable, disable."""
+
+
+@accounts.command("add")
+@click.argument("account_id")
+@click.option("--broker", required=True, type=click.Choice(["MOCK", "IBKR", "ZERODHA"],
+                                                           case_sensitive=False))
+@click.option("--symbols", help="Allowed symbols, comma-separated (default: any).")
+@click.option("--name", "display_name", help="Display name shown to traders.")
+@click.option("--broker-account", help="The venue's account code (e.g. the IB account).")
+@click.option("--disabled", is_flag=True)
+def accounts_add(account_id, broker, symbols, display_name, broker_account, disabled) -> None:
+    row = {"account_id": account_id, "broker": broker, "enabled": not disabled,
+           "allowed_symbols": parse_symbols(symbols)}
+    if display_name:
+        row["display_name"] = display_name
+    if broker_account:
+        row["broker_account"] = broker_account
+    doc = account_document(row, "account")
+    fields = {key: value for key, value in doc.items() if key != "_id"}
+    saved = _with_store(lambda store: store.upsert_account(account_id, fields, utc_now()))
+    click.echo(f"account {saved['_id']}: broker {saved['broker']}, "
+               f"{'enabled' if saved['enabled'] else 'disabled'}, symbols "
+               f"{','.join(saved['allowed_symbols']) or 'any'}")
+
+
+@accounts.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def accounts_list(as_json: bool) -> None:
+    rows = _with_store(lambda store: store.list_accounts())
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['_id']:<20} {row.get('broker', ''):<8} "
+                   f"{'enabled' if row.get('enabled', True) else 'disabled':<9} "
+                   f"{','.join(row.get('allowed_symbols') or []) or 'any'}")
+
+
+def _set_enabled(account_id: str, enabled: bool) -> None:
+    def update(store):
+        if store.get_account(account_id) is None:
+            raise FatalConfigError(f"no account {account_id!r}")
+        return store.upsert_account(account_id, {"enabled": enabled}, utc_now())
+
+    _with_store(update)
+    click.echo(f"account {account_id} {'enabled' if enabled else 'disabled'}")
+
+
+@accounts.command("enable")
+@click.argument("account_id")
+def accounts_enable(account_id: str) -> None:
+    _set_enabled(account_id, True)
+
+
+@accounts.command("disable")
+@click.argument("account_id")
+def accounts_disable(account_id: str) -> None:
+    _set_enabled(account_id, False)
+
+
+

@@ -1,0 +1,22 @@
+"""Account checks (SPEC §2.5): pure functions over the signal and the account document."""
+
+from __future__ import annotations
+
+from execution_service.domain.signals import Signal
+
+
+def account_problem(signal: Signal, account: dict | None) -> str | None:
+    """Why this account may not trade this signal, or None when it may."""
+    if account is None:
+        return f"account_id {signal.account_id!r} is not a registered account"
+    if not account.get("enabled", True):
+        return f"account_id {signal.account_id!r} is disabled"
+    allowed = account.get("allowed_symbols") or []
+    if allowed and signal.symbol.upper() not in {symbol.upper() for symbol in allowed}:
+        return (f"symbol {signal.symbol!r} is not in the allowed symbols of account "
+                f"{signal.account_id!r} ({', '.join(allowed)})")
+    return None
+
+
+def parse_symbols(text: str | None) -> list[str]:
+    return [part.strip().upper() for part in (text or "").split(",") if part.strip()]

@@ -1,0 +1,225 @@
+"""The order lifecycle as data: statuses, the transition table, and pure state changes.
+
+`OrderState` is what the store keeps about one signal's order. Every function here takes a
+state and returns a new one plus the events that explain the change; nothing does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+QUANTITY_EPSILON = 1e-9
+
+
+class OrderStatus(StrEnum):
+    PENDING = "PENDING"
+    SUBMITTED = "SUBMITTED"
+    PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    FILLED = "FILLED"
+    REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+
+S = OrderStatus
+TERMINAL = frozenset({S.FILLED, S.REJECTED, S.CANCELLED})
+
+TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    S.PENDING: frozenset({S.SUBMITTED, S.REJECTED}),
+    S.SUBMITTED: frozenset({S.PARTIALLY_FILLED, S.FILLED, S.REJECTED, S.CANCELLED}),
+    S.PARTIALLY_FILLED: frozenset({S.PARTIALLY_FILLED, S.FILLED, S.CANCELLED}),
+    S.FILLED: frozenset(),
+    S.REJECTED: frozenset(),
+    S.CANCELLED: frozenset(),  # only ever takes a late fill, which keeps it CANCELLED
+}
+
+
+class IllegalTransition(ValueError):
+    def __init__(self, current: OrderStatus, target: OrderStatus):
+        super().__init__(f"illegal transition {current} -> {target}")
+        self.current = current
+        self.target = target
+
+
+def can_transition(current: OrderStatus, target: OrderStatus) -> bool:
+    return target in TRANSITIONS[current]
+
+
+class FillLike(Protocol):
+    exec_id: str
+    quantity: float
+    price: float
+    at: datetime
+    commission: float
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a record's `events` list."""
+
+    status: OrderStatus
+    at: datetime
+    event: str  # what happened: CLAIMED, SUBMITTED, FILL, LATE_FILL, REJECTED, CANCELLED, ...
+    detail: dict = field(default_factory=dict)
+
+    def to_doc(self) -> dict:
+        return {"status": str(self.status), "event": self.event, "at": self.at, **self.detail}
+
+
+@dataclass(frozen=True)
+class RecordedFill:
+    exec_id: str
+    quantity: float
+    price: float
+    at: datetime
+    commission: float = 0.0
+
+    def to_doc(self) -> dict:
+        return {"exec_id": self.exec_id, "quantity": self.quantity, "price": self.price,
+                "at": self.at, "commission": self.commission}
+
+
+@dataclass(frozen=True)
+class OrderState:
+    signal_id: str
+    quantity: float
+    status: OrderStatus = S.PENDING
+    order_id: str | None = None
+    fills: tuple[RecordedFill, ...] = ()
+    submitted_at: datetime | None = None
+    filled_at: datetime | None = None
+    closed_at: datetime | None = None
+    reject_reason: str | None = None
+    cancel_reason: str | None = None
+
+    @property
+    def filled_quantity(self) -> float:
+        return _round_qty(sum(fill.quantity for fill in self.fills))
+
+    @property
+    def remaining_quantity(self) -> float:
+        return _round_qty(self.quantity - self.filled_quantity)
+
+    @property
+    def avg_fill_price(self) -> float | None:
+        filled = self.filled_quantity
+        if filled <= 0:
+            return None
+        return round(sum(f.quantity * f.price for f in self.fills) / filled, 8)
+
+    @property
+    def commission(self) -> float:
+        return round(sum(fill.commission for fill in self.fills), 8)
+
+    @property
+    def exec_ids(self) -> frozenset[str]:
+        return frozenset(fill.exec_id for fill in self.fills)
+
+
+@dataclass(frozen=True)
+class Change:
+    """A new state and the events that led to it (empty when nothing changed)."""
+
+    state: OrderState
+    events: tuple[Event, ...] = ()
+
+    def then(self, step) -> Change:
+        nxt = step(self.state)
+        return Change(nxt.state, self.events + nxt.events)
+
+
+def _round_qty(value: float) -> float:
+    return round(value, 9)
+
+
+def _move(state: OrderState, target: OrderStatus, at: datetime, event: str,
+          **detail) -> Change:
+    if not can_transition(state.status, target):
+        raise IllegalTransition(state.status, target)
+    return Change(replace(state, status=target), (Event(target, at, event, detail),))
+
+
+def submit(state: OrderState, order_id: str, at: datetime) -> Change:
+    """The broker accepted the order and gave it an id."""
+    if state.status is not S.PENDING:
+        return Change(state)
+    change = _move(state, S.SUBMITTED, at, "SUBMITTED", order_id=order_id)
+    return Change(replace(change.state, order_id=order_id, submitted_at=at), change.events)
+
+
+def reject(state: OrderState, reason: str, at: datetime) -> Change:
+    if state.status is S.REJECTED:
+        return Change(state)
+    change = _move(state, S.REJECTED, at, "REJECTED", reason=reason)
+    return Change(replace(change.state, reject_reason=reason, closed_at=at), change.events)
+
+
+def cancel(state: OrderState, reason: str, at: datetime) -> Change:
+    if state.status is S.CANCELLED:
+        return Change(state)
+    change = _move(state, S.CANCELLED, at, "CANCELLED", reason=reason,
+                   filled_quantity=state.filled_quantity)
+    return Change(replace(change.state, cancel_reason=reason, closed_at=at), change.events)
+
+
+def apply_fills(state: OrderState, fills: Iterable[FillLike], at: datetime) -> Change:
+    """Record the fills not seen before (by exec id), never past the order's quantity.
+
+    On a CANCELLED order a new fill is a LATE_FILL: recorded, status kept.
+    """
+    change = Change(state)
+    for fill in sorted(fills, key=lambda f: (f.at, f.exec_id)):
+        change = change.then(lambda s, f=fill: _apply_one_fill(s, f, at))
+    return change
+
+
+def _apply_one_fill(state: OrderState, fill: FillLike, at: datetime) -> Change:
+    if fill.exec_id in state.exec_ids or fill.quantity <= 0:
+        return Change(state)
+    if state.status in (S.REJECTED, S.FILLED):
+        return Change(state)
+    quantity = min(_round_qty(fill.quantity), state.remaining_quantity)
+    if quantity <= QUANTITY_EPSILON:
+        return Change(state)
+    recorded = RecordedFill(fill.exec_id, quantity, float(fill.price), fill.at,
+                            float(fill.commission or 0.0))
+    filled = replace(state, fills=state.fills + (recorded,))
+    detail = {"exec_id": fill.exec_id, "quantity": quantity, "price": recorded.price,
+              "filled_quantity": filled.filled_quantity, "avg_fill_price": filled.avg_fill_price,
+              "commission": filled.commission, "fill_at": fill.at}
+    if quantity < fill.quantity:
+        detail["capped_from"] = fill.quantity
+    if state.status is S.CANCELLED:
+        return Change(filled, (Event(S.CANCELLED, at, "LATE_FILL", detail),))
+    target = S.FILLED if filled.remaining_quantity <= QUANTITY_EPSILON else S.PARTIALLY_FILLED
+    moved = _move(filled, target, at, "FILL", **detail)
+    if target is S.FILLED:
+        return Change(replace(moved.state, filled_at=fill.at, closed_at=at), moved.events)
+    return moved
+
+
+def follow_broker(state: OrderState, *, order_id: str, broker_status: str, fills: Iterable[FillLike],
+                  reason: str | None, at: datetime, cancel_reason: str | None = None) -> Change:
+    """Bring the record in line with the broker's snapshot of the order: the broker's fills are
+    the truth, then its terminal status. `cancel_reason` explains a cancel we asked for."""
+    change = Change(state)
+    if broker_status == "REJECTED" and state.status in (S.PENDING, S.SUBMITTED) \
+            and not _has_fills(fills):
+        return change.then(lambda s: reject(s, reason or "rejected by broker", at))
+    change = change.then(lambda s: submit(s, order_id, at))
+    change = change.then(lambda s: apply_fills(s, fills, at))
+    if broker_status in ("CANCELLED", "REJECTED") and not change.state.status.is_terminal:
+        why = cancel_reason or reason or "cancelled by broker"
+        change = change.then(lambda s: cancel(s, why, at))
+    return change
+
+
+def _has_fills(fills: Iterable[FillLike]) -> bool:
+    return any(fill.quantity > 0 for fill in fills)

@@ -1,0 +1,144 @@
+"""The audit record of one signal (SPEC §5) and the confirmations it produces (SPEC §6).
+
+Pure mapping between domain values and the documents the store keeps.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from execution_service.domain.orders import Event, OrderState, OrderStatus, RecordedFill
+from execution_service.domain.signals import Signal
+
+CONFIRMED_EVENTS = frozenset({"SUBMITTED", "FILL", "LATE_FILL", "REJECTED", "CANCELLED"})
+ORDER_FIELDS = ("symbol", "side", "quantity", "order_type", "limit_price", "stop_price",
+                "time_in_force", "stop_loss", "take_profit", "asset_class", "exchange",
+                "currency", "product", "reference_price")
+
+
+def record_id(signal_id: str) -> str:
+    return f"exec_{signal_id}"
+
+
+def _skeleton(signal_id: str, at: datetime) -> dict[str, Any]:
+    return {
+        "_id": record_id(signal_id), "signal_id": signal_id, "order_id": None,
+        "status": str(OrderStatus.PENDING), "filled_quantity": 0.0, "avg_fill_price": None,
+        "received_at": at, "submitted_at": None, "filled_at": None, "closed_at": None,
+        "commission": 0.0, "total_value": 0.0, "notes": None, "reject_reason": None,
+        "cancel_reason": None, "fills": [], "events": [], "confirmations": [],
+        "confirmation_sequence": 0, "published_sequence": 0, "outbox_pending": False,
+        "positions_applied": 0, "version": 0,
+    }
+
+
+def new_claim(signal: Signal, *, broker: str, broker_tag: str, at: datetime,
+              owner: dict | None = None) -> dict[str, Any]:
+    """The PENDING record written before any broker is called."""
+    doc = _skeleton(signal.signal_id, at)
+    doc.update({
+        "strategy_name": signal.strategy_name, "account_id": signal.account_id,
+        **{name: _plain(getattr(signal, name)) for name in ORDER_FIELDS},
+        "signal_created_at": signal.created_at, "extra_fields": signal.extra_fields,
+        "broker": broker, "broker_tag": broker_tag, "owner": owner,
+        "events": [Event(OrderStatus.PENDING, at, "CLAIMED").to_doc()],
+    })
+    return doc
+
+
+def new_rejection(signal_id: str, fields: dict[str, Any], reason: str, at: datetime,
+                  *, raw_body: bytes | None = None, broker: str | None = None) -> dict[str, Any]:
+    """A REJECTED record for a message that failed validation or an account check."""
+    doc = _skeleton(signal_id, at)
+    kept = {key: value for key, value in fields.items() if key != "signal_id"}
+    doc.update({"strategy_name": None, "account_id": None, "broker": broker, **kept})
+    if isinstance(doc.get("side"), str):
+        doc["side"] = doc["side"].upper()
+    if raw_body is not None:
+        doc["raw_message"] = raw_body.decode("utf-8", "replace")[:10_000]
+    doc.update({"status": str(OrderStatus.REJECTED), "reject_reason": reason, "closed_at": at,
+                "events": [Event(OrderStatus.REJECTED, at, "REJECTED", {"reason": reason})
+                           .to_doc()]})
+    return doc
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if hasattr(value, "value") else value
+
+
+def state_of(doc: dict[str, Any]) -> OrderState:
+    return OrderState(
+        signal_id=doc["signal_id"], quantity=float(doc.get("quantity") or 0.0),
+        status=OrderStatus(doc["status"]), order_id=doc.get("order_id"),
+        fills=tuple(RecordedFill(f["exec_id"], f["quantity"], f["price"], as_utc(f["at"]),
+                                 f.get("commission", 0.0)) for f in doc.get("fills", [])),
+        submitted_at=as_utc(doc.get("submitted_at")), filled_at=as_utc(doc.get("filled_at")),
+        closed_at=as_utc(doc.get("closed_at")), reject_reason=doc.get("reject_reason"),
+        cancel_reason=doc.get("cancel_reason"),
+    )
+
+
+def state_fields(state: OrderState) -> dict[str, Any]:
+    """The record fields that follow from the order state."""
+    avg = state.avg_fill_price
+    return {
+        "status": str(state.status), "order_id": state.order_id,
+        "filled_quantity": state.filled_quantity, "avg_fill_price": avg,
+        "commission": state.commission,
+        "total_value": round(state.filled_quantity * avg, 2) if avg is not None else 0.0,
+        "submitted_at": state.submitted_at, "filled_at": state.filled_at,
+        "closed_at": state.closed_at, "reject_reason": state.reject_reason,
+        "cancel_reason": state.cancel_reason, "fills": [f.to_doc() for f in state.fills],
+        "notes": _notes(state),
+    }
+
+
+def _notes(state: OrderState) -> str | None:
+    if state.status is OrderStatus.FILLED and state.filled_at and state.submitted_at:
+        seconds = max(0.0, (state.filled_at - state.submitted_at).total_seconds())
+        return f"Filled in {seconds:.0f} second{'' if round(seconds) == 1 else 's'}" \
+            if seconds >= 1 else f"Filled in {seconds * 1000:.0f} ms"
+    if state.status is OrderStatus.CANCELLED:
+        return f"Cancelled with {state.filled_quantity:g}/{state.quantity:g} filled"
+    return None
+
+
+def confirmation(doc: dict[str, Any], event: Event, sequence: int) -> dict[str, Any]:
+    """The execution-confirmations payload for one event of this record (SPEC §6)."""
+    detail = event.detail
+    filled = detail.get("filled_quantity", doc.get("filled_quantity", 0.0))
+    is_fill = event.event in ("FILL", "LATE_FILL")
+    return {
+        "signal_id": doc["signal_id"], "order_id": detail.get("order_id", doc.get("order_id")),
+        "status": str(event.status), "event": event.event, "sequence": sequence,
+        "account_id": doc.get("account_id"), "strategy_name": doc.get("strategy_name"),
+        "symbol": doc.get("symbol"), "side": doc.get("side"), "quantity": doc.get("quantity"),
+        "filled_quantity": filled,
+        "avg_fill_price": detail.get("avg_fill_price", doc.get("avg_fill_price")),
+        "commission": detail.get("commission", doc.get("commission")),
+        "filled_at": iso(detail.get("fill_at")) if is_fill else None,
+        "last_fill_quantity": detail.get("quantity") if is_fill else None,
+        "last_fill_price": detail.get("price") if is_fill else None,
+        "reason": detail.get("reason"), "at": iso(event.at),
+    }
+
+
+def confirmation_message(payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    attributes = {"signal_id": payload["signal_id"], "status": payload["status"],
+                  "account_id": payload.get("account_id") or "",
+                  "sequence": str(payload["sequence"])}
+    return json.dumps(payload, separators=(",", ":")).encode(), attributes
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return as_utc(value).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,244 @@
+"""Inbound order validation (SPEC §3): bytes in, a `Signal` or a reason out."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, \
+    model_validator
+
+SIGNAL_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+KNOWN_FIELDS_ORDER = ("signal_id", "account_id", "strategy_name", "symbol", "side", "quantity",
+                      "order_type", "limit_price", "stop_price", "time_in_force", "stop_loss",
+                      "take_profit", "asset_class", "exchange", "currency", "product",
+                      "reference_price", "created_at")
+
+
+class AssetClass(StrEnum):
+    EQUITY = "EQUITY"
+    OPTION = "OPTION"
+    FUTURE = "FUTURE"
+    CRYPTO = "CRYPTO"
+    FOREX = "FOREX"
+
+
+FRACTIONAL_ASSETS = frozenset({AssetClass.CRYPTO, AssetClass.FOREX})
+PositiveNumber = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
+Text = Annotated[str, Field(strict=True)]
+
+
+class Signal(BaseModel):
+    """A validated order from the strategy engine. Unknown fields land in `extra_fields`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    signal_id: Text
+    account_id: Annotated[str, Field(strict=True, min_length=1, max_length=128)]
+    strategy_name: Annotated[str, Field(strict=True, min_length=1, max_length=200)]
+    symbol: Annotated[str, Field(strict=True, min_length=1, max_length=64)]
+    side: Literal["BUY", "SELL"]
+    quantity: PositiveNumber
+    order_type: Literal["MARKET", "LIMIT", "STOP", "STOP_LIMIT"]
+    limit_price: PositiveNumber | None = None
+    stop_price: PositiveNumber | None = None
+    time_in_force: Literal["DAY", "GTC", "IOC"] = "DAY"
+    stop_loss: PositiveNumber | None = None
+    take_profit: PositiveNumber | None = None
+    asset_class: AssetClass = AssetClass.EQUITY
+    exchange: Annotated[str, Field(strict=True, min_length=1, max_length=32)] | None = None
+    currency: Annotated[str, Field(strict=True, min_length=1, max_length=16)] | None = None
+    product: Literal["MIS", "NRML", "CNC"] | None = None
+    reference_price: PositiveNumber | None = None
+    created_at: datetime | None = None
+    extra_fields: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("side", "order_type", "time_in_force", "asset_class", "product",
+                     mode="before")
+    @classmethod
+    def _upper(cls, value):
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("signal_id")
+    @classmethod
+    def _signal_id_charset(cls, value: str) -> str:
+        if not SIGNAL_ID_PATTERN.match(value):
+            raise ValueError(f"must be 1-128 characters of A-Z a-z 0-9 _ . : -, got {value!r}")
+        return value
+
+    @field_validator("symbol")
+    @classmethod
+    def _symbol_safe(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        if "$" in value or _CONTROL_CHARS.search(value):
+            raise ValueError(f"must not contain '$' or control characters, got {value!r}")
+        return value.strip()
+
+    @field_validator("account_id", "strategy_name")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _order_rules(self) -> Signal:
+        for problem in _order_problems(self):
+            raise ValueError(problem)
+        return self
+
+    @property
+    def entry_price(self) -> float | None:
+        return self.limit_price or self.stop_price or self.reference_price
+
+
+def _order_problems(signal: Signal):
+    if not math.isclose(signal.quantity, round(signal.quantity), abs_tol=1e-9) and \
+            signal.asset_class not in FRACTIONAL_ASSETS:
+        yield (f"quantity must be a whole number for {signal.asset_class} "
+               f"(fractions only for CRYPTO or FOREX), got {signal.quantity:g}")
+    if signal.order_type in ("LIMIT", "STOP_LIMIT") and signal.limit_price is None:
+        yield f"limit_price is required for {signal.order_type} orders"
+    if signal.order_type in ("STOP", "STOP_LIMIT") and signal.stop_price is None:
+        yield f"stop_price is required for {signal.order_type} orders"
+    entry = signal.entry_price
+    if entry is None:
+        return
+    below, above = ("stop_loss", "take_profit") if signal.side == "BUY" else \
+        ("take_profit", "stop_loss")
+    for name in (below, above):
+        level = getattr(signal, name)
+        if level is None:
+            continue
+        if name == below and level >= entry:
+            yield f"{name} must be below the entry price {entry:g} for a {signal.side}, got {level:g}"
+        if name == above and level <= entry:
+            yield f"{name} must be above the entry price {entry:g} for a {signal.side}, got {level:g}"
+
+
+@dataclass(frozen=True)
+class Unusable:
+    """A message that cannot even be recorded: no JSON object or no usable signal_id."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A message with a usable signal_id whose order is invalid: recorded as REJECTED."""
+
+    signal_id: str
+    reason: str
+    fields: dict[str, Any]  # what could be kept of the message, safe to store
+
+
+def parse_signal(body: bytes) -> Signal | Invalid | Unusable:
+    """Decode and validate one message body."""
+    try:
+        data = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+    except UnicodeDecodeError as e:
+        return Unusable(f"body is not UTF-8: {e.reason} at byte {e.start}")
+    except (ValueError, RecursionError) as e:
+        return Unusable(f"body is not valid JSON: {e}")
+    if not isinstance(data, dict):
+        return Unusable(f"body must be a JSON object, got {type(data).__name__}")
+    signal_id = data.get("signal_id")
+    if not isinstance(signal_id, str) or not SIGNAL_ID_PATTERN.match(signal_id):
+        shown = "missing" if signal_id is None else f"invalid: {signal_id!r:.80}"
+        return Unusable(f"signal_id {shown} (need 1-128 characters of A-Z a-z 0-9 _ . : -)")
+    bad_key = _first_unsafe_key(data)
+    if bad_key is not None:
+        return Invalid(signal_id, f"field name {bad_key!r:.80} is not allowed (no '$' prefix, "
+                                  "no '.')", _storable_fields(data))
+    known = {key: value for key, value in data.items() if key in KNOWN_FIELDS_ORDER}
+    extra = {key: value for key, value in data.items() if key not in KNOWN_FIELDS_ORDER}
+    try:
+        return Signal(**known, extra_fields=extra)
+    except ValidationError as e:
+        return Invalid(signal_id, describe_validation_error(e), _storable_fields(data))
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _first_unsafe_key(value: Any) -> str | None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key.startswith("$") or "." in key:
+                return key
+            found = _first_unsafe_key(item)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for item in value:
+            found = _first_unsafe_key(item)
+            if found is not None:
+                return found
+    return None
+
+
+def _storable_fields(data: dict) -> dict[str, Any]:
+    """The known fields that are plain scalars, kept as data on the rejection record."""
+    return {key: data[key] for key in KNOWN_FIELDS_ORDER
+            if key in data and isinstance(data[key], (str, int, float, bool))
+            and not (isinstance(data[key], float) and not math.isfinite(data[key]))}
+
+
+_MESSAGES = {
+    "missing": "{field} is required",
+    "string_type": "{field} must be a string, got {input}",
+    "float_type": "{field} must be a number, got {input}",
+    "greater_than": "{field} must be > {gt}, got {input}",
+    "finite_number": "{field} must be a finite number, got {input}",
+    "string_too_short": "{field} must not be empty",
+    "string_too_long": "{field} must be at most {max_length} characters, got {length}",
+    "literal_error": "{field} must be one of {expected}, got {input}",
+    "enum": "{field} must be one of {expected}, got {input}",
+    "datetime_from_date_parsing": "{field} must be an ISO-8601 timestamp, got {input}",
+    "datetime_parsing": "{field} must be an ISO-8601 timestamp, got {input}",
+    "datetime_type": "{field} must be an ISO-8601 timestamp, got {input}",
+    "extra_forbidden": "{field} is not a known field",
+}
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One clear sentence per problem, naming the field and the rule."""
+    return "; ".join(_describe(item) for item in error.errors(include_url=False))
+
+
+def _describe(item: dict) -> str:
+    field = ".".join(str(part) for part in item["loc"] if not isinstance(part, int)) or "order"
+    field = field.split(".")[0]
+    context = {key: _show(value) if isinstance(value, float) else value
+               for key, value in (item.get("ctx") or {}).items()}
+    value = item.get("input")
+    if item["type"] == "value_error":
+        message = str(context.get("error", item["msg"]))
+        return message if field == "order" else f"{field} {message}"
+    template = _MESSAGES.get(item["type"])
+    if template is None:
+        return f"{field}: {item['msg']}, got {_show(value)}"
+    context.setdefault("length", len(value) if isinstance(value, str) else "?")
+    return template.format(field=field, input=_show(value), **context)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value[:80])
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (dict, list)):
+        return "an object" if isinstance(value, dict) else "a list"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:g}"
+    return str(value)

@@ -1,0 +1,114 @@
+"""The running daemon: consume, recover, publish, heartbeat, and stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from datetime import datetime
+
+from execution_service import __version__
+from execution_service.domain.notices import AlertKind, ServiceAlert
+from execution_service.errors import ExecutionError
+from execution_service.service.processor import Action, recover_open_orders
+
+logger = logging.getLogger(__name__)
+
+
+class ExecutionDaemon:
+    def __init__(self, app, consumer, dead_letters, clock: Callable[[], datetime],
+                 heartbeat_seconds: float = 2.0, describe: dict | None = None):
+        self.app = app
+        self._consumer = consumer
+        self._dead_letters = dead_letters
+        self._clock = clock
+        self._heartbeat_seconds = heartbeat_seconds
+        self._describe = describe or {}
+        self.started_at = clock()
+        self.status_id = f"{socket.gethostname()}:{os.getpid()}"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        app = self.app
+        await app.notifier.start()
+        loaded = app.outbox.load_unpublished()
+        app.outbox.start()
+        resumed = recover_open_orders(app.store, app.tracker)
+        logger.info("Recovery: %d open orders resumed, %d confirmations to publish", resumed,
+                    loaded)
+        self._consumer.start(asyncio.get_running_loop(), self._on_message)
+        heartbeat = asyncio.create_task(self._heartbeat_loop(stop), name="heartbeat")
+        logger.info("Execution service started: consuming %s", self._describe.get("subscription"))
+        app.notifier.notify(ServiceAlert(AlertKind.SERVICE_STARTED,
+                                         f"Execution service started on {self.status_id}",
+                                         key="started"))
+        await stop.wait()
+        await self._shutdown(heartbeat)
+
+    async def _on_message(self, message) -> None:
+        try:
+            outcome = self.app.processor.handle(message.data)
+            if outcome.action is Action.DEAD_LETTER:
+                await self._dead_letter(message, outcome.reason)
+            elif outcome.action is Action.ACK:
+                message.ack()
+            else:
+                message.nack()
+        except Exception:
+            logger.exception("Unexpected error on message %s; it will be redelivered",
+                             message.message_id)
+            message.nack()
+
+    async def _dead_letter(self, message, reason: str) -> None:
+        attributes = {**dict(message.attributes), "dead_letter_reason": reason[:1000],
+                      "original_message_id": message.message_id}
+        try:
+            await self._dead_letters.publish(message.data, attributes)
+            message.ack()
+        except Exception as e:
+            logger.warning("Dead-letter publish failed (%s); message nacked", e)
+            message.nack()
+
+    async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.write_heartbeat()
+            try:
+                await asyncio.wait_for(stop.wait(), self._heartbeat_seconds)
+            except TimeoutError:
+                pass
+
+    def write_heartbeat(self, stopped: bool = False) -> None:
+        app = self.app
+        doc = {
+            "_id": self.status_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "version": __version__, "started_at": self.started_at,
+            "last_heartbeat": self._clock(), "stopped": stopped,
+            "consuming": self._consumer.running and not stopped,
+            "brokers": {name: {"connected": broker.is_connected}
+                        for name, broker in app.brokers.brokers.items()},
+            "counters": app.counters.as_dict(), "in_flight": app.tracker.in_flight,
+            "outbox_backlog": app.outbox.backlog, "notifier": app.notifier.stats(),
+            **self._describe,
+        }
+        try:
+            app.store.write_status(doc)
+        except ExecutionError as e:
+            logger.warning("Heartbeat not written: %s", e)
+
+    async def _shutdown(self, heartbeat: asyncio.Task) -> None:
+        app = self.app
+        logger.info("Stopping: no new messages; bringing in-flight work to a safe point")
+        app.notifier.notify(ServiceAlert(AlertKind.SERVICE_STOPPING,
+                                         f"Execution service stopping on {self.status_id}",
+                                         key="stopping"))
+        await self._consumer.stop(timeout=3.0)
+        await app.tracker.stop()
+        await app.outbox.drain(timeout=2.0)
+        await app.outbox.stop()
+        heartbeat.cancel()
+        await asyncio.gather(heartbeat, return_exceptions=True)
+        self.write_heartbeat(stopped=True)
+        await app.notifier.stop()
+        await app.brokers.close()
+        logger.info("Execution service stopped")

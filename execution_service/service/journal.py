@@ -1,0 +1,194 @@
+"""Writes each change of an order to the audit store, then lets the world know.
+
+Order of effects for every change: the record (compare-and-set, with its confirmations: the
+outbox) → positions → signal_store → publish queue, notifications, logs, counters. The record
+is the truth; everything after it can be redone from it after a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from execution_service.domain.notices import CancelCause, NoticeKind, OrderNotice
+from execution_service.domain.orders import Change, Event, OrderState, OrderStatus
+from execution_service.domain.records import (
+    CONFIRMED_EVENTS,
+    as_utc,
+    confirmation,
+    state_fields,
+    state_of,
+)
+from execution_service.errors import ExecutionError
+
+logger = logging.getLogger(__name__)
+MAX_CAS_ATTEMPTS = 5
+
+
+class RecordConflict(ExecutionError):
+    """The record kept changing under us (another process works it)."""
+
+
+@dataclass
+class Counters:
+    orders_received: int = 0
+    orders_submitted: int = 0
+    orders_filled: int = 0
+    orders_partially_filled: int = 0
+    orders_rejected: int = 0
+    orders_cancelled: int = 0
+    late_fills: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    nacked: int = 0
+    by_status: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {name: value for name, value in vars(self).items() if name != "by_status"}
+
+
+class OrderJournal:
+    def __init__(self, store, positions, outbox, notifier, counters: Counters,
+                 clock: Callable[[], datetime]):
+        self._store = store
+        self._positions = positions
+        self._outbox = outbox
+        self._notifier = notifier
+        self.counters = counters
+        self._clock = clock
+
+    def apply(self, doc: dict, step: Callable[[OrderState], Change],
+              extra_fields: dict | None = None) -> dict:
+        """Apply a pure step to the record's state and persist it; returns the new record."""
+        for _ in range(MAX_CAS_ATTEMPTS):
+            change = step(state_of(doc))
+            if not change.events and not extra_fields:
+                return doc
+            updated = self._write(doc, change, extra_fields or {})
+            if updated is not None:
+                self.after_write(updated, change.events)
+                return updated
+            fresh = self._store.get_record(doc["signal_id"])
+            if fresh is None:
+                raise RecordConflict(f"record for {doc['signal_id']} disappeared")
+            doc = fresh
+        raise RecordConflict(f"record for {doc['signal_id']} kept changing; gave up this round")
+
+    def reload(self, doc: dict) -> dict:
+        """The stored record, or `doc` when the store cannot say."""
+        try:
+            return self._store.get_record(doc["signal_id"]) or doc
+        except ExecutionError:
+            return doc
+
+    def _write(self, doc: dict, change: Change, extra: dict) -> dict | None:
+        sequence = doc.get("confirmation_sequence", 0)
+        confirmations = []
+        for event in change.events:
+            if event.event in CONFIRMED_EVENTS:
+                sequence += 1
+                confirmations.append(confirmation({**doc, **state_fields(change.state)}, event,
+                                                  sequence))
+        fields = {**state_fields(change.state), **extra}
+        if confirmations:
+            fields.update(confirmation_sequence=sequence, outbox_pending=True)
+        return self._store.update_record(doc, fields, [e.to_doc() for e in change.events],
+                                         confirmations)
+
+    def after_write(self, doc: dict, events: tuple[Event, ...]) -> None:
+        """Everything that follows a durable change: redoable from the record alone."""
+        if any(event.event in ("FILL", "LATE_FILL") for event in events):
+            self._positions.apply_record_fills(doc)
+        if events:
+            self._store.update_signal(doc["signal_id"], _signal_fields(doc), self._clock())
+        published = doc.get("published_sequence", 0)
+        self._outbox.enqueue(c for c in doc.get("confirmations", [])
+                             if c["sequence"] > published)
+        for event in events:
+            self._tell(doc, event)
+
+    def _tell(self, doc: dict, event: Event) -> None:
+        signal_id = doc["signal_id"]
+        detail = event.detail
+        kind = _NOTICE_FOR.get((event.event, event.status))
+        if event.event == "SUBMITTED":
+            self.counters.orders_submitted += 1
+            logger.info("Order submitted: %s [%s]", detail.get("order_id"), signal_id)
+        elif event.event == "FILL" and event.status is OrderStatus.FILLED:
+            self.counters.orders_filled += 1
+            logger.info("Order filled: %s @ $%s [%s]", _qty(doc["filled_quantity"]),
+                        _money(doc["avg_fill_price"]), signal_id)
+        elif event.event == "FILL":
+            self.counters.orders_partially_filled += 1
+            logger.info("Order partially filled: %s/%s @ $%s [%s]",
+                        _qty(detail["filled_quantity"]), _qty(doc["quantity"]),
+                        _money(detail["avg_fill_price"]), signal_id)
+        elif event.event == "LATE_FILL":
+            self.counters.late_fills += 1
+            logger.warning("Late fill after cancel: %s @ $%s [%s]", _qty(detail["quantity"]),
+                           _money(detail["price"]), signal_id)
+        elif event.event == "REJECTED":
+            self.counters.orders_rejected += 1
+            logger.info("Order rejected: %s [%s]", detail.get("reason"), signal_id)
+        elif event.event == "CANCELLED":
+            self.counters.orders_cancelled += 1
+            logger.info("Order cancelled: %s [%s]", detail.get("reason"), signal_id)
+        if kind is not None:
+            self._notifier.notify(order_notice(doc, event, kind))
+
+
+_NOTICE_FOR = {
+    ("FILL", OrderStatus.FILLED): NoticeKind.FILLED,
+    ("FILL", OrderStatus.PARTIALLY_FILLED): NoticeKind.PARTIAL_FILL,
+    ("LATE_FILL", OrderStatus.CANCELLED): NoticeKind.LATE_FILL,
+    ("REJECTED", OrderStatus.REJECTED): NoticeKind.REJECTED,
+    ("CANCELLED", OrderStatus.CANCELLED): NoticeKind.CANCELLED,
+}
+
+
+def order_notice(doc: dict, event: Event, kind: NoticeKind) -> OrderNotice:
+    detail = event.detail
+    submitted, filled_at = as_utc(doc.get("submitted_at")), as_utc(doc.get("filled_at"))
+    seconds = (filled_at - submitted).total_seconds() if submitted and filled_at else None
+    reason = detail.get("reason") or doc.get("reject_reason") or doc.get("cancel_reason")
+    return OrderNotice(
+        kind=kind, signal_id=doc["signal_id"], strategy_name=doc.get("strategy_name") or "",
+        account_id=doc.get("account_id") or "", account_name=doc.get("account_name"),
+        symbol=str(doc.get("symbol") or ""), side=str(doc.get("side") or ""),
+        quantity=_number(doc.get("quantity")),
+        filled_quantity=detail.get("filled_quantity", doc.get("filled_quantity") or 0.0),
+        avg_fill_price=detail.get("avg_fill_price", doc.get("avg_fill_price")),
+        commission=detail.get("commission", doc.get("commission")), seconds_to_fill=seconds,
+        reason=reason, cancel_cause=_cancel_cause(doc) if kind is NoticeKind.CANCELLED else None,
+        last_fill_quantity=detail.get("quantity"), last_fill_price=detail.get("price"),
+        order_id=doc.get("order_id"),
+    )
+
+
+def _cancel_cause(doc: dict) -> CancelCause:
+    reason = (doc.get("cancel_reason") or "").lower()
+    if reason.startswith("timeout"):
+        return CancelCause.TIMEOUT
+    if reason.startswith(("operator", "trading halted")):
+        return CancelCause.OPERATOR
+    return CancelCause.BROKER
+
+
+def _signal_fields(doc: dict) -> dict:
+    return {"order_id": doc.get("order_id"), "execution_status": doc["status"],
+            "filled_at": doc.get("filled_at"), "filled_quantity": doc.get("filled_quantity"),
+            "avg_fill_price": doc.get("avg_fill_price"), "reject_reason": doc.get("reject_reason")}
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+def _qty(value: float) -> str:
+    return f"{value:g}"
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}"

@@ -1,0 +1,44 @@
+"""The small interfaces the use cases talk to; adapters implement them."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from execution_service.domain.notices import OrderNotice, ServiceAlert
+
+
+class Notifier(Protocol):
+    """Fire-and-forget: `notify` never blocks and never raises."""
+
+    def notify(self, event: OrderNotice | ServiceAlert) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def stats(self) -> dict: ...
+
+
+class NullNotifier:
+    """Used when Telegram is off: counts what it was given, sends nothing."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def notify(self, event: OrderNotice | ServiceAlert) -> None:
+        self.received += 1
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def stats(self) -> dict:
+        return {"enabled": False, "sent": 0, "failed": 0, "dropped": 0}
+
+
+class ConfirmationPublisher(Protocol):
+    """Publishes one confirmation; raises on failure (the outbox retries)."""
+
+    async def publish(self, payload: bytes, attributes: dict[str, str]) -> None: ...

@@ -1,0 +1,119 @@
+"""Moves positions by the fills recorded on execution records (SPEC §5).
+
+Each fill is applied at most once per position (its key is kept on the position), with a
+compare-and-set on the position's `version`, so two processes can fill the same symbol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime
+
+from execution_service.domain.positions import Position, PositionChange, apply_fill
+from execution_service.domain.records import as_utc
+
+logger = logging.getLogger(__name__)
+MAX_ATTEMPTS = 20
+
+
+def position_key(record: dict) -> dict:
+    return {"account_id": record["account_id"], "strategy_name": record["strategy_name"],
+            "symbol": record["symbol"]}
+
+
+class PositionBook:
+    def __init__(self, store) -> None:
+        self._store = store
+
+    def apply_record_fills(self, record: dict) -> None:
+        """Apply every fill of the record not yet applied, then remember how far we got."""
+        applied = record.get("positions_applied", 0)
+        fills = record.get("fills", [])
+        for fill in fills[applied:]:
+            self.apply(record, fill)
+        if len(fills) > applied:
+            self._store.set_positions_applied(record["signal_id"], len(fills))
+
+    def apply(self, record: dict, fill: dict) -> None:
+        key = position_key(record)
+        fill_key = f"{record['signal_id']}:{fill['exec_id']}"
+        for _ in range(MAX_ATTEMPTS):
+            applied = self._store.position_with_fill(key, fill_key)
+            if applied is not None:  # already applied: a retry after a crash
+                self._open_carry(key, applied, fill_key)
+                return
+            if self._try_apply(key, fill_key, record, fill):
+                return
+        raise RuntimeError(f"position {key} kept changing under us; fill {fill_key} not applied")
+
+    def _try_apply(self, key: dict, fill_key: str, record: dict, fill: dict) -> bool:
+        current = self._store.open_position(key)
+        at = as_utc(fill["at"])
+        change = apply_fill(_position_of(current), record["side"], fill["quantity"],
+                            fill["price"])
+        order_id = record.get("order_id")
+        if current is None:
+            return self._open(key, change.current, at, order_id, fill_key)
+        if change.closed is None:
+            return self._store.update_position(
+                current, _fields(change.current, order_id, current), fill_key)
+        return self._close_and_flip(key, current, change, at, order_id, fill_key)
+
+    def _open(self, key: dict, position: Position, at: datetime, order_id: str | None,
+              fill_key: str) -> bool:
+        ordinal = self._store.count_positions(key) + 1
+        return self._store.insert_position(_new_doc(key, ordinal, position, at, order_id,
+                                                    fill_key))
+
+    def _close_and_flip(self, key: dict, current: dict, change: PositionChange, at: datetime,
+                        order_id: str | None, fill_key: str) -> bool:
+        fields = {**_fields(change.closed, order_id, current), "status": "CLOSED",
+                  "closed_at": at, "quantity": 0.0, "carry": None}
+        if change.current is not None:  # crossing zero: what the opposite side opens with
+            fields["carry"] = {"side": change.current.side, "quantity": change.current.quantity,
+                               "avg_entry_price": change.current.avg_entry_price,
+                               "order_id": order_id}
+        if not self._store.update_position(current, fields, fill_key):
+            return False
+        self._open_carry(key, {**current, **fields}, fill_key)
+        logger.info("Position closed: %s %s realized PnL %.2f", key["symbol"], key["account_id"],
+                    change.closed.realized_pnl)
+        return True
+
+
+    def _open_carry(self, key: dict, closed: dict, fill_key: str) -> None:
+        """Open the opposite position a flip left behind, once (idempotent by origin)."""
+        carry = closed.get("carry")
+        if not carry or self._store.position_opened_from(closed["_id"]) is not None:
+            return
+        position = Position(carry["side"], carry["quantity"], carry["avg_entry_price"])
+        doc = _new_doc(key, self._store.count_positions(key) + 1, position,
+                       as_utc(closed["closed_at"]), carry["order_id"], fill_key)
+        doc["opened_from"] = closed["_id"]
+        self._store.insert_position(doc)
+
+
+def _position_of(doc: dict | None) -> Position | None:
+    if doc is None:
+        return None
+    return Position(doc["side"], doc["quantity"], doc["avg_entry_price"], doc["realized_pnl"])
+
+
+def _fields(position: Position, order_id: str | None, current: dict) -> dict:
+    order_ids = list(current.get("order_ids", []))
+    if order_id and order_id not in order_ids:
+        order_ids.append(order_id)
+    return {"side": position.side, "quantity": position.quantity,
+            "avg_entry_price": position.avg_entry_price, "realized_pnl": position.realized_pnl,
+            "order_ids": order_ids}
+
+
+def _new_doc(key: dict, ordinal: int, position: Position, at: datetime, order_id: str | None,
+             fill_key: str) -> dict:
+    digest = hashlib.sha256("|".join(key.values()).encode()).hexdigest()[:12]
+    return {"_id": f"pos_{digest}_{ordinal}", **key, "side": position.side,
+            "quantity": position.quantity, "avg_entry_price": position.avg_entry_price,
+            "opened_at": at, "status": "OPEN", "order_ids": [order_id] if order_id else [],
+            "realized_pnl": position.realized_pnl, "closed_at": None, "version": 0,
+            "fill_keys": [fill_key]}

@@ -1,0 +1,127 @@
+"""Process one inbound message: validate, claim, hand to the tracker (SPEC §1, §2, §3).
+
+Returns what to do with the Pub/Sub message: ACK once the outcome or the claim is durable,
+NACK when the store failed, DEAD_LETTER when the message cannot even be recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from execution_service.domain.accounts import account_problem
+from execution_service.domain.orders import Event, OrderStatus
+from execution_service.domain.records import confirmation, new_claim, new_rejection
+from execution_service.domain.signals import Invalid, Signal, Unusable, parse_signal
+from execution_service.errors import ExecutionError, StoreUnavailable
+from execution_service.adapters.store import DuplicateSignal
+
+logger = logging.getLogger(__name__)
+ACCOUNT_CACHE_SECONDS = 1.0
+
+
+class Action(StrEnum):
+    ACK = "ACK"
+    NACK = "NACK"
+    DEAD_LETTER = "DEAD_LETTER"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: Action
+    reason: str = ""
+    signal_id: str | None = None
+
+
+class SignalProcessor:
+    def __init__(self, store, journal, tracker, brokers, clock: Callable[[], datetime],
+                 owner: dict | None = None):
+        self._store = store
+        self._journal = journal
+        self._tracker = tracker
+        self._brokers = brokers  # BrokerFactory
+        self._clock = clock
+        self._owner = owner
+        self._accounts: dict[str, tuple[float, dict | None]] = {}
+
+    def handle(self, body: bytes) -> Outcome:
+        self._journal.counters.orders_received += 1
+        try:
+            return self._handle(body)
+        except StoreUnavailable as e:
+            self._journal.counters.nacked += 1
+            logger.warning("Store unavailable, message will be redelivered: %s", e)
+            return Outcome(Action.NACK, str(e))
+
+    def _handle(self, body: bytes) -> Outcome:
+        parsed = parse_signal(body)
+        if isinstance(parsed, Unusable):
+            self._journal.counters.dead_lettered += 1
+            logger.warning("Unusable message sent to dead letters: %s", parsed.reason)
+            return Outcome(Action.DEAD_LETTER, parsed.reason)
+        logger.info("Received order: %s", parsed.signal_id)
+        if isinstance(parsed, Invalid):
+            return self._reject(parsed.signal_id, parsed.fields, parsed.reason, body)
+        account = self._account(parsed.account_id)
+        problem = account_problem(parsed, account)
+        if problem is not None:
+            return self._reject(parsed.signal_id, parsed.model_dump(
+                exclude={"extra_fields", "created_at"}, mode="json"), problem, body)
+        return self._claim(parsed, account)
+
+    def _account(self, account_id: str) -> dict | None:
+        cached = self._accounts.get(account_id)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < ACCOUNT_CACHE_SECONDS:
+            return cached[1]
+        account = self._store.get_account(account_id)
+        self._accounts[account_id] = (now, account)
+        return account
+
+    def _claim(self, signal: Signal, account: dict) -> Outcome:
+        broker_name = self._brokers.broker_name_for(account)
+        broker = self._brokers.create_broker(broker_name)
+        doc = new_claim(signal, broker=broker_name, broker_tag=broker.order_tag(signal.signal_id),
+                        at=self._clock(), owner=self._owner)
+        doc["account_name"] = account.get("display_name")
+        doc["broker_account"] = account.get("broker_account")
+        try:
+            self._store.insert_record(doc)
+        except DuplicateSignal:
+            return self._duplicate(signal.signal_id)
+        self._tracker.track(doc)
+        return Outcome(Action.ACK, signal_id=signal.signal_id)
+
+    def _reject(self, signal_id: str, fields: dict, reason: str, body: bytes) -> Outcome:
+        at = self._clock()
+        doc = new_rejection(signal_id, fields, reason, at, raw_body=body)
+        event = Event(OrderStatus.REJECTED, at, "REJECTED", {"reason": reason})
+        doc.update(confirmations=[confirmation(doc, event, 1)], confirmation_sequence=1,
+                   outbox_pending=True)
+        try:
+            self._store.insert_record(doc)
+        except DuplicateSignal:
+            return self._duplicate(signal_id)
+        self._journal.after_write(doc, (event,))
+        return Outcome(Action.ACK, reason, signal_id)
+
+    def _duplicate(self, signal_id: str) -> Outcome:
+        self._journal.counters.duplicates += 1
+        logger.info("Duplicate signal ignored (already recorded): %s", signal_id)
+        return Outcome(Action.ACK, "duplicate", signal_id)
+
+
+def recover_open_orders(store, tracker) -> int:
+    """Resume every non-terminal order found in the store (SPEC §2.6)."""
+    records = store.open_records()
+    for doc in records:
+        logger.info("Resuming %s order: %s", doc["status"], doc["signal_id"])
+        tracker.track(doc, recovering=True)
+    return len(records)
+
+
+__all__ = ["Action", "Outcome", "SignalProcessor", "recover_open_orders", "ExecutionError"]

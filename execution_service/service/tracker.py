@@ -1,0 +1,224 @@
+"""The order tracker: the one place for retries, polling and timeouts (SPEC §4).
+
+Per order, one task: place it (connect with back-off, up to MAX_RETRY_ATTEMPTS), then follow
+the broker until the order is terminal, cancelling it ORDER_TIMEOUT_SECONDS after
+`submitted_at`. An ambiguous placement is resolved by asking the broker for the order tagged
+with the signal, never by sending it again blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from brokers.base import Broker, BrokerOrder, OrderRequest
+from execution_service.domain import orders
+from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.notices import AlertKind, ServiceAlert
+from execution_service.domain.records import ORDER_FIELDS, as_utc
+from execution_service.errors import (
+    OrderNotFound,
+    OrderRejected,
+    PlacementUncertain,
+    StoreUnavailable,
+    TransientBrokerError,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrackingPolicy:
+    order_timeout: float = 60.0
+    max_attempts: int = 3
+    backoff_base: float = 0.5
+    poll_interval: float = 0.5
+    store_retry_cap: float = 5.0
+
+
+def request_from_record(doc: dict) -> OrderRequest:
+    fields = {name: doc.get(name) for name in ORDER_FIELDS if name != "stop_loss"
+              and name != "take_profit"}
+    fields = {name: value for name, value in fields.items() if value is not None}
+    return OrderRequest(signal_id=doc["signal_id"], account_id=doc["account_id"],
+                        broker_account=doc.get("broker_account"), **fields)
+
+
+class OrderTracker:
+    def __init__(self, journal, brokers, notifier, policy: TrackingPolicy,
+                 clock: Callable[[], datetime]):
+        self._journal = journal
+        self._brokers = brokers  # BrokerFactory
+        self._notifier = notifier
+        self._policy = policy
+        self._clock = clock
+        self._tasks: dict[str, asyncio.Task] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def track(self, doc: dict, *, recovering: bool = False) -> None:
+        """Place (if still PENDING) and follow this record's order in the background.
+
+        `recovering`: the record comes from an earlier run, so a PENDING one may have reached
+        the broker already; it is looked up by its tag before anything is sent.
+        """
+        signal_id = doc["signal_id"]
+        if signal_id in self._tasks:
+            return
+        task = asyncio.create_task(self._run(doc, recovering), name=f"track-{signal_id}")
+        self._tasks[signal_id] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(signal_id, None))
+
+    async def stop(self) -> None:
+        """Stop tracking; every record stays as stored and is resumed on the next start."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, doc: dict, recovering: bool) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._work(doc, recovering)
+                return
+            except asyncio.CancelledError:
+                raise
+            except StoreUnavailable as e:
+                attempt += 1
+                wait = compute_backoff(attempt, self._policy.backoff_base,
+                                       self._policy.store_retry_cap)
+                logger.warning("Store unavailable while tracking %s (%s); retry in %.1fs",
+                               doc["signal_id"], e, wait)
+                await asyncio.sleep(wait)
+                doc, recovering = self._journal.reload(doc), True
+            except Exception:
+                logger.exception("Tracking %s failed unexpectedly; it stays open and is resumed "
+                                 "on the next start", doc["signal_id"])
+                return
+
+    async def _work(self, doc: dict, recovering: bool) -> None:
+        broker = self._brokers.create_broker(doc["broker"])
+        if doc["status"] == "PENDING":
+            doc = await self._place(broker, doc, look_first=recovering)
+        if doc["order_id"] and not orders.OrderStatus(doc["status"]).is_terminal:
+            await self._follow(broker, doc)
+
+    # placing ----------------------------------------------------------------------------------
+
+    async def _place(self, broker: Broker, doc: dict, look_first: bool) -> dict:
+        """Send the order once; retry only what certainly did not reach the broker."""
+        found = await self._lookup(broker, doc) if look_first else None
+        if found is not None:
+            return self._follow_snapshot(doc, found)
+        request = request_from_record(doc)
+        logger.info("Placing order: %s %g %s %s [%s]", request.side, request.quantity,
+                    request.symbol, request.order_type, request.signal_id)
+        last_error: Exception | None = None
+        for attempt in range(1, self._policy.max_attempts + 1):
+            try:
+                await self._ensure_connected(broker)
+                placed = await broker.place_order(request)
+                return self._follow_snapshot(doc, placed)
+            except TransientBrokerError as e:
+                last_error = e
+                logger.warning("Broker %s unavailable for %s (attempt %d/%d): %s", broker.name,
+                               request.signal_id, attempt, self._policy.max_attempts, e)
+                if attempt < self._policy.max_attempts:
+                    await asyncio.sleep(compute_backoff(attempt, self._policy.backoff_base))
+            except OrderRejected as e:
+                if e.alert:
+                    self._alert(AlertKind.OPERATOR, e.alert, key=e.alert)
+                return self._reject(doc, e.reason)
+            except PlacementUncertain as e:
+                logger.warning("Placement of %s uncertain (%s): looking it up by its tag",
+                               request.signal_id, e)
+                return await self._resolve_uncertain(broker, doc)
+        reason = (f"broker connection failed after {self._policy.max_attempts} attempts: "
+                  f"{last_error}")
+        self._alert(AlertKind.BROKER_CONNECTION_LOST, f"{broker.name}: {last_error}",
+                    key=f"lost:{broker.name}")
+        return self._reject(doc, reason)
+
+    async def _ensure_connected(self, broker: Broker) -> None:
+        if not broker.is_connected:
+            await broker.connect()
+
+    async def _resolve_uncertain(self, broker: Broker, doc: dict) -> dict:
+        for attempt in range(1, self._policy.max_attempts + 1):
+            found = await self._lookup(broker, doc)
+            if found is not None:
+                return self._follow_snapshot(doc, found)
+            await asyncio.sleep(compute_backoff(attempt, self._policy.backoff_base))
+        # The broker answers, and has no order with this tag: it never arrived. It stays
+        # PENDING with placement_attempted set; the next pass looks again before sending.
+        text = (f"{broker.name} has no order for {doc['signal_id']} after an uncertain "
+                f"placement; it stays PENDING and is looked up again on the next start")
+        self._alert(AlertKind.OPERATOR, text, key=f"uncertain:{doc['signal_id']}")
+        return doc
+
+    async def _lookup(self, broker: Broker, doc: dict) -> BrokerOrder | None:
+        for attempt in range(1, self._policy.max_attempts + 1):
+            try:
+                await self._ensure_connected(broker)
+                return await broker.find_order(doc["signal_id"])
+            except TransientBrokerError as e:
+                logger.warning("Looking up %s failed: %s", doc["signal_id"], e)
+                await asyncio.sleep(compute_backoff(attempt, self._policy.backoff_base))
+        raise TransientBrokerError(f"could not look up {doc['signal_id']} at {broker.name}")
+
+    def _reject(self, doc: dict, reason: str) -> dict:
+        return self._journal.apply(doc, lambda s: orders.reject(s, reason, self._clock()))
+
+    def _follow_snapshot(self, doc: dict, snapshot: BrokerOrder,
+                         cancel_reason: str | None = None) -> dict:
+        now = self._clock()
+        return self._journal.apply(doc, lambda s: orders.follow_broker(
+            s, order_id=snapshot.order_id, broker_status=str(snapshot.status),
+            fills=snapshot.fills, reason=snapshot.reason, at=now, cancel_reason=cancel_reason))
+
+    # following --------------------------------------------------------------------------------
+
+    async def _follow(self, broker: Broker, doc: dict) -> None:
+        policy = self._policy
+        deadline = as_utc(doc["submitted_at"]) + timedelta(seconds=policy.order_timeout)
+        failures = 0
+        while not orders.OrderStatus(doc["status"]).is_terminal:
+            try:
+                await self._ensure_connected(broker)
+                snapshot = await broker.get_order(doc["order_id"])
+                failures = 0
+            except (TransientBrokerError, OrderNotFound) as e:
+                failures += 1
+                wait = compute_backoff(failures, policy.backoff_base, policy.store_retry_cap)
+                logger.warning("Polling %s failed (%s); retry in %.1fs", doc["signal_id"], e,
+                               wait)
+                await asyncio.sleep(wait)
+                continue
+            doc = self._follow_snapshot(doc, snapshot, doc.get("cancel_requested_reason"))
+            if orders.OrderStatus(doc["status"]).is_terminal:
+                return
+            now = self._clock()
+            if now >= deadline and not doc.get("cancel_requested_reason"):
+                doc = await self._cancel_for_timeout(broker, doc)
+                continue
+            wait = policy.poll_interval if doc.get("cancel_requested_reason") else \
+                min(policy.poll_interval, (deadline - now).total_seconds())
+            await broker.wait_for_update(doc["order_id"], max(wait, 0.001))
+
+    async def _cancel_for_timeout(self, broker: Broker, doc: dict) -> dict:
+        reason = (f"timeout: not filled within {self._policy.order_timeout:g}s of submission "
+                  f"(filled {doc['filled_quantity']:g}/{doc['quantity']:g})")
+        logger.info("Order timed out, cancelling: %s [%s]", doc["order_id"], doc["signal_id"])
+        await broker.cancel_order(doc["order_id"])
+        return self._journal.apply(doc, lambda s: orders.Change(s), {
+            "cancel_requested_reason": reason, "cancel_requested_at": self._clock()})
+
+    def _alert(self, kind: AlertKind, text: str, key: str) -> None:
+        logger.warning("Alert: %s", text)
+        self._notifier.notify(ServiceAlert(kind, text, key))

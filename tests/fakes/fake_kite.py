@@ -1,0 +1,412 @@
+"""A small fake Kite Connect v3 server for tests: the order endpoints kiteconnect uses.
+
+It runs a stdlib ThreadingHTTPServer on 127.0.0.1 (a free port) in a daemon thread; the test
+starts and stops it. It checks `X-Kite-Version: 3` and `Authorization: token key:token` on
+every request, records each placement's exact form fields and arrival time, answers errors
+the way Kite does ({"status": "error", "message", "error_type"} with the HTTP status), and has
+hooks to move an order through Kite's statuses and trades.
+
+    fake = FakeKite().start()
+    kite_root = fake.url
+    ...
+    fake.stop()
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+API_KEY = "fake_api_key"
+ACCESS_TOKEN = "fake_access_token_s3cr3t"
+IST = timezone(timedelta(hours=5, minutes=30))
+NOT_FOUND = "Couldn't find that `order_id`."
+HTTP_STATUS = {"InputException": 400, "OrderException": 400, "PermissionException": 403,
+               "TokenException": 403, "NetworkException": 503, "DataException": 502,
+               "GeneralException": 500, "MarginException": 400, "HoldingException": 400}
+TERMINAL = ("COMPLETE", "REJECTED", "CANCELLED")
+
+
+class _DropConnection(Exception):
+    """Close the connection without answering."""
+
+
+class KiteError(Exception):
+    def __init__(self, error_type: str, message: str, status: int | None = None):
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.status = status or HTTP_STATUS.get(error_type, 500)
+
+
+@dataclass
+class Placement:
+    """One POST /orders/{variety} as it arrived."""
+
+    variety: str
+    form: dict[str, str]
+    arrived: float  # time.monotonic()
+    order_id: str | None = None
+
+
+@dataclass
+class FakeOrder:
+    order_id: str
+    variety: str
+    form: dict[str, str]
+    placed_at: datetime
+    history: list[dict] = field(default_factory=list)
+    trades: list[dict] = field(default_factory=list)
+    hidden_trades: list[dict] = field(default_factory=list)  # filled, not yet in the trade book
+
+    @property
+    def current(self) -> dict:
+        return self.history[-1]
+
+
+class FakeKite:
+    def __init__(self, api_key: str = API_KEY, access_token: str = ACCESS_TOKEN):
+        self.api_key = api_key
+        self.access_token = access_token
+        self.placements: list[Placement] = []
+        self.requests: list[tuple[str, str]] = []  # (method, path) in arrival order
+        self.header_problems: list[str] = []
+        self.orders: dict[str, FakeOrder] = {}
+        self.reject_reason: str | None = None  # every new order goes REJECTED with this
+        self.hold_cancels = False  # DELETE leaves CANCEL PENDING until confirm_cancel()
+        self.market_price = 100.0
+        self._errors: dict[str, list[KiteError]] = {}
+        self._hangs: list[float] = []
+        self._drops = 0
+        self._ids = itertools.count(250101000000001)
+        self._trade_ids = itertools.count(80000001)
+        self._lock = threading.RLock()
+        self._release = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> FakeKite:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server.daemon_threads = True
+        server.fake = self  # type: ignore[attr-defined]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="fake-kite",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._release.set()  # let any hanging handler finish
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() the fake first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # --- test hooks: what the next requests get ---------------------------------------
+
+    def fail_next(self, route: str, error_type: str, message: str = "error",
+                  status: int | None = None, times: int = 1) -> None:
+        """The next `times` requests to `route` ("place", "history", "trades", "orders",
+        "cancel", "profile") answer this Kite error."""
+        with self._lock:
+            self._errors.setdefault(route, []).extend(
+                KiteError(error_type, message, status) for _ in range(times))
+
+    def throttle_next(self, route: str = "place", times: int = 1) -> None:
+        """Kite's rate limit answer: 429 Too many requests (a NetworkException)."""
+        self.fail_next(route, "NetworkException", "Too many requests", 429, times)
+
+    def hang_next_place(self, seconds: float = 5.0) -> None:
+        """The next placement creates the order, then answers only after `seconds` (or at
+        stop()): the client times out while the order exists."""
+        with self._lock:
+            self._hangs.append(seconds)
+
+    def drop_next_place(self) -> None:
+        """The next placement creates the order, then the connection closes unanswered."""
+        with self._lock:
+            self._drops += 1
+
+    def expire_session(self) -> None:
+        """From now on every request answers TokenException (403)."""
+        self.access_token = self.access_token + "-expired"
+
+    # --- test hooks: move an order through Kite's statuses -----------------------------
+
+    def set_status(self, order_id: str, status: str, status_message: str | None = None
+                   ) -> None:
+        with self._lock:
+            self._append(self.orders[order_id], status=status, status_message=status_message)
+
+    def fill(self, order_id: str, quantity: int, price: float | None = None,
+             in_trade_book: bool = True) -> dict:
+        """One execution: a trade, filled_quantity and average_price up, OPEN or COMPLETE.
+        `in_trade_book=False` keeps the trade out of /trades until release_trades()."""
+        with self._lock:
+            order = self.orders[order_id]
+            price = self._fill_price(order) if price is None else price
+            trade = self._trade(order, quantity, price)
+            (order.trades if in_trade_book else order.hidden_trades).append(trade)
+            current = order.current
+            filled = current["filled_quantity"] + quantity
+            average = (current["average_price"] * current["filled_quantity"]
+                       + price * quantity) / filled
+            status = "COMPLETE" if filled >= current["quantity"] else "OPEN"
+            self._append(order, status=status, filled_quantity=filled,
+                         pending_quantity=current["quantity"] - filled,
+                         average_price=round(average, 4))
+            return trade
+
+    def release_trades(self, order_id: str) -> None:
+        with self._lock:
+            order = self.orders[order_id]
+            order.trades.extend(order.hidden_trades)
+            order.hidden_trades.clear()
+
+    def reject(self, order_id: str, status_message: str) -> None:
+        self.set_status(order_id, "REJECTED", status_message)
+
+    def cancel(self, order_id: str) -> None:
+        with self._lock:
+            order = self.orders[order_id]
+            current = order.current
+            self._append(order, status="CANCELLED", status_message=None, pending_quantity=0,
+                         cancelled_quantity=current["quantity"] - current["filled_quantity"])
+
+    def cancel_requested(self, order_id: str) -> bool:
+        with self._lock:
+            return self.orders[order_id].current["status"] == "CANCEL PENDING"
+
+    def confirm_cancel(self, order_id: str) -> None:
+        self.cancel(order_id)
+
+    def order(self, order_id: str) -> dict:
+        with self._lock:
+            return dict(self.orders[order_id].current)
+
+    # --- the API (called from handler threads) -----------------------------------------
+
+    def check_headers(self, headers) -> None:
+        if headers.get("X-Kite-Version") != "3":
+            self.header_problems.append(f"X-Kite-Version {headers.get('X-Kite-Version')!r}")
+            raise KiteError("InputException", "Missing or invalid X-Kite-Version header")
+        if headers.get("Authorization") != f"token {self.api_key}:{self.access_token}":
+            raise KiteError("TokenException", "Incorrect `api_key` or `access_token`.")
+
+    def take_error(self, route: str) -> None:
+        with self._lock:
+            queued = self._errors.get(route)
+            error = queued.pop(0) if queued else None
+        if error is not None:
+            raise error
+
+    def place(self, variety: str, form: dict[str, str]) -> tuple[str, float]:
+        """Create the order; returns its id and how long to hang before answering."""
+        with self._lock:
+            placement = Placement(variety, form, time.monotonic())
+            self.placements.append(placement)
+            self.take_error("place")
+            order_id = str(next(self._ids))
+            placement.order_id = order_id
+            order = FakeOrder(order_id, variety, form, datetime.now(IST).replace(microsecond=0))
+            self.orders[order_id] = order
+            self._append(order, status="PUT ORDER REQ RECEIVED", **self._initial(form))
+            self._append(order, status="VALIDATION PENDING")
+            self._append(order, status="OPEN PENDING")
+            if self.reject_reason is not None:
+                self._append(order, status="REJECTED", status_message=self.reject_reason)
+            else:
+                self._append(order, status="OPEN", exchange_order_id=f"13{order_id[-8:]}")
+            return order_id, self._hangs.pop(0) if self._hangs else 0.0
+
+    def wait_released(self, seconds: float) -> None:
+        self._release.wait(seconds)
+
+    def take_drop(self) -> None:
+        with self._lock:
+            drop, self._drops = self._drops > 0, max(0, self._drops - 1)
+        if drop:
+            raise _DropConnection()
+
+    def history(self, order_id: str) -> list[dict]:
+        with self._lock:
+            self.take_error("history")
+            return [dict(entry) for entry in self._known(order_id).history]
+
+    def order_trades(self, order_id: str) -> list[dict]:
+        with self._lock:
+            self.take_error("trades")
+            return [dict(trade) for trade in self._known(order_id).trades]
+
+    def all_orders(self) -> list[dict]:
+        with self._lock:
+            self.take_error("orders")
+            return [dict(order.current) for order in self.orders.values()]
+
+    def all_trades(self) -> list[dict]:
+        with self._lock:
+            self.take_error("trades")
+            return [dict(trade) for order in self.orders.values() for trade in order.trades]
+
+    def cancel_order(self, order_id: str) -> str:
+        with self._lock:
+            self.take_error("cancel")
+            order = self._known(order_id)
+            status = order.current["status"]
+            if status in TERMINAL:
+                raise KiteError("InputException",
+                                f"Order cannot be cancelled as it is {status.lower()}.")
+            if self.hold_cancels:
+                self._append(order, status="CANCEL PENDING")
+            else:
+                self.cancel(order_id)
+            return order_id
+
+    def profile(self) -> dict:
+        self.take_error("profile")
+        return {"user_id": "AB1234", "user_name": "Fake Trader", "broker": "ZERODHA"}
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _known(self, order_id: str) -> FakeOrder:
+        order = self.orders.get(order_id)
+        if order is None:
+            raise KiteError("GeneralException", NOT_FOUND, 400)
+        return order
+
+    def _initial(self, form: dict[str, str]) -> dict:
+        stamp = _stamp(datetime.now(IST))
+        quantity = int(form.get("quantity", "0"))
+        return {
+            "account_id": "AB1234", "placed_by": "AB1234", "order_id": None,
+            "exchange_order_id": None, "parent_order_id": None, "status_message": None,
+            "status_message_raw": None, "order_timestamp": stamp, "exchange_timestamp": None,
+            "exchange_update_timestamp": None, "variety": form.get("variety", "regular"),
+            "exchange": form.get("exchange"), "tradingsymbol": form.get("tradingsymbol"),
+            "instrument_token": 408065, "order_type": form.get("order_type"),
+            "transaction_type": form.get("transaction_type"),
+            "validity": form.get("validity", "DAY"), "product": form.get("product"),
+            "quantity": quantity, "disclosed_quantity": 0,
+            "price": float(form.get("price", 0)),
+            "trigger_price": float(form.get("trigger_price", 0)),
+            "average_price": 0, "filled_quantity": 0, "pending_quantity": quantity,
+            "cancelled_quantity": 0, "market_protection": 0, "meta": {},
+            "tag": form.get("tag"), "tags": [form["tag"]] if form.get("tag") else [],
+            "guid": f"fake-{time.monotonic_ns()}",
+        }
+
+    def _append(self, order: FakeOrder, **changes) -> None:
+        entry = dict(order.history[-1]) if order.history else {}
+        entry.update(changes)
+        entry["order_id"] = order.order_id
+        entry["exchange_update_timestamp"] = _stamp(datetime.now(IST))
+        order.history.append(entry)
+
+    def _fill_price(self, order: FakeOrder) -> float:
+        limit = float(order.form.get("price", 0) or 0)
+        return limit if limit > 0 else self.market_price
+
+    def _trade(self, order: FakeOrder, quantity: int, price: float) -> dict:
+        now = _stamp(datetime.now(IST))
+        return {
+            "trade_id": str(next(self._trade_ids)), "order_id": order.order_id,
+            "exchange": order.form.get("exchange"),
+            "tradingsymbol": order.form.get("tradingsymbol"), "instrument_token": 408065,
+            "product": order.form.get("product"), "average_price": price,
+            "quantity": quantity, "exchange_order_id": order.current.get("exchange_order_id"),
+            "transaction_type": order.form.get("transaction_type"), "fill_timestamp": now,
+            "order_timestamp": now[11:], "exchange_timestamp": now,
+        }
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "FakeKite/3"
+
+    def log_message(self, format, *args):
+        return  # keep test output quiet
+
+    @property
+    def fake(self) -> FakeKite:
+        return self.server.fake  # type: ignore[attr-defined]
+
+    def do_GET(self):
+        self._serve("GET")
+
+    def do_POST(self):
+        self._serve("POST")
+
+    def do_DELETE(self):
+        self._serve("DELETE")
+
+    def _serve(self, method: str) -> None:
+        path = urlparse(self.path).path.rstrip("/")
+        parts = path.strip("/").split("/")
+        self.fake.requests.append((method, path))
+        try:
+            self.fake.check_headers(self.headers)
+            data = self._route(method, parts)
+        except KiteError as e:
+            self._send(e.status, {"status": "error", "message": e.message,
+                                  "data": None, "error_type": e.error_type})
+            return
+        except _DropConnection:
+            self.close_connection = True
+            return
+        self._send(200, {"status": "success", "data": data})
+
+    def _route(self, method: str, parts: list[str]):
+        fake = self.fake
+        match method, parts:
+            case "POST", ["orders", variety]:
+                order_id, hang = fake.place(variety, self._form())
+                fake.take_drop()
+                if hang:
+                    fake.wait_released(hang)
+                return {"order_id": order_id}
+            case "GET", ["orders"]:
+                return fake.all_orders()
+            case "GET", ["trades"]:
+                return fake.all_trades()
+            case "GET", ["orders", order_id]:
+                return fake.history(order_id)
+            case "GET", ["orders", order_id, "trades"]:
+                return fake.order_trades(order_id)
+            case "DELETE", ["orders", _variety, order_id]:
+                return {"order_id": fake.cancel_order(order_id)}
+            case "GET", ["user", "profile"]:
+                return fake.profile()
+        raise KiteError("GeneralException", f"no route {method} /{'/'.join(parts)}", 404)
+
+    def _form(self) -> dict[str, str]:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode("utf-8")
+        return {key: values[-1] for key, values in parse_qs(body).items()}
+
+    def _send(self, status: int, payload: dict) -> None:
+        body = json.dumps(payload).encode("utf-8")
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a hang on purpose)
