@@ -129,7 +129,7 @@ class IbkrBroker(Broker):
             raise TransientBrokerError(f"{s.where} unreachable: no answer within "
                                        f"{s.connect_timeout:g}s{self._api_detail()}") from None
         except OSError as e:  # ConnectionError included: reset, clientId in use, sync failed
-            raise TransientBrokerError(f"{s.where} unreachable: {e or type(e).__name__}"
+            raise TransientBrokerError(f"{s.where} unreachable: {str(e) or type(e).__name__}"
                                        f"{self._api_detail()}") from None
 
     def _api_detail(self) -> str:
@@ -194,7 +194,7 @@ class IbkrBroker(Broker):
                 self._settings.connect_timeout)
         except (ConnectionError, TimeoutError) as e:
             raise TransientBrokerError(f"{self._settings.where}: contract lookup for "
-                                       f"{request.symbol} failed ({e or type(e).__name__}); "
+                                       f"{request.symbol} failed ({str(e) or type(e).__name__}); "
                                        f"order {request.signal_id} not sent") from None
         if found is None:
             raise OrderRejected(f"IBKR does not know the contract {request.symbol} "
@@ -339,7 +339,7 @@ class IbkrBroker(Broker):
         fills = tuple(to_fill(fill) for fill in ib_fills)
         status, reason = map_status(
             effective_status(trade), fills_complete=_fills_complete(trade, fills),
-            error=self._errors.get(trade.order.orderId) if trade.order.orderId > 0 else None,
+            error=self._errors.get(_int(order_id)),
             cancel_requested=order_id in self._cancels, has_fills=bool(fills))
         placed = self._placed.get(order_id)
         return BrokerOrder(

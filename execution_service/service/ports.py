@@ -35,7 +35,8 @@ class NullNotifier:
         return None
 
     def stats(self) -> dict:
-        return {"enabled": False, "sent": 0, "failed": 0, "dropped": 0}
+        return {"enabled": False, "sent": 0, "failed": 0, "dropped": 0, "collapsed": 0,
+                "queued": 0}
 
 
 class ConfirmationPublisher(Protocol):

@@ -98,8 +98,8 @@ class FakeKite:
         server.daemon_threads = True
         server.fake = self  # type: ignore[attr-defined]
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="fake-kite",
-                                        daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.02,),
+                                        name="fake-kite", daemon=True)
         self._thread.start()
         return self
 

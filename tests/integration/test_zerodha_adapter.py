@@ -150,7 +150,8 @@ def test_zerodha_tag_is_derived_for_long_or_punctuated_ids(signal_id):
 
 
 def test_zerodha_tags_differ_for_ids_that_differ_only_in_punctuation():
-    assert len({kite_tag("sig_1_2"), kite_tag("sig-1-2"), kite_tag("sig12"), kite_tag("sig_12")}) == 4
+    ids = ("sig_1_2", "sig-1-2", "sig12", "sig_12")
+    assert len({kite_tag(signal_id) for signal_id in ids}) == len(ids)
 
 
 def test_zerodha_tag_is_stable_across_processes():
@@ -483,7 +484,8 @@ async def test_zerodha_rate_limit_spaces_order_requests_and_drops_none(fake):
 
     arrivals = sorted(p.arrived for p in fake.placements)
     assert len(results) == len(arrivals) == 25
-    assert all(later - earlier >= 1.0 for earlier, later in zip(arrivals, arrivals[10:]))
+    assert all(later - earlier >= 1.0
+               for earlier, later in zip(arrivals, arrivals[10:], strict=False))
 
 
 @pytest.mark.asyncio

@@ -1,0 +1,63 @@
+"""Runs the real daemon as a child process (`python -m execution_service run`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from execution_service.adapters.store import Store, open_store
+
+
+class DaemonProcess:
+    def __init__(self, workdir: Path, env: dict[str, str]):
+        self.workdir = workdir
+        self.env = {**os.environ, **env}
+        self.process: subprocess.Popen | None = None
+        self.output = workdir / "daemon.out"
+
+    def start(self, wait_for_heartbeat: bool = True, timeout: float = 30.0) -> DaemonProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.output, "ab") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "execution_service", "run"],
+                                            cwd=self.workdir, env=self.env, stdout=out,
+                                            stderr=subprocess.STDOUT)
+        if wait_for_heartbeat:
+            self._wait_started(timeout)
+        return self
+
+    def _wait_started(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.process.returncode}:\n"
+                                     f"{self.read_output()}")
+            if "Running." in self.read_output():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"daemon did not start within {timeout}s:\n{self.read_output()}")
+
+    def read_output(self) -> str:
+        return self.output.read_text(errors="replace") if self.output.exists() else ""
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop_quietly(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def store(self) -> tuple[object, Store]:
+        """A reader on the daemon's embedded store (the test process only reads)."""
+        handle = open_store(None, self.env.get("MONGODB_DATABASE", "trading"),
+                            self.workdir / "data")
+        return handle, Store(handle.database)
