@@ -30,7 +30,14 @@ def _build_zerodha(settings: Settings, database) -> Broker:
                          orders_per_second=settings.KITE_ORDERS_PER_SECOND)
 
 
+def _build_ibkr(settings: Settings, database) -> Broker:
+    from brokers.ibkr import IbkrBroker, IbkrSettings
+
+    return IbkrBroker(IbkrSettings.from_settings(settings))
+
+
 BUILDERS: dict[str, BrokerBuilder] = {
+    "IBKR": _build_ibkr,
     "MOCK": _build_mock,
     "ZERODHA": _build_zerodha,
 }

@@ -356,7 +356,7 @@ class IbkrBroker(Broker):
             order_id=self._order_id_of_execution(execution), status=BrokerStatus.FILLED,
             quantity=quantity, signal_id=execution.orderRef or None, fills=fills,
             extra={"source": "executions", "perm_id": execution.permId,
-                   "commission": round(sum(f.commission for f in fills), 6)})
+                   "commission": round(sum((f.commission for f in fills), 0.0), 6)})
 
     def _remember_perm(self, order_id: str, perm: int) -> None:
         if perm and not order_id.startswith("perm:"):
@@ -449,7 +449,7 @@ def _quantity(trade: Trade, placed: _Placed | None, fills: tuple[Fill, ...]) -> 
 def _extra(trade: Trade, fills: tuple[Fill, ...]) -> dict:
     extra = {"ib_status": trade.orderStatus.status, "perm_id": _perm_id(trade),
              "con_id": trade.contract.conId,
-             "commission": round(sum(fill.commission for fill in fills), 6)}
+             "commission": round(sum((fill.commission for fill in fills), 0.0), 6)}
     if is_set(trade.order.cashQty):
         extra["cash_qty"] = float(trade.order.cashQty)
     return extra

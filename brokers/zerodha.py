@@ -25,6 +25,7 @@ from urllib3.exceptions import NewConnectionError
 
 from brokers.base import Broker, BrokerOrder, BrokerStatus, OrderRequest
 from brokers.zerodha_mapping import (
+    FINAL_STATUSES,
     VARIETY,
     entry_has_tag,
     kite_tag,
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_ROOT = "https://api.kite.trade"
 DEFAULT_REQUEST_TIMEOUT = 5.0
 SESSION_EXPIRED = "Kite session expired: renew KITE_ACCESS_TOKEN"
+_REMEMBERED_TAGS = 20_000  # tag -> signal id pairs kept to label orders read back
 
 # What a call was doing decides what a failure means (see `translate_error`).
 PLACE, CANCEL, LOOKUP, READ = "place", "cancel", "lookup", "read"
@@ -52,6 +54,9 @@ PLACE, CANCEL, LOOKUP, READ = "place", "cancel", "lookup", "read"
 _REFUSALS = (kite_errors.InputException, kite_errors.OrderException,
              kite_errors.PermissionException)
 _SERVER_SIDE = (kite_errors.NetworkException, kite_errors.DataException)
+#: Raised by requests before a connection exists (a bad KITE_API_URL, a connect timeout).
+_NOT_SENT = (requests.ConnectTimeout, requests.exceptions.MissingSchema,
+             requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL)
 
 
 class OrderRateLimiter:
@@ -106,7 +111,7 @@ class ZerodhaBroker(Broker):
 
     async def connect(self) -> None:
         """Check the session with one cheap call (`GET /user/profile`)."""
-        await self._call(READ, self._kite.profile)
+        await self._call(READ, "session check", self._kite.profile)
         logger.info("Connected to Kite at %s", self._root)
 
     async def close(self) -> None:
@@ -116,6 +121,8 @@ class ZerodhaBroker(Broker):
     def order_tag(self, signal_id: str) -> str:
         tag = kite_tag(signal_id)
         self._signals[tag] = signal_id
+        if len(self._signals) > _REMEMBERED_TAGS:
+            del self._signals[next(iter(self._signals))]  # the oldest
         return tag
 
     async def place_order(self, request: OrderRequest) -> BrokerOrder:
@@ -130,7 +137,8 @@ class ZerodhaBroker(Broker):
                     params["transaction_type"], params["quantity"], params["exchange"],
                     params["tradingsymbol"], params["order_type"], params["product"],
                     params["validity"], tag)
-        order_id = str(await self._call(PLACE, self._kite.place_order, **params))
+        order_id = str(await self._call(PLACE, request.signal_id, self._kite.place_order,
+                                        **params))
         logger.info("Kite received order %s: %s", order_id, request.signal_id)
         # A 200 only means Kite received it: its fate shows in the order history.
         return BrokerOrder(order_id=order_id, status=BrokerStatus.PENDING,
@@ -140,7 +148,8 @@ class ZerodhaBroker(Broker):
                                   "product": params["product"]})
 
     async def get_order(self, order_id: str) -> BrokerOrder:
-        history = await self._call(LOOKUP, self._kite.order_history, order_id)
+        history = await self._call(LOOKUP, f"order {order_id}", self._kite.order_history,
+                                   order_id)
         if not history:
             raise OrderNotFound(f"Kite has no order {order_id}")
         return await self._snapshot(history[-1])  # the last entry is the current state
@@ -148,22 +157,35 @@ class ZerodhaBroker(Broker):
     async def find_order(self, signal_id: str) -> BrokerOrder | None:
         """The newest order in today's order book carrying this signal's tag."""
         tag = self.order_tag(signal_id)
-        orders = await self._call(READ, self._kite.orders)
+        orders = await self._call(READ, signal_id, self._kite.orders)
         entry = newest([order for order in orders if entry_has_tag(order, tag)])
         if entry is None:
             return None
         return await self._snapshot(entry, signal_id)
 
     async def cancel_order(self, order_id: str) -> None:
+        """Ask Kite to cancel. Like the other adapters, cancelling an order that is already
+        complete, cancelled or rejected is a no-op; a refusal while the order is still live
+        ("being processed, try later") is TransientBrokerError."""
         await self._limiter.acquire()
         logger.info("Cancelling Kite order %s", order_id)
-        await self._call(CANCEL, self._kite.cancel_order, VARIETY, order_id)
+        try:
+            await self._call(CANCEL, f"order {order_id}", self._kite.cancel_order, VARIETY,
+                             order_id)
+        except OrderRejected as refused:
+            current = await self.get_order(order_id)
+            if current.extra.get("kite_status") in FINAL_STATUSES:
+                logger.info("Kite order %s is already %s: nothing to cancel", order_id,
+                            current.extra["kite_status"])
+                return
+            raise TransientBrokerError(f"Kite refused to cancel order {order_id} for now: "
+                                       f"{refused.reason}") from refused
 
     async def list_orders(self) -> list[BrokerOrder]:
-        orders = await self._call(READ, self._kite.orders)
+        orders = await self._call(READ, "order book", self._kite.orders)
         trades_by_order: dict[str, list[dict]] = defaultdict(list)
         if any(float(order.get("filled_quantity") or 0) > 0 for order in orders):
-            for trade in await self._call(READ, self._kite.trades):
+            for trade in await self._call(READ, "trade book", self._kite.trades):
                 trades_by_order[str(trade.get("order_id"))].append(trade)
         return [to_broker_order(order, trades_by_order[str(order["order_id"])],
                                 self._signals.get(order.get("tag")))
@@ -172,32 +194,35 @@ class ZerodhaBroker(Broker):
     async def _snapshot(self, entry: dict, signal_id: str | None = None) -> BrokerOrder:
         trades: list[dict] = []
         if float(entry.get("filled_quantity") or 0) > 0:
-            trades = await self._call(LOOKUP, self._kite.order_trades, str(entry["order_id"]))
+            order_id = str(entry["order_id"])
+            trades = await self._call(LOOKUP, f"order {order_id}", self._kite.order_trades,
+                                      order_id)
         return to_broker_order(entry, trades, signal_id or self._signals.get(entry.get("tag")))
 
-    async def _call(self, operation: str, method: Callable, *args, **kwargs):
-        """Run one client call in a worker thread; translate whatever it raises."""
+    async def _call(self, operation: str, about: str, method: Callable, *args, **kwargs):
+        """Run one client call in a worker thread; translate whatever it raises.
+        `about` (a signal id, an order id) goes into the log line of a failure."""
         try:
             result = await asyncio.to_thread(method, *args, **kwargs)
         except Exception as e:
             error = translate_error(e, operation)
-            self._note_failure(e, error, operation)
+            self._note_failure(e, error, f"{operation} ({about})")
             raise error from e
         self._set_connected(True, "Kite reachable")
         return result
 
-    def _note_failure(self, cause: Exception, error: ExecutionError, operation: str) -> None:
+    def _note_failure(self, cause: Exception, error: ExecutionError, what: str) -> None:
         if isinstance(cause, kite_errors.TokenException):
             self._set_connected(False, SESSION_EXPIRED)
         elif isinstance(cause, requests.ConnectionError) and not isinstance(
                 error, PlacementUncertain):
             self._set_connected(False, f"Kite unreachable ({type(cause).__name__})")
         if isinstance(error, OrderRejected | OrderNotFound):
-            logger.info("Kite %s refused: %s", operation, error)
+            logger.info("Kite %s refused: %s", what, error)
         elif isinstance(cause, kite_errors.KiteException | requests.RequestException):
-            logger.warning("Kite %s failed: %s", operation, error)
+            logger.warning("Kite %s failed: %s", what, error)
         else:
-            logger.warning("Kite %s failed unexpectedly: %s", operation, error, exc_info=cause)
+            logger.warning("Kite %s failed unexpectedly: %s", what, error, exc_info=cause)
 
     def _set_connected(self, connected: bool, detail: str) -> None:
         """Tell the listener about a loss, and about a recovery after a loss."""
@@ -213,11 +238,11 @@ def translate_error(error: Exception, operation: str) -> ExecutionError:
 
     Kite refusals (InputException, OrderException, PermissionException, and the error types
     the client turns into GeneralException below 500: margin, holding, user) are OrderRejected
-    when placing or cancelling. TokenException: the session is gone. 429: try later. The API's
-    trouble reaching its OMS (NetworkException, DataException, 5xx) and network errors are
-    transient, except while placing: the order may have reached the OMS all the same (Kite's
-    advice is to check the order book), so that is PlacementUncertain, unless the connection
-    was certainly never made.
+    when placing or cancelling (`cancel_order` settles a refused cancel itself).
+    TokenException: the session is gone. 429: try later. The API's trouble reaching its OMS
+    (NetworkException, DataException, 5xx) and network errors are transient, except while
+    placing: the order may have reached the OMS all the same (Kite's advice is to check the
+    order book), so that is PlacementUncertain, unless no connection was ever made.
     """
     if isinstance(error, kite_errors.KiteException):
         return _translate_kite(error, operation)
@@ -271,7 +296,7 @@ def _translate_network(error: requests.RequestException, operation: str) -> Exec
 
 def _never_connected(error: requests.RequestException) -> bool:
     """True when no byte of the request can have reached Kite (no connection was made)."""
-    if isinstance(error, requests.ConnectTimeout):
+    if isinstance(error, _NOT_SENT):
         return True
     if not isinstance(error, requests.ConnectionError):
         return False

@@ -37,6 +37,7 @@ _TERMINAL = {
     "REJECTED": BrokerStatus.REJECTED,
     "CANCELLED": BrokerStatus.CANCELLED,
 }
+FINAL_STATUSES = frozenset(_TERMINAL)
 #: Statuses of an order that is live at the exchange (or being modified/cancelled there).
 _LIVE = frozenset({"OPEN", "TRIGGER PENDING", "MODIFY PENDING", "MODIFY VALIDATION PENDING",
                    "MODIFIED", "CANCEL PENDING"})

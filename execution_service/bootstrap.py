@@ -61,12 +61,14 @@ def open_app_store(settings: Settings) -> tuple[StoreHandle, Store]:
 
 
 def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHandle | None = None,
-              clock: Callable[[], datetime] = utc_now, broker_builders: dict | None = None) -> App:
-    """Everything but the transport: tests pass a fake publisher and get the same wiring."""
+              clock: Callable[[], datetime] = utc_now, broker_builders: dict | None = None,
+              store: Store | None = None) -> App:
+    """Everything but the transport: tests pass a fake publisher (and a fault-injecting store)
+    and get the same wiring."""
     if handle is None:
-        handle, store = open_app_store(settings)
-    else:
-        store = Store(handle.database)
+        handle, opened = open_app_store(settings)
+        store = store or opened
+    store = store or Store(handle.database)
     store.ensure_indexes()
     notifier = notifier or NullNotifier()
     counters = Counters()
@@ -77,7 +79,8 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
     policy = TrackingPolicy(order_timeout=settings.ORDER_TIMEOUT_SECONDS,
                             max_attempts=settings.MAX_RETRY_ATTEMPTS,
                             backoff_base=settings.RETRY_BACKOFF_SECONDS,
-                            poll_interval=settings.ORDER_POLL_SECONDS)
+                            poll_interval=settings.ORDER_POLL_SECONDS,
+                            late_fill_grace=settings.LATE_FILL_GRACE_SECONDS)
     tracker = OrderTracker(journal, brokers, notifier, policy, clock)
     owner = {"host": socket.gethostname(), "pid": os.getpid()}
     processor = SignalProcessor(store, journal, tracker, brokers, clock, owner)

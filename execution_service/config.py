@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     MAX_RETRY_ATTEMPTS: int = Field(default=3, ge=1)
     RETRY_BACKOFF_SECONDS: float = Field(default=0.5, ge=0)
     ORDER_POLL_SECONDS: float = Field(default=0.5, gt=0)
+    LATE_FILL_GRACE_SECONDS: float = Field(default=1.0, ge=0)
 
     TELEGRAM_ENABLED: bool = False
     TELEGRAM_BOT_TOKEN: str | None = Field(default=None, repr=False)

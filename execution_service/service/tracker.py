@@ -37,6 +37,7 @@ class TrackingPolicy:
     backoff_base: float = 0.5
     poll_interval: float = 0.5
     store_retry_cap: float = 5.0
+    late_fill_grace: float = 1.0  # after a cancel, look once more for a fill that raced it
 
 
 def request_from_record(doc: dict) -> OrderRequest:
@@ -201,6 +202,8 @@ class OrderTracker:
                 await asyncio.sleep(wait)
                 continue
             doc = self._follow_snapshot(doc, snapshot, doc.get("cancel_requested_reason"))
+            if doc["status"] == "CANCELLED":
+                await self._watch_for_late_fill(broker, doc)
             if orders.OrderStatus(doc["status"]).is_terminal:
                 return
             now = self._clock()
@@ -210,6 +213,16 @@ class OrderTracker:
             wait = policy.poll_interval if doc.get("cancel_requested_reason") else \
                 min(policy.poll_interval, (deadline - now).total_seconds())
             await broker.wait_for_update(doc["order_id"], max(wait, 0.001))
+
+    async def _watch_for_late_fill(self, broker: Broker, doc: dict) -> None:
+        """A cancel can race a fill at the venue: the broker's fills are the truth."""
+        await asyncio.sleep(self._policy.late_fill_grace)
+        try:
+            snapshot = await broker.get_order(doc["order_id"])
+        except (TransientBrokerError, OrderNotFound) as e:
+            logger.warning("Late-fill check of %s failed: %s", doc["signal_id"], e)
+            return
+        self._follow_snapshot(doc, snapshot)
 
     async def _cancel_for_timeout(self, broker: Broker, doc: dict) -> dict:
         reason = (f"timeout: not filled within {self._policy.order_timeout:g}s of submission "

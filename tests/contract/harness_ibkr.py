@@ -76,17 +76,20 @@ class FakeTws:
     """Stands in for TWS / IB Gateway behind one IB() instance."""
 
     def __init__(self, ib: IB, *, chunks: int = 1, reject_reason: str | None = None,
-                 commission: float = 1.0):
+                 commission: float = 1.0, book: dict[int, VenueOrder] | None = None):
         self.ib, self.wrapper, self.client = ib, ib.wrapper, ib.client
         self.chunks, self.reject_reason, self.commission = chunks, reject_reason, commission
         self.reachable = True
+        self.log_ons = 0  # connection attempts that reached this "TWS"
         self.acknowledge = True  # answer new orders with openOrder + orderStatus
+        self.report_completed = True  # answer reqCompletedOrders with the done orders
         self.unknown_symbols: set[str] = set()
         self.ambiguous_symbols: set[str] = set()
-        self.book: dict[int, VenueOrder] = {}
+        self.book: dict[int, VenueOrder] = {} if book is None else book  # shared: a restart
         self.received: list[tuple[int, Contract, Order]] = []  # what placeOrder sent
         self.contract_requests: list[Contract] = []
-        self._perm_ids = itertools.count(5_000_001)
+        perms = [venue.perm_id for venue in self.book.values()]
+        self._perm_ids = itertools.count(max(perms, default=5_000_000) + 1)
         self._exec_seq = itertools.count(1)
         self._install()
 
@@ -120,6 +123,7 @@ class FakeTws:
     # the line ---------------------------------------------------------------------------------
 
     async def _log_on(self, host, port, client_id, timeout=2.0) -> None:
+        self.log_ons += 1
         if not self.reachable:
             raise ConnectionRefusedError(111, f"Connect call failed ('{host}', {port})")
         client = self.client
@@ -156,7 +160,7 @@ class FakeTws:
         values = dataclassAsDict(contract)
         values.update(conId=zlib.crc32(f"{name}{exchange}".encode()) % 10**8,
                       localSymbol=contract.localSymbol or contract.symbol,
-                      symbol=contract.symbol or name.split()[0][:3],
+                      symbol=contract.symbol or name.split()[0],
                       exchange=exchange or contract.exchange or "CME")
         return Contract(**values)
 
@@ -268,7 +272,7 @@ class FakeTws:
         self.wrapper.openOrderEnd()
 
     def _completed_orders(self) -> None:
-        for venue in self.book.values():
+        for venue in self.book.values() if self.report_completed else ():
             if venue.done:  # completed orders carry no order id, only the permId
                 order = Order(**dataclassAsDict(venue.order))
                 order.orderId, order.clientId = 0, 0

@@ -298,12 +298,26 @@ async def test_zerodha_cancel_shows_in_a_later_get_order(fake):
 
 
 @pytest.mark.asyncio
-async def test_zerodha_cancel_refused_or_unknown(fake):
+async def test_zerodha_cancel_of_a_finished_order_is_a_no_op(fake):
+    """Given a fill raced the cancel, when cancelling, then nothing is raised and get_order
+    shows the order FILLED (as with the other adapters)."""
     broker = make_broker(fake)
     order_id = await placed(fake, broker)
     fake.fill(order_id, 10)
 
-    with pytest.raises(OrderRejected, match="cannot be cancelled"):
+    await broker.cancel_order(order_id)
+
+    assert (await broker.get_order(order_id)).status == BrokerStatus.FILLED
+
+
+@pytest.mark.asyncio
+async def test_zerodha_cancel_refused_while_live_is_transient_and_unknown_is_not_found(fake):
+    broker = make_broker(fake)
+    order_id = await placed(fake, broker)
+    fake.fail_next("cancel", "InputException",
+                   "Order cannot be cancelled as it is being processed. Try later.")
+
+    with pytest.raises(TransientBrokerError, match="being processed"):
         await broker.cancel_order(order_id)
     with pytest.raises(OrderNotFound):
         await broker.cancel_order("999")
