@@ -277,12 +277,12 @@ class IbkrBroker(Broker):
         if trade is not None:
             events += [trade.statusEvent, trade.fillEvent, trade.commissionReportEvent]
         for event in events:
-            event += wake
+            event.connect(wake)
         try:
             await asyncio.wait([woke], timeout=timeout)
         finally:
             for event in events:
-                event -= wake
+                event.disconnect(wake)
 
     # finding trades ---------------------------------------------------------------------------
 
@@ -351,7 +351,7 @@ class IbkrBroker(Broker):
         """IB reports executions but no open or completed order: the executions are all of it."""
         execution = ib_fills[0].execution
         fills = tuple(to_fill(fill) for fill in latest_corrections(ib_fills))
-        quantity = max(max(f.execution.cumQty for f in ib_fills), sum(f.quantity for f in fills))
+        quantity = max(*(f.execution.cumQty for f in ib_fills), sum(f.quantity for f in fills))
         return BrokerOrder(
             order_id=self._order_id_of_execution(execution), status=BrokerStatus.FILLED,
             quantity=quantity, signal_id=execution.orderRef or None, fills=fills,

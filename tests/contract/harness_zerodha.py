@@ -51,13 +51,14 @@ class ZerodhaHarness:
             self.fake.stop()
 
     def _next_chunk(self, order_id: str, quantity: int) -> int:
-        """Equal whole chunks; the last one takes the remainder."""
+        """Equal whole chunks (never more chunks than units); the last ones take the rest."""
+        chunks = max(1, min(self._chunks, quantity))
         delivered = self._delivered.get(order_id, 0)
-        if delivered >= self._chunks:
+        if delivered >= chunks:
             return 0
         self._delivered[order_id] = delivered + 1
-        size = quantity // self._chunks
-        return quantity - size * (self._chunks - 1) if delivered + 1 == self._chunks else size
+        base, extra = divmod(quantity, chunks)
+        return base + (1 if delivered >= chunks - extra else 0)
 
     def _require_fake(self) -> FakeKite:
         assert self.fake is not None, "start() the harness first"

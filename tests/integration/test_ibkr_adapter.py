@@ -241,7 +241,7 @@ async def test_ibkr_immediate_rejection_raises_order_rejected():
     harness = IbkrHarness()
     broker = await harness.start(reject_reason="Insufficient margin")
     try:
-        with pytest.raises(OrderRejected, match="IB error 201: .*Insufficient margin"):
+        with pytest.raises(OrderRejected, match=r"IB error 201: .*Insufficient margin"):
             await broker.place_order(order_request())
     finally:
         await harness.stop()
@@ -404,7 +404,7 @@ async def test_ibkr_disconnect_calls_listener_and_everything_is_transient(ibkr):
     for call in (ibkr.broker.place_order(order_request(signal_id="sig-ibkr-2")),
                  ibkr.broker.get_order(placed.order_id), ibkr.broker.find_order("sig-ibkr-1"),
                  ibkr.broker.cancel_order(placed.order_id)):
-        with pytest.raises(TransientBrokerError, match="IBKR 127.0.0.1:4002 not connected"):
+        with pytest.raises(TransientBrokerError, match=r"IBKR 127\.0\.0\.1:4002 not connected"):
             await call
     assert len(ibkr.tws.received) == sent  # nothing sent
 
@@ -496,8 +496,8 @@ async def test_ibkr_connect_to_a_silent_server_times_out():
     broker = IbkrBroker(IbkrSettings(port=port, client_id=CLIENT_ID, connect_timeout=0.3))
     try:
         started = time.monotonic()
-        with pytest.raises(TransientBrokerError, match=rf"IBKR 127.0.0.1:{port} unreachable: "
-                                                       r"no answer within 0.3s"):
+        with pytest.raises(TransientBrokerError, match=rf"IBKR 127\.0\.0\.1:{port} unreachable: "
+                                                       r"no answer within 0\.3s"):
             await broker.connect()
         assert time.monotonic() - started < 2.0
     finally:

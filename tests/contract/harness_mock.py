@@ -1,0 +1,40 @@
+"""The mock paper broker's contract harness: a manual clock moves its fills along."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import mongomock
+
+from brokers.base import Broker
+from brokers.mock import MockBroker, MockSettings
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class MockHarness:
+    name = "mock"
+
+    async def start(self, *, chunks: int = 1, reject_reason: str | None = None) -> Broker:
+        self.clock = ManualClock()
+        database = mongomock.MongoClient(tz_aware=True)["trading"]
+        settings = MockSettings(fill_delay_seconds=1.0, fill_chunks=chunks,
+                                reject_rate=1.0 if reject_reason else 0.0, seed=1)
+        self.broker = MockBroker(database, settings, clock=self.clock)
+        await self.broker.connect()
+        return self.broker
+
+    async def advance(self, order_id: str) -> None:
+        self.clock.now += timedelta(seconds=1)
+
+    async def stop(self) -> None:
+        await self.broker.close()
+
+
+HARNESS = MockHarness

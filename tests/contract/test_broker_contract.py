@@ -1,0 +1,104 @@
+"""One contract, every broker adapter: the same behaviour for fill, partial fill, reject,
+cancel and lookup by signal (STYLE: dramatiq's broker fixtures over backends)."""
+
+from __future__ import annotations
+
+import importlib
+import uuid
+
+import pytest
+
+from brokers.base import BrokerStatus, OrderRequest
+from execution_service.errors import OrderRejected
+
+HARNESS_MODULES = ["tests.contract.harness_mock"]
+
+
+def _available() -> list:
+    params = []
+    for module in HARNESS_MODULES:
+        try:
+            params.append(pytest.param(importlib.import_module(module).HARNESS, id=module))
+        except ImportError as e:  # an adapter under construction must not hide the others
+            params.append(pytest.param(None, id=module, marks=pytest.mark.skip(str(e))))
+    return params
+
+
+@pytest.fixture(params=_available())
+async def harness(request):
+    instance = request.param()
+    yield instance
+    await instance.stop()
+
+
+def market(quantity: float = 10, **fields) -> OrderRequest:
+    values = {"signal_id": f"sig_{uuid.uuid4().hex[:10]}", "account_id": "acc", "symbol": "SPY",
+              "side": "BUY", "quantity": quantity, "order_type": "MARKET",
+              "reference_price": 100.0}
+    values.update(fields)
+    return OrderRequest(**values)
+
+
+async def _advance_until(harness, broker, order_id: str, done, steps: int = 10):
+    order = await broker.get_order(order_id)
+    for _ in range(steps):
+        if done(order):
+            return order
+        await harness.advance(order_id)
+        order = await broker.get_order(order_id)
+    return order
+
+
+async def test_contract_given_market_order_then_filled_with_price(harness):
+    broker = await harness.start()
+    request = market(10)
+    placed = await broker.place_order(request)
+    assert placed.order_id
+    order = await _advance_until(harness, broker, placed.order_id,
+                                 lambda o: o.status is BrokerStatus.FILLED)
+    assert order.status is BrokerStatus.FILLED
+    assert order.filled_quantity == 10
+    assert all(fill.price > 0 and fill.exec_id for fill in order.fills)
+
+
+async def test_contract_given_chunks_then_partial_fills_with_distinct_exec_ids(harness):
+    broker = await harness.start(chunks=2)
+    placed = await broker.place_order(market(10))
+    order = await _advance_until(harness, broker, placed.order_id,
+                                 lambda o: 0 < o.filled_quantity < 10)
+    assert order.status is BrokerStatus.WORKING and order.filled_quantity == 5
+    order = await _advance_until(harness, broker, placed.order_id,
+                                 lambda o: o.status is BrokerStatus.FILLED)
+    assert order.filled_quantity == 10
+    assert len({fill.exec_id for fill in order.fills}) == 2
+
+
+async def test_contract_given_venue_refuses_then_rejected_with_reason(harness):
+    broker = await harness.start(reject_reason="Insufficient margin")
+    request = market(10)
+    try:
+        placed = await broker.place_order(request)
+    except OrderRejected as e:
+        assert e.reason
+        return
+    order = await _advance_until(harness, broker, placed.order_id,
+                                 lambda o: o.status is BrokerStatus.REJECTED)
+    assert order.status is BrokerStatus.REJECTED and order.reason
+
+
+async def test_contract_given_resting_order_when_cancelled_then_cancelled(harness):
+    broker = await harness.start()
+    placed = await broker.place_order(market(10, order_type="LIMIT", limit_price=50.0))
+    await broker.cancel_order(placed.order_id)
+    order = await _advance_until(harness, broker, placed.order_id,
+                                 lambda o: o.status is BrokerStatus.CANCELLED)
+    assert order.status is BrokerStatus.CANCELLED and order.filled_quantity == 0
+
+
+async def test_contract_given_placed_order_then_found_by_signal(harness):
+    broker = await harness.start()
+    request = market(10)
+    placed = await broker.place_order(request)
+    found = await broker.find_order(request.signal_id)
+    assert found is not None and found.order_id == placed.order_id
+    assert await broker.find_order(f"sig_never_{uuid.uuid4().hex[:6]}") is None
