@@ -228,7 +228,12 @@ class OrderTracker:
         reason = (f"timeout: not filled within {self._policy.order_timeout:g}s of submission "
                   f"(filled {doc['filled_quantity']:g}/{doc['quantity']:g})")
         logger.info("Order timed out, cancelling: %s [%s]", doc["order_id"], doc["signal_id"])
-        await broker.cancel_order(doc["order_id"])
+        try:
+            await broker.cancel_order(doc["order_id"])
+        except (TransientBrokerError, OrderNotFound) as e:
+            logger.warning("Cancel of %s failed (%s); retrying", doc["signal_id"], e)
+            await asyncio.sleep(self._policy.poll_interval)
+            return doc
         return self._journal.apply(doc, lambda s: orders.Change(s), {
             "cancel_requested_reason": reason, "cancel_requested_at": self._clock()})
 

@@ -63,3 +63,6 @@ class ZerodhaHarness:
     def _require_fake(self) -> FakeKite:
         assert self.fake is not None, "start() the harness first"
         return self.fake
+
+
+HARNESS = ZerodhaHarness
