@@ -35,8 +35,8 @@ SYNC = StartupFetch.POSITIONS | StartupFetch.ORDERS_OPEN | StartupFetch.ORDERS_C
     StartupFetch.EXECUTIONS)
 
 #: IB messages about an order that do not change it (held until the open, short-sale locate,
-#: a cancel that came too late, market data notes). 2100-2199 are warnings too.
-INFORMATIONAL_CODES = frozenset({161, 165, 399, 404, 10090, 10147, 10148, 10167, 10197})
+#: a cancel that came too late, tif set by preset, market data notes). 2100-2199 are warnings.
+INFORMATIONAL_CODES = frozenset({161, 165, 399, 404, 10090, 10147, 10148, 10167, 10197, 10349})
 CANCELLED_CODE = 202  # "Order Canceled - reason:": the cancel confirmation, not a rejection
 CONNECTIVITY_LOST, CONNECTIVITY_RESTORED = 1100, frozenset({1101, 1102})
 
@@ -160,7 +160,9 @@ class IbkrBroker(Broker):
         if req_id <= 0 or is_informational(code):
             return
         self._errors[req_id] = (code, text)
-        logger.warning("IBKR order %s: IB error %s: %s", req_id, code, text)
+        placed = self._placed.get(str(req_id))
+        logger.warning("IBKR order %s (%s): IB error %s: %s", req_id,
+                       placed.signal_id if placed else "no signal", code, text)
 
     def _require_connection(self, what: str) -> None:
         if not self.ib.isConnected():
@@ -181,6 +183,8 @@ class IbkrBroker(Broker):
                                      f"{request.signal_id}: look it up by its orderRef")
         snapshot = self._snapshot(trade, str(trade.order.orderId))
         if snapshot.status is BrokerStatus.REJECTED:
+            logger.warning("IBKR rejected %s (order %s): %s", request.signal_id,
+                           snapshot.order_id, snapshot.reason)
             raise OrderRejected(snapshot.reason or "rejected by IBKR")
         return snapshot
 
@@ -396,10 +400,12 @@ def map_status(ib_status: str, *, fills_complete: bool, error: tuple[int, str] |
 
 
 def effective_status(trade: Trade) -> str:
-    """The trade's status, ignoring what ib_async wrote on informational messages (it marks
-    orders Cancelled on any error it does not know as a warning)."""
+    """The trade's status, ignoring what ib_async wrote on warnings (ValidationError, the order
+    is still live) and on informational messages (ib_async marks an order Cancelled on any
+    error it does not know as a warning)."""
     for entry in reversed(trade.log):
-        if entry.errorCode and is_informational(entry.errorCode):
+        if entry.status == "ValidationError" or (entry.errorCode
+                                                 and is_informational(entry.errorCode)):
             continue
         return entry.status
     return trade.orderStatus.status

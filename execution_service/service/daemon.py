@@ -11,7 +11,8 @@ from datetime import datetime
 
 from execution_service import __version__
 from execution_service.domain.notices import AlertKind, ServiceAlert
-from execution_service.errors import ExecutionError
+from execution_service.domain.backoff import compute_backoff
+from execution_service.errors import ExecutionError, StoreUnavailable
 from execution_service.service.processor import Action, recover_open_orders
 
 logger = logging.getLogger(__name__)
@@ -32,9 +33,7 @@ class ExecutionDaemon:
     async def run(self, stop: asyncio.Event) -> None:
         app = self.app
         await app.notifier.start()
-        loaded = app.outbox.load_unpublished()
-        app.outbox.start()
-        resumed = recover_open_orders(app.store, app.tracker)
+        loaded, resumed = await self._recover()
         logger.info("Recovery: %d open orders resumed, %d confirmations to publish", resumed,
                     loaded)
         self._consumer.start(asyncio.get_running_loop(), self._on_message)
@@ -45,6 +44,21 @@ class ExecutionDaemon:
                                          key="started"))
         await stop.wait()
         await self._shutdown(heartbeat)
+
+    async def _recover(self) -> tuple[int, int]:
+        """Unpublished confirmations and open orders from earlier runs; waits for the store."""
+        attempt = 0
+        while True:
+            try:
+                loaded = self.app.outbox.load_unpublished()
+                resumed = recover_open_orders(self.app.store, self.app.tracker)
+                self.app.outbox.start()
+                return loaded, resumed
+            except StoreUnavailable as e:
+                attempt += 1
+                wait = compute_backoff(attempt, 0.5, 10.0)
+                logger.warning("Store unavailable at start (%s); retry in %.1fs", e, wait)
+                await asyncio.sleep(wait)
 
     async def _on_message(self, message) -> None:
         try:

@@ -488,8 +488,13 @@ async def test_ibkr_connect_to_a_closed_port_fails_fast_naming_the_connection():
 
 @pytest.mark.asyncio
 async def test_ibkr_connect_to_a_silent_server_times_out():
-    async def silent(reader, _writer):
+    hung_up = asyncio.Event()
+
+    async def silent(reader, writer):  # accepts, never answers the API handshake
         await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        hung_up.set()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -500,6 +505,7 @@ async def test_ibkr_connect_to_a_silent_server_times_out():
                                                        r"no answer within 0\.3s"):
             await broker.connect()
         assert time.monotonic() - started < 2.0
+        await asyncio.wait_for(hung_up.wait(), 2.0)  # the adapter hung up its attempt
     finally:
         server.close()
         await server.wait_closed()
@@ -514,3 +520,13 @@ def test_ibkr_factory_builds_an_unconnected_adapter_from_settings():
     assert isinstance(broker, IbkrBroker) and broker.name == "IBKR"
     assert not broker.is_connected
     assert broker._settings == IbkrSettings("127.0.0.1", 4999, 3, 4.0)
+
+
+@pytest.mark.asyncio
+async def test_ibkr_warning_after_the_fill_keeps_it_filled(ibkr):
+    placed, _, _ = await place(ibkr)
+    ibkr.tws.fill_next(int(placed.order_id))
+    ibkr.tws.error(int(placed.order_id), 110, "The price does not conform to the minimum "
+                                              "price variation for this contract.")
+    assert ibkr.ib.trades()[0].orderStatus.status == "ValidationError"  # ib_async's marker
+    assert (await ibkr.broker.get_order(placed.order_id)).status is BrokerStatus.FILLED

@@ -1,0 +1,75 @@
+"""A store that fails for a while: messages are nacked, redelivered and processed, none lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import mongomock
+import pytest
+from google.cloud import pubsub_v1
+
+from execution_service.adapters.pubsub import (
+    OrderConsumer,
+    PubSubNames,
+    TopicPublisher,
+    make_publisher,
+)
+from execution_service.adapters.store import StoreHandle
+from execution_service.bootstrap import build_app
+from execution_service.config import load_settings
+from execution_service.service.daemon import ExecutionDaemon
+from tests.fakes.pubsub_tools import PubSubRig
+from tests.fakes.service_fakes import FlakyStore
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_given_store_down_then_nacked_and_processed_once_it_is_back(emulator_host,
+                                                                          project_id):
+    rig = PubSubRig(project_id)
+    settings = load_settings(environ={
+        "GOOGLE_CLOUD_PROJECT": project_id, "PUBSUB_EMULATOR_HOST": emulator_host,
+        "MONGODB_URI": "mongomock://", "MOCK_FILL_DELAY_SECONDS": "0",
+        "ORDER_POLL_SECONDS": "0.05"})
+    names = PubSubNames(settings)
+    publisher, subscriber = make_publisher(), pubsub_v1.SubscriberClient()
+    client = mongomock.MongoClient(tz_aware=True)
+    handle = StoreHandle(client, client["trading"], "mongomock")
+    store = FlakyStore(handle.database)
+    app = build_app(settings, TopicPublisher(publisher, names.confirmations_topic),
+                    handle=handle, store=store)
+    store.upsert_account("acc_1", {"broker": "MOCK", "enabled": True}, app.clock())
+    daemon = ExecutionDaemon(app, OrderConsumer(subscriber, names.orders_subscription, 50),
+                             TopicPublisher(publisher, names.dead_letter_topic), app.clock, 0.5)
+    stop = asyncio.Event()
+    running = asyncio.create_task(daemon.run(stop))
+    try:
+        while not daemon._consumer.running:
+            await asyncio.sleep(0.05)
+        store.down = True
+        ids = [f"sig_outage_{n}" for n in range(5)]
+        for signal_id in ids:
+            await asyncio.to_thread(rig.publish, {
+                "signal_id": signal_id, "order_type": "MARKET", "symbol": "SPY",
+                "side": "BUY", "quantity": 1, "account_id": "acc_1",
+                "strategy_name": "Outage", "reference_price": 10.0})
+        await asyncio.wait_for(_until(lambda: app.counters.nacked >= len(ids)), 30)
+        assert handle.database["execution_confirmations"].count_documents({}) == 0
+        store.down = False
+        await asyncio.to_thread(rig.wait_for, lambda: all(rig.terminal(i) for i in ids), 30,
+                                "all filled after the outage")
+        for signal_id in ids:
+            assert rig.statuses(signal_id) == ["SUBMITTED", "FILLED"]
+        assert app.store.db["mock_broker_orders"].count_documents({}) == len(ids)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 15)
+        subscriber.close()
+        rig.close()
+    assert json.loads(json.dumps(app.counters.as_dict()))["orders_filled"] == len(ids)
+
+
+async def _until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0.05)
