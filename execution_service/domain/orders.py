@@ -194,7 +194,7 @@ def _apply_one_fill(state: OrderState, fill: FillLike, at: datetime) -> Change:
     detail = {"exec_id": fill.exec_id, "quantity": quantity, "price": recorded.price,
               "filled_quantity": filled.filled_quantity, "avg_fill_price": filled.avg_fill_price,
               "commission": filled.commission, "fill_at": fill.at}
-    if quantity < fill.quantity:
+    if fill.quantity - quantity > QUANTITY_EPSILON:
         detail["capped_from"] = fill.quantity
     if state.status is S.CANCELLED:
         return Change(filled, (Event(S.CANCELLED, at, "LATE_FILL", detail),))
@@ -212,7 +212,8 @@ def follow_broker(state: OrderState, *, order_id: str, broker_status: str, fills
     change = Change(state)
     if broker_status == "REJECTED" and state.status in (S.PENDING, S.SUBMITTED) \
             and not _has_fills(fills):
-        return change.then(lambda s: reject(s, reason or "rejected by broker", at))
+        rejected = change.then(lambda s: reject(s, reason or "rejected by broker", at))
+        return Change(replace(rejected.state, order_id=order_id), rejected.events)
     change = change.then(lambda s: submit(s, order_id, at))
     change = change.then(lambda s: apply_fills(s, fills, at))
     if broker_status in ("CANCELLED", "REJECTED") and not change.state.status.is_terminal:

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
     model_validator
 
 SIGNAL_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+INT64_MAX = 2**63 - 1
 KNOWN_FIELDS_ORDER = ("signal_id", "account_id", "strategy_name", "symbol", "side", "quantity",
                       "order_type", "limit_price", "stop_price", "time_in_force", "stop_loss",
                       "take_profit", "asset_class", "exchange", "currency", "product",
@@ -100,8 +101,9 @@ class Signal(BaseModel):
 
 
 def _order_problems(signal: Signal):
-    if not math.isclose(signal.quantity, round(signal.quantity), abs_tol=1e-9) and \
-            signal.asset_class not in FRACTIONAL_ASSETS:
+    whole = round(signal.quantity)
+    if signal.asset_class not in FRACTIONAL_ASSETS and (
+            whole < 1 or not math.isclose(signal.quantity, whole, abs_tol=1e-9)):
         yield (f"quantity must be a whole number for {signal.asset_class} "
                f"(fractions only for CRYPTO or FOREX), got {signal.quantity:g}")
     if signal.order_type in ("LIMIT", "STOP_LIMIT") and signal.limit_price is None:
@@ -142,7 +144,7 @@ class Invalid:
 def parse_signal(body: bytes) -> Signal | Invalid | Unusable:
     """Decode and validate one message body."""
     try:
-        data = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+        data = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as e:
         return Unusable(f"body is not UTF-8: {e.reason} at byte {e.start}")
     except (ValueError, RecursionError) as e:
@@ -158,15 +160,12 @@ def parse_signal(body: bytes) -> Signal | Invalid | Unusable:
         return Invalid(signal_id, f"field name {bad_key!r:.80} is not allowed (no '$' prefix, "
                                   "no '.')", _storable_fields(data))
     known = {key: value for key, value in data.items() if key in KNOWN_FIELDS_ORDER}
-    extra = {key: value for key, value in data.items() if key not in KNOWN_FIELDS_ORDER}
+    extra = {key: storable(value) for key, value in data.items()
+             if key not in KNOWN_FIELDS_ORDER}
     try:
         return Signal(**known, extra_fields=extra)
     except ValidationError as e:
         return Invalid(signal_id, describe_validation_error(e), _storable_fields(data))
-
-
-def _no_constants(name: str):
-    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def _first_unsafe_key(value: Any) -> str | None:
@@ -187,9 +186,22 @@ def _first_unsafe_key(value: Any) -> str | None:
 
 def _storable_fields(data: dict) -> dict[str, Any]:
     """The known fields that are plain scalars, kept as data on the rejection record."""
-    return {key: data[key] for key in KNOWN_FIELDS_ORDER
+    return {key: storable(data[key]) for key in KNOWN_FIELDS_ORDER
             if key in data and isinstance(data[key], (str, int, float, bool))
             and not (isinstance(data[key], float) and not math.isfinite(data[key]))}
+
+
+def storable(value: Any) -> Any:
+    """The value as BSON can hold it: integers beyond 64 bits are kept as their digits."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+        return str(value)
+    if isinstance(value, dict):
+        return {key: storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [storable(item) for item in value]
+    return value
 
 
 _MESSAGES = {

@@ -168,13 +168,6 @@ def test_given_a_claim_then_every_value_is_bson_friendly_with_statuses_as_plain_
     assert_bson_friendly(doc)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an unknown field holding an integer beyond 64 bits "
-    "is kept as-is in extra_fields, so the claim cannot be "
-    "BSON-encoded (OverflowError: MongoDB can only handle up "
-    "to 8-byte ints) and the insert fails",
-)
 def test_given_an_unknown_field_with_a_huge_integer_then_the_claim_is_still_bson_friendly():
     assert_bson_friendly(claim(big=10**20))
 
@@ -230,12 +223,6 @@ def test_given_no_raw_body_then_the_rejection_has_no_raw_message():
     assert "raw_message" not in new_rejection("sig_1", {}, "bad", at(0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a rejected message whose quantity is an integer "
-    "beyond 64 bits keeps it in the rejection record, which "
-    "then cannot be BSON-encoded (OverflowError)",
-)
 def test_given_a_rejected_message_with_a_huge_integer_quantity_then_the_record_is_bson_friendly():
     raw = json.dumps({**SPEC_EXAMPLE, "quantity": 10**30, "symbol": "$BAD"}).encode()
     parsed = parse_signal(raw)
@@ -413,12 +400,5 @@ def test_given_any_attempt_then_the_wait_is_capped_and_never_shrinks(attempt, ba
         assert compute_backoff(attempt + 1, base, cap) == pytest.approx(2 * wait)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: base * 2 ** (attempt - 1) overflows a float from "
-    "attempt 1025 (OverflowError) before the cap is applied; "
-    "the outbox and tracker retry forever with a growing "
-    "attempt count",
-)
 def test_given_a_very_long_outage_then_the_wait_is_still_the_cap():
     assert compute_backoff(1025, 0.5, cap=30.0) == 30.0
