@@ -143,7 +143,8 @@ class IbkrBroker(Broker):
             self._closing, self._up, self._lost = False, False, False
 
     def _on_api_error(self, message: str) -> None:
-        self._last_api_error = message
+        if not message.startswith("API connection failed"):  # that one restates the exception
+            self._last_api_error = message
 
     def _on_disconnected(self) -> None:
         if self._closing or not self._up:
