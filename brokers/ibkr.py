@@ -427,8 +427,16 @@ def latest_corrections(fills) -> list[IbFill]:
 def to_fill(fill: IbFill) -> Fill:
     report = fill.commissionReport
     commission = report.commission if report.execId and is_set(report.commission) else 0.0
-    return Fill(exec_id=fill.execution.execId, quantity=float(fill.execution.shares),
+    # A correction re-sends an execution under a new last segment ("….01" -> "….02"): keep
+    # the base as our exec id so a correction can never count as a second fill.
+    return Fill(exec_id=base_exec_id(fill.execution.execId),
+                quantity=float(fill.execution.shares),
                 price=float(fill.execution.price), at=_at(fill), commission=commission)
+
+
+def base_exec_id(exec_id: str) -> str:
+    head, dot, tail = exec_id.rpartition(".")
+    return head if dot and tail.isdigit() and head.count(".") >= 1 else exec_id
 
 
 def _at(fill: IbFill) -> datetime:

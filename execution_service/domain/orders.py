@@ -98,6 +98,7 @@ class OrderState:
     closed_at: datetime | None = None
     reject_reason: str | None = None
     cancel_reason: str | None = None
+    broker_commission: float | None = None  # the broker's total when it reports one later
 
     @property
     def filled_quantity(self) -> float:
@@ -116,6 +117,8 @@ class OrderState:
 
     @property
     def commission(self) -> float:
+        if self.broker_commission is not None:
+            return round(self.broker_commission, 8)
         return round(sum(fill.commission for fill in self.fills), 8)
 
     @property
@@ -205,8 +208,30 @@ def _apply_one_fill(state: OrderState, fill: FillLike, at: datetime) -> Change:
     return moved
 
 
+def complete(state: OrderState, at: datetime) -> Change:
+    """The broker says the order is done although fills add up to less than its quantity (a
+    cash-sized crypto order, say): FILLED with what was filled."""
+    if state.status not in (S.SUBMITTED, S.PARTIALLY_FILLED) or not state.fills:
+        return Change(state)
+    change = _move(state, S.FILLED, at, "COMPLETED", filled_quantity=state.filled_quantity,
+                   avg_fill_price=state.avg_fill_price, commission=state.commission,
+                   fill_at=state.fills[-1].at,
+                   reason=f"broker reports the order filled at {state.filled_quantity:g}")
+    return Change(replace(change.state, filled_at=state.fills[-1].at, closed_at=at),
+                  change.events)
+
+
+def set_commission(state: OrderState, total: float | None, at: datetime) -> Change:
+    """Commission reports can arrive after their fills: the broker's total wins."""
+    if total is None or abs(total - state.commission) <= 1e-9:
+        return Change(state)
+    return Change(replace(state, broker_commission=total),
+                  (Event(state.status, at, "COMMISSION", {"commission": total}),))
+
+
 def follow_broker(state: OrderState, *, order_id: str, broker_status: str, fills: Iterable[FillLike],
-                  reason: str | None, at: datetime, cancel_reason: str | None = None) -> Change:
+                  reason: str | None, at: datetime, cancel_reason: str | None = None,
+                  commission_total: float | None = None) -> Change:
     """Bring the record in line with the broker's snapshot of the order: the broker's fills are
     the truth, then its terminal status. `cancel_reason` explains a cancel we asked for."""
     change = Change(state)
@@ -216,6 +241,9 @@ def follow_broker(state: OrderState, *, order_id: str, broker_status: str, fills
         return Change(replace(rejected.state, order_id=order_id), rejected.events)
     change = change.then(lambda s: submit(s, order_id, at))
     change = change.then(lambda s: apply_fills(s, fills, at))
+    change = change.then(lambda s: set_commission(s, commission_total, at))
+    if broker_status == "FILLED":
+        change = change.then(lambda s: complete(s, at))
     if broker_status in ("CANCELLED", "REJECTED") and not change.state.status.is_terminal:
         why = cancel_reason or reason or "cancelled by broker"
         change = change.then(lambda s: cancel(s, why, at))

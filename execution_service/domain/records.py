@@ -12,7 +12,8 @@ from typing import Any
 from execution_service.domain.orders import Event, OrderState, OrderStatus, RecordedFill
 from execution_service.domain.signals import Signal
 
-CONFIRMED_EVENTS = frozenset({"SUBMITTED", "FILL", "LATE_FILL", "REJECTED", "CANCELLED"})
+CONFIRMED_EVENTS = frozenset({"SUBMITTED", "FILL", "COMPLETED", "LATE_FILL", "REJECTED",
+                              "CANCELLED"})
 ORDER_FIELDS = ("symbol", "side", "quantity", "order_type", "limit_price", "stop_price",
                 "time_in_force", "stop_loss", "take_profit", "asset_class", "exchange",
                 "currency", "product", "reference_price")
@@ -76,7 +77,7 @@ def state_of(doc: dict[str, Any]) -> OrderState:
                                  f.get("commission", 0.0)) for f in doc.get("fills", [])),
         submitted_at=as_utc(doc.get("submitted_at")), filled_at=as_utc(doc.get("filled_at")),
         closed_at=as_utc(doc.get("closed_at")), reject_reason=doc.get("reject_reason"),
-        cancel_reason=doc.get("cancel_reason"),
+        cancel_reason=doc.get("cancel_reason"), broker_commission=doc.get("broker_commission"),
     )
 
 
@@ -91,6 +92,7 @@ def state_fields(state: OrderState) -> dict[str, Any]:
         "submitted_at": state.submitted_at, "filled_at": state.filled_at,
         "closed_at": state.closed_at, "reject_reason": state.reject_reason,
         "cancel_reason": state.cancel_reason, "fills": [f.to_doc() for f in state.fills],
+        "broker_commission": state.broker_commission,
         "notes": _notes(state),
     }
 
@@ -109,7 +111,7 @@ def confirmation(doc: dict[str, Any], event: Event, sequence: int) -> dict[str, 
     """The execution-confirmations payload for one event of this record (SPEC §6)."""
     detail = event.detail
     filled = detail.get("filled_quantity", doc.get("filled_quantity", 0.0))
-    is_fill = event.event in ("FILL", "LATE_FILL")
+    is_fill = event.event in ("FILL", "LATE_FILL", "COMPLETED")
     return {
         "signal_id": doc["signal_id"], "order_id": detail.get("order_id", doc.get("order_id")),
         "status": str(event.status), "event": event.event, "sequence": sequence,

@@ -116,7 +116,7 @@ class OrderJournal:
         if event.event == "SUBMITTED":
             self.counters.orders_submitted += 1
             logger.info("Order submitted: %s [%s]", detail.get("order_id"), signal_id)
-        elif event.event == "FILL" and event.status is OrderStatus.FILLED:
+        elif event.event in ("FILL", "COMPLETED") and event.status is OrderStatus.FILLED:
             self.counters.orders_filled += 1
             logger.info("Order filled: %s @ $%s [%s]", _qty(doc["filled_quantity"]),
                         _money(doc["avg_fill_price"]), signal_id)
@@ -141,6 +141,7 @@ class OrderJournal:
 
 _NOTICE_FOR = {
     ("FILL", OrderStatus.FILLED): NoticeKind.FILLED,
+    ("COMPLETED", OrderStatus.FILLED): NoticeKind.FILLED,
     ("FILL", OrderStatus.PARTIALLY_FILLED): NoticeKind.PARTIAL_FILL,
     ("LATE_FILL", OrderStatus.CANCELLED): NoticeKind.LATE_FILL,
     ("REJECTED", OrderStatus.REJECTED): NoticeKind.REJECTED,

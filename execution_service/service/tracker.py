@@ -181,7 +181,8 @@ class OrderTracker:
         now = self._clock()
         return self._journal.apply(doc, lambda s: orders.follow_broker(
             s, order_id=snapshot.order_id, broker_status=str(snapshot.status),
-            fills=snapshot.fills, reason=snapshot.reason, at=now, cancel_reason=cancel_reason))
+            fills=snapshot.fills, reason=snapshot.reason, at=now, cancel_reason=cancel_reason,
+            commission_total=snapshot.extra.get("commission")))
 
     # following --------------------------------------------------------------------------------
 
@@ -189,12 +190,14 @@ class OrderTracker:
         policy = self._policy
         deadline = as_utc(doc["submitted_at"]) + timedelta(seconds=policy.order_timeout)
         failures = 0
+        poll_id = doc["order_id"]
         while not orders.OrderStatus(doc["status"]).is_terminal:
             try:
                 await self._ensure_connected(broker)
-                snapshot = await broker.get_order(doc["order_id"])
+                snapshot = await self._snapshot(broker, poll_id, doc)
+                poll_id = snapshot.order_id
                 failures = 0
-            except (TransientBrokerError, OrderNotFound) as e:
+            except TransientBrokerError as e:
                 failures += 1
                 wait = compute_backoff(failures, policy.backoff_base, policy.store_retry_cap)
                 logger.warning("Polling %s failed (%s); retry in %.1fs", doc["signal_id"], e,
@@ -212,7 +215,19 @@ class OrderTracker:
                 continue
             wait = policy.poll_interval if doc.get("cancel_requested_reason") else \
                 min(policy.poll_interval, (deadline - now).total_seconds())
-            await broker.wait_for_update(doc["order_id"], max(wait, 0.001))
+            await broker.wait_for_update(poll_id, max(wait, 0.001))
+
+    async def _snapshot(self, broker: Broker, order_id: str, doc: dict) -> BrokerOrder:
+        """The order by its id; a broker that no longer knows the id is asked by signal tag
+        ("order not found" is never a rejection)."""
+        try:
+            return await broker.get_order(order_id)
+        except OrderNotFound as e:
+            found = await broker.find_order(doc["signal_id"])
+            if found is None:
+                raise TransientBrokerError(f"{broker.name} does not know {order_id} "
+                                           f"or any order tagged {doc['signal_id']}") from e
+            return found
 
     async def _watch_for_late_fill(self, broker: Broker, doc: dict) -> None:
         """A cancel can race a fill at the venue: the broker's fills are the truth."""

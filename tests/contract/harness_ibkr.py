@@ -341,3 +341,6 @@ class IbkrHarness:
     async def stop(self) -> None:
         if self.broker is not None:
             await self.broker.close()
+
+
+HARNESS = IbkrHarness

@@ -11,7 +11,11 @@ import pytest
 from brokers.base import BrokerStatus, OrderRequest
 from execution_service.errors import OrderRejected
 
-HARNESS_MODULES = ["tests.contract.harness_mock", "tests.contract.harness_zerodha"]
+HARNESS_MODULES = [
+    "tests.contract.harness_mock",
+    "tests.contract.harness_ibkr",
+    "tests.contract.harness_zerodha",
+]
 
 
 def _available() -> list:

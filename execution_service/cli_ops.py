@@ -1,0 +1,34 @@
+"""Operators' commands about one signal (issue 8): `show SIGNAL_ID [--json]`.
+
+Registered on the main group by `register(main)` at the end of cli.py.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from execution_service.journey import render_journey, signal_journey
+
+
+@click.command("show")
+@click.argument("signal_id")
+@click.option("--json", "as_json", is_flag=True)
+def show(signal_id: str, as_json: bool) -> None:
+    """One signal's journey: every event, confirmation and position it moved."""
+    from execution_service.cli import _print_json, _with_store  # cli imports this module
+
+    journey = _with_store(lambda store: signal_journey(store, signal_id))
+    if journey is None:
+        click.echo(f"error: no signal {signal_id!r} in the audit store (no execution record, "
+                   f"no signal_store document)", err=True)
+        sys.exit(1)
+    if as_json:
+        _print_json(journey)
+    else:
+        click.echo(render_journey(journey))
+
+
+def register(main_group: click.Group) -> None:
+    main_group.add_command(show)

@@ -1,0 +1,207 @@
+"""Pre-trade risk gate and the kill switch (issue 9): the reads behind domain.risk.
+
+Halts live in the `trading_halts` collection, one document per scope:
+`{_id: "global" | "account:<id>", account_id, reason, cancel_open, halted_at}`. Every replica
+reads them at most every `halt_cache_seconds`, so a halt set by the CLI on any host is obeyed
+everywhere within a second. Orders per minute are counted from `execution_confirmations`
+(received in the last 60 s, not REJECTED), so the count is shared by every replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from execution_service.adapters.store import POSITIONS, RECORDS, translating
+from execution_service.domain.notices import AlertKind, ServiceAlert
+from execution_service.domain.records import iso
+from execution_service.domain.risk import (
+    FLAT,
+    MAX_ORDERS_PER_MINUTE,
+    MAX_POSITION_NOTIONAL,
+    RiskBreach,
+    RiskSettings,
+    first_breach,
+    net_exposure,
+)
+from execution_service.domain.signals import Signal
+from execution_service.errors import StoreUnavailable
+
+logger = logging.getLogger(__name__)
+HALTS = "trading_halts"
+GLOBAL_HALT = "global"
+RATE_WINDOW = timedelta(seconds=60)
+
+
+def halt_id(account_id: str | None) -> str:
+    return GLOBAL_HALT if account_id is None else f"account:{account_id}"
+
+
+# halt storage (CLI and daemon) ------------------------------------------------------------------
+
+@translating
+def set_halt(db, reason: str, account_id: str | None = None, cancel_open: bool = False, *,
+             at: datetime) -> dict:
+    """Halt all trading (account_id None) or one account's; replaces an earlier halt there."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValueError("a halt needs a reason")
+    doc = {"_id": halt_id(account_id), "account_id": account_id, "reason": reason,
+           "cancel_open": bool(cancel_open), "halted_at": at}
+    db[HALTS].replace_one({"_id": doc["_id"]}, doc, upsert=True)
+    return doc
+
+
+@translating
+def clear_halt(db, account_id: str | None = None) -> dict | None:
+    """Lift the global halt (or one account's); the halt that was lifted, None if none was."""
+    return db[HALTS].find_one_and_delete({"_id": halt_id(account_id)})
+
+
+@translating
+def active_halts(db) -> list[dict]:
+    """Every active halt, the global one first."""
+    return sorted(db[HALTS].find(), key=lambda doc: (doc["_id"] != GLOBAL_HALT, doc["_id"]))
+
+
+@translating
+def ensure_risk_indexes(db) -> None:
+    """Keep the per-check reads cheap: rate counting and per-symbol positions."""
+    db[RECORDS].create_index([("account_id", 1), ("received_at", -1)])
+    db[POSITIONS].create_index([("account_id", 1), ("symbol", 1), ("status", 1)])
+
+
+# the gate ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HaltChanges:
+    started: tuple[dict, ...] = ()
+    ended: tuple[dict, ...] = ()
+
+
+class RiskGate:
+    """`check(signal, account)` right after the account check, before the claim."""
+
+    def __init__(self, store_db, clock: Callable[[], datetime], collar_pct: float | None = 10.0,
+                 halt_cache_seconds: float = 0.5, timer: Callable[[], float] = time.monotonic):
+        self._db = store_db
+        self._clock = clock
+        self._timer = timer  # monotonic seconds, for the halt cache only
+        self._settings = RiskSettings(collar_pct)
+        self._cache_seconds = halt_cache_seconds
+        self._halts: dict[str, dict] = {}
+        self._halts_read_at: float | None = None
+        self._announced: dict[str, dict] = {}
+        self._rejections: Counter[str] = Counter()
+
+    def check(self, signal: Signal, account: dict) -> RiskBreach | None:
+        """The first failing control, or None. Raises StoreUnavailable (caller nacks)."""
+        halts = self._current_halts()
+        halt = halts.get(GLOBAL_HALT) or halts.get(halt_id(signal.account_id))
+        exposure, recent = FLAT, 0
+        if halt is None and account.get(MAX_POSITION_NOTIONAL) is not None:
+            exposure = net_exposure(self._open_positions(signal.account_id, signal.symbol))
+        if halt is None and account.get(MAX_ORDERS_PER_MINUTE) is not None:
+            recent = self._orders_last_minute(signal.account_id)
+        breach = first_breach(signal, account, exposure=exposure, orders_last_minute=recent,
+                              halt=halt, settings=self._settings)
+        if breach is not None:
+            self._rejections[breach.control] += 1
+            logger.info("Risk control %s refused %s: %s", breach.control, signal.signal_id,
+                        breach.reason)
+        return breach
+
+    def stats(self) -> dict:
+        """For the heartbeat: active halts (as last read) and rejections counted by control."""
+        try:
+            halts = self._current_halts()
+        except StoreUnavailable:
+            halts = self._halts
+        return {"halted": {key: {name: doc.get(name) for name in
+                                 ("account_id", "reason", "cancel_open", "halted_at")}
+                           for key, doc in halts.items()},
+                "rejections_by_control": dict(self._rejections)}
+
+    def poll_halts(self) -> HaltChanges:
+        """Halts that started or ended since the last poll (a re-halt counts as started)."""
+        current = self._current_halts()
+        started = tuple(doc for key, doc in current.items()
+                        if self._announced.get(key, {}).get("halted_at") != doc.get("halted_at"))
+        ended = tuple(doc for key, doc in self._announced.items() if key not in current)
+        self._announced = dict(current)
+        return HaltChanges(started, ended)
+
+    def unannounce(self, changes: HaltChanges) -> None:
+        """Acting on `changes` failed: report them again on the next poll."""
+        for doc in changes.started:
+            self._announced.pop(doc["_id"], None)
+        for doc in changes.ended:
+            self._announced.setdefault(doc["_id"], doc)
+
+    def _current_halts(self) -> dict[str, dict]:
+        now = self._timer()
+        if self._halts_read_at is None or now - self._halts_read_at >= self._cache_seconds \
+                or now < self._halts_read_at:
+            self._halts = {doc["_id"]: doc for doc in active_halts(self._db)}
+            self._halts_read_at = now
+        return self._halts
+
+    @translating
+    def _open_positions(self, account_id: str, symbol: str) -> list[dict]:
+        """Every strategy's OPEN position: max_position_notional is per account and symbol."""
+        return list(self._db[POSITIONS].find({"account_id": account_id, "symbol": symbol,
+                                              "status": "OPEN"}))
+
+    @translating
+    def _orders_last_minute(self, account_id: str) -> int:
+        since = self._clock() - RATE_WINDOW
+        return self._db[RECORDS].count_documents({"account_id": account_id,
+                                                  "received_at": {"$gt": since},
+                                                  "status": {"$ne": "REJECTED"}})
+
+
+# the daemon's side: alerts and a watcher that acts on new halts -----------------------------------
+
+def halt_alert(halt: dict) -> ServiceAlert:
+    scope = "all accounts" if halt.get("account_id") is None else \
+        f"account {halt['account_id']}"
+    text = f"Trading halted for {scope}: {halt.get('reason')}"
+    if halt.get("cancel_open"):
+        text += " (cancelling open orders)"
+    return ServiceAlert(AlertKind.OPERATOR, text,
+                        key=f"halt:{halt['_id']}:{iso(halt.get('halted_at'))}")
+
+
+def resume_alert(halt: dict) -> ServiceAlert:
+    scope = "all accounts" if halt.get("account_id") is None else \
+        f"account {halt['account_id']}"
+    return ServiceAlert(AlertKind.OPERATOR, f"Trading resumed for {scope}",
+                        key=f"resume:{halt['_id']}:{iso(halt.get('halted_at'))}")
+
+
+async def watch_halts(gate: RiskGate, stop: asyncio.Event,
+                      on_change: Callable[[HaltChanges], object], interval: float = 0.5) -> None:
+    """Poll for halt changes until `stop`; `on_change` gets each non-empty change (it may be a
+    coroutine function). A store outage is logged and the poll tried again."""
+    while not stop.is_set():
+        try:
+            changes = gate.poll_halts()
+        except StoreUnavailable as e:
+            logger.warning("Halt poll failed (%s); retrying", e)
+            changes = HaltChanges()
+        if changes.started or changes.ended:
+            try:
+                result = on_change(changes)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                gate.unannounce(changes)
+                logger.exception("Acting on a halt change failed; retrying on the next poll")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
