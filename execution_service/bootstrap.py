@@ -6,7 +6,6 @@ import fcntl
 import json
 import logging
 import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +19,7 @@ from execution_service.domain.accounts import parse_symbols
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.errors import FatalConfigError
 from execution_service.service.journal import Counters, OrderJournal
+from execution_service.service.leases import LeaseKeeper, make_owner
 from execution_service.service.outbox import ConfirmationOutbox
 from execution_service.service.ports import NullNotifier
 from execution_service.service.positions import PositionBook
@@ -42,6 +42,7 @@ class App:
     tracker: OrderTracker
     processor: SignalProcessor
     outbox: ConfirmationOutbox
+    leases: LeaseKeeper
     notifier: object
     counters: Counters
     clock: Callable[[], datetime]
@@ -75,17 +76,19 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
     brokers = BrokerFactory(settings, handle.database, _connection_alerts(notifier),
                             builders=broker_builders)
     outbox = ConfirmationOutbox(store, publisher)
-    journal = OrderJournal(store, PositionBook(store), outbox, notifier, counters, clock)
+    owner = make_owner(clock())
+    journal = OrderJournal(store, PositionBook(store), outbox, notifier, counters, clock,
+                           owner["id"])
     policy = TrackingPolicy(order_timeout=settings.ORDER_TIMEOUT_SECONDS,
                             max_attempts=settings.MAX_RETRY_ATTEMPTS,
                             backoff_base=settings.RETRY_BACKOFF_SECONDS,
                             poll_interval=settings.ORDER_POLL_SECONDS,
                             late_fill_grace=settings.LATE_FILL_GRACE_SECONDS)
     tracker = OrderTracker(journal, brokers, notifier, policy, clock)
-    owner = {"host": socket.gethostname(), "pid": os.getpid()}
-    processor = SignalProcessor(store, journal, tracker, brokers, clock, owner)
-    return App(settings, handle, store, brokers, journal, tracker, processor, outbox, notifier,
-               counters, clock)
+    leases = LeaseKeeper(store, tracker, owner, settings.LEASE_SECONDS, clock)
+    processor = SignalProcessor(store, journal, tracker, brokers, clock, owner, leases.lease_until)
+    return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases,
+               notifier, counters, clock)
 
 
 def _connection_alerts(notifier):

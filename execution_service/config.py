@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     MOCK_SEED: int | None = None
 
     HEARTBEAT_SECONDS: float = Field(default=2.0, gt=0)
+    LEASE_SECONDS: float = Field(default=15.0, gt=0)
 
     @field_validator("PUBSUB_EMULATOR_HOST", "MONGODB_URI", "ACCOUNTS_FILE", "MOCK_SEED",
                      "TELEGRAM_BOT_TOKEN", "TELEGRAM_CHAT_ID", "KITE_API_KEY",

@@ -24,8 +24,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from execution_service.domain.records import as_utc
 from execution_service.domain.reasons import REASON_CLASSES, reason_class
+from execution_service.domain.records import as_utc
 from execution_service.errors import FatalConfigError
 
 logger = logging.getLogger(__name__)

@@ -158,6 +158,27 @@ class Store:
             return_document=ReturnDocument.AFTER)
 
     @translating
+    def renew_leases(self, signal_ids: list[str], owner_id: str, until: datetime) -> None:
+        self.records.update_many({"_id": {"$in": [record_id(s) for s in signal_ids]},
+                                  "owner.id": owner_id}, {"$set": {"lease_expires_at": until}})
+
+    @translating
+    def owned_elsewhere(self, signal_ids: list[str], owner_id: str) -> list[str]:
+        return [doc["signal_id"] for doc in self.records.find(
+            {"_id": {"$in": [record_id(s) for s in signal_ids]},
+             "owner.id": {"$nin": [owner_id, None]}}, {"signal_id": 1})]
+
+    @translating
+    def take_over(self, doc: dict, owner: dict, until: datetime, at: datetime) -> dict | None:
+        """Become the record's owner; bumps `version` so the old owner's writes fail."""
+        event = {"status": doc["status"], "event": "TAKEN_OVER", "at": at, "owner": owner["id"],
+                 "previous_owner": (doc.get("owner") or {}).get("id")}
+        return self.records.find_one_and_update(
+            {"_id": doc["_id"], "version": doc["version"]},
+            {"$set": {"owner": owner, "lease_expires_at": until}, "$inc": {"version": 1},
+             "$push": {"events": event}}, return_document=ReturnDocument.AFTER)
+
+    @translating
     def mark_published(self, signal_id: str, sequence: int) -> None:
         self.records.update_one({"_id": record_id(signal_id)},
                                 {"$max": {"published_sequence": sequence}})

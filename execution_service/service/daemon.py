@@ -13,7 +13,7 @@ from execution_service import __version__
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.backoff import compute_backoff
 from execution_service.errors import ExecutionError, StoreUnavailable
-from execution_service.service.processor import Action, recover_open_orders
+from execution_service.service.processor import Action
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +38,13 @@ class ExecutionDaemon:
                     loaded)
         self._consumer.start(asyncio.get_running_loop(), self._on_message)
         heartbeat = asyncio.create_task(self._heartbeat_loop(stop), name="heartbeat")
+        leases = asyncio.create_task(self.app.leases.run(stop), name="leases")
         logger.info("Execution service started: consuming %s", self._describe.get("subscription"))
         app.notifier.notify(ServiceAlert(AlertKind.SERVICE_STARTED,
                                          f"Execution service started on {self.status_id}",
                                          key="started"))
         await stop.wait()
-        await self._shutdown(heartbeat)
+        await self._shutdown(heartbeat, leases)
 
     async def _recover(self) -> tuple[int, int]:
         """Unpublished confirmations and open orders from earlier runs; waits for the store."""
@@ -51,7 +52,7 @@ class ExecutionDaemon:
         while True:
             try:
                 loaded = self.app.outbox.load_unpublished()
-                resumed = recover_open_orders(self.app.store, self.app.tracker)
+                resumed = self.app.leases.sweep()
                 self.app.outbox.start()
                 return loaded, resumed
             except StoreUnavailable as e:
@@ -110,7 +111,7 @@ class ExecutionDaemon:
         except ExecutionError as e:
             logger.warning("Heartbeat not written: %s", e)
 
-    async def _shutdown(self, heartbeat: asyncio.Task) -> None:
+    async def _shutdown(self, heartbeat: asyncio.Task, leases: asyncio.Task) -> None:
         app = self.app
         logger.info("Stopping: no new messages; bringing in-flight work to a safe point")
         app.notifier.notify(ServiceAlert(AlertKind.SERVICE_STOPPING,
@@ -120,8 +121,9 @@ class ExecutionDaemon:
         await app.tracker.stop()
         await app.outbox.drain(timeout=2.0)
         await app.outbox.stop()
-        heartbeat.cancel()
-        await asyncio.gather(heartbeat, return_exceptions=True)
+        for task in (heartbeat, leases):
+            task.cancel()
+        await asyncio.gather(heartbeat, leases, return_exceptions=True)
         self.write_heartbeat(stopped=True)
         await app.notifier.stop()
         await app.brokers.close()

@@ -31,6 +31,10 @@ class RecordConflict(ExecutionError):
     """The record kept changing under us (another process works it)."""
 
 
+class LeaseLost(RecordConflict):
+    """Another process took the record over: stop working it."""
+
+
 @dataclass
 class Counters:
     orders_received: int = 0
@@ -51,13 +55,14 @@ class Counters:
 
 class OrderJournal:
     def __init__(self, store, positions, outbox, notifier, counters: Counters,
-                 clock: Callable[[], datetime]):
+                 clock: Callable[[], datetime], owner_id: str | None = None):
         self._store = store
         self._positions = positions
         self._outbox = outbox
         self._notifier = notifier
         self.counters = counters
         self._clock = clock
+        self._owner_id = owner_id
 
     def apply(self, doc: dict, step: Callable[[OrderState], Change],
               extra_fields: dict | None = None) -> dict:
@@ -73,6 +78,9 @@ class OrderJournal:
             fresh = self._store.get_record(doc["signal_id"])
             if fresh is None:
                 raise RecordConflict(f"record for {doc['signal_id']} disappeared")
+            owner = (fresh.get("owner") or {}).get("id")
+            if self._owner_id and owner and owner != self._owner_id:
+                raise LeaseLost(f"{doc['signal_id']} was taken over by {owner}")
             doc = fresh
         raise RecordConflict(f"record for {doc['signal_id']} kept changing; gave up this round")
 

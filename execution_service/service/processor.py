@@ -17,7 +17,7 @@ from execution_service.domain.accounts import account_problem
 from execution_service.domain.orders import Event, OrderStatus
 from execution_service.domain.records import confirmation, new_claim, new_rejection
 from execution_service.domain.signals import Invalid, Signal, Unusable, parse_signal
-from execution_service.errors import ExecutionError, StoreUnavailable
+from execution_service.errors import StoreUnavailable
 from execution_service.adapters.store import DuplicateSignal
 
 logger = logging.getLogger(__name__)
@@ -39,13 +39,15 @@ class Outcome:
 
 class SignalProcessor:
     def __init__(self, store, journal, tracker, brokers, clock: Callable[[], datetime],
-                 owner: dict | None = None):
+                 owner: dict | None = None,
+                 lease_until: Callable[[], datetime] | None = None):
         self._store = store
         self._journal = journal
         self._tracker = tracker
         self._brokers = brokers  # BrokerFactory
         self._clock = clock
         self._owner = owner
+        self._lease_until = lease_until
         self._accounts: dict[str, tuple[float, dict | None]] = {}
 
     def handle(self, body: bytes) -> Outcome:
@@ -87,6 +89,7 @@ class SignalProcessor:
         broker = self._brokers.create_broker(broker_name)
         doc = new_claim(signal, broker=broker_name, broker_tag=broker.order_tag(signal.signal_id),
                         at=self._clock(), owner=self._owner)
+        doc["lease_expires_at"] = self._lease_until() if self._lease_until else None
         doc["account_name"] = account.get("display_name")
         doc["broker_account"] = account.get("broker_account")
         try:
@@ -113,15 +116,3 @@ class SignalProcessor:
         self._journal.counters.duplicates += 1
         logger.info("Duplicate signal ignored (already recorded): %s", signal_id)
         return Outcome(Action.ACK, "duplicate", signal_id)
-
-
-def recover_open_orders(store, tracker) -> int:
-    """Resume every non-terminal order found in the store (SPEC §2.6)."""
-    records = store.open_records()
-    for doc in records:
-        logger.info("Resuming %s order: %s", doc["status"], doc["signal_id"])
-        tracker.track(doc, recovering=True)
-    return len(records)
-
-
-__all__ = ["Action", "Outcome", "SignalProcessor", "recover_open_orders", "ExecutionError"]

@@ -102,8 +102,7 @@ class RiskGate:
 
     def check(self, signal: Signal, account: dict) -> RiskBreach | None:
         """The first failing control, or None. Raises StoreUnavailable (caller nacks)."""
-        halts = self._current_halts()
-        halt = halts.get(GLOBAL_HALT) or halts.get(halt_id(signal.account_id))
+        halt = self._applicable(self._current_halts(), signal.account_id)
         exposure, recent = FLAT, 0
         if halt is None and account.get(MAX_POSITION_NOTIONAL) is not None:
             exposure = net_exposure(self._open_positions(signal.account_id, signal.symbol))
@@ -116,6 +115,19 @@ class RiskGate:
             logger.info("Risk control %s refused %s: %s", breach.control, signal.signal_id,
                         breach.reason)
         return breach
+
+    def halt_for(self, account_id: str) -> dict | None:
+        """The active halt covering this account (global first), for the tracker: never raises;
+        with the store down it answers from the halts last read."""
+        try:
+            halts = self._current_halts()
+        except StoreUnavailable:
+            halts = self._halts
+        return self._applicable(halts, account_id)
+
+    @staticmethod
+    def _applicable(halts: dict[str, dict], account_id: str) -> dict | None:
+        return halts.get(GLOBAL_HALT) or halts.get(halt_id(account_id))
 
     def stats(self) -> dict:
         """For the heartbeat: active halts (as last read) and rejections counted by control."""

@@ -19,6 +19,7 @@ from execution_service.domain import orders
 from execution_service.domain.backoff import compute_backoff
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.records import ORDER_FIELDS, as_utc
+from execution_service.service.journal import LeaseLost
 from execution_service.errors import (
     OrderNotFound,
     OrderRejected,
@@ -62,6 +63,15 @@ class OrderTracker:
     def in_flight(self) -> int:
         return len(self._tasks)
 
+    def tracked_ids(self) -> list[str]:
+        return list(self._tasks)
+
+    def forget(self, signal_id: str) -> None:
+        """Stop tracking one order (another process owns it now)."""
+        task = self._tasks.get(signal_id)
+        if task is not None:
+            task.cancel()
+
     def track(self, doc: dict, *, recovering: bool = False) -> None:
         """Place (if still PENDING) and follow this record's order in the background.
 
@@ -90,6 +100,9 @@ class OrderTracker:
                 return
             except asyncio.CancelledError:
                 raise
+            except LeaseLost as e:
+                logger.info("Stopped tracking %s: %s", doc["signal_id"], e)
+                return
             except StoreUnavailable as e:
                 attempt += 1
                 wait = compute_backoff(attempt, self._policy.backoff_base,

@@ -11,7 +11,7 @@ from brokers.base import BrokerStatus
 from execution_service.domain.records import new_claim
 from execution_service.domain.signals import parse_signal
 from execution_service.errors import PlacementUncertain, TransientBrokerError
-from execution_service.service.processor import Action, recover_open_orders
+from execution_service.service.processor import Action
 from tests.fakes.service_fakes import (
     FlakyStore,
     ScriptedBroker,
@@ -146,7 +146,7 @@ async def test_given_pending_claim_unknown_to_broker_when_recovered_then_placed_
     signal = parse_signal(order_body(signal_id="sig_crash"))
     app.store.insert_record(new_claim(signal, broker="MOCK", broker_tag="sig_crash",
                                       at=app.clock()))
-    assert recover_open_orders(app.store, app.tracker) == 1
+    assert app.leases.sweep() == 1
     await settle(app)
     assert app.store.get_record("sig_crash")["status"] == "FILLED"
     assert app.store.db["mock_broker_orders"].count_documents({"signal_id": "sig_crash"}) == 1
@@ -163,7 +163,7 @@ async def test_given_pending_claim_already_at_broker_when_recovered_then_not_res
     await broker.place_order(OrderRequest("sig_sent", "acc_1", "SPY", "BUY", 100, "MARKET"))
     broker.fill("SCR-1", "E1", 100, 10.0, app.clock())
     broker.set_status("SCR-1", BrokerStatus.FILLED)
-    recover_open_orders(app.store, app.tracker)
+    app.leases.sweep()
     await settle(app)
     assert broker.place_calls == 1
     assert app.store.get_record("sig_sent")["status"] == "FILLED"
@@ -181,7 +181,7 @@ async def test_given_submitted_long_ago_when_recovered_then_timeout_from_submitt
     await broker.place_order(OrderRequest("sig_old", "acc_1", "SPY", "BUY", 100, "MARKET"))
     doc.update(status="SUBMITTED", order_id="SCR-1", submitted_at=long_ago)
     app.store.insert_record(doc)
-    recover_open_orders(app.store, app.tracker)
+    app.leases.sweep()
     await settle(app)
     assert broker.cancel_calls == 1
     assert app.store.get_record("sig_old")["status"] == "CANCELLED"
