@@ -245,3 +245,12 @@ def accounts_disable(account_id: str) -> None:
 
 
 
+
+
+def _register_extensions() -> None:
+    from execution_service import cli_recovery
+
+    cli_recovery.register(main)
+
+
+_register_extensions()
