@@ -427,6 +427,16 @@ def _deciles(ids: list[str], received: dict[str, float], t0: float) -> list[floa
     return rates
 
 
+def _steady_rate(ids: list[str], received: dict[str, float]) -> float | None:
+    """signals/s from the 10th to the last fill: the rate once the pipe is full."""
+    times = sorted(received[s] for s in ids if s in received)
+    if len(times) < 20:
+        return None
+    start = times[len(times) // 10]
+    span = times[-1] - start
+    return round((len(times) - 1 - len(times) // 10) / span, 1) if span > 0 else None
+
+
 def _diff_stats(before: dict | None, after: dict | None, signals: int) -> dict | None:
     if after is None:
         return None
@@ -489,6 +499,7 @@ def run_pipeline(store: str, n: int, args, emulator) -> dict:
             "publish_s": round(published_at - t0, 3),
             "signals_per_s": round(len(done_ids) / elapsed, 1) if elapsed else None,
             "deciles_signals_per_s": _deciles(ids, listener.filled_at, t0),
+            "steady_signals_per_s": _steady_rate(ids, listener.filled_at),
             "time_to_first_fill_s": round(min(latencies), 3) if latencies else None,
             "confirmations_received": listener.messages, **cpu,
             "daemon_rss_mb": round(daemon.rss_mb(), 1),
@@ -600,7 +611,7 @@ def run_latency(args, emulator) -> dict:
             sent[signal_id] = time.perf_counter()
             publisher.publish(names.orders_topic, signal_body(signal_id, i))
         send_window = time.perf_counter() - t0
-        complete = listener.wait(30.0)
+        complete = listener.wait(args.latency_drain)
         cpu = meter.stop()
         if profiler:
             profiler.stop()
@@ -699,11 +710,35 @@ def run_memory(args, emulator) -> dict:
 # profile summary (py-spy raw/collapsed output)
 
 
+PROJECT_PREFIXES = ("execution_service/", "brokers/")
+PROJECT_ROOTS = ("execution_service/cli.py", "execution_service/run.py",
+                 "execution_service/__main__.py")
+
+
+def _frames(stack: str) -> tuple[str, list[tuple[str, str, str]]]:
+    """(thread label, [(function, short file, line)]) of one collapsed py-spy stack."""
+    parts = stack.split(";")
+    thread = "?"
+    frames = []
+    for part in parts:
+        if part.startswith(("thread ", "process ")):
+            thread = part
+            continue
+        name, _, where = part.partition(" (")
+        filename, _, line = where.rstrip(")").rpartition(":")
+        frames.append((name, filename, line))
+    return thread, frames
+
+
 def summarize_profile(path: Path, top: int = 25) -> dict:
-    """Per-thread share, and per-function self/inclusive share of the samples."""
+    """Shares of the samples: per thread; per function (self and inclusive); per function of
+    the service itself (execution_service/, brokers/); and where the service's code hands over
+    to a library (deepest service frame with its line -> the library function it called)."""
     threads: Counter = Counter()
     inclusive: Counter = Counter()
     own: Counter = Counter()
+    project: Counter = Counter()
+    handoff: Counter = Counter()
     total = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
@@ -711,30 +746,33 @@ def summarize_profile(path: Path, top: int = 25) -> dict:
             continue
         count = int(count)
         total += count
-        frames = stack.split(";")
-        thread = frames[0] if frames and frames[0].startswith(("thread", "process")) else "?"
-        if frames and frames[0].startswith("process"):
-            frames = frames[1:]
-            thread = frames[0] if frames and frames[0].startswith("thread") else thread
-        frames = [f for f in frames if not f.startswith(("thread", "process"))]
-        threads[thread] += count
-        functions = []
-        for frame in frames:
-            name, _, where = frame.partition(" (")
-            filename = where.split(":")[0]
-            short = "/".join(filename.split("/")[-2:])
-            functions.append(f"{name} ({short})")
-        for function in set(functions):
-            inclusive[function] += count
-        if functions:
-            own[functions[-1]] += count
+        thread, frames = _frames(stack)
+        threads[thread.split(": ", 1)[-1] if ": " in thread else thread] += count
+        names = [f"{n} ({'/'.join(f.split('/')[-2:])})" for n, f, _ in frames]
+        for name in set(names):
+            inclusive[name] += count
+        if names:
+            own[names[-1]] += count
+        mine = [(i, fr) for i, fr in enumerate(frames) if fr[1].startswith(PROJECT_PREFIXES)
+                and fr[1] not in PROJECT_ROOTS]
+        for name in {f"{n} ({f})" for _, (n, f, _) in mine}:
+            project[name] += count
+        if mine:
+            i, (n, f, ln) = mine[-1]
+            below = frames[i + 1] if i + 1 < len(frames) else None
+            callee = f" -> {below[0]} ({'/'.join(below[1].split('/')[-2:])})" if below else \
+                " (self)"
+            handoff[f"{n} ({f}:{ln}){callee}"] += count
+        else:
+            handoff[f"[no service frame] {thread.split(': ', 1)[-1]}"] += count
 
-    def share(counter: Counter) -> list[tuple[str, float]]:
+    def share(counter: Counter, limit: int = top) -> list[tuple[str, float]]:
         return [(name, round(100 * value / total, 1)) for name, value in
-                counter.most_common(top)] if total else []
+                counter.most_common(limit)] if total else []
 
-    return {"samples": total, "threads": share(threads), "inclusive": share(inclusive),
-            "self": share(own)}
+    return {"samples": total, "threads": share(threads, 10), "self": share(own),
+            "inclusive": share(inclusive), "service_inclusive": share(project),
+            "handoff": share(handoff)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -768,6 +806,9 @@ def build_table(results: dict) -> list[tuple[str, str, str, str]]:
         if pipe.get("daemon_cpu_ms_per_signal") is not None:
             rows.append((f"  daemon CPU {store}", f"{pipe['daemon_cpu_ms_per_signal']:.2f} "
                          f"ms/signal ({pipe['daemon_cpu_pct']:.0f}% of a core)", "info", "-"))
+        if pipe.get("steady_signals_per_s"):
+            rows.append((f"  {store} steady (10%..100% of fills)",
+                         f"{pipe['steady_signals_per_s']:,.1f} signals/s", "info", "-"))
         if pipe.get("deciles_signals_per_s"):
             d = pipe["deciles_signals_per_s"]
             rows.append((f"  {store} first/last tenth", f"{d[0]} / {d[-1]} signals/s", "info",
@@ -815,18 +856,30 @@ def print_table(rows: list[tuple[str, str, str, str]]) -> None:
 
 
 def print_profile(name: str, summary: dict, top: int = 15) -> None:
-    print(f"\nprofile {name}: {summary['samples']} samples")
+    print(f"\nprofile {name}: {summary['samples']} samples (py-spy, all threads, idle excluded)")
     print("  threads: " + ", ".join(f"{t} {p}%" for t, p in summary["threads"][:6]))
-    print("  inclusive:")
-    for function, pct in summary["inclusive"][:top]:
-        print(f"    {pct:5.1f}%  {function}")
-    print("  self:")
-    for function, pct in summary["self"][:top]:
-        print(f"    {pct:5.1f}%  {function}")
+    for title, key in (("self time (leaf function)", "self"),
+                       ("service functions, inclusive", "service_inclusive"),
+                       ("where service code hands over (line -> callee)", "handoff")):
+        print(f"  {title}:")
+        for function, pct in summary[key][:top]:
+            print(f"    {pct:5.1f}%  {function}")
 
 
 # --------------------------------------------------------------------------------------------
 # main
+
+
+def code_version() -> dict:
+    """Which code was measured (read-only git queries; the tree may be edited meanwhile)."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO,
+                                  capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"head": git("rev-parse", "--short", "HEAD"),
+            "dirty": [line for line in git("status", "--porcelain").splitlines() if line]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -843,11 +896,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="pipeline phase store(s) (default both)")
     parser.add_argument("--rate", type=float, default=100.0, help="latency phase: signals/s")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--latency-drain", type=float, default=15.0,
+                        help="latency phase: wait this long after the last send")
     parser.add_argument("--warmup", type=int, default=50, help="signals before measuring")
     parser.add_argument("--poll-seconds", type=float, default=0.05,
                         help="ORDER_POLL_SECONDS for the daemon (default 0.05)")
-    parser.add_argument("--phase-timeout", type=float, default=60.0,
-                        help="give up a throughput run after this many seconds (default 60)")
+    parser.add_argument("--phase-timeout", type=float, default=50.0,
+                        help="give up a throughput run after this many seconds (default 50)")
     parser.add_argument("--memory-store", choices=("embedded", "mongomock"),
                         default="embedded")
     parser.add_argument("--memory-warmup", type=int, default=1000)
@@ -876,7 +931,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(),
                     "python": platform.python_version()},
-        "targets": TARGETS,
+        "targets": TARGETS, "code": code_version(),
     }
     emulator = None
     started = time.perf_counter()

@@ -108,9 +108,11 @@ class OrderConsumer:
                  max_in_flight: int):
         self._subscriber = subscriber
         self._subscription = subscription
-        self._flow = pubsub_v1.types.FlowControl(max_messages=max_in_flight,
-                                                 max_lease_duration=timedelta(minutes=10)
-                                                 .total_seconds())
+        # Short lease extensions: what a crashed process held comes back to the others within
+        # ~10 s (with the 60 s default the emulator held it for minutes).
+        self._flow = pubsub_v1.types.FlowControl(
+            max_messages=max_in_flight, max_duration_per_lease_extension=10,
+            max_lease_duration=timedelta(minutes=10).total_seconds())
         self._future = None
         self.pending: set[ThreadFuture] = set()
 

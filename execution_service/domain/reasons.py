@@ -11,7 +11,7 @@ import re
 
 VALIDATION = "validation"  # the message itself is wrong (SPEC §3)
 ACCOUNT = "account"  # unknown or disabled account, symbol outside its allowlist
-RISK = "risk"  # margin, funds, holdings, position or notional limits (ours or the venue's)
+RISK = "risk"  # our pre-trade limits and collar; margin, funds, holdings at the venue
 BROKER = "broker"  # the broker (or its adapter) refused it for its own reasons
 CONNECTION = "connection"  # the broker could not be reached, or its session is gone
 HALT = "halt"  # trading halted: kill switch, market closed, circuit breaker
@@ -25,7 +25,7 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         (ACCOUNT, r"not a registered account|account_id .* is disabled|allowed symbols"
                   r"|unknown account|account (is )?(disabled|not found)"),
         (RISK, r"margin|insufficient|funds|buying power|risk|exceed|position limit"
-               r"|notional|holding"),
+               r"|notional|holding|\bmax_\w+|per minute|price collar"),
         (BROKER, r"\bibkr\b|\bib error\b|zerodha|kite|broker|rejected by|not supported"),
         (VALIDATION, r"must be|must not|is required|is not allowed|not a known field"
                      r"|whole number|iso-8601|invalid|json"),

@@ -32,6 +32,15 @@ from execution_service.errors import FatalConfigError
      "margin", "risk"),
     ("Insufficient funds. Required margin is 95417.84 but available margin is 74251.80.", "risk"),
     ("max position limit exceeded for SPY", "risk"),
+    # our pre-trade controls (domain/risk.py)
+    ("order quantity 500 exceeds max_order_quantity 100", "risk"),
+    ("position notional 25000.00 would exceed max_position_notional 20000.00", "risk"),
+    ("orders in the last minute 5 reached max_orders_per_minute 5", "risk"),
+    ("cannot check max_order_notional without a price; send limit_price, stop_price or "
+     "reference_price", "risk"),
+    ("limit_price 120.00 is 20.0% from reference_price 100.00, beyond the 10% price collar",
+     "risk"),
+    ("trading halted: fat finger on SPY (halt on account acc_main)", "halt"),
     # the broker's own refusals
     ("rejected by broker", "broker"),
     ("IBKR does not know the contract SPYX (EQUITY on SMART)", "broker"),
