@@ -19,7 +19,10 @@ from execution_service.domain.accounts import parse_symbols
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.errors import FatalConfigError
 from execution_service.service.journal import Counters, OrderJournal
+from execution_service.adapters.metrics import Metrics
+from execution_service.domain.risk import limits_from_row
 from execution_service.service.leases import LeaseKeeper, make_owner
+from execution_service.service.risk import RiskGate, ensure_risk_indexes
 from execution_service.service.outbox import ConfirmationOutbox
 from execution_service.service.ports import NullNotifier
 from execution_service.service.positions import PositionBook
@@ -43,6 +46,8 @@ class App:
     processor: SignalProcessor
     outbox: ConfirmationOutbox
     leases: LeaseKeeper
+    risk: RiskGate
+    metrics: Metrics
     notifier: object
     counters: Counters
     clock: Callable[[], datetime]
@@ -71,6 +76,9 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
         store = store or opened
     store = store or Store(handle.database)
     store.ensure_indexes()
+    ensure_risk_indexes(store.db)
+    risk = RiskGate(store.db, clock, collar_pct=settings.PRICE_COLLAR_PCT)
+    metrics = Metrics()
     notifier = notifier or NullNotifier()
     counters = Counters()
     brokers = BrokerFactory(settings, handle.database, _connection_alerts(notifier),
@@ -78,17 +86,18 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
     outbox = ConfirmationOutbox(store, publisher)
     owner = make_owner(clock())
     journal = OrderJournal(store, PositionBook(store), outbox, notifier, counters, clock,
-                           owner["id"])
+                           owner["id"], metrics)
     policy = TrackingPolicy(order_timeout=settings.ORDER_TIMEOUT_SECONDS,
                             max_attempts=settings.MAX_RETRY_ATTEMPTS,
                             backoff_base=settings.RETRY_BACKOFF_SECONDS,
                             poll_interval=settings.ORDER_POLL_SECONDS,
                             late_fill_grace=settings.LATE_FILL_GRACE_SECONDS)
-    tracker = OrderTracker(journal, brokers, notifier, policy, clock)
+    tracker = OrderTracker(journal, brokers, notifier, policy, clock, risk.halt_for, metrics)
     leases = LeaseKeeper(store, tracker, owner, settings.LEASE_SECONDS, clock)
-    processor = SignalProcessor(store, journal, tracker, brokers, clock, owner, leases.lease_until)
-    return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases,
-               notifier, counters, clock)
+    processor = SignalProcessor(store, journal, tracker, brokers, clock, owner, leases.lease_until,
+                                risk)
+    return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
+               metrics, notifier, counters, clock)
 
 
 def _connection_alerts(notifier):
@@ -139,6 +148,10 @@ def account_document(row: dict, where: str) -> dict:
     doc.update({"_id": row["account_id"], "broker": broker,
                 "enabled": bool(row.get("enabled", True)),
                 "allowed_symbols": [str(s).upper() for s in symbols]})
+    try:
+        doc.update(limits_from_row(row))
+    except ValueError as e:
+        raise FatalConfigError(f"{where}: {e}") from None
     return doc
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from execution_service.bootstrap import EMULATOR_HOST_FILE, account_document, open_app_store
+from execution_service.cli_risk import add_limit_options, limits_from_options
 from execution_service.clock import utc_now
 from execution_service.config import Settings, load_settings
 from execution_service.domain.accounts import parse_symbols
@@ -75,7 +76,7 @@ def status(as_json: bool) -> None:
         _print_json(report)
     else:
         click.echo(render_status(report))
-    sys.exit(0 if report["running"] else 1)
+    sys.exit(0 if report["running"] and report["healthy"] else 1)
 
 
 def _emulator_host(settings: Settings) -> str | None:
@@ -194,9 +195,12 @@ def accounts() -> None:
 @click.option("--name", "display_name", help="Display name shown to traders.")
 @click.option("--broker-account", help="The venue's account code (e.g. the IB account).")
 @click.option("--disabled", is_flag=True)
-def accounts_add(account_id, broker, symbols, display_name, broker_account, disabled) -> None:
+@add_limit_options
+def accounts_add(account_id, broker, symbols, display_name, broker_account, disabled,
+                 **limits) -> None:
+    """Register (or replace the settings of) an account."""
     row = {"account_id": account_id, "broker": broker, "enabled": not disabled,
-           "allowed_symbols": parse_symbols(symbols)}
+           "allowed_symbols": parse_symbols(symbols), **limits_from_options(limits)}
     if display_name:
         row["display_name"] = display_name
     if broker_account:
@@ -248,9 +252,11 @@ def accounts_disable(account_id: str) -> None:
 
 
 def _register_extensions() -> None:
-    from execution_service import cli_recovery
+    from execution_service import cli_ops, cli_recovery, cli_risk
 
     cli_recovery.register(main)
+    cli_ops.register(main)
+    cli_risk.register(main, accounts)
 
 
 _register_extensions()

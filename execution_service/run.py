@@ -11,6 +11,7 @@ from pathlib import Path
 
 from execution_service.adapters import pubsub
 from execution_service.adapters.emulator import start_emulator
+from execution_service.adapters.metrics import MetricsServer
 from execution_service.adapters.logs import setup_logging
 from execution_service.bootstrap import (
     EMULATOR_HOST_FILE,
@@ -73,6 +74,14 @@ async def _serve(settings: Settings, say, cleanup: ExitStack) -> int:
     daemon = ExecutionDaemon(app, consumer, pubsub.TopicPublisher(publisher,
                                                                   names.dead_letter_topic),
                              app.clock, settings.HEARTBEAT_SECONDS, describe)
+    app.metrics.bind(in_flight=lambda: app.tracker.in_flight,
+                     outbox_backlog=lambda: app.outbox.backlog,
+                     telegram_dropped=lambda: app.notifier.stats().get("dropped", 0),
+                     healthy=daemon.healthy)
+    if settings.METRICS_PORT is not None:
+        server = MetricsServer(app.metrics, settings.METRICS_PORT, settings.METRICS_HOST).start()
+        cleanup.callback(server.stop)
+        describe["metrics"] = f"{server.url}/metrics"
     _announce(say, settings, describe, seeded)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -92,6 +101,8 @@ def _announce(say, settings: Settings, describe: dict, seeded: list[str]) -> Non
                          if settings.USE_MOCK_BROKER else "per account registration"))
     say(f"Telegram:  {'on' if settings.TELEGRAM_ENABLED else 'off'}")
     say(f"Logs:      {Path(settings.LOG_DIR).absolute()}")
+    if "metrics" in describe:
+        say(f"Metrics:   {describe['metrics']} (health: {describe['metrics'][:-8]}/healthz)")
     if seeded:
         say(f"Accounts registered: {', '.join(seeded)}")
     say("Running. Ctrl-C or SIGTERM stops it.")

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from execution_service.config import Settings
 from execution_service.domain.records import as_utc, iso
+from execution_service.service.risk import active_halts
 
 
 def read_status(store, settings: Settings, now: datetime) -> dict:
@@ -26,6 +27,7 @@ def read_status(store, settings: Settings, now: datetime) -> dict:
                   "open_positions": len(store.list_positions("OPEN")),
                   "accounts": store.count_accounts()},
     }
+    report["halts"] = active_halts(store.db)
     if latest is None:
         report["reason"] = "no daemon has ever written a heartbeat to this store"
         return report
@@ -64,6 +66,8 @@ def render_status(report: dict) -> str:
         f"Orders:    received {report['orders_received']}, filled {report['orders_filled']}, "
         f"rejected {report['orders_rejected']}, cancelled {report['orders_cancelled']}, "
         f"open {report['orders_open']}",
+        "Halts:     " + (", ".join(f"{h.get('account_id') or 'ALL'}: {h.get('reason')}"
+                                   for h in report.get("halts", [])) or "none"),
         f"Store:     {report['store']['backend']}: {report['store']['records_by_status']}, "
         f"{report['store']['open_positions']} open positions",
     ]

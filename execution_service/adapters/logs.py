@@ -12,7 +12,7 @@ DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 SERVICE_LOG = "execution_service.log"
 JOURNEY_LOG = "signal_processing.log"
 _JOURNEY = re.compile(r"^(Received order|Placing order|Order |Published execution|Duplicate "
-                      r"signal|Late fill|Resuming)")
+                      r"signal|Late fill|Resuming|Cancelling)")
 
 
 class JourneyFilter(logging.Filter):

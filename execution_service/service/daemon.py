@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -14,6 +15,7 @@ from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.backoff import compute_backoff
 from execution_service.errors import ExecutionError, StoreUnavailable
 from execution_service.service.processor import Action
+from execution_service.service.risk import halt_alert, resume_alert, watch_halts
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ class ExecutionDaemon:
         self._describe = describe or {}
         self.started_at = clock()
         self.status_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._store_ok_at: float | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         app = self.app
@@ -39,12 +42,14 @@ class ExecutionDaemon:
         self._consumer.start(asyncio.get_running_loop(), self._on_message)
         heartbeat = asyncio.create_task(self._heartbeat_loop(stop), name="heartbeat")
         leases = asyncio.create_task(self.app.leases.run(stop), name="leases")
+        halts = asyncio.create_task(watch_halts(self.app.risk, stop, self._on_halt_change),
+                                    name="halts")
         logger.info("Execution service started: consuming %s", self._describe.get("subscription"))
         app.notifier.notify(ServiceAlert(AlertKind.SERVICE_STARTED,
                                          f"Execution service started on {self.status_id}",
                                          key="started"))
         await stop.wait()
-        await self._shutdown(heartbeat, leases)
+        await self._shutdown(heartbeat, leases, halts)
 
     async def _recover(self) -> tuple[int, int]:
         """Unpublished confirmations and open orders from earlier runs; waits for the store."""
@@ -104,14 +109,38 @@ class ExecutionDaemon:
                         for name, broker in app.brokers.brokers.items()},
             "counters": app.counters.as_dict(), "in_flight": app.tracker.in_flight,
             "outbox_backlog": app.outbox.backlog, "notifier": app.notifier.stats(),
+            "risk": app.risk.stats(),
             **self._describe,
         }
         try:
             app.store.write_status(doc)
+            self._store_ok_at = time.monotonic()
         except ExecutionError as e:
             logger.warning("Heartbeat not written: %s", e)
 
-    async def _shutdown(self, heartbeat: asyncio.Task, leases: asyncio.Task) -> None:
+    def _on_halt_change(self, changes) -> None:
+        for halt in changes.started:
+            alert = halt_alert(halt)
+            logger.warning("%s", alert.text)
+            self.app.notifier.notify(alert)
+        for halt in changes.ended:
+            alert = resume_alert(halt)
+            logger.info("%s", alert.text)
+            self.app.notifier.notify(alert)
+
+    def healthy(self) -> tuple[bool, str]:
+        """Consuming, and the store took a heartbeat recently. Read from the metrics thread:
+        plain attribute reads only."""
+        if not self._consumer.running:
+            return False, "not consuming trading-orders"
+        if self._store_ok_at is None:
+            return False, "starting: no heartbeat written yet"
+        age = time.monotonic() - self._store_ok_at
+        if age > max(3 * self._heartbeat_seconds, 10.0):
+            return False, f"store: last heartbeat written {age:.0f}s ago"
+        return True, "ok"
+
+    async def _shutdown(self, *tasks: asyncio.Task) -> None:
         app = self.app
         logger.info("Stopping: no new messages; bringing in-flight work to a safe point")
         app.notifier.notify(ServiceAlert(AlertKind.SERVICE_STOPPING,
@@ -121,9 +150,9 @@ class ExecutionDaemon:
         await app.tracker.stop()
         await app.outbox.drain(timeout=2.0)
         await app.outbox.stop()
-        for task in (heartbeat, leases):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(heartbeat, leases, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.write_heartbeat(stopped=True)
         await app.notifier.stop()
         await app.brokers.close()

@@ -55,7 +55,7 @@ class Counters:
 
 class OrderJournal:
     def __init__(self, store, positions, outbox, notifier, counters: Counters,
-                 clock: Callable[[], datetime], owner_id: str | None = None):
+                 clock: Callable[[], datetime], owner_id: str | None = None, metrics=None):
         self._store = store
         self._positions = positions
         self._outbox = outbox
@@ -63,6 +63,7 @@ class OrderJournal:
         self.counters = counters
         self._clock = clock
         self._owner_id = owner_id
+        self._metrics = metrics
 
     def apply(self, doc: dict, step: Callable[[OrderState], Change],
               extra_fields: dict | None = None) -> dict:
@@ -145,6 +146,10 @@ class OrderJournal:
             logger.info("Order cancelled: %s [%s]", detail.get("reason"), signal_id)
         if kind is not None:
             self._notifier.notify(order_notice(doc, event, kind))
+        if self._metrics is not None and event.event in ("FILL", "COMPLETED", "REJECTED",
+                                                         "CANCELLED") \
+                and event.status.is_terminal and doc["status"] == str(event.status):
+            self._metrics.record_terminal(doc)
 
 
 _NOTICE_FOR = {

@@ -40,7 +40,7 @@ class Outcome:
 class SignalProcessor:
     def __init__(self, store, journal, tracker, brokers, clock: Callable[[], datetime],
                  owner: dict | None = None,
-                 lease_until: Callable[[], datetime] | None = None):
+                 lease_until: Callable[[], datetime] | None = None, risk=None):
         self._store = store
         self._journal = journal
         self._tracker = tracker
@@ -48,6 +48,7 @@ class SignalProcessor:
         self._clock = clock
         self._owner = owner
         self._lease_until = lease_until
+        self._risk = risk
         self._accounts: dict[str, tuple[float, dict | None]] = {}
 
     def handle(self, body: bytes) -> Outcome:
@@ -70,6 +71,9 @@ class SignalProcessor:
             return self._reject(parsed.signal_id, parsed.fields, parsed.reason, body)
         account = self._account(parsed.account_id)
         problem = account_problem(parsed, account)
+        if problem is None and self._risk is not None:
+            breach = self._risk.check(parsed, account)
+            problem = None if breach is None else breach.reason
         if problem is not None:
             return self._reject(parsed.signal_id, parsed.model_dump(
                 exclude={"extra_fields", "created_at"}, mode="json"), problem, body)

@@ -19,6 +19,7 @@ from execution_service.domain import orders
 from execution_service.domain.backoff import compute_backoff
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.records import ORDER_FIELDS, as_utc
+from execution_service.domain.risk import halt_reason
 from execution_service.service.journal import LeaseLost
 from execution_service.errors import (
     OrderNotFound,
@@ -51,12 +52,15 @@ def request_from_record(doc: dict) -> OrderRequest:
 
 class OrderTracker:
     def __init__(self, journal, brokers, notifier, policy: TrackingPolicy,
-                 clock: Callable[[], datetime]):
+                 clock: Callable[[], datetime],
+                 halts: Callable[[str], dict | None] | None = None, metrics=None):
         self._journal = journal
         self._brokers = brokers  # BrokerFactory
         self._notifier = notifier
         self._policy = policy
         self._clock = clock
+        self._halts = halts or (lambda _account_id: None)
+        self._metrics = metrics
         self._tasks: dict[str, asyncio.Task] = {}
 
     @property
@@ -135,9 +139,12 @@ class OrderTracker:
                     request.symbol, request.order_type, request.signal_id)
         last_error: Exception | None = None
         for attempt in range(1, self._policy.max_attempts + 1):
+            halt = self._halts(doc["account_id"])
+            if halt is not None:  # nothing can have reached the broker yet
+                return self._reject(doc, halt_reason(halt))
             try:
                 await self._ensure_connected(broker)
-                placed = await broker.place_order(request)
+                placed = await self._timed(broker, "place_order", broker.place_order(request))
                 return self._follow_snapshot(doc, placed)
             except TransientBrokerError as e:
                 last_error = e
@@ -161,7 +168,13 @@ class OrderTracker:
 
     async def _ensure_connected(self, broker: Broker) -> None:
         if not broker.is_connected:
-            await broker.connect()
+            await self._timed(broker, "connect", broker.connect())
+
+    async def _timed(self, broker: Broker, call: str, awaitable):
+        if self._metrics is None:
+            return await awaitable
+        with self._metrics.time_broker_call(broker.name, call):
+            return await awaitable
 
     async def _resolve_uncertain(self, broker: Broker, doc: dict) -> dict:
         for attempt in range(1, self._policy.max_attempts + 1):
@@ -180,7 +193,8 @@ class OrderTracker:
         for attempt in range(1, self._policy.max_attempts + 1):
             try:
                 await self._ensure_connected(broker)
-                return await broker.find_order(doc["signal_id"])
+                return await self._timed(broker, "find_order",
+                                         broker.find_order(doc["signal_id"]))
             except TransientBrokerError as e:
                 logger.warning("Looking up %s failed: %s", doc["signal_id"], e)
                 await asyncio.sleep(compute_backoff(attempt, self._policy.backoff_base))
@@ -223,8 +237,10 @@ class OrderTracker:
             if orders.OrderStatus(doc["status"]).is_terminal:
                 return
             now = self._clock()
-            if now >= deadline and not doc.get("cancel_requested_reason"):
-                doc = await self._cancel_for_timeout(broker, doc)
+            reason = None if doc.get("cancel_requested_reason") else \
+                self._cancel_reason(doc, now >= deadline)
+            if reason is not None:
+                doc = await self._request_cancel(broker, doc, reason)
                 continue
             wait = policy.poll_interval if doc.get("cancel_requested_reason") else \
                 min(policy.poll_interval, (deadline - now).total_seconds())
@@ -234,9 +250,9 @@ class OrderTracker:
         """The order by its id; a broker that no longer knows the id is asked by signal tag
         ("order not found" is never a rejection)."""
         try:
-            return await broker.get_order(order_id)
+            return await self._timed(broker, "get_order", broker.get_order(order_id))
         except OrderNotFound as e:
-            found = await broker.find_order(doc["signal_id"])
+            found = await self._timed(broker, "find_order", broker.find_order(doc["signal_id"]))
             if found is None:
                 raise TransientBrokerError(f"{broker.name} does not know {order_id} "
                                            f"or any order tagged {doc['signal_id']}") from e
@@ -252,12 +268,21 @@ class OrderTracker:
             return
         self._follow_snapshot(doc, snapshot)
 
-    async def _cancel_for_timeout(self, broker: Broker, doc: dict) -> dict:
-        reason = (f"timeout: not filled within {self._policy.order_timeout:g}s of submission "
-                  f"(filled {doc['filled_quantity']:g}/{doc['quantity']:g})")
-        logger.info("Order timed out, cancelling: %s [%s]", doc["order_id"], doc["signal_id"])
+    def _cancel_reason(self, doc: dict, timed_out: bool) -> str | None:
+        """Why this working order must be cancelled now, if it must: a halt that cancels open
+        orders, or the timeout."""
+        halt = self._halts(doc["account_id"])
+        if halt is not None and halt.get("cancel_open"):
+            return halt_reason(halt)
+        if timed_out:
+            return (f"timeout: not filled within {self._policy.order_timeout:g}s of "
+                    f"submission (filled {doc['filled_quantity']:g}/{doc['quantity']:g})")
+        return None
+
+    async def _request_cancel(self, broker: Broker, doc: dict, reason: str) -> dict:
+        logger.info("Cancelling %s: %s [%s]", doc["order_id"], reason, doc["signal_id"])
         try:
-            await broker.cancel_order(doc["order_id"])
+            await self._timed(broker, "cancel_order", broker.cancel_order(doc["order_id"]))
         except (TransientBrokerError, OrderNotFound) as e:
             logger.warning("Cancel of %s failed (%s); retrying", doc["signal_id"], e)
             await asyncio.sleep(self._policy.poll_interval)

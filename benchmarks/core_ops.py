@@ -1,0 +1,171 @@
+"""The service core in one process, without Pub/Sub: cost per signal by store backend.
+
+A diagnostic companion to `pipeline.py`: it wires the real app with `build_app` (real
+processor, tracker, journal, positions, outbox and mock broker) but a publisher that accepts
+at once, feeds signals in batches through `SignalProcessor.handle` and lets the tracker and
+the outbox finish each batch. It prints the wall time per signal as the store fills up, and
+the store calls per signal (counted as in `counting_daemon.py`), so a change to the store or
+to the number of round trips can be judged in seconds, without the emulator.
+
+Backends:
+  mongomock        what MONGODB_URI=mongomock:// opens today (mongomock.MongoClient)
+  litemongo-memory litemongo's in-memory engine (mongomock's API, with hash indexes)
+  embedded         the embedded store (litemongo, sqlite files in a temp dir)
+
+What-ifs (patched in this process only; nothing in the service is changed):
+  one-mark         Store.mark_published as ONE update (pipeline form) instead of two
+
+    /work/venv/bin/python benchmarks/core_ops.py --backend mongomock --n 2000
+    /work/venv/bin/python benchmarks/core_ops.py --backend litemongo-memory --what-if one-mark
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import counting_daemon  # noqa: E402  (wraps the collection classes when installed)
+
+from execution_service.adapters.store import Store, StoreHandle  # noqa: E402
+from execution_service.bootstrap import build_app, seed_accounts  # noqa: E402
+from execution_service.config import load_settings  # noqa: E402
+from execution_service.domain.records import record_id  # noqa: E402
+
+SYMBOLS = ("SPY", "QQQ", "IWM", "AAPL", "MSFT", "NVDA", "AMZN", "META", "TSLA", "GOOG")
+
+
+class AcceptingPublisher:
+    def __init__(self) -> None:
+        self.published = 0
+
+    async def publish(self, payload: bytes, attributes: dict[str, str]) -> None:
+        self.published += 1
+
+
+def open_backend(kind: str) -> tuple[StoreHandle, Path | None]:
+    if kind == "mongomock":
+        import mongomock
+
+        client = mongomock.MongoClient(tz_aware=True)
+        return StoreHandle(client, client["trading"], "mongomock"), None
+    import litemongo
+
+    if kind == "litemongo-memory":
+        client = litemongo.connect(f"mem://bench-{uuid.uuid4().hex}?engine=memory",
+                                   tz_aware=True)
+        return StoreHandle(client, client["trading"], "litemongo memory"), None
+    path = Path(tempfile.mkdtemp(prefix="bench-core-"))
+    client = litemongo.connect(str(path), tz_aware=True)
+    return StoreHandle(client, client["trading"], f"embedded at {path}"), path
+
+
+def what_if_one_mark() -> None:
+    def mark_published(self, signal_id: str, sequence: int) -> None:
+        self.records.update_one({"_id": record_id(signal_id)}, [
+            {"$set": {"published_sequence": {"$max": ["$published_sequence", sequence]}}},
+            {"$set": {"outbox_pending": {"$lt": ["$published_sequence",
+                                                 "$confirmation_sequence"]}}}])
+
+    Store.mark_published = mark_published
+
+
+def body(signal_id: str, i: int) -> bytes:
+    return json.dumps({"signal_id": signal_id, "order_type": "MARKET",
+                       "symbol": SYMBOLS[i % len(SYMBOLS)], "side": "BUY", "quantity": 1,
+                       "account_id": "acc_bench", "strategy_name": "Bench Strategy",
+                       "reference_price": 100.0}).encode()
+
+
+async def drive(app, n: int, batch: int) -> list[dict]:
+    app.outbox.start()
+    rows = []
+    done = 0
+    while done < n:
+        count = min(batch, n - done)
+        before = counting_daemon.snapshot()
+        started = time.perf_counter()
+        for i in range(done, done + count):
+            outcome = app.processor.handle(body(f"core-{i}", i))
+            if str(outcome.action) != "ACK":
+                raise RuntimeError(f"signal {i}: {outcome}")
+            await asyncio.sleep(0)
+        while app.tracker.in_flight or app.outbox.backlog:
+            await asyncio.sleep(0.001)
+        elapsed = time.perf_counter() - started
+        after = counting_daemon.snapshot()
+        calls = sum(v["calls"] - before.get(k, {}).get("calls", 0) for k, v in after.items())
+        store_s = sum(v["seconds"] - before.get(k, {}).get("seconds", 0.0)
+                      for k, v in after.items())
+        done += count
+        rows.append({"records_after": done, "ms_per_signal": round(1000 * elapsed / count, 3),
+                     "store_calls_per_signal": round(calls / count, 2),
+                     "store_ms_per_signal": round(1000 * store_s / count, 3)})
+        print(f"  {done:6d} records  {rows[-1]['ms_per_signal']:8.2f} ms/signal  "
+              f"store {rows[-1]['store_ms_per_signal']:8.2f} ms in "
+              f"{rows[-1]['store_calls_per_signal']:.1f} calls", flush=True)
+    await app.outbox.stop()
+    await app.tracker.stop()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=("mongomock", "litemongo-memory", "embedded"),
+                        default="mongomock")
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=250)
+    parser.add_argument("--what-if", action="append", choices=("one-mark",), default=[])
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    counting_daemon._install()
+    if "one-mark" in args.what_if:
+        what_if_one_mark()
+    handle, path = open_backend(args.backend)
+    accounts = Path(tempfile.mkdtemp(prefix="bench-core-acc-")) / "accounts.json"
+    accounts.write_text(json.dumps([{"account_id": "acc_bench", "broker": "MOCK",
+                                     "enabled": True}]))
+    settings = load_settings(environ={"MONGODB_URI": "mongomock://", "LOG_LEVEL": "WARNING",
+                                      "MOCK_FILL_DELAY_SECONDS": "0",
+                                      "ACCOUNTS_FILE": str(accounts)})
+    print(f"{args.backend}{' + ' + ','.join(args.what_if) if args.what_if else ''}: "
+          f"{args.n} signals in batches of {args.batch}")
+    try:
+        async def run() -> list[dict]:
+            app = build_app(settings, AcceptingPublisher(), handle=handle)
+            seed_accounts(settings, app.store)
+            return await drive(app, args.n, args.batch)
+
+        rows = asyncio.run(run())
+    finally:
+        try:
+            handle.close()
+        except AttributeError:  # litemongo 0.2.0: the memory engine's store has no close()
+            pass
+        shutil.rmtree(accounts.parent, ignore_errors=True)
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+    by_call = counting_daemon.snapshot()
+    print("  store calls over the run (top by time):")
+    for key, row in sorted(by_call.items(), key=lambda kv: -kv[1]["seconds"])[:12]:
+        print(f"    {key:46s} {row['calls'] / args.n:6.2f}/signal "
+              f"{1e6 * row['seconds'] / max(1, row['calls']):9.1f} us/call")
+    total = {"backend": args.backend, "what_if": args.what_if, "n": args.n, "batches": rows,
+             "store_calls": by_call}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(total, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
