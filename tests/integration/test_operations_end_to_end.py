@@ -1,0 +1,141 @@
+"""A daemon with risk limits, Telegram on a loopback Bot API and metrics: halt, limits, the
+collar, notifications and /metrics, all through the real emulator (issues 3, 8, 9)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from execution_service.adapters.emulator import free_port
+from tests.fakes.daemon import DaemonProcess
+from tests.fakes.fake_telegram import FakeTelegram
+from tests.fakes.pubsub_tools import PubSubRig
+
+TOKEN = "123456:TEST-token-value-not-secret"
+CHAT = "4242"
+ACCOUNTS = [
+    {"account_id": "acc_risk", "broker": "MOCK", "display_name": "Risk Desk",
+     "max_order_notional": 10000, "max_orders_per_minute": 3},
+    {"account_id": "acc_halt", "broker": "MOCK"},
+    {"account_id": "acc_free", "broker": "MOCK"},
+]
+
+
+def signal(**fields) -> dict:
+    base = {"signal_id": f"sig_{uuid.uuid4().hex[:12]}", "order_type": "MARKET", "symbol": "SPY",
+            "side": "BUY", "quantity": 10, "account_id": "acc_free",
+            "strategy_name": "Ops", "reference_price": 100.0}
+    base.update(fields)
+    return base
+
+
+@pytest.fixture(scope="module")
+def ops(emulator_host, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("ops")
+    (workdir / "accounts.json").write_text(json.dumps(ACCOUNTS))
+    project = f"test-{uuid.uuid4().hex[:10]}"
+    port = free_port()
+    telegram = FakeTelegram().start()
+    env = {"PUBSUB_EMULATOR_HOST": emulator_host, "GOOGLE_CLOUD_PROJECT": project,
+           "ACCOUNTS_FILE": str(workdir / "accounts.json"), "ORDER_TIMEOUT_SECONDS": "1.5",
+           "MOCK_FILL_DELAY_SECONDS": "0.05", "ORDER_POLL_SECONDS": "0.1",
+           "METRICS_PORT": str(port), "METRICS_HOST": "127.0.0.1",
+           "TELEGRAM_ENABLED": "true", "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_CHAT_ID": CHAT,
+           "TELEGRAM_API_URL": telegram.url}
+    rig = PubSubRig(project)
+    daemon = DaemonProcess(workdir, env).start()
+    yield daemon, rig, telegram, port
+    daemon.stop_quietly()
+    rig.close()
+    telegram.stop()
+
+
+def cli(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "execution_service", *args],
+                          cwd=daemon.workdir, env=daemon.env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def outcome(rig: PubSubRig, body: dict) -> dict:
+    rig.publish(body)
+    return rig.wait_for(lambda: rig.terminal(body["signal_id"]), timeout=30,
+                        what=f"outcome of {body['signal_id']}")
+
+
+def test_given_halt_then_rejected_without_broker_and_resumed_fills(ops):
+    daemon, rig, telegram, _ = ops
+    assert cli(daemon, "halt", "--reason", "desk review", "--account", "acc_halt").returncode == 0
+    time.sleep(1.2)  # every replica obeys within a second
+    halted = signal(account_id="acc_halt")
+    rejected = outcome(rig, halted)
+    assert rejected["status"] == "REJECTED"
+    assert rejected["reason"].startswith("trading halted: desk review")
+    handle, store = daemon.store()
+    try:
+        assert store.db["mock_broker_orders"].count_documents(
+            {"signal_id": halted["signal_id"]}) == 0
+    finally:
+        handle.close()
+    status = json.loads(cli(daemon, "status", "--json").stdout)
+    assert [h["account_id"] for h in status["halts"]] == ["acc_halt"]
+    assert cli(daemon, "resume", "--account", "acc_halt").returncode == 0
+    time.sleep(1.2)
+    assert outcome(rig, signal(account_id="acc_halt"))["status"] == "FILLED"
+
+
+def test_given_limits_then_breaches_name_the_control_and_numbers(ops):
+    daemon, rig, _, _ = ops
+    too_big = outcome(rig, signal(account_id="acc_risk", quantity=100, reference_price=235.15))
+    assert too_big["status"] == "REJECTED"
+    assert too_big["reason"] == "order notional 23515.00 exceeds max_order_notional 10000.00"
+    results = [outcome(rig, signal(account_id="acc_risk", quantity=1)) for _ in range(4)]
+    assert [r["status"] for r in results] == ["FILLED", "FILLED", "FILLED", "REJECTED"]
+    assert results[3]["reason"] == ("orders in the last minute 3 reached "
+                                    "max_orders_per_minute 3")
+    collar = outcome(rig, signal(order_type="LIMIT", limit_price=130.0, reference_price=100.0))
+    assert collar["status"] == "REJECTED"
+    assert "30.0% from reference_price 100.00" in collar["reason"]
+
+
+def test_given_telegram_on_then_texts_reach_the_chat_and_the_token_stays_out_of_logs(ops):
+    daemon, rig, telegram, _ = ops
+    filled = signal(signal_id=f"sig_tg_{uuid.uuid4().hex[:6]}", quantity=100,
+                    reference_price=235.15)
+    outcome(rig, filled)
+    never = signal(order_type="LIMIT", limit_price=95.0, reference_price=100.0)
+    assert outcome(rig, never)["status"] == "CANCELLED"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (
+            any(filled["signal_id"] in m.text for m in telegram.sent)
+            and any(never["signal_id"] in m.text for m in telegram.sent)):
+        time.sleep(0.1)
+    texts = [m.text for m in telegram.sent]
+    fill_text = next(t for t in texts if filled["signal_id"] in t)
+    assert fill_text.startswith("✅ Order Filled\n\nSignal: " + filled["signal_id"])
+    assert "Order: BUY 100 SPY @ $235.15\nTotal: $23,515.00\nCommission: $1.00" in fill_text
+    assert any(never["signal_id"] in t for t in texts)
+    assert {m.chat_id for m in telegram.sent} == {CHAT}
+    logs = "".join(p.read_text() for p in (daemon.workdir / "logs").glob("*.log"))
+    assert TOKEN not in logs and TOKEN.split(":")[1] not in logs
+    assert TOKEN not in cli(daemon, "status", "--json").stdout
+
+
+def test_given_metrics_port_then_metrics_and_health_answer(ops):
+    daemon, rig, _, port = ops
+    body = signal()
+    outcome(rig, body)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+        assert response.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert 'execution_orders_total{status="FILLED"}' in text
+    assert "execution_signal_to_terminal_seconds_bucket" in text
+    assert 'execution_broker_call_seconds_count{broker="MOCK",call="place_order"}' in text
+    shown = json.loads(cli(daemon, "show", body["signal_id"], "--json").stdout)
+    assert [e["status"] for e in shown["events"]][:3] == ["PENDING", "SUBMITTED", "FILLED"]
