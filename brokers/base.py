@@ -97,7 +97,7 @@ class Broker(ABC):
     async def connect(self) -> None:
         """Open the connection. Raises TransientBrokerError when the venue is unreachable."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional: most adapters hold nothing
         """Release the connection."""
 
     def order_tag(self, signal_id: str) -> str:

@@ -127,9 +127,10 @@ class MockBroker(Broker):
         chunks = _split(doc["quantity"], self._settings.fill_chunks)
         commissions = _split_money(self._settings.commission_per_order, len(chunks))
         delay = timedelta(seconds=self._settings.fill_delay_seconds)
+        pairs = zip(chunks, commissions, strict=True)
         return [{"exec_id": f"{doc['_id']}-F{n}", "quantity": quantity, "price": price,
                  "commission": commission, "due_at": start + delay * n}
-                for n, (quantity, commission) in enumerate(zip(chunks, commissions), start=1)]
+                for n, (quantity, commission) in enumerate(pairs, start=1)]
 
     def _refresh(self, doc: dict, now: datetime) -> dict:
         """Trigger a resting order whose price has come (another signal moved the market)."""

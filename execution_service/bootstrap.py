@@ -12,21 +12,21 @@ from datetime import datetime
 from pathlib import Path
 
 from brokers.factory import BrokerFactory
+from execution_service.adapters.metrics import Metrics
 from execution_service.adapters.store import Store, StoreHandle, open_store
 from execution_service.clock import utc_now
 from execution_service.config import Settings
 from execution_service.domain.accounts import parse_symbols
 from execution_service.domain.notices import AlertKind, ServiceAlert
+from execution_service.domain.risk import limits_from_row
 from execution_service.errors import FatalConfigError
 from execution_service.service.journal import Counters, OrderJournal
-from execution_service.adapters.metrics import Metrics
-from execution_service.domain.risk import limits_from_row
 from execution_service.service.leases import LeaseKeeper, make_owner
-from execution_service.service.risk import RiskGate, ensure_risk_indexes
 from execution_service.service.outbox import ConfirmationOutbox
 from execution_service.service.ports import NullNotifier
 from execution_service.service.positions import PositionBook
 from execution_service.service.processor import SignalProcessor
+from execution_service.service.risk import RiskGate, ensure_risk_indexes
 from execution_service.service.tracker import OrderTracker, TrackingPolicy
 
 logger = logging.getLogger(__name__)

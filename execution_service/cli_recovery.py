@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 from brokers.factory import BrokerFactory
-from execution_service.cli import _print_json, _pubsub, _settings
 from execution_service.bootstrap import open_app_store
+from execution_service.cli import _print_json, _pubsub, _settings
 from execution_service.errors import FatalConfigError
 from execution_service.service.reconcile import reconcile
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from execution_service.adapters import pubsub
 from execution_service.adapters.emulator import start_emulator
-from execution_service.adapters.metrics import MetricsServer
 from execution_service.adapters.logs import setup_logging
+from execution_service.adapters.metrics import MetricsServer
 from execution_service.bootstrap import (
     EMULATOR_HOST_FILE,
     StoreLock,

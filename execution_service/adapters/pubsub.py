@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future as ThreadFuture
@@ -138,10 +139,8 @@ class OrderConsumer:
         """Stop pulling, then wait for what was handed over to finish."""
         if self._future is not None:
             self._future.cancel()
-            try:
+            with contextlib.suppress(Exception):  # cancelled or failed: both mean stopped
                 await asyncio.wait_for(asyncio.to_thread(self._future.result), timeout)
-            except Exception:  # cancelled, or already failed: both mean stopped
-                pass
         pending = [asyncio.wrap_future(f) for f in list(self.pending)]
         if pending:
             await asyncio.wait(pending, timeout=timeout)

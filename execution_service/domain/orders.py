@@ -229,8 +229,9 @@ def set_commission(state: OrderState, total: float | None, at: datetime) -> Chan
                   (Event(state.status, at, "COMMISSION", {"commission": total}),))
 
 
-def follow_broker(state: OrderState, *, order_id: str, broker_status: str, fills: Iterable[FillLike],
-                  reason: str | None, at: datetime, cancel_reason: str | None = None,
+def follow_broker(state: OrderState, *, order_id: str, broker_status: str,
+                  fills: Iterable[FillLike], reason: str | None, at: datetime,
+                  cancel_reason: str | None = None,
                   commission_total: float | None = None) -> Change:
     """Bring the record in line with the broker's snapshot of the order: the broker's fills are
     the truth, then its terminal status. `cancel_reason` explains a cancel we asked for."""

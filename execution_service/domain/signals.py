@@ -10,8 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, \
-    model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SIGNAL_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -119,10 +118,11 @@ def _order_problems(signal: Signal):
         level = getattr(signal, name)
         if level is None:
             continue
-        if name == below and level >= entry:
-            yield f"{name} must be below the entry price {entry:g} for a {signal.side}, got {level:g}"
-        if name == above and level <= entry:
-            yield f"{name} must be above the entry price {entry:g} for a {signal.side}, got {level:g}"
+        wrong = level >= entry if name == below else level <= entry
+        if wrong:
+            where = "below" if name == below else "above"
+            yield (f"{name} must be {where} the entry price {entry:g} for a {signal.side}, "
+                   f"got {level:g}")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -11,8 +12,8 @@ from collections.abc import Callable
 from datetime import datetime
 
 from execution_service import __version__
-from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.errors import ExecutionError, StoreUnavailable
 from execution_service.service.processor import Action
 from execution_service.service.risk import halt_alert, resume_alert, watch_halts
@@ -93,10 +94,8 @@ class ExecutionDaemon:
     async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self.write_heartbeat()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._heartbeat_seconds)
-            except TimeoutError:
-                pass
 
     def write_heartbeat(self, stopped: bool = False) -> None:
         app = self.app

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from execution_service.adapters.store import DuplicateSignal
 from execution_service.domain.accounts import account_problem
 from execution_service.domain.orders import Event, OrderStatus
 from execution_service.domain.records import confirmation, new_claim, new_rejection
 from execution_service.domain.signals import Invalid, Signal, Unusable, parse_signal
 from execution_service.errors import StoreUnavailable
-from execution_service.adapters.store import DuplicateSignal
 
 logger = logging.getLogger(__name__)
 ACCOUNT_CACHE_SECONDS = 1.0

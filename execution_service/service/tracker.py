@@ -20,7 +20,6 @@ from execution_service.domain.backoff import compute_backoff
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.records import ORDER_FIELDS, as_utc
 from execution_service.domain.risk import halt_reason
-from execution_service.service.journal import LeaseLost
 from execution_service.errors import (
     OrderNotFound,
     OrderRejected,
@@ -28,6 +27,7 @@ from execution_service.errors import (
     StoreUnavailable,
     TransientBrokerError,
 )
+from execution_service.service.journal import LeaseLost
 
 logger = logging.getLogger(__name__)
 
