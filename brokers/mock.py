@@ -124,8 +124,8 @@ class MockBroker(Broker):
         return {"triggered_at": now, "fills": self._plan_fills(doc, price, now)}
 
     def _plan_fills(self, doc: dict, price: float, start: datetime) -> list[dict]:
-        chunks = _split(doc["quantity"], self._settings.fill_chunks)
-        commissions = _split_money(self._settings.commission_per_order, len(chunks))
+        chunks = split_quantity(doc["quantity"], self._settings.fill_chunks)
+        commissions = split_money(self._settings.commission_per_order, len(chunks))
         delay = timedelta(seconds=self._settings.fill_delay_seconds)
         pairs = zip(chunks, commissions, strict=True)
         return [{"exec_id": f"{doc['_id']}-F{n}", "quantity": quantity, "price": price,
@@ -213,7 +213,8 @@ def _execution_price(doc: dict, market: float, slippage_bps: float) -> float | N
     return limit if marketable else None
 
 
-def _split(quantity: float, chunks: int) -> list[float]:
+def split_quantity(quantity: float, chunks: int) -> list[float]:
+    """`quantity` in `chunks` parts: whole parts for whole quantities, the remainder last."""
     if float(quantity).is_integer():
         whole = int(quantity)
         chunks = max(1, min(chunks, whole))
@@ -223,7 +224,8 @@ def _split(quantity: float, chunks: int) -> list[float]:
     return [part] * (chunks - 1) + [round(quantity - part * (chunks - 1), 9)]
 
 
-def _split_money(total: float, parts: int) -> list[float]:
+def split_money(total: float, parts: int) -> list[float]:
+    """`total` in `parts` amounts of whole cents that add up exactly."""
     cents = round(total * 100)
     base, extra = divmod(cents, parts)
     return [(base + (1 if n >= parts - extra else 0)) / 100 for n in range(parts)]

@@ -33,6 +33,7 @@ from ib_async.util import UNSET_DOUBLE, dataclassAsDict
 
 from brokers.base import Broker
 from brokers.ibkr import IbkrBroker, IbkrSettings
+from brokers.mock import split_money, split_quantity
 
 CLIENT_ID = 7
 ACCOUNT = "DU1234567"
@@ -226,7 +227,7 @@ class FakeTws:
 
     def fill_next(self, order_id: int) -> None:
         venue = self.book[order_id]
-        sizes = split(float(venue.order.totalQuantity), self.chunks)
+        sizes = split_quantity(float(venue.order.totalQuantity), self.chunks)
         size = sizes[len(venue.executions)]
         commission = split_money(self.commission, len(sizes))[len(venue.executions)]
         self.execute(order_id, size, fill_price(venue.order), commission=commission)
@@ -294,22 +295,6 @@ def fill_price(order: Order) -> float:
         if price is not None and price != UNSET_DOUBLE:
             return float(price)
     return DEFAULT_PRICE
-
-
-def split(quantity: float, chunks: int) -> list[float]:
-    if float(quantity).is_integer():
-        whole = int(quantity)
-        chunks = max(1, min(chunks, whole))
-        base, extra = divmod(whole, chunks)
-        return [float(base + (1 if n >= chunks - extra else 0)) for n in range(chunks)]
-    part = round(quantity / chunks, 9)
-    return [part] * (chunks - 1) + [round(quantity - part * (chunks - 1), 9)]
-
-
-def split_money(total: float, parts: int) -> list[float]:
-    cents = round(total * 100)
-    base, extra = divmod(cents, parts)
-    return [(base + (1 if n >= parts - extra else 0)) / 100 for n in range(parts)]
 
 
 def ibkr_settings(**overrides) -> IbkrSettings:
