@@ -1,7 +1,8 @@
 """The audit store: one repository over pymongo's API, three backends chosen by MONGODB_URI.
 
-`mongodb://…` a real MongoDB; `mongomock://` in memory; unset (or `embedded://PATH`) the
-embedded on-disk store (litemongo: one sqlite file per collection, each write committed).
+`mongodb://…` a real MongoDB; `mongomock://` in memory (mongomock's engine, with the hash
+indexes litemongo adds); unset (or `embedded://PATH`) the embedded on-disk store (litemongo:
+one sqlite file per collection, each write committed).
 Only single-document atomic writes are used: neither mongomock nor a standalone MongoDB
 has transactions.
 """
@@ -9,6 +10,7 @@ has transactions.
 from __future__ import annotations
 
 import functools
+import uuid
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ POSITIONS = "positions"
 ACCOUNTS = "accounts"
 SERVICE_STATUS = "service_status"
 MOCK_LEDGER = "mock_broker_orders"
+FILL_KEYS_KEPT = 200
 NON_TERMINAL = [str(status) for status in ("PENDING", "SUBMITTED", "PARTIALLY_FILLED")]
 
 T = TypeVar("T")
@@ -59,9 +62,11 @@ def open_store(uri: str | None, database: str, embedded_path: Path | None) -> St
         client = litemongo.connect(str(embedded_path.absolute()), tz_aware=True)
         return StoreHandle(client, client[database], f"embedded store at {embedded_path}")
     if uri and uri.startswith("mongomock://"):
-        import mongomock
+        import litemongo
 
-        client = mongomock.MongoClient(tz_aware=True)
+        # litemongo's in-memory engine is mongomock with hash indexes: plain mongomock scans
+        # every document for every query, 100 ms per update at 20,000 records.
+        client = litemongo.connect(f"mem://{uuid.uuid4().hex}?engine=memory", tz_aware=True)
         return StoreHandle(client, client[database], "in-memory store (mongomock)")
     client = pymongo.MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=3000)
     return StoreHandle(client, client[database], f"MongoDB {_redact(uri or '')}")
@@ -106,6 +111,7 @@ class Store:
         self.records.create_index("status")
         self.records.create_index([("received_at", pymongo.DESCENDING)])
         self.signals.create_index("signal_id", unique=True)
+        self.records.create_index("outbox_pending")
         self.positions.create_index([("account_id", 1), ("strategy_name", 1), ("symbol", 1),
                                      ("status", 1)])
         self.db[MOCK_LEDGER].create_index("signal_id", unique=True)
@@ -180,11 +186,11 @@ class Store:
 
     @translating
     def mark_published(self, signal_id: str, sequence: int) -> None:
-        self.records.update_one({"_id": record_id(signal_id)},
-                                {"$max": {"published_sequence": sequence}})
-        self.records.update_one({"_id": record_id(signal_id),
-                                 "confirmation_sequence": {"$lte": sequence}},
-                                {"$set": {"outbox_pending": False}})
+        """Everything up to `sequence` is published: one atomic pipeline update."""
+        published = {"$max": ["$published_sequence", sequence]}
+        self.records.update_one({"_id": record_id(signal_id)}, [{"$set": {
+            "published_sequence": published,
+            "outbox_pending": {"$lt": [published, "$confirmation_sequence"]}}}])
 
     @translating
     def records_with_unpublished(self) -> list[dict]:
@@ -203,11 +209,6 @@ class Store:
     def counts_by_status(self) -> dict[str, int]:
         rows = self.records.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
         return {row["_id"]: row["n"] for row in rows}
-
-    @translating
-    def set_positions_applied(self, signal_id: str, count: int) -> None:
-        self.records.update_one({"_id": record_id(signal_id)},
-                                {"$max": {"positions_applied": count}})
 
     # signal_store ---------------------------------------------------------------------------
 
@@ -251,9 +252,9 @@ class Store:
     @translating
     def update_position(self, doc: dict, fields: dict, fill_key: str) -> bool:
         result = self.positions.update_one(
-            {"_id": doc["_id"], "version": doc["version"]},
+            {"_id": doc["_id"], "version": doc["version"], "fill_keys": {"$ne": fill_key}},
             {"$set": fields, "$inc": {"version": 1},
-             "$push": {"fill_keys": {"$each": [fill_key], "$slice": -500}}})
+             "$push": {"fill_keys": {"$each": [fill_key], "$slice": -FILL_KEYS_KEPT}}})
         return result.modified_count == 1
 
     @translating

@@ -31,7 +31,7 @@ def _skeleton(signal_id: str, at: datetime) -> dict[str, Any]:
         "commission": 0.0, "total_value": 0.0, "notes": None, "reject_reason": None,
         "cancel_reason": None, "fills": [], "events": [], "confirmations": [],
         "confirmation_sequence": 0, "published_sequence": 0, "outbox_pending": False,
-        "positions_applied": 0, "version": 0,
+        "version": 0,
     }
 
 

@@ -72,6 +72,7 @@ class OrderJournal:
             change = step(state_of(doc))
             if not change.events and not extra_fields:
                 return doc
+            self._move_positions({**doc, "order_id": change.state.order_id}, change.events)
             updated = self._write(doc, change, extra_fields or {})
             if updated is not None:
                 self.after_write(updated, change.events)
@@ -84,6 +85,15 @@ class OrderJournal:
                 raise LeaseLost(f"{doc['signal_id']} was taken over by {owner}")
             doc = fresh
         raise RecordConflict(f"record for {doc['signal_id']} kept changing; gave up this round")
+
+    def _move_positions(self, doc: dict, events: tuple[Event, ...]) -> None:
+        """Positions move before the record shows the fill: a crash in between replays the fill
+        from the broker, and the position recognises it (see service/positions.py)."""
+        for event in events:
+            if event.event in ("FILL", "LATE_FILL"):
+                detail = event.detail
+                self._positions.apply(doc, _FillView(detail["exec_id"], detail["quantity"],
+                                                     detail["price"], detail["fill_at"]))
 
     def reload(self, doc: dict) -> dict:
         """The stored record, or `doc` when the store cannot say."""
@@ -108,8 +118,6 @@ class OrderJournal:
 
     def after_write(self, doc: dict, events: tuple[Event, ...]) -> None:
         """Everything that follows a durable change: redoable from the record alone."""
-        if any(event.event in ("FILL", "LATE_FILL") for event in events):
-            self._positions.apply_record_fills(doc)
         if events:
             self._store.update_signal(doc["signal_id"], _signal_fields(doc), self._clock())
         published = doc.get("published_sequence", 0)
@@ -150,6 +158,14 @@ class OrderJournal:
                                                          "CANCELLED") \
                 and event.status.is_terminal and doc["status"] == str(event.status):
             self._metrics.record_terminal(doc)
+
+
+@dataclass(frozen=True)
+class _FillView:
+    exec_id: str
+    quantity: float
+    price: float
+    at: datetime
 
 
 _NOTICE_FOR = {

@@ -1,15 +1,17 @@
 """The confirmation outbox: confirmations are in the record before they are published.
 
-Workers publish them in `sequence` order per signal (a signal always maps to the same
-worker), mark them published, and retry with back-off while Pub/Sub refuses. On start, what a
-previous run left unpublished is loaded from the store.
+One loop takes everything queued (up to BATCH), publishes it at once, then marks each
+signal published up to its highest sequence whose predecessors in the batch all went out.
+What Pub/Sub refused goes back to the front of the queue, in order, and is retried with
+back-off before anything newer, so a signal's confirmations are marked without gaps. On
+start, what a previous run left unpublished is loaded from the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
+from collections import deque
 from collections.abc import Iterable
 
 from execution_service.domain.backoff import compute_backoff
@@ -17,16 +19,17 @@ from execution_service.domain.records import confirmation_message
 from execution_service.errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
+BATCH = 500
 
 
 class ConfirmationOutbox:
-    def __init__(self, store, publisher, *, workers: int = 16, retry_base: float = 0.2,
-                 retry_cap: float = 10.0):
+    def __init__(self, store, publisher, *, retry_base: float = 0.2, retry_cap: float = 10.0):
         self._store = store
         self._publisher = publisher
-        self._queues = [asyncio.Queue() for _ in range(workers)]
-        self._tasks: list[asyncio.Task] = []
+        self._pending: deque[dict] = deque()
         self._queued: set[tuple[str, int]] = set()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
         self._retry = (retry_base, retry_cap)
         self.published = 0
         self.failures = 0
@@ -38,11 +41,11 @@ class ConfirmationOutbox:
     def enqueue(self, confirmations: Iterable[dict]) -> None:
         for payload in confirmations:
             key = (payload["signal_id"], payload["sequence"])
-            if key in self._queued:
-                continue
-            self._queued.add(key)
-            worker = zlib.crc32(payload["signal_id"].encode()) % len(self._queues)
-            self._queues[worker].put_nowait(payload)
+            if key not in self._queued:
+                self._queued.add(key)
+                self._pending.append(payload)
+        if self._pending:
+            self._wakeup.set()
 
     def load_unpublished(self) -> int:
         before = self.backlog
@@ -52,8 +55,7 @@ class ConfirmationOutbox:
         return self.backlog - before
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._work(queue), name=f"outbox-{n}")
-                       for n, queue in enumerate(self._queues)]
+        self._task = asyncio.create_task(self._run(), name="outbox")
 
     async def drain(self, timeout: float) -> bool:
         """Wait until everything queued is published, at most `timeout` seconds."""
@@ -64,48 +66,60 @@ class ConfirmationOutbox:
         return not self._queued
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
 
-    async def _work(self, queue: asyncio.Queue) -> None:
+    async def _run(self) -> None:
+        failures = 0
         while True:
-            payload = await queue.get()
-            await self._publish_until_accepted(payload)
-            self._queued.discard((payload["signal_id"], payload["sequence"]))
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
+            refused = await self._publish(batch)
+            retry = self._mark(batch, refused)
+            if retry:
+                self._pending.extendleft(reversed(retry))
+                failures += 1
+                await asyncio.sleep(compute_backoff(failures, *self._retry))
+            else:
+                failures = 0
 
-    async def _publish_until_accepted(self, payload: dict) -> None:
-        data, attributes = confirmation_message(payload)
-        attempt = 0
-        while True:
-            attempt += 1
+    async def _publish(self, batch: list[dict]) -> list[dict]:
+        """Publish the batch at once; returns the confirmations Pub/Sub refused."""
+        results = await asyncio.gather(*(self._publisher.publish(*confirmation_message(p))
+                                         for p in batch), return_exceptions=True)
+        refused = [p for p, r in zip(batch, results, strict=True) if isinstance(r, BaseException)]
+        if refused:
+            self.failures += len(refused)
+            error = next(r for r in results if isinstance(r, BaseException))
+            logger.warning("Publishing %d confirmations failed (%s: %s); retrying",
+                           len(refused), type(error).__name__, error)
+        self.published += len(batch) - len(refused)
+        return refused
+
+    def _mark(self, batch: list[dict], refused: list[dict]) -> list[dict]:
+        """Mark what went out without a gap; returns what must go again, in order (a refused
+        confirmation and the same signal's later ones, which may go out twice)."""
+        blocked = {p["signal_id"]: p["sequence"] for p in reversed(refused)}  # lowest refused
+        highest: dict[str, int] = {}
+        retry = []
+        for payload in batch:
+            signal_id, sequence = payload["signal_id"], payload["sequence"]
+            if sequence >= blocked.get(signal_id, sequence + 1):
+                retry.append(payload)
+                continue
+            highest[signal_id] = max(highest.get(signal_id, 0), sequence)
+            self._queued.discard((signal_id, sequence))
+            logger.info("Published execution confirmation: %s %s #%s", payload["status"],
+                        signal_id, sequence)
+        for signal_id, sequence in highest.items():
             try:
-                await self._publisher.publish(data, attributes)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # any publish failure: keep it, retry later
-                self.failures += 1
-                wait = compute_backoff(attempt, *self._retry)
-                logger.warning("Publishing confirmation %s #%s failed (%s: %s); retry in %.1fs",
-                               payload["signal_id"], payload["sequence"], type(e).__name__, e,
-                               wait)
-                await asyncio.sleep(wait)
-        self.published += 1
-        logger.info("Published execution confirmation: %s %s #%s", payload["status"],
-                    payload["signal_id"], payload["sequence"])
-        await self._mark_published(payload)
-
-    async def _mark_published(self, payload: dict) -> None:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                self._store.mark_published(payload["signal_id"], payload["sequence"])
-                return
+                self._store.mark_published(signal_id, sequence)
             except StoreUnavailable as e:
-                # Published but not marked: a restart publishes it again (a duplicate with the
+                # Published, not marked: a restart publishes it again (a duplicate with the
                 # same sequence, which consumers tolerate), never a gap.
-                await asyncio.sleep(compute_backoff(attempt, *self._retry))
-                logger.warning("Marking confirmation published failed: %s", e)
+                logger.warning("Marking %s #%s published failed: %s", signal_id, sequence, e)
+        return retry

@@ -1,7 +1,9 @@
-"""Moves positions by the fills recorded on execution records (SPEC §5).
+"""Moves positions by fills (SPEC §5), before the record that shows the fill is written.
 
-Each fill is applied at most once per position (its key is kept on the position), with a
-compare-and-set on the position's `version`, so two processes can fill the same symbol.
+A fill is applied at most once per position: its key (`signal_id:exec_id`) is pushed onto the
+position in the same compare-and-set that moves it, and an update whose key is already there
+matches nothing. So a fill replayed after a crash (the record never showed it, the broker
+reports it again) is recognised; the position keeps the last FILL_KEYS_KEPT keys.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ import logging
 from datetime import datetime
 
 from execution_service.domain.positions import Position, PositionChange, apply_fill
-from execution_service.domain.records import as_utc
 
 logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 20
+FILL_KEYS_KEPT = 200
 
 
 def position_key(record: dict) -> dict:
@@ -26,42 +28,35 @@ class PositionBook:
     def __init__(self, store) -> None:
         self._store = store
 
-    def apply_record_fills(self, record: dict) -> None:
-        """Apply every fill of the record not yet applied, then remember how far we got."""
-        applied = record.get("positions_applied", 0)
-        fills = record.get("fills", [])
-        for fill in fills[applied:]:
-            self.apply(record, fill)
-        if len(fills) > applied:
-            self._store.set_positions_applied(record["signal_id"], len(fills))
-
-    def apply(self, record: dict, fill: dict) -> None:
+    def apply(self, record: dict, fill) -> None:
+        """Move the record's position by one fill (anything with exec_id, quantity, price,
+        at), once."""
         key = position_key(record)
-        fill_key = f"{record['signal_id']}:{fill['exec_id']}"
+        fill_key = f"{record['signal_id']}:{fill.exec_id}"
         for _ in range(MAX_ATTEMPTS):
-            applied = self._store.position_with_fill(key, fill_key)
-            if applied is not None:  # already applied: a retry after a crash
-                self._open_carry(key, applied, fill_key)
-                return
             if self._try_apply(key, fill_key, record, fill):
+                return
+            applied = self._store.position_with_fill(key, fill_key)
+            if applied is not None:  # already there: a replay after a crash
+                self._open_carry(key, applied, fill_key)
                 return
         raise RuntimeError(f"position {key} kept changing under us; fill {fill_key} not applied")
 
-    def _try_apply(self, key: dict, fill_key: str, record: dict, fill: dict) -> bool:
+    def _try_apply(self, key: dict, fill_key: str, record: dict, fill) -> bool:
         current = self._store.open_position(key)
-        at = as_utc(fill["at"])
-        change = apply_fill(_position_of(current), record["side"], fill["quantity"],
-                            fill["price"])
+        change = apply_fill(_position_of(current), record["side"], fill.quantity, fill.price)
         order_id = record.get("order_id")
         if current is None:
-            return self._open(key, change.current, at, order_id, fill_key)
+            return self._open(key, change.current, fill.at, order_id, fill_key)
         if change.closed is None:
             return self._store.update_position(
                 current, _fields(change.current, order_id, current), fill_key)
-        return self._close_and_flip(key, current, change, at, order_id, fill_key)
+        return self._close_and_flip(key, current, change, fill.at, order_id, fill_key)
 
     def _open(self, key: dict, position: Position, at: datetime, order_id: str | None,
               fill_key: str) -> bool:
+        if self._store.position_with_fill(key, fill_key) is not None:
+            return False  # the fill that opened it was applied before: let apply() see it
         ordinal = self._store.count_positions(key) + 1
         return self._store.insert_position(_new_doc(key, ordinal, position, at, order_id,
                                                     fill_key))
@@ -81,7 +76,6 @@ class PositionBook:
                     change.closed.realized_pnl)
         return True
 
-
     def _open_carry(self, key: dict, closed: dict, fill_key: str) -> None:
         """Open the opposite position a flip left behind, once (idempotent by origin)."""
         carry = closed.get("carry")
@@ -89,7 +83,7 @@ class PositionBook:
             return
         position = Position(carry["side"], carry["quantity"], carry["avg_entry_price"])
         doc = _new_doc(key, self._store.count_positions(key) + 1, position,
-                       as_utc(closed["closed_at"]), carry["order_id"], fill_key)
+                       closed["closed_at"], carry["order_id"], fill_key)
         doc["opened_from"] = closed["_id"]
         self._store.insert_position(doc)
 

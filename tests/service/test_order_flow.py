@@ -36,7 +36,7 @@ async def test_given_three_chunks_when_processed_then_partials_then_filled():
     assert record["published_sequence"] == 4 and record["outbox_pending"] is False
     position = app.store.open_position({"account_id": "acc_1", "strategy_name": "Strat",
                                         "symbol": "SPY"})
-    assert position["quantity"] == 100 and record["positions_applied"] == 3
+    assert position["quantity"] == 100 and len(position["fill_keys"]) == 3
     assert app.notifier.kinds() == ["PARTIAL_FILL", "PARTIAL_FILL", "FILLED"]
     assert app.store.signals.find_one({"signal_id": "sig_1"})["execution_status"] == "FILLED"
 
@@ -205,3 +205,32 @@ async def test_given_mock_reject_rate_one_then_rejected_with_reason():
     assert record["status"] == "REJECTED"
     assert record["reject_reason"].startswith("Insufficient margin (mock broker")
     assert app.notifier.kinds() == ["REJECTED"]
+
+
+class _RefuseFirstOf(list):
+    """A publisher that refuses the first confirmation of one signal, once."""
+
+    def __init__(self, signal_id: str, sequence: int):
+        super().__init__()
+        self.target = (signal_id, sequence)
+        self.refused = False
+
+    async def publish(self, payload: bytes, attributes: dict[str, str]) -> None:
+        key = (attributes["signal_id"], int(attributes["sequence"]))
+        if key == self.target and not self.refused:
+            self.refused = True
+            raise ConnectionError("refused once (test)")
+        self.append(key)
+
+
+async def test_given_one_confirmation_refused_then_no_gap_is_ever_marked():
+    app, _ = make_app()
+    publisher = _RefuseFirstOf("sig_1", 1)
+    app.outbox._publisher = publisher
+    app.processor.handle(order_body())
+    await settle(app)
+    assert publisher.refused
+    assert publisher.index(("sig_1", 1)) < publisher.index(("sig_1", 2)) or \
+        publisher.count(("sig_1", 2)) == 2  # the later one went again after the refused one
+    record = app.store.get_record("sig_1")
+    assert record["published_sequence"] == 2 and record["outbox_pending"] is False
