@@ -8,8 +8,10 @@ the store calls per signal (counted as in `counting_daemon.py`), so a change to 
 to the number of round trips can be judged in seconds, without the emulator.
 
 Backends:
-  mongomock        what MONGODB_URI=mongomock:// opens today (mongomock.MongoClient)
+  uri-mongomock    whatever the service's open_store() opens for MONGODB_URI=mongomock://
+  mongomock        plain mongomock.MongoClient (what mongomock:// opened before ef5e56e)
   litemongo-memory litemongo's in-memory engine (mongomock's API, with hash indexes)
+  litemongo-memory-naive  the same with tz_aware=False (what-if: no datetime patching)
   embedded         the embedded store (litemongo, sqlite files in a temp dir)
 
 What-ifs (patched in this process only; nothing in the service is changed):
@@ -18,8 +20,9 @@ What-ifs (patched in this process only; nothing in the service is changed):
                         (SUBMITTED and FILLED published together share one mark)
   no-positions-applied  drop Store.set_positions_applied (upper bound for folding it into a
                         write the record gets anyway)
+  bounded-order-ids     positions keep their last 20 order ids instead of all of them
 
-    /work/venv/bin/python benchmarks/core_ops.py --backend mongomock --n 2000
+    /work/venv/bin/python benchmarks/core_ops.py --backend uri-mongomock --n 2000
     /work/venv/bin/python benchmarks/core_ops.py --backend litemongo-memory --what-if one-mark
 """
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import sys
@@ -40,7 +44,7 @@ sys.path.insert(0, str(HERE))
 
 import counting_daemon  # noqa: E402  (wraps the collection classes when installed)
 
-from execution_service.adapters.store import Store, StoreHandle  # noqa: E402
+from execution_service.adapters.store import Store, StoreHandle, open_store  # noqa: E402
 from execution_service.bootstrap import build_app, seed_accounts  # noqa: E402
 from execution_service.config import load_settings  # noqa: E402
 from execution_service.domain.records import record_id  # noqa: E402
@@ -57,6 +61,8 @@ class AcceptingPublisher:
 
 
 def open_backend(kind: str) -> tuple[StoreHandle, Path | None]:
+    if kind == "uri-mongomock":
+        return open_store("mongomock://", "trading", None), None
     if kind == "mongomock":
         import mongomock
 
@@ -64,9 +70,11 @@ def open_backend(kind: str) -> tuple[StoreHandle, Path | None]:
         return StoreHandle(client, client["trading"], "mongomock"), None
     import litemongo
 
-    if kind == "litemongo-memory":
+    if kind in ("litemongo-memory", "litemongo-memory-naive"):
+        # -naive: tz_aware=False, i.e. no per-document datetime patching on every read
+        # (datetimes come back naive UTC); a what-if for the cost of tz_aware=True
         client = litemongo.connect(f"mem://bench-{uuid.uuid4().hex}?engine=memory",
-                                   tz_aware=True)
+                                   tz_aware=kind == "litemongo-memory")
         return StoreHandle(client, client["trading"], "litemongo memory"), None
     path = Path(tempfile.mkdtemp(prefix="bench-core-"))
     client = litemongo.connect(str(path), tz_aware=True)
@@ -80,7 +88,15 @@ def what_if_one_mark() -> None:
             {"$set": {"outbox_pending": {"$lt": ["$published_sequence",
                                                  "$confirmation_sequence"]}}}])
 
+    _require(Store, "mark_published")
     Store.mark_published = mark_published
+
+
+def _require(owner, name: str) -> None:
+    """What-ifs patch the service as it was; refuse when the code has moved on."""
+    if not hasattr(owner, name):
+        raise SystemExit(f"what-if not applicable: {owner.__name__}.{name} no longer exists "
+                         f"(the service has changed; the what-if is obsolete)")
 
 
 PENDING_MARKS: dict[str, int] = {}
@@ -104,12 +120,30 @@ def what_if_batched_marks() -> None:
         if first:
             asyncio.get_running_loop().call_later(0.005, flush, self._store)
 
+    _require(ConfirmationOutbox, "_mark_published")
     ConfirmationOutbox._mark_published = _mark_published
 
 
 def what_if_no_positions_applied() -> None:
     """Upper bound for folding `positions_applied` into a write the record gets anyway."""
+    _require(Store, "set_positions_applied")
     Store.set_positions_applied = lambda self, signal_id, count: None
+
+
+def what_if_bounded_order_ids(kept: int = 20) -> None:
+    """Positions keep only their last `kept` order ids (today `_fields` appends every order id
+    of an open position forever, so each fill rewrites an ever larger document)."""
+    from execution_service.service import positions
+
+    _require(positions, "_fields")
+    original = positions._fields
+
+    def _fields(*args, **kwargs):
+        fields = original(*args, **kwargs)
+        fields["order_ids"] = fields["order_ids"][-kept:]
+        return fields
+
+    positions._fields = _fields
 
 
 def body(signal_id: str, i: int) -> bytes:
@@ -153,12 +187,14 @@ async def drive(app, n: int, batch: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", choices=("mongomock", "litemongo-memory", "embedded"),
-                        default="mongomock")
+    parser.add_argument("--backend", default="uri-mongomock",
+                        choices=("uri-mongomock", "mongomock", "litemongo-memory",
+                                 "litemongo-memory-naive", "embedded"))
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--what-if", action="append", default=[],
-                        choices=("one-mark", "batched-marks", "no-positions-applied"))
+                        choices=("one-mark", "batched-marks", "no-positions-applied",
+                                 "bounded-order-ids"))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     counting_daemon._install()
@@ -168,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         what_if_batched_marks()
     if "no-positions-applied" in args.what_if:
         what_if_no_positions_applied()
+    if "bounded-order-ids" in args.what_if:
+        what_if_bounded_order_ids()
     handle, path = open_backend(args.backend)
     accounts = Path(tempfile.mkdtemp(prefix="bench-core-acc-")) / "accounts.json"
     accounts.write_text(json.dumps([{"account_id": "acc_bench", "broker": "MOCK",
@@ -185,10 +223,8 @@ def main(argv: list[str] | None = None) -> int:
 
         rows = asyncio.run(run())
     finally:
-        try:
+        with contextlib.suppress(AttributeError):  # litemongo 0.2.0 memory store: no close()
             handle.close()
-        except AttributeError:  # litemongo 0.2.0: the memory engine's store has no close()
-            pass
         shutil.rmtree(accounts.parent, ignore_errors=True)
         if path is not None:
             shutil.rmtree(path, ignore_errors=True)

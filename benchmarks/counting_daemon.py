@@ -1,10 +1,20 @@
-"""Runs the real daemon (`execution-service run`) with its store calls counted.
+"""Runs the real daemon (`execution-service run`) with its store calls counted and its own
+share of each signal's latency timed.
 
-Used by `benchmarks/pipeline.py --count-store`. Nothing in the service is changed: the
+Used by `benchmarks/pipeline.py --instrument`. Nothing in the service is changed: the
 collection classes of mongomock (MONGODB_URI=mongomock://) and of litemongo's vendored
 mongomock (the embedded store) are wrapped in this process only, and every top-level call
 (one call = one round trip on a real MongoDB) is counted per (collection, method) with its
 wall time. Nested calls made by the driver itself (find_one -> find, ...) are not counted.
+
+Daemon-internal latency: the time from the moment the Pub/Sub client hands a message to the
+daemon (`OrderConsumer`'s callback, on the client's thread) to the moment Pub/Sub accepted the
+signal's FILLED confirmation (`TopicPublisher.publish` returned), per signal_id, in ms. It
+leaves out the emulator's two deliveries, which the benchmark measures from outside.
+
+Event-loop stalls: a task on the daemon's loop ticks every 5 ms; a watchdog thread samples the
+main thread's stack every 10 ms while the loop has not ticked for more than 50 ms, and counts
+the stacks (service frames and the leaf). This says what holds the loop when latency spikes.
 
 On SIGUSR1 a snapshot is written to $BENCH_STORE_STATS (JSON), so the benchmark can take the
 difference over its measured window.
@@ -12,13 +22,15 @@ difference over its measured window.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import sys
 import threading
 import time
-from collections import defaultdict
+import traceback
+from collections import Counter, defaultdict
 
 METHODS = ("find_one", "find", "insert_one", "insert_many", "update_one", "update_many",
            "find_one_and_update", "replace_one", "count_documents", "aggregate",
@@ -27,6 +39,12 @@ METHODS = ("find_one", "find", "insert_one", "insert_many", "update_one", "updat
 _local = threading.local()
 _lock = threading.Lock()
 _stats: dict[tuple[str, str], list] = defaultdict(lambda: [0, 0.0])
+_arrivals: dict[str, float] = {}
+_internal_ms: dict[str, float] = {}
+STALL_SECONDS = 0.05
+_loop_tick = [0.0]
+_stall_stacks: Counter = Counter()
+_stalls: list[float] = []  # length of each stall, seconds
 
 
 def _wrap(cls, name: str) -> None:
@@ -72,6 +90,106 @@ def _install() -> None:
             _wrap(cls, name)
 
 
+def _install_latency() -> None:
+    from execution_service.adapters import pubsub
+
+    original_start = pubsub.OrderConsumer.start
+    original_publish = pubsub.TopicPublisher.publish
+
+    def start(self, loop, handler):
+        def timed(message):
+            arrived = time.time()
+            try:
+                signal_id = json.loads(message.data).get("signal_id")
+            except (ValueError, AttributeError):
+                signal_id = None
+            if isinstance(signal_id, str):
+                _arrivals.setdefault(signal_id, arrived)
+            return handler(message)
+
+        return original_start(self, loop, timed)
+
+    async def publish(self, payload: bytes, attributes: dict[str, str]) -> None:
+        await original_publish(self, payload, attributes)
+        if attributes.get("status") == "FILLED":
+            signal_id = attributes.get("signal_id", "")
+            arrived = _arrivals.pop(signal_id, None)
+            if arrived is not None:
+                with _lock:
+                    _internal_ms[signal_id] = round((time.time() - arrived) * 1000, 3)
+
+    pubsub.OrderConsumer.start = start
+    pubsub.TopicPublisher.publish = publish
+
+
+def _stack_key(frame) -> str:
+    # no source lines: reading them (linecache) would cost more than the sample is worth
+    stack = traceback.StackSummary.extract(traceback.walk_stack(frame), lookup_lines=False)
+    stack.reverse()
+    mine = [f"{_short(f.filename)}:{f.lineno} {f.name}" for f in stack
+            if "/execution_service/" in f.filename or "/brokers/" in f.filename]
+    leaf = stack[-1] if stack else None
+    tail = f"{_short(leaf.filename)}:{leaf.lineno} {leaf.name}" if leaf else "?"
+    return " > ".join(mine[-3:] + [tail])
+
+
+def _short(filename: str) -> str:
+    return "/".join(filename.split("/")[-2:])
+
+
+def _watchdog(main_ident: int) -> None:
+    stalled_since = None
+    while True:
+        time.sleep(0.01)
+        tick = _loop_tick[0]
+        if not tick:
+            continue
+        now = time.perf_counter()
+        if now - tick > STALL_SECONDS:
+            stalled_since = stalled_since or tick
+            frame = sys._current_frames().get(main_ident)
+            if frame is not None:
+                key = _stack_key(frame)
+                with _lock:
+                    _stall_stacks[key] += 1
+        elif stalled_since is not None:
+            with _lock:
+                _stalls.append(tick - stalled_since)
+            stalled_since = None
+
+
+async def _ticker() -> None:
+    while True:
+        _loop_tick[0] = time.perf_counter()
+        await asyncio.sleep(0.005)
+
+
+def _install_stall_watch() -> None:
+    from execution_service.service.daemon import ExecutionDaemon
+
+    original_run = ExecutionDaemon.run
+
+    async def run(self, stop):
+        ticker = asyncio.get_running_loop().create_task(_ticker(), name="bench-ticker")
+        try:
+            return await original_run(self, stop)
+        finally:
+            ticker.cancel()
+
+    ExecutionDaemon.run = run
+    threading.Thread(target=_watchdog, args=(threading.main_thread().ident,), daemon=True,
+                     name="bench-stall-watchdog").start()
+
+
+def stall_snapshot() -> dict:
+    with _lock:
+        stalls = sorted(_stalls)
+        stacks = _stall_stacks.most_common(25)
+    return {"count": len(stalls), "total_s": round(sum(stalls), 3),
+            "max_ms": round(1000 * stalls[-1], 1) if stalls else None,
+            "sampled_stacks": [[key, n] for key, n in stacks]}
+
+
 def snapshot() -> dict:
     with _lock:
         return {f"{collection}.{method}": {"calls": calls, "seconds": round(seconds, 6)}
@@ -84,12 +202,17 @@ def _dump(_signum=None, _frame=None) -> None:
         return
     tmp = f"{path}.tmp"
     with open(tmp, "w") as out:
-        json.dump({"at": time.time(), "stats": snapshot()}, out)
+        with _lock:
+            internal = dict(_internal_ms)
+        json.dump({"at": time.time(), "stats": snapshot(), "internal_ms": internal,
+                   "stalls": stall_snapshot()}, out)
     os.replace(tmp, path)
 
 
 def main() -> None:
     _install()
+    _install_latency()
+    _install_stall_watch()
     signal.signal(signal.SIGUSR1, _dump)
     sys.argv = ["execution-service", "run", *sys.argv[1:]]
     from execution_service.cli import main as cli_main

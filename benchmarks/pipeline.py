@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import platform
@@ -36,6 +37,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -128,7 +130,7 @@ class CpuMeter:
     def stop(self) -> dict:
         elapsed = time.perf_counter() - self._t0
         end = self._read()
-        used = [b - a for a, b in zip(self._start, end)]
+        used = [b - a for a, b in zip(self._start, end, strict=True)]
         return {"daemon_cpu_s": round(used[0], 3), "emulator_cpu_s": round(used[1], 3),
                 "loadgen_cpu_s": round(used[2], 3),
                 "daemon_cpu_pct": round(100 * used[0] / elapsed, 1) if elapsed else None,
@@ -140,6 +142,27 @@ class CpuMeter:
 # confirmations listener (streaming pull in the load generator)
 
 
+def _event_time(data: bytes) -> float | None:
+    """The confirmation's `at` (when the daemon recorded the event), as epoch seconds."""
+    try:
+        at = json.loads(data).get("at")
+        return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp() if at else None
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+def _split_ms(ids, sent_wall: dict[str, float], listener) -> dict:
+    """publish -> FILLED recorded by the daemon, and FILLED recorded -> received here."""
+    inbound = [(listener.filled_event_at[s] - sent_wall[s]) * 1000 for s in ids
+               if s in listener.filled_event_at and s in sent_wall]
+    outbound = [(listener.filled_recv_wall[s] - listener.filled_event_at[s]) * 1000
+                for s in ids if s in listener.filled_event_at]
+    return {"to_filled_recorded_p50_ms": _r(percentile(inbound, 50)),
+            "to_filled_recorded_p99_ms": _r(percentile(inbound, 99)),
+            "recorded_to_received_p50_ms": _r(percentile(outbound, 50)),
+            "recorded_to_received_p99_ms": _r(percentile(outbound, 99))}
+
+
 class ConfirmationListener:
     """Streaming pull on a subscription of execution-confirmations; records, per signal, when
     its first SUBMITTED and first terminal confirmation arrived (perf_counter)."""
@@ -149,6 +172,8 @@ class ConfirmationListener:
         self.filled_at: dict[str, float] = {}
         self.submitted_at: dict[str, float] = {}
         self.terminal_status: dict[str, str] = {}
+        self.filled_event_at: dict[str, float] = {}  # the daemon's FILLED time (epoch)
+        self.filled_recv_wall: dict[str, float] = {}  # when it reached us (epoch)
         self.statuses: Counter = Counter()
         self.messages = 0
         self._waiting: set[str] = set()
@@ -158,6 +183,7 @@ class ConfirmationListener:
 
     def _callback(self, message) -> None:
         now = time.perf_counter()
+        wall = time.time()
         message.ack()
         attributes = message.attributes
         signal_id = attributes.get("signal_id", "")
@@ -171,6 +197,10 @@ class ConfirmationListener:
                 self.terminal_status[signal_id] = status
                 if status == "FILLED":
                     self.filled_at[signal_id] = now
+                    self.filled_recv_wall[signal_id] = wall
+                    event_at = _event_time(message.data)
+                    if event_at is not None:
+                        self.filled_event_at[signal_id] = event_at
                 if signal_id in self._waiting:
                     self._waiting.discard(signal_id)
                     if not self._waiting:
@@ -194,10 +224,8 @@ class ConfirmationListener:
 
     def close(self) -> None:
         self._future.cancel()
-        try:
+        with contextlib.suppress(Exception):  # cancelled: stopped
             self._future.result(timeout=5)
-        except Exception:  # cancelled: stopped
-            pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,7 +275,12 @@ class Daemon:
         return psutil.Process(self.pid).memory_info().rss / 2**20
 
     def store_stats(self, timeout: float = 5.0) -> dict | None:
-        """Ask the counting wrapper for a snapshot of its store-call counters."""
+        """Store-call counters from the instrumented daemon (None when not instrumented)."""
+        snapshot = self.instrument_snapshot(timeout)
+        return None if snapshot is None else snapshot["stats"]
+
+    def instrument_snapshot(self, timeout: float = 5.0) -> dict | None:
+        """Ask the instrumented daemon (counting_daemon.py) for a snapshot."""
         if not self.counting or self.process is None or self.process.poll() is not None:
             return None
         before = self.stats_file.stat().st_mtime_ns if self.stats_file.exists() else 0
@@ -255,10 +288,8 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.stats_file.exists() and self.stats_file.stat().st_mtime_ns != before:
-                try:
-                    return json.loads(self.stats_file.read_text())["stats"]
-                except (ValueError, KeyError):
-                    pass
+                with contextlib.suppress(ValueError):
+                    return json.loads(self.stats_file.read_text())
             time.sleep(0.05)
         return None
 
@@ -275,7 +306,7 @@ class Daemon:
 
 
 def daemon_env(emulator_host: str, project: str, workdir: Path, store: str,
-               poll_seconds: float) -> dict[str, str]:
+               poll_seconds: float, log_level: str = "WARNING") -> dict[str, str]:
     accounts = workdir / "accounts.json"
     workdir.mkdir(parents=True, exist_ok=True)
     accounts.write_text(json.dumps([{"account_id": ACCOUNT_ID, "broker": "MOCK",
@@ -286,7 +317,7 @@ def daemon_env(emulator_host: str, project: str, workdir: Path, store: str,
         "PUBSUB_EMULATOR_HOST": emulator_host, "GOOGLE_CLOUD_PROJECT": project,
         "ACCOUNTS_FILE": str(accounts), "MOCK_FILL_DELAY_SECONDS": "0",
         "ORDER_POLL_SECONDS": str(poll_seconds), "TELEGRAM_ENABLED": "false",
-        "LOG_LEVEL": "WARNING", "USE_MOCK_BROKER": "true",
+        "LOG_LEVEL": log_level, "USE_MOCK_BROKER": "true",
     })
     if store == "mongomock":
         env["MONGODB_URI"] = "mongomock://"
@@ -304,8 +335,8 @@ class Profiler:
                    "--output", str(output), "--threads", "--nonblocking"]
         if gil:
             command.append("--gil")
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                        stderr=open(output.with_suffix(".log"), "wb"))
+        with open(output.with_suffix(".log"), "wb") as errors:
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
 
     def stop(self) -> Path | None:
         if self.process.poll() is None:
@@ -322,7 +353,7 @@ class Profiler:
 # phases
 
 
-def run_baseline(n: int, timeout: float) -> dict:
+def run_baseline(n: int, timeout: float, emulator_pid: int | None = None) -> dict:
     """Bare messages: publish (batched, futures) -> streaming pull -> ack, one process."""
     project = new_project("base")
     publisher = make_publisher()
@@ -356,6 +387,7 @@ def run_baseline(n: int, timeout: float) -> dict:
     try:
         time.sleep(1.0)  # let the stream open before the clock starts
         padding = signal_body("x", 0)  # bare messages of the same size as a signal
+        meter = CpuMeter(None, emulator_pid)
         t0 = time.perf_counter()
         futures = []
         for i in range(n):
@@ -366,18 +398,22 @@ def run_baseline(n: int, timeout: float) -> dict:
         finished = done.wait(max(1.0, timeout - (published_at - t0)))
         end = last[0] if finished else time.perf_counter()
         elapsed = end - t0
+        cpu = meter.stop()
         with lock:
             received = len(seen)
         return {"n": n, "received": received, "complete": finished,
+                "emulator_cpu_s": cpu["emulator_cpu_s"], "loadgen_cpu_s": cpu["loadgen_cpu_s"],
+                "emulator_cpu_ms_per_msg": round(1000 * cpu["emulator_cpu_s"] / max(1, received),
+                                                 3),
+                "loadgen_cpu_ms_per_msg": round(1000 * cpu["loadgen_cpu_s"] / max(1, received),
+                                                3),
                 "elapsed_s": round(elapsed, 3),
                 "publish_s": round(published_at - t0, 3),
                 "msgs_per_s": round(received / elapsed, 1) if elapsed else None}
     finally:
         future.cancel()
-        try:
+        with contextlib.suppress(Exception):  # cancelled: stopped
             future.result(timeout=5)
-        except Exception:
-            pass
         subscriber.close()
 
 
@@ -395,11 +431,11 @@ def _setup_rig(project: str) -> tuple[PubSubNames, pubsub_v1.PublisherClient,
 
 
 def _publish_all(publisher, topic: str, ids: list[str], offset: int = 0,
-                 sent: dict[str, float] | None = None) -> list:
+                 sent_wall: dict[str, float] | None = None) -> list:
     futures = []
     for i, signal_id in enumerate(ids):
-        if sent is not None:
-            sent[signal_id] = time.perf_counter()
+        if sent_wall is not None:
+            sent_wall[signal_id] = time.time()
         futures.append(publisher.publish(topic, signal_body(signal_id, offset + i)))
     return futures
 
@@ -461,7 +497,8 @@ def run_pipeline(store: str, n: int, args, emulator) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{store}-", dir=args.tmp))
     names, publisher, subscriber, listener = _setup_rig(project)
     daemon = Daemon(workdir, daemon_env(emulator.host, project, workdir, store,
-                                        args.poll_seconds), counting=args.count_store)
+                                        args.poll_seconds, args.log_level),
+                    counting=args.count_store)
     profiler = None
     try:
         daemon.start()
@@ -469,7 +506,8 @@ def run_pipeline(store: str, n: int, args, emulator) -> dict:
         if not _warm_up(publisher, names, listener, args.warmup, store):
             raise RuntimeError(f"warm-up signals did not fill; daemon output:\n"
                                f"{daemon.read_output()[-3000:]}")
-        stats_before = daemon.store_stats()
+        before = daemon.instrument_snapshot()
+        stats_before = before["stats"] if before else None
         if args.profile:
             profiler = Profiler(daemon.pid, Path(args.profile) / f"pipeline-{store}.txt",
                                 gil=args.profile_gil)
@@ -478,7 +516,8 @@ def run_pipeline(store: str, n: int, args, emulator) -> dict:
         listener.expect(ids)
         meter = CpuMeter(daemon.pid, emulator.process.pid)
         t0 = time.perf_counter()
-        futures = _publish_all(publisher, names.orders_topic, ids)
+        sent_wall: dict[str, float] = {}
+        futures = _publish_all(publisher, names.orders_topic, ids, sent_wall=sent_wall)
         concurrent.futures.wait(futures, timeout=args.phase_timeout)
         published_at = time.perf_counter()
         complete = listener.wait(max(1.0, args.phase_timeout - (published_at - t0)))
@@ -490,6 +529,7 @@ def run_pipeline(store: str, n: int, args, emulator) -> dict:
         profile_path = profiler.stop() if profiler else None
         profiler = None
         stats_after = daemon.store_stats()
+        internal = _internal_latency(daemon, ids, before)
         other = Counter(listener.terminal_status[s] for s in ids
                         if listener.terminal_status.get(s, "FILLED") != "FILLED")
         latencies = [listener.filled_at[s] - t0 for s in done_ids]  # under saturation
@@ -502,6 +542,7 @@ def run_pipeline(store: str, n: int, args, emulator) -> dict:
             "steady_signals_per_s": _steady_rate(ids, listener.filled_at),
             "time_to_first_fill_s": round(min(latencies), 3) if latencies else None,
             "confirmations_received": listener.messages, **cpu,
+            **_split_ms(ids, sent_wall, listener), **internal,
             "daemon_rss_mb": round(daemon.rss_mb(), 1),
             "store_calls": _diff_stats(stats_before, stats_after, n),
             "profile": str(profile_path) if profile_path else None,
@@ -566,10 +607,8 @@ def run_transport_floor(rate: float, seconds: float) -> dict:
                 "p99_ms": _r(percentile(values, 99))}
     finally:
         future.cancel()
-        try:
+        with contextlib.suppress(Exception):  # cancelled: stopped
             future.result(timeout=5)
-        except Exception:
-            pass
         subscriber.close()
 
 
@@ -577,16 +616,44 @@ def _r(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def _stall_diff(before: dict | None, after: dict | None) -> dict | None:
+    """Event-loop stalls (> 50 ms without a tick) over the window, with the sampled stacks."""
+    if not after or "stalls" not in after:
+        return None
+    old = (before or {}).get("stalls") or {"count": 0, "total_s": 0.0, "sampled_stacks": []}
+    new = after["stalls"]
+    counts = dict(map(tuple, old["sampled_stacks"]))
+    stacks = [[key, n - counts.get(key, 0)] for key, n in new["sampled_stacks"]
+              if n - counts.get(key, 0) > 0]
+    return {"count": new["count"] - old["count"],
+            "total_s": round(new["total_s"] - old["total_s"], 3), "max_ms_ever": new["max_ms"],
+            "sampled_stacks": sorted(stacks, key=lambda kv: -kv[1])[:15]}
+
+
+def _internal_latency(daemon: Daemon, ids: list[str], before: dict | None = None) -> dict:
+    """The daemon's own share (instrumented daemons only): Pub/Sub client hands the signal
+    over -> its FILLED confirmation accepted by Pub/Sub; and the loop stalls meanwhile."""
+    snapshot = daemon.instrument_snapshot()
+    if not snapshot:
+        return {}
+    values = [snapshot["internal_ms"][s] for s in ids if s in snapshot["internal_ms"]]
+    return {"loop_stalls": _stall_diff(before, snapshot), "daemon_internal_n": len(values),
+            "daemon_internal_p50_ms": _r(percentile(values, 50)),
+            "daemon_internal_p95_ms": _r(percentile(values, 95)),
+            "daemon_internal_p99_ms": _r(percentile(values, 99))}
+
+
 def run_latency(args, emulator) -> dict:
     project = new_project("lat")
     workdir = Path(tempfile.mkdtemp(prefix="bench-latency-", dir=args.tmp))
     names, publisher, subscriber, listener = _setup_rig(project)
-    daemon = Daemon(workdir, daemon_env(emulator.host, project, workdir, "mongomock",
-                                        args.poll_seconds), counting=args.count_store)
+    daemon = Daemon(workdir, daemon_env(emulator.host, project, workdir, args.latency_store,
+                                        args.poll_seconds, args.log_level),
+                    counting=args.count_store)
     profiler = None
     try:
         daemon.start()
-        log(f"latency: daemon pid {daemon.pid}; {args.rate:g} signals/s for "
+        log(f"latency[{args.latency_store}]: daemon pid {daemon.pid}; {args.rate:g} signals/s for "
             f"{args.latency_seconds:g}s")
         if not _warm_up(publisher, names, listener, args.warmup, "lat"):
             raise RuntimeError("warm-up signals did not fill")
@@ -596,8 +663,10 @@ def run_latency(args, emulator) -> dict:
             time.sleep(0.5)
         total = int(args.rate * args.latency_seconds)
         ids = [f"lat-{i}" for i in range(total)]
+        before = daemon.instrument_snapshot()
         listener.expect(ids)
         sent: dict[str, float] = {}
+        sent_wall: dict[str, float] = {}
         meter = CpuMeter(daemon.pid, emulator.process.pid)
         t0 = time.perf_counter()
         behind = 0.0
@@ -609,10 +678,12 @@ def run_latency(args, emulator) -> dict:
             else:
                 behind = max(behind, -delay)
             sent[signal_id] = time.perf_counter()
+            sent_wall[signal_id] = time.time()
             publisher.publish(names.orders_topic, signal_body(signal_id, i))
         send_window = time.perf_counter() - t0
         complete = listener.wait(args.latency_drain)
         cpu = meter.stop()
+        internal = _internal_latency(daemon, ids, before)
         if profiler:
             profiler.stop()
             profiler = None
@@ -629,6 +700,7 @@ def run_latency(args, emulator) -> dict:
             "p99_ms": _r(percentile(values, 99)), "max_ms": _r(max(values, default=None)),
             "submitted_p50_ms": _r(percentile(submitted, 50)),
             "submitted_p99_ms": _r(percentile(submitted, 99)), **cpu,
+            **_split_ms(ids, sent_wall, listener), "store": args.latency_store, **internal,
         }
     finally:
         if profiler:
@@ -783,76 +855,108 @@ def verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("PASS" if ok else "MISS")
 
 
-def build_table(results: dict) -> list[tuple[str, str, str, str]]:
-    rows: list[tuple[str, str, str, str]] = []
+Row = tuple[str, str, str, str]
+
+
+def _pipeline_rows(store: str, pipe: dict, base_rate: float | None) -> list[Row]:
+    rate = pipe["signals_per_s"]
+    extra = "" if pipe["complete"] else f" ({pipe['filled']}/{pipe['n']} in time)"
+    rows = [(f"pipeline {store}: signals/s", f"{rate:,.1f}{extra}", "info", "-")]
+    if base_rate:
+        ratio = rate / base_rate
+        target = TARGETS[f"ratio_{store}"]
+        pipe["ratio"] = round(ratio, 3)
+        rows.append((f"ratio {store} (signals/s / msgs/s)", f"{ratio:.3f}", f">= {target}",
+                     verdict(ratio >= target and pipe["complete"])))
+    optional = [
+        ("daemon_cpu_ms_per_signal", f"  daemon CPU {store}",
+         lambda v: f"{v:.2f} ms/signal ({pipe['daemon_cpu_pct']:.0f}% of a core)"
+         + ("" if pipe["complete"] else "; per FILLED received, run incomplete")),
+        ("steady_signals_per_s", f"  {store} steady (10%..100% of fills)",
+         lambda v: f"{v:,.1f} signals/s"),
+        ("deciles_signals_per_s", f"  {store} first/last tenth",
+         lambda v: f"{v[0]} / {v[-1]} signals/s"),
+        ("recorded_to_received_p50_ms", f"  {store} FILLED recorded -> received p50",
+         lambda v: f"{v:,.0f} ms (outbox wait + hop)"),
+        ("store_calls", f"  store calls {store}",
+         lambda v: f"{v['per_signal']} /signal, {v['store_seconds_per_signal_ms']} ms/signal"),
+    ]
+    for key, label, show in optional:
+        if pipe.get(key):
+            rows.append((label, show(pipe[key]), "info", "-"))
+    return rows
+
+
+def _latency_rows(lat: dict, floor: dict | None) -> list[Row]:
+    ok = lat["p99_ms"] is not None and lat["p99_ms"] <= TARGETS["latency_p99_ms"] \
+        and lat["complete"]
+    rows = [
+        ("latency p50 (publish->FILLED)", f"{lat['p50_ms']} ms", "info", "-"),
+        ("latency p95", f"{lat['p95_ms']} ms", "info", "-"),
+        ("latency p99", f"{lat['p99_ms']} ms (max {lat['max_ms']})",
+         f"<= {TARGETS['latency_p99_ms']:g} ms", verdict(ok)),
+        ("  at rate", f"{lat['achieved_send_rate']}/s, {lat['filled']}/{lat['signals']} "
+         f"filled ({lat.get('store', 'mongomock')})", "info", "-"),
+        ("  publish -> FILLED recorded p50/p99", f"{lat.get('to_filled_recorded_p50_ms')} / "
+         f"{lat.get('to_filled_recorded_p99_ms')} ms", "info", "-"),
+        ("  FILLED recorded -> received p50/p99", f"{lat.get('recorded_to_received_p50_ms')} / "
+         f"{lat.get('recorded_to_received_p99_ms')} ms", "info", "-"),
+    ]
+    if lat.get("daemon_internal_p50_ms") is not None:
+        rows.append(("  daemon-internal p50/p95/p99", f"{lat['daemon_internal_p50_ms']} / "
+                     f"{lat['daemon_internal_p95_ms']} / {lat['daemon_internal_p99_ms']} ms",
+                     "info", "-"))
+    stalls = lat.get("loop_stalls")
+    if stalls:
+        rows.append(("  event-loop stalls > 50 ms", f"{stalls['count']} ({stalls['total_s']} s "
+                     f"in all, longest ever {stalls['max_ms_ever']} ms)", "info", "-"))
+    if floor:
+        rows.append(("  one bare hop p50/p99 (floor)", f"{floor['p50_ms']} / "
+                     f"{floor['p99_ms']} ms", "info", "-"))
+    return rows
+
+
+def _memory_rows(mem: dict) -> list[Row]:
+    rows = [(f"RSS after {sample['signals']:,} ({mem['store']})", f"{sample['rss_mb']:.1f} MB",
+             "info", "-") for sample in mem["samples"]]
+    growth = mem.get("rss_growth_mb")
+    a, b = mem["growth_between"]
+    rows.append((f"RSS growth {a:,} -> {b:,}", "n/a" if growth is None else f"{growth:+.1f} MB",
+                 f"< {TARGETS['rss_growth_mb']:g} MB",
+                 verdict(None if growth is None else growth < TARGETS["rss_growth_mb"])))
+    return rows
+
+
+def build_table(results: dict) -> list[Row]:
+    rows: list[Row] = []
     base = results.get("baseline")
     base_rate = base["msgs_per_s"] if base else None
     if base:
         rows.append(("baseline: emulator bare msgs/s", f"{base['msgs_per_s']:,.0f}"
                      + ("" if base["complete"] else " (incomplete)"), "info", "-"))
+        rows.append(("  CPU per bare msg: emulator / client",
+                     f"{base['emulator_cpu_ms_per_msg']} / {base['loadgen_cpu_ms_per_msg']} ms",
+                     "info", "-"))
     for store in ("mongomock", "embedded"):
         pipe = results.get("pipeline", {}).get(store)
-        if not pipe:
-            continue
-        rate = pipe["signals_per_s"]
-        extra = "" if pipe["complete"] else f" ({pipe['filled']}/{pipe['n']} in time)"
-        rows.append((f"pipeline {store}: signals/s", f"{rate:,.1f}{extra}", "info", "-"))
-        if base_rate:
-            ratio = rate / base_rate
-            target = TARGETS[f"ratio_{store}"]
-            pipe["ratio"] = round(ratio, 3)
-            rows.append((f"ratio {store} (signals/s / msgs/s)", f"{ratio:.3f}",
-                         f">= {target}", verdict(ratio >= target and pipe["complete"])))
-        if pipe.get("daemon_cpu_ms_per_signal") is not None:
-            rows.append((f"  daemon CPU {store}", f"{pipe['daemon_cpu_ms_per_signal']:.2f} "
-                         f"ms/signal ({pipe['daemon_cpu_pct']:.0f}% of a core)", "info", "-"))
-        if pipe.get("steady_signals_per_s"):
-            rows.append((f"  {store} steady (10%..100% of fills)",
-                         f"{pipe['steady_signals_per_s']:,.1f} signals/s", "info", "-"))
-        if pipe.get("deciles_signals_per_s"):
-            d = pipe["deciles_signals_per_s"]
-            rows.append((f"  {store} first/last tenth", f"{d[0]} / {d[-1]} signals/s", "info",
-                         "-"))
-        if pipe.get("store_calls"):
-            sc = pipe["store_calls"]
-            rows.append((f"  store calls {store}", f"{sc['per_signal']} /signal, "
-                         f"{sc['store_seconds_per_signal_ms']} ms/signal", "info", "-"))
-    lat = results.get("latency")
-    if lat:
-        rows.append(("latency p50 (publish->FILLED)", f"{lat['p50_ms']} ms", "info", "-"))
-        rows.append(("latency p95", f"{lat['p95_ms']} ms", "info", "-"))
-        ok = lat["p99_ms"] is not None and lat["p99_ms"] <= TARGETS["latency_p99_ms"] \
-            and lat["complete"]
-        rows.append(("latency p99", f"{lat['p99_ms']} ms (max {lat['max_ms']})",
-                     f"<= {TARGETS['latency_p99_ms']:g} ms", verdict(ok)))
-        rows.append(("  at rate", f"{lat['achieved_send_rate']}/s, {lat['filled']}/"
-                     f"{lat['signals']} filled", "info", "-"))
-        floor = results.get("transport_floor")
-        if floor:
-            rows.append(("  one bare hop p50/p99", f"{floor['p50_ms']} / {floor['p99_ms']} ms",
-                         "info", "-"))
-    mem = results.get("memory")
-    if mem:
-        for sample in mem["samples"]:
-            rows.append((f"RSS after {sample['signals']:,} ({mem['store']})",
-                         f"{sample['rss_mb']:.1f} MB", "info", "-"))
-        growth = mem.get("rss_growth_mb")
-        a, b = mem["growth_between"]
-        rows.append((f"RSS growth {a:,} -> {b:,}", "n/a" if growth is None else
-                     f"{growth:+.1f} MB", f"< {TARGETS['rss_growth_mb']:g} MB",
-                     verdict(None if growth is None else growth < TARGETS["rss_growth_mb"])))
+        if pipe:
+            rows += _pipeline_rows(store, pipe, base_rate)
+    if results.get("latency", {}).get("signals"):
+        rows += _latency_rows(results["latency"], results.get("transport_floor"))
+    if results.get("memory"):
+        rows += _memory_rows(results["memory"])
     return rows
 
 
-def print_table(rows: list[tuple[str, str, str, str]]) -> None:
+def print_table(rows: list[Row]) -> None:
     headers = ("figure", "value", "target", "result")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)] \
         if rows else [len(h) for h in headers]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     print(line)
     print("  ".join("-" * w for w in widths))
     for row in rows:
-        print("  ".join(value.ljust(w) for value, w in zip(row, widths)))
+        print("  ".join(value.ljust(w) for value, w in zip(row, widths, strict=True)))
 
 
 def print_profile(name: str, summary: dict, top: int = 15) -> None:
@@ -896,8 +1000,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="pipeline phase store(s) (default both)")
     parser.add_argument("--rate", type=float, default=100.0, help="latency phase: signals/s")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--latency-store", choices=("mongomock", "embedded"),
+                        default="mongomock", help="latency phase store (default mongomock)")
     parser.add_argument("--latency-drain", type=float, default=15.0,
                         help="latency phase: wait this long after the last send")
+    parser.add_argument("--log-level", default="WARNING",
+                        help="the daemons' LOG_LEVEL (default WARNING)")
     parser.add_argument("--warmup", type=int, default=50, help="signals before measuring")
     parser.add_argument("--poll-seconds", type=float, default=0.05,
                         help="ORDER_POLL_SECONDS for the daemon (default 0.05)")
@@ -913,28 +1021,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the pipeline and latency windows; raw stacks and summaries in DIR")
     parser.add_argument("--profile-gil", action="store_true",
                         help="with --profile: only samples holding the GIL")
-    parser.add_argument("--count-store", action="store_true", help="run the daemon through "
-                        "benchmarks/counting_daemon.py and report store calls per signal")
+    parser.add_argument("--instrument", "--count-store", dest="count_store",
+                        action="store_true", help="run the daemons through "
+                        "benchmarks/counting_daemon.py: store calls per signal and the "
+                        "daemon-internal latency (small overhead)")
     parser.add_argument("--keep", action="store_true", help="keep the daemons' temp dirs")
     parser.add_argument("--tmp", default=None, help="parent directory for temp dirs")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    phases = list(args.only) if args.only else ["baseline", "pipeline", "latency"] + \
-        (["memory"] if args.full else [])
-    if args.profile:
-        Path(args.profile).mkdir(parents=True, exist_ok=True)
-    results: dict = {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "phases": phases,
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(),
-                    "python": platform.python_version()},
-        "targets": TARGETS, "code": code_version(),
-    }
+def run_phases(args, phases: list[str], results: dict) -> None:
     emulator = None
-    started = time.perf_counter()
     emulator_log = Path(tempfile.mkdtemp(prefix="bench-emulator-", dir=args.tmp)) / "emu.log"
     try:
         log("starting the Pub/Sub emulator")
@@ -943,7 +1040,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"emulator on {emulator.host}")
         if "baseline" in phases:
             log(f"baseline: {args.n} bare messages")
-            results["baseline"] = run_baseline(args.n, args.phase_timeout)
+            results["baseline"] = run_baseline(args.n, args.phase_timeout,
+                                               emulator.process.pid)
             log(f"baseline: {results['baseline']}")
         if "pipeline" in phases:
             stores = ("mongomock", "embedded") if args.store == "both" else (args.store,)
@@ -968,13 +1066,17 @@ def main(argv: list[str] | None = None) -> int:
         if emulator is not None:
             emulator.stop()
         shutil.rmtree(emulator_log.parent, ignore_errors=True)
-    results["wall_s"] = round(time.perf_counter() - started, 1)
+
+
+def report(args, results: dict) -> None:
     rows = build_table(results)
-    results["table"] = [dict(zip(("figure", "value", "target", "result"), r)) for r in rows]
+    results["table"] = [dict(zip(("figure", "value", "target", "result"), r, strict=True))
+                        for r in rows]
     print()
     print_table(rows)
     print(f"\nwall time {results['wall_s']}s; load average at start "
-          f"{results['machine']['loadavg_at_start']}")
+          f"{results['machine']['loadavg_at_start']}; code {results['code']['head']}"
+          + (" + uncommitted changes" if results["code"]["dirty"] else ""))
     for store, pipe in results.get("pipeline", {}).items():
         if pipe.get("store_calls"):
             print(f"\nstore calls per signal ({store}, top by time):")
@@ -985,10 +1087,39 @@ def main(argv: list[str] | None = None) -> int:
             summary = summarize_profile(Path(pipe["profile"]))
             pipe["profile_summary"] = summary
             print_profile(f"pipeline {store}", summary)
+    phases = [(f"pipeline {k}", v) for k, v in results.get("pipeline", {}).items()]
+    phases.append(("latency", results.get("latency") or {}))
+    for name, figures in phases:
+        stalls = figures.get("loop_stalls")
+        if stalls and stalls["sampled_stacks"]:
+            print(f"\nevent-loop stalls in {name}: {stalls['count']}, {stalls['total_s']} s; "
+                  f"main-thread stacks sampled every 10 ms while stalled:")
+            total = sum(n for _, n in stalls["sampled_stacks"]) or 1
+            for key, n in stalls["sampled_stacks"][:10]:
+                print(f"  {100 * n / total:5.1f}%  {key}")
     if args.profile and (Path(args.profile) / "latency.txt").exists():
         summary = summarize_profile(Path(args.profile) / "latency.txt")
         results.setdefault("latency", {})["profile_summary"] = summary
         print_profile("latency", summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    phases = list(args.only) if args.only else ["baseline", "pipeline", "latency"] + \
+        (["memory"] if args.full else [])
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+    results: dict = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "phases": phases,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(),
+                    "python": platform.python_version()},
+        "targets": TARGETS, "code": code_version(),
+    }
+    started = time.perf_counter()
+    run_phases(args, phases, results)
+    results["wall_s"] = round(time.perf_counter() - started, 1)
+    report(args, results)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2, default=str))
