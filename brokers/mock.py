@@ -152,7 +152,7 @@ class MockBroker(Broker):
         return self._snapshot(self._refresh(doc, now), now)
 
     async def find_order(self, signal_id: str) -> BrokerOrder | None:
-        doc = self._ledger.find_one({"signal_id": signal_id})
+        doc = self._ledger.find_one({"_id": _order_id(signal_id)})
         if doc is None:
             return None
         now = self._clock()
@@ -193,6 +193,7 @@ class MockBroker(Broker):
 
 
 def _order_id(signal_id: str) -> str:
+    """Derived from the signal: the ledger's `_id` is what makes a signal's order unique."""
     return "MOCK-" + hashlib.sha256(signal_id.encode()).hexdigest()[:16].upper()
 
 

@@ -36,8 +36,9 @@ def make_notifier(settings: Settings):
 
 def run_daemon(settings: Settings, say=print) -> int:
     """Run until SIGTERM/SIGINT. Returns the exit code."""
-    setup_logging(settings.LOG_DIR, settings.LOG_LEVEL)
+    listener = setup_logging(settings.LOG_DIR, settings.LOG_LEVEL)
     with ExitStack() as cleanup:
+        cleanup.callback(listener.stop)
         if settings.embedded_store_path is not None:
             lock = StoreLock(settings.embedded_store_path)
             lock.acquire()

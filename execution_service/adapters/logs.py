@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import queue
 import re
 from pathlib import Path
 
@@ -22,7 +23,10 @@ class JourneyFilter(logging.Filter):
         return bool(_JOURNEY.match(record.getMessage()))
 
 
-def setup_logging(log_dir: Path, level: str = "INFO", console: bool = True) -> None:
+def setup_logging(log_dir: Path, level: str = "INFO", console: bool = True
+                  ) -> logging.handlers.QueueListener:
+    """The order path only enqueues log records; a listener thread formats and writes them.
+    Returns the listener: stop it at exit to flush."""
     log_dir.mkdir(parents=True, exist_ok=True)
     formatter = logging.Formatter(FORMAT, DATE_FORMAT)
     root = logging.getLogger()
@@ -38,11 +42,16 @@ def setup_logging(log_dir: Path, level: str = "INFO", console: bool = True) -> N
         handlers.append(logging.StreamHandler())
     for handler in handlers:
         handler.setFormatter(formatter)
-        handler._execution_service = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+    records: queue.SimpleQueue = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=True)
+    front = logging.handlers.QueueHandler(records)
+    front._execution_service = True  # type: ignore[attr-defined]
+    root.addHandler(front)
     root.setLevel(level.upper())
+    listener.start()
     for noisy in ("google", "grpc", "urllib3", "httpx", "httpcore", "ib_async"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    return listener
 
 
 def _rotating(path: Path) -> logging.Handler:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future as ThreadFuture
 from datetime import timedelta
 
 from google.api_core import exceptions as gexc
@@ -98,11 +99,42 @@ class TopicPublisher:
         future = self._client.publish(self._topic, payload, timeout=self._timeout, **attributes)
         await asyncio.wait_for(await_future(future), self._timeout)
 
+    async def publish_many(self, messages: list[tuple[bytes, dict[str, str]]]
+                           ) -> list[BaseException | None]:
+        """Publish a batch and wake the event loop once, when Pub/Sub has answered for all of
+        it; one outcome per message (None: accepted)."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        outcomes: list[BaseException | None] = [None] * len(messages)
+        remaining = [len(messages)]
+        lock = threading.Lock()
+
+        def settle(index: int, future) -> None:
+            outcomes[index] = future.exception()
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        for index, (payload, attributes) in enumerate(messages):
+            future = self._client.publish(self._topic, payload, timeout=self._timeout,
+                                          **attributes)
+            future.add_done_callback(lambda f, i=index: settle(i, f))
+        if messages:
+            try:
+                await asyncio.wait_for(asyncio.shield(done), self._timeout)
+            except TimeoutError:
+                return [o if o is not None or done.done() else TimeoutError("publish timed out")
+                        for o in outcomes]
+        return outcomes
+
 
 class OrderConsumer:
-    """Streaming pull on trading-orders-sub; each message is handed to the event loop.
+    """Streaming pull on trading-orders-sub; messages are handed to the event loop in batches
+    (one wake-up for whatever arrived meanwhile).
 
-    `handler(message)` is a coroutine that acks or nacks the message itself.
+    `handler(message)` runs on the event loop and acks or nacks the message itself.
     """
 
     def __init__(self, subscriber: pubsub_v1.SubscriberClient, subscription: str,
@@ -115,16 +147,35 @@ class OrderConsumer:
             max_messages=max_in_flight, max_duration_per_lease_extension=10,
             max_lease_duration=timedelta(minutes=10).total_seconds())
         self._future = None
-        self.pending: set[ThreadFuture] = set()
+        self._inbox: deque = deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+        self._handler: Callable | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop, handler: Callable) -> None:
-        def callback(message) -> None:
-            future = asyncio.run_coroutine_threadsafe(handler(message), loop)
-            self.pending.add(future)
-            future.add_done_callback(self.pending.discard)
+        self._handler = handler
+
+        def callback(message) -> None:  # on the client's threads
+            with self._lock:
+                self._inbox.append(message)
+                if self._scheduled:
+                    return
+                self._scheduled = True
+            loop.call_soon_threadsafe(self._drain)
 
         self._future = self._subscriber.subscribe(self._subscription, callback,
                                                   flow_control=self._flow)
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._inbox:
+                    self._scheduled = False
+                    return
+                batch = list(self._inbox)
+                self._inbox.clear()
+            for message in batch:
+                self._handler(message)
 
     @property
     def running(self) -> bool:
@@ -136,11 +187,10 @@ class OrderConsumer:
         return self._future.exception()
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Stop pulling, then wait for what was handed over to finish."""
+        """Stop pulling, then handle what was already handed over."""
         if self._future is not None:
             self._future.cancel()
             with contextlib.suppress(Exception):  # cancelled or failed: both mean stopped
                 await asyncio.wait_for(asyncio.to_thread(self._future.result), timeout)
-        pending = [asyncio.wrap_future(f) for f in list(self.pending)]
-        if pending:
-            await asyncio.wait(pending, timeout=timeout)
+        if self._handler is not None:
+            self._drain()

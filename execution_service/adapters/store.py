@@ -10,8 +10,8 @@ has transactions.
 from __future__ import annotations
 
 import functools
-import uuid
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -107,14 +107,13 @@ class Store:
 
     @translating
     def ensure_indexes(self) -> None:
+        # Every index costs memory per document in the embedded store: only what the hot path
+        # and the lease sweep query (the CLI's sorts and the start-up outbox scan do without).
         self.records.create_index("signal_id", unique=True)
         self.records.create_index("status")
-        self.records.create_index([("received_at", pymongo.DESCENDING)])
         self.signals.create_index("signal_id", unique=True)
-        self.records.create_index("outbox_pending")
         self.positions.create_index([("account_id", 1), ("strategy_name", 1), ("symbol", 1),
                                      ("status", 1)])
-        self.db[MOCK_LEDGER].create_index("signal_id", unique=True)
 
     # accounts -------------------------------------------------------------------------------
 
@@ -153,15 +152,19 @@ class Store:
     @translating
     def update_record(self, doc: dict, fields: dict, events: list[dict],
                       confirmations: list[dict]) -> dict | None:
-        """Compare-and-set on `version`: None when someone else changed the record first."""
+        """Compare-and-set on `version`: the record as now stored, or None when someone else
+        changed it first. (Built here rather than read back: the record only grows.)"""
         update: dict[str, Any] = {"$set": fields, "$inc": {"version": 1}}
         pushes = {name: {"$each": items} for name, items in
                   (("events", events), ("confirmations", confirmations)) if items}
         if pushes:
             update["$push"] = pushes
-        return self.records.find_one_and_update(
-            {"_id": doc["_id"], "version": doc["version"]}, update,
-            return_document=ReturnDocument.AFTER)
+        result = self.records.update_one({"_id": doc["_id"], "version": doc["version"]}, update)
+        if result.modified_count != 1:
+            return None
+        return {**doc, **fields, "version": doc["version"] + 1,
+                "events": [*doc.get("events", []), *events],
+                "confirmations": [*doc.get("confirmations", []), *confirmations]}
 
     @translating
     def renew_leases(self, signal_ids: list[str], owner_id: str, until: datetime) -> None:

@@ -33,6 +33,7 @@ class ExecutionDaemon:
         self.started_at = clock()
         self.status_id = f"{socket.gethostname()}:{os.getpid()}"
         self._store_ok_at: float | None = None
+        self._dead_letters_in_flight: set[asyncio.Task] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         app = self.app
@@ -67,11 +68,13 @@ class ExecutionDaemon:
                 logger.warning("Store unavailable at start (%s); retry in %.1fs", e, wait)
                 await asyncio.sleep(wait)
 
-    async def _on_message(self, message) -> None:
+    def _on_message(self, message) -> None:
         try:
             outcome = self.app.processor.handle(message.data)
             if outcome.action is Action.DEAD_LETTER:
-                await self._dead_letter(message, outcome.reason)
+                task = asyncio.ensure_future(self._dead_letter(message, outcome.reason))
+                self._dead_letters_in_flight.add(task)
+                task.add_done_callback(self._dead_letters_in_flight.discard)
             elif outcome.action is Action.ACK:
                 message.ack()
             else:
@@ -146,6 +149,8 @@ class ExecutionDaemon:
                                          f"Execution service stopping on {self.status_id}",
                                          key="stopping"))
         await self._consumer.stop(timeout=3.0)
+        if self._dead_letters_in_flight:
+            await asyncio.wait(self._dead_letters_in_flight, timeout=2.0)
         await app.tracker.stop()
         await app.outbox.drain(timeout=2.0)
         await app.outbox.stop()

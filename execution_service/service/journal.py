@@ -73,9 +73,9 @@ class OrderJournal:
             if not change.events and not extra_fields:
                 return doc
             self._move_positions({**doc, "order_id": change.state.order_id}, change.events)
-            updated = self._write(doc, change, extra_fields or {})
+            updated, confirmations = self._write(doc, change, extra_fields or {})
             if updated is not None:
-                self.after_write(updated, change.events)
+                self.after_write(updated, change.events, confirmations)
                 return updated
             fresh = self._store.get_record(doc["signal_id"])
             if fresh is None:
@@ -102,7 +102,7 @@ class OrderJournal:
         except ExecutionError:
             return doc
 
-    def _write(self, doc: dict, change: Change, extra: dict) -> dict | None:
+    def _write(self, doc: dict, change: Change, extra: dict) -> tuple[dict | None, list[dict]]:
         sequence = doc.get("confirmation_sequence", 0)
         confirmations = []
         for event in change.events:
@@ -113,16 +113,17 @@ class OrderJournal:
         fields = {**state_fields(change.state), **extra}
         if confirmations:
             fields.update(confirmation_sequence=sequence, outbox_pending=True)
-        return self._store.update_record(doc, fields, [e.to_doc() for e in change.events],
-                                         confirmations)
+        updated = self._store.update_record(doc, fields, [e.to_doc() for e in change.events],
+                                            confirmations)
+        return updated, confirmations
 
-    def after_write(self, doc: dict, events: tuple[Event, ...]) -> None:
-        """Everything that follows a durable change: redoable from the record alone."""
+    def after_write(self, doc: dict, events: tuple[Event, ...],
+                    confirmations: list[dict]) -> None:
+        """Everything that follows a durable change: redoable from the record alone (the
+        outbox reloads unpublished confirmations at start)."""
         if events:
             self._store.update_signal(doc["signal_id"], _signal_fields(doc), self._clock())
-        published = doc.get("published_sequence", 0)
-        self._outbox.enqueue(c for c in doc.get("confirmations", [])
-                             if c["sequence"] > published)
+        self._outbox.enqueue(confirmations)
         for event in events:
             self._tell(doc, event)
 

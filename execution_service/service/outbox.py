@@ -89,8 +89,13 @@ class ConfirmationOutbox:
 
     async def _publish(self, batch: list[dict]) -> list[dict]:
         """Publish the batch at once; returns the confirmations Pub/Sub refused."""
-        results = await asyncio.gather(*(self._publisher.publish(*confirmation_message(p))
-                                         for p in batch), return_exceptions=True)
+        messages = [confirmation_message(p) for p in batch]
+        publish_many = getattr(self._publisher, "publish_many", None)
+        if publish_many is not None:
+            results = await publish_many(messages)
+        else:
+            results = await asyncio.gather(*(self._publisher.publish(*m) for m in messages),
+                                           return_exceptions=True)
         refused = [p for p, r in zip(batch, results, strict=True) if isinstance(r, BaseException)]
         if refused:
             self.failures += len(refused)

@@ -94,10 +94,13 @@ def _position_of(doc: dict | None) -> Position | None:
     return Position(doc["side"], doc["quantity"], doc["avg_entry_price"], doc["realized_pnl"])
 
 
+ORDER_IDS_KEPT = 50  # the latest orders that moved the position (every fill rewrites it)
+
+
 def _fields(position: Position, order_id: str | None, current: dict) -> dict:
     order_ids = list(current.get("order_ids", []))
     if order_id and order_id not in order_ids:
-        order_ids.append(order_id)
+        order_ids = [*order_ids, order_id][-ORDER_IDS_KEPT:]
     return {"side": position.side, "quantity": position.quantity,
             "avg_entry_price": position.avg_entry_price, "realized_pnl": position.realized_pnl,
             "order_ids": order_ids}

@@ -113,7 +113,7 @@ class SignalProcessor:
             self._store.insert_record(doc)
         except DuplicateSignal:
             return self._duplicate(signal_id)
-        self._journal.after_write(doc, (event,))
+        self._journal.after_write(doc, (event,), doc["confirmations"])
         return Outcome(Action.ACK, reason, signal_id)
 
     def _duplicate(self, signal_id: str) -> Outcome:
