@@ -7,6 +7,7 @@ NACK when the store failed, DEAD_LETTER when the message cannot even be recorded
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,8 +58,10 @@ class SignalProcessor:
             return self._handle(body)
         except StoreUnavailable as e:
             self._journal.counters.nacked += 1
-            logger.warning("Store unavailable, message will be redelivered: %s", e)
-            return Outcome(Action.NACK, str(e))
+            signal_id = _signal_id_hint(body)
+            logger.warning("Store unavailable, message nacked for redelivery [%s]: %s",
+                           signal_id, e)
+            return Outcome(Action.NACK, str(e), signal_id)
 
     def _handle(self, body: bytes) -> Outcome:
         parsed = parse_signal(body)
@@ -120,3 +123,12 @@ class SignalProcessor:
         self._journal.counters.duplicates += 1
         logger.info("Duplicate signal ignored (already recorded): %s", signal_id)
         return Outcome(Action.ACK, "duplicate", signal_id)
+
+
+_SIGNAL_ID = re.compile(rb'"signal_id"\s*:\s*"([A-Za-z0-9_.:-]{1,128})"')
+
+
+def _signal_id_hint(body: bytes) -> str:
+    """The signal id for a log line, without parsing the whole message again."""
+    match = _SIGNAL_ID.search(body)
+    return match.group(1).decode() if match else "no signal_id"
