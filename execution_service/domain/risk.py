@@ -133,13 +133,22 @@ def _no_price(name: str) -> RiskBreach:
                             "stop_price or reference_price")
 
 
-def _order_notional(signal, account, _exposure, _recent) -> RiskBreach | None:
-    limit, unusable = _limit(account, MAX_ORDER_NOTIONAL)
+def _priced_limit(signal, account, name: str) -> tuple[float | None, float | None,
+                                                       RiskBreach | None]:
+    """(limit, price, breach): a notional limit needs a price to be checked at all."""
+    limit, unusable = _limit(account, name)
     if unusable or limit is None:
-        return unusable
+        return None, None, unusable
     price = signal.entry_price
     if price is None:
-        return _no_price(MAX_ORDER_NOTIONAL)
+        return None, None, _no_price(name)
+    return limit, price, None
+
+
+def _order_notional(signal, account, _exposure, _recent) -> RiskBreach | None:
+    limit, price, breach = _priced_limit(signal, account, MAX_ORDER_NOTIONAL)
+    if limit is None:
+        return breach
     notional = signal.quantity * price
     if _above(notional, limit):
         return RiskBreach(MAX_ORDER_NOTIONAL, f"order notional {notional:.2f} exceeds "
@@ -148,12 +157,9 @@ def _order_notional(signal, account, _exposure, _recent) -> RiskBreach | None:
 
 
 def _position_notional(signal, account, exposure, _recent) -> RiskBreach | None:
-    limit, unusable = _limit(account, MAX_POSITION_NOTIONAL)
-    if unusable or limit is None:
-        return unusable
-    price = signal.entry_price
-    if price is None:
-        return _no_price(MAX_POSITION_NOTIONAL)
+    limit, price, breach = _priced_limit(signal, account, MAX_POSITION_NOTIONAL)
+    if limit is None:
+        return breach
     after = abs(exposure.net_quantity + signed_quantity(signal))
     if after <= abs(exposure.net_quantity):
         return None  # reduces (or keeps) the position: never block the way out

@@ -56,6 +56,12 @@ class DaemonProcess:
             self.process.kill()
             self.process.wait(timeout=10)
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """An operator's command against this daemon's store and Pub/Sub."""
+        return subprocess.run([sys.executable, "-m", "execution_service", *args],
+                              cwd=self.workdir, env=self.env, capture_output=True, text=True,
+                              timeout=60)
+
     def store(self) -> tuple[object, Store]:
         """A reader on the daemon's embedded store (the test process only reads)."""
         handle = open_store(None, self.env.get("MONGODB_DATABASE", "trading"),

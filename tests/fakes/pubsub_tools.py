@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 from google.cloud import pubsub_v1
 
@@ -84,3 +85,11 @@ class PubSubRig:
 
     def close(self) -> None:
         self.subscriber.close()
+
+
+def market_signal(defaults: dict, **fields) -> dict:
+    """A valid MARKET BUY 10 SPY @ 100 signal with a fresh id; `defaults` (account_id,
+    strategy_name…) then `fields` override."""
+    body = {"signal_id": f"sig_{uuid.uuid4().hex[:12]}", "order_type": "MARKET",
+            "symbol": "SPY", "side": "BUY", "quantity": 10, "reference_price": 100.0}
+    return {**body, **defaults, **fields}

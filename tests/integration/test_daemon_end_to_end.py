@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import uuid
 
@@ -12,7 +10,7 @@ import pytest
 
 from tests.conftest import SIGNALS
 from tests.fakes.daemon import DaemonProcess
-from tests.fakes.pubsub_tools import PubSubRig
+from tests.fakes.pubsub_tools import PubSubRig, market_signal
 
 ACCOUNTS = [
     {"account_id": "acc_main", "broker": "MOCK", "enabled": True, "display_name": "Main Paper"},
@@ -23,11 +21,7 @@ ACCOUNTS = [
 
 
 def signal(**fields) -> dict:
-    base = {"signal_id": f"sig_{uuid.uuid4().hex[:12]}", "order_type": "MARKET", "symbol": "SPY",
-            "side": "BUY", "quantity": 10, "account_id": "acc_main",
-            "strategy_name": "E2E Strategy", "reference_price": 100.0}
-    base.update(fields)
-    return base
+    return market_signal({"account_id": "acc_main", "strategy_name": "E2E Strategy"}, **fields)
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +41,6 @@ def running(emulator_host, tmp_path_factory):
     rig.close()
 
 
-def cli(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "execution_service", *args],
-                          cwd=daemon.workdir, env=daemon.env, capture_output=True, text=True,
-                          timeout=60)
-
 
 def test_given_the_sample_signal_when_sent_then_filled_everywhere(running):
     daemon, rig = running
@@ -68,15 +57,15 @@ def test_given_the_sample_signal_when_sent_then_filled_everywhere(running):
     assert attributes == {"signal_id": "sig_sample_e2e", "status": "FILLED",
                           "account_id": "acc_main", "sequence": "2"}
 
-    orders = json.loads(cli(daemon, "orders", "--json").stdout)
+    orders = json.loads(daemon.cli("orders", "--json").stdout)
     record = next(o for o in orders if o["signal_id"] == "sig_sample_e2e")
     assert record["status"] == "FILLED" and record["total_value"] == 23515.0
     assert [e["status"] for e in record["events"]] == ["PENDING", "SUBMITTED", "FILLED"]
     assert record["submitted_at"].endswith("Z") and record["broker"] == "MOCK"
-    positions = json.loads(cli(daemon, "positions", "--json").stdout)
+    positions = json.loads(daemon.cli("positions", "--json").stdout)
     assert any(p["symbol"] == "SPY" and p["strategy_name"] == "SPX 1-Day Options"
                and p["quantity"] == 100 and p["side"] == "LONG" for p in positions)
-    status = cli(daemon, "status", "--json")
+    status = daemon.cli("status", "--json")
     assert status.returncode == 0, status.stdout + status.stderr
     report = json.loads(status.stdout)
     assert report["running"] is True and report["orders_filled"] >= 1

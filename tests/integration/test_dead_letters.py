@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 from tests.fakes.daemon import DaemonProcess
 from tests.fakes.pubsub_tools import PubSubRig
 
 
-def _cli(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "execution_service", *args],
-                          cwd=daemon.workdir, env=daemon.env, capture_output=True, text=True,
-                          timeout=60)
-
-
 def _letters(daemon: DaemonProcess) -> list[dict]:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        listed = _cli(daemon, "dead-letters", "--json")
+        listed = daemon.cli("dead-letters", "--json")
         assert listed.returncode == 0, listed.stderr
         letters = json.loads(listed.stdout)
         if letters:
@@ -40,17 +32,17 @@ def test_given_unusable_message_then_listed_twice_and_requeued(emulator_host, pr
         assert letters[0]["body"] == '{"no_signal_id": true}'
         assert letters[0]["reason"].startswith("signal_id missing")
         assert _letters(daemon)[0]["id"] == letters[0]["id"]  # listing did not consume it
-        requeued = _cli(daemon, "dead-letters", "--requeue", letters[0]["id"])
+        requeued = daemon.cli("dead-letters", "--requeue", letters[0]["id"])
         assert requeued.returncode == 0 and "requeued" in requeued.stdout
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # back through the daemon: dead-lettered again
-            again = json.loads(_cli(daemon, "dead-letters", "--json").stdout)
+            again = json.loads(daemon.cli("dead-letters", "--json").stdout)
             if again and again[0]["id"] != letters[0]["id"]:
                 break
             time.sleep(0.3)
         else:
             raise AssertionError("the requeued message did not come back through the daemon")
-        missing = _cli(daemon, "dead-letters", "--requeue", "no-such-id")
+        missing = daemon.cli("dead-letters", "--requeue", "no-such-id")
         assert missing.returncode == 2 and "no dead letter no-such-id" in missing.stderr
     finally:
         daemon.stop_quietly()

@@ -4,8 +4,6 @@ collar, notifications and /metrics, all through the real emulator (issues 3, 8, 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -15,7 +13,7 @@ import pytest
 from execution_service.adapters.emulator import free_port
 from tests.fakes.daemon import DaemonProcess
 from tests.fakes.fake_telegram import FakeTelegram
-from tests.fakes.pubsub_tools import PubSubRig
+from tests.fakes.pubsub_tools import PubSubRig, market_signal
 
 TOKEN = "123456:TEST-token-value-not-secret"
 CHAT = "4242"
@@ -28,11 +26,7 @@ ACCOUNTS = [
 
 
 def signal(**fields) -> dict:
-    base = {"signal_id": f"sig_{uuid.uuid4().hex[:12]}", "order_type": "MARKET", "symbol": "SPY",
-            "side": "BUY", "quantity": 10, "account_id": "acc_free",
-            "strategy_name": "Ops", "reference_price": 100.0}
-    base.update(fields)
-    return base
+    return market_signal({"account_id": "acc_free", "strategy_name": "Ops"}, **fields)
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +50,6 @@ def ops(emulator_host, tmp_path_factory):
     telegram.stop()
 
 
-def cli(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "execution_service", *args],
-                          cwd=daemon.workdir, env=daemon.env, capture_output=True, text=True,
-                          timeout=60)
-
 
 def outcome(rig: PubSubRig, body: dict) -> dict:
     rig.publish(body)
@@ -70,7 +59,7 @@ def outcome(rig: PubSubRig, body: dict) -> dict:
 
 def test_given_halt_then_rejected_without_broker_and_resumed_fills(ops):
     daemon, rig, telegram, _ = ops
-    assert cli(daemon, "halt", "--reason", "desk review", "--account", "acc_halt").returncode == 0
+    assert daemon.cli("halt", "--reason", "desk review", "--account", "acc_halt").returncode == 0
     time.sleep(1.2)  # every replica obeys within a second
     halted = signal(account_id="acc_halt")
     rejected = outcome(rig, halted)
@@ -82,9 +71,9 @@ def test_given_halt_then_rejected_without_broker_and_resumed_fills(ops):
             {"signal_id": halted["signal_id"]}) == 0
     finally:
         handle.close()
-    status = json.loads(cli(daemon, "status", "--json").stdout)
+    status = json.loads(daemon.cli("status", "--json").stdout)
     assert [h["account_id"] for h in status["halts"]] == ["acc_halt"]
-    assert cli(daemon, "resume", "--account", "acc_halt").returncode == 0
+    assert daemon.cli("resume", "--account", "acc_halt").returncode == 0
     time.sleep(1.2)
     assert outcome(rig, signal(account_id="acc_halt"))["status"] == "FILLED"
 
@@ -123,7 +112,7 @@ def test_given_telegram_on_then_texts_reach_the_chat_and_the_token_stays_out_of_
     assert {m.chat_id for m in telegram.sent} == {CHAT}
     logs = "".join(p.read_text() for p in (daemon.workdir / "logs").glob("*.log"))
     assert TOKEN not in logs and TOKEN.split(":")[1] not in logs
-    assert TOKEN not in cli(daemon, "status", "--json").stdout
+    assert TOKEN not in daemon.cli("status", "--json").stdout
 
 
 def test_given_metrics_port_then_metrics_and_health_answer(ops):
@@ -137,5 +126,5 @@ def test_given_metrics_port_then_metrics_and_health_answer(ops):
     assert 'execution_orders_total{status="FILLED"}' in text
     assert "execution_signal_to_terminal_seconds_bucket" in text
     assert 'execution_broker_call_seconds_count{broker="MOCK",call="place_order"}' in text
-    shown = json.loads(cli(daemon, "show", body["signal_id"], "--json").stdout)
+    shown = json.loads(daemon.cli("show", body["signal_id"], "--json").stdout)
     assert [e["status"] for e in shown["events"]][:3] == ["PENDING", "SUBMITTED", "FILLED"]
