@@ -39,6 +39,7 @@ def read_status(store, settings: Settings, now: datetime) -> dict:
         uptime_seconds=round((now - as_utc(latest["started_at"])).total_seconds(), 1)
         if fresh else None,
         service={key: value for key, value in latest.items() if key != "_id"},
+        notifier=latest.get("notifier"), risk=latest.get("risk"),
     )
     if not fresh:
         report["reason"] = ("stopped cleanly" if latest.get("stopped") else
