@@ -50,7 +50,7 @@ def setup_pubsub(names: PubSubNames, publisher=None, subscriber=None) -> list[st
             pass
     subscriptions = [
         {"name": names.orders_subscription, "topic": names.orders_topic,
-         "ack_deadline_seconds": 60,
+         "ack_deadline_seconds": 10,
          "retry_policy": {"minimum_backoff": duration_pb2.Duration(seconds=1),
                           "maximum_backoff": duration_pb2.Duration(seconds=30)},
          "dead_letter_policy": {"dead_letter_topic": names.dead_letter_topic,

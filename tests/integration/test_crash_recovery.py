@@ -41,8 +41,14 @@ def test_given_sigkill_mid_stream_when_restarted_then_every_signal_placed_and_fi
         daemon.kill()  # SIGKILL: orders claimed, placed, half filled, unconfirmed
         daemon.start()
         ids = [_signal(n)["signal_id"] for n in range(SIGNALS)]
-        rig.wait_for(lambda: all(rig.terminal(i) for i in ids), timeout=120,
-                     what="every signal terminal after the restart")
+        try:
+            rig.wait_for(lambda: all(rig.terminal(i) for i in ids), timeout=90,
+                         what="every signal terminal after the restart")
+        except AssertionError:
+            letters = rig.dead_letters()
+            raise AssertionError(f"{len([i for i in ids if not rig.terminal(i)])} signals not "
+                                 f"terminal; {len(letters)} dead letters: "
+                                 f"{[dict(m.attributes) for m in letters[:3]]}") from None
         _check_store(daemon, ids)
         report = subprocess.run([sys.executable, "-m", "execution_service", "reconcile",
                                  "--json"], cwd=tmp_path, env=daemon.env, capture_output=True,
