@@ -353,15 +353,21 @@ class Profiler:
 # phases
 
 
-def run_baseline(n: int, timeout: float, emulator_pid: int | None = None) -> dict:
-    """Bare messages: publish (batched, futures) -> streaming pull -> ack, one process."""
-    project = new_project("base")
+def bare_channel(prefix: str, name: str):
+    """A fresh project's topic and subscription for bare messages, with their clients."""
+    project = new_project(prefix)
     publisher = make_publisher()
     subscriber = pubsub_v1.SubscriberClient()
-    topic = f"projects/{project}/topics/bench-bare"
-    subscription = f"projects/{project}/subscriptions/bench-bare-sub"
+    topic = f"projects/{project}/topics/bench-{name}"
+    subscription = f"projects/{project}/subscriptions/bench-{name}-sub"
     publisher.create_topic(name=topic)
     subscriber.create_subscription(name=subscription, topic=topic, ack_deadline_seconds=60)
+    return publisher, subscriber, topic, subscription
+
+
+def run_baseline(n: int, timeout: float, emulator_pid: int | None = None) -> dict:
+    """Bare messages: publish (batched, futures) -> streaming pull -> ack, one process."""
+    publisher, subscriber, topic, subscription = bare_channel("base", "bare")
     lock = threading.Lock()
     seen: set[bytes] = set()
     latencies: list[float] = []
@@ -566,13 +572,7 @@ def run_pipeline(store: str, n: int, args, emulator) -> dict:
 
 def run_transport_floor(rate: float, seconds: float) -> dict:
     """One bare hop (publish -> streaming-pull receipt) at the latency phase's rate."""
-    project = new_project("hop")
-    publisher = make_publisher()
-    subscriber = pubsub_v1.SubscriberClient()
-    topic = f"projects/{project}/topics/bench-hop"
-    subscription = f"projects/{project}/subscriptions/bench-hop-sub"
-    publisher.create_topic(name=topic)
-    subscriber.create_subscription(name=subscription, topic=topic, ack_deadline_seconds=60)
+    publisher, subscriber, topic, subscription = bare_channel("hop", "hop")
     lock = threading.Lock()
     latencies: dict[str, float] = {}
 

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -51,11 +51,8 @@ class App:
     notifier: object
     counters: Counters
     clock: Callable[[], datetime]
-    closers: list = field(default_factory=list)
 
     def close(self) -> None:
-        for closer in reversed(self.closers):
-            closer()
         self.handle.close()
 
 

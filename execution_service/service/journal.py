@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from execution_service.domain.notices import CancelCause, NoticeKind, OrderNotice
-from execution_service.domain.orders import Change, Event, OrderState, OrderStatus
+from execution_service.domain.orders import Change, Event, OrderState, OrderStatus, RecordedFill
 from execution_service.domain.records import (
     CONFIRMED_EVENTS,
     as_utc,
@@ -47,10 +47,9 @@ class Counters:
     duplicates: int = 0
     dead_lettered: int = 0
     nacked: int = 0
-    by_status: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {name: value for name, value in vars(self).items() if name != "by_status"}
+        return dict(vars(self))
 
 
 class OrderJournal:
@@ -92,8 +91,8 @@ class OrderJournal:
         for event in events:
             if event.event in ("FILL", "LATE_FILL"):
                 detail = event.detail
-                self._positions.apply(doc, _FillView(detail["exec_id"], detail["quantity"],
-                                                     detail["price"], detail["fill_at"]))
+                self._positions.apply(doc, RecordedFill(detail["exec_id"], detail["quantity"],
+                                                        detail["price"], detail["fill_at"]))
 
     def reload(self, doc: dict) -> dict:
         """The stored record, or `doc` when the store cannot say."""
@@ -104,13 +103,13 @@ class OrderJournal:
 
     def _write(self, doc: dict, change: Change, extra: dict) -> tuple[dict | None, list[dict]]:
         sequence = doc.get("confirmation_sequence", 0)
+        state = state_fields(change.state)
         confirmations = []
         for event in change.events:
             if event.event in CONFIRMED_EVENTS:
                 sequence += 1
-                confirmations.append(confirmation({**doc, **state_fields(change.state)}, event,
-                                                  sequence))
-        fields = {**state_fields(change.state), **extra}
+                confirmations.append(confirmation({**doc, **state}, event, sequence))
+        fields = {**state, **extra}
         if confirmations:
             fields.update(confirmation_sequence=sequence, outbox_pending=True)
         updated = self._store.update_record(doc, fields, [e.to_doc() for e in change.events],
@@ -159,14 +158,6 @@ class OrderJournal:
                                                          "CANCELLED") \
                 and event.status.is_terminal and doc["status"] == str(event.status):
             self._metrics.record_terminal(doc)
-
-
-@dataclass(frozen=True)
-class _FillView:
-    exec_id: str
-    quantity: float
-    price: float
-    at: datetime
 
 
 _NOTICE_FOR = {

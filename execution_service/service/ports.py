@@ -40,6 +40,7 @@ class NullNotifier:
 
 
 class ConfirmationPublisher(Protocol):
-    """Publishes one confirmation; raises on failure (the outbox retries)."""
+    """Publishes one confirmation; raises on failure (the outbox retries). Adapters may also
+    offer `publish_many(messages) -> list[BaseException | None]` to publish a batch at once."""
 
     async def publish(self, payload: bytes, attributes: dict[str, str]) -> None: ...

@@ -182,8 +182,8 @@ class OrderTracker:
             if found is not None:
                 return self._follow_snapshot(doc, found)
             await asyncio.sleep(compute_backoff(attempt, self._policy.backoff_base))
-        # The broker answers, and has no order with this tag: it never arrived. It stays
-        # PENDING with placement_attempted set; the next pass looks again before sending.
+        # The broker answers, and has no order with this tag: it never arrived, or has not yet.
+        # It stays PENDING; recovery on the next start looks it up again before sending.
         text = (f"{broker.name} has no order for {doc['signal_id']} after an uncertain "
                 f"placement; it stays PENDING and is looked up again on the next start")
         self._alert(AlertKind.OPERATOR, text, key=f"uncertain:{doc['signal_id']}")
@@ -262,8 +262,8 @@ class OrderTracker:
         """A cancel can race a fill at the venue: the broker's fills are the truth."""
         await asyncio.sleep(self._policy.late_fill_grace)
         try:
-            snapshot = await broker.get_order(doc["order_id"])
-        except (TransientBrokerError, OrderNotFound) as e:
+            snapshot = await self._snapshot(broker, doc["order_id"], doc)
+        except TransientBrokerError as e:
             logger.warning("Late-fill check of %s failed: %s", doc["signal_id"], e)
             return
         self._follow_snapshot(doc, snapshot)
