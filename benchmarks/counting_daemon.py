@@ -9,8 +9,10 @@ wall time. Nested calls made by the driver itself (find_one -> find, ...) are no
 
 Daemon-internal latency: the time from the moment the Pub/Sub client hands a message to the
 daemon (`OrderConsumer`'s callback, on the client's thread) to the moment Pub/Sub accepted the
-signal's FILLED confirmation (`TopicPublisher.publish` returned), per signal_id, in ms. It
-leaves out the emulator's two deliveries, which the benchmark measures from outside.
+signal's FILLED confirmation (`TopicPublisher.send` heard back), per signal_id, in ms,
+with the stages between: claimed (the handler returned), recorded (the FILLED record
+written), publishing (handed to the publisher), accepted. It leaves out the emulator's two
+deliveries, which the benchmark measures from outside.
 
 Event-loop stalls: a task on the daemon's loop ticks every 5 ms; a watchdog thread samples the
 main thread's stack every 10 ms while the loop has not ticked for more than 50 ms, and counts
@@ -41,6 +43,7 @@ _lock = threading.Lock()
 _stats: dict[tuple[str, str], list] = defaultdict(lambda: [0, 0.0])
 _arrivals: dict[str, float] = {}
 _internal_ms: dict[str, float] = {}
+_stages: dict[str, dict[str, float]] = defaultdict(dict)
 STALL_SECONDS = 0.05
 _loop_tick = [0.0]
 _stall_stacks: Counter = Counter()
@@ -90,36 +93,80 @@ def _install() -> None:
             _wrap(cls, name)
 
 
+STAGES = ("claimed", "recorded", "publishing", "accepted")
+
+
+def _stage(signal_id: str, stage: str) -> None:
+    """The time (ms after the hand-over) a signal reached a stage, first time only."""
+    arrived = _arrivals.get(signal_id)
+    if arrived is not None:
+        with _lock:
+            _stages[signal_id].setdefault(stage, round((time.time() - arrived) * 1000, 3))
+
+
+def _signal_id_of(message) -> str | None:
+    try:
+        signal_id = json.loads(message.data).get("signal_id")
+    except (ValueError, AttributeError):
+        return None
+    return signal_id if isinstance(signal_id, str) else None
+
+
+def _arrived(signal_id: str, at: float) -> None:
+    _arrivals.setdefault(signal_id, at)
+    with _lock:
+        _stages[signal_id].setdefault("arrived_epoch", at)
+
+
+def _accepted(signal_ids: list[str]) -> None:
+    for signal_id in signal_ids:
+        _stage(signal_id, "accepted")
+        arrived = _arrivals.pop(signal_id, None)
+        if arrived is not None:
+            with _lock:
+                _internal_ms[signal_id] = round((time.time() - arrived) * 1000, 3)
+
+
 def _install_latency() -> None:
     from execution_service.adapters import pubsub
+    from execution_service.service.journal import OrderJournal
 
     original_start = pubsub.OrderConsumer.start
-    original_publish = pubsub.TopicPublisher.publish
+    original_send = pubsub.TopicPublisher.send
+    original_after_write = OrderJournal.after_write
 
     def start(self, loop, handler):
         def timed(message):
-            arrived = time.time()
-            try:
-                signal_id = json.loads(message.data).get("signal_id")
-            except (ValueError, AttributeError):
-                signal_id = None
-            if isinstance(signal_id, str):
-                _arrivals.setdefault(signal_id, arrived)
-            return handler(message)
+            arrived, signal_id = time.time(), _signal_id_of(message)
+            if signal_id is not None:
+                _arrived(signal_id, arrived)
+            result = handler(message)
+            if signal_id is not None:
+                _stage(signal_id, "claimed")
+            return result
 
         return original_start(self, loop, timed)
 
-    async def publish(self, payload: bytes, attributes: dict[str, str]) -> None:
-        await original_publish(self, payload, attributes)
-        if attributes.get("status") == "FILLED":
-            signal_id = attributes.get("signal_id", "")
-            arrived = _arrivals.pop(signal_id, None)
-            if arrived is not None:
-                with _lock:
-                    _internal_ms[signal_id] = round((time.time() - arrived) * 1000, 3)
+    def after_write(self, doc, events, confirmations):
+        if any(c.get("status") == "FILLED" for c in confirmations):
+            _stage(doc["signal_id"], "recorded")
+        return original_after_write(self, doc, events, confirmations)
+
+    def send(self, messages, on_done):
+        filled = [attributes.get("signal_id", "") for _payload, attributes in messages
+                  if attributes.get("status") == "FILLED"]
+        for signal_id in filled:
+            _stage(signal_id, "publishing")
+
+        def done(outcomes):
+            _accepted(filled)
+            on_done(outcomes)
+
+        original_send(self, messages, done)
 
     pubsub.OrderConsumer.start = start
-    pubsub.TopicPublisher.publish = publish
+    pubsub.TopicPublisher.send = send
+    OrderJournal.after_write = after_write
 
 
 def _stack_key(frame) -> str:
@@ -204,7 +251,9 @@ def _dump(_signum=None, _frame=None) -> None:
     with open(tmp, "w") as out:
         with _lock:
             internal = dict(_internal_ms)
+            stages = {signal_id: dict(times) for signal_id, times in _stages.items()}
         json.dump({"at": time.time(), "stats": snapshot(), "internal_ms": internal,
+                   "stages_ms": stages,
                    "stalls": stall_snapshot()}, out)
     os.replace(tmp, path)
 

@@ -163,11 +163,33 @@ def _split_ms(ids, sent_wall: dict[str, float], listener) -> dict:
             "recorded_to_received_p99_ms": _r(percentile(outbound, 99))}
 
 
+def subscribe_streams(subscriber, subscription: str, callback, streams: int,
+                      flow=None) -> list:
+    """`streams` streaming pulls on one subscription, opened a fraction of the emulator's
+    50 ms delivery tick apart (as the daemon's OrderConsumer does), so they take turns."""
+    futures = []
+    for n in range(streams):
+        if n:
+            time.sleep(0.05 / streams)
+        futures.append(subscriber.subscribe(subscription, callback, flow_control=flow)
+                       if flow is not None else subscriber.subscribe(subscription, callback))
+    return futures
+
+
+def close_streams(futures: list) -> None:
+    for future in futures:
+        future.cancel()
+    for future in futures:
+        with contextlib.suppress(Exception):  # cancelled: stopped
+            future.result(timeout=5)
+
+
 class ConfirmationListener:
     """Streaming pull on a subscription of execution-confirmations; records, per signal, when
     its first SUBMITTED and first terminal confirmation arrived (perf_counter)."""
 
-    def __init__(self, subscriber: pubsub_v1.SubscriberClient, subscription: str):
+    def __init__(self, subscriber: pubsub_v1.SubscriberClient, subscription: str,
+                 streams: int = 1):
         self._lock = threading.Lock()
         self.filled_at: dict[str, float] = {}
         self.submitted_at: dict[str, float] = {}
@@ -179,7 +201,8 @@ class ConfirmationListener:
         self._waiting: set[str] = set()
         self._done = threading.Event()
         flow = pubsub_v1.types.FlowControl(max_messages=5000)
-        self._future = subscriber.subscribe(subscription, self._callback, flow_control=flow)
+        self._futures = subscribe_streams(subscriber, subscription, self._callback, streams,
+                                          flow)
 
     def _callback(self, message) -> None:
         now = time.perf_counter()
@@ -223,9 +246,7 @@ class ConfirmationListener:
             return sum(1 for s in signal_ids if s in self.terminal_status)
 
     def close(self) -> None:
-        self._future.cancel()
-        with contextlib.suppress(Exception):  # cancelled: stopped
-            self._future.result(timeout=5)
+        close_streams(self._futures)
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,7 +327,8 @@ class Daemon:
 
 
 def daemon_env(emulator_host: str, project: str, workdir: Path, store: str,
-               poll_seconds: float, log_level: str = "WARNING") -> dict[str, str]:
+               poll_seconds: float, log_level: str = "WARNING",
+               streams: int = 1) -> dict[str, str]:
     accounts = workdir / "accounts.json"
     workdir.mkdir(parents=True, exist_ok=True)
     accounts.write_text(json.dumps([{"account_id": ACCOUNT_ID, "broker": "MOCK",
@@ -317,7 +339,7 @@ def daemon_env(emulator_host: str, project: str, workdir: Path, store: str,
         "PUBSUB_EMULATOR_HOST": emulator_host, "GOOGLE_CLOUD_PROJECT": project,
         "ACCOUNTS_FILE": str(accounts), "MOCK_FILL_DELAY_SECONDS": "0",
         "ORDER_POLL_SECONDS": str(poll_seconds), "TELEGRAM_ENABLED": "false",
-        "LOG_LEVEL": log_level, "USE_MOCK_BROKER": "true",
+        "LOG_LEVEL": log_level, "USE_MOCK_BROKER": "true", "PUBSUB_STREAMS": str(streams),
     })
     if store == "mongomock":
         env["MONGODB_URI"] = "mongomock://"
@@ -365,7 +387,8 @@ def bare_channel(prefix: str, name: str):
     return publisher, subscriber, topic, subscription
 
 
-def run_baseline(n: int, timeout: float, emulator_pid: int | None = None) -> dict:
+def run_baseline(n: int, timeout: float, emulator_pid: int | None = None,
+                 streams: int = 1) -> dict:
     """Bare messages: publish (batched, futures) -> streaming pull -> ack, one process."""
     publisher, subscriber, topic, subscription = bare_channel("base", "bare")
     lock = threading.Lock()
@@ -389,9 +412,9 @@ def run_baseline(n: int, timeout: float, emulator_pid: int | None = None) -> dic
                 done.set()
 
     flow = pubsub_v1.types.FlowControl(max_messages=5000)
-    future = subscriber.subscribe(subscription, callback, flow_control=flow)
+    futures = subscribe_streams(subscriber, subscription, callback, streams, flow)
     try:
-        time.sleep(1.0)  # let the stream open before the clock starts
+        time.sleep(1.0)  # let the streams open before the clock starts
         padding = signal_body("x", 0)  # bare messages of the same size as a signal
         meter = CpuMeter(None, emulator_pid)
         t0 = time.perf_counter()
@@ -415,15 +438,14 @@ def run_baseline(n: int, timeout: float, emulator_pid: int | None = None) -> dic
                                                 3),
                 "elapsed_s": round(elapsed, 3),
                 "publish_s": round(published_at - t0, 3),
-                "msgs_per_s": round(received / elapsed, 1) if elapsed else None}
+                "msgs_per_s": round(received / elapsed, 1) if elapsed else None,
+                "streams": streams}
     finally:
-        future.cancel()
-        with contextlib.suppress(Exception):  # cancelled: stopped
-            future.result(timeout=5)
+        close_streams(futures)
         subscriber.close()
 
 
-def _setup_rig(project: str) -> tuple[PubSubNames, pubsub_v1.PublisherClient,
+def _setup_rig(project: str, streams: int) -> tuple[PubSubNames, pubsub_v1.PublisherClient,
                                       pubsub_v1.SubscriberClient, ConfirmationListener]:
     names = names_for(project)
     publisher = make_publisher()
@@ -432,7 +454,7 @@ def _setup_rig(project: str) -> tuple[PubSubNames, pubsub_v1.PublisherClient,
     confirmations = f"projects/{project}/subscriptions/bench-confirmations"
     subscriber.create_subscription(name=confirmations, topic=names.confirmations_topic,
                                    ack_deadline_seconds=60)
-    listener = ConfirmationListener(subscriber, confirmations)
+    listener = ConfirmationListener(subscriber, confirmations, streams)
     return names, publisher, subscriber, listener
 
 
@@ -501,9 +523,9 @@ def _diff_stats(before: dict | None, after: dict | None, signals: int) -> dict |
 def run_pipeline(store: str, n: int, args, emulator) -> dict:
     project = new_project(f"pipe-{store}")
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{store}-", dir=args.tmp))
-    names, publisher, subscriber, listener = _setup_rig(project)
+    names, publisher, subscriber, listener = _setup_rig(project, args.streams)
     daemon = Daemon(workdir, daemon_env(emulator.host, project, workdir, store,
-                                        args.poll_seconds, args.log_level),
+                                        args.poll_seconds, args.log_level, args.streams),
                     counting=args.count_store)
     profiler = None
     try:
@@ -570,7 +592,7 @@ def run_pipeline(store: str, n: int, args, emulator) -> dict:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run_transport_floor(rate: float, seconds: float) -> dict:
+def run_transport_floor(rate: float, seconds: float, streams: int = 1) -> dict:
     """One bare hop (publish -> streaming-pull receipt) at the latency phase's rate."""
     publisher, subscriber, topic, subscription = bare_channel("hop", "hop")
     lock = threading.Lock()
@@ -584,7 +606,7 @@ def run_transport_floor(rate: float, seconds: float) -> dict:
             if key not in latencies:
                 latencies[key] = now - float(message.attributes["t"])
 
-    future = subscriber.subscribe(subscription, callback)
+    futures = subscribe_streams(subscriber, subscription, callback, streams)
     try:
         time.sleep(1.0)
         total = int(rate * seconds)
@@ -604,11 +626,9 @@ def run_transport_floor(rate: float, seconds: float) -> dict:
         values = [v * 1000 for v in latencies.values()]
         return {"messages": total, "received": len(values),
                 "p50_ms": _r(percentile(values, 50)), "p95_ms": _r(percentile(values, 95)),
-                "p99_ms": _r(percentile(values, 99))}
+                "p99_ms": _r(percentile(values, 99)), "streams": streams}
     finally:
-        future.cancel()
-        with contextlib.suppress(Exception):  # cancelled: stopped
-            future.result(timeout=5)
+        close_streams(futures)
         subscriber.close()
 
 
@@ -637,7 +657,13 @@ def _internal_latency(daemon: Daemon, ids: list[str], before: dict | None = None
     if not snapshot:
         return {}
     values = [snapshot["internal_ms"][s] for s in ids if s in snapshot["internal_ms"]]
+    stages = snapshot.get("stages_ms", {})
+    by_stage = {}
+    for stage in ("claimed", "recorded", "publishing", "accepted"):
+        times = [stages[s][stage] for s in ids if stage in stages.get(s, {})]
+        by_stage[stage] = [_r(percentile(times, 50)), _r(percentile(times, 99))]
     return {"loop_stalls": _stall_diff(before, snapshot), "daemon_internal_n": len(values),
+            "daemon_stages_p50_p99_ms": by_stage,
             "daemon_internal_p50_ms": _r(percentile(values, 50)),
             "daemon_internal_p95_ms": _r(percentile(values, 95)),
             "daemon_internal_p99_ms": _r(percentile(values, 99))}
@@ -646,9 +672,9 @@ def _internal_latency(daemon: Daemon, ids: list[str], before: dict | None = None
 def run_latency(args, emulator) -> dict:
     project = new_project("lat")
     workdir = Path(tempfile.mkdtemp(prefix="bench-latency-", dir=args.tmp))
-    names, publisher, subscriber, listener = _setup_rig(project)
+    names, publisher, subscriber, listener = _setup_rig(project, args.latency_streams)
     daemon = Daemon(workdir, daemon_env(emulator.host, project, workdir, args.latency_store,
-                                        args.poll_seconds, args.log_level),
+                                        args.poll_seconds, args.log_level, args.latency_streams),
                     counting=args.count_store)
     profiler = None
     try:
@@ -717,9 +743,10 @@ def run_memory(args, emulator) -> dict:
     store = args.memory_store
     project = new_project(f"mem-{store}")
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-memory-{store}-", dir=args.tmp))
-    names, publisher, subscriber, listener = _setup_rig(project)
+    names, publisher, subscriber, listener = _setup_rig(project, args.streams)
     daemon = Daemon(workdir, daemon_env(emulator.host, project, workdir, store,
-                                        args.poll_seconds), counting=False)
+                                        args.poll_seconds, streams=args.streams),
+                    counting=False)
     checkpoints = sorted({args.memory_warmup, *args.memory_checkpoints})
     samples: list[dict] = []
     try:
@@ -910,9 +937,14 @@ def _latency_rows(lat: dict, floor: dict | None) -> list[Row]:
     if stalls:
         rows.append(("  event-loop stalls > 50 ms", f"{stalls['count']} ({stalls['total_s']} s "
                      f"in all, longest ever {stalls['max_ms_ever']} ms)", "info", "-"))
+    if lat.get("daemon_stages_p50_p99_ms"):
+        stages = lat["daemon_stages_p50_p99_ms"]
+        rows.append(("  daemon stages p50 (p99), ms after hand-over",
+                     ", ".join(f"{name} {v[0]} ({v[1]})" for name, v in stages.items()),
+                     "info", "-"))
     if floor:
-        rows.append(("  one bare hop p50/p99 (floor)", f"{floor['p50_ms']} / "
-                     f"{floor['p99_ms']} ms", "info", "-"))
+        rows.append((f"  one bare hop p50/p99 (floor, {floor.get('streams', 1)} streams)",
+                     f"{floor['p50_ms']} / {floor['p99_ms']} ms", "info", "-"))
     return rows
 
 
@@ -932,8 +964,13 @@ def build_table(results: dict) -> list[Row]:
     base = results.get("baseline")
     base_rate = base["msgs_per_s"] if base else None
     if base:
-        rows.append(("baseline: emulator bare msgs/s", f"{base['msgs_per_s']:,.0f}"
+        rows.append((f"baseline: emulator bare msgs/s, {base['streams']} stream(s)",
+                     f"{base['msgs_per_s']:,.0f}"
                      + ("" if base["complete"] else " (incomplete)"), "info", "-"))
+        more = results.get("baseline_more_streams")
+        if more:
+            rows.append((f"  the same over {more['streams']} streams", f"{more['msgs_per_s']:,.0f}"
+                         " (more streams, more 50 ms emulator ticks)", "info", "-"))
         rows.append(("  CPU per bare msg: emulator / client",
                      f"{base['emulator_cpu_ms_per_msg']} / {base['loadgen_cpu_ms_per_msg']} ms",
                      "info", "-"))
@@ -989,6 +1026,14 @@ def code_version() -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", type=int, default=1,
+                        help="throughput and memory phases: streaming pulls per subscriber, the "
+                             "daemon's PUBSUB_STREAMS, the listener's and the baseline's "
+                             "(default 1, the client's default)")
+    parser.add_argument("--latency-streams", type=int, default=8,
+                        help="latency phase: the same for the daemon, the listener and the "
+                             "one-hop floor (default 8; the emulator answers each stream on a "
+                             "50 ms tick)")
     parser.add_argument("--n", type=int, default=2000, help="messages / signals per "
                         "throughput run (default 2000)")
     parser.add_argument("--full", action="store_true", help="also the memory phase "
@@ -1041,8 +1086,13 @@ def run_phases(args, phases: list[str], results: dict) -> None:
         if "baseline" in phases:
             log(f"baseline: {args.n} bare messages")
             results["baseline"] = run_baseline(args.n, args.phase_timeout,
-                                               emulator.process.pid)
+                                               emulator.process.pid, args.streams)
             log(f"baseline: {results['baseline']}")
+            if args.latency_streams != args.streams:
+                results["baseline_more_streams"] = run_baseline(
+                    args.n, args.phase_timeout, emulator.process.pid, args.latency_streams)
+                log(f"baseline, {args.latency_streams} streams: "
+                    f"{results['baseline_more_streams']}")
         if "pipeline" in phases:
             stores = ("mongomock", "embedded") if args.store == "both" else (args.store,)
             results["pipeline"] = {}
@@ -1054,7 +1104,7 @@ def run_phases(args, phases: list[str], results: dict) -> None:
                 log(f"pipeline[{store}]: {brief}")
         if "latency" in phases:
             log("transport floor: one bare hop at the same rate, 3 s")
-            results["transport_floor"] = run_transport_floor(args.rate, 3.0)
+            results["transport_floor"] = run_transport_floor(args.rate, 3.0, args.latency_streams)
             results["latency"] = run_latency(args, emulator)
             log(f"latency: {results['latency']}")
         if "memory" in phases:

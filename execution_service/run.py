@@ -67,7 +67,7 @@ async def _serve(settings: Settings, say, cleanup: ExitStack) -> int:
     seeded = seed_accounts(settings, app.store)
     check_brokers(app)
     consumer = pubsub.OrderConsumer(subscriber, names.orders_subscription,
-                                    settings.PUBSUB_MAX_IN_FLIGHT)
+                                    settings.PUBSUB_MAX_IN_FLIGHT, settings.PUBSUB_STREAMS)
     describe = {"subscription": names.orders_subscription,
                 "confirmations_topic": names.confirmations_topic,
                 "pubsub": settings.PUBSUB_EMULATOR_HOST or "Google Cloud Pub/Sub",

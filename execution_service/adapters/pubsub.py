@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -88,72 +89,119 @@ async def await_future(future) -> object:
 
 
 class TopicPublisher:
-    """Publishes to one topic; `publish` raises when Pub/Sub refuses (the caller retries)."""
+    """Publishes to one topic; `publish` raises when Pub/Sub refuses (the caller retries).
+
+    `send` hands batches to one worker thread, which makes the client calls: the client
+    starts a thread per batch, and waiting for that start stalled the event loop for up to
+    ~180 ms on a busy machine. The worker exits when idle and is started again on demand.
+    """
+
+    IDLE_SECONDS = 10.0
 
     def __init__(self, client: pubsub_v1.PublisherClient, topic: str, timeout: float = 10.0):
         self._client = client
         self._topic = topic
         self._timeout = timeout
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._worker_lock = threading.Lock()
 
     async def publish(self, payload: bytes, attributes: dict[str, str]) -> None:
         future = self._client.publish(self._topic, payload, timeout=self._timeout, **attributes)
         await asyncio.wait_for(await_future(future), self._timeout)
 
-    async def publish_many(self, messages: list[tuple[bytes, dict[str, str]]]
-                           ) -> list[BaseException | None]:
-        """Publish a batch and wake the event loop once, when Pub/Sub has answered for all of
-        it; one outcome per message (None: accepted)."""
+    def send(self, messages: list[tuple[bytes, dict[str, str]]],
+             on_done: Callable[[list[BaseException | None]], None]) -> None:
+        """Publish a batch without waiting; `on_done(outcomes)` runs on the event loop once
+        Pub/Sub has answered for all of it (or the timeout passed), one outcome per message
+        (None: accepted)."""
+        if not messages:
+            on_done([])
+            return
         loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        outcomes: list[BaseException | None] = [None] * len(messages)
+        outcomes: list[BaseException | None] = [TimeoutError("publish timed out")] * len(messages)
         remaining = [len(messages)]
         lock = threading.Lock()
 
-        def settle(index: int, future) -> None:
-            outcomes[index] = future.exception()
+        def finish() -> None:
             with lock:
+                if remaining[0] < 0:
+                    return
+                remaining[0] = -1
+            on_done(list(outcomes))
+
+        def settle(index: int, outcome: BaseException | None) -> None:
+            with lock:
+                outcomes[index] = outcome
                 remaining[0] -= 1
                 last = remaining[0] == 0
             if last:
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                loop.call_soon_threadsafe(finish)
 
-        for index, (payload, attributes) in enumerate(messages):
-            future = self._client.publish(self._topic, payload, timeout=self._timeout,
-                                          **attributes)
-            future.add_done_callback(lambda f, i=index: settle(i, f))
-        if messages:
+        self._jobs.put((messages, settle))
+        self._ensure_worker()
+        loop.call_later(self._timeout + 1.0, finish)
+
+    def _ensure_worker(self) -> None:
+        with self._worker_lock:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, daemon=True,
+                                                name=f"publish-{self._topic.rsplit('/', 1)[-1]}")
+                self._worker.start()
+
+    def _work(self) -> None:
+        while True:
             try:
-                await asyncio.wait_for(asyncio.shield(done), self._timeout)
-            except TimeoutError:
-                return [o if o is not None or done.done() else TimeoutError("publish timed out")
-                        for o in outcomes]
-        return outcomes
+                messages, settle = self._jobs.get(timeout=self.IDLE_SECONDS)
+            except queue.Empty:
+                with self._worker_lock:
+                    if self._jobs.empty():
+                        self._worker = None
+                        return
+                continue
+            for index, (payload, attributes) in enumerate(messages):
+                try:
+                    future = self._client.publish(self._topic, payload, timeout=self._timeout,
+                                                  **attributes)
+                except Exception as e:  # refused before anything was sent
+                    settle(index, e)
+                    continue
+                future.add_done_callback(lambda f, i=index, done=settle: done(i, f.exception()))
 
 
 class OrderConsumer:
-    """Streaming pull on trading-orders-sub; messages are handed to the event loop in batches
-    (one wake-up for whatever arrived meanwhile).
+    """Streaming pull on trading-orders-sub over `streams` parallel streams; messages are
+    handed to the event loop in batches (one wake-up for whatever arrived meanwhile).
 
     `handler(message)` runs on the event loop and acks or nacks the message itself.
+    The emulator answers each stream on a 50 ms tick, so one stream adds 0-50 ms to every
+    message; streams opened a fraction of a tick apart take turns, and the wait shrinks.
     """
 
+    TICK_SECONDS = 0.05
+
     def __init__(self, subscriber: pubsub_v1.SubscriberClient, subscription: str,
-                 max_in_flight: int):
+                 max_in_flight: int, streams: int = 1):
         self._subscriber = subscriber
         self._subscription = subscription
+        self._streams = max(1, streams)
         # Short lease extensions: what a crashed process held comes back to the others within
         # ~10 s (with the 60 s default the emulator held it for minutes).
         self._flow = pubsub_v1.types.FlowControl(
-            max_messages=max_in_flight, max_duration_per_lease_extension=10,
+            max_messages=max(1, -(-max_in_flight // self._streams)),
+            max_duration_per_lease_extension=10,
             max_lease_duration=timedelta(minutes=10).total_seconds())
-        self._future = None
+        self._futures: list = []
+        self._stopped = False
         self._inbox: deque = deque()
         self._lock = threading.Lock()
         self._scheduled = False
         self._handler: Callable | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop, handler: Callable) -> None:
         self._handler = handler
+        self._loop = loop
 
         def callback(message) -> None:  # on the client's threads
             with self._lock:
@@ -163,34 +211,46 @@ class OrderConsumer:
                 self._scheduled = True
             loop.call_soon_threadsafe(self._drain)
 
-        self._future = self._subscriber.subscribe(self._subscription, callback,
-                                                  flow_control=self._flow)
+        def open_stream() -> None:
+            if not self._stopped:
+                self._futures.append(self._subscriber.subscribe(
+                    self._subscription, callback, flow_control=self._flow))
+
+        open_stream()
+        for n in range(1, self._streams):
+            loop.call_later(n * self.TICK_SECONDS / self._streams, open_stream)
 
     def _drain(self) -> None:
-        while True:
-            with self._lock:
-                if not self._inbox:
-                    self._scheduled = False
-                    return
-                batch = list(self._inbox)
-                self._inbox.clear()
-            for message in batch:
-                self._handler(message)
+        """Handle what has arrived, then let the loop's other work (placing, publishing) run
+        before the next batch: a steady stream of messages must not starve it."""
+        with self._lock:
+            batch = list(self._inbox)
+            self._inbox.clear()
+        for message in batch:
+            self._handler(message)
+        with self._lock:
+            if not self._inbox:
+                self._scheduled = False
+                return
+        self._loop.call_soon(self._drain)
 
     @property
     def running(self) -> bool:
-        return self._future is not None and not self._future.done()
+        return bool(self._futures) and not any(future.done() for future in self._futures)
 
     def failure(self) -> BaseException | None:
-        if self._future is None or not self._future.done() or self._future.cancelled():
-            return None
-        return self._future.exception()
+        for future in self._futures:
+            if future.done() and not future.cancelled() and future.exception() is not None:
+                return future.exception()
+        return None
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop pulling, then handle what was already handed over."""
-        if self._future is not None:
-            self._future.cancel()
+        self._stopped = True
+        for future in self._futures:
+            future.cancel()
+        for future in self._futures:
             with contextlib.suppress(Exception):  # cancelled or failed: both mean stopped
-                await asyncio.wait_for(asyncio.to_thread(self._future.result), timeout)
+                await asyncio.wait_for(asyncio.to_thread(future.result), timeout)
         if self._handler is not None:
             self._drain()

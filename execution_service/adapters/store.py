@@ -2,7 +2,8 @@
 
 `mongodb://…` a real MongoDB; `mongomock://` in memory (mongomock's engine, with the hash
 indexes litemongo adds); unset (or `embedded://PATH`) the embedded on-disk store (litemongo:
-one sqlite file per collection, each write committed).
+one sqlite file per collection, each write committed, its query index in the same file:
+embedded_store.py).
 Only single-document atomic writes are used: neither mongomock nor a standalone MongoDB
 has transactions.
 """
@@ -48,9 +49,13 @@ class StoreHandle:
     client: Any
     database: Any
     description: str
+    release: Callable[[], None] | None = None  # instead of client.close()
 
     def close(self) -> None:
-        self.client.close()
+        if self.release is not None:
+            self.release()
+        else:
+            self.client.close()
 
 
 def open_store(uri: str | None, database: str, embedded_path: Path | None) -> StoreHandle:
@@ -58,16 +63,23 @@ def open_store(uri: str | None, database: str, embedded_path: Path | None) -> St
     if embedded_path is not None:
         import litemongo
 
+        from execution_service.adapters.embedded_store import ServerStore
+
         embedded_path.mkdir(parents=True, exist_ok=True)
-        client = litemongo.connect(str(embedded_path.absolute()), tz_aware=True)
+        client = litemongo.MongoClient(ServerStore(embedded_path), tz_aware=True)
         return StoreHandle(client, client[database], f"embedded store at {embedded_path}")
     if uri and uri.startswith("mongomock://"):
         import litemongo
 
         # litemongo's in-memory engine is mongomock with hash indexes: plain mongomock scans
         # every document for every query, 100 ms per update at 20,000 records.
-        client = litemongo.connect(f"mem://{uuid.uuid4().hex}?engine=memory", tz_aware=True)
-        return StoreHandle(client, client[database], "in-memory store (mongomock)")
+        from litemongo import client as litemongo_client
+
+        name = uuid.uuid4().hex
+        client = litemongo.connect(f"mem://{name}?engine=memory", tz_aware=True)
+        # its in-memory store has no close(): forgetting it is what frees it
+        return StoreHandle(client, client[database], "in-memory store (mongomock)",
+                           release=lambda: litemongo_client._MEMORY_STORES.pop(name, None))
     client = pymongo.MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=3000)
     return StoreHandle(client, client[database], f"MongoDB {_redact(uri or '')}")
 
@@ -189,11 +201,14 @@ class Store:
 
     @translating
     def mark_published(self, signal_id: str, sequence: int) -> None:
-        """Everything up to `sequence` is published: one atomic pipeline update."""
-        published = {"$max": ["$published_sequence", sequence]}
-        self.records.update_one({"_id": record_id(signal_id)}, [{"$set": {
-            "published_sequence": published,
-            "outbox_pending": {"$lt": [published, "$confirmation_sequence"]}}}])
+        """Everything up to `sequence` is published. One plain update when it was the latest
+        confirmation; otherwise only the mark moves and the outbox stays pending."""
+        latest = self.records.update_one(
+            {"_id": record_id(signal_id), "confirmation_sequence": {"$lte": sequence}},
+            {"$max": {"published_sequence": sequence}, "$set": {"outbox_pending": False}})
+        if latest.matched_count == 0:
+            self.records.update_one({"_id": record_id(signal_id)},
+                                    {"$max": {"published_sequence": sequence}})
 
     @translating
     def records_with_unpublished(self) -> list[dict]:

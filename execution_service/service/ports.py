@@ -41,6 +41,7 @@ class NullNotifier:
 
 class ConfirmationPublisher(Protocol):
     """Publishes one confirmation; raises on failure (the outbox retries). Adapters may also
-    offer `publish_many(messages) -> list[BaseException | None]` to publish a batch at once."""
+    offer `send(messages, on_done)`: hand a batch over at once, `on_done(outcomes)` later on
+    the event loop (see outbox.sender)."""
 
     async def publish(self, payload: bytes, attributes: dict[str, str]) -> None: ...

@@ -4,19 +4,25 @@ A fill is applied at most once per position: its key (`signal_id:exec_id`) is pu
 position in the same compare-and-set that moves it, and an update whose key is already there
 matches nothing. So a fill replayed after a crash (the record never showed it, the broker
 reports it again) is recognised; the position keeps the last FILL_KEYS_KEPT keys.
+
+The open position this process last wrote is kept in memory and used for the next
+compare-and-set without reading it first; when another process moved it meanwhile, the
+version no longer matches, and it is read again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections import OrderedDict
 from datetime import datetime
 
+from execution_service.adapters.store import FILL_KEYS_KEPT
 from execution_service.domain.positions import Position, PositionChange, apply_fill
 
 logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 20
-FILL_KEYS_KEPT = 200
+POSITIONS_CACHED = 1000
 
 
 def position_key(record: dict) -> dict:
@@ -27,6 +33,7 @@ def position_key(record: dict) -> dict:
 class PositionBook:
     def __init__(self, store) -> None:
         self._store = store
+        self._last_written: OrderedDict[tuple, dict] = OrderedDict()
 
     def apply(self, record: dict, fill) -> None:
         """Move the record's position by one fill (anything with exec_id, quantity, price,
@@ -36,6 +43,7 @@ class PositionBook:
         for _ in range(MAX_ATTEMPTS):
             if self._try_apply(key, fill_key, record, fill):
                 return
+            self._forget(key)
             applied = self._store.position_with_fill(key, fill_key)
             if applied is not None:  # already there: a replay after a crash
                 self._open_carry(key, applied, fill_key)
@@ -43,15 +51,30 @@ class PositionBook:
         raise RuntimeError(f"position {key} kept changing under us; fill {fill_key} not applied")
 
     def _try_apply(self, key: dict, fill_key: str, record: dict, fill) -> bool:
-        current = self._store.open_position(key)
+        current = self._last_written.get(_cache_key(key)) or self._store.open_position(key)
         change = apply_fill(_position_of(current), record["side"], fill.quantity, fill.price)
         order_id = record.get("order_id")
         if current is None:
             return self._open(key, change.current, fill.at, order_id, fill_key)
         if change.closed is None:
-            return self._store.update_position(
-                current, _fields(change.current, order_id, current), fill_key)
+            fields = _fields(change.current, order_id, current)
+            if not self._store.update_position(current, fields, fill_key):
+                return False
+            self._remember(key, {**current, **fields, "version": current["version"] + 1,
+                                 "fill_keys": [*current["fill_keys"], fill_key][-FILL_KEYS_KEPT:]})
+            return True
+        self._forget(key)
         return self._close_and_flip(key, current, change, fill.at, order_id, fill_key)
+
+    def _remember(self, key: dict, doc: dict) -> None:
+        cache_key = _cache_key(key)
+        self._last_written[cache_key] = doc
+        self._last_written.move_to_end(cache_key)
+        if len(self._last_written) > POSITIONS_CACHED:
+            self._last_written.popitem(last=False)
+
+    def _forget(self, key: dict) -> None:
+        self._last_written.pop(_cache_key(key), None)
 
     def _open(self, key: dict, position: Position, at: datetime, order_id: str | None,
               fill_key: str) -> bool:
@@ -86,6 +109,10 @@ class PositionBook:
                        closed["closed_at"], carry["order_id"], fill_key)
         doc["opened_from"] = closed["_id"]
         self._store.insert_position(doc)
+
+
+def _cache_key(key: dict) -> tuple:
+    return key["account_id"], key["strategy_name"], key["symbol"]
 
 
 def _position_of(doc: dict | None) -> Position | None:

@@ -30,11 +30,12 @@ class FlakyTopic(TopicPublisher):
     down = False
     refused = 0
 
-    async def publish_many(self, messages):
+    def send(self, messages, on_done):
         if self.down:
             self.refused += len(messages)
-            return [ConnectionError("pubsub down (injected)")] * len(messages)
-        return await super().publish_many(messages)
+            on_done([ConnectionError("pubsub down (injected)")] * len(messages))
+            return
+        super().send(messages, on_done)
 
 
 def _daemon(settings, handle, names, confirmations_publisher=None):

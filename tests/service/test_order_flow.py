@@ -11,6 +11,7 @@ from brokers.base import BrokerStatus
 from execution_service.domain.records import new_claim
 from execution_service.domain.signals import parse_signal
 from execution_service.errors import PlacementUncertain, TransientBrokerError
+from execution_service.service.outbox import ConfirmationOutbox
 from execution_service.service.processor import Action
 from tests.fakes.service_fakes import (
     FlakyStore,
@@ -226,11 +227,22 @@ class _RefuseFirstOf(list):
 async def test_given_one_confirmation_refused_then_no_gap_is_ever_marked():
     app, _ = make_app()
     publisher = _RefuseFirstOf("sig_1", 1)
-    app.outbox._publisher = publisher
+    app.outbox = ConfirmationOutbox(app.store, publisher, retry_base=0.01)
+    app.journal._outbox = app.outbox
+    app.outbox.start()
+    marks = []
+    mark_published = app.store.mark_published
+
+    def spy(signal_id, sequence):
+        marks.append((sequence, list(publisher)))
+        mark_published(signal_id, sequence)
+
+    app.store.mark_published = spy
     app.processor.handle(order_body())
     await settle(app)
     assert publisher.refused
-    assert publisher.index(("sig_1", 1)) < publisher.index(("sig_1", 2)) or \
-        publisher.count(("sig_1", 2)) == 2  # the later one went again after the refused one
+    assert sorted(publisher) == [("sig_1", 1), ("sig_1", 2)]  # FILLED went first, then #1
+    assert marks and all(("sig_1", n) in accepted for sequence, accepted in marks
+                         for n in range(1, sequence + 1))
     record = app.store.get_record("sig_1")
     assert record["published_sequence"] == 2 and record["outbox_pending"] is False
