@@ -12,7 +12,9 @@ Backends:
   mongomock        plain mongomock.MongoClient (what mongomock:// opened before ef5e56e)
   litemongo-memory litemongo's in-memory engine (mongomock's API, with hash indexes)
   litemongo-memory-naive  the same with tz_aware=False (what-if: no datetime patching)
-  embedded         the embedded store (litemongo, sqlite files in a temp dir)
+  embedded         what open_store() opens for the embedded store (sqlite files in a temp
+                   dir, the query index in them)
+  litemongo-sqlite plain litemongo on sqlite files (its query index in Python memory)
 
 What-ifs (patched in this process only; nothing in the service is changed):
   one-mark              Store.mark_published as ONE update (pipeline form) instead of two
@@ -77,8 +79,10 @@ def open_backend(kind: str) -> tuple[StoreHandle, Path | None]:
                                    tz_aware=kind == "litemongo-memory")
         return StoreHandle(client, client["trading"], "litemongo memory"), None
     path = Path(tempfile.mkdtemp(prefix="bench-core-"))
-    client = litemongo.connect(str(path), tz_aware=True)
-    return StoreHandle(client, client["trading"], f"embedded at {path}"), path
+    if kind == "embedded":
+        return open_store(None, "trading", path), path
+    client = litemongo.connect(str(path), tz_aware=True)  # plain litemongo-sqlite
+    return StoreHandle(client, client["trading"], f"litemongo at {path}"), path
 
 
 def what_if_one_mark() -> None:
@@ -189,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="uri-mongomock",
                         choices=("uri-mongomock", "mongomock", "litemongo-memory",
-                                 "litemongo-memory-naive", "embedded"))
+                                 "litemongo-memory-naive", "embedded", "litemongo-sqlite"))
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--what-if", action="append", default=[],

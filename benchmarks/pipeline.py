@@ -592,9 +592,10 @@ def run_pipeline(store: str, n: int, args, emulator) -> dict:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run_transport_floor(rate: float, seconds: float, streams: int = 1) -> dict:
-    """One bare hop (publish -> streaming-pull receipt) at the latency phase's rate."""
-    publisher, subscriber, topic, subscription = bare_channel("hop", "hop")
+def _timed_hops(publisher, topic: str, subscriber, subscription: str, rate: float,
+                seconds: float, streams: int) -> dict:
+    """Bare messages published to `topic` at `rate`, timed until they arrive on
+    `subscription` (directly, or through a relay)."""
     lock = threading.Lock()
     latencies: dict[str, float] = {}
 
@@ -629,6 +630,43 @@ def run_transport_floor(rate: float, seconds: float, streams: int = 1) -> dict:
                 "p99_ms": _r(percentile(values, 99)), "streams": streams}
     finally:
         close_streams(futures)
+
+
+def run_transport_floor(rate: float, seconds: float, streams: int = 1) -> dict:
+    """One bare hop (publish -> streaming-pull receipt) at the latency phase's rate."""
+    publisher, subscriber, topic, subscription = bare_channel("hop", "hop")
+    try:
+        return _timed_hops(publisher, topic, subscriber, subscription, rate, seconds, streams)
+    finally:
+        subscriber.close()
+
+
+def run_two_hop_floor(rate: float, seconds: float, streams: int = 1) -> dict:
+    """A signal's path with a daemon that does nothing (relay.py: the daemon's Pub/Sub
+    adapters, republishing each message at once) in place of the daemon."""
+    publisher, subscriber, topic_in, subscription_in = bare_channel("relay", "in")
+    project = subscription_in.split("/")[1]
+    topic_out = f"projects/{project}/topics/bench-out"
+    subscription_out = f"projects/{project}/subscriptions/bench-out-sub"
+    publisher.create_topic(name=topic_out)
+    subscriber.create_subscription(name=subscription_out, topic=topic_out,
+                                   ack_deadline_seconds=60)
+    relay = subprocess.Popen([sys.executable, str(Path(__file__).with_name("relay.py")),
+                              subscription_in, topic_out, str(streams)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        if relay.stdout is None or b"relaying" not in relay.stdout.readline():
+            raise RuntimeError("relay.py did not start")
+        result = _timed_hops(publisher, topic_in, subscriber, subscription_out, rate, seconds,
+                             streams)
+        return {**result, "relay_cpu_s": _r(cpu_seconds(psutil.Process(relay.pid)), 2)}
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        try:
+            relay.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            relay.kill()
+            relay.wait(timeout=10)
         subscriber.close()
 
 
@@ -914,7 +952,7 @@ def _pipeline_rows(store: str, pipe: dict, base_rate: float | None) -> list[Row]
     return rows
 
 
-def _latency_rows(lat: dict, floor: dict | None) -> list[Row]:
+def _latency_rows(lat: dict, floor: dict | None, two_hops: dict | None) -> list[Row]:
     ok = lat["p99_ms"] is not None and lat["p99_ms"] <= TARGETS["latency_p99_ms"] \
         and lat["complete"]
     rows = [
@@ -945,6 +983,14 @@ def _latency_rows(lat: dict, floor: dict | None) -> list[Row]:
     if floor:
         rows.append((f"  one bare hop p50/p99 (floor, {floor.get('streams', 1)} streams)",
                      f"{floor['p50_ms']} / {floor['p99_ms']} ms", "info", "-"))
+    if two_hops:
+        rows.append(("  two hops via a do-nothing relay p50/p95/p99",
+                     f"{two_hops['p50_ms']} / {two_hops['p95_ms']} / {two_hops['p99_ms']} ms "
+                     "(the floor of a signal's path)", "info", "-"))
+        if two_hops["p99_ms"] is not None and lat["p99_ms"] is not None:
+            rows.append(("  the daemon's work above that floor, p50/p99",
+                         f"+{lat['p50_ms'] - two_hops['p50_ms']:.1f} / "
+                         f"+{lat['p99_ms'] - two_hops['p99_ms']:.1f} ms", "info", "-"))
     return rows
 
 
@@ -979,7 +1025,8 @@ def build_table(results: dict) -> list[Row]:
         if pipe:
             rows += _pipeline_rows(store, pipe, base_rate)
     if results.get("latency", {}).get("signals"):
-        rows += _latency_rows(results["latency"], results.get("transport_floor"))
+        rows += _latency_rows(results["latency"], results.get("transport_floor"),
+                              results.get("two_hop_floor"))
     if results.get("memory"):
         rows += _memory_rows(results["memory"])
     return rows
@@ -1105,6 +1152,9 @@ def run_phases(args, phases: list[str], results: dict) -> None:
         if "latency" in phases:
             log("transport floor: one bare hop at the same rate, 3 s")
             results["transport_floor"] = run_transport_floor(args.rate, 3.0, args.latency_streams)
+            log("transport floor: a do-nothing relay in place of the daemon, 5 s")
+            results["two_hop_floor"] = run_two_hop_floor(args.rate, 5.0, args.latency_streams)
+            log(f"two-hop floor: {results['two_hop_floor']}")
             results["latency"] = run_latency(args, emulator)
             log(f"latency: {results['latency']}")
         if "memory" in phases:

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     EXECUTION_CONFIRMATIONS_TOPIC: str = "execution-confirmations"
     DEAD_LETTER_TOPIC: str = "trading-orders-dead-letter"
     PUBSUB_MAX_IN_FLIGHT: int = Field(default=200, ge=1)
-    PUBSUB_STREAMS: int = Field(default=8, ge=1, le=32)
+    PUBSUB_STREAMS: int = Field(default=1, ge=1, le=32)
 
     MONGODB_URI: str | None = None
     MONGODB_DATABASE: str = "trading"

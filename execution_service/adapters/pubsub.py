@@ -10,13 +10,17 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 from google.protobuf import duration_pb2
+from google.pubsub_v1 import types as gapic_types
+from google.pubsub_v1.services.publisher import client as gapic_publisher
 
 logger = logging.getLogger(__name__)
 MAX_DELIVERY_ATTEMPTS = 5
+MAX_MESSAGES_PER_REQUEST = 1000  # Pub/Sub's limit per Publish request
 
 
 class PubSubNames:
@@ -91,17 +95,22 @@ async def await_future(future) -> object:
 class TopicPublisher:
     """Publishes to one topic; `publish` raises when Pub/Sub refuses (the caller retries).
 
-    `send` hands batches to one worker thread, which makes the client calls: the client
-    starts a thread per batch, and waiting for that start stalled the event loop for up to
-    ~180 ms on a busy machine. The worker exits when idle and is started again on demand.
+    `send` hands batches to one worker thread, which sends whatever is queued as one Publish
+    request: the library's batching publisher starts two threads per batch, and waiting for
+    those starts stalled the event loop for up to ~180 ms on a busy machine. The worker exits
+    when idle and is started again on demand.
     """
 
     IDLE_SECONDS = 10.0
 
-    def __init__(self, client: pubsub_v1.PublisherClient, topic: str, timeout: float = 10.0):
+    def __init__(self, client: pubsub_v1.PublisherClient, topic: str, timeout: float = 10.0,
+                 publish_request: Callable | None = None):
         self._client = client
         self._topic = topic
         self._timeout = timeout
+        # One Publish RPC (the generated client's, which the library's client extends)
+        self._publish_request = publish_request or partial(gapic_publisher.PublisherClient.publish,
+                                                           client)
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()
@@ -119,28 +128,21 @@ class TopicPublisher:
             on_done([])
             return
         loop = asyncio.get_running_loop()
-        outcomes: list[BaseException | None] = [TimeoutError("publish timed out")] * len(messages)
-        remaining = [len(messages)]
-        lock = threading.Lock()
+        answered = threading.Event()
 
-        def finish() -> None:
-            with lock:
-                if remaining[0] < 0:
-                    return
-                remaining[0] = -1
-            on_done(list(outcomes))
+        def finish(outcomes: list[BaseException | None]) -> None:
+            if not answered.is_set():
+                answered.set()
+                on_done(outcomes)
 
-        def settle(index: int, outcome: BaseException | None) -> None:
-            with lock:
-                outcomes[index] = outcome
-                remaining[0] -= 1
-                last = remaining[0] == 0
-            if last:
-                loop.call_soon_threadsafe(finish)
+        def settle(outcomes: list[BaseException | None]) -> None:  # on the worker thread
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(finish, outcomes)
 
         self._jobs.put((messages, settle))
         self._ensure_worker()
-        loop.call_later(self._timeout + 1.0, finish)
+        loop.call_later(self._timeout + 1.0, finish,
+                        [TimeoutError("publish timed out")] * len(messages))
 
     def _ensure_worker(self) -> None:
         with self._worker_lock:
@@ -152,21 +154,42 @@ class TopicPublisher:
     def _work(self) -> None:
         while True:
             try:
-                messages, settle = self._jobs.get(timeout=self.IDLE_SECONDS)
+                jobs = [self._jobs.get(timeout=self.IDLE_SECONDS)]
             except queue.Empty:
                 with self._worker_lock:
                     if self._jobs.empty():
                         self._worker = None
                         return
                 continue
+            while sum(len(messages) for messages, _ in jobs) < MAX_MESSAGES_PER_REQUEST:
+                try:
+                    jobs.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            self._publish(jobs)
+
+    def _publish(self, jobs: list) -> None:
+        """Everything queued meanwhile in one Publish request (the client library's batcher
+        would start two threads per batch); the request's outcome is each message's."""
+        outcomes = [[None] * len(messages) for messages, _ in jobs]
+        request = []
+        for job_outcomes, (messages, _) in zip(outcomes, jobs, strict=True):
             for index, (payload, attributes) in enumerate(messages):
                 try:
-                    future = self._client.publish(self._topic, payload, timeout=self._timeout,
-                                                  **attributes)
+                    request.append(gapic_types.PubsubMessage(data=payload,
+                                                             attributes=attributes))
                 except Exception as e:  # refused before anything was sent
-                    settle(index, e)
-                    continue
-                future.add_done_callback(lambda f, i=index, done=settle: done(i, f.exception()))
+                    job_outcomes[index] = e
+        if request:
+            try:
+                # no retry here: the outbox retries what was refused, with its back-off
+                self._publish_request(topic=self._topic, messages=request, retry=None,
+                                      timeout=self._timeout)
+            except Exception as e:
+                for job_outcomes in outcomes:
+                    job_outcomes[:] = [o if o is not None else e for o in job_outcomes]
+        for job_outcomes, (_, settle) in zip(outcomes, jobs, strict=True):
+            settle(job_outcomes)
 
 
 class OrderConsumer:

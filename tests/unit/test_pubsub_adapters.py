@@ -1,5 +1,6 @@
-"""The Pub/Sub adapters' own logic, with the client library's futures and a fake transport:
-hand-over of batches, outcomes per message, and fairness on the event loop."""
+"""The Pub/Sub adapters' own logic with a fake transport: batches coalesced into Publish
+requests off the event loop, outcomes per message, and fairness on the event loop. (The
+real client against the emulator: tests/integration.)"""
 
 from __future__ import annotations
 
@@ -15,26 +16,28 @@ from execution_service.adapters.pubsub import OrderConsumer, TopicPublisher
 pytestmark = pytest.mark.asyncio
 
 
-class FakePublisherClient:
-    """`publish` like the client library: a future per message, settled on another thread."""
+class FakePublishRequests:
+    """One Publish request per call, like the generated client's `publish`: it raises when
+    Pub/Sub refuses the request (`refuse_when` is in one of its messages)."""
 
-    def __init__(self, refuse: set[bytes] = frozenset(), raise_on: set[bytes] = frozenset(),
-                 never_answer: set[bytes] = frozenset()) -> None:
-        self.refuse, self.raise_on, self.never_answer = refuse, raise_on, never_answer
-        self.sent: list[bytes] = []
+    def __init__(self, refuse_when: bytes | None = None, hang_when: bytes | None = None):
+        self.refuse_when, self.hang_when = refuse_when, hang_when
+        self.requests: list[list[bytes]] = []
         self.threads: set[str] = set()
 
-    def publish(self, topic: str, data: bytes, timeout: float, **attributes) -> Future:
+    def __call__(self, *, topic: str, messages, retry, timeout: float):
         self.threads.add(threading.current_thread().name)
-        if data in self.raise_on:
-            raise ValueError("message too large (test)")
-        future: Future = Future()
-        self.sent.append(data)
-        if data not in self.never_answer:
-            error = ConnectionError("refused (test)") if data in self.refuse else None
-            threading.Timer(0.01, lambda: future.set_exception(error) if error
-                            else future.set_result("id")).start()
-        return future
+        data = [m.data for m in messages]
+        self.requests.append(data)
+        if self.hang_when in data:
+            time.sleep(timeout + 2)
+        if self.refuse_when in data:
+            raise ConnectionError("refused (test)")
+
+
+def publisher_with(requests: FakePublishRequests, timeout: float = 10.0) -> TopicPublisher:
+    return TopicPublisher(None, "projects/p/topics/confirmations", timeout,
+                          publish_request=requests)
 
 
 async def send(publisher: TopicPublisher, messages) -> list:
@@ -43,33 +46,56 @@ async def send(publisher: TopicPublisher, messages) -> list:
     return await asyncio.wait_for(done, 5)
 
 
-async def test_given_a_batch_then_one_outcome_per_message_in_order():
-    client = FakePublisherClient(refuse={b"b"}, raise_on={b"c"})
-    publisher = TopicPublisher(client, "projects/p/topics/t")
-    outcomes = await send(publisher, [(b"a", {}), (b"b", {}), (b"c", {}), (b"d", {})])
-    assert outcomes[0] is None and outcomes[3] is None
-    assert isinstance(outcomes[1], ConnectionError)
-    assert isinstance(outcomes[2], ValueError)  # refused by the client itself, not raised
-    assert client.sent == [b"a", b"b", b"d"]
+async def test_given_a_batch_then_one_request_and_one_outcome_per_message():
+    requests = FakePublishRequests()
+    outcomes = await send(publisher_with(requests), [(b"a", {"k": "1"}), (b"b", {})])
+    assert outcomes == [None, None]
+    assert requests.requests == [[b"a", b"b"]]
 
 
-async def test_given_client_calls_then_they_are_made_off_the_event_loop_thread():
-    client = FakePublisherClient()
-    publisher = TopicPublisher(client, "projects/p/topics/confirmations")
-    await send(publisher, [(b"a", {})])
-    assert client.threads == {"publish-confirmations"}
+async def test_given_a_refused_request_then_each_of_its_messages_is_refused():
+    requests = FakePublishRequests(refuse_when=b"b")
+    outcomes = await send(publisher_with(requests), [(b"a", {}), (b"b", {})])
+    assert all(isinstance(o, ConnectionError) for o in outcomes)
+
+
+async def test_given_a_message_the_client_cannot_build_then_only_it_is_refused():
+    requests = FakePublishRequests()
+    outcomes = await send(publisher_with(requests), [(b"a", {}), (b"b", {"n": 1})])
+    assert outcomes[0] is None and isinstance(outcomes[1], Exception)  # attributes are strings
+    assert requests.requests == [[b"a"]]
+
+
+async def test_given_batches_queued_together_then_they_share_one_request():
+    requests = FakePublishRequests()
+    publisher = publisher_with(requests)
+    loop = asyncio.get_running_loop()
+    answers = [loop.create_future() for _ in range(3)]
+    with publisher._worker_lock:  # hold the worker back until all three are queued
+        for n, answer in enumerate(answers):
+            publisher._jobs.put(([(bytes([97 + n]), {})],
+                                 lambda o, a=answer: loop.call_soon_threadsafe(a.set_result, o)))
+        publisher._worker = threading.Thread(target=publisher._work, daemon=True)
+    publisher._worker.start()
+    assert await asyncio.wait_for(asyncio.gather(*answers), 5) == [[None]] * 3
+    assert requests.requests == [[b"a", b"b", b"c"]]
+
+
+async def test_given_requests_then_they_are_made_off_the_event_loop_thread():
+    requests = FakePublishRequests()
+    await send(publisher_with(requests), [(b"a", {})])
+    assert requests.threads == {"publish-confirmations"}
 
 
 async def test_given_no_answer_then_the_batch_times_out_instead_of_hanging():
-    client = FakePublisherClient(never_answer={b"lost"})
-    publisher = TopicPublisher(client, "projects/p/topics/t", timeout=0.1)
-    outcomes = await send(publisher, [(b"ok", {}), (b"lost", {})])
-    assert outcomes[0] is None and isinstance(outcomes[1], TimeoutError)
+    requests = FakePublishRequests(hang_when=b"lost")
+    outcomes = await send(publisher_with(requests, timeout=0.1), [(b"ok", {}), (b"lost", {})])
+    assert all(isinstance(o, TimeoutError) for o in outcomes)
 
 
 async def test_given_the_worker_went_idle_then_the_next_batch_starts_it_again(monkeypatch):
     monkeypatch.setattr(TopicPublisher, "IDLE_SECONDS", 0.05)
-    publisher = TopicPublisher(FakePublisherClient(), "projects/p/topics/t")
+    publisher = publisher_with(FakePublishRequests())
     assert await send(publisher, [(b"a", {})]) == [None]
     deadline = time.monotonic() + 2
     while publisher._worker is not None and time.monotonic() < deadline:
