@@ -989,8 +989,8 @@ def _latency_rows(lat: dict, floor: dict | None, two_hops: dict | None) -> list[
                      "(the floor of a signal's path)", "info", "-"))
         if two_hops["p99_ms"] is not None and lat["p99_ms"] is not None:
             rows.append(("  the daemon's work above that floor, p50/p99",
-                         f"+{lat['p50_ms'] - two_hops['p50_ms']:.1f} / "
-                         f"+{lat['p99_ms'] - two_hops['p99_ms']:.1f} ms", "info", "-"))
+                         f"{lat['p50_ms'] - two_hops['p50_ms']:+.1f} / "
+                         f"{lat['p99_ms'] - two_hops['p99_ms']:+.1f} ms", "info", "-"))
     return rows
 
 
@@ -1077,10 +1077,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="throughput and memory phases: streaming pulls per subscriber, the "
                              "daemon's PUBSUB_STREAMS, the listener's and the baseline's "
                              "(default 1, the client's default)")
-    parser.add_argument("--latency-streams", type=int, default=8,
+    parser.add_argument("--latency-streams", type=int, default=16,
                         help="latency phase: the same for the daemon, the listener and the "
-                             "one-hop floor (default 8; the emulator answers each stream on a "
-                             "50 ms tick)")
+                             "floors (default 16; the emulator answers each stream on a 50 ms "
+                             "tick)")
     parser.add_argument("--n", type=int, default=2000, help="messages / signals per "
                         "throughput run (default 2000)")
     parser.add_argument("--full", action="store_true", help="also the memory phase "
@@ -1140,6 +1140,14 @@ def run_phases(args, phases: list[str], results: dict) -> None:
                     args.n, args.phase_timeout, emulator.process.pid, args.latency_streams)
                 log(f"baseline, {args.latency_streams} streams: "
                     f"{results['baseline_more_streams']}")
+        if "latency" in phases:
+            log("transport floor: one bare hop at the same rate, 3 s")
+            results["transport_floor"] = run_transport_floor(args.rate, 3.0, args.latency_streams)
+            log("transport floor: a do-nothing relay in place of the daemon, 5 s")
+            results["two_hop_floor"] = run_two_hop_floor(args.rate, 5.0, args.latency_streams)
+            log(f"two-hop floor: {results['two_hop_floor']}")
+            results["latency"] = run_latency(args, emulator)
+            log(f"latency: {results['latency']}")
         if "pipeline" in phases:
             stores = ("mongomock", "embedded") if args.store == "both" else (args.store,)
             results["pipeline"] = {}
@@ -1149,14 +1157,6 @@ def run_phases(args, phases: list[str], results: dict) -> None:
                 brief = {k: v for k, v in results["pipeline"][store].items()
                          if k not in ("store_calls", "daemon_log_tail")}
                 log(f"pipeline[{store}]: {brief}")
-        if "latency" in phases:
-            log("transport floor: one bare hop at the same rate, 3 s")
-            results["transport_floor"] = run_transport_floor(args.rate, 3.0, args.latency_streams)
-            log("transport floor: a do-nothing relay in place of the daemon, 5 s")
-            results["two_hop_floor"] = run_two_hop_floor(args.rate, 5.0, args.latency_streams)
-            log(f"two-hop floor: {results['two_hop_floor']}")
-            results["latency"] = run_latency(args, emulator)
-            log(f"latency: {results['latency']}")
         if "memory" in phases:
             results["memory"] = run_memory(args, emulator)
     except KeyboardInterrupt:

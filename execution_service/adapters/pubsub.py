@@ -152,20 +152,30 @@ class TopicPublisher:
                 self._worker.start()
 
     def _work(self) -> None:
+        carried = None  # a job that did not fit into the last request
         while True:
-            try:
-                jobs = [self._jobs.get(timeout=self.IDLE_SECONDS)]
-            except queue.Empty:
-                with self._worker_lock:
-                    if self._jobs.empty():
-                        self._worker = None
-                        return
-                continue
-            while sum(len(messages) for messages, _ in jobs) < MAX_MESSAGES_PER_REQUEST:
+            if carried is not None:
+                jobs, carried = [carried], None
+            else:
                 try:
-                    jobs.append(self._jobs.get_nowait())
+                    jobs = [self._jobs.get(timeout=self.IDLE_SECONDS)]
+                except queue.Empty:
+                    with self._worker_lock:
+                        if self._jobs.empty():
+                            self._worker = None
+                            return
+                    continue
+            count = len(jobs[0][0])
+            while count < MAX_MESSAGES_PER_REQUEST:
+                try:
+                    job = self._jobs.get_nowait()
                 except queue.Empty:
                     break
+                if count + len(job[0]) > MAX_MESSAGES_PER_REQUEST:
+                    carried = job
+                    break
+                jobs.append(job)
+                count += len(job[0])
             self._publish(jobs)
 
     def _publish(self, jobs: list) -> None:

@@ -66,19 +66,31 @@ async def test_given_a_message_the_client_cannot_build_then_only_it_is_refused()
     assert requests.requests == [[b"a"]]
 
 
+async def queued_together(publisher: TopicPublisher, batches: list[list]) -> list:
+    """Queue every batch before the worker starts, then let it run."""
+    loop = asyncio.get_running_loop()
+    answers = [loop.create_future() for _ in batches]
+    for batch, answer in zip(batches, answers, strict=True):
+        publisher._jobs.put((batch, lambda o, a=answer: loop.call_soon_threadsafe(a.set_result, o)))
+    publisher._ensure_worker()
+    return await asyncio.wait_for(asyncio.gather(*answers), 5)
+
+
 async def test_given_batches_queued_together_then_they_share_one_request():
     requests = FakePublishRequests()
-    publisher = publisher_with(requests)
-    loop = asyncio.get_running_loop()
-    answers = [loop.create_future() for _ in range(3)]
-    with publisher._worker_lock:  # hold the worker back until all three are queued
-        for n, answer in enumerate(answers):
-            publisher._jobs.put(([(bytes([97 + n]), {})],
-                                 lambda o, a=answer: loop.call_soon_threadsafe(a.set_result, o)))
-        publisher._worker = threading.Thread(target=publisher._work, daemon=True)
-    publisher._worker.start()
-    assert await asyncio.wait_for(asyncio.gather(*answers), 5) == [[None]] * 3
+    outcomes = await queued_together(publisher_with(requests),
+                                     [[(b"a", {})], [(b"b", {})], [(b"c", {})]])
+    assert outcomes == [[None]] * 3
     assert requests.requests == [[b"a", b"b", b"c"]]
+
+
+async def test_given_more_than_pub_subs_limit_queued_then_requests_stay_within_it():
+    requests = FakePublishRequests()
+    batches = [[(f"{n}-{i}".encode(), {}) for i in range(400)] for n in range(3)]
+    outcomes = await queued_together(publisher_with(requests), batches)
+    assert all(o is None for batch in outcomes for o in batch)
+    assert [len(r) for r in requests.requests] == [800, 400]  # at most 1,000 per request
+    assert [d for r in requests.requests for d in r] == [d for b in batches for d, _ in b]
 
 
 async def test_given_requests_then_they_are_made_off_the_event_loop_thread():
