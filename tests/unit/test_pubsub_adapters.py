@@ -169,4 +169,5 @@ async def test_given_messages_keep_arriving_then_other_work_runs_between_batches
     await asyncio.wait_for(other_work(), 10)
     feeding.join()
     assert handled == list(range(300))
-    assert len({n for n in other_work_at if 0 < n < 300}) >= 5  # ran while messages flowed
+    # it ran between batches while messages flowed (handling all at once gives none)
+    assert len({n for n in other_work_at if 0 < n < 300}) >= 2
