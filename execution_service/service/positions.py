@@ -22,7 +22,7 @@ from execution_service.domain.positions import Position, PositionChange, apply_f
 
 logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 20
-POSITIONS_CACHED = 1000
+POSITIONS_CACHED = 256  # each holds up to FILL_KEYS_KEPT keys: ~20 KB
 
 
 def position_key(record: dict) -> dict:
