@@ -583,13 +583,7 @@ def run_pipeline(store: str, n: int, args, emulator) -> dict:
         result["daemon_log_tail"] = warnings
         return result
     finally:
-        if profiler:
-            profiler.stop()
-        listener.close()
-        daemon.stop()
-        subscriber.close()
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+        _tear_down(args, workdir, listener, daemon, subscriber, profiler)
 
 
 def _timed_hops(publisher, topic: str, subscriber, subscription: str, rate: float,
@@ -626,8 +620,7 @@ def _timed_hops(publisher, topic: str, subscriber, subscription: str, rate: floa
             time.sleep(0.05)
         values = [v * 1000 for v in latencies.values()]
         return {"messages": total, "received": len(values),
-                "p50_ms": _r(percentile(values, 50)), "p95_ms": _r(percentile(values, 95)),
-                "p99_ms": _r(percentile(values, 99)), "streams": streams}
+                **_percentiles(values), "streams": streams}
     finally:
         close_streams(futures)
 
@@ -670,6 +663,21 @@ def run_two_hop_floor(rate: float, seconds: float, streams: int = 1) -> dict:
         subscriber.close()
 
 
+def _tear_down(args, workdir: Path, listener, daemon, subscriber, profiler=None) -> None:
+    """Stop what a phase started (only that) and remove its temp dir unless --keep."""
+    if profiler:
+        profiler.stop()
+    listener.close()
+    daemon.stop()
+    subscriber.close()
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _percentiles(values: list[float], prefix: str = "") -> dict:
+    return {f"{prefix}p{pct}_ms": _r(percentile(values, pct)) for pct in (50, 95, 99)}
+
+
 def _r(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -702,9 +710,7 @@ def _internal_latency(daemon: Daemon, ids: list[str], before: dict | None = None
         by_stage[stage] = [_r(percentile(times, 50)), _r(percentile(times, 99))]
     return {"loop_stalls": _stall_diff(before, snapshot), "daemon_internal_n": len(values),
             "daemon_stages_p50_p99_ms": by_stage,
-            "daemon_internal_p50_ms": _r(percentile(values, 50)),
-            "daemon_internal_p95_ms": _r(percentile(values, 95)),
-            "daemon_internal_p99_ms": _r(percentile(values, 99))}
+            **_percentiles(values, "daemon_internal_")}
 
 
 def run_latency(args, emulator) -> dict:
@@ -760,20 +766,13 @@ def run_latency(args, emulator) -> dict:
             "filled": len(values), "complete": complete,
             "achieved_send_rate": round(total / send_window, 1) if send_window else None,
             "max_send_lag_ms": round(behind * 1000, 1),
-            "p50_ms": _r(percentile(values, 50)), "p95_ms": _r(percentile(values, 95)),
-            "p99_ms": _r(percentile(values, 99)), "max_ms": _r(max(values, default=None)),
+            **_percentiles(values), "max_ms": _r(max(values, default=None)),
             "submitted_p50_ms": _r(percentile(submitted, 50)),
             "submitted_p99_ms": _r(percentile(submitted, 99)), **cpu,
             **_split_ms(ids, sent_wall, listener), "store": args.latency_store, **internal,
         }
     finally:
-        if profiler:
-            profiler.stop()
-        listener.close()
-        daemon.stop()
-        subscriber.close()
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+        _tear_down(args, workdir, listener, daemon, subscriber, profiler)
 
 
 def run_memory(args, emulator) -> dict:
@@ -836,11 +835,7 @@ def run_memory(args, emulator) -> dict:
                                            and s in listener.terminal_status)),
                 "rss_growth_mb": _r(growth), "growth_between": [first, last]}
     finally:
-        listener.close()
-        daemon.stop()
-        subscriber.close()
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+        _tear_down(args, workdir, listener, daemon, subscriber)
 
 
 # --------------------------------------------------------------------------------------------
