@@ -85,9 +85,17 @@ class Broker(ABC):
     #: factory so the service can alert. Adapters call `_connection_changed`.
     connection_listener: ConnectionListener | None = None
 
+    #: Called (no arguments) when the venue refuses our session credentials (Kite's
+    #: TokenException): the service halts this broker's accounts until a new session.
+    session_listener: Callable[[], None] | None = None
+
     def _connection_changed(self, connected: bool, detail: str) -> None:
         if self.connection_listener is not None:
             self.connection_listener(connected, detail)
+
+    def _session_expired(self) -> None:
+        if self.session_listener is not None:
+            self.session_listener()
 
     @property
     @abstractmethod

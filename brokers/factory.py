@@ -22,7 +22,8 @@ def _build_mock(settings: Settings, database) -> Broker:
 
 def _build_zerodha(settings: Settings, database) -> Broker:
     if not (settings.KITE_API_KEY and settings.KITE_ACCESS_TOKEN):
-        raise FatalConfigError("ZERODHA accounts need KITE_API_KEY and KITE_ACCESS_TOKEN")
+        raise FatalConfigError("ZERODHA accounts need KITE_API_KEY and a session: run "
+                               "`execution-service kite login` (or set KITE_ACCESS_TOKEN)")
     from brokers.zerodha import ZerodhaBroker
 
     return ZerodhaBroker(settings.KITE_API_KEY, settings.KITE_ACCESS_TOKEN,
@@ -47,8 +48,10 @@ class BrokerFactory:
     """Builds one broker per name on first use and hands out the same one afterwards."""
 
     def __init__(self, settings: Settings, database, listener: ConnectionListener | None = None,
-                 builders: dict[str, BrokerBuilder] | None = None):
+                 builders: dict[str, BrokerBuilder] | None = None,
+                 session_listener: Callable[[str], None] | None = None):
         self._settings = settings
+        self._session_listener = session_listener
         self._database = database
         self._listener = listener
         self._builders = BUILDERS if builders is None else builders
@@ -72,8 +75,14 @@ class BrokerFactory:
                 None if self._listener is None
                 else (lambda connected, detail, n=name: self._listener(connected, f"{n}: {detail}"))
             )
+            if self._session_listener is not None:
+                broker.session_listener = lambda n=name: self._session_listener(n)
             self._brokers[name] = broker
         return self._brokers[name]
+
+    def update_settings(self, **fields) -> None:
+        """Brokers built from now on see these values (a renewed session token)."""
+        self._settings = self._settings.model_copy(update=fields)
 
     @property
     def brokers(self) -> dict[str, Broker]:

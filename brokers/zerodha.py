@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "https://api.kite.trade"
 DEFAULT_REQUEST_TIMEOUT = 5.0
-SESSION_EXPIRED = "Kite session expired: renew KITE_ACCESS_TOKEN"
+SESSION_EXPIRED = "Kite session expired: run `execution-service kite login`"
 _REMEMBERED_TAGS = 20_000  # tag -> signal id pairs kept to label orders read back
 
 # What a call was doing decides what a failure means (see `translate_error`).
@@ -113,6 +113,10 @@ class ZerodhaBroker(Broker):
         """Check the session with one cheap call (`GET /user/profile`)."""
         await self._call(READ, "session check", self._kite.profile)
         logger.info("Connected to Kite at %s", self._root)
+
+    def set_access_token(self, access_token: str) -> None:
+        """Use a renewed session from the next request on (requests read it per call)."""
+        self._kite.set_access_token(access_token)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._kite.reqsession.close)
@@ -213,7 +217,8 @@ class ZerodhaBroker(Broker):
 
     def _note_failure(self, cause: Exception, error: ExecutionError, what: str) -> None:
         if isinstance(cause, kite_errors.TokenException):
-            self._set_connected(False, SESSION_EXPIRED)
+            self._connected = None  # not a connection loss: the session halt alerts, once
+            self._session_expired()
         elif isinstance(cause, requests.ConnectionError) and not isinstance(
                 error, PlacementUncertain):
             self._set_connected(False, f"Kite unreachable ({type(cause).__name__})")
@@ -259,7 +264,7 @@ def _translate_kite(error: kite_errors.KiteException, operation: str) -> Executi
     code = getattr(error, "code", 500)
     if isinstance(error, kite_errors.TokenException):
         if operation == PLACE:
-            return OrderRejected(f"not sent: {SESSION_EXPIRED} ({message})", alert=SESSION_EXPIRED)
+            return OrderRejected(f"not sent: {SESSION_EXPIRED} ({message})")
         return TransientBrokerError(f"{SESSION_EXPIRED} ({message})")
     if code == 429:
         return TransientBrokerError(f"Kite rate limit ({message})")

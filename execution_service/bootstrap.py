@@ -20,6 +20,7 @@ from execution_service.domain.accounts import parse_symbols
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.risk import limits_from_row
 from execution_service.errors import FatalConfigError
+from execution_service.service.broker_sessions import SessionKeeper, with_stored_session
 from execution_service.service.journal import Counters, OrderJournal
 from execution_service.service.leases import LeaseKeeper, make_owner
 from execution_service.service.outbox import ConfirmationOutbox
@@ -51,6 +52,7 @@ class App:
     notifier: object
     counters: Counters
     clock: Callable[[], datetime]
+    sessions: SessionKeeper
 
     def close(self) -> None:
         self.handle.close()
@@ -78,8 +80,11 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
     metrics = Metrics()
     notifier = notifier or NullNotifier()
     counters = Counters()
-    brokers = BrokerFactory(settings, handle.database, _connection_alerts(notifier),
-                            builders=broker_builders)
+    sessions = SessionKeeper(store, notifier, clock)
+    brokers = BrokerFactory(with_stored_session(settings, store), handle.database,
+                            _connection_alerts(notifier), builders=broker_builders,
+                            session_listener=sessions.expired)
+    sessions.attach(brokers)
     outbox = ConfirmationOutbox(store, publisher)
     owner = make_owner(clock())
     journal = OrderJournal(store, PositionBook(store), outbox, notifier, counters, clock,
@@ -94,7 +99,7 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
     processor = SignalProcessor(store, journal, tracker, brokers, clock, owner, leases.lease_until,
                                 risk)
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
-               metrics, notifier, counters, clock)
+               metrics, notifier, counters, clock, sessions)
 
 
 def _connection_alerts(notifier):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -11,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from execution_service.errors import FatalConfigError
 
 KNOWN_BROKERS = ("MOCK", "IBKR", "ZERODHA")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Settings(BaseSettings):
@@ -35,7 +37,8 @@ class Settings(BaseSettings):
     IBKR_CLIENT_ID: int = 1
     IBKR_CONNECT_TIMEOUT_SECONDS: float = Field(default=4.0, gt=0)
     KITE_API_KEY: str | None = None
-    KITE_ACCESS_TOKEN: str | None = None
+    KITE_ACCESS_TOKEN: str | None = Field(default=None, repr=False)
+    KITE_API_SECRET: str | None = Field(default=None, repr=False)
     KITE_API_URL: str = "https://api.kite.trade"
     KITE_ORDERS_PER_SECOND: float = Field(default=10.0, gt=0)
 
@@ -49,6 +52,8 @@ class Settings(BaseSettings):
     TELEGRAM_BOT_TOKEN: str | None = Field(default=None, repr=False)
     TELEGRAM_CHAT_ID: str | None = None
     TELEGRAM_API_URL: str = "https://api.telegram.org"
+    TELEGRAM_COMMANDS: bool = False
+    TELEGRAM_ADMIN_CHAT_IDS: str = ""
 
     LOG_DIR: Path = Path("logs")
     LOG_LEVEL: str = "INFO"
@@ -69,7 +74,8 @@ class Settings(BaseSettings):
 
     @field_validator("PUBSUB_EMULATOR_HOST", "MONGODB_URI", "ACCOUNTS_FILE", "MOCK_SEED",
                      "TELEGRAM_BOT_TOKEN", "TELEGRAM_CHAT_ID", "KITE_API_KEY",
-                     "KITE_ACCESS_TOKEN", "METRICS_PORT", "PRICE_COLLAR_PCT", mode="before")
+                     "KITE_ACCESS_TOKEN", "KITE_API_SECRET", "METRICS_PORT",
+                     "PRICE_COLLAR_PCT", mode="before")
     @classmethod
     def _blank_is_unset(cls, value):
         return None if isinstance(value, str) and not value.strip() else value
@@ -81,6 +87,27 @@ class Settings(BaseSettings):
                                                        "mongomock://", "embedded://")):
             raise ValueError("must start with mongodb://, mongodb+srv://, mongomock:// or "
                              "embedded://PATH")
+        if value is not None and value.startswith("embedded://") and \
+                not value.removeprefix("embedded://").strip():
+            raise ValueError("embedded:// needs a directory after it (embedded://PATH)")
+        if value is not None and value.startswith("mongodb"):
+            _check_mongodb_uri(value)
+        return value
+
+    @field_validator("LOG_LEVEL")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("TELEGRAM_ADMIN_CHAT_IDS")
+    @classmethod
+    def _chat_id_list(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip() and not part.strip().lstrip("-").isdigit():
+                raise ValueError(f"must be numeric chat ids separated by commas, not {part!r}")
         return value
 
     @model_validator(mode="after")
@@ -90,7 +117,15 @@ class Settings(BaseSettings):
                        if not getattr(self, name)]
             if missing:
                 raise ValueError(f"TELEGRAM_ENABLED=true needs {' and '.join(missing)}")
+        if self.TELEGRAM_COMMANDS and not (self.TELEGRAM_ENABLED and self.admin_chat_ids):
+            raise ValueError("TELEGRAM_COMMANDS=true needs TELEGRAM_ENABLED=true and "
+                             "TELEGRAM_ADMIN_CHAT_IDS")
         return self
+
+    @property
+    def admin_chat_ids(self) -> tuple[int, ...]:
+        return tuple(int(part) for part in self.TELEGRAM_ADMIN_CHAT_IDS.split(",")
+                     if part.strip())
 
     @property
     def starts_local_emulator(self) -> bool:
@@ -118,9 +153,25 @@ def load_settings(overrides: dict | None = None, environ: dict | None = None) ->
         first = e.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "settings"
         value = first.get("input")
-        shown = "" if "TOKEN" in where or isinstance(value, dict) else f" (got {value!r})"
+        secret = "TOKEN" in where or "SECRET" in where
+        if isinstance(value, str) and "://" in value:
+            value = re.sub(r"//[^/]*@", "//***@", value)  # never echo a password
+        shown = "" if secret or isinstance(value, dict) else f" (got {value!r})"
         message = first["msg"].removeprefix("Value error, ")
         raise FatalConfigError(f"configuration: {where}: {message}{shown}") from None
+
+
+def _check_mongodb_uri(uri: str) -> None:
+    """Parse without connecting (mongodb+srv:// needs DNS, so only its shape is checked)."""
+    from pymongo.errors import ConfigurationError, InvalidURI
+    from pymongo.uri_parser import parse_uri
+
+    if uri.startswith("mongodb+srv://"):
+        return
+    try:
+        parse_uri(uri)
+    except (InvalidURI, ConfigurationError, ValueError) as e:
+        raise ValueError(f"malformed: {e}") from None
 
 
 def _only_known(env: dict) -> dict:

@@ -34,6 +34,7 @@ POSITIONS = "positions"
 ACCOUNTS = "accounts"
 SERVICE_STATUS = "service_status"
 MOCK_LEDGER = "mock_broker_orders"
+BROKER_SESSIONS = "broker_sessions"
 FILL_KEYS_KEPT = 200
 NON_TERMINAL = [str(status) for status in ("PENDING", "SUBMITTED", "PARTIALLY_FILLED")]
 
@@ -289,6 +290,17 @@ class Store:
     @translating
     def read_statuses(self) -> list[dict]:
         return list(self.service_status.find().sort("last_heartbeat", -1))
+
+    # broker sessions (one document per broker; the token is never logged) -------------------
+
+    @translating
+    def save_broker_session(self, broker: str, fields: dict) -> None:
+        self.db[BROKER_SESSIONS].replace_one({"_id": broker}, {"_id": broker, **fields},
+                                             upsert=True)
+
+    @translating
+    def get_broker_session(self, broker: str) -> dict | None:
+        return self.db[BROKER_SESSIONS].find_one({"_id": broker})
 
     @translating
     def ping(self) -> None:

@@ -46,12 +46,13 @@ class ExecutionDaemon:
         leases = asyncio.create_task(self.app.leases.run(stop), name="leases")
         halts = asyncio.create_task(watch_halts(self.app.risk, stop, self._on_halt_change),
                                     name="halts")
+        sessions = asyncio.create_task(self.app.sessions.run(stop), name="broker-sessions")
         logger.info("Execution service started: consuming %s", self._describe.get("subscription"))
         app.notifier.notify(ServiceAlert(AlertKind.SERVICE_STARTED,
                                          f"Execution service started on {self.status_id}",
                                          key="started"))
         await stop.wait()
-        await self._shutdown(heartbeat, leases, halts)
+        await self._shutdown(heartbeat, leases, halts, sessions)
 
     async def _recover(self) -> tuple[int, int]:
         """Unpublished confirmations and open orders from earlier runs; waits for the store."""

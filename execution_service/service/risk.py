@@ -39,29 +39,46 @@ GLOBAL_HALT = "global"
 RATE_WINDOW = timedelta(seconds=60)
 
 
-def halt_id(account_id: str | None) -> str:
+def halt_id(account_id: str | None, broker: str | None = None) -> str:
+    if broker is not None:
+        return f"broker:{broker}"
     return GLOBAL_HALT if account_id is None else f"account:{account_id}"
+
+
+def halt_scope(halt: dict) -> str:
+    if halt.get("broker"):
+        return f"{halt['broker']} accounts"
+    return "all accounts" if halt.get("account_id") is None else f"account {halt['account_id']}"
 
 
 # halt storage (CLI and daemon) ------------------------------------------------------------------
 
 @translating
 def set_halt(db, reason: str, account_id: str | None = None, cancel_open: bool = False, *,
-             at: datetime) -> dict:
-    """Halt all trading (account_id None) or one account's; replaces an earlier halt there."""
+             at: datetime, by: str | None = None, broker: str | None = None) -> dict:
+    """Halt all trading (account_id None), one account's, or every account of one broker;
+    replaces an earlier halt there. `by` records who asked."""
     reason = (reason or "").strip()
     if not reason:
         raise ValueError("a halt needs a reason")
-    doc = {"_id": halt_id(account_id), "account_id": account_id, "reason": reason,
-           "cancel_open": bool(cancel_open), "halted_at": at}
+    doc = {"_id": halt_id(account_id, broker), "account_id": account_id, "reason": reason,
+           "cancel_open": bool(cancel_open), "halted_at": at, "by": by}
+    if broker is not None:
+        doc["broker"] = broker
     db[HALTS].replace_one({"_id": doc["_id"]}, doc, upsert=True)
     return doc
 
 
 @translating
-def clear_halt(db, account_id: str | None = None) -> dict | None:
-    """Lift the global halt (or one account's); the halt that was lifted, None if none was."""
-    return db[HALTS].find_one_and_delete({"_id": halt_id(account_id)})
+def clear_halt(db, account_id: str | None = None, broker: str | None = None) -> dict | None:
+    """Lift the global halt (or one account's, or one broker's); the halt that was lifted,
+    None if none was."""
+    return db[HALTS].find_one_and_delete({"_id": halt_id(account_id, broker)})
+
+
+@translating
+def get_halt(db, account_id: str | None = None, broker: str | None = None) -> dict | None:
+    return db[HALTS].find_one({"_id": halt_id(account_id, broker)})
 
 
 @translating
@@ -102,7 +119,8 @@ class RiskGate:
 
     def check(self, signal: Signal, account: dict) -> RiskBreach | None:
         """The first failing control, or None. Raises StoreUnavailable (caller nacks)."""
-        halt = self._applicable(self._current_halts(), signal.account_id)
+        halt = self._applicable(self._current_halts(), signal.account_id,
+                                str(account.get("broker") or "").upper() or None)
         exposure, recent = FLAT, 0
         if halt is None and account.get(MAX_POSITION_NOTIONAL) is not None:
             exposure = net_exposure(self._open_positions(signal.account_id, signal.symbol))
@@ -116,18 +134,20 @@ class RiskGate:
                         breach.reason)
         return breach
 
-    def halt_for(self, account_id: str) -> dict | None:
+    def halt_for(self, account_id: str, broker: str | None = None) -> dict | None:
         """The active halt covering this account (global first), for the tracker: never raises;
         with the store down it answers from the halts last read."""
         try:
             halts = self._current_halts()
         except StoreUnavailable:
             halts = self._halts
-        return self._applicable(halts, account_id)
+        return self._applicable(halts, account_id, broker)
 
     @staticmethod
-    def _applicable(halts: dict[str, dict], account_id: str) -> dict | None:
-        return halts.get(GLOBAL_HALT) or halts.get(halt_id(account_id))
+    def _applicable(halts: dict[str, dict], account_id: str, broker: str | None = None
+                    ) -> dict | None:
+        return halts.get(GLOBAL_HALT) or halts.get(halt_id(account_id)) or (
+            halts.get(halt_id(None, broker)) if broker else None)
 
     def stats(self) -> dict:
         """For the heartbeat: active halts (as last read) and rejections counted by control."""
@@ -136,7 +156,8 @@ class RiskGate:
         except StoreUnavailable:
             halts = self._halts
         return {"halted": {key: {name: doc.get(name) for name in
-                                 ("account_id", "reason", "cancel_open", "halted_at")}
+                                 ("account_id", "broker", "reason", "cancel_open",
+                                  "halted_at", "by")}
                            for key, doc in halts.items()},
                 "rejections_by_control": dict(self._rejections)}
 
@@ -181,9 +202,7 @@ class RiskGate:
 # the daemon's side: alerts and a watcher that acts on new halts -----------------------------------
 
 def halt_alert(halt: dict) -> ServiceAlert:
-    scope = "all accounts" if halt.get("account_id") is None else \
-        f"account {halt['account_id']}"
-    text = f"Trading halted for {scope}: {halt.get('reason')}"
+    text = f"Trading halted for {halt_scope(halt)}: {halt.get('reason')}"
     if halt.get("cancel_open"):
         text += " (cancelling open orders)"
     return ServiceAlert(AlertKind.OPERATOR, text,
@@ -191,9 +210,7 @@ def halt_alert(halt: dict) -> ServiceAlert:
 
 
 def resume_alert(halt: dict) -> ServiceAlert:
-    scope = "all accounts" if halt.get("account_id") is None else \
-        f"account {halt['account_id']}"
-    return ServiceAlert(AlertKind.OPERATOR, f"Trading resumed for {scope}",
+    return ServiceAlert(AlertKind.OPERATOR, f"Trading resumed for {halt_scope(halt)}",
                         key=f"resume:{halt['_id']}:{iso(halt.get('halted_at'))}")
 
 

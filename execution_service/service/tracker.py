@@ -53,13 +53,13 @@ def request_from_record(doc: dict) -> OrderRequest:
 class OrderTracker:
     def __init__(self, journal, brokers, notifier, policy: TrackingPolicy,
                  clock: Callable[[], datetime],
-                 halts: Callable[[str], dict | None] | None = None, metrics=None):
+                 halts: Callable[..., dict | None] | None = None, metrics=None):
         self._journal = journal
         self._brokers = brokers  # BrokerFactory
         self._notifier = notifier
         self._policy = policy
         self._clock = clock
-        self._halts = halts or (lambda _account_id: None)
+        self._halts = halts or (lambda _account_id, _broker=None: None)
         self._metrics = metrics
         self._tasks: dict[str, asyncio.Task] = {}
 
@@ -139,7 +139,7 @@ class OrderTracker:
                     request.symbol, request.order_type, request.signal_id)
         last_error: Exception | None = None
         for attempt in range(1, self._policy.max_attempts + 1):
-            halt = self._halts(doc["account_id"])
+            halt = self._halts(doc["account_id"], doc.get("broker"))
             if halt is not None:  # nothing can have reached the broker yet
                 return self._reject(doc, halt_reason(halt))
             try:
@@ -271,7 +271,7 @@ class OrderTracker:
     def _cancel_reason(self, doc: dict, timed_out: bool) -> str | None:
         """Why this working order must be cancelled now, if it must: a halt that cancels open
         orders, or the timeout."""
-        halt = self._halts(doc["account_id"])
+        halt = self._halts(doc["account_id"], doc.get("broker"))
         if halt is not None and halt.get("cancel_open"):
             return halt_reason(halt)
         if timed_out:

@@ -14,6 +14,7 @@ hooks to move an order through Kite's statuses and trades.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import threading
@@ -25,6 +26,7 @@ from urllib.parse import parse_qs, urlparse
 
 API_KEY = "fake_api_key"
 ACCESS_TOKEN = "fake_access_token_s3cr3t"
+API_SECRET = "fake_api_secret_s3cr3t"
 IST = timezone(timedelta(hours=5, minutes=30))
 NOT_FOUND = "Couldn't find that `order_id`."
 HTTP_STATUS = {"InputException": 400, "OrderException": 400, "PermissionException": 403,
@@ -71,9 +73,13 @@ class FakeOrder:
 
 
 class FakeKite:
-    def __init__(self, api_key: str = API_KEY, access_token: str = ACCESS_TOKEN):
+    def __init__(self, api_key: str = API_KEY, access_token: str = ACCESS_TOKEN,
+                 api_secret: str = API_SECRET):
         self.api_key = api_key
         self.access_token = access_token
+        self.api_secret = api_secret
+        self.request_tokens: set[str] = set()  # issued by a "login", each usable once
+        self.sessions_issued: list[str] = []  # access tokens made by /session/token
         self.placements: list[Placement] = []
         self.requests: list[tuple[str, str]] = []  # (method, path) in arrival order
         self.header_problems: list[str] = []
@@ -140,6 +146,29 @@ class FakeKite:
         """The next placement creates the order, then the connection closes unanswered."""
         with self._lock:
             self._drops += 1
+
+    def issue_request_token(self) -> str:
+        """What Kite's redirect carries after a login: single-use."""
+        token = f"req_{next(self._ids)}"
+        with self._lock:
+            self.request_tokens.add(token)
+        return token
+
+    def create_session(self, form: dict[str, str]) -> dict:
+        """POST /session/token: checksum = sha256(api_key + request_token + api_secret)."""
+        request_token = form.get("request_token", "")
+        expected = hashlib.sha256(
+            (self.api_key + request_token + self.api_secret).encode()).hexdigest()
+        with self._lock:
+            if form.get("api_key") != self.api_key or form.get("checksum") != expected \
+                    or request_token not in self.request_tokens:
+                raise KiteError("TokenException", "Token is invalid or has expired.")
+            self.request_tokens.discard(request_token)
+            self.access_token = f"access_{next(self._ids)}"
+            self.sessions_issued.append(self.access_token)
+        return {"user_id": "AB1234", "user_name": "Fake Trader", "api_key": self.api_key,
+                "access_token": self.access_token, "public_token": "pub",
+                "login_time": datetime.now(IST).strftime("%Y-%m-%d %H:%M:%S")}
 
     def expire_session(self) -> None:
         """From now on every request answers TokenException (403)."""
@@ -361,8 +390,11 @@ class _Handler(BaseHTTPRequestHandler):
         parts = path.strip("/").split("/")
         self.fake.requests.append((method, path))
         try:
-            self.fake.check_headers(self.headers)
-            data = self._route(method, parts)
+            if (method, parts) == ("POST", ["session", "token"]):  # no session yet: no header
+                data = self.fake.create_session(self._form())
+            else:
+                self.fake.check_headers(self.headers)
+                data = self._route(method, parts)
         except KiteError as e:
             self._send(e.status, {"status": "error", "message": e.message,
                                   "data": None, "error_type": e.error_type})
