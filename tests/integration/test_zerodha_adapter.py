@@ -569,7 +569,8 @@ def test_zerodha_factory_needs_kite_credentials():
     settings = load_settings(environ={})
 
     with pytest.raises(FatalConfigError,
-                       match="ZERODHA accounts need KITE_API_KEY and KITE_ACCESS_TOKEN"):
+                       match=r"ZERODHA accounts need KITE_API_KEY and a session: run "
+                             r"`execution-service kite login` \(or set KITE_ACCESS_TOKEN\)"):
         BUILDERS["ZERODHA"](settings, None)
 
 
