@@ -17,6 +17,7 @@ from execution_service.config import Settings, load_settings
 from execution_service.domain.accounts import parse_symbols
 from execution_service.domain.records import iso
 from execution_service.errors import ExecutionError, FatalConfigError
+from execution_service.views import NO_POSITIONS, order_line, position_line
 
 
 def _settings(**overrides) -> Settings:
@@ -61,7 +62,7 @@ def run(use_mock_broker: bool) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def status(as_json: bool) -> None:
     """Heartbeat, uptime, counters and store statistics. Exit 0 only when running."""
     from execution_service.status import read_status, render_status
@@ -139,7 +140,7 @@ def setup_pubsub_command() -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print full records as JSON.")
 @click.option("--limit", default=20, show_default=True, help="How many, newest first (0: all).")
 def orders(as_json: bool, limit: int) -> None:
     """Execution records, newest first."""
@@ -147,15 +148,14 @@ def orders(as_json: bool, limit: int) -> None:
     if as_json:
         _print_json(records)
         return
+    if not records:
+        click.echo("no orders yet")
     for doc in records:
-        click.echo(f"{iso(doc.get('received_at'))}  {doc['signal_id']:<32} {doc['status']:<16} "
-                   f"{doc.get('side') or '':<4} {_num(doc.get('filled_quantity'))}/"
-                   f"{_num(doc.get('quantity'))} {doc.get('symbol') or ''} "
-                   f"@ {_num(doc.get('avg_fill_price'))}  {doc.get('reject_reason') or ''}")
+        click.echo(order_line(doc))
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the positions as JSON.")
 @click.option("--all", "show_all", is_flag=True, help="Closed positions too.")
 def positions(as_json: bool, show_all: bool) -> None:
     """Open positions (with --all, closed ones too)."""
@@ -164,14 +164,10 @@ def positions(as_json: bool, show_all: bool) -> None:
     if as_json:
         _print_json(rows)
         return
+    if not rows:
+        click.echo(NO_POSITIONS if not show_all else "no positions")
     for row in rows:
-        click.echo(f"{row['account_id']:<16} {row['strategy_name']:<24} {row['symbol']:<10} "
-                   f"{row['side']:<5} {_num(row['quantity'])} @ {_num(row['avg_entry_price'])} "
-                   f"pnl {row['realized_pnl']:.2f} {row['status']}")
-
-
-def _num(value) -> str:
-    return "-" if value is None else f"{value:g}"
+        click.echo(position_line(row))
 
 
 def _with_store(read):
@@ -190,11 +186,12 @@ def accounts() -> None:
 @accounts.command("add")
 @click.argument("account_id")
 @click.option("--broker", required=True, type=click.Choice(["MOCK", "IBKR", "ZERODHA"],
-                                                           case_sensitive=False))
+                                                           case_sensitive=False),
+              help="Which broker places this account's orders.")
 @click.option("--symbols", help="Allowed symbols, comma-separated (default: any).")
 @click.option("--name", "display_name", help="Display name shown to traders.")
 @click.option("--broker-account", help="The venue's account code (e.g. the IB account).")
-@click.option("--disabled", is_flag=True)
+@click.option("--disabled", is_flag=True, help="Register it disabled.")
 @add_limit_options
 def accounts_add(account_id, broker, symbols, display_name, broker_account, disabled,
                  **limits) -> None:
@@ -214,8 +211,9 @@ def accounts_add(account_id, broker, symbols, display_name, broker_account, disa
 
 
 @accounts.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the accounts as JSON.")
 def accounts_list(as_json: bool) -> None:
+    """Registered accounts, with broker, state and allowed symbols."""
     rows = _with_store(lambda store: store.list_accounts())
     if as_json:
         _print_json(rows)
@@ -239,12 +237,14 @@ def _set_enabled(account_id: str, enabled: bool) -> None:
 @accounts.command("enable")
 @click.argument("account_id")
 def accounts_enable(account_id: str) -> None:
+    """Accept orders for this account again."""
     _set_enabled(account_id, True)
 
 
 @accounts.command("disable")
 @click.argument("account_id")
 def accounts_disable(account_id: str) -> None:
+    """Reject orders for this account (recorded as rejections)."""
     _set_enabled(account_id, False)
 
 

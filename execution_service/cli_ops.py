@@ -14,7 +14,7 @@ from execution_service.journey import render_journey, signal_journey
 
 @click.command("show")
 @click.argument("signal_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the journey as JSON.")
 def show(signal_id: str, as_json: bool) -> None:
     """One signal's journey: every event, confirmation and position it moved."""
     from execution_service.cli import _print_json, _with_store  # cli imports this module
@@ -23,7 +23,7 @@ def show(signal_id: str, as_json: bool) -> None:
     if journey is None:
         click.echo(f"error: no signal {signal_id!r} in the audit store (no execution record, "
                    f"no signal_store document)", err=True)
-        sys.exit(1)
+        sys.exit(2)
     if as_json:
         _print_json(journey)
     else:

@@ -34,6 +34,16 @@ def make_notifier(settings: Settings):
     return TelegramNotifier.from_settings(settings)
 
 
+def make_commands(settings: Settings, app):
+    """SPEC §13: the operators' commands over Telegram, when TELEGRAM_COMMANDS=true."""
+    if not settings.TELEGRAM_COMMANDS:
+        return None
+    from execution_service.adapters.telegram_commands import TelegramCommands
+    from execution_service.service.operator_desk import OperatorDesk
+
+    return TelegramCommands.from_settings(settings, OperatorDesk(app.store, settings, app.clock))
+
+
 def run_daemon(settings: Settings, say=print) -> int:
     """Run until SIGTERM/SIGINT. Returns the exit code."""
     listener = setup_logging(settings.LOG_DIR, settings.LOG_LEVEL)
@@ -88,7 +98,14 @@ async def _serve(settings: Settings, say, cleanup: ExitStack) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await daemon.run(stop)
+    commands = make_commands(settings, app)
+    if commands is not None:
+        await commands.start()
+    try:
+        await daemon.run(stop)
+    finally:
+        if commands is not None:
+            await commands.stop()
     subscriber.close()
     return 0
 
@@ -100,7 +117,9 @@ def _announce(say, settings: Settings, describe: dict, seeded: list[str]) -> Non
     say(f"Store:     {describe['store']} (database {settings.MONGODB_DATABASE})")
     say("Broker:    " + ("mock paper broker for every account (USE_MOCK_BROKER=true)"
                          if settings.USE_MOCK_BROKER else "per account registration"))
-    say(f"Telegram:  {'on' if settings.TELEGRAM_ENABLED else 'off'}")
+    say(f"Telegram:  {'on' if settings.TELEGRAM_ENABLED else 'off'}"
+        + (f", commands from chats {settings.TELEGRAM_ADMIN_CHAT_IDS}"
+           if settings.TELEGRAM_COMMANDS else ""))
     say(f"Logs:      {Path(settings.LOG_DIR).absolute()}")
     if "metrics" in describe:
         say(f"Metrics:   {describe['metrics']} (health: {describe['metrics'][:-8]}/healthz)")

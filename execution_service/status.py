@@ -6,7 +6,9 @@ from datetime import datetime
 
 from execution_service.config import Settings
 from execution_service.domain.records import as_utc, iso
-from execution_service.service.risk import active_halts
+from execution_service.service.risk import active_halts, halt_scope
+
+STILL_TRUE = ("host", "pid", "version", "started_at", "last_heartbeat", "stopped")
 
 
 def read_status(store, settings: Settings, now: datetime) -> dict:
@@ -44,6 +46,9 @@ def read_status(store, settings: Settings, now: datetime) -> dict:
     if not fresh:
         report["reason"] = ("stopped cleanly" if latest.get("stopped") else
                             f"heartbeat is stale ({age:.0f}s old)")
+        # what a stopped daemon last saw (connections, in-flight work) is not true any more
+        report["service"] = {key: latest.get(key) for key in STILL_TRUE if key in latest}
+        report["notifier"] = report["risk"] = None
     return report
 
 
@@ -67,7 +72,7 @@ def render_status(report: dict) -> str:
         f"Orders:    received {report['orders_received']}, filled {report['orders_filled']}, "
         f"rejected {report['orders_rejected']}, cancelled {report['orders_cancelled']}, "
         f"open {report['orders_open']}",
-        "Halts:     " + (", ".join(f"{h.get('account_id') or 'ALL'}: {h.get('reason')}"
+        "Halts:     " + (", ".join(f"{halt_scope(h)}: {h.get('reason')}"
                                    for h in report.get("halts", [])) or "none"),
         f"Store:     {report['store']['backend']}: {report['store']['records_by_status']}, "
         f"{report['store']['open_positions']} open positions",

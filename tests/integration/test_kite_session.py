@@ -4,8 +4,8 @@ restart; an expired session halts every Zerodha account once (SPEC §14, issue 1
 from __future__ import annotations
 
 import json
-import sys
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid

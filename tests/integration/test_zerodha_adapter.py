@@ -375,7 +375,7 @@ async def test_zerodha_get_order_errors_translate(fake, error_type, status, expe
 
 
 @pytest.mark.asyncio
-async def test_given_an_expired_kite_session_when_calling_then_rejected_and_the_session_listener_told(fake):
+async def test_given_an_expired_kite_session_then_rejected_and_the_session_listener_told(fake):
     events: list[tuple[bool, str]] = []
     broker = make_broker(fake)
     broker.connection_listener = lambda connected, detail: events.append((connected, detail))

@@ -1,0 +1,103 @@
+"""What an operator can ask from chat (SPEC §13), as plain-text answers.
+
+Transport-free: the Telegram adapter parses the command and the chat, calls one method with
+who asked (`by`, e.g. `telegram:<chat_id>:<username>`), and sends back the text. Halts record
+`by`; every answer fits one Telegram message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from execution_service.domain.telegram_text import truncate
+from execution_service.errors import ExecutionError
+from execution_service.journey import render_journey, signal_journey
+from execution_service.service.risk import active_halts, clear_halt, halt_scope, set_halt
+from execution_service.status import read_status, render_status
+from execution_service.views import NO_POSITIONS, order_line, position_line
+
+logger = logging.getLogger(__name__)
+DEFAULT_ORDERS = 10
+MAX_ORDERS = 50
+CANCEL_UNAVAILABLE = "cancel is not available in this version of the execution service"
+
+
+class OperatorDesk:
+    def __init__(self, store, settings, clock: Callable[[], datetime],
+                 cancel: Callable[[str, str], str] | None = None):
+        self._store = store
+        self._settings = settings
+        self._clock = clock
+        self._cancel = cancel
+
+    COMMANDS = ("status", "positions", "orders", "show", "halt", "resume", "cancel")
+
+    def answer(self, command: str, args: list[str], by: str) -> str:
+        """The reply to one command; a store outage is an answer too, never an exception."""
+        handler = {"status": self._status, "positions": self._positions,
+                   "orders": self._orders, "show": self._show, "halt": self._halt,
+                   "resume": self._resume, "cancel": self._cancel_order}.get(command)
+        if handler is None:
+            return f"unknown command /{command}"
+        try:
+            return truncate(handler(args, by))
+        except ExecutionError as e:
+            logger.warning("Telegram /%s from %s failed: %s", command, by, e)
+            return f"/{command} failed: {e}"
+
+    def _status(self, args: list[str], by: str) -> str:
+        return render_status(read_status(self._store, self._settings, self._clock()))
+
+    def _positions(self, args: list[str], by: str) -> str:
+        rows = self._store.list_positions("OPEN")
+        return "\n".join(position_line(row) for row in rows) or NO_POSITIONS
+
+    def _orders(self, args: list[str], by: str) -> str:
+        if len(args) > 1 or (args and not args[0].isdigit()):
+            return "usage: /orders [N]  (N a whole number, default 10)"
+        limit = min(int(args[0]) if args else DEFAULT_ORDERS, MAX_ORDERS) or DEFAULT_ORDERS
+        records = self._store.recent_records(limit)
+        return "\n".join(order_line(doc) for doc in records) or "no orders yet"
+
+    def _show(self, args: list[str], by: str) -> str:
+        if len(args) != 1:
+            return "usage: /show SIGNAL_ID"
+        journey = signal_journey(self._store, args[0])
+        if journey is None:
+            return f"no signal {args[0]!r} in the audit store"
+        return render_journey(journey)
+
+    def _halt(self, args: list[str], by: str) -> str:
+        """`/halt REASON` halts everything; `/halt ACCOUNT REASON` one registered account."""
+        account_id = None
+        if len(args) >= 2 and self._store.get_account(args[0]) is not None:
+            account_id, args = args[0], args[1:]
+        reason = " ".join(args).strip()
+        if not reason:
+            return "usage: /halt REASON  or  /halt ACCOUNT REASON"
+        doc = set_halt(self._store.db, reason, account_id, at=self._clock(), by=by)
+        logger.warning("Trading halted for %s by %s: %s", halt_scope(doc), by, reason)
+        return f"trading halted for {halt_scope(doc)}: {reason}"
+
+    def _resume(self, args: list[str], by: str) -> str:
+        if len(args) > 1:
+            return "usage: /resume [ACCOUNT]"
+        account_id = args[0] if args else None
+        lifted = clear_halt(self._store.db, account_id)
+        scope = "all accounts" if account_id is None else f"account {account_id}"
+        remaining = [halt_scope(doc) for doc in active_halts(self._store.db)]
+        tail = f" (still halted: {', '.join(remaining)})" if remaining else ""
+        if lifted is None:
+            return f"no halt was active for {scope}{tail}"
+        logger.info("Trading resumed for %s by %s", scope, by)
+        return f"trading resumed for {scope}{tail}"
+
+    def _cancel_order(self, args: list[str], by: str) -> str:
+        if len(args) != 1:
+            return "usage: /cancel SIGNAL_ID"
+        if self._cancel is None:
+            return CANCEL_UNAVAILABLE
+        return self._cancel(args[0], by)
+

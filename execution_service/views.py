@@ -1,0 +1,25 @@
+"""One-line texts of records and positions, shared by the CLI and the Telegram commands."""
+
+from __future__ import annotations
+
+from execution_service.domain.records import iso
+
+
+def num(value) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def order_line(doc: dict) -> str:
+    return (f"{iso(doc.get('received_at'))}  {doc['signal_id']:<32} {doc['status']:<16} "
+            f"{doc.get('side') or '':<4} {num(doc.get('filled_quantity'))}/"
+            f"{num(doc.get('quantity'))} {doc.get('symbol') or ''} "
+            f"@ {num(doc.get('avg_fill_price'))}  {doc.get('reject_reason') or ''}").rstrip()
+
+
+def position_line(row: dict) -> str:
+    return (f"{row['account_id']:<16} {row['strategy_name']:<24} {row['symbol']:<10} "
+            f"{row['side']:<5} {num(row['quantity'])} @ {num(row['avg_entry_price'])} "
+            f"pnl {row['realized_pnl']:.2f} {row['status']}")
+
+
+NO_POSITIONS = "no open positions"
