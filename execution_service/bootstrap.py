@@ -19,7 +19,7 @@ from execution_service.config import Settings
 from execution_service.domain.accounts import parse_symbols
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.risk import limits_from_row
-from execution_service.errors import FatalConfigError
+from execution_service.errors import FatalConfigError, StoreUnavailable
 from execution_service.service.broker_sessions import SessionKeeper, with_stored_session
 from execution_service.service.journal import Counters, OrderJournal
 from execution_service.service.leases import LeaseKeeper, make_owner
@@ -33,7 +33,6 @@ from execution_service.service.tracker import OrderTracker, TrackingPolicy
 logger = logging.getLogger(__name__)
 DEMO_ACCOUNT = {"_id": "acc_abc123", "broker": "MOCK", "enabled": True, "allowed_symbols": [],
                 "display_name": "Demo Paper Account"}
-EMULATOR_HOST_FILE = "pubsub-emulator.host"
 
 
 @dataclass
@@ -63,6 +62,31 @@ def open_app_store(settings: Settings) -> tuple[StoreHandle, Store]:
                         settings.embedded_store_path)
     store = Store(handle.database)
     return handle, store
+
+
+def check_store(settings: Settings) -> None:
+    """Before anything else starts: the store MONGODB_URI names answers (one short line if
+    not, naming the variable)."""
+    variable = "MONGODB_URI" if settings.MONGODB_URI else "DATA_DIR"
+    try:
+        handle, store = open_app_store(settings)
+    except Exception as e:  # noqa: BLE001 - any failure to open is the operator's to fix
+        where = settings.embedded_store_path
+        what = f"cannot use {where} for the embedded store" if where else "cannot open the store"
+        raise FatalConfigError(f"configuration: {variable}: {what} ({_short(e)})") from None
+    try:
+        store.ping()
+    except StoreUnavailable as e:
+        raise FatalConfigError(f"configuration: {variable}: cannot reach "
+                               f"{handle.description} ({_short(e.__cause__ or e)})") from None
+    finally:
+        handle.close()
+
+
+def _short(error: BaseException) -> str:
+    """The first clause of a driver error, not pymongo's topology dump."""
+    text = str(error).split(", Timeout:")[0].split(" (configured timeouts")[0]
+    return f"{type(error).__name__}: {text[:200]}"
 
 
 def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHandle | None = None,

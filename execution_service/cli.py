@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from execution_service.bootstrap import EMULATOR_HOST_FILE, account_document, open_app_store
+from execution_service.bootstrap import account_document, open_app_store
 from execution_service.cli_risk import add_limit_options, limits_from_options
 from execution_service.clock import utc_now
 from execution_service.config import Settings, load_settings
@@ -83,12 +83,14 @@ def status(as_json: bool) -> None:
 def _emulator_host(settings: Settings) -> str | None:
     if settings.PUBSUB_EMULATOR_HOST:
         return settings.PUBSUB_EMULATOR_HOST
-    host_file = Path(settings.LOG_DIR) / EMULATOR_HOST_FILE
     if settings.starts_local_emulator:
-        if not host_file.exists():
+        from execution_service.adapters.emulator_record import read_host
+
+        host = read_host(Path(settings.LOG_DIR))
+        if host is None:
             raise FatalConfigError("no Pub/Sub emulator: start the daemon (`execution-service "
                                    "run`) or set PUBSUB_EMULATOR_HOST")
-        return host_file.read_text().strip()
+        return host
     return None
 
 

@@ -13,11 +13,12 @@ from execution_service.adapters import pubsub
 from execution_service.adapters.emulator import start_emulator
 from execution_service.adapters.logs import setup_logging
 from execution_service.adapters.metrics import MetricsServer
+from execution_service.adapters import emulator_record
 from execution_service.bootstrap import (
-    EMULATOR_HOST_FILE,
     StoreLock,
     build_app,
     check_brokers,
+    check_store,
     seed_accounts,
 )
 from execution_service.config import Settings
@@ -45,27 +46,55 @@ def make_commands(settings: Settings, app):
 
 
 def run_daemon(settings: Settings, say=print) -> int:
-    """Run until SIGTERM/SIGINT. Returns the exit code."""
+    """Run until SIGTERM/SIGINT. Returns the exit code. A stop during start-up unwinds
+    everything started so far (the emulator first of all)."""
+    signal.signal(signal.SIGTERM, _interrupt)
     listener = setup_logging(settings.LOG_DIR, settings.LOG_LEVEL)
-    with ExitStack() as cleanup:
-        cleanup.callback(listener.stop)
-        if settings.embedded_store_path is not None:
-            lock = StoreLock(settings.embedded_store_path)
-            lock.acquire()
-            cleanup.callback(lock.release)
-        if settings.starts_local_emulator:
-            emulator = start_emulator(settings.LOG_DIR / "pubsub-emulator.log")
-            cleanup.callback(emulator.stop)
-            settings = settings.model_copy(update={"PUBSUB_EMULATOR_HOST": emulator.host})
-            host_file = settings.LOG_DIR / EMULATOR_HOST_FILE
-            host_file.write_text(emulator.host)
-            cleanup.callback(lambda: host_file.unlink(missing_ok=True))
-        if settings.PUBSUB_EMULATOR_HOST:
-            os.environ["PUBSUB_EMULATOR_HOST"] = settings.PUBSUB_EMULATOR_HOST
-        return asyncio.run(_serve(settings, say, cleanup))
+    try:
+        with ExitStack() as cleanup:
+            cleanup.callback(listener.stop)
+            check_store(settings)
+            if settings.embedded_store_path is not None:
+                lock = StoreLock(settings.embedded_store_path)
+                lock.acquire()
+                cleanup.callback(lock.release)
+            emulator_log = None
+            if settings.starts_local_emulator:
+                emulator_log = Path(settings.LOG_DIR).absolute() / "pubsub-emulator.log"
+                settings = _start_emulator(settings, say, cleanup, emulator_log)
+            if settings.PUBSUB_EMULATOR_HOST:
+                os.environ["PUBSUB_EMULATOR_HOST"] = settings.PUBSUB_EMULATOR_HOST
+            try:
+                return asyncio.run(_serve(settings, say, cleanup, emulator_log))
+            finally:
+                _ignore_stops()  # let the clean-up finish: it is bounded by its own timeouts
+    except KeyboardInterrupt:
+        say("Stopped during start-up; everything it had started is stopped.")
+        return 0
 
 
-async def _serve(settings: Settings, say, cleanup: ExitStack) -> int:
+def _start_emulator(settings: Settings, say, cleanup: ExitStack, log: Path) -> Settings:
+    log_dir = Path(settings.LOG_DIR)
+    left = emulator_record.stop_leftover(log_dir)
+    if left:
+        say(left)
+    say(f"Starting the Pub/Sub emulator (log: {log}) ...")
+    cleanup.callback(emulator_record.remove_record, log_dir)
+    emulator = start_emulator(log, on_spawn=lambda e: (
+        cleanup.callback(e.stop), emulator_record.write_record(log_dir, e)))
+    return settings.model_copy(update={"PUBSUB_EMULATOR_HOST": emulator.host})
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM during start-up: unwind like Ctrl-C
+
+
+def _ignore_stops() -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+async def _serve(settings: Settings, say, cleanup: ExitStack, emulator_log: Path | None) -> int:
     names = pubsub.PubSubNames(settings)
     publisher = pubsub.make_publisher()
     subscriber = pubsub.pubsub_v1.SubscriberClient()
@@ -93,6 +122,8 @@ async def _serve(settings: Settings, say, cleanup: ExitStack) -> int:
         server = MetricsServer(app.metrics, settings.METRICS_PORT, settings.METRICS_HOST).start()
         cleanup.callback(server.stop)
         describe["metrics"] = f"{server.url}/metrics"
+    if emulator_log is not None:
+        describe["emulator_log"] = str(emulator_log)
     _announce(say, settings, describe, seeded)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -111,7 +142,10 @@ async def _serve(settings: Settings, say, cleanup: ExitStack) -> int:
 
 
 def _announce(say, settings: Settings, describe: dict, seeded: list[str]) -> None:
-    say(f"Pub/Sub:   {describe['pubsub']} (project {settings.GOOGLE_CLOUD_PROJECT})")
+    emulator_log = f"; emulator log {describe['emulator_log']}" if "emulator_log" in describe \
+        else ""
+    say(f"Pub/Sub:   {describe['pubsub']} (project {settings.GOOGLE_CLOUD_PROJECT}"
+        f"{emulator_log})")
     say(f"Orders in: {describe['subscription']}")
     say(f"Confirmations out: {describe['confirmations_topic']}")
     say(f"Store:     {describe['store']} (database {settings.MONGODB_DATABASE})")
