@@ -9,11 +9,10 @@ import signal
 from contextlib import ExitStack
 from pathlib import Path
 
-from execution_service.adapters import pubsub
+from execution_service.adapters import emulator_record, pubsub
 from execution_service.adapters.emulator import start_emulator
 from execution_service.adapters.logs import setup_logging
 from execution_service.adapters.metrics import MetricsServer
-from execution_service.adapters import emulator_record
 from execution_service.bootstrap import (
     StoreLock,
     build_app,
