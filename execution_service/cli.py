@@ -34,6 +34,17 @@ def _print_json(value) -> None:
     click.echo(json.dumps(value, indent=2, default=_json_default))
 
 
+def print_rows(rows: list[dict], as_json: bool, line, empty: str) -> None:
+    """JSON, or one line per row, or `empty` when there is nothing to list."""
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        click.echo(empty)
+    for row in rows:
+        click.echo(line(row))
+
+
 class Cli(click.Group):
     """Turns our errors into one clear line and exit code 2 instead of a traceback."""
 
@@ -147,13 +158,7 @@ def setup_pubsub_command() -> None:
 def orders(as_json: bool, limit: int) -> None:
     """Execution records, newest first."""
     records = _with_store(lambda store: store.recent_records(limit))
-    if as_json:
-        _print_json(records)
-        return
-    if not records:
-        click.echo("no orders yet")
-    for doc in records:
-        click.echo(order_line(doc))
+    print_rows(records, as_json, order_line, "no orders yet")
 
 
 @main.command()
@@ -163,13 +168,7 @@ def positions(as_json: bool, show_all: bool) -> None:
     """Open positions (with --all, closed ones too)."""
     rows = _with_store(lambda store: store.list_positions(None if show_all else "OPEN"))
     rows = [{key: value for key, value in row.items() if key != "fill_keys"} for row in rows]
-    if as_json:
-        _print_json(rows)
-        return
-    if not rows:
-        click.echo(NO_POSITIONS if not show_all else "no positions")
-    for row in rows:
-        click.echo(position_line(row))
+    print_rows(rows, as_json, position_line, "no positions" if show_all else NO_POSITIONS)
 
 
 def _with_store(read):

@@ -15,6 +15,7 @@ import click
 
 from execution_service.clock import utc_now
 from execution_service.errors import FatalConfigError
+from execution_service.views import confirmation_line
 
 
 @click.group("kite")
@@ -74,17 +75,11 @@ def confirmations(as_json: bool, limit: int, follow: bool) -> None:
     if follow:
         _follow(as_json)
         return
-    from execution_service.cli import _print_json, _with_store
+    from execution_service.cli import _with_store, print_rows
 
     records = _with_store(lambda store: store.recent_records(limit))
-    rows = latest_confirmations(records, limit)
-    if as_json:
-        _print_json(rows)
-        return
-    if not rows:
-        click.echo("no confirmations yet")
-    for row in rows:
-        click.echo(describe_confirmation(row))
+    print_rows(latest_confirmations(records, limit), as_json, confirmation_line,
+               "no confirmations yet")
 
 
 def latest_confirmations(records: list[dict], limit: int) -> list[dict]:
@@ -92,23 +87,6 @@ def latest_confirmations(records: list[dict], limit: int) -> list[dict]:
     rows = [payload for doc in records for payload in doc.get("confirmations") or []]
     rows.sort(key=lambda row: (row.get("at") or "", row.get("sequence") or 0), reverse=True)
     return rows[:limit] if limit else rows
-
-
-def describe_confirmation(row: dict) -> str:
-    filled = row.get("filled_quantity")
-    price = row.get("avg_fill_price")
-    text = (f"{row.get('at')}  {row['signal_id']} #{row.get('sequence')} {row.get('status')}"
-            f" ({row.get('event')}) {row.get('side') or ''} {_num(filled)}/"
-            f"{_num(row.get('quantity'))} {row.get('symbol') or ''}")
-    if price is not None:
-        text += f" @ {_num(price)}"
-    if row.get("reason"):
-        text += f"  {row['reason']}"
-    return text
-
-
-def _num(value) -> str:
-    return "-" if value is None else f"{value:g}"
 
 
 def _follow(as_json: bool) -> None:
@@ -134,7 +112,7 @@ def _follow(as_json: bool) -> None:
         except ValueError:
             row = {"signal_id": "?", "body": message.data.decode("utf-8", "replace")}
         click.echo(json.dumps(row, separators=(",", ":")) if as_json
-                   else describe_confirmation(row))
+                   else confirmation_line(row))
         sys.stdout.flush()
         message.ack()
 

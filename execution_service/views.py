@@ -22,4 +22,17 @@ def position_line(row: dict) -> str:
             f"pnl {row['realized_pnl']:.2f} {row['status']}")
 
 
+def confirmation_line(row: dict) -> str:
+    filled = row.get("filled_quantity")
+    price = row.get("avg_fill_price")
+    text = (f"{row.get('at')}  {row['signal_id']} #{row.get('sequence')} {row.get('status')}"
+            f" ({row.get('event')}) {row.get('side') or ''} {num(filled)}/"
+            f"{num(row.get('quantity'))} {row.get('symbol') or ''}")
+    if price is not None:
+        text += f" @ {num(price)}"
+    if row.get("reason"):
+        text += f"  {row['reason']}"
+    return text
+
+
 NO_POSITIONS = "no open positions"

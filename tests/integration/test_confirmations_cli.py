@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
@@ -17,16 +16,7 @@ from google.cloud import pubsub_v1
 from tests.conftest import SIGNALS
 from tests.fakes.daemon import DaemonProcess
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.fakes.waiting import wait_until
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from execution_service.adapters import emulator_record
 from execution_service.adapters.emulator import free_port
+from tests.fakes.waiting import wait_until
 
 pytestmark = pytest.mark.emulator
 
@@ -32,14 +32,6 @@ def start_run(workdir: Path, env: dict) -> subprocess.Popen:
                             env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def recorded_emulator(workdir: Path) -> tuple[int, int]:

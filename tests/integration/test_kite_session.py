@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 
@@ -17,18 +16,11 @@ from tests.fakes.daemon import DaemonProcess
 from tests.fakes.fake_kite import API_KEY, API_SECRET, FakeKite
 from tests.fakes.fake_telegram import FakeTelegram
 from tests.fakes.pubsub_tools import PubSubRig
+from tests.fakes.waiting import wait_until
 
 BOT_TOKEN = "123456:kite-session-test-token"
 
 
-def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ daemon, against the fake Bot API serving getUpdates (issue 18)."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest
@@ -12,20 +11,13 @@ import pytest
 from tests.fakes.daemon import DaemonProcess
 from tests.fakes.fake_telegram import FakeTelegram
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
+from tests.fakes.waiting import wait_until
 
 TOKEN = "123456:commands-test-token-not-secret"
 ADMIN = 4242
 STRANGER = 666
 
 
-def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start_desk(emulator_host, workdir, telegram: FakeTelegram, wait: bool = True):
