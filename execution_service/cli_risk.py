@@ -6,6 +6,8 @@ every running daemon reads halts within a second and acts on them.
 
 from __future__ import annotations
 
+import getpass
+
 import click
 from pymongo import ReturnDocument
 
@@ -70,7 +72,8 @@ def halt(reason: str, account_id: str | None, cancel_open: bool) -> None:
     def write(store):
         if account_id is not None and store.get_account(account_id) is None:
             raise FatalConfigError(f"no account {account_id!r}")
-        return set_halt(store.db, reason, account_id, cancel_open, at=utc_now())
+        return set_halt(store.db, reason, account_id, cancel_open, at=utc_now(),
+                        by=f"cli:{getpass.getuser()}")
 
     doc = _with_store(write)
     then = "; running daemons will cancel open orders" if cancel_open else ""
