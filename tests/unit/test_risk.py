@@ -101,8 +101,8 @@ def test_given_max_order_notional_10000_then_exactly_at_it_passes(quantity, expe
 
 
 def test_given_float_noise_at_the_limit_then_it_still_passes():
-    crypto = signal(quantity=3, reference_price=0.1, asset_class="CRYPTO")  # 0.30000000000000004
-    assert first_breach(crypto, account(max_order_notional=0.3)) is None
+    crypto = signal(quantity=30, reference_price=0.1, asset_class="CRYPTO")  # 3.0000000000000004
+    assert first_breach(crypto, account(max_order_notional=3)) is None
 
 
 @pytest.mark.parametrize(("overrides", "price"), [
