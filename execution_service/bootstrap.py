@@ -75,7 +75,8 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
     store = store or Store(handle.database)
     store.ensure_indexes()
     ensure_risk_indexes(store.db)
-    risk = RiskGate(store.db, clock, collar_pct=settings.PRICE_COLLAR_PCT)
+    risk = RiskGate(store.db, clock, collar_pct=settings.PRICE_COLLAR_PCT,
+                    working_orders=store.working_orders)
     metrics = Metrics()
     notifier = notifier or NullNotifier()
     counters = Counters()
