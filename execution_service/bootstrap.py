@@ -17,8 +17,8 @@ from execution_service.adapters.store import Store, StoreHandle, open_store
 from execution_service.clock import utc_now
 from execution_service.config import Settings
 from execution_service.domain.accounts import parse_symbols
-from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.intake import IntakeLimits
+from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.risk import limits_from_row
 from execution_service.errors import FatalConfigError
 from execution_service.service.journal import Counters, OrderJournal

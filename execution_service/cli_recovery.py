@@ -83,6 +83,11 @@ def _requeue(pubsub, names, subscriber, chosen, requeue_id: str) -> None:
     if not chosen:
         raise FatalConfigError(f"no dead letter {requeue_id} (list them with `dead-letters`)")
     message = chosen[0].message
+    if message.attributes.get("dead_letter_truncated"):
+        raise FatalConfigError(f"dead letter {requeue_id} keeps only the first "
+                               f"{len(message.data):,} of its "
+                               f"{message.attributes.get('dead_letter_original_bytes')} bytes: "
+                               "it cannot be requeued (ask upstream to send it again)")
     attributes = {k: v for k, v in message.attributes.items()
                   if not k.startswith(("CloudPubSubDeadLetter", "dead_letter_"))}
     publisher = pubsub.pubsub_v1.PublisherClient()

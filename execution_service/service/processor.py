@@ -15,9 +15,9 @@ from enum import StrEnum
 
 from execution_service.adapters.store import DuplicateSignal
 from execution_service.domain.accounts import account_problem
+from execution_service.domain.intake import DEFAULT_LIMITS, IntakeLimits, signal_id_hint
 from execution_service.domain.orders import Event, OrderStatus
 from execution_service.domain.records import confirmation, new_claim, new_rejection
-from execution_service.domain.intake import DEFAULT_LIMITS, IntakeLimits, signal_id_hint
 from execution_service.domain.signals import Invalid, Signal, Unusable, parse_signal
 from execution_service.errors import StoreUnavailable
 
