@@ -13,6 +13,7 @@ import click
 from brokers.factory import BrokerFactory
 from execution_service.bootstrap import open_app_store
 from execution_service.cli import _print_json, _pubsub, _settings
+from execution_service.domain.text import single_line
 from execution_service.errors import FatalConfigError
 from execution_service.service.reconcile import reconcile
 
@@ -74,8 +75,10 @@ def dead_letters_command(as_json: bool, requeue_id: str | None, max_messages: in
             _print_json(letters)
         else:
             for letter in letters:
+                # reason and body came from a message: one line each, escaped
                 click.echo(f"{letter['id']}  attempts {letter['delivery_count'] or '-'}  "
-                           f"{letter['reason']}\n    {letter['body'][:200]}")
+                           f"{single_line(letter['reason'])}\n"
+                           f"    {single_line(letter['body'][:200])}")
             click.echo(f"{len(letters)} dead letters")
 
 

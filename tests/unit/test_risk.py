@@ -208,21 +208,17 @@ def test_given_a_buy_limit_30_pct_above_reference_then_the_reason_names_the_coll
     {"order_type": "STOP", "stop_price": 110.0},
     {"order_type": "STOP", "side": "SELL", "stop_price": 90.0},
     {"order_type": "STOP_LIMIT", "stop_price": 100.5, "limit_price": 110.55},
-])
-def test_given_aggressive_prices_exactly_at_the_collar_then_they_pass(overrides):
-    assert first_breach(signal(**overrides), ACCOUNT) is None
-
-
-@pytest.mark.parametrize("overrides", [
     {"order_type": "LIMIT", "limit_price": 70.0},
     {"order_type": "LIMIT", "side": "SELL", "limit_price": 130.0},
     {"order_type": "STOP", "stop_price": 150.0},
     {"order_type": "STOP", "side": "SELL", "stop_price": 50.0},
     {"order_type": "STOP_LIMIT", "stop_price": 150.0, "limit_price": 120.0},
-])
-def test_given_passive_prices_far_from_the_market_then_they_pass(overrides):
-    """Given a bid 30% under the market (or an offer above, a stop far away), when checked,
-    then it passes: it cannot trade at a price worse than the market."""
+], ids=["buy-at-band", "sell-at-band", "buy-stop-above", "sell-stop-below", "stop-limit-at-band",
+        "bid-30-under", "offer-30-over", "buy-stop-far", "sell-stop-far", "stop-limit-passive"])
+def test_given_prices_at_the_band_or_passive_however_far_then_they_pass(overrides):
+    """Given an aggressive price exactly at the band, or a bid 30% under the market (an offer
+    above, a stop far away), when checked, then it passes: the collar stops aggressive prices
+    only."""
     assert first_breach(signal(**overrides), ACCOUNT) is None
 
 
