@@ -15,7 +15,7 @@ from execution_service.cli_risk import add_limit_options, limits_from_options
 from execution_service.clock import utc_now
 from execution_service.config import Settings, load_settings
 from execution_service.domain.accounts import parse_symbols
-from execution_service.domain.records import iso
+from execution_service.domain.records import iso, strict_json
 from execution_service.errors import ExecutionError, FatalConfigError
 from execution_service.views import NO_POSITIONS, order_line, position_line
 
@@ -31,7 +31,7 @@ def _json_default(value):
 
 
 def _print_json(value) -> None:
-    click.echo(json.dumps(value, indent=2, default=_json_default))
+    click.echo(strict_json(value, indent=2, default=_json_default))
 
 
 def print_rows(rows: list[dict], as_json: bool, line, empty: str) -> None:

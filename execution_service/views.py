@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from execution_service.domain.records import iso
+from execution_service.domain.text import single_line
 
 
 def num(value) -> str:
-    return "-" if value is None else f"{value:g}"
+    if value is None:
+        return "-"
+    return f"{value:g}" if isinstance(value, (int, float)) else single_line(str(value))
 
 
 def order_line(doc: dict) -> str:
-    return (f"{iso(doc.get('received_at'))}  {doc['signal_id']:<32} {doc['status']:<16} "
-            f"{doc.get('side') or '':<4} {num(doc.get('filled_quantity'))}/"
-            f"{num(doc.get('quantity'))} {doc.get('symbol') or ''} "
-            f"@ {num(doc.get('avg_fill_price'))}  {doc.get('reject_reason') or ''}").rstrip()
+    """A rejected record keeps what the message said: shown on one line, escaped."""
+    return single_line(
+        f"{iso(doc.get('received_at'))}  {doc['signal_id']:<32} {doc['status']:<16} "
+        f"{doc.get('side') or '':<4} {num(doc.get('filled_quantity'))}/"
+        f"{num(doc.get('quantity'))} {doc.get('symbol') or ''} "
+        f"@ {num(doc.get('avg_fill_price'))}  {doc.get('reject_reason') or ''}").rstrip()
 
 
 def position_line(row: dict) -> str:
@@ -32,7 +37,7 @@ def confirmation_line(row: dict) -> str:
         text += f" @ {num(price)}"
     if row.get("reason"):
         text += f"  {row['reason']}"
-    return text
+    return single_line(text)
 
 
 NO_POSITIONS = "no open positions"

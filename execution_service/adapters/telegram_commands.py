@@ -20,6 +20,7 @@ from telegram.request import HTTPXRequest
 
 from execution_service.adapters.telegram import _REDACTOR, _describe
 from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.text import single_line
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 def asked_by(update: Update) -> str:
     user = update.effective_user
     name = (user.username or user.full_name) if user is not None else "unknown"
-    return f"telegram:{update.effective_chat.id}:{name}"
+    return f"telegram:{update.effective_chat.id}:{single_line(name)[:64]}"
 
 
 class TelegramCommands:
@@ -111,8 +112,9 @@ class TelegramCommands:
         await message.reply_text(text)
 
     async def _refuse(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        text = (update.effective_message.text or "").split()[0][:64] \
-            if update.effective_message else "?"
+        words = (update.effective_message.text or "?").split() if update.effective_message \
+            else ["?"]
+        text = single_line(words[0][:64]) if words else "?"
         logger.warning("Telegram command %r from chat %s (%s) ignored: not an admin chat",
                        text, update.effective_chat.id if update.effective_chat else "?",
                        asked_by(update) if update.effective_chat else "?")

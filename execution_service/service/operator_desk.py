@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from execution_service.domain.telegram_text import truncate
+from execution_service.domain.text import single_line
 from execution_service.errors import ExecutionError
 from execution_service.journey import render_journey, signal_journey
 from execution_service.service.risk import active_halts, clear_halt, halt_scope, set_halt
@@ -42,7 +43,9 @@ class OperatorDesk:
         if handler is None:
             return f"unknown command /{command}"
         try:
-            return truncate(handler(args, by))
+            text = handler(args, by)
+            # records keep what messages said: each line escaped, as for any Telegram text
+            return truncate("\n".join(single_line(line) for line in text.splitlines()))
         except ExecutionError as e:
             logger.warning("Telegram /%s from %s failed: %s", command, by, e)
             return f"/{command} failed: {e}"
