@@ -93,14 +93,15 @@ def _zombie(pid: int) -> bool:
 
 
 def read_host(log_dir: Path) -> str | None:
-    """The address a running daemon's emulator answers on; FatalConfigError within ~1.5 s when
-    the file is stale (the daemon that wrote it is gone)."""
+    """The address a running daemon's emulator answers on; FatalConfigError when the file is
+    stale (the daemon that wrote it is gone): at once when nothing listens there, within 1 s
+    when something else holds the port and does not answer."""
     host_file = log_dir / HOST_FILE
     try:
         host = host_file.read_text().strip()
     except FileNotFoundError:
         return None
-    for _ in range(3):
+    for _ in range(2):
         if _answers(host):
             return host
     raise FatalConfigError(
