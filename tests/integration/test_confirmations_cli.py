@@ -52,9 +52,12 @@ def test_given_the_sample_signal_when_confirmations_then_its_two_confirmations_n
 
 def test_given_follow_when_an_order_fills_then_its_confirmations_print_and_the_subscription_is_removed_on_exit(desk):  # noqa: E501
     daemon, rig, project = desk
-    follower = subprocess.Popen([sys.executable, "-m", "execution_service", "confirmations",
-                                 "--follow", "--json"], cwd=daemon.workdir, env=daemon.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    printed = daemon.workdir / "follow.out"
+    with open(printed, "wb") as out:
+        follower = subprocess.Popen([sys.executable, "-m", "execution_service",
+                                     "confirmations", "--follow", "--json"],
+                                    cwd=daemon.workdir, env=daemon.env, stdout=out,
+                                    stderr=subprocess.PIPE, text=True)
     subscriber = pubsub_v1.SubscriberClient()
     try:
         def follow_subscriptions() -> list[str]:
@@ -65,9 +68,16 @@ def test_given_follow_when_an_order_fills_then_its_confirmations_print_and_the_s
         body = market_signal({"account_id": "acc_abc123", "strategy_name": "Follow"})
         rig.publish(body)
         rig.wait_for(lambda: rig.terminal(body["signal_id"]), what="the fill")
+
+        def followed() -> list[dict]:
+            return [json.loads(line) for line in printed.read_text().splitlines()
+                    if line.endswith("}")]
+
+        wait_until(lambda: any(r["status"] == "FILLED" and r["signal_id"] == body["signal_id"]
+                               for r in followed()), what="the FILLED line")
         follower.send_signal(signal.SIGTERM)
-        out, err = follower.communicate(timeout=30)
-        rows = [json.loads(line) for line in out.splitlines()]
+        _, err = follower.communicate(timeout=30)
+        rows = followed()
         assert [r["status"] for r in rows if r["signal_id"] == body["signal_id"]] == [
             "SUBMITTED", "FILLED"]
         assert "following projects/" in err
