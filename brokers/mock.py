@@ -183,6 +183,35 @@ class MockBroker(Broker):
                                 {"$set": {"status": "CANCELLED", "cancelled_at": self._clock(),
                                           "reason": "cancelled on request"}})
 
+    # modifying --------------------------------------------------------------------------------
+
+    async def modify_order(self, order_id: str, request: OrderRequest) -> None:
+        """A resting order takes the new quantity and prices in the ledger and is looked at
+        again under the same fill rules: a limit that became marketable fills at its new
+        limit. An order already executing (its fills scheduled) or done is refused."""
+        doc = self._ledger.find_one({"_id": order_id})
+        if doc is None:
+            raise OrderNotFound(f"mock broker has no order {order_id}")
+        now = self._clock()
+        doc = self._refresh(doc, now)
+        status = self._snapshot(doc, now).status
+        if status is not BrokerStatus.WORKING:
+            raise OrderRejected(f"mock broker: order {order_id} is {status.lower()}, "
+                                f"nothing to modify")
+        if doc["triggered_at"] is not None:
+            raise OrderRejected(f"mock broker: order {order_id} is already executing, "
+                                f"it can no longer be modified")
+        changes = {"quantity": request.quantity, "limit_price": request.limit_price,
+                   "stop_price": request.stop_price, "modified_at": now}
+        changes.update(self._trigger({**doc, **changes},
+                                     self.market_price(doc["symbol"], request.reference_price),
+                                     now))
+        done = self._ledger.update_one({"_id": order_id, "status": "WORKING",
+                                        "triggered_at": None}, {"$set": changes})
+        if done.modified_count != 1:
+            raise OrderRejected(f"mock broker: order {order_id} changed meanwhile, "
+                                f"not modified")
+
     async def wait_for_update(self, order_id: str, timeout: float) -> None:
         doc = self._ledger.find_one({"_id": order_id}, {"fills": 1, "status": 1})
         due = [_aware(f["due_at"]) for f in (doc or {}).get("fills", [])

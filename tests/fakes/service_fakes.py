@@ -82,6 +82,8 @@ class ScriptedBroker(Broker):
         self.place_calls = 0
         self.cancel_calls = 0
         self.keep_working_after_cancel = False
+        self.modify_calls: list[tuple[str, OrderRequest]] = []
+        self.modify_error: Exception | None = None
 
     @property
     def is_connected(self) -> bool:
@@ -116,6 +118,12 @@ class ScriptedBroker(Broker):
         self.cancel_calls += 1
         if not self.keep_working_after_cancel:
             self.set_status(order_id, BrokerStatus.CANCELLED, "cancelled on request")
+
+    async def modify_order(self, order_id: str, request: OrderRequest) -> None:
+        self.modify_calls.append((order_id, request))
+        if self.modify_error is not None:
+            raise self.modify_error
+        self.orders[order_id] = replace(self.orders[order_id], quantity=request.quantity)
 
     async def wait_for_update(self, order_id: str, timeout: float) -> None:
         await asyncio.sleep(min(timeout, 0.01))
