@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from brokers.factory import BrokerFactory
+from execution_service.adapters.command_log import CommandLog
 from execution_service.adapters.metrics import Metrics
 from execution_service.adapters.store import Store, StoreHandle, open_store
 from execution_service.clock import utc_now
@@ -20,6 +21,7 @@ from execution_service.domain.accounts import parse_symbols
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.risk import limits_from_row
 from execution_service.errors import FatalConfigError
+from execution_service.service.commands import CommandHandler
 from execution_service.service.journal import Counters, OrderJournal
 from execution_service.service.leases import LeaseKeeper, make_owner
 from execution_service.service.outbox import ConfirmationOutbox
@@ -51,6 +53,7 @@ class App:
     notifier: object
     counters: Counters
     clock: Callable[[], datetime]
+    commands: CommandHandler | None = None
 
     def close(self) -> None:
         self.handle.close()
@@ -65,7 +68,7 @@ def open_app_store(settings: Settings) -> tuple[StoreHandle, Store]:
 
 def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHandle | None = None,
               clock: Callable[[], datetime] = utc_now, broker_builders: dict | None = None,
-              store: Store | None = None) -> App:
+              store: Store | None = None, command_log: CommandLog | None = None) -> App:
     """Everything but the transport: tests pass a fake publisher (and a fault-injecting store)
     and get the same wiring."""
     if handle is None:
@@ -93,8 +96,14 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
     leases = LeaseKeeper(store, tracker, owner, settings.LEASE_SECONDS, clock)
     processor = SignalProcessor(store, journal, tracker, brokers, clock, owner, leases.lease_until,
                                 risk)
+    command_log = command_log or CommandLog(handle.database)
+    command_log.ensure_indexes()
+    commands = CommandHandler(store, command_log, journal, brokers, tracker, outbox, clock,
+                              processor.check_order, attempts=settings.MAX_RETRY_ATTEMPTS,
+                              backoff_base=settings.RETRY_BACKOFF_SECONDS)
+    processor.commands = commands
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
-               metrics, notifier, counters, clock)
+               metrics, notifier, counters, clock, commands)
 
 
 def _connection_alerts(notifier):

@@ -35,7 +35,8 @@ ACCOUNTS = "accounts"
 SERVICE_STATUS = "service_status"
 MOCK_LEDGER = "mock_broker_orders"
 FILL_KEYS_KEPT = 200
-NON_TERMINAL = [str(status) for status in ("PENDING", "SUBMITTED", "PARTIALLY_FILLED")]
+NON_TERMINAL = [str(status) for status in ("PENDING", "SUBMITTED", "PARTIALLY_FILLED",
+                                            "PENDING_CANCEL")]
 
 T = TypeVar("T")
 

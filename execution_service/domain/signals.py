@@ -143,6 +143,12 @@ class Invalid:
 
 def parse_signal(body: bytes) -> Signal | Invalid | Unusable:
     """Decode and validate one message body."""
+    data = decode_body(body)
+    return data if isinstance(data, Unusable) else signal_from_data(data)
+
+
+def decode_body(body: bytes) -> dict[str, Any] | Unusable:
+    """The message's JSON object (an order, or a §11 command)."""
     try:
         data = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -151,6 +157,12 @@ def parse_signal(body: bytes) -> Signal | Invalid | Unusable:
         return Unusable(f"body is not valid JSON: {e}")
     if not isinstance(data, dict):
         return Unusable(f"body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def signal_from_data(data: dict[str, Any]) -> Signal | Invalid | Unusable:
+    """Validate one decoded order (`"action": "NEW"` is the same as no action)."""
+    data = {key: value for key, value in data.items() if key != "action"}
     signal_id = data.get("signal_id")
     if not isinstance(signal_id, str) or not SIGNAL_ID_PATTERN.match(signal_id):
         shown = "missing" if signal_id is None else f"invalid: {signal_id!r:.80}"

@@ -10,6 +10,7 @@ from dataclasses import replace
 import mongomock
 
 from brokers.base import Broker, BrokerOrder, BrokerStatus, Fill, OrderRequest
+from execution_service.adapters.command_log import CommandLog
 from execution_service.adapters.store import Store, StoreHandle
 from execution_service.bootstrap import build_app
 from execution_service.config import load_settings
@@ -37,6 +38,27 @@ class FakePublisher:
 
 class FlakyStore(Store):
     """The real Store over mongomock, unreachable while `down` is set."""
+
+    down = False
+    command_log = None  # the FlakyCommandLog that goes down with it
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name == "down" and self.command_log is not None:
+            self.command_log.down = value
+
+    def __getattribute__(self, name):
+        attribute = super().__getattribute__(name)
+        if callable(attribute) and not name.startswith("_") and \
+                super().__getattribute__("down"):
+            def unavailable(*args, **kwargs):
+                raise StoreUnavailable("store unavailable: injected fault")
+            return unavailable
+        return attribute
+
+
+class FlakyCommandLog(CommandLog):
+    """The real order_commands log, unreachable while `down` is set (with its FlakyStore)."""
 
     down = False
 
@@ -150,8 +172,12 @@ def make_app(*, env: dict | None = None, broker: Broker | None = None, store_cla
         handle = StoreHandle(client, client["trading"], "mongomock")
     publisher = FakePublisher()
     builders = None if broker is None else {"MOCK": lambda _settings, _db: broker}
+    store = store_class(handle.database)
+    command_log = None
+    if isinstance(store, FlakyStore):
+        command_log = store.command_log = FlakyCommandLog(handle.database)
     app = build_app(settings, publisher, handle=handle, notifier=notifier or RecordingNotifier(),
-                    store=store_class(handle.database), broker_builders=builders)
+                    store=store, broker_builders=builders, command_log=command_log)
     for account in accounts or [{"_id": "acc_1", "broker": "MOCK", "enabled": True}]:
         fields = {key: value for key, value in account.items() if key != "_id"}
         app.store.upsert_account(account["_id"], fields, app.clock())
