@@ -109,7 +109,8 @@ def state_fields(state: OrderState) -> dict[str, Any]:
         "broker_commission": state.broker_commission,
         "notes": _notes(state), "cancel_requested_reason": state.cancel_requested_reason,
         "cancel_request_id": state.cancel_request_id,
-        "cancel_request_source": state.cancel_request_source, "command_ids": list(state.command_ids),
+        "cancel_request_source": state.cancel_request_source,
+        "command_ids": list(state.command_ids),
     }
 
 

@@ -19,10 +19,10 @@ from brokers.base import Broker
 from execution_service.adapters.store import DuplicateSignal
 from execution_service.domain.backoff import compute_backoff
 from execution_service.domain.commands import (
+    REFUSED,
     CancelOrder,
     Command,
     CommandAction,
-    REFUSED,
     CommandEvent,
     InvalidCommand,
     ModifyOrder,
@@ -201,6 +201,7 @@ class CommandHandler:
         """The broker's own cancel or modify, retried while the venue is unreachable. None when
         it took it; else why not (a cancel left undone is sent again by the tracker)."""
         broker: Broker = self._brokers.create_broker(doc["broker"])
+        last = "no attempt made"
         for attempt in range(1, self._attempts + 1):
             try:
                 if not broker.is_connected:

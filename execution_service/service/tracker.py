@@ -341,9 +341,8 @@ class OrderTracker:
         try:
             sent = await self._cancel_at_broker(broker, doc)
         except OrderRejected as e:
-            now = self._clock()
-            return self._journal.apply(doc, lambda s: orders.refuse_cancel(
-                s, f"broker refused: {e.reason}", now)), False
+            now, why = self._clock(), f"broker refused: {e.reason}"
+            return self._journal.apply(doc, lambda s: orders.refuse_cancel(s, why, now)), False
         return doc, sent
 
     async def _cancel_at_broker(self, broker: Broker, doc: dict) -> bool:

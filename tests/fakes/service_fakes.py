@@ -36,40 +36,35 @@ class FakePublisher:
                 if p["signal_id"] == signal_id]
 
 
-class FlakyStore(Store):
-    """The real Store over mongomock, unreachable while `down` is set."""
+class Unreachable:
+    """Mixin: every public method raises StoreUnavailable while `down` is set."""
 
     down = False
-    command_log = None  # the FlakyCommandLog that goes down with it
+
+    def __getattribute__(self, name):
+        attribute = super().__getattribute__(name)
+        if callable(attribute) and not name.startswith("_") and \
+                super().__getattribute__("down"):
+            def unavailable(*args, **kwargs):
+                raise StoreUnavailable("store unavailable: injected fault")
+            return unavailable
+        return attribute
+
+
+class FlakyCommandLog(Unreachable, CommandLog):
+    """The real order_commands log, unreachable with its FlakyStore."""
+
+
+class FlakyStore(Unreachable, Store):
+    """The real Store over mongomock (and its order_commands log), unreachable while `down`
+    is set."""
+
+    command_log: FlakyCommandLog | None = None
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
         if name == "down" and self.command_log is not None:
             self.command_log.down = value
-
-    def __getattribute__(self, name):
-        attribute = super().__getattribute__(name)
-        if callable(attribute) and not name.startswith("_") and \
-                super().__getattribute__("down"):
-            def unavailable(*args, **kwargs):
-                raise StoreUnavailable("store unavailable: injected fault")
-            return unavailable
-        return attribute
-
-
-class FlakyCommandLog(CommandLog):
-    """The real order_commands log, unreachable while `down` is set (with its FlakyStore)."""
-
-    down = False
-
-    def __getattribute__(self, name):
-        attribute = super().__getattribute__(name)
-        if callable(attribute) and not name.startswith("_") and \
-                super().__getattribute__("down"):
-            def unavailable(*args, **kwargs):
-                raise StoreUnavailable("store unavailable: injected fault")
-            return unavailable
-        return attribute
 
 
 class RecordingNotifier:
