@@ -9,6 +9,7 @@ import json
 import pytest
 
 from brokers.base import BrokerStatus
+from execution_service.adapters.store import Store
 from execution_service.domain.commands import parse_command
 from execution_service.errors import OrderRejected
 from execution_service.service.processor import Action
@@ -286,3 +287,34 @@ async def test_given_store_down_while_executing_then_command_retried_until_it_is
     await wait_until(lambda: "MODIFIED" in events_of(publisher))
     assert app.store.get_record("sig_1")["limit_price"] == 231.0
     assert app.store.db["order_commands"].find_one({"_id": "req_1"})["state"] == "DONE"
+
+
+class LaggingStore(Store):
+    """Answers "no record" once for a signal: the read happened just before another replica
+    wrote its claim."""
+
+    def __init__(self, database) -> None:
+        super().__init__(database)
+        self.lagging: set[str] = set()
+
+    def get_record(self, signal_id: str):
+        if signal_id in self.lagging:
+            self.lagging.discard(signal_id)
+            return None
+        return super().get_record(signal_id)
+
+
+async def test_given_claim_written_between_cancels_read_and_write_then_order_cancelled_once():
+    """The race of an order's claim and an early cancel: the unique signal_id lets only one
+    of the two records exist; the cancel that loses falls back to cancelling the order."""
+    app, publisher = make_app(store_class=LaggingStore)
+    app.processor.handle(order_body(**RESTING))
+    app.store.lagging.add("sig_1")
+    app.processor.handle(command("CANCEL"))
+    await wait_until(lambda: status_of(app) == "CANCELLED")
+    await settle(app)
+    record = app.store.get_record("sig_1")
+    assert not record.get("awaiting_order") and record["symbol"] == "SPY"
+    assert record["cancel_reason"] == "cancelled by upstream request req_1"
+    assert app.store.db["mock_broker_orders"].count_documents({}) <= 1
+    assert events_of(publisher).count("CANCELLED") == 1
