@@ -78,7 +78,10 @@ class OrderTracker:
         this process tracks the order, it reads the record again now instead of at its next
         write. (Another replica's tracker learns it from its next compare-and-set.)"""
         if signal_id in self._tasks:
-            self._nudges.setdefault(signal_id, asyncio.Event()).set()
+            nudged = self._nudges.get(signal_id)
+            if nudged is None:
+                nudged = self._nudges[signal_id] = asyncio.Event()
+            nudged.set()
 
     def _take_nudge(self, doc: dict) -> dict:
         nudged = self._nudges.get(doc["signal_id"])
@@ -280,7 +283,9 @@ class OrderTracker:
     async def _wait(self, broker: Broker, order_id: str, signal_id: str, timeout: float) -> None:
         """Until the broker has news about the order, the record was changed by a command
         (nudge), or `timeout`."""
-        nudged = self._nudges.setdefault(signal_id, asyncio.Event())
+        nudged = self._nudges.get(signal_id)
+        if nudged is None:
+            nudged = self._nudges[signal_id] = asyncio.Event()
         if nudged.is_set():
             return
         waits = [asyncio.ensure_future(nudged.wait()),

@@ -101,6 +101,7 @@ class ScriptedBroker(Broker):
         self.keep_working_after_cancel = False
         self.modify_calls: list[tuple[str, OrderRequest]] = []
         self.modify_error: Exception | None = None
+        self.cancel_errors: list[Exception] = []  # raised by the next cancel_order calls
 
     @property
     def is_connected(self) -> bool:
@@ -133,6 +134,8 @@ class ScriptedBroker(Broker):
 
     async def cancel_order(self, order_id: str) -> None:
         self.cancel_calls += 1
+        if self.cancel_errors:
+            raise self.cancel_errors.pop(0)
         if not self.keep_working_after_cancel:
             self.set_status(order_id, BrokerStatus.CANCELLED, "cancelled on request")
 

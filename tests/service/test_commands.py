@@ -11,7 +11,8 @@ import pytest
 from brokers.base import BrokerStatus
 from execution_service.adapters.store import Store
 from execution_service.domain.commands import parse_command
-from execution_service.errors import OrderRejected
+from execution_service.domain.orders import request_cancel
+from execution_service.errors import OrderRejected, TransientBrokerError
 from execution_service.service.processor import Action
 from tests.fakes.service_fakes import (
     FlakyStore,
@@ -318,3 +319,51 @@ async def test_given_claim_written_between_cancels_read_and_write_then_order_can
     assert record["cancel_reason"] == "cancelled by upstream request req_1"
     assert app.store.db["mock_broker_orders"].count_documents({}) <= 1
     assert events_of(publisher).count("CANCELLED") == 1
+
+
+async def test_given_broker_down_when_cancel_then_tracker_resends_until_cancelled():
+    broker = ScriptedBroker()
+    app, publisher = make_app(broker=broker)
+    app.processor.handle(order_body(**RESTING))
+    await wait_until(lambda: status_of(app) == "SUBMITTED")
+    broker.cancel_errors = [TransientBrokerError("gateway down")] * 5
+    app.processor.handle(command("CANCEL"))
+    await wait_until(lambda: status_of(app) == "CANCELLED")
+    await settle(app)
+    assert broker.cancel_calls >= 6  # the handler's attempts, then the tracker's
+    assert events_of(publisher) == ["SUBMITTED", "CANCEL_REQUESTED", "CANCELLED"]
+
+
+async def test_given_broker_unreachable_when_modify_then_refused_as_unavailable():
+    broker = ScriptedBroker()
+    app, publisher = make_app(broker=broker)
+    app.processor.handle(order_body(**RESTING))
+    await wait_until(lambda: status_of(app) == "SUBMITTED")
+    broker.modify_error = TransientBrokerError("gateway down")
+    app.processor.handle(command("MODIFY", limit_price=231.0))
+    await wait_until(lambda: "MODIFY_REJECTED" in events_of(publisher))
+    assert confirmations(publisher)[-1][0]["reason"] == "broker unavailable: gateway down"
+    assert len(broker.modify_calls) == 3  # MAX_RETRY_ATTEMPTS
+    assert app.store.get_record("sig_1")["limit_price"] == 230.0
+
+
+async def test_given_crash_after_cancel_recorded_before_broker_call_then_restart_sends_it():
+    broker = ScriptedBroker()
+    first, _ = make_app(broker=broker)
+    first.processor.handle(order_body(**RESTING))
+    await wait_until(lambda: status_of(first) == "SUBMITTED")
+    await first.tracker.stop()
+    record = first.store.get_record("sig_1")
+    now = first.clock()
+    first.journal.apply(record, lambda s: request_cancel(
+        s, "cancelled by upstream request req_1", now, "req_1", "upstream"))
+    assert broker.cancel_calls == 0  # the process dies before the broker heard of it
+    first.store.records.update_one({"signal_id": "sig_1"}, {"$set": {"lease_expires_at": None}})
+    second, publisher = make_app(handle=first.handle, broker=broker)
+    assert second.leases.sweep() == 1
+    await wait_until(lambda: status_of(second) == "CANCELLED")
+    await settle(second)
+    assert broker.cancel_calls == 1
+    assert events_of(publisher) == ["CANCELLED"]
+    assert second.store.get_record("sig_1")["cancel_reason"] == \
+        "cancelled by upstream request req_1"
