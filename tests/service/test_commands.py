@@ -217,16 +217,24 @@ async def test_given_command_without_usable_request_id_then_dead_letter(body):
     assert app.store.db["order_commands"].count_documents({}) == 0
 
 
-async def test_given_broker_refuses_modify_then_modify_rejected_with_broker_reason():
+@pytest.mark.parametrize(("error", "reason", "calls"), [
+    (OrderRejected("price outside the daily band"),
+     "broker refused: price outside the daily band", 1),
+    (TransientBrokerError("gateway down"), "broker unavailable: gateway down", 3),
+])
+async def test_given_broker_refuses_or_is_unreachable_when_modify_then_rejected(error, reason,
+                                                                                 calls):
+    """Given a resting order, when the broker refuses the modify (or stays unreachable for
+    MAX_RETRY_ATTEMPTS), then MODIFY_REJECTED says so and the record keeps its values."""
     broker = ScriptedBroker()
     app, publisher = make_app(broker=broker)
     app.processor.handle(order_body(**RESTING))
     await wait_until(lambda: status_of(app) == "SUBMITTED")
-    broker.modify_error = OrderRejected("price outside the daily band")
+    broker.modify_error = error
     app.processor.handle(command("MODIFY", limit_price=231.0))
     await wait_until(lambda: "MODIFY_REJECTED" in events_of(publisher))
-    assert confirmations(publisher)[-1][0]["reason"] == \
-        "broker refused: price outside the daily band"
+    assert confirmations(publisher)[-1][0]["reason"] == reason
+    assert len(broker.modify_calls) == calls
     assert app.store.get_record("sig_1")["limit_price"] == 230.0
 
 
@@ -332,19 +340,6 @@ async def test_given_broker_down_when_cancel_then_tracker_resends_until_cancelle
     await settle(app)
     assert broker.cancel_calls >= 6  # the handler's attempts, then the tracker's
     assert events_of(publisher) == ["SUBMITTED", "CANCEL_REQUESTED", "CANCELLED"]
-
-
-async def test_given_broker_unreachable_when_modify_then_refused_as_unavailable():
-    broker = ScriptedBroker()
-    app, publisher = make_app(broker=broker)
-    app.processor.handle(order_body(**RESTING))
-    await wait_until(lambda: status_of(app) == "SUBMITTED")
-    broker.modify_error = TransientBrokerError("gateway down")
-    app.processor.handle(command("MODIFY", limit_price=231.0))
-    await wait_until(lambda: "MODIFY_REJECTED" in events_of(publisher))
-    assert confirmations(publisher)[-1][0]["reason"] == "broker unavailable: gateway down"
-    assert len(broker.modify_calls) == 3  # MAX_RETRY_ATTEMPTS
-    assert app.store.get_record("sig_1")["limit_price"] == 230.0
 
 
 async def test_given_crash_after_cancel_recorded_before_broker_call_then_restart_sends_it():
