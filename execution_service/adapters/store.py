@@ -191,6 +191,13 @@ class Store:
              "owner.id": {"$nin": [owner_id, None]}}, {"signal_id": 1})]
 
     @translating
+    def cancels_asked(self, signal_ids: list[str]) -> list[str]:
+        """Those of these records with a cancel asked for (by any process)."""
+        return [doc["signal_id"] for doc in self.records.find(
+            {"_id": {"$in": [record_id(s) for s in signal_ids]},
+             "cancel_requested_reason": {"$ne": None}}, {"signal_id": 1})]
+
+    @translating
     def take_over(self, doc: dict, owner: dict, until: datetime, at: datetime) -> dict | None:
         """Become the record's owner; bumps `version` so the old owner's writes fail."""
         event = {"status": doc["status"], "event": "TAKEN_OVER", "at": at, "owner": owner["id"],

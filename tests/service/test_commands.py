@@ -12,7 +12,7 @@ from brokers.base import BrokerStatus
 from execution_service.adapters.store import Store
 from execution_service.domain.commands import parse_command
 from execution_service.domain.orders import request_cancel
-from execution_service.errors import OrderRejected, TransientBrokerError
+from execution_service.errors import OrderNotFound, OrderRejected, TransientBrokerError
 from execution_service.service.processor import Action
 from tests.fakes.service_fakes import (
     FlakyStore,
@@ -362,3 +362,21 @@ async def test_given_crash_after_cancel_recorded_before_broker_call_then_restart
     assert events_of(publisher) == ["CANCELLED"]
     assert second.store.get_record("sig_1")["cancel_reason"] == \
         "cancelled by upstream request req_1"
+
+
+async def test_given_cancel_received_by_a_replica_that_cannot_reach_the_order_then_owner_sends_it():
+    """Given an order tracked by replica A, when replica B receives its CANCEL but B's broker
+    session does not know the order (an IB client id of its own), then B records the request
+    and A's lease upkeep finds it and sends the cancel."""
+    owner_broker, other_broker = ScriptedBroker(), ScriptedBroker()
+    a, publisher = make_app(broker=owner_broker)
+    a.processor.handle(order_body(**RESTING))
+    await wait_until(lambda: status_of(a) == "SUBMITTED")
+    b, _ = make_app(handle=a.handle, broker=other_broker)
+    other_broker.cancel_errors = [OrderNotFound("SCR-1 unknown to this session")] * 3
+    b.processor.handle(command("CANCEL"))
+    await commands_done(b)
+    assert status_of(a) == "PENDING_CANCEL" and owner_broker.cancel_calls == 0
+    a.leases.renew()
+    await wait_until(lambda: status_of(a) == "CANCELLED")
+    assert owner_broker.cancel_calls == 1
