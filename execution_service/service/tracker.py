@@ -29,6 +29,7 @@ from execution_service.errors import (
     TransientBrokerError,
 )
 from execution_service.service.journal import LeaseLost
+from execution_service.service.nudges import Nudges
 
 logger = logging.getLogger(__name__)
 PENDING_CANCEL = str(orders.OrderStatus.PENDING_CANCEL)
@@ -64,7 +65,7 @@ class OrderTracker:
         self._halts = halts or (lambda _account_id: None)
         self._metrics = metrics
         self._tasks: dict[str, asyncio.Task] = {}
-        self._nudges: dict[str, asyncio.Event] = {}
+        self._nudges = Nudges()
 
     @property
     def in_flight(self) -> int:
@@ -78,17 +79,10 @@ class OrderTracker:
         this process tracks the order, it reads the record again now instead of at its next
         write. (Another replica's tracker learns it from its next compare-and-set.)"""
         if signal_id in self._tasks:
-            nudged = self._nudges.get(signal_id)
-            if nudged is None:
-                nudged = self._nudges[signal_id] = asyncio.Event()
-            nudged.set()
+            self._nudges.nudge(signal_id)
 
     def _take_nudge(self, doc: dict) -> dict:
-        nudged = self._nudges.get(doc["signal_id"])
-        if nudged is None or not nudged.is_set():
-            return doc
-        nudged.clear()
-        return self._journal.reload(doc)
+        return self._journal.reload(doc) if self._nudges.take(doc["signal_id"]) else doc
 
     def forget(self, signal_id: str) -> None:
         """Stop tracking one order (another process owns it now)."""
@@ -111,7 +105,7 @@ class OrderTracker:
 
     def _done(self, signal_id: str) -> None:
         self._tasks.pop(signal_id, None)
-        self._nudges.pop(signal_id, None)
+        self._nudges.forget(signal_id)
 
     async def stop(self) -> None:
         """Stop tracking; every record stays as stored and is resumed on the next start."""
@@ -278,23 +272,8 @@ class OrderTracker:
                 continue
             wait = policy.poll_interval if pending_cancel else \
                 min(policy.poll_interval, (deadline - now).total_seconds())
-            await self._wait(broker, poll_id, doc["signal_id"], max(wait, 0.001))
-
-    async def _wait(self, broker: Broker, order_id: str, signal_id: str, timeout: float) -> None:
-        """Until the broker has news about the order, the record was changed by a command
-        (nudge), or `timeout`."""
-        nudged = self._nudges.get(signal_id)
-        if nudged is None:
-            nudged = self._nudges[signal_id] = asyncio.Event()
-        if nudged.is_set():
-            return
-        waits = [asyncio.ensure_future(nudged.wait()),
-                 asyncio.ensure_future(broker.wait_for_update(order_id, timeout))]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
+            await self._nudges.wait(doc["signal_id"],
+                                    broker.wait_for_update(poll_id, max(wait, 0.001)))
 
     async def _snapshot(self, broker: Broker, order_id: str, doc: dict) -> BrokerOrder:
         """The order by its id; a broker that no longer knows the id is asked by signal tag
