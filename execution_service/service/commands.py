@@ -169,6 +169,8 @@ class CommandHandler:
         refused = _refusal_of(doc, command.request_id)
         if refused is not None:
             return self._outcome(command, CommandEvent.CANCEL_REJECTED, refused)
+        if doc.get("awaiting_order") and state.cancel_request_id == command.request_id:
+            return self._outcome(command, KEPT, doc["reject_reason"])  # kept before a crash
         if state.status is OrderStatus.PENDING_CANCEL and state.order_id:
             await self._at_broker(doc, "cancel", lambda broker: broker.cancel_order(
                 doc["order_id"]))
@@ -182,16 +184,15 @@ class CommandHandler:
         if already_applied(state, command.request_id):
             return self._answered(command, doc)
         changed = {**doc, **command.changes()}
-        refusal = modify_refusal(state, str(doc.get("order_type")), command) \
-            or self._check_order(changed)
+        order_type = str(doc.get("order_type"))
+        refusal = modify_refusal(state, order_type, command) or self._check_order(changed)
         if refusal is None:
             request = request_from_record(changed)
             refusal = await self._at_broker(doc, "modify", lambda broker: broker.modify_order(
                 doc["order_id"], request))
         now = self._clock()
         if refusal is None:
-            doc = self._journal.apply(doc, lambda s: apply_modify(
-                s, command, str(doc.get("order_type")), now))
+            doc = self._journal.apply(doc, lambda s: apply_modify(s, command, order_type, now))
         else:
             doc = self._journal.apply(doc, lambda s: refuse(
                 s, CommandAction.MODIFY, command.request_id, refusal, now))

@@ -380,3 +380,19 @@ async def test_given_cancel_received_by_a_replica_that_cannot_reach_the_order_th
     a.leases.renew()
     await wait_until(lambda: status_of(a) == "CANCELLED")
     assert owner_broker.cancel_calls == 1
+
+
+async def test_given_early_cancel_kept_before_a_crash_then_finished_as_kept_once():
+    first, _ = make_app()
+    cancel = parse_command(json.loads(command("CANCEL")))
+    assert first.commands.receive(cancel) is None
+    outcome = await first.commands.handle_command(cancel)  # kept; then "crash" before DONE
+    assert outcome.event == "KEPT"
+    first.store.db["order_commands"].update_one({"_id": "req_1"}, {"$set": {"state": "RECEIVED"}})
+    second, publisher = make_app(handle=first.handle)
+    assert second.commands.resume_unfinished() == 1
+    await commands_done(second)
+    done = second.store.db["order_commands"].find_one({"_id": "req_1"})
+    assert (done["state"], done["outcome"]) == ("DONE", "KEPT")
+    assert second.store.get_record("sig_1")["events"][-1]["event"] == "CANCEL_REQUESTED"
+    assert publisher.messages == []  # its CANCEL_REQUESTED went out once, from the first run
