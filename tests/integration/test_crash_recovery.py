@@ -83,7 +83,7 @@ def _check_store(daemon: DaemonProcess, ids: list[str]) -> None:
             assert record["status"] == "FILLED", (signal_id, record["status"])
             events = [e["event"] for e in record["events"]]
             assert events.count("SUBMITTED") == 1, (signal_id, events)
-            assert store.db["mock_broker_orders"].count_documents({"signal_id": signal_id}) == 1
+            assert store.mock_ledger.count(signal_id) == 1
             sign = 1 if record["side"] == "BUY" else -1
             net_from_fills[record["symbol"]] += sign * sum(f["quantity"] for f in record["fills"])
         for symbol, net in net_from_fills.items():

@@ -7,7 +7,6 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import click
-import mongomock
 import pytest
 from click.testing import CliRunner
 from pymongo.errors import ServerSelectionTimeoutError
@@ -17,7 +16,6 @@ from execution_service.adapters.store import Store, open_store
 from execution_service.domain.signals import Signal
 from execution_service.errors import StoreUnavailable
 from execution_service.service.risk import (
-    HALTS,
     RiskGate,
     active_halts,
     clear_halt,
@@ -26,6 +24,7 @@ from execution_service.service.risk import (
     set_halt,
     watch_halts,
 )
+from tests.fakes.stores import memory_store
 
 NOW = datetime(2024, 11, 24, 10, 30, tzinfo=UTC)
 ACCOUNT = {"_id": "acc_1", "broker": "MOCK", "enabled": True}
@@ -41,39 +40,55 @@ class Timer:
         return self.now
 
 
-class SpyDb:
-    """The database, noting which collections are touched."""
+class SpyStore:
+    """The store, noting which of its methods are called."""
 
-    def __init__(self, db) -> None:
-        self.db = db
+    def __init__(self, store) -> None:
+        self.store = store
         self.used: list[str] = []
 
-    def __getitem__(self, name: str):
+    def __getattr__(self, name: str):
         self.used.append(name)
-        return self.db[name]
+        return getattr(self.store, name)
 
 
-class DownCollection:
+class SwitchableCollection:
+    """A collection that fails like an unreachable server while its database is `down`."""
+
+    def __init__(self, collection, database) -> None:
+        self._collection = collection
+        self._database = database
+
     def __getattr__(self, name):
+        if not self._database.down:
+            return getattr(self._collection, name)
+
         def fail(*args, **kwargs):
             raise ServerSelectionTimeoutError("no servers (test)")
         return fail
 
 
-class DownDb:
-    """A store that cannot be reached, or (with `db`) one that goes away when `down` is set."""
+class SwitchableDatabase:
+    """A database that cannot be reached, or (with `database`) one that goes away when `down`
+    is set."""
 
-    def __init__(self, db=None) -> None:
-        self.db = db
-        self.down = db is None
+    def __init__(self, database=None) -> None:
+        self.database = database
+        self.down = database is None
 
     def __getitem__(self, name: str):
-        return DownCollection() if self.down else self.db[name]
+        return SwitchableCollection(None if self.database is None else self.database[name], self)
+
+
+def down_store(database=None) -> tuple[Store, SwitchableDatabase]:
+    switch = SwitchableDatabase(database)
+    return Store(switch), switch
 
 
 @pytest.fixture
 def db():
-    return mongomock.MongoClient(tz_aware=True)["trading"]
+    """The store (through the product's factory) the gate and the halt commands use."""
+    return memory_store()[1]
 
 
 @pytest.fixture
@@ -94,7 +109,7 @@ def signal(**overrides) -> Signal:
 
 
 def record(db, n: int, *, account_id="acc_1", ago=10.0, status="FILLED") -> None:
-    db["execution_confirmations"].insert_one({
+    db.records.insert_one({
         "_id": f"exec_{account_id}_{n}", "signal_id": f"{account_id}_{n}",
         "account_id": account_id, "status": status,
         "received_at": NOW - timedelta(seconds=ago)})
@@ -153,16 +168,16 @@ def test_given_halt_storage_then_documents_have_the_agreed_shape(db):
 
 
 def test_given_the_store_down_when_checked_then_store_unavailable_so_the_message_is_nacked():
-    gate = RiskGate(DownDb(), lambda: NOW)
+    gate = RiskGate(down_store()[0], lambda: NOW)
     with pytest.raises(StoreUnavailable):
         gate.check(signal(), ACCOUNT)
     with pytest.raises(StoreUnavailable):
-        set_halt(DownDb(), "x", at=NOW)
+        set_halt(down_store()[0], "x", at=NOW)
 
 
 def test_given_halts_then_halt_for_answers_per_account_even_with_the_store_down(db, timer):
-    flaky = DownDb(db)
-    gate = RiskGate(flaky, lambda: NOW, halt_cache_seconds=0)
+    store, flaky = down_store(db.db)
+    gate = RiskGate(store, lambda: NOW, halt_cache_seconds=0)
     set_halt(db, "runaway", "acc_1", cancel_open=True, at=NOW)
     assert gate.halt_for("acc_1")["cancel_open"] is True
     assert gate.halt_for("acc_2") is None
@@ -187,13 +202,13 @@ def test_given_records_in_the_last_minute_then_they_count_across_replicas(db, ga
 
 
 def test_given_no_rate_or_position_limit_then_records_and_positions_are_not_read(db, timer):
-    spy = SpyDb(db)
+    spy = SpyStore(db)
     gate = RiskGate(spy, lambda: NOW, timer=timer)
     gate.check(signal(), {**ACCOUNT, "max_order_quantity": 1000})
-    assert set(spy.used) == {HALTS}
+    assert set(spy.used) == {"list_halts"}
     spy.used.clear()
     gate.check(signal(), {**ACCOUNT, "max_orders_per_minute": 5, "max_position_notional": 1e6})
-    assert set(spy.used) == {"execution_confirmations", "positions"}  # halts still cached
+    assert set(spy.used) == {"count_orders_since", "open_positions_for"}  # halts still cached
 
 
 # -- position notional -----------------------------------------------------------------------
@@ -201,7 +216,7 @@ def test_given_no_rate_or_position_limit_then_records_and_positions_are_not_read
 
 def test_given_open_positions_of_two_strategies_then_the_account_symbol_total_is_limited(db,
                                                                                         gate):
-    positions = db["positions"]
+    positions = db.positions
     positions.insert_many([
         {"_id": "p1", "account_id": "acc_1", "strategy_name": "A", "symbol": "SPY",
          "side": "LONG", "quantity": 120, "avg_entry_price": 99.0, "status": "OPEN"},
@@ -309,11 +324,11 @@ def test_given_halt_then_a_gate_on_the_store_refuses_and_resume_lifts_it(run_cli
                              "daemons will cancel open orders\n")
 
     def check(store):
-        return RiskGate(store.db, lambda: NOW, halt_cache_seconds=0).check(signal(), ACCOUNT)
+        return RiskGate(store, lambda: NOW, halt_cache_seconds=0).check(signal(), ACCOUNT)
 
     breach = read_store(run_cli.data, check)
     assert breach.reason == "trading halted: fat finger on desk 3"
-    assert read_store(run_cli.data, lambda s: active_halts(s.db))[0]["cancel_open"] is True
+    assert read_store(run_cli.data, lambda s: active_halts(s))[0]["cancel_open"] is True
     result = run_cli("resume")
     assert result.exit_code == 0 and result.output == "trading resumed for all accounts\n"
     assert read_store(run_cli.data, check) is None
