@@ -4,6 +4,7 @@ replica set."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -22,10 +23,8 @@ from execution_service.adapters.emulator import free_port
 
 def _die_with_parent() -> None:
     """In the child before exec: a SIGKILLed test session takes its server along."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def find_server() -> str | None:
@@ -115,3 +114,14 @@ class WireMongo:
             client.drop_database(database)
         finally:
             client.close()
+
+
+def daemon_store_env(request, backend: str) -> dict[str, str]:
+    """The environment that puts a daemon on `backend`: "embedded" (its ./data) or "mongodb"
+    (a database of its own on the session's wire server, dropped after the test)."""
+    if backend == "embedded":
+        return {}
+    server: WireMongo = request.getfixturevalue("wire_mongo")
+    database = server.fresh_database()
+    request.addfinalizer(lambda: server.drop(database))
+    return {"MONGODB_URI": server.uri, "MONGODB_DATABASE": database}
