@@ -31,6 +31,7 @@ from execution_service.domain.risk import (
 )
 from execution_service.domain.signals import Signal
 from execution_service.errors import StoreUnavailable
+from execution_service.service.ports import HaltStore, RiskStore
 
 logger = logging.getLogger(__name__)
 HALTS = "trading_halts"
@@ -44,8 +45,8 @@ def halt_id(account_id: str | None) -> str:
 
 # halts (CLI and daemon), stored through the store port ---------------------------------------
 
-def set_halt(store, reason: str, account_id: str | None = None, cancel_open: bool = False, *,
-             at: datetime) -> dict:
+def set_halt(store: HaltStore, reason: str, account_id: str | None = None,
+             cancel_open: bool = False, *, at: datetime) -> dict:
     """Halt all trading (account_id None) or one account's; replaces an earlier halt there."""
     reason = (reason or "").strip()
     if not reason:
@@ -56,12 +57,12 @@ def set_halt(store, reason: str, account_id: str | None = None, cancel_open: boo
     return doc
 
 
-def clear_halt(store, account_id: str | None = None) -> dict | None:
+def clear_halt(store: HaltStore, account_id: str | None = None) -> dict | None:
     """Lift the global halt (or one account's); the halt that was lifted, None if none was."""
     return store.delete_halt(halt_id(account_id))
 
 
-def active_halts(store) -> list[dict]:
+def active_halts(store: HaltStore) -> list[dict]:
     """Every active halt, the global one first."""
     return sorted(store.list_halts(), key=lambda doc: (doc["_id"] != GLOBAL_HALT, doc["_id"]))
 
@@ -77,8 +78,9 @@ class HaltChanges:
 class RiskGate:
     """`check(signal, account)` right after the account check, before the claim."""
 
-    def __init__(self, store, clock: Callable[[], datetime], collar_pct: float | None = 10.0,
-                 halt_cache_seconds: float = 0.5, timer: Callable[[], float] = time.monotonic):
+    def __init__(self, store: RiskStore, clock: Callable[[], datetime],
+                 collar_pct: float | None = 10.0, halt_cache_seconds: float = 0.5,
+                 timer: Callable[[], float] = time.monotonic):
         self._store = store
         self._clock = clock
         self._timer = timer  # monotonic seconds, for the halt cache only
