@@ -13,6 +13,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \
     "execution-service-tests" / "mongosh"
 
+INSTALL_SECONDS = 480
+
 
 class MongoshUnavailable(Exception):
     """npm or the registry cannot be reached: the caller skips, saying so."""
@@ -26,8 +28,12 @@ def find_or_install_mongosh(cache: Path = CACHE) -> Path:
     if npm is None or shutil.which("node") is None:
         raise MongoshUnavailable("node and npm are needed to install mongosh")
     cache.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(cache),
-                             "mongosh@2"], capture_output=True, text=True, timeout=600)
+    try:
+        result = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--fetch-retries=1",
+                                 "--fetch-timeout=60000", "--prefix", str(cache), "mongosh@2"],
+                                capture_output=True, text=True, timeout=INSTALL_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise MongoshUnavailable(f"npm install mongosh@2 took over {INSTALL_SECONDS}s") from None
     if result.returncode != 0 or not shell.exists():
         raise MongoshUnavailable(f"npm install mongosh@2 failed: {result.stderr[-500:]}")
     return shell

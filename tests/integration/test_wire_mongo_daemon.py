@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import SIGNALS
 from tests.fakes.daemon import DaemonProcess
 from tests.fakes.mongosh import (
+    INSTALL_SECONDS,
     MongoshUnavailable,
     find_or_install_mongosh,
     paste,
@@ -73,6 +74,7 @@ def test_given_the_samples_on_mongodb_then_commands_show_fills_position_and_reje
     assert (report["orders_filled"], report["orders_rejected"]) == (2, 1)
 
 
+@pytest.mark.timeout(INSTALL_SECONDS + 120)  # the first run installs mongosh with npm
 def test_given_a_daemon_run_when_the_readme_mongosh_block_is_pasted_then_it_shows_the_audit(
         samples_on_wire):
     """The block as written in README.md, into the real shell: executions, the rejection

@@ -8,9 +8,9 @@ import pytest
 
 from brokers.base import BrokerStatus, OrderRequest
 from brokers.mock import MockBroker, MockSettings
-from execution_service.errors import OrderRejected, PlacementUncertain
+from execution_service.errors import OrderRejected, PlacementUncertain, StoreUnavailable
 from tests.contract.harness_mock import ManualClock
-from tests.fakes.stores import memory_store
+from tests.fakes.stores import down_store, memory_store
 
 pytestmark = pytest.mark.asyncio
 
@@ -152,3 +152,22 @@ async def test_reject_rate_is_deterministic_under_seed():
         outcomes.append(run)
     assert outcomes[0] == outcomes[1]
     assert 0 < outcomes[0].count("rejected") < 20
+
+
+async def test_given_the_ledgers_store_down_then_store_unavailable_and_placed_once_after():
+    """The ledger is the store: its outage is StoreUnavailable (the tracker backs off and
+    looks the order up), never a driver error, and nothing is placed twice."""
+    handle, store = memory_store()
+    down, switch = down_store(handle.database)
+    clock = ManualClock()
+    broker = MockBroker(down.mock_ledger, MockSettings(fill_delay_seconds=1.0), clock=clock)
+    switch.down = True
+    with pytest.raises(StoreUnavailable):
+        await broker.place_order(req())
+    with pytest.raises(StoreUnavailable):
+        await broker.find_order("s1")
+    switch.down = False
+    assert await broker.find_order("s1") is None  # the failed insert never landed
+    placed = await broker.place_order(req())
+    assert (await broker.find_order("s1")).order_id == placed.order_id
+    assert store.mock_ledger.count("s1") == 1

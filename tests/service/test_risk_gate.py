@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 import click
 import pytest
 from click.testing import CliRunner
-from pymongo.errors import ServerSelectionTimeoutError
 
 from execution_service import cli, cli_risk
 from execution_service.adapters.store import Store, open_store
@@ -24,7 +23,7 @@ from execution_service.service.risk import (
     set_halt,
     watch_halts,
 )
-from tests.fakes.stores import memory_store
+from tests.fakes.stores import down_store, memory_store
 
 NOW = datetime(2024, 11, 24, 10, 30, tzinfo=UTC)
 ACCOUNT = {"_id": "acc_1", "broker": "MOCK", "enabled": True}
@@ -50,39 +49,6 @@ class SpyStore:
     def __getattr__(self, name: str):
         self.used.append(name)
         return getattr(self.store, name)
-
-
-class SwitchableCollection:
-    """A collection that fails like an unreachable server while its database is `down`."""
-
-    def __init__(self, collection, database) -> None:
-        self._collection = collection
-        self._database = database
-
-    def __getattr__(self, name):
-        if not self._database.down:
-            return getattr(self._collection, name)
-
-        def fail(*args, **kwargs):
-            raise ServerSelectionTimeoutError("no servers (test)")
-        return fail
-
-
-class SwitchableDatabase:
-    """A database that cannot be reached, or (with `database`) one that goes away when `down`
-    is set."""
-
-    def __init__(self, database=None) -> None:
-        self.database = database
-        self.down = database is None
-
-    def __getitem__(self, name: str):
-        return SwitchableCollection(None if self.database is None else self.database[name], self)
-
-
-def down_store(database=None) -> tuple[Store, SwitchableDatabase]:
-    switch = SwitchableDatabase(database)
-    return Store(switch), switch
 
 
 @pytest.fixture
