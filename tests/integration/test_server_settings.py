@@ -90,3 +90,20 @@ def test_given_a_bad_write_concern_when_the_daemon_starts_then_exit_2_and_one_li
         "error: configuration: MONGODB_WRITE_CONCERN: must be majority or a number of members >= 1 "
         "(got 'most')"]
 
+
+
+@pytest.mark.parametrize("command", [["show", "sig_1"], ["halt", "--reason", "desk"],
+                                     ["status"], ["accounts", "update", "acc_1", "--name", "A"]])
+def test_given_no_server_at_the_uri_when_a_command_runs_then_one_line_and_exit_2(command,
+                                                                                tmp_path):
+    """Every command reads and writes through the store port: an unreachable server is one
+    line naming the store, never a driver traceback."""
+    from execution_service.adapters.emulator import free_port
+
+    env = {"PATH": "/usr/bin:/bin", "MONGODB_SERVER_SELECTION_TIMEOUT_MS": "300",
+           "MONGODB_URI": f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"}
+    result = subprocess.run([sys.executable, "-m", "execution_service", *command],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: store unavailable:"), lines
