@@ -145,3 +145,18 @@ def test_given_a_signal_when_updated_then_created_once_and_upstream_fields_kept(
     assert created["execution_updated_at"] == ms(T0)
     assert store.signals.count_documents({"signal_id": "sig_new"}) == 1
     assert store.get_signal("sig_none") is None
+
+
+def test_given_orders_of_every_status_then_working_orders_are_the_open_ones_of_account_symbol(
+        store):
+    store.insert_record(claim("sig_w1", status="SUBMITTED", symbol="SPY", side="BUY",
+                              quantity=100, filled_quantity=40.0, limit_price=230.0))
+    store.insert_record(claim("sig_w2", status="PENDING", symbol="SPY", side="SELL",
+                              quantity=5, filled_quantity=0.0))
+    store.insert_record(claim("sig_done", status="FILLED", symbol="SPY"))
+    store.insert_record(claim("sig_qqq", status="SUBMITTED", symbol="QQQ"))
+    store.insert_record(claim("sig_other", status="SUBMITTED", symbol="SPY", account_id="acc_2"))
+    working = sorted(store.working_orders("acc_1", "SPY"), key=lambda doc: doc["_id"])
+    assert [doc["_id"] for doc in working] == ["exec_sig_w1", "exec_sig_w2"]
+    assert (working[0]["side"], working[0]["quantity"], working[0]["filled_quantity"],
+            working[0]["limit_price"]) == ("BUY", 100, 40.0, 230.0)
