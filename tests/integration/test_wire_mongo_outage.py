@@ -25,7 +25,7 @@ def _until(condition, timeout: float, what: str):
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "issue 13 (in progress): passed 5 runs in 8 here; fails when a write's acknowledgement is "
+    "issue 13 (in progress): passed 6 runs in 10 here; fails when a write's acknowledgement is "
     "lost in the kill (its SUBMITTED confirmation stays in the outbox until a restart: no "
     "outbox rescan yet) or the store fails while the tracker reloads a record (the order is "
     "dropped until a restart)"))
