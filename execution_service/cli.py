@@ -253,8 +253,9 @@ def accounts_disable(account_id: str) -> None:
 
 
 def _register_extensions() -> None:
-    from execution_service import cli_ops, cli_recovery, cli_risk, cli_sessions
+    from execution_service import cli_commands, cli_ops, cli_recovery, cli_risk, cli_sessions
 
+    cli_commands.register(main)
     cli_recovery.register(main)
     cli_sessions.register(main)
     cli_ops.register(main)

@@ -27,7 +27,7 @@ def reconcile_command(as_json: bool) -> None:
     settings = _settings()
     handle, store = open_app_store(settings)
     try:
-        brokers = BrokerFactory(with_stored_session(settings, store), handle.database)
+        brokers = BrokerFactory(with_stored_session(settings, store), store.mock_ledger)
         report = asyncio.run(_reconcile(store, brokers))
     finally:
         handle.close()

@@ -41,7 +41,8 @@ def make_commands(settings: Settings, app):
     from execution_service.adapters.telegram_commands import TelegramCommands
     from execution_service.service.operator_desk import OperatorDesk
 
-    return TelegramCommands.from_settings(settings, OperatorDesk(app.store, settings, app.clock))
+    desk = OperatorDesk(app.store, settings, app.clock, commands=app.commands)
+    return TelegramCommands.from_settings(settings, desk)
 
 
 def run_daemon(settings: Settings, say=print) -> int:

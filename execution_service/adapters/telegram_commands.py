@@ -108,7 +108,7 @@ class TelegramCommands:
         command = message.text.split()[0].lstrip("/").split("@")[0].lower()
         by = asked_by(update)
         logger.info("Telegram /%s from %s", command, by)
-        text = self._desk.answer(command, list(context.args or []), by)
+        text = await self._desk.answer(command, list(context.args or []), by)
         await message.reply_text(text)
 
     async def _refuse(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -31,7 +31,7 @@ def save_kite_session(store, session: dict, at: datetime, by: str) -> dict | Non
     store.save_broker_session(KITE, {"access_token": session["access_token"],
                                      "user_id": session.get("user_id"), "saved_at": at,
                                      "by": by})
-    return get_halt(store.db, broker=KITE)
+    return get_halt(store, broker=KITE)
 
 
 def with_stored_session(settings, store):
@@ -73,8 +73,8 @@ class SessionKeeper:
         if broker_name != KITE or self._halting:
             return
         try:
-            if get_halt(self._store.db, broker=KITE) is None:
-                set_halt(self._store.db, SESSION_EXPIRED_REASON, at=self._clock(),
+            if get_halt(self._store, broker=KITE) is None:
+                set_halt(self._store, SESSION_EXPIRED_REASON, at=self._clock(),
                          by="kite", broker=KITE)
                 logger.warning("Kite session expired: every Zerodha account halted until "
                                "`execution-service kite login`")
@@ -101,7 +101,7 @@ class SessionKeeper:
     async def _poll(self) -> None:
         doc = self._store.get_broker_session(KITE)
         if doc is None or doc.get("saved_at") == self._seen or not doc.get("access_token"):
-            if self._halting and get_halt(self._store.db, broker=KITE) is None:
+            if self._halting and get_halt(self._store, broker=KITE) is None:
                 self._halting = False  # lifted by `kite login` (or by hand)
             return
         self._seen = doc.get("saved_at")
@@ -115,7 +115,7 @@ class SessionKeeper:
 
     async def _lift_if_session_works(self) -> None:
         broker = self._brokers.brokers.get(KITE) if self._brokers is not None else None
-        if broker is None or get_halt(self._store.db, broker=KITE) is None:
+        if broker is None or get_halt(self._store, broker=KITE) is None:
             self._halting = False
             return
         try:
@@ -123,6 +123,6 @@ class SessionKeeper:
         except ExecutionError as e:
             logger.info("Kite session still refused (%s): the halt stays", e)
             return
-        if clear_halt(self._store.db, broker=KITE) is not None:
+        if clear_halt(self._store, broker=KITE) is not None:
             logger.info("Kite session works again: Zerodha accounts resumed")
         self._halting = False

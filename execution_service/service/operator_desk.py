@@ -7,14 +7,18 @@ who asked (`by`, e.g. `telegram:<chat_id>:<username>`), and sends back the text.
 
 from __future__ import annotations
 
+import inspect
 import logging
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 
+from execution_service.domain.commands import CancelOrder, parse_command
 from execution_service.domain.telegram_text import truncate
 from execution_service.domain.text import single_line
 from execution_service.errors import ExecutionError
 from execution_service.journey import render_journey, signal_journey
+from execution_service.service.commands import KEPT
 from execution_service.service.risk import active_halts, clear_halt, halt_scope, set_halt
 from execution_service.status import read_status, render_status
 from execution_service.views import NO_POSITIONS, order_line, position_line
@@ -22,20 +26,19 @@ from execution_service.views import NO_POSITIONS, order_line, position_line
 logger = logging.getLogger(__name__)
 DEFAULT_ORDERS = 10
 MAX_ORDERS = 50
-CANCEL_UNAVAILABLE = "cancel is not available in this version of the execution service"
+CANCEL_UNAVAILABLE = "cancel is not available: this process has no command handler"
 
 
 class OperatorDesk:
-    def __init__(self, store, settings, clock: Callable[[], datetime],
-                 cancel: Callable[[str, str], str] | None = None):
+    def __init__(self, store, settings, clock: Callable[[], datetime], commands=None):
         self._store = store
         self._settings = settings
         self._clock = clock
-        self._cancel = cancel
+        self._commands = commands  # CommandHandler (SPEC §11): /cancel goes through it
 
     COMMANDS = ("status", "positions", "orders", "show", "halt", "resume", "cancel")
 
-    def answer(self, command: str, args: list[str], by: str) -> str:
+    async def answer(self, command: str, args: list[str], by: str) -> str:
         """The reply to one command; a store outage is an answer too, never an exception."""
         handler = {"status": self._status, "positions": self._positions,
                    "orders": self._orders, "show": self._show, "halt": self._halt,
@@ -44,6 +47,8 @@ class OperatorDesk:
             return f"unknown command /{command}"
         try:
             text = handler(args, by)
+            if inspect.isawaitable(text):
+                text = await text
             # records keep what messages said: each line escaped, as for any Telegram text
             return truncate("\n".join(single_line(line) for line in text.splitlines()))
         except ExecutionError as e:
@@ -80,7 +85,7 @@ class OperatorDesk:
         reason = " ".join(args).strip()
         if not reason:
             return "usage: /halt REASON  or  /halt ACCOUNT REASON"
-        doc = set_halt(self._store.db, reason, account_id, at=self._clock(), by=by)
+        doc = set_halt(self._store, reason, account_id, at=self._clock(), by=by)
         logger.warning("Trading halted for %s by %s: %s", halt_scope(doc), by, reason)
         return f"trading halted for {halt_scope(doc)}: {reason}"
 
@@ -88,19 +93,36 @@ class OperatorDesk:
         if len(args) > 1:
             return "usage: /resume [ACCOUNT]"
         account_id = args[0] if args else None
-        lifted = clear_halt(self._store.db, account_id)
+        lifted = clear_halt(self._store, account_id)
         scope = "all accounts" if account_id is None else f"account {account_id}"
-        remaining = [halt_scope(doc) for doc in active_halts(self._store.db)]
+        remaining = [halt_scope(doc) for doc in active_halts(self._store)]
         tail = f" (still halted: {', '.join(remaining)})" if remaining else ""
         if lifted is None:
             return f"no halt was active for {scope}{tail}"
         logger.info("Trading resumed for %s by %s", scope, by)
         return f"trading resumed for {scope}{tail}"
 
-    def _cancel_order(self, args: list[str], by: str) -> str:
+    async def _cancel_order(self, args: list[str], by: str) -> str:
+        """As `execution-service cancel`: a §11 CANCEL with its own request_id, recorded with
+        who asked, through the same handler as one from trading-orders."""
         if len(args) != 1:
             return "usage: /cancel SIGNAL_ID"
-        if self._cancel is None:
+        if self._commands is None:
             return CANCEL_UNAVAILABLE
-        return self._cancel(args[0], by)
+        command = parse_command({"action": "CANCEL", "signal_id": args[0], "by": by,
+                                 "request_id": f"telegram-{uuid.uuid4().hex[:16]}",
+                                 "reason": "cancelled from Telegram"})
+        if not isinstance(command, CancelOrder):
+            return f"cannot cancel {args[0]!r}: {command.reason}"
+        logger.info("Telegram cancel of %s by %s (request %s)", command.signal_id, by,
+                    command.request_id)
+        outcome = await self._commands.handle_command(command)
+        if outcome.refused:
+            return f"cannot cancel {command.signal_id}: {outcome.reason}"
+        if outcome.event == KEPT:
+            return (f"{command.signal_id} not received yet: it will be refused when it "
+                    f"arrives (request {command.request_id})")
+        doc = self._store.get_record(command.signal_id) or {}
+        return (f"cancel of {command.signal_id} requested (request {command.request_id}); "
+                f"order now {doc.get('status')}")
 

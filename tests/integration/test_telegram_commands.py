@@ -47,7 +47,7 @@ def ask(telegram: FakeTelegram, text: str, chat: int = ADMIN, username: str = "d
 def halts(daemon: DaemonProcess) -> list[dict]:
     handle, store = daemon.store()
     try:
-        return list(store.db["trading_halts"].find())
+        return store.list_halts()
     finally:
         handle.close()
 
@@ -90,7 +90,18 @@ def test_given_admin_and_stranger_chats_when_they_send_commands_then_admins_are_
             "trading resumed for all accounts (still halted: account acc_abc123)"
         assert ask(telegram, "/resume acc_abc123") == "trading resumed for account acc_abc123"
         assert halts(daemon) == []
-        assert ask(telegram, "/cancel sig_x").startswith("cancel is not available")
+        wait_until(lambda: json.loads(daemon.cli("status", "--json").stdout)["risk"]["halted"]
+                   == {}, what="the daemon's heartbeat to show no halt")
+        resting = market_signal({"account_id": "acc_abc123", "strategy_name": "Chat"},
+                                order_type="LIMIT", limit_price=95.0)
+        rig.publish(resting)
+        rig.wait_for(lambda: "SUBMITTED" in rig.statuses(resting["signal_id"]),
+                     what="a resting order")
+        assert ask(telegram, f"/cancel {resting['signal_id']}").startswith(
+            f"cancel of {resting['signal_id']} requested (request telegram-")
+        cancelled = rig.wait_for(lambda: rig.terminal(resting["signal_id"]), what="the cancel")
+        assert cancelled["status"] == "CANCELLED"
+        assert f"telegram:{ADMIN}:desk" in cancelled["reason"]
 
         assert telegram.sent_to(STRANGER) == []
         assert all(len(text) <= 4096 for text in telegram.sent_to(ADMIN))

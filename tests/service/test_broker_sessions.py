@@ -49,9 +49,13 @@ class Brokers:
         self.settings.update(fields)
 
 
-class DownDb:
-    def __getitem__(self, name):
+class DownHalts:
+    """The halt store unreachable."""
+
+    def list_halts(self):
         raise StoreUnavailable("store unavailable: injected fault")
+
+    save_halt = delete_halt = list_halts
 
 
 @pytest.fixture
@@ -75,7 +79,7 @@ def test_given_many_refusals_then_one_halt_of_the_zerodha_accounts(keeper, store
     for _ in range(5):
         keeper.expired(KITE)
     keeper.expired("IBKR")  # no session to renew there: nothing
-    [halt] = active_halts(store.db)
+    [halt] = active_halts(store)
     assert (halt["_id"], halt["reason"], halt["by"]) == ("broker:ZERODHA",
                                                          "Kite session expired", "kite")
     assert notifier.events == []  # the daemon's halt watcher alerts, once, from the halt
@@ -90,7 +94,7 @@ async def test_given_a_login_after_the_halt_then_the_token_is_handed_over_and_th
     assert halt["_id"] == "broker:ZERODHA"  # still standing: the daemon lifts it
     await keeper._poll()
     assert broker.tokens == ["tok_2"] and broker.connects == 1
-    assert active_halts(store.db) == []
+    assert active_halts(store) == []
     await keeper._poll()  # the same session again: nothing more
     assert broker.tokens == ["tok_2"]
 
@@ -101,7 +105,7 @@ async def test_given_kite_still_refusing_the_new_token_then_the_halt_stays(keepe
     broker.refuse = True
     save_kite_session(store, {"access_token": "tok_bad"}, NOW + timedelta(minutes=1), "cli:ops")
     await keeper._poll()
-    assert [h["_id"] for h in active_halts(store.db)] == ["broker:ZERODHA"]
+    assert [h["_id"] for h in active_halts(store)] == ["broker:ZERODHA"]
 
 
 async def test_given_the_keeper_running_when_a_login_is_saved_then_it_is_used_within_a_poll(
@@ -121,7 +125,7 @@ async def test_given_the_keeper_running_when_a_login_is_saved_then_it_is_used_wi
 
 def test_given_the_store_down_when_the_session_expires_then_one_direct_alert(keeper, store):
     keeper, _, notifier = keeper
-    keeper._store = type("Down", (), {"db": DownDb()})()
+    keeper._store = DownHalts()
     keeper.expired(KITE)
     assert [event.key for event in notifier.events] == ["kite-session-expired"]
 
