@@ -160,3 +160,10 @@ def test_given_orders_of_every_status_then_working_orders_are_the_open_ones_of_a
     assert [doc["_id"] for doc in working] == ["exec_sig_w1", "exec_sig_w2"]
     assert (working[0]["side"], working[0]["quantity"], working[0]["filled_quantity"],
             working[0]["limit_price"]) == ("BUY", 100, 40.0, 230.0)
+
+
+def test_given_records_when_a_cancel_is_asked_for_one_then_cancels_asked_names_only_it(store):
+    store.insert_record(claim("sig_c1"))
+    store.insert_record({**claim("sig_c2"), "cancel_requested_reason": "operator"})
+    assert store.cancels_asked(["sig_c1", "sig_c2", "sig_none"]) == ["sig_c2"]
+    assert store.cancels_asked([]) == []
