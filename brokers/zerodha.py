@@ -227,7 +227,9 @@ class ZerodhaBroker(Broker):
 
     def _note_failure(self, cause: Exception, error: ExecutionError, what: str) -> None:
         if isinstance(cause, kite_errors.TokenException):
-            self._connected = None  # not a connection loss: the session halt alerts, once
+            # Kite answered: reachable, so no connection alert and no reconnect loop; the
+            # session halt is the one alert, and placing is refused with the session reason
+            self._set_connected(True, "Kite reachable")
             self._session_expired()
         elif isinstance(cause, requests.ConnectionError) and not isinstance(
                 error, PlacementUncertain):

@@ -388,7 +388,7 @@ async def test_given_an_expired_kite_session_then_rejected_and_the_session_liste
         await broker.place_order(order())
     with pytest.raises(TransientBrokerError, match="kite login"):
         await broker.find_order(SIGNAL)
-    assert not broker.is_connected
+    assert broker.is_connected  # Kite answered: reachable, only the session is refused
     fake.access_token = ACCESS_TOKEN  # the operator renewed it
     broker.set_access_token(ACCESS_TOKEN)
     assert await broker.find_order(SIGNAL) is None
