@@ -227,6 +227,20 @@ class Store:
         return list(self.records.find({"status": {"$in": NON_TERMINAL}}).sort("received_at", 1))
 
     @translating
+    def open_exits(self, key: dict) -> list[dict]:
+        """The protective exits (§12) still working on one position."""
+        return list(self.records.find({**key, "parent_signal_id": {"$ne": None},
+                                       "status": {"$in": NON_TERMINAL}}))
+
+    @translating
+    def unsettled_brackets(self) -> list[dict]:
+        """Entries with protective exits (§12) that may still need work."""
+        return list(self.records.find({
+            "filled_quantity": {"$gt": 0}, "exits_settled": {"$ne": True},
+            "parent_signal_id": None,
+            "$or": [{"stop_loss": {"$ne": None}}, {"take_profit": {"$ne": None}}]}))
+
+    @translating
     def recent_records(self, limit: int) -> list[dict]:
         cursor = self.records.find().sort([("received_at", -1), ("_id", -1)])
         return list(cursor.limit(limit) if limit else cursor)

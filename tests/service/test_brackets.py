@@ -1,0 +1,162 @@
+"""Protective exits (SPEC §12) through the real processor, tracker, journal, bracket manager and
+outbox over mongomock, with the mock paper broker (or a scripted one) at the edge."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from brokers.base import BrokerStatus
+from execution_service.domain.brackets import OCO_REASON, POSITION_CLOSED_REASON
+from execution_service.errors import TransientBrokerError
+from execution_service.service.processor import Action
+from tests.fakes.service_fakes import FlakyStore, ScriptedBroker, make_app, order_body
+
+pytestmark = pytest.mark.asyncio
+LEVELS = {"quantity": 10, "reference_price": 100.0, "stop_loss": 95.0, "take_profit": 110.0}
+LEDGER = "mock_broker_orders"
+
+
+async def wait_until(condition, timeout: float = 5.0, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def record(app, signal_id: str) -> dict | None:
+    return app.store.get_record(signal_id)
+
+
+def status_of(app, signal_id: str) -> str | None:
+    doc = record(app, signal_id)
+    return None if doc is None else doc["status"]
+
+
+def position(app, strategy: str = "Strat") -> dict | None:
+    return app.store.db["positions"].find_one({"strategy_name": strategy},
+                                              sort=[("opened_at", -1)])
+
+
+def move_market(app, price: float, signal_id: str) -> None:
+    """Another strategy trades SPY at `price`: the mock broker's market moves there."""
+    body = order_body(signal_id=signal_id, strategy_name="Other", quantity=1,
+                      reference_price=price)
+    assert app.processor.handle(body).action is Action.ACK
+
+
+async def protected_entry(app, signal_id: str = "sig_1", **fields) -> None:
+    assert app.processor.handle(order_body(signal_id=signal_id, **{**LEVELS, **fields})) \
+        .action is Action.ACK
+    for exit_id in (f"{signal_id}:SL", f"{signal_id}:TP"):
+        await wait_until(lambda e=exit_id: status_of(app, e) == "SUBMITTED",
+                         what=f"{exit_id} SUBMITTED")
+
+
+def ledger_tags(app) -> list[str]:
+    return sorted(doc["signal_id"] for doc in app.store.db[LEDGER].find())
+
+
+async def stop(app) -> None:
+    await app.brackets.stop()
+    await app.tracker.stop()
+
+
+async def test_given_entry_with_both_levels_when_filled_then_stop_and_limit_exits_at_the_broker():
+    app, publisher = make_app()
+    await protected_entry(app)
+    stop_loss, take_profit = record(app, "sig_1:SL"), record(app, "sig_1:TP")
+    assert (stop_loss["role"], stop_loss["side"], stop_loss["order_type"],
+            stop_loss["stop_price"], stop_loss["quantity"], stop_loss["time_in_force"]) == \
+        ("STOP_LOSS", "SELL", "STOP", 95.0, 10, "GTC")
+    assert (take_profit["role"], take_profit["side"], take_profit["order_type"],
+            take_profit["limit_price"], take_profit["quantity"]) == \
+        ("TAKE_PROFIT", "SELL", "LIMIT", 110.0, 10)
+    assert stop_loss["parent_signal_id"] == take_profit["parent_signal_id"] == "sig_1"
+    await wait_until(lambda: record(app, "sig_1").get("exits") == ["sig_1:SL", "sig_1:TP"],
+                     what="parent lists its exits")
+    assert ledger_tags(app) == ["sig_1", "sig_1:SL", "sig_1:TP"]
+    await wait_until(lambda: any(p["signal_id"] == "sig_1:TP" for p, _ in publisher.messages),
+                     what="exit confirmation")
+    [(submitted, _)] = [m for m in publisher.messages if m[0]["signal_id"] == "sig_1:TP"]
+    assert submitted["role"] == "TAKE_PROFIT" and submitted["parent_signal_id"] == "sig_1"
+    await stop(app)
+
+
+async def test_given_protected_long_when_price_through_take_profit_then_filled_stop_cancelled():
+    app, _ = make_app()
+    await protected_entry(app)
+    move_market(app, 111.0, "mover_1")
+    await wait_until(lambda: status_of(app, "sig_1:TP") == "FILLED", what="TP filled")
+    await wait_until(lambda: status_of(app, "sig_1:SL") == "CANCELLED", what="SL cancelled")
+    assert record(app, "sig_1:SL")["cancel_reason"] == OCO_REASON
+    closed = position(app)
+    assert closed["status"] == "CLOSED" and closed["realized_pnl"] == pytest.approx(100.0)
+    assert record(app, "sig_1:TP")["avg_fill_price"] == 110.0
+    assert "🎯" not in str(app.notifier.kinds())  # kinds are plain; the title is the role's
+    [notice] = [n for n in app.notifier.events if getattr(n, "signal_id", "") == "sig_1:TP"
+                and str(n.kind) == "FILLED"]
+    assert notice.role == "TAKE_PROFIT"
+    assert app.store.db[LEDGER].find_one({"signal_id": "sig_1:SL"})["status"] == "CANCELLED"
+    await wait_until(lambda: record(app, "sig_1").get("exits_settled") is True,
+                     what="bracket settled")
+    await stop(app)
+
+
+async def test_given_protected_long_when_price_through_stop_then_stop_filled_take_profit_cancelled():
+    app, _ = make_app()
+    await protected_entry(app)
+    move_market(app, 94.0, "mover_1")
+    await wait_until(lambda: status_of(app, "sig_1:SL") == "FILLED", what="SL filled")
+    await wait_until(lambda: status_of(app, "sig_1:TP") == "CANCELLED", what="TP cancelled")
+    closed = position(app)
+    assert closed["status"] == "CLOSED" and closed["realized_pnl"] == pytest.approx(-60.0)
+    await stop(app)
+
+
+async def test_given_partial_entry_fills_when_each_lands_then_exits_protect_it_and_grow():
+    app, publisher = make_app(env={"MOCK_FILL_CHUNKS": "2", "MOCK_FILL_DELAY_SECONDS": "0.3"})
+    assert app.processor.handle(order_body(**LEVELS)).action is Action.ACK
+    await wait_until(lambda: status_of(app, "sig_1:SL") == "SUBMITTED", what="SL placed")
+    first = record(app, "sig_1:SL")["quantity"]
+    await wait_until(lambda: status_of(app, "sig_1") == "FILLED", what="entry filled")
+    await wait_until(lambda: record(app, "sig_1:SL")["quantity"] == 10
+                     and record(app, "sig_1:TP")["quantity"] == 10, what="exits grew")
+    assert first == 5
+
+    def resized() -> list[float]:
+        return [p["quantity"] for p, _ in publisher.messages
+                if p["signal_id"] == "sig_1:SL" and p["event"] == "RESIZED"]
+
+    await wait_until(resized, what="RESIZED published")
+    assert resized() == [10]
+    assert app.store.db[LEDGER].find_one({"signal_id": "sig_1:SL"})["quantity"] == 10
+    await stop(app)
+
+
+async def test_given_protected_long_when_closed_by_an_opposite_order_then_both_exits_cancelled():
+    app, _ = make_app()
+    await protected_entry(app)
+    close = order_body(signal_id="close_1", side="SELL", quantity=10, reference_price=101.0)
+    assert app.processor.handle(close).action is Action.ACK
+    for exit_id in ("sig_1:SL", "sig_1:TP"):
+        await wait_until(lambda e=exit_id: status_of(app, e) == "CANCELLED", what=exit_id)
+        assert record(app, exit_id)["cancel_reason"] == POSITION_CLOSED_REASON
+    assert position(app)["status"] == "CLOSED"
+    await stop(app)
+
+
+async def test_given_exit_when_upstream_cancels_its_signal_id_then_only_that_exit_cancelled():
+    app, _ = make_app()
+    await protected_entry(app)
+    cancel = {"action": "CANCEL", "request_id": "req_sl", "signal_id": "sig_1:SL"}
+    assert app.processor.handle(json.dumps(cancel).encode()).action is Action.ACK
+    await wait_until(lambda: status_of(app, "sig_1:SL") == "CANCELLED", what="SL cancelled")
+    await asyncio.sleep(0)  # let a re-plan run, if one were (wrongly) triggered
+    await wait_until(lambda: app.brackets.in_flight == 0, what="brackets idle")
+    assert status_of(app, "sig_1:TP") == "SUBMITTED"
+    assert ledger_tags(app) == ["sig_1", "sig_1:SL", "sig_1:TP"]  # never placed again
+    await stop(app)
