@@ -145,6 +145,16 @@ def parse_command(data: dict[str, Any]) -> Command | InvalidCommand | UnusableCo
                               f"failed validation: {describe_validation_error(e)}")
 
 
+def refused_command(data: dict[str, Any], problem: str) -> InvalidCommand | UnusableCommand:
+    """A command whose body the intake refused (a `$` key, a NUL…): answered with the reason
+    when its ids are usable."""
+    parsed = parse_command(data)
+    if isinstance(parsed, UnusableCommand):
+        return parsed
+    return InvalidCommand(CommandAction(parsed.action), parsed.request_id, parsed.signal_id,
+                          f"failed validation: {problem}")
+
+
 # decisions ----------------------------------------------------------------------------------
 
 def _terminal_refusal(state: OrderState) -> str | None:

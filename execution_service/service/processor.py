@@ -7,7 +7,6 @@ NACK when the store failed, DEAD_LETTER when the message cannot even be recorded
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,15 +23,22 @@ from execution_service.domain.commands import (
     is_command,
     parse_command,
     refuse_awaited_order,
+    refused_command,
+)
+from execution_service.domain.intake import (
+    DEFAULT_LIMITS,
+    IntakeLimits,
+    decode_body,
+    signal_id_hint,
 )
 from execution_service.domain.orders import Event, OrderStatus
 from execution_service.domain.records import ORDER_FIELDS, confirmation, new_claim, new_rejection
 from execution_service.domain.risk import MAX_ORDERS_PER_MINUTE
 from execution_service.domain.signals import (
+    KNOWN_FIELDS_ORDER,
     Invalid,
     Signal,
     Unusable,
-    decode_body,
     describe_validation_error,
     signal_from_data,
 )
@@ -59,7 +65,7 @@ class SignalProcessor:
     def __init__(self, store, journal, tracker, brokers, clock: Callable[[], datetime],
                  owner: dict | None = None,
                  lease_until: Callable[[], datetime] | None = None, risk=None,
-                 commands=None):
+                 limits: IntakeLimits = DEFAULT_LIMITS, commands=None):
         self._store = store
         self._journal = journal
         self._tracker = tracker
@@ -69,6 +75,7 @@ class SignalProcessor:
         self._lease_until = lease_until
         self._risk = risk
         self._accounts: dict[str, tuple[float, dict | None]] = {}
+        self._limits = limits
         self.commands = commands  # CommandHandler (§11), set by bootstrap
 
     def handle(self, body: bytes) -> Outcome:
@@ -77,16 +84,18 @@ class SignalProcessor:
             return self._handle(body)
         except StoreUnavailable as e:
             self._journal.counters.nacked += 1
-            signal_id = _signal_id_hint(body)
+            signal_id = signal_id_hint(body) or "no signal_id"
             logger.warning("Store unavailable, message nacked for redelivery [%s]: %s",
                            signal_id, e)
             return Outcome(Action.NACK, str(e), signal_id)
 
     def _handle(self, body: bytes) -> Outcome:
-        data = decode_body(body)
-        if not isinstance(data, Unusable) and is_command(data):
+        data = decode_body(body, COMMAND_KEPT_FIELDS, self._limits)
+        if isinstance(data, dict) and is_command(data):
             return self._command(data)
-        parsed = data if isinstance(data, Unusable) else signal_from_data(data)
+        if isinstance(data, Invalid) and is_command(data.fields):
+            return self._command(data.fields, problem=data.reason)
+        parsed = signal_from_data(data) if isinstance(data, dict) else data
         if isinstance(parsed, Unusable):
             self._journal.counters.dead_lettered += 1
             logger.warning("Unusable message sent to dead letters: %s", parsed.reason)
@@ -104,10 +113,11 @@ class SignalProcessor:
                 exclude={"extra_fields", "created_at"}, mode="json"), problem, body)
         return self._claim(parsed, account)
 
-    def _command(self, data: dict) -> Outcome:
-        """A §11 cancel or modify: kept durably (then acked), executed in the background."""
+    def _command(self, data: dict, problem: str | None = None) -> Outcome:
+        """A §11 cancel or modify: kept durably (then acked), executed in the background.
+        `problem`: what the intake found wrong with the body (refused, naming it)."""
         self._journal.counters.commands_received += 1
-        parsed = parse_command(data)
+        parsed = parse_command(data) if problem is None else refused_command(data, problem)
         if isinstance(parsed, UnusableCommand):
             self._journal.counters.dead_lettered += 1
             logger.warning("Unusable command sent to dead letters: %s", parsed.reason)
@@ -186,7 +196,6 @@ class SignalProcessor:
         logger.info("Duplicate signal ignored (already recorded): %s", signal_id)
         return Outcome(Action.ACK, "duplicate", signal_id)
 
-
     def _refuse_awaited(self, kept: dict, claim: dict) -> Outcome:
         """A cancel came first and was kept under this signal_id: the order is recorded
         REJECTED with the request named, and never reaches a broker (§11)."""
@@ -198,12 +207,6 @@ class SignalProcessor:
         return Outcome(Action.ACK, doc["reject_reason"], doc["signal_id"])
 
 
+COMMAND_KEPT_FIELDS = (*KNOWN_FIELDS_ORDER, "action", "request_id")  # to answer a bad command
 AWAITED_ORDER_FIELDS = ("strategy_name", "account_id", *ORDER_FIELDS, "signal_created_at",
                         "extra_fields", "broker", "broker_tag", "account_name", "broker_account")
-_SIGNAL_ID = re.compile(rb'"signal_id"\s*:\s*"([A-Za-z0-9_.:-]{1,128})"')
-
-
-def _signal_id_hint(body: bytes) -> str:
-    """The signal id for a log line, without parsing the whole message again."""
-    match = _SIGNAL_ID.search(body)
-    return match.group(1).decode() if match else "no signal_id"

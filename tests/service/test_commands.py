@@ -396,3 +396,19 @@ async def test_given_early_cancel_kept_before_a_crash_then_finished_as_kept_once
     assert (done["state"], done["outcome"]) == ("DONE", "KEPT")
     assert second.store.get_record("sig_1")["events"][-1]["event"] == "CANCEL_REQUESTED"
     assert publisher.messages == []  # its CANCEL_REQUESTED went out once, from the first run
+
+
+async def test_given_position_limit_when_modify_then_the_order_counts_once_as_modified():
+    """Given a resting BUY 100 @ 230 under a 30,000 position-notional limit, when it is
+    modified to 120 (27,600) it passes (its own 23,000 is not added again); to 140 (32,200)
+    it is refused by the limit."""
+    app, publisher = make_app(accounts=[{"_id": "acc_1", "broker": "MOCK", "enabled": True,
+                                         "max_position_notional": 30000}])
+    await resting_order(app)
+    app.processor.handle(command("MODIFY", request_id="req_ok", quantity=120))
+    await wait_until(lambda: "MODIFIED" in events_of(publisher))
+    app.processor.handle(command("MODIFY", request_id="req_no", quantity=140))
+    await wait_until(lambda: "MODIFY_REJECTED" in events_of(publisher))
+    reason = confirmations(publisher)[-1][0]["reason"]
+    assert reason.startswith("failed validation: position notional")
+    assert app.store.get_record("sig_1")["quantity"] == 120
