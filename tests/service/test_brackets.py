@@ -155,8 +155,136 @@ async def test_given_exit_when_upstream_cancels_its_signal_id_then_only_that_exi
     cancel = {"action": "CANCEL", "request_id": "req_sl", "signal_id": "sig_1:SL"}
     assert app.processor.handle(json.dumps(cancel).encode()).action is Action.ACK
     await wait_until(lambda: status_of(app, "sig_1:SL") == "CANCELLED", what="SL cancelled")
-    await asyncio.sleep(0)  # let a re-plan run, if one were (wrongly) triggered
     await wait_until(lambda: app.brackets.in_flight == 0, what="brackets idle")
     assert status_of(app, "sig_1:TP") == "SUBMITTED"
     assert ledger_tags(app) == ["sig_1", "sig_1:SL", "sig_1:TP"]  # never placed again
     await stop(app)
+
+
+# a venue the test drives: partial fills, one-cancels-other, faults -------------------------------
+
+async def scripted_entry(app, broker: ScriptedBroker) -> str:
+    assert app.processor.handle(order_body(**LEVELS)).action is Action.ACK
+    await wait_until(lambda: status_of(app, "sig_1") == "SUBMITTED", what="entry SUBMITTED")
+    return record(app, "sig_1")["order_id"]
+
+
+async def broker_order_of(broker: ScriptedBroker, signal_id: str) -> str:
+    found = await broker.find_order(signal_id)
+    assert found is not None, f"{signal_id} not at the broker"
+    return found.order_id
+
+
+def exit_quantities(app) -> tuple[float | None, float | None]:
+    docs = (record(app, "sig_1:SL"), record(app, "sig_1:TP"))
+    return tuple(None if doc is None or doc["status"] == "PENDING" else doc["quantity"]
+                 for doc in docs)
+
+
+async def test_given_partial_entry_fill_then_exits_for_it_at_once_and_grow_with_the_next_fill():
+    broker = ScriptedBroker()
+    app, _ = make_app(broker=broker)
+    entry = await scripted_entry(app, broker)
+    broker.fill(entry, "E1", 4, 100.0, app.clock())
+    await wait_until(lambda: exit_quantities(app) == (4, 4), what="exits for 4")
+    assert broker.orders[await broker_order_of(broker, "sig_1:SL")].quantity == 4
+    broker.fill(entry, "E2", 6, 100.0, app.clock())
+    await wait_until(lambda: exit_quantities(app) == (10, 10), what="exits for 10")
+    for exit_id in ("sig_1:SL", "sig_1:TP"):
+        assert broker.orders[await broker_order_of(broker, exit_id)].quantity == 10
+    assert broker.place_calls == 3
+    await stop(app)
+
+
+async def test_given_take_profit_partly_filled_then_stop_reduced_by_as_much_then_cancelled():
+    broker = ScriptedBroker()
+    app, _ = make_app(broker=broker)
+    entry = await scripted_entry(app, broker)
+    broker.fill(entry, "E1", 10, 100.0, app.clock())
+    await wait_until(lambda: exit_quantities(app) == (10, 10), what="exits for 10")
+    take_profit = await broker_order_of(broker, "sig_1:TP")
+    broker.fill(take_profit, "T1", 3, 110.0, app.clock())
+    await wait_until(lambda: exit_quantities(app) == (7, 10), what="stop reduced to 7")
+    assert broker.orders[await broker_order_of(broker, "sig_1:SL")].quantity == 7
+    broker.cancel_errors = [TransientBrokerError("venue down (test)")] * 2
+    broker.fill(take_profit, "T2", 7, 110.0, app.clock())
+    await wait_until(lambda: status_of(app, "sig_1:SL") == "CANCELLED", what="stop cancelled")
+    assert record(app, "sig_1:SL")["cancel_reason"] == OCO_REASON
+    assert broker.cancel_calls >= 3  # the two failures, then the tracker's cancel went through
+    assert position(app)["status"] == "CLOSED"
+    await stop(app)
+
+
+async def test_given_broker_down_on_resize_then_retried_until_it_takes_it():
+    broker = ScriptedBroker()
+    app, _ = make_app(broker=broker)
+    entry = await scripted_entry(app, broker)
+    broker.fill(entry, "E1", 4, 100.0, app.clock())
+    await wait_until(lambda: exit_quantities(app) == (4, 4), what="exits for 4")
+    broker.modify_error = TransientBrokerError("venue down (test)")
+    broker.fill(entry, "E2", 6, 100.0, app.clock())
+    await wait_until(lambda: len(broker.modify_calls) >= 3, what="resize retried")
+    assert exit_quantities(app) == (4, 4)  # nothing recorded that the broker did not take
+    broker.modify_error = None
+    await wait_until(lambda: exit_quantities(app) == (10, 10), what="exits for 10")
+    await stop(app)
+
+
+async def test_given_store_down_when_bracket_planned_then_no_exit_until_it_is_back_then_once(
+        caplog):
+    broker = ScriptedBroker()
+    app, _ = make_app(broker=broker, store_class=FlakyStore)
+    manager, app.journal.brackets = app.journal.brackets, None  # the fill lands unplanned
+    entry = await scripted_entry(app, broker)
+    broker.fill(entry, "E1", 10, 100.0, app.clock())
+    await wait_until(lambda: status_of(app, "sig_1") == "FILLED", what="entry FILLED")
+    app.journal.brackets = manager
+    app.store.down = True
+    manager.schedule("sig_1")
+    await wait_until(lambda: caplog.text.count("Protective exits bracket:sig_1") >= 2,
+                     what="two failed attempts")
+    assert manager.in_flight == 1 and broker.place_calls == 1
+    app.store.down = False
+    await wait_until(lambda: exit_quantities(app) == (10, 10), what="exits placed")
+    assert broker.place_calls == 3
+    await stop(app)
+
+
+# restarts and replicas ---------------------------------------------------------------------------
+
+async def test_given_take_profit_filled_before_a_crash_when_restarted_then_stop_cancelled_once():
+    env = {"LEASE_SECONDS": "0.3"}
+    first, _ = make_app(env=env)
+    await protected_entry(first)
+    first.journal.brackets = None  # crashes before it can act on the fill
+    move_market(first, 111.0, "mover_1")
+    await wait_until(lambda: status_of(first, "sig_1:TP") == "FILLED", what="TP filled")
+    await stop(first)
+    assert status_of(first, "sig_1:SL") == "SUBMITTED"
+    second, _ = make_app(env=env, handle=first.handle, accounts=[])
+    await wait_until(lambda: second.leases.sweep() > 0 or
+                     "sig_1:SL" in second.tracker.tracked_ids(), what="stop resumed")
+    assert second.brackets.resume() >= 1
+    await wait_until(lambda: status_of(second, "sig_1:SL") == "CANCELLED", what="SL cancelled")
+    assert record(second, "sig_1:SL")["cancel_reason"] == OCO_REASON
+    assert ledger_tags(second) == ["mover_1", "sig_1", "sig_1:SL", "sig_1:TP"]
+    await stop(second)
+
+
+async def test_given_two_replicas_when_both_plan_one_bracket_then_each_exit_claimed_once():
+    first, _ = make_app()
+    second, _ = make_app(handle=first.handle, accounts=[])
+    first.journal.brackets = None
+    assert first.processor.handle(order_body(**LEVELS)).action is Action.ACK
+    await wait_until(lambda: status_of(first, "sig_1") == "FILLED", what="entry filled")
+    first.journal.brackets = second.journal.brackets = None
+    await asyncio.gather(first.brackets.sync("sig_1"), second.brackets.sync("sig_1"))
+    for app in (first, second):
+        await wait_until(lambda a=app: a.brackets.in_flight == 0, what="replica idle")
+    await wait_until(lambda: exit_quantities(first) == (10, 10), what="exits placed")
+    assert ledger_tags(first) == ["sig_1", "sig_1:SL", "sig_1:TP"]
+    for exit_id in ("sig_1:SL", "sig_1:TP"):
+        events = [e["event"] for e in record(first, exit_id)["events"]]
+        assert events.count("CLAIMED") == 1 and events.count("SUBMITTED") == 1
+    await stop(first)
+    await stop(second)
