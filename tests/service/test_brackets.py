@@ -288,3 +288,12 @@ async def test_given_two_replicas_when_both_plan_one_bracket_then_each_exit_clai
         assert events.count("CLAIMED") == 1 and events.count("SUBMITTED") == 1
     await stop(first)
     await stop(second)
+
+
+async def test_given_orders_per_minute_limit_then_exits_do_not_use_up_the_strategy_orders():
+    account = {"_id": "acc_1", "broker": "MOCK", "enabled": True, "max_orders_per_minute": 2}
+    app, _ = make_app(accounts=[account])
+    await protected_entry(app)
+    assert app.processor.handle(order_body(signal_id="sig_2")).action is Action.ACK
+    await wait_until(lambda: status_of(app, "sig_2") == "FILLED", what="second order filled")
+    await stop(app)
