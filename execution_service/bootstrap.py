@@ -22,8 +22,8 @@ from execution_service.domain.intake import IntakeLimits
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.risk import limits_from_row
 from execution_service.errors import FatalConfigError
-from execution_service.service.commands import CommandHandler
 from execution_service.service.brackets import BracketManager
+from execution_service.service.commands import CommandHandler
 from execution_service.service.journal import Counters, OrderJournal
 from execution_service.service.leases import LeaseKeeper, make_owner
 from execution_service.service.outbox import ConfirmationOutbox

@@ -102,30 +102,20 @@ def test_given_entry_with_both_levels_when_filled_then_both_exits_protect_it(des
                                                 f"{signal_id}:TP": 1}
 
 
-def test_given_protected_long_when_price_through_take_profit_then_closed_and_stop_cancelled(desk):
+@pytest.mark.parametrize(("symbol", "price", "fills", "cancelled", "fill_price", "pnl"), [
+    ("MSFT", 112.0, "TP", "SL", 110.0, 100.0),  # a sell limit fills at its limit
+    ("NVDA", 94.0, "SL", "TP", 94.0, -60.0),  # a sell stop fills at the market through it
+], ids=["take_profit", "stop_loss"])
+def test_given_protected_long_when_price_through_one_exit_then_it_closes_and_the_other_cancelled(
+        desk, symbol, price, fills, cancelled, fill_price, pnl):
     daemon, rig = desk
-    signal_id = protected_entry(rig, "MSFT")
-    move_market(rig, "MSFT", 112.0)
-    filled = wait_status(rig, f"{signal_id}:TP", "FILLED")
-    cancelled = wait_status(rig, f"{signal_id}:SL", "CANCELLED")
-    assert filled["avg_fill_price"] == 110.0 and filled["filled_quantity"] == 10
-    assert cancelled["reason"] == OCO_REASON
-    rig.wait_for(lambda: position(daemon, "MSFT")["status"] == "CLOSED", what="closed")
-    assert position(daemon, "MSFT")["realized_pnl"] == pytest.approx(100.0)
-    assert ledger_counts(daemon, signal_id) == {signal_id: 1, f"{signal_id}:SL": 1,
-                                                f"{signal_id}:TP": 1}
-
-
-def test_given_protected_long_when_price_through_stop_then_closed_and_take_profit_cancelled(desk):
-    daemon, rig = desk
-    signal_id = protected_entry(rig, "NVDA")
-    move_market(rig, "NVDA", 94.0)
-    filled = wait_status(rig, f"{signal_id}:SL", "FILLED")
-    cancelled = wait_status(rig, f"{signal_id}:TP", "CANCELLED")
-    assert filled["avg_fill_price"] == 94.0 and filled["filled_quantity"] == 10
-    assert cancelled["reason"] == OCO_REASON
-    rig.wait_for(lambda: position(daemon, "NVDA")["status"] == "CLOSED", what="closed")
-    assert position(daemon, "NVDA")["realized_pnl"] == pytest.approx(-60.0)
+    signal_id = protected_entry(rig, symbol)
+    move_market(rig, symbol, price)
+    filled = wait_status(rig, f"{signal_id}:{fills}", "FILLED")
+    assert filled["avg_fill_price"] == fill_price and filled["filled_quantity"] == 10
+    assert wait_status(rig, f"{signal_id}:{cancelled}", "CANCELLED")["reason"] == OCO_REASON
+    rig.wait_for(lambda: position(daemon, symbol)["status"] == "CLOSED", what="closed")
+    assert position(daemon, symbol)["realized_pnl"] == pytest.approx(pnl)
     assert ledger_counts(daemon, signal_id) == {signal_id: 1, f"{signal_id}:SL": 1,
                                                 f"{signal_id}:TP": 1}
 

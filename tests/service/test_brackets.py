@@ -8,8 +8,7 @@ import json
 
 import pytest
 
-from brokers.base import BrokerStatus
-from execution_service.domain.brackets import OCO_REASON, POSITION_CLOSED_REASON
+from execution_service.domain.brackets import OCO_REASON, POSITION_CLOSED_REASON, ExitRole
 from execution_service.errors import TransientBrokerError
 from execution_service.service.processor import Action
 from tests.fakes.service_fakes import FlakyStore, ScriptedBroker, make_app, order_body
@@ -86,34 +85,26 @@ async def test_given_entry_with_both_levels_when_filled_then_stop_and_limit_exit
     await stop(app)
 
 
-async def test_given_protected_long_when_price_through_take_profit_then_filled_stop_cancelled():
+@pytest.mark.parametrize(("price", "fills", "cancelled", "pnl"), [
+    (111.0, "TAKE_PROFIT", "STOP_LOSS", 100.0), (94.0, "STOP_LOSS", "TAKE_PROFIT", -60.0)])
+async def test_given_protected_long_when_price_through_one_exit_then_filled_other_cancelled(
+        price, fills, cancelled, pnl):
     app, _ = make_app()
     await protected_entry(app)
-    move_market(app, 111.0, "mover_1")
-    await wait_until(lambda: status_of(app, "sig_1:TP") == "FILLED", what="TP filled")
-    await wait_until(lambda: status_of(app, "sig_1:SL") == "CANCELLED", what="SL cancelled")
-    assert record(app, "sig_1:SL")["cancel_reason"] == OCO_REASON
+    move_market(app, price, "mover_1")
+    filled_id, cancelled_id = (f"sig_1:{ExitRole(r).suffix}" for r in (fills, cancelled))
+    await wait_until(lambda: status_of(app, filled_id) == "FILLED", what=f"{fills} filled")
+    await wait_until(lambda: status_of(app, cancelled_id) == "CANCELLED", what="cancelled")
+    assert record(app, cancelled_id)["cancel_reason"] == OCO_REASON
     closed = position(app)
-    assert closed["status"] == "CLOSED" and closed["realized_pnl"] == pytest.approx(100.0)
-    assert record(app, "sig_1:TP")["avg_fill_price"] == 110.0
-    assert "🎯" not in str(app.notifier.kinds())  # kinds are plain; the title is the role's
-    [notice] = [n for n in app.notifier.events if getattr(n, "signal_id", "") == "sig_1:TP"
+    assert closed["status"] == "CLOSED" and closed["realized_pnl"] == pytest.approx(pnl)
+    [notice] = [n for n in app.notifier.events if getattr(n, "signal_id", "") == filled_id
                 and str(n.kind) == "FILLED"]
-    assert notice.role == "TAKE_PROFIT"
-    assert app.store.db[LEDGER].find_one({"signal_id": "sig_1:SL"})["status"] == "CANCELLED"
+    assert notice.role == fills
+    ledger = app.store.db[LEDGER].find_one({"signal_id": cancelled_id})
+    assert ledger["status"] == "CANCELLED"
     await wait_until(lambda: record(app, "sig_1").get("exits_settled") is True,
                      what="bracket settled")
-    await stop(app)
-
-
-async def test_given_protected_long_when_price_through_stop_then_stop_filled_take_profit_cancelled():
-    app, _ = make_app()
-    await protected_entry(app)
-    move_market(app, 94.0, "mover_1")
-    await wait_until(lambda: status_of(app, "sig_1:SL") == "FILLED", what="SL filled")
-    await wait_until(lambda: status_of(app, "sig_1:TP") == "CANCELLED", what="TP cancelled")
-    closed = position(app)
-    assert closed["status"] == "CLOSED" and closed["realized_pnl"] == pytest.approx(-60.0)
     await stop(app)
 
 
