@@ -121,6 +121,11 @@ def is_exit(doc: dict) -> bool:
     return doc.get("role") is not None
 
 
+def oca_group(doc: dict) -> str | None:
+    """The one-cancels-other group an exit's order carries at the venue (one per entry)."""
+    return f"{doc['parent_signal_id']}:OCO" if is_exit(doc) else None
+
+
 def plan_exits(view: BracketView) -> list[ExitStep]:
     """What to do now so that the exits protect exactly `view.open_quantity`."""
     steps: list[ExitStep] = []

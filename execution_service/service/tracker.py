@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from brokers.base import Broker, BrokerOrder, OrderRequest
 from execution_service.domain import orders
 from execution_service.domain.backoff import compute_backoff
-from execution_service.domain.brackets import is_exit
+from execution_service.domain.brackets import is_exit, oca_group
 from execution_service.domain.commands import placement_refusal
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.records import ORDER_FIELDS, as_utc, state_of
@@ -52,7 +52,8 @@ def request_from_record(doc: dict) -> OrderRequest:
               and name != "take_profit"}
     fields = {name: value for name, value in fields.items() if value is not None}
     return OrderRequest(signal_id=doc["signal_id"], account_id=doc["account_id"],
-                        broker_account=doc.get("broker_account"), **fields)
+                        broker_account=doc.get("broker_account"), oca_group=oca_group(doc),
+                        **fields)
 
 
 class OrderTracker:
