@@ -132,3 +132,35 @@ def test_given_protected_long_when_closed_by_an_opposite_order_then_both_exits_c
     assert ledger_counts(daemon, signal_id) == {signal_id: 1, f"{signal_id}:SL": 1,
                                                 f"{signal_id}:TP": 1}
     assert daemon.process.poll() is None
+
+
+def test_given_sigkill_after_exits_placed_when_restarted_then_resumed_never_placed_again(
+        emulator_host, project_id, tmp_path):
+    """Given a protected entry and a daemon killed with SIGKILL, when a new daemon starts on
+    the same store and the price goes through the take-profit, then the resumed exits close
+    the position one-cancels-other, and each order is at the broker exactly once."""
+    (tmp_path / "accounts.json").write_text(json.dumps(ACCOUNTS))
+    env = {"PUBSUB_EMULATOR_HOST": emulator_host, "GOOGLE_CLOUD_PROJECT": project_id,
+           "ACCOUNTS_FILE": str(tmp_path / "accounts.json"), "ORDER_TIMEOUT_SECONDS": "120",
+           "MOCK_FILL_DELAY_SECONDS": "0.2", "MOCK_FILL_CHUNKS": "2",
+           "ORDER_POLL_SECONDS": "0.1"}
+    rig = PubSubRig(project_id)
+    daemon = DaemonProcess(tmp_path, env).start()
+    try:
+        signal_id = protected_entry(rig, "TSLA")
+        daemon.kill()
+        daemon.start()
+        move_market(rig, "TSLA", 112.0)
+        assert wait_status(rig, f"{signal_id}:TP", "FILLED")["filled_quantity"] == 10
+        assert wait_status(rig, f"{signal_id}:SL", "CANCELLED")["reason"] == OCO_REASON
+        rig.wait_for(lambda: position(daemon, "TSLA")["status"] == "CLOSED", what="closed")
+        assert position(daemon, "TSLA")["realized_pnl"] == pytest.approx(100.0)
+        assert ledger_counts(daemon, signal_id) == {signal_id: 1, f"{signal_id}:SL": 1,
+                                                    f"{signal_id}:TP": 1}
+        for exit_id in (f"{signal_id}:SL", f"{signal_id}:TP"):
+            events = [e["event"] for e in read(daemon, lambda s, e=exit_id: s.get_record(e))[
+                "events"]]
+            assert events.count("CLAIMED") == 1 and events.count("SUBMITTED") == 1
+    finally:
+        daemon.stop_quietly()
+        rig.close()

@@ -288,3 +288,30 @@ async def test_given_orders_per_minute_limit_then_exits_do_not_use_up_the_strate
     assert app.processor.handle(order_body(signal_id="sig_2")).action is Action.ACK
     await wait_until(lambda: status_of(app, "sig_2") == "FILLED", what="second order filled")
     await stop(app)
+
+
+async def test_given_partly_filled_entry_when_it_times_out_then_exits_kept_for_the_filled_part():
+    broker = ScriptedBroker()
+    app, _ = make_app(broker=broker, env={"ORDER_TIMEOUT_SECONDS": "0.3"})
+    entry = await scripted_entry(app, broker)
+    broker.fill(entry, "E1", 4, 100.0, app.clock())
+    await wait_until(lambda: status_of(app, "sig_1") == "CANCELLED", what="entry timed out")
+    await wait_until(lambda: app.brackets.in_flight == 0, what="brackets idle")
+    assert exit_quantities(app) == (4, 4)
+    assert status_of(app, "sig_1:SL") == status_of(app, "sig_1:TP") == "SUBMITTED"
+    await stop(app)
+
+
+async def test_given_short_entry_then_buy_stop_above_and_buy_limit_below():
+    app, _ = make_app()
+    await protected_entry(app, side="SELL", stop_loss=105.0, take_profit=90.0)
+    stop_loss, take_profit = record(app, "sig_1:SL"), record(app, "sig_1:TP")
+    assert (stop_loss["side"], stop_loss["order_type"], stop_loss["stop_price"]) == \
+        ("BUY", "STOP", 105.0)
+    assert (take_profit["side"], take_profit["order_type"], take_profit["limit_price"]) == \
+        ("BUY", "LIMIT", 90.0)
+    move_market(app, 89.0, "mover_1")
+    await wait_until(lambda: status_of(app, "sig_1:TP") == "FILLED", what="TP filled")
+    await wait_until(lambda: status_of(app, "sig_1:SL") == "CANCELLED", what="SL cancelled")
+    assert position(app)["realized_pnl"] == pytest.approx(100.0)
+    await stop(app)
