@@ -412,3 +412,15 @@ async def test_given_position_limit_when_modify_then_the_order_counts_once_as_mo
     reason = confirmations(publisher)[-1][0]["reason"]
     assert reason.startswith("failed validation: position notional")
     assert app.store.get_record("sig_1")["quantity"] == 120
+
+
+async def test_given_command_body_the_intake_refuses_then_answered_and_no_record_made():
+    app, publisher = make_app()
+    body = json.dumps({"action": "CANCEL", "request_id": "req_1", "signal_id": "sig_1",
+                       "$where": "1"}).encode()
+    assert app.processor.handle(body).action is Action.ACK
+    await wait_until(lambda: publisher.messages, what="refusal published")
+    [(payload, attributes)] = publisher.messages
+    assert payload["event"] == "CANCEL_REJECTED" and attributes["request_id"] == "req_1"
+    assert payload["reason"].startswith("failed validation: field name '$where'")
+    assert app.store.get_record("sig_1") is None  # the order, when it comes, is not blocked
