@@ -14,6 +14,7 @@ from pathlib import Path
 from brokers.factory import BrokerFactory
 from execution_service.adapters.command_log import CommandLog
 from execution_service.adapters.metrics import Metrics
+from execution_service.adapters.server_settings import ServerSettings
 from execution_service.adapters.store import Store, StoreHandle, open_store
 from execution_service.clock import utc_now
 from execution_service.config import Settings
@@ -30,7 +31,7 @@ from execution_service.service.outbox import ConfirmationOutbox
 from execution_service.service.ports import NullNotifier
 from execution_service.service.positions import PositionBook
 from execution_service.service.processor import SignalProcessor
-from execution_service.service.risk import RiskGate, ensure_risk_indexes
+from execution_service.service.risk import RiskGate
 from execution_service.service.tracker import OrderTracker, TrackingPolicy
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class App:
 
 def open_app_store(settings: Settings) -> tuple[StoreHandle, Store]:
     handle = open_store(settings.MONGODB_URI, settings.MONGODB_DATABASE,
-                        settings.embedded_store_path)
+                        settings.embedded_store_path, ServerSettings.from_settings(settings))
     store = Store(handle.database)
     return handle, store
 
@@ -79,13 +80,12 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
         store = store or opened
     store = store or Store(handle.database)
     store.ensure_indexes()
-    ensure_risk_indexes(store.db)
-    risk = RiskGate(store.db, clock, collar_pct=settings.PRICE_COLLAR_PCT,
+    risk = RiskGate(store, clock, collar_pct=settings.PRICE_COLLAR_PCT,
                     working_orders=store.working_orders)
     metrics = Metrics()
     notifier = notifier or NullNotifier()
     counters = Counters()
-    brokers = BrokerFactory(settings, handle.database, _connection_alerts(notifier),
+    brokers = BrokerFactory(settings, store.mock_ledger, _connection_alerts(notifier),
                             builders=broker_builders)
     outbox = ConfirmationOutbox(store, publisher)
     owner = make_owner(clock())

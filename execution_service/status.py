@@ -27,7 +27,7 @@ def read_status(store, settings: Settings, now: datetime) -> dict:
                   "open_positions": len(store.list_positions("OPEN")),
                   "accounts": store.count_accounts()},
     }
-    report["halts"] = active_halts(store.db)
+    report["halts"] = active_halts(store)
     if latest is None:
         report["reason"] = "no daemon has ever written a heartbeat to this store"
         return report

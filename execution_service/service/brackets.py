@@ -44,6 +44,7 @@ from execution_service.errors import (
     TransientBrokerError,
 )
 from execution_service.service.journal import RecordConflict
+from execution_service.service.ports import BracketStore
 from execution_service.service.positions import position_key
 from execution_service.service.tracker import request_from_record
 
@@ -53,7 +54,7 @@ CANCEL_SOURCE = "bracket"
 
 
 class BracketManager:
-    def __init__(self, store, journal, tracker, brokers, clock: Callable[[], datetime],
+    def __init__(self, store: BracketStore, journal, tracker, brokers, clock: Callable[[], datetime],
                  owner: dict | None = None,
                  lease_until: Callable[[], datetime] | None = None,
                  backoff_base: float = 0.5, backoff_cap: float = 10.0):

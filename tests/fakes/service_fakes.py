@@ -7,14 +7,13 @@ import asyncio
 import json
 from dataclasses import replace
 
-import mongomock
-
 from brokers.base import Broker, BrokerOrder, BrokerStatus, Fill, OrderRequest
 from execution_service.adapters.command_log import CommandLog
 from execution_service.adapters.store import Store, StoreHandle
 from execution_service.bootstrap import build_app
 from execution_service.config import load_settings
 from execution_service.errors import OrderNotFound, StoreUnavailable
+from tests.fakes.stores import memory_store
 
 
 class FakePublisher:
@@ -56,7 +55,7 @@ class FlakyCommandLog(Unreachable, CommandLog):
 
 
 class FlakyStore(Unreachable, Store):
-    """The real Store over mongomock (and its order_commands log), unreachable while `down`
+    """The real Store (any backend, and its order_commands log), unreachable while `down`
     is set."""
 
     command_log: FlakyCommandLog | None = None
@@ -166,8 +165,7 @@ def make_app(*, env: dict | None = None, broker: Broker | None = None, store_cla
                                       "ORDER_POLL_SECONDS": "0.01", "RETRY_BACKOFF_SECONDS": "0.01",
                                       "LATE_FILL_GRACE_SECONDS": "0.05", **(env or {})})
     if handle is None:
-        client = mongomock.MongoClient(tz_aware=True)
-        handle = StoreHandle(client, client["trading"], "mongomock")
+        handle, _ = memory_store()
     publisher = FakePublisher()
     builders = None if broker is None else {"MOCK": lambda _settings, _db: broker}
     store = store_class(handle.database)
