@@ -54,8 +54,8 @@ CANCEL_SOURCE = "bracket"
 
 
 class BracketManager:
-    def __init__(self, store: BracketStore, journal, tracker, brokers, clock: Callable[[], datetime],
-                 owner: dict | None = None,
+    def __init__(self, store: BracketStore, journal, tracker, brokers,
+                 clock: Callable[[], datetime], owner: dict | None = None,
                  lease_until: Callable[[], datetime] | None = None,
                  backoff_base: float = 0.5, backoff_cap: float = 10.0):
         self._store = store
