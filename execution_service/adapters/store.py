@@ -232,11 +232,9 @@ class Store(OperatorQueries):
 
     @translating
     def unsettled_brackets(self) -> list[dict]:
-        """Entries with protective exits (§12) that may still need work."""
-        return list(self.records.find({
-            "filled_quantity": {"$gt": 0}, "exits_settled": {"$ne": True},
-            "parent_signal_id": None,
-            "$or": [{"stop_loss": {"$ne": None}}, {"take_profit": {"$ne": None}}]}))
+        """Entries with protective exits (§12) that may still need work (records claimed
+        before exits existed carry no `exits_settled`, and are left alone)."""
+        return list(self.records.find({"exits_settled": False, "filled_quantity": {"$gt": 0}}))
 
     @translating
     def working_orders(self, account_id: str, symbol: str) -> list[dict]:

@@ -52,6 +52,8 @@ def new_claim(signal: Signal, *, broker: str, broker_tag: str, at: datetime,
         "broker": broker, "broker_tag": broker_tag, "owner": owner,
         "events": [Event(OrderStatus.PENDING, at, "CLAIMED").to_doc()],
     })
+    if signal.stop_loss is not None or signal.take_profit is not None:
+        doc["exits_settled"] = False  # protective exits to follow its fills (§12)
     return doc
 
 

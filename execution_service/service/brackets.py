@@ -150,8 +150,8 @@ class BracketManager:
         if entry is None or is_exit(entry):
             return
         levels = exit_levels(entry)
-        if not levels or entry.get("exits_settled"):
-            return
+        if not levels or entry.get("exits_settled") is not False:
+            return  # settled, or claimed before exits existed (never protected on upgrade)
         exits = self._exits(entry, levels)
         view = BracketView(levels, float(entry.get("filled_quantity") or 0.0),
                            {role: ExitView.of(doc) for role, doc in exits.items()},

@@ -169,7 +169,7 @@ def test_given_entries_and_exits_then_open_exits_of_a_position_and_unsettled_bra
     and fills whose bracket is not settled."""
     position = {"account_id": "acc_1", "strategy_name": "S", "symbol": "SPY"}
     store.insert_record(claim("e1", status="FILLED", filled_quantity=10.0, stop_loss=95.0,
-                              take_profit=None, parent_signal_id=None, **position))
+                              exits_settled=False, **position))
     store.insert_record(claim("e1:SL", status="SUBMITTED", parent_signal_id="e1",
                               role="STOP_LOSS", **position))
     store.insert_record(claim("e1:TP", status="CANCELLED", parent_signal_id="e1",
@@ -177,8 +177,10 @@ def test_given_entries_and_exits_then_open_exits_of_a_position_and_unsettled_bra
     store.insert_record(claim("e2", status="FILLED", filled_quantity=5.0, take_profit=110.0,
                               exits_settled=True, **position))
     store.insert_record(claim("e3", status="SUBMITTED", filled_quantity=0.0, stop_loss=95.0,
-                              **position))
+                              exits_settled=False, **position))
     store.insert_record(claim("plain", status="FILLED", filled_quantity=5.0, **position))
+    store.insert_record(claim("before_exits", status="FILLED", filled_quantity=5.0,
+                              stop_loss=95.0, **position))  # claimed before §12 existed
     store.insert_record(claim("x:SL", status="SUBMITTED", parent_signal_id="x",
                               role="STOP_LOSS", **{**position, "symbol": "QQQ"}))
     assert [doc["signal_id"] for doc in store.open_exits(position)] == ["e1:SL"]

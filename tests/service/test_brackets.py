@@ -315,3 +315,19 @@ async def test_given_short_entry_then_buy_stop_above_and_buy_limit_below():
     await wait_until(lambda: status_of(app, "sig_1:SL") == "CANCELLED", what="SL cancelled")
     assert position(app)["realized_pnl"] == pytest.approx(100.0)
     await stop(app)
+
+
+async def test_given_entry_recorded_before_exits_existed_when_restarted_then_left_unprotected():
+    """An upgrade must not place orders nobody asked this daemon for: records claimed before
+    §12 (no `exits_settled`) are not re-planned at start."""
+    first, _ = make_app()
+    first.journal.brackets = None
+    assert first.processor.handle(order_body(**LEVELS)).action is Action.ACK
+    await wait_until(lambda: status_of(first, "sig_1") == "FILLED", what="entry filled")
+    first.store.records.update_one({"signal_id": "sig_1"}, {"$unset": {"exits_settled": ""}})
+    second, _ = make_app(handle=first.handle, accounts=[])
+    assert second.brackets.resume() == 0
+    await second.brackets.sync("sig_1")
+    assert record(second, "sig_1:SL") is None and ledger_tags(second) == ["sig_1"]
+    await stop(first)
+    await stop(second)
