@@ -19,17 +19,21 @@ ENTRY = {"account_id": "acc_brk", "strategy_name": "Brackets", "stop_loss": 95.0
          "take_profit": 110.0}
 
 
+def desk_env(emulator_host: str, project: str, workdir) -> dict[str, str]:
+    """Mock broker fills in two chunks 0.2 s apart; the daemon polls every 0.1 s."""
+    (workdir / "accounts.json").write_text(json.dumps(ACCOUNTS))
+    return {"PUBSUB_EMULATOR_HOST": emulator_host, "GOOGLE_CLOUD_PROJECT": project,
+            "ACCOUNTS_FILE": str(workdir / "accounts.json"), "ORDER_TIMEOUT_SECONDS": "120",
+            "MOCK_FILL_DELAY_SECONDS": "0.2", "MOCK_FILL_CHUNKS": "2",
+            "ORDER_POLL_SECONDS": "0.1"}
+
+
 @pytest.fixture(scope="module")
 def desk(emulator_host, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("brackets")
-    (workdir / "accounts.json").write_text(json.dumps(ACCOUNTS))
     project = f"test-{uuid.uuid4().hex[:10]}"
-    env = {"PUBSUB_EMULATOR_HOST": emulator_host, "GOOGLE_CLOUD_PROJECT": project,
-           "ACCOUNTS_FILE": str(workdir / "accounts.json"), "ORDER_TIMEOUT_SECONDS": "120",
-           "MOCK_FILL_DELAY_SECONDS": "0.2", "MOCK_FILL_CHUNKS": "2",
-           "ORDER_POLL_SECONDS": "0.1"}
     rig = PubSubRig(project)
-    daemon = DaemonProcess(workdir, env).start()
+    daemon = DaemonProcess(workdir, desk_env(emulator_host, project, workdir)).start()
     yield daemon, rig
     daemon.stop_quietly()
     rig.close()
@@ -139,13 +143,8 @@ def test_given_sigkill_after_exits_placed_when_restarted_then_resumed_never_plac
     """Given a protected entry and a daemon killed with SIGKILL, when a new daemon starts on
     the same store and the price goes through the take-profit, then the resumed exits close
     the position one-cancels-other, and each order is at the broker exactly once."""
-    (tmp_path / "accounts.json").write_text(json.dumps(ACCOUNTS))
-    env = {"PUBSUB_EMULATOR_HOST": emulator_host, "GOOGLE_CLOUD_PROJECT": project_id,
-           "ACCOUNTS_FILE": str(tmp_path / "accounts.json"), "ORDER_TIMEOUT_SECONDS": "120",
-           "MOCK_FILL_DELAY_SECONDS": "0.2", "MOCK_FILL_CHUNKS": "2",
-           "ORDER_POLL_SECONDS": "0.1"}
     rig = PubSubRig(project_id)
-    daemon = DaemonProcess(tmp_path, env).start()
+    daemon = DaemonProcess(tmp_path, desk_env(emulator_host, project_id, tmp_path)).start()
     try:
         signal_id = protected_entry(rig, "TSLA")
         daemon.kill()

@@ -6,30 +6,15 @@ mongomock."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from brokers.ibkr_contracts import OCA_REDUCE_WITH_BLOCK
 from execution_service.service.processor import Action
 from tests.contract.harness_ibkr import IbkrHarness
-from tests.fakes.service_fakes import make_app, order_body
+from tests.fakes.service_fakes import make_app, order_body, status_of, wait_until
 
 pytestmark = pytest.mark.asyncio
 ENTRY = {"quantity": 10, "reference_price": 100.0, "stop_loss": 95.0, "take_profit": 110.0}
-
-
-async def wait_until(condition, timeout: float = 10.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
-def status_of(app, signal_id: str) -> str | None:
-    doc = app.store.get_record(signal_id)
-    return None if doc is None else doc["status"]
 
 
 def venue_id(app, signal_id: str) -> int:

@@ -4,15 +4,13 @@ server, with the real processor, tracker, journal and bracket manager over mongo
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from brokers.zerodha import ZerodhaBroker
 from execution_service.domain.brackets import OCO_REASON
 from execution_service.service.processor import Action
 from tests.fakes.fake_kite import ACCESS_TOKEN, API_KEY, FakeKite
-from tests.fakes.service_fakes import make_app, order_body
+from tests.fakes.service_fakes import make_app, order_body, status_of, wait_until
 
 pytestmark = pytest.mark.asyncio
 ENTRY = {"symbol": "INFY", "quantity": 10, "product": "MIS", "reference_price": 1500.0,
@@ -25,19 +23,6 @@ def kite():
     yield server
     server.stop()
     assert server.header_problems == []
-
-
-async def wait_until(condition, timeout: float = 10.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
-def status_of(app, signal_id: str) -> str | None:
-    doc = app.store.get_record(signal_id)
-    return None if doc is None else doc["status"]
 
 
 async def test_given_mis_entry_filled_when_take_profit_fills_then_stop_cancelled_at_kite(kite):

@@ -11,28 +11,22 @@ import pytest
 from execution_service.domain.brackets import OCO_REASON, POSITION_CLOSED_REASON, ExitRole
 from execution_service.errors import TransientBrokerError
 from execution_service.service.processor import Action
-from tests.fakes.service_fakes import FlakyStore, ScriptedBroker, make_app, order_body
+from tests.fakes.service_fakes import (
+    FlakyStore,
+    ScriptedBroker,
+    make_app,
+    order_body,
+    status_of,
+    wait_until,
+)
 
 pytestmark = pytest.mark.asyncio
 LEVELS = {"quantity": 10, "reference_price": 100.0, "stop_loss": 95.0, "take_profit": 110.0}
 LEDGER = "mock_broker_orders"
 
 
-async def wait_until(condition, timeout: float = 5.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 def record(app, signal_id: str) -> dict | None:
     return app.store.get_record(signal_id)
-
-
-def status_of(app, signal_id: str) -> str | None:
-    doc = record(app, signal_id)
-    return None if doc is None else doc["status"]
 
 
 def position(app, strategy: str = "Strat") -> dict | None:
@@ -166,6 +160,17 @@ async def broker_order_of(broker: ScriptedBroker, signal_id: str) -> str:
     return found.order_id
 
 
+async def protected_on_scripted(filled: float, **make) -> tuple:
+    """A scripted venue, the entry placed and `filled` of it filled, both exits for that."""
+    broker = ScriptedBroker()
+    app, _ = make_app(broker=broker, **make)
+    entry = await scripted_entry(app, broker)
+    broker.fill(entry, "E1", filled, 100.0, app.clock())
+    await wait_until(lambda: exit_quantities(app) == (filled, filled),
+                     what=f"exits for {filled:g}")
+    return app, broker, entry
+
+
 def exit_quantities(app) -> tuple[float | None, float | None]:
     docs = (record(app, "sig_1:SL"), record(app, "sig_1:TP"))
     return tuple(None if doc is None or doc["status"] == "PENDING" else doc["quantity"]
@@ -173,11 +178,7 @@ def exit_quantities(app) -> tuple[float | None, float | None]:
 
 
 async def test_given_partial_entry_fill_then_exits_for_it_at_once_and_grow_with_the_next_fill():
-    broker = ScriptedBroker()
-    app, _ = make_app(broker=broker)
-    entry = await scripted_entry(app, broker)
-    broker.fill(entry, "E1", 4, 100.0, app.clock())
-    await wait_until(lambda: exit_quantities(app) == (4, 4), what="exits for 4")
+    app, broker, entry = await protected_on_scripted(4)
     assert broker.orders[await broker_order_of(broker, "sig_1:SL")].quantity == 4
     broker.fill(entry, "E2", 6, 100.0, app.clock())
     await wait_until(lambda: exit_quantities(app) == (10, 10), what="exits for 10")
@@ -188,11 +189,7 @@ async def test_given_partial_entry_fill_then_exits_for_it_at_once_and_grow_with_
 
 
 async def test_given_take_profit_partly_filled_then_stop_reduced_by_as_much_then_cancelled():
-    broker = ScriptedBroker()
-    app, _ = make_app(broker=broker)
-    entry = await scripted_entry(app, broker)
-    broker.fill(entry, "E1", 10, 100.0, app.clock())
-    await wait_until(lambda: exit_quantities(app) == (10, 10), what="exits for 10")
+    app, broker, _ = await protected_on_scripted(10)
     take_profit = await broker_order_of(broker, "sig_1:TP")
     broker.fill(take_profit, "T1", 3, 110.0, app.clock())
     await wait_until(lambda: exit_quantities(app) == (7, 10), what="stop reduced to 7")
@@ -207,11 +204,7 @@ async def test_given_take_profit_partly_filled_then_stop_reduced_by_as_much_then
 
 
 async def test_given_broker_down_on_resize_then_retried_until_it_takes_it():
-    broker = ScriptedBroker()
-    app, _ = make_app(broker=broker)
-    entry = await scripted_entry(app, broker)
-    broker.fill(entry, "E1", 4, 100.0, app.clock())
-    await wait_until(lambda: exit_quantities(app) == (4, 4), what="exits for 4")
+    app, broker, entry = await protected_on_scripted(4)
     broker.modify_error = TransientBrokerError("venue down (test)")
     broker.fill(entry, "E2", 6, 100.0, app.clock())
     await wait_until(lambda: len(broker.modify_calls) >= 3, what="resize retried")
