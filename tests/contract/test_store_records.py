@@ -185,3 +185,15 @@ def test_given_entries_and_exits_then_open_exits_of_a_position_and_unsettled_bra
                               role="STOP_LOSS", **{**position, "symbol": "QQQ"}))
     assert [doc["signal_id"] for doc in store.open_exits(position)] == ["e1:SL"]
     assert [doc["signal_id"] for doc in store.unsettled_brackets()] == ["e1"]
+
+
+def test_given_records_when_asked_which_have_a_cancel_asked_then_only_those_of_the_ids(store):
+    """A cancel recorded by any process (§11) is seen by the owner's lease renewal."""
+    store.insert_record(claim("sig_c1", status="PENDING_CANCEL",
+                              cancel_requested_reason="cancelled by upstream request r1"))
+    store.insert_record(claim("sig_c2", status="SUBMITTED", cancel_requested_reason=None))
+    store.insert_record(claim("sig_c3", status="PENDING_CANCEL",
+                              cancel_requested_reason="operator"))
+    assert store.cancels_asked(["sig_c1", "sig_c2", "sig_unknown"]) == ["sig_c1"]
+    assert sorted(store.cancels_asked(["sig_c1", "sig_c3"])) == ["sig_c1", "sig_c3"]
+    assert store.cancels_asked([]) == []
