@@ -187,13 +187,16 @@ def test_given_entries_and_exits_then_open_exits_of_a_position_and_unsettled_bra
     assert [doc["signal_id"] for doc in store.unsettled_brackets()] == ["e1"]
 
 
-def test_given_records_when_asked_which_have_a_cancel_asked_then_only_those_of_the_ids(store):
-    """A cancel recorded by any process (§11) is seen by the owner's lease renewal."""
-    store.insert_record(claim("sig_c1", status="PENDING_CANCEL",
-                              cancel_requested_reason="cancelled by upstream request r1"))
-    store.insert_record(claim("sig_c2", status="SUBMITTED", cancel_requested_reason=None))
-    store.insert_record(claim("sig_c3", status="PENDING_CANCEL",
-                              cancel_requested_reason="operator"))
-    assert store.cancels_asked(["sig_c1", "sig_c2", "sig_unknown"]) == ["sig_c1"]
-    assert sorted(store.cancels_asked(["sig_c1", "sig_c3"])) == ["sig_c1", "sig_c3"]
+
+def test_given_records_when_a_cancel_is_asked_on_one_then_only_it_is_listed(store,
+                                                                             second_store):
+    """Given three records, when another process asks to cancel one, then cancels_asked
+    names that one alone, and only among the ids asked about."""
+    for signal_id in ("sig_1", "sig_2", "sig_3"):
+        store.insert_record(claim(signal_id, status="SUBMITTED"))
+    doc = second_store.get_record("sig_2")
+    assert second_store.update_record(doc, {"cancel_requested_reason": "by request req_1"}, [],
+                                      []) is not None
+    assert store.cancels_asked(["sig_1", "sig_2", "sig_3"]) == ["sig_2"]
+    assert store.cancels_asked(["sig_1", "sig_3"]) == []
     assert store.cancels_asked([]) == []
