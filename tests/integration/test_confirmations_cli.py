@@ -39,14 +39,17 @@ def test_given_the_sample_signal_when_confirmations_then_its_two_confirmations_n
     rig.wait_for(lambda: rig.terminal("sig_1732450800_5678"), what="the sample's fill")
 
     shown = daemon.cli("confirmations")
-    lines = [line for line in shown.stdout.splitlines() if "sig_1732450800_5678" in line]
+    lines = [line for line in shown.stdout.splitlines()  # not its exits (…:SL, …:TP)
+             if line.split()[1:2] == ["sig_1732450800_5678"]]
     assert [line.split()[2:4] for line in lines] == [["#2", "FILLED"], ["#1", "SUBMITTED"]]
     assert "100/100 SPY @ 235.15" in lines[0]
 
-    rows = json.loads(daemon.cli("confirmations", "--json", "--limit", "2").stdout)
+    rows = [row for row in json.loads(daemon.cli("confirmations", "--json").stdout)
+            if row["signal_id"] == "sig_1732450800_5678"]
     assert [(r["signal_id"], r["sequence"], r["status"]) for r in rows] == [
         ("sig_1732450800_5678", 2, "FILLED"), ("sig_1732450800_5678", 1, "SUBMITTED")]
     assert all(row["at"].endswith("Z") for row in rows)
+    assert len(json.loads(daemon.cli("confirmations", "--json", "--limit", "1").stdout)) == 1
     assert rows[0]["filled_at"].endswith("Z")
 
 
