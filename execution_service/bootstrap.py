@@ -80,7 +80,8 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
     counters = Counters()
     brokers = BrokerFactory(settings, handle.database, _connection_alerts(notifier),
                             builders=broker_builders)
-    outbox = ConfirmationOutbox(store, publisher)
+    outbox = ConfirmationOutbox(store, publisher, clock=clock,
+                                rescan_seconds=settings.OUTBOX_RESCAN_SECONDS)
     owner = make_owner(clock())
     journal = OrderJournal(store, PositionBook(store), outbox, notifier, counters, clock,
                            owner["id"], metrics)
@@ -90,7 +91,8 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
                             poll_interval=settings.ORDER_POLL_SECONDS,
                             late_fill_grace=settings.LATE_FILL_GRACE_SECONDS)
     tracker = OrderTracker(journal, brokers, notifier, policy, clock, risk.halt_for, metrics)
-    leases = LeaseKeeper(store, tracker, owner, settings.LEASE_SECONDS, clock)
+    leases = LeaseKeeper(store, tracker, owner, settings.LEASE_SECONDS, clock,
+                         settings.SUPERVISE_SECONDS)
     processor = SignalProcessor(store, journal, tracker, brokers, clock, owner, leases.lease_until,
                                 risk)
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     METRICS_PORT: int | None = Field(default=None, ge=0, le=65535)
     METRICS_HOST: str = "0.0.0.0"
     LEASE_SECONDS: float = Field(default=15.0, gt=0)
+    OUTBOX_RESCAN_SECONDS: float = Field(default=5.0, gt=0)
+    SUPERVISE_SECONDS: float = Field(default=2.0, gt=0)
 
     @field_validator("PUBSUB_EMULATOR_HOST", "MONGODB_URI", "ACCOUNTS_FILE", "MOCK_SEED",
                      "TELEGRAM_BOT_TOKEN", "TELEGRAM_CHAT_ID", "KITE_API_KEY",

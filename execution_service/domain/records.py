@@ -144,3 +144,10 @@ def iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     return as_utc(value).isoformat().replace("+00:00", "Z")
+
+
+def signal_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    """What signal_store shows of the record's execution."""
+    return {"order_id": doc.get("order_id"), "execution_status": doc["status"],
+            "filled_at": doc.get("filled_at"), "filled_quantity": doc.get("filled_quantity"),
+            "avg_fill_price": doc.get("avg_fill_price"), "reject_reason": doc.get("reject_reason")}

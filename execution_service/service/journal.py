@@ -118,11 +118,10 @@ class OrderJournal:
 
     def after_write(self, doc: dict, events: tuple[Event, ...],
                     confirmations: list[dict]) -> None:
-        """Everything that follows a durable change: redoable from the record alone (the
-        outbox reloads unpublished confirmations at start)."""
-        if events:
-            self._store.update_signal(doc["signal_id"], _signal_fields(doc), self._clock())
-        self._outbox.enqueue(confirmations)
+        """Everything that follows a durable change, none of it a store call here: the outbox
+        publishes the confirmations and writes signal_store, redoing both from the record
+        (`outbox_pending`) until done."""
+        self._outbox.enqueue(confirmations, doc)
         for event in events:
             self._tell(doc, event)
 
@@ -196,12 +195,6 @@ def _cancel_cause(doc: dict) -> CancelCause:
     if reason.startswith(("operator", "trading halted")):
         return CancelCause.OPERATOR
     return CancelCause.BROKER
-
-
-def _signal_fields(doc: dict) -> dict:
-    return {"order_id": doc.get("order_id"), "execution_status": doc["status"],
-            "filled_at": doc.get("filled_at"), "filled_quantity": doc.get("filled_quantity"),
-            "avg_fill_price": doc.get("avg_fill_price"), "reject_reason": doc.get("reject_reason")}
 
 
 def _number(value) -> float:

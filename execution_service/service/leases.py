@@ -48,12 +48,13 @@ def claimable(doc: dict, owner: dict, now: datetime,
 
 class LeaseKeeper:
     def __init__(self, store, tracker, owner: dict, lease_seconds: float,
-                 clock: Callable[[], datetime]):
+                 clock: Callable[[], datetime], supervise_seconds: float = 2.0):
         self._store = store
         self._tracker = tracker
         self._owner = owner
         self._lease = timedelta(seconds=lease_seconds)
         self._clock = clock
+        self._supervise_seconds = supervise_seconds
 
     def lease_until(self) -> datetime:
         return self._clock() + self._lease
@@ -84,8 +85,33 @@ class LeaseKeeper:
             taken += 1
         return taken
 
+    def retrack(self) -> int:
+        """Track again every open record this process owns and no task follows (whatever
+        ended its task); returns how many."""
+        tracked = set(self._tracker.tracked_ids())
+        resumed = 0
+        for signal_id in self._store.open_signal_ids_owned_by(self._owner["id"]):
+            if signal_id in tracked:
+                continue
+            doc = self._store.get_record(signal_id)
+            if doc is None or (doc.get("owner") or {}).get("id") != self._owner["id"] or \
+                    doc["signal_id"] in self._tracker.tracked_ids():
+                continue
+            logger.warning("Open order %s (%s) had no tracking task: tracking it again",
+                           signal_id, doc["status"])
+            self._tracker.track(doc, recovering=True)
+            resumed += 1
+        return resumed
+
     async def run(self, stop: asyncio.Event) -> None:
-        period = self._lease.total_seconds() / 3
+        """Every few seconds: untracked own records are tracked again; every third of a
+        lease: leases renewed and dead owners' records taken over. Store failures are logged
+        and retried on the next round; anything else ends the task (its supervisor restarts
+        it)."""
+        lease_period = self._lease.total_seconds() / 3
+        period = min(self._supervise_seconds, lease_period)
+        loop = asyncio.get_running_loop()
+        next_lease = loop.time() + lease_period
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), period)
@@ -93,7 +119,10 @@ class LeaseKeeper:
             except TimeoutError:
                 pass
             try:
-                self.renew()
-                self.sweep()
+                if loop.time() >= next_lease:
+                    next_lease = loop.time() + lease_period
+                    self.renew()
+                    self.sweep()
+                self.retrack()
             except ExecutionError as e:
                 logger.warning("Lease upkeep failed: %s", e)

@@ -4,6 +4,9 @@ Per order, one task: place it (connect with back-off, up to MAX_RETRY_ATTEMPTS),
 the broker until the order is terminal, cancelling it ORDER_TIMEOUT_SECONDS after
 `submitted_at`. An ambiguous placement is resolved by asking the broker for the order tagged
 with the signal, never by sending it again blindly.
+
+Whatever fails while an order is tracked, `FAILURE_ACTIONS` says what happens next; no failure
+ends the tracking of an order this process still owns.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from brokers.base import Broker, BrokerOrder, OrderRequest
 from execution_service.domain import orders
@@ -27,7 +31,7 @@ from execution_service.errors import (
     StoreUnavailable,
     TransientBrokerError,
 )
-from execution_service.service.journal import LeaseLost
+from execution_service.service.journal import LeaseLost, RecordConflict
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +44,29 @@ class TrackingPolicy:
     poll_interval: float = 0.5
     store_retry_cap: float = 5.0
     late_fill_grace: float = 1.0  # after a cancel, look once more for a fill that raced it
+
+
+class FailureAction(StrEnum):
+    STOP = "stop"  # another process owns the record now and tracks it
+    RETRY = "retry"  # back off, reload the record, go on (a PENDING one is looked up by tag)
+    RETRY_AND_ALERT = "retry_and_alert"  # the same, and the operator hears of it once
+
+
+# What tracking does when a call fails, by failure class, first match wins. A rejection
+# (OrderRejected) and an uncertain placement (PlacementUncertain) are answered where the order
+# is placed: the record is rejected with the broker's reason, or the order is looked up by its
+# tag until found or until the order's timeout.
+FAILURE_ACTIONS: tuple[tuple[type[BaseException], FailureAction], ...] = (
+    (LeaseLost, FailureAction.STOP),
+    (RecordConflict, FailureAction.RETRY),
+    (StoreUnavailable, FailureAction.RETRY),
+    (TransientBrokerError, FailureAction.RETRY),
+    (Exception, FailureAction.RETRY_AND_ALERT),
+)
+
+
+def failure_action(error: BaseException) -> FailureAction:
+    return next(action for kind, action in FAILURE_ACTIONS if isinstance(error, kind))
 
 
 def request_from_record(doc: dict) -> OrderRequest:
@@ -97,32 +124,39 @@ class OrderTracker:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, doc: dict, recovering: bool) -> None:
-        attempt = 0
+        failures = 0
         while True:
             try:
                 await self._work(doc, recovering)
                 return
             except asyncio.CancelledError:
                 raise
-            except LeaseLost as e:
-                logger.info("Stopped tracking %s: %s", doc["signal_id"], e)
-                return
-            except StoreUnavailable as e:
-                attempt += 1
-                wait = compute_backoff(attempt, self._policy.backoff_base,
+            except Exception as e:  # noqa: BLE001 - FAILURE_ACTIONS decides, nothing escapes
+                action = failure_action(e)
+                if action is FailureAction.STOP:
+                    logger.info("Stopped tracking %s: %s", doc["signal_id"], e)
+                    return
+                failures += 1
+                wait = compute_backoff(failures, self._policy.backoff_base,
                                        self._policy.store_retry_cap)
-                logger.warning("Store unavailable while tracking %s (%s); retry in %.1fs",
-                               doc["signal_id"], e, wait)
+                if action is FailureAction.RETRY_AND_ALERT:
+                    logger.exception("Tracking %s failed unexpectedly; retry in %.1fs",
+                                     doc["signal_id"], wait)
+                    if failures == 1:
+                        self._alert(AlertKind.OPERATOR, f"Tracking {doc['signal_id']} failed: "
+                                    f"{type(e).__name__}: {e}; retrying",
+                                    key=f"tracking:{doc['signal_id']}")
+                else:
+                    logger.warning("Tracking %s: %s: %s; retry in %.1fs", doc["signal_id"],
+                                   type(e).__name__, e, wait)
                 await asyncio.sleep(wait)
                 doc, recovering = self._journal.reload(doc), True
-            except Exception:
-                logger.exception("Tracking %s failed unexpectedly; it stays open and is resumed "
-                                 "on the next start", doc["signal_id"])
-                return
 
     async def _work(self, doc: dict, recovering: bool) -> None:
         broker = self._brokers.create_broker(doc["broker"])
-        if doc["status"] == "PENDING":
+        if doc["status"] == "PENDING" and doc.get("placement_uncertain_at"):
+            doc = await self._resolve_uncertain(broker, doc)
+        elif doc["status"] == "PENDING":
             doc = await self._place(broker, doc, look_first=recovering)
         if doc["order_id"] and not orders.OrderStatus(doc["status"]).is_terminal:
             await self._follow(broker, doc)
@@ -177,17 +211,29 @@ class OrderTracker:
             return await awaitable
 
     async def _resolve_uncertain(self, broker: Broker, doc: dict) -> dict:
-        for attempt in range(1, self._policy.max_attempts + 1):
+        """Look the order up by its tag until the broker shows it; never send it again. The
+        record says so first, so a retry or another process does the same. Not found within
+        the order timeout: rejected with the reason, and the operator is alerted."""
+        if not doc.get("placement_uncertain_at"):
+            doc = self._journal.apply(doc, lambda s: orders.Change(s),
+                                      {"placement_uncertain_at": self._clock()})
+        deadline = as_utc(doc["placement_uncertain_at"]) + \
+            timedelta(seconds=self._policy.order_timeout)
+        attempt = 0
+        while True:
             found = await self._lookup(broker, doc)
             if found is not None:
                 return self._follow_snapshot(doc, found)
-            await asyncio.sleep(compute_backoff(attempt, self._policy.backoff_base))
-        # The broker answers, and has no order with this tag: it never arrived, or has not yet.
-        # It stays PENDING; recovery on the next start looks it up again before sending.
-        text = (f"{broker.name} has no order for {doc['signal_id']} after an uncertain "
-                f"placement; it stays PENDING and is looked up again on the next start")
-        self._alert(AlertKind.OPERATOR, text, key=f"uncertain:{doc['signal_id']}")
-        return doc
+            if self._clock() >= deadline:
+                break
+            attempt += 1
+            await asyncio.sleep(compute_backoff(attempt, self._policy.backoff_base,
+                                                self._policy.store_retry_cap))
+        reason = (f"placement uncertain: {broker.name} shows no order tagged "
+                  f"{doc['signal_id']} {self._policy.order_timeout:g}s after it was sent")
+        self._alert(AlertKind.OPERATOR, f"{reason}: rejected here; check the broker",
+                    key=f"uncertain:{doc['signal_id']}")
+        return self._reject(doc, reason)
 
     async def _lookup(self, broker: Broker, doc: dict) -> BrokerOrder | None:
         for attempt in range(1, self._policy.max_attempts + 1):

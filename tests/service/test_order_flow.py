@@ -227,7 +227,7 @@ class _RefuseFirstOf(list):
 async def test_given_one_confirmation_refused_then_no_gap_is_ever_marked():
     app, _ = make_app()
     publisher = _RefuseFirstOf("sig_1", 1)
-    app.outbox = ConfirmationOutbox(app.store, publisher, retry_base=0.01)
+    app.outbox = ConfirmationOutbox(app.store, publisher, clock=app.clock, retry_base=0.01)
     app.journal._outbox = app.outbox
     app.outbox.start()
     marks = []
