@@ -17,6 +17,7 @@ from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.errors import ExecutionError, StoreUnavailable
 from execution_service.service.processor import Action
 from execution_service.service.risk import halt_alert, resume_alert, watch_halts
+from execution_service.service.supervisor import TaskSupervisor
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class ExecutionDaemon:
         self.started_at = clock()
         self.status_id = f"{socket.gethostname()}:{os.getpid()}"
         self._store_ok_at: float | None = None
+        self._store_error: str | None = None
+        self.supervisor = TaskSupervisor()
         self._dead_letters_in_flight: set[asyncio.Task] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -42,16 +45,16 @@ class ExecutionDaemon:
         logger.info("Recovery: %d open orders resumed, %d confirmations to publish", resumed,
                     loaded)
         self._consumer.start(asyncio.get_running_loop(), self._on_message)
-        heartbeat = asyncio.create_task(self._heartbeat_loop(stop), name="heartbeat")
-        leases = asyncio.create_task(self.app.leases.run(stop), name="leases")
-        halts = asyncio.create_task(watch_halts(self.app.risk, stop, self._on_halt_change),
-                                    name="halts")
+        supervise = self.supervisor.start
+        supervise("heartbeat", lambda: self._heartbeat_loop(stop))
+        supervise("leases", lambda: self.app.leases.run(stop))
+        supervise("halts", lambda: watch_halts(self.app.risk, stop, self._on_halt_change))
         logger.info("Execution service started: consuming %s", self._describe.get("subscription"))
         app.notifier.notify(ServiceAlert(AlertKind.SERVICE_STARTED,
                                          f"Execution service started on {self.status_id}",
                                          key="started"))
         await stop.wait()
-        await self._shutdown(heartbeat, leases, halts)
+        await self._shutdown()
 
     async def _recover(self) -> tuple[int, int]:
         """Unpublished confirmations and open orders from earlier runs; waits for the store."""
@@ -60,7 +63,7 @@ class ExecutionDaemon:
             try:
                 loaded = self.app.outbox.load_unpublished()
                 resumed = self.app.leases.sweep()
-                self.app.outbox.start()
+                self.supervisor.start("outbox", self.app.outbox.run)
                 return loaded, resumed
             except StoreUnavailable as e:
                 attempt += 1
@@ -112,12 +115,16 @@ class ExecutionDaemon:
             "counters": app.counters.as_dict(), "in_flight": app.tracker.in_flight,
             "outbox_backlog": app.outbox.backlog, "notifier": app.notifier.stats(),
             "risk": app.risk.stats(),
+            "problems": self.supervisor.problems(),
+            "task_restarts": dict(self.supervisor.restarts),
             **self._describe,
         }
         try:
             app.store.write_status(doc)
             self._store_ok_at = time.monotonic()
+            self._store_error = None
         except ExecutionError as e:
+            self._store_error = str(e)
             logger.warning("Heartbeat not written: %s", e)
 
     def _on_halt_change(self, changes) -> None:
@@ -131,10 +138,15 @@ class ExecutionDaemon:
             self.app.notifier.notify(alert)
 
     def healthy(self) -> tuple[bool, str]:
-        """Consuming, and the store took a heartbeat recently. Read from the metrics thread:
-        plain attribute reads only."""
+        """Consuming, every background task up, and the store took the last heartbeat. Read
+        from the metrics thread: plain attribute reads only."""
         if not self._consumer.running:
             return False, "not consuming trading-orders"
+        problems = self.supervisor.problems()
+        if problems:
+            return False, "; ".join(problems)
+        if self._store_error is not None:
+            return False, f"store cannot be written: {self._store_error}"
         if self._store_ok_at is None:
             return False, "starting: no heartbeat written yet"
         age = time.monotonic() - self._store_ok_at
@@ -142,7 +154,7 @@ class ExecutionDaemon:
             return False, f"store: last heartbeat written {age:.0f}s ago"
         return True, "ok"
 
-    async def _shutdown(self, *tasks: asyncio.Task) -> None:
+    async def _shutdown(self) -> None:
         app = self.app
         logger.info("Stopping: no new messages; bringing in-flight work to a safe point")
         app.notifier.notify(ServiceAlert(AlertKind.SERVICE_STOPPING,
@@ -153,10 +165,7 @@ class ExecutionDaemon:
             await asyncio.wait(self._dead_letters_in_flight, timeout=2.0)
         await app.tracker.stop()
         await app.outbox.drain(timeout=2.0)
-        await app.outbox.stop()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.supervisor.stop()
         self.write_heartbeat(stopped=True)
         await app.notifier.stop()
         await app.brokers.close()
