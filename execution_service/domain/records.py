@@ -12,8 +12,9 @@ from typing import Any
 from execution_service.domain.orders import Event, OrderState, OrderStatus, RecordedFill
 from execution_service.domain.signals import Signal
 
-CONFIRMED_EVENTS = frozenset({"SUBMITTED", "FILL", "COMPLETED", "LATE_FILL", "REJECTED",
-                              "CANCELLED"})
+CONFIRMED_EVENTS = frozenset({"SUBMITTED", "FILL", "COMPLETED", "LATE_FILL", "OVERFILL",
+                              "REJECTED", "CANCELLED"})
+FILL_EVENTS = frozenset({"FILL", "LATE_FILL", "OVERFILL"})  # each moves the position
 ORDER_FIELDS = ("symbol", "side", "quantity", "order_type", "limit_price", "stop_price",
                 "time_in_force", "stop_loss", "take_profit", "asset_class", "exchange",
                 "currency", "product", "reference_price")
@@ -111,7 +112,7 @@ def confirmation(doc: dict[str, Any], event: Event, sequence: int) -> dict[str, 
     """The execution-confirmations payload for one event of this record (SPEC §6)."""
     detail = event.detail
     filled = detail.get("filled_quantity", doc.get("filled_quantity", 0.0))
-    is_fill = event.event in ("FILL", "LATE_FILL", "COMPLETED")
+    is_fill = event.event in FILL_EVENTS or event.event == "COMPLETED"
     return {
         "signal_id": doc["signal_id"], "order_id": detail.get("order_id", doc.get("order_id")),
         "status": str(event.status), "event": event.event, "sequence": sequence,

@@ -12,10 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from execution_service.domain.notices import CancelCause, NoticeKind, OrderNotice
+from execution_service.domain.notices import (
+    AlertKind,
+    CancelCause,
+    NoticeKind,
+    OrderNotice,
+    ServiceAlert,
+)
 from execution_service.domain.orders import Change, Event, OrderState, OrderStatus, RecordedFill
 from execution_service.domain.records import (
     CONFIRMED_EVENTS,
+    FILL_EVENTS,
     as_utc,
     confirmation,
     state_fields,
@@ -89,7 +96,7 @@ class OrderJournal:
         """Positions move before the record shows the fill: a crash in between replays the fill
         from the broker, and the position recognises it (see service/positions.py)."""
         for event in events:
-            if event.event in ("FILL", "LATE_FILL"):
+            if event.event in FILL_EVENTS:
                 detail = event.detail
                 self._positions.apply(doc, RecordedFill(detail["exec_id"], detail["quantity"],
                                                         detail["price"], detail["fill_at"]))
@@ -151,6 +158,14 @@ class OrderJournal:
         elif event.event == "CANCELLED":
             self.counters.orders_cancelled += 1
             logger.info("Order cancelled: %s [%s]", detail.get("reason"), signal_id)
+        if detail.get("overfill"):
+            text = (f"Overfill: {doc.get('symbol')} {signal_id} filled {_qty(doc['filled_quantity'])}"
+                    f" of {_qty(doc['quantity'])} (venue fill {detail['exec_id']}: "
+                    f"{_qty(detail['quantity'])} @ {_money(detail['price'])}); recorded as the "
+                    f"venue reports it, the position follows")
+            logger.warning("%s", text)
+            self._notifier.notify(ServiceAlert(AlertKind.OPERATOR, text,
+                                               key=f"overfill:{signal_id}:{detail['exec_id']}"))
         if kind is not None:
             self._notifier.notify(order_notice(doc, event, kind))
         if self._metrics is not None and event.event in ("FILL", "COMPLETED", "REJECTED",
