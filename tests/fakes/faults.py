@@ -43,3 +43,46 @@ class FaultAtCall(Store):
             return attribute(*args, **kwargs)
 
         return counted
+
+
+class OutageSwitch:
+    down = False
+
+
+class _FlakyCollection:
+    """A collection whose every call raises pymongo's ServerSelectionTimeoutError while the
+    switch is down: what the driver raises when the MongoDB server is gone."""
+
+    def __init__(self, collection, switch: OutageSwitch) -> None:
+        self._collection, self._switch = collection, switch
+
+    def __getattr__(self, name):
+        attribute = getattr(self._collection, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            if self._switch.down:
+                from pymongo.errors import ServerSelectionTimeoutError
+
+                raise ServerSelectionTimeoutError("injected outage: no server reachable")
+            return attribute(*args, **kwargs)
+
+        return call
+
+    def __getitem__(self, name):
+        return _FlakyCollection(self._collection[name], self._switch)
+
+
+class FlakyDatabase:
+    """A database (every collection: the store's and the mock broker's ledger) that is
+    unreachable while `switch.down` is set."""
+
+    def __init__(self, database, switch: OutageSwitch) -> None:
+        self._database, self._switch = database, switch
+
+    def __getitem__(self, name):
+        return _FlakyCollection(self._database[name], self._switch)
+
+    def __getattr__(self, name):
+        return getattr(self._database, name)
