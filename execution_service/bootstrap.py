@@ -27,6 +27,7 @@ from execution_service.service.ports import NullNotifier
 from execution_service.service.positions import PositionBook
 from execution_service.service.processor import SignalProcessor
 from execution_service.service.risk import RiskGate, ensure_risk_indexes
+from execution_service.service.store_thread import StoreThread
 from execution_service.service.tracker import OrderTracker, TrackingPolicy
 
 logger = logging.getLogger(__name__)
@@ -51,8 +52,10 @@ class App:
     notifier: object
     counters: Counters
     clock: Callable[[], datetime]
+    store_thread: StoreThread
 
     def close(self) -> None:
+        self.store_thread.close()
         self.handle.close()
 
 
@@ -78,10 +81,13 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
     metrics = Metrics()
     notifier = notifier or NullNotifier()
     counters = Counters()
+    # sqlite objects (the embedded store) belong to the thread that made them
+    store_thread = StoreThread(inline=settings.embedded_store_path is not None)
     brokers = BrokerFactory(settings, handle.database, _connection_alerts(notifier),
-                            builders=broker_builders)
+                            builders=broker_builders, offload=store_thread.run)
     outbox = ConfirmationOutbox(store, publisher, clock=clock,
-                                rescan_seconds=settings.OUTBOX_RESCAN_SECONDS)
+                                rescan_seconds=settings.OUTBOX_RESCAN_SECONDS,
+                                store_thread=store_thread)
     owner = make_owner(clock())
     journal = OrderJournal(store, PositionBook(store), outbox, notifier, counters, clock,
                            owner["id"], metrics)
@@ -90,13 +96,14 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
                             backoff_base=settings.RETRY_BACKOFF_SECONDS,
                             poll_interval=settings.ORDER_POLL_SECONDS,
                             late_fill_grace=settings.LATE_FILL_GRACE_SECONDS)
-    tracker = OrderTracker(journal, brokers, notifier, policy, clock, risk.halt_for, metrics)
+    tracker = OrderTracker(journal, brokers, notifier, policy, clock, risk.halt_for, metrics,
+                           store_thread)
     leases = LeaseKeeper(store, tracker, owner, settings.LEASE_SECONDS, clock,
-                         settings.SUPERVISE_SECONDS)
+                         settings.SUPERVISE_SECONDS, store_thread)
     processor = SignalProcessor(store, journal, tracker, brokers, clock, owner, leases.lease_until,
                                 risk)
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
-               metrics, notifier, counters, clock)
+               metrics, notifier, counters, clock, store_thread)
 
 
 def _connection_alerts(notifier):

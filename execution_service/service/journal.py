@@ -74,15 +74,32 @@ class OrderJournal:
     def apply(self, doc: dict, step: Callable[[OrderState], Change],
               extra_fields: dict | None = None) -> dict:
         """Apply a pure step to the record's state and persist it; returns the new record."""
+        updated, events, confirmations = self.persist(doc, step, extra_fields)
+        if events or confirmations:
+            self.after_write(updated, events, confirmations)
+        return updated
+
+    async def apply_off_loop(self, store_thread, doc: dict,
+                             step: Callable[[OrderState], Change],
+                             extra_fields: dict | None = None) -> dict:
+        """`apply`, its store work on the store thread, what follows on the loop."""
+        updated, events, confirmations = await store_thread.run(self.persist, doc, step,
+                                                                extra_fields)
+        if events or confirmations:
+            self.after_write(updated, events, confirmations)
+        return updated
+
+    def persist(self, doc: dict, step: Callable[[OrderState], Change],
+                extra_fields: dict | None = None) -> tuple[dict, tuple[Event, ...], list[dict]]:
+        """Positions, then the record's compare-and-set: store work only (any thread)."""
         for _ in range(MAX_CAS_ATTEMPTS):
             change = step(state_of(doc))
             if not change.events and not extra_fields:
-                return doc
+                return doc, (), []
             self._move_positions({**doc, "order_id": change.state.order_id}, change.events)
             updated, confirmations = self._write(doc, change, extra_fields or {})
             if updated is not None:
-                self.after_write(updated, change.events, confirmations)
-                return updated
+                return updated, change.events, confirmations
             fresh = self._store.get_record(doc["signal_id"])
             if fresh is None:
                 raise RecordConflict(f"record for {doc['signal_id']} disappeared")

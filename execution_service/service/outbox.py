@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import contextlib
+import itertools
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -27,11 +28,12 @@ from datetime import datetime
 from execution_service.domain.backoff import compute_backoff
 from execution_service.domain.records import confirmation_message, signal_fields
 from execution_service.errors import ExecutionError
+from execution_service.service.store_thread import StoreThread
 
 logger = logging.getLogger(__name__)
 BATCH = 500
 FLUSH_AT = 100  # confirmations handed over at once when they pile up within one loop turn
-MARKS_PER_TURN = 50  # store writes before the loop gets a turn back
+MARKS_PER_TURN = 50  # store writes per hand-over to the store thread
 MARKS_REMEMBERED = 10_000  # recent marks: a rescan racing a mark never republishes
 
 PENDING, ACCEPTED, REFUSED = "pending", "accepted", "refused"
@@ -40,8 +42,10 @@ PENDING, ACCEPTED, REFUSED = "pending", "accepted", "refused"
 class ConfirmationOutbox:
     def __init__(self, store, publisher, *, clock: Callable[[], datetime],
                  retry_base: float = 0.2, retry_cap: float = 10.0,
-                 rescan_seconds: float = 5.0):
+                 rescan_seconds: float = 5.0, store_thread: StoreThread | None = None):
         self._store = store
+        self._store_thread = store_thread or StoreThread(inline=True)
+        self._writing = 0  # side-writes and marks handed to the store thread, not yet done
         self._send = sender(publisher)
         self._clock = clock
         # signal_id -> {sequence: state}, in sequence order: everything not yet marked
@@ -67,7 +71,7 @@ class ConfirmationOutbox:
     def backlog(self) -> int:
         """Confirmations not yet published, and signals whose side-write or mark is not yet
         written. Plain reads only: the metrics thread asks too."""
-        return self._unmarked + len(self._to_mark) + len(self._signal_writes)
+        return self._unmarked + len(self._to_mark) + len(self._signal_writes) + self._writing
 
     def enqueue(self, confirmations: Iterable[dict], record: dict | None = None) -> None:
         """Publish these confirmations (of `record`, whose signal_store row follows them)."""
@@ -116,8 +120,15 @@ class ConfirmationOutbox:
     def load_unpublished(self) -> int:
         """Take up every record the store says has unpublished confirmations, and is not in
         hand here; returns how many confirmations that queued."""
+        return self._take_up(self._store.records_with_unpublished())
+
+    async def rescan(self) -> int:
+        """`load_unpublished`, its store read on the store thread."""
+        return self._take_up(await self._store_thread.run(self._store.records_with_unpublished))
+
+    def _take_up(self, docs: list[dict]) -> int:
         loaded = 0
-        for doc in self._store.records_with_unpublished():
+        for doc in docs:
             signal_id = doc["signal_id"]
             published = max(doc.get("published_sequence", 0), self._marked.get(signal_id, 0),
                              self._to_mark.get(signal_id, 0))
@@ -213,7 +224,7 @@ class ConfirmationOutbox:
                                            max(0.0, next_rescan - loop.time()))
             if loop.time() >= next_rescan:
                 next_rescan = loop.time() + self._rescan_seconds
-                self._rescan()
+                await self._rescan()
             if not await self._write_side_effects():
                 self._store_failures += 1
                 await asyncio.sleep(compute_backoff(self._store_failures, *self._retry_policy))
@@ -228,9 +239,9 @@ class ConfirmationOutbox:
                 if not self._retry:
                     await self._wait_for_answers(batch)
 
-    def _rescan(self) -> None:
+    async def _rescan(self) -> None:
         try:
-            self.load_unpublished()
+            await self.rescan()
         except ExecutionError as e:
             logger.warning("Outbox rescan failed: %s", e)
 
@@ -242,35 +253,51 @@ class ConfirmationOutbox:
 
     async def _write_side_effects(self) -> bool:
         """signal_store rows, then the published marks (a signal is marked only once its row
-        is written). False when the store failed: what is left stays queued."""
-        written = 0
-        for signal_id in list(self._signal_writes):
-            sequence, fields = self._signal_writes[signal_id]
+        is written), on the store thread, MARKS_PER_TURN at a time. False when the store
+        failed: what is left stays queued."""
+        while self._signal_writes or self._to_mark:
+            writes = dict(itertools.islice(self._signal_writes.items(), MARKS_PER_TURN))
+            marks = dict(itertools.islice(
+                ((signal_id, sequence) for signal_id, sequence in self._to_mark.items()
+                 if signal_id not in self._signal_writes), MARKS_PER_TURN - len(writes)))
+            if not writes and not marks:
+                return True
+            for signal_id in marks:
+                del self._to_mark[signal_id]
+            self._writing += len(writes) + len(marks)
             try:
-                self._store.update_signal(signal_id, fields, self._clock())
-            except ExecutionError as e:
-                logger.warning("signal_store update of %s failed: %s", signal_id, e)
+                written, marked, error = await self._store_thread.run(self._write, writes, marks)
+            finally:
+                self._writing -= len(writes) + len(marks)
+            for signal_id, sequence in written.items():
+                if self._signal_writes.get(signal_id, (None,))[0] == sequence:
+                    del self._signal_writes[signal_id]
+            for signal_id, sequence in marks.items():
+                if signal_id in marked:
+                    self._remember_mark(signal_id, sequence)
+                else:
+                    self._to_mark[signal_id] = max(sequence, self._to_mark.get(signal_id, 0))
+            if error is not None:
+                logger.warning("Outbox store write failed: %s", error)
                 return False
-            if self._signal_writes.get(signal_id, (None,))[0] == sequence:
-                del self._signal_writes[signal_id]
-            written += 1
-            if written % MARKS_PER_TURN == 0:
-                await asyncio.sleep(0)
-        for signal_id in list(self._to_mark):
-            if signal_id in self._signal_writes:
-                continue
-            sequence = self._to_mark.pop(signal_id)
-            try:
-                self._store.mark_published(signal_id, sequence)
-            except ExecutionError as e:
-                logger.warning("Marking %s #%s published failed: %s", signal_id, sequence, e)
-                self._to_mark[signal_id] = max(sequence, self._to_mark.get(signal_id, 0))
-                return False
-            self._remember_mark(signal_id, sequence)
-            written += 1
-            if written % MARKS_PER_TURN == 0:
-                await asyncio.sleep(0)
         return True
+
+    def _write(self, writes: dict[str, tuple[int, dict]], marks: dict[str, int]):
+        """On the store thread: returns what was written, what was marked, and the error
+        that stopped it, if one did."""
+        written: dict[str, int] = {}
+        marked: dict[str, int] = {}
+        now = self._clock()
+        try:
+            for signal_id, (sequence, fields) in writes.items():
+                self._store.update_signal(signal_id, fields, now)
+                written[signal_id] = sequence
+            for signal_id, sequence in marks.items():
+                self._store.mark_published(signal_id, sequence)
+                marked[signal_id] = sequence
+        except ExecutionError as e:
+            return written, marked, e
+        return written, marked, None
 
     def _remember_mark(self, signal_id: str, sequence: int) -> None:
         self._marked[signal_id] = max(sequence, self._marked.get(signal_id, 0))

@@ -36,6 +36,8 @@ class Outcome:
     action: Action
     reason: str = ""
     signal_id: str | None = None
+    track: dict | None = None  # a claim to hand to the tracker
+    written: tuple | None = None  # (record, events, confirmations) of a recorded rejection
 
 
 class SignalProcessor:
@@ -53,6 +55,20 @@ class SignalProcessor:
         self._accounts: dict[str, tuple[float, dict | None]] = {}
 
     def handle(self, body: bytes) -> Outcome:
+        """`decide` and `finish` in one go, on the caller's thread."""
+        return self.finish(self.decide(body))
+
+    def finish(self, outcome: Outcome) -> Outcome:
+        """On the event loop: what follows a durable claim or rejection."""
+        if outcome.track is not None:
+            self._tracker.track(outcome.track)
+        if outcome.written is not None:
+            self._journal.after_write(*outcome.written)
+        return outcome
+
+    def decide(self, body: bytes) -> Outcome:
+        """Validate, check, and record the claim or the rejection: store work only (it runs
+        on the store thread)."""
         self._journal.counters.orders_received += 1
         try:
             return self._handle(body)
@@ -103,8 +119,7 @@ class SignalProcessor:
             self._store.insert_record(doc)
         except DuplicateSignal:
             return self._duplicate(signal.signal_id)
-        self._tracker.track(doc)
-        return Outcome(Action.ACK, signal_id=signal.signal_id)
+        return Outcome(Action.ACK, signal_id=signal.signal_id, track=doc)
 
     def _reject(self, signal_id: str, fields: dict, reason: str, body: bytes) -> Outcome:
         at = self._clock()
@@ -116,8 +131,8 @@ class SignalProcessor:
             self._store.insert_record(doc)
         except DuplicateSignal:
             return self._duplicate(signal_id)
-        self._journal.after_write(doc, (event,), doc["confirmations"])
-        return Outcome(Action.ACK, reason, signal_id)
+        return Outcome(Action.ACK, reason, signal_id,
+                       written=(doc, (event,), doc["confirmations"]))
 
     def _duplicate(self, signal_id: str) -> Outcome:
         self._journal.counters.duplicates += 1

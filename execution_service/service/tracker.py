@@ -32,6 +32,7 @@ from execution_service.errors import (
     TransientBrokerError,
 )
 from execution_service.service.journal import LeaseLost, RecordConflict
+from execution_service.service.store_thread import StoreThread
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,10 @@ def request_from_record(doc: dict) -> OrderRequest:
 class OrderTracker:
     def __init__(self, journal, brokers, notifier, policy: TrackingPolicy,
                  clock: Callable[[], datetime],
-                 halts: Callable[[str], dict | None] | None = None, metrics=None):
+                 halts: Callable[[str], dict | None] | None = None, metrics=None,
+                 store_thread: StoreThread | None = None):
         self._journal = journal
+        self._store_thread = store_thread or StoreThread(inline=True)
         self._brokers = brokers  # BrokerFactory
         self._notifier = notifier
         self._policy = policy
@@ -150,7 +153,7 @@ class OrderTracker:
                     logger.warning("Tracking %s: %s: %s; retry in %.1fs", doc["signal_id"],
                                    type(e).__name__, e, wait)
                 await asyncio.sleep(wait)
-                doc, recovering = self._journal.reload(doc), True
+                doc, recovering = await self._store_thread.run(self._journal.reload, doc), True
 
     async def _work(self, doc: dict, recovering: bool) -> None:
         broker = self._brokers.create_broker(doc["broker"])
@@ -167,7 +170,7 @@ class OrderTracker:
         """Send the order once; retry only what certainly did not reach the broker."""
         found = await self._lookup(broker, doc) if look_first else None
         if found is not None:
-            return self._follow_snapshot(doc, found)
+            return await self._follow_snapshot(doc, found)
         request = request_from_record(doc)
         logger.info("Placing order: %s %g %s %s [%s]", request.side, request.quantity,
                     request.symbol, request.order_type, request.signal_id)
@@ -175,11 +178,11 @@ class OrderTracker:
         for attempt in range(1, self._policy.max_attempts + 1):
             halt = self._halts(doc["account_id"])
             if halt is not None:  # nothing can have reached the broker yet
-                return self._reject(doc, halt_reason(halt))
+                return await self._reject(doc, halt_reason(halt))
             try:
                 await self._ensure_connected(broker)
                 placed = await self._timed(broker, "place_order", broker.place_order(request))
-                return self._follow_snapshot(doc, placed)
+                return await self._follow_snapshot(doc, placed)
             except TransientBrokerError as e:
                 last_error = e
                 logger.warning("Broker %s unavailable for %s (attempt %d/%d): %s", broker.name,
@@ -189,7 +192,7 @@ class OrderTracker:
             except OrderRejected as e:
                 if e.alert:
                     self._alert(AlertKind.OPERATOR, e.alert, key=e.alert)
-                return self._reject(doc, e.reason)
+                return await self._reject(doc, e.reason)
             except PlacementUncertain as e:
                 logger.warning("Placement of %s uncertain (%s): looking it up by its tag",
                                request.signal_id, e)
@@ -198,7 +201,7 @@ class OrderTracker:
                   f"{last_error}")
         self._alert(AlertKind.BROKER_CONNECTION_LOST, f"{broker.name}: {last_error}",
                     key=f"lost:{broker.name}")
-        return self._reject(doc, reason)
+        return await self._reject(doc, reason)
 
     async def _ensure_connected(self, broker: Broker) -> None:
         if not broker.is_connected:
@@ -215,15 +218,15 @@ class OrderTracker:
         record says so first, so a retry or another process does the same. Not found within
         the order timeout: rejected with the reason, and the operator is alerted."""
         if not doc.get("placement_uncertain_at"):
-            doc = self._journal.apply(doc, lambda s: orders.Change(s),
-                                      {"placement_uncertain_at": self._clock()})
+            doc = await self._apply(doc, lambda s: orders.Change(s),
+                                    {"placement_uncertain_at": self._clock()})
         deadline = as_utc(doc["placement_uncertain_at"]) + \
             timedelta(seconds=self._policy.order_timeout)
         attempt = 0
         while True:
             found = await self._lookup(broker, doc)
             if found is not None:
-                return self._follow_snapshot(doc, found)
+                return await self._follow_snapshot(doc, found)
             if self._clock() >= deadline:
                 break
             attempt += 1
@@ -233,7 +236,7 @@ class OrderTracker:
                   f"{doc['signal_id']} {self._policy.order_timeout:g}s after it was sent")
         self._alert(AlertKind.OPERATOR, f"{reason}: rejected here; check the broker",
                     key=f"uncertain:{doc['signal_id']}")
-        return self._reject(doc, reason)
+        return await self._reject(doc, reason)
 
     async def _lookup(self, broker: Broker, doc: dict) -> BrokerOrder | None:
         for attempt in range(1, self._policy.max_attempts + 1):
@@ -246,13 +249,16 @@ class OrderTracker:
                 await asyncio.sleep(compute_backoff(attempt, self._policy.backoff_base))
         raise TransientBrokerError(f"could not look up {doc['signal_id']} at {broker.name}")
 
-    def _reject(self, doc: dict, reason: str) -> dict:
-        return self._journal.apply(doc, lambda s: orders.reject(s, reason, self._clock()))
+    async def _apply(self, doc: dict, step, extra_fields: dict | None = None) -> dict:
+        return await self._journal.apply_off_loop(self._store_thread, doc, step, extra_fields)
 
-    def _follow_snapshot(self, doc: dict, snapshot: BrokerOrder,
-                         cancel_reason: str | None = None) -> dict:
+    async def _reject(self, doc: dict, reason: str) -> dict:
+        return await self._apply(doc, lambda s: orders.reject(s, reason, self._clock()))
+
+    async def _follow_snapshot(self, doc: dict, snapshot: BrokerOrder,
+                               cancel_reason: str | None = None) -> dict:
         now = self._clock()
-        return self._journal.apply(doc, lambda s: orders.follow_broker(
+        return await self._apply(doc, lambda s: orders.follow_broker(
             s, order_id=snapshot.order_id, broker_status=str(snapshot.status),
             fills=snapshot.fills, reason=snapshot.reason, at=now, cancel_reason=cancel_reason,
             commission_total=snapshot.extra.get("commission")))
@@ -277,7 +283,7 @@ class OrderTracker:
                                wait)
                 await asyncio.sleep(wait)
                 continue
-            doc = self._follow_snapshot(doc, snapshot, doc.get("cancel_requested_reason"))
+            doc = await self._follow_snapshot(doc, snapshot, doc.get("cancel_requested_reason"))
             if doc["status"] == "CANCELLED":
                 await self._watch_for_late_fill(broker, doc)
             if orders.OrderStatus(doc["status"]).is_terminal:
@@ -312,7 +318,7 @@ class OrderTracker:
         except TransientBrokerError as e:
             logger.warning("Late-fill check of %s failed: %s", doc["signal_id"], e)
             return
-        self._follow_snapshot(doc, snapshot)
+        await self._follow_snapshot(doc, snapshot)
 
     def _cancel_reason(self, doc: dict, timed_out: bool) -> str | None:
         """Why this working order must be cancelled now, if it must: a halt that cancels open
@@ -333,7 +339,7 @@ class OrderTracker:
             logger.warning("Cancel of %s failed (%s); retrying", doc["signal_id"], e)
             await asyncio.sleep(self._policy.poll_interval)
             return doc
-        return self._journal.apply(doc, lambda s: orders.Change(s), {
+        return await self._apply(doc, lambda s: orders.Change(s), {
             "cancel_requested_reason": reason, "cancel_requested_at": self._clock()})
 
     def _alert(self, kind: AlertKind, text: str, key: str) -> None:

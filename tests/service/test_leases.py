@@ -46,7 +46,7 @@ async def test_given_live_lease_elsewhere_then_kept_until_it_expires():
     other = {"id": "elsewhere:1:1", "host": "elsewhere", "pid": 1}
     _claim(app, "sig_live", other, app.clock() + timedelta(seconds=30))
     _claim(app, "sig_dead", other, app.clock() - timedelta(seconds=1))
-    assert app.leases.sweep() == 1
+    assert await app.leases.sweep() == 1
     await settle(app)
     assert app.store.get_record("sig_live")["status"] == "PENDING"
     dead = app.store.get_record("sig_dead")
@@ -65,7 +65,7 @@ async def test_given_record_taken_over_then_the_old_owner_stops_writing():
     record = first.store.get_record("sig_move")
     assert second.store.take_over(record, {"id": "new-owner", "host": "x", "pid": 1},
                                   second.clock() + timedelta(seconds=30), second.clock())
-    first.leases.renew()
+    await first.leases.renew()
     for _ in range(200):
         if not first.tracker.in_flight:
             break

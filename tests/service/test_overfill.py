@@ -55,7 +55,7 @@ async def test_given_a_filled_order_when_the_venue_reports_one_more_fill_then_an
     await settle(app)
     broker.fill(order_id, "X2", 2, 10.5, datetime.now(UTC))
     tracker: OrderTracker = app.tracker
-    tracker._follow_snapshot(app.store.get_record("sig_1"), broker.orders[order_id])
+    await tracker._follow_snapshot(app.store.get_record("sig_1"), broker.orders[order_id])
     await settle(app)
     assert app.store.get_record("sig_1")["filled_quantity"] == 12
     assert app.store.open_position(KEY)["quantity"] == 12
