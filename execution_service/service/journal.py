@@ -176,8 +176,9 @@ class OrderJournal:
             self.counters.orders_cancelled += 1
             logger.info("Order cancelled: %s [%s]", detail.get("reason"), signal_id)
         if detail.get("overfill"):
-            text = (f"Overfill: {doc.get('symbol')} {signal_id} filled {_qty(doc['filled_quantity'])}"
-                    f" of {_qty(doc['quantity'])} (venue fill {detail['exec_id']}: "
+            text = (f"Overfill: {doc.get('symbol')} {signal_id} filled "
+                    f"{_qty(doc['filled_quantity'])} of {_qty(doc['quantity'])} (venue fill "
+                    f"{detail['exec_id']}: "
                     f"{_qty(detail['quantity'])} @ {_money(detail['price'])}); recorded as the "
                     f"venue reports it, the position follows")
             logger.warning("%s", text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable
 
 from execution_service.adapters.store import Store
@@ -47,6 +48,7 @@ class FaultAtCall(Store):
 
 class OutageSwitch:
     down = False
+    hang_seconds = 0.0  # each call blocks this long before it fails (the driver's timeout)
 
 
 class _FlakyCollection:
@@ -65,6 +67,7 @@ class _FlakyCollection:
             if self._switch.down:
                 from pymongo.errors import ServerSelectionTimeoutError
 
+                time.sleep(self._switch.hang_seconds)
                 raise ServerSelectionTimeoutError("injected outage: no server reachable")
             return attribute(*args, **kwargs)
 

@@ -168,3 +168,12 @@ async def settle(app, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
     assert not app.tracker.in_flight, "orders still tracked"
     assert not app.outbox.backlog, "confirmations still unpublished"
+
+
+async def until(condition, what: str = "condition", timeout: float = 10.0) -> None:
+    """Wait until `condition()` holds, polling; fail naming `what` after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for: {what}"
+        await asyncio.sleep(0.005)
