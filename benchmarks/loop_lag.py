@@ -22,15 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-import mongomock
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from execution_service.adapters.store import StoreHandle  # noqa: E402
+from execution_service.adapters.store import Store  # noqa: E402
 from execution_service.bootstrap import build_app  # noqa: E402
 from execution_service.config import load_settings  # noqa: E402
 from execution_service.service.daemon import ExecutionDaemon  # noqa: E402
 from execution_service.service.store_thread import StoreThread  # noqa: E402
-from tests.fakes.faults import FlakyDatabase, OutageSwitch  # noqa: E402
+from tests.fakes.stores import SwitchableDatabase, memory_store  # noqa: E402
 
 
 class AcceptingPublisher:
@@ -65,11 +63,10 @@ async def measure(off_loop: bool, orders: int, hang_seconds: float, hang_call: f
     settings = load_settings(environ={
         "MONGODB_URI": "mongomock://", "MOCK_FILL_DELAY_SECONDS": "2.0",
         "ORDER_POLL_SECONDS": "0.1", "RETRY_BACKOFF_SECONDS": "0.1", "LOG_LEVEL": "CRITICAL"})
-    client = mongomock.MongoClient(tz_aware=True)
-    hang = OutageSwitch()
-    hang.hang_seconds = hang_call
-    handle = StoreHandle(client, FlakyDatabase(client["trading"], hang), "hanging mongomock")
-    app = build_app(settings, AcceptingPublisher(), handle=handle)
+    handle, _ = memory_store()
+    hang = SwitchableDatabase(handle.database)
+    hang.down, hang.hang_seconds = False, hang_call
+    app = build_app(settings, AcceptingPublisher(), handle=handle, store=Store(hang))
     if not off_loop:  # everything on the loop, as before item 4
         inline = StoreThread(inline=True)
         app.store_thread = app.tracker._store_thread = app.outbox._store_thread = inline
@@ -85,8 +82,12 @@ async def measure(off_loop: bool, orders: int, hang_seconds: float, hang_call: f
         await asyncio.sleep(0.01)
     for n in range(orders):
         consumer.handler(Message(n))
-    records = client["trading"]["execution_confirmations"]
-    while records.count_documents({"status": "SUBMITTED"}) < orders:
+    reader = Store(handle.database)  # the same data, never hung
+
+    def count(status: str) -> int:
+        return reader.counts_by_status().get(status, 0)
+
+    while count("SUBMITTED") < orders:
         await asyncio.sleep(0.01)
     lags: list[float] = []
     unhealthy_seen = False
@@ -99,12 +100,12 @@ async def measure(off_loop: bool, orders: int, hang_seconds: float, hang_call: f
         unhealthy_seen = unhealthy_seen or not daemon.healthy()[0]
     hang.down = False
     released = time.monotonic()
-    while records.count_documents({"status": "FILLED"}) < orders:
+    while count("FILLED") < orders:
         await asyncio.sleep(0.01)
         if time.monotonic() - released > 120:
             break
     filled_after = time.monotonic() - released
-    filled = records.count_documents({"status": "FILLED"})
+    filled = count("FILLED")
     stop.set()
     await running
     app.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import time
 from collections.abc import Callable
 
 from execution_service.adapters.store import Store
@@ -45,47 +44,3 @@ class FaultAtCall(Store):
 
         return counted
 
-
-class OutageSwitch:
-    down = False
-    hang_seconds = 0.0  # each call blocks this long before it fails (the driver's timeout)
-
-
-class _FlakyCollection:
-    """A collection whose every call raises pymongo's ServerSelectionTimeoutError while the
-    switch is down: what the driver raises when the MongoDB server is gone."""
-
-    def __init__(self, collection, switch: OutageSwitch) -> None:
-        self._collection, self._switch = collection, switch
-
-    def __getattr__(self, name):
-        attribute = getattr(self._collection, name)
-        if not callable(attribute):
-            return attribute
-
-        def call(*args, **kwargs):
-            if self._switch.down:
-                from pymongo.errors import ServerSelectionTimeoutError
-
-                time.sleep(self._switch.hang_seconds)
-                raise ServerSelectionTimeoutError("injected outage: no server reachable")
-            return attribute(*args, **kwargs)
-
-        return call
-
-    def __getitem__(self, name):
-        return _FlakyCollection(self._collection[name], self._switch)
-
-
-class FlakyDatabase:
-    """A database (every collection: the store's and the mock broker's ledger) that is
-    unreachable while `switch.down` is set."""
-
-    def __init__(self, database, switch: OutageSwitch) -> None:
-        self._database, self._switch = database, switch
-
-    def __getitem__(self, name):
-        return _FlakyCollection(self._database[name], self._switch)
-
-    def __getattr__(self, name):
-        return getattr(self._database, name)
