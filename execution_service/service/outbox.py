@@ -80,8 +80,8 @@ class ConfirmationOutbox:
         fresh = []
         for payload in confirmations:
             signal_id, sequence = payload["signal_id"], payload["sequence"]
-            if sequence <= self._marked.get(signal_id, 0):
-                continue
+            if sequence and sequence <= self._marked.get(signal_id, 0):
+                continue  # marked published already (0: an answer with no record)
             states = self._outstanding.setdefault(signal_id, {})
             if sequence in states:
                 continue
