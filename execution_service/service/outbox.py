@@ -55,6 +55,8 @@ class ConfirmationOutbox:
         self._signal_writes: dict[str, tuple[int, dict]] = {}
         self._marked: OrderedDict[str, int] = OrderedDict()
         self._rescan_seconds = rescan_seconds
+        # which records a periodic rescan takes up (replicas: its own and orphaned ones)
+        self.takes_up: Callable[[dict], bool] = lambda _doc: True
         self._store_failures = 0
         self._retry: deque[dict] = deque()
         self._unsent: list[dict] = []
@@ -122,9 +124,11 @@ class ConfirmationOutbox:
         hand here; returns how many confirmations that queued."""
         return self._take_up(self._store.records_with_unpublished())
 
-    async def rescan(self) -> int:
-        """`load_unpublished`, its store read on the store thread."""
-        return self._take_up(await self._store_thread.run(self._store.records_with_unpublished))
+    async def rescan(self, everything: bool = False) -> int:
+        """`load_unpublished`, its store read on the store thread: at start `everything`,
+        afterwards only the records `takes_up` (another live replica publishes its own)."""
+        docs = await self._store_thread.run(self._store.records_with_unpublished)
+        return self._take_up(docs if everything else [d for d in docs if self.takes_up(d)])
 
     def _take_up(self, docs: list[dict]) -> int:
         loaded = 0
