@@ -353,6 +353,8 @@ async def test_given_crash_after_cancel_recorded_before_broker_call_then_restart
     first.journal.apply(record, lambda s: request_cancel(
         s, "cancelled by upstream request req_1", now, "req_1", "upstream"))
     assert broker.cancel_calls == 0  # the process dies before the broker heard of it
+    # ... its confirmations published (a taker-over publishes what the record holds unpublished)
+    await wait_until(lambda: not first.outbox.backlog)
     first.store.records.update_one({"signal_id": "sig_1"}, {"$set": {"lease_expires_at": None}})
     second, publisher = make_app(handle=first.handle, broker=broker)
     assert await second.leases.sweep() == 1
