@@ -11,14 +11,24 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 SIGNAL_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 INT64_MAX = 2**63 - 1
+ORDER_RULE = "order_rule"  # a rule across fields; its context names the field it is about
 KNOWN_FIELDS_ORDER = ("signal_id", "account_id", "strategy_name", "symbol", "side", "quantity",
                       "order_type", "limit_price", "stop_price", "time_in_force", "stop_loss",
                       "take_profit", "asset_class", "exchange", "currency", "product",
                       "reference_price", "created_at")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason an order is refused, with the field it is about (None: the whole order)."""
+
+    field: str | None
+    message: str
 
 
 class AssetClass(StrEnum):
@@ -91,7 +101,8 @@ class Signal(BaseModel):
     @model_validator(mode="after")
     def _order_rules(self) -> Signal:
         for problem in _order_problems(self):
-            raise ValueError(problem)
+            raise PydanticCustomError(ORDER_RULE, "{message}",
+                                      {"field": problem.field, "message": problem.message})
         return self
 
     @property
@@ -103,12 +114,12 @@ def _order_problems(signal: Signal):
     whole = round(signal.quantity)
     if signal.asset_class not in FRACTIONAL_ASSETS and (
             whole < 1 or not math.isclose(signal.quantity, whole, abs_tol=1e-9)):
-        yield (f"quantity must be a whole number for {signal.asset_class} "
-               f"(fractions only for CRYPTO or FOREX), got {signal.quantity:g}")
+        yield Problem("quantity", f"quantity must be a whole number for {signal.asset_class} "
+                      f"(fractions only for CRYPTO or FOREX), got {signal.quantity:g}")
     if signal.order_type in ("LIMIT", "STOP_LIMIT") and signal.limit_price is None:
-        yield f"limit_price is required for {signal.order_type} orders"
+        yield Problem("limit_price", f"limit_price is required for {signal.order_type} orders")
     if signal.order_type in ("STOP", "STOP_LIMIT") and signal.stop_price is None:
-        yield f"stop_price is required for {signal.order_type} orders"
+        yield Problem("stop_price", f"stop_price is required for {signal.order_type} orders")
     entry = signal.entry_price
     if entry is None:
         return
@@ -121,8 +132,8 @@ def _order_problems(signal: Signal):
         wrong = level >= entry if name == below else level <= entry
         if wrong:
             where = "below" if name == below else "above"
-            yield (f"{name} must be {where} the entry price {entry:g} for a {signal.side}, "
-                   f"got {level:g}")
+            yield Problem(name, f"{name} must be {where} the entry price {entry:g} for a "
+                                f"{signal.side}, got {level:g}")
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,11 @@ class Unusable:
     """A message that cannot even be recorded: no JSON object or no usable signal_id."""
 
     reason: str
+    field: str | None = None  # "signal_id" when that is what is missing or wrong
+
+    @property
+    def problems(self) -> tuple[Problem, ...]:
+        return (Problem(self.field, self.reason),)
 
 
 @dataclass(frozen=True)
@@ -139,6 +155,7 @@ class Invalid:
     signal_id: str
     reason: str
     fields: dict[str, Any]  # what could be kept of the message, safe to store
+    problems: tuple[Problem, ...] = ()
 
 
 def parse_signal(body: bytes) -> Signal | Invalid | Unusable:
@@ -154,18 +171,21 @@ def parse_signal(body: bytes) -> Signal | Invalid | Unusable:
     signal_id = data.get("signal_id")
     if not isinstance(signal_id, str) or not SIGNAL_ID_PATTERN.match(signal_id):
         shown = "missing" if signal_id is None else f"invalid: {signal_id!r:.80}"
-        return Unusable(f"signal_id {shown} (need 1-128 characters of A-Z a-z 0-9 _ . : -)")
+        return Unusable(f"signal_id {shown} (need 1-128 characters of A-Z a-z 0-9 _ . : -)",
+                        "signal_id")
     bad_key = _first_unsafe_key(data)
     if bad_key is not None:
-        return Invalid(signal_id, f"field name {bad_key!r:.80} is not allowed (no '$' prefix, "
-                                  "no '.')", _storable_fields(data))
+        reason = f"field name {bad_key!r:.80} is not allowed (no '$' prefix, no '.')"
+        return Invalid(signal_id, reason, _storable_fields(data), (Problem(bad_key, reason),))
     known = {key: value for key, value in data.items() if key in KNOWN_FIELDS_ORDER}
     extra = {key: storable(value) for key, value in data.items()
              if key not in KNOWN_FIELDS_ORDER}
     try:
         return Signal(**known, extra_fields=extra)
     except ValidationError as e:
-        return Invalid(signal_id, describe_validation_error(e), _storable_fields(data))
+        problems = validation_problems(e)
+        return Invalid(signal_id, "; ".join(p.message for p in problems), _storable_fields(data),
+                       problems)
 
 
 def _first_unsafe_key(value: Any) -> str | None:
@@ -223,12 +243,27 @@ _MESSAGES = {
 
 def describe_validation_error(error: ValidationError) -> str:
     """One clear sentence per problem, naming the field and the rule."""
-    return "; ".join(_describe(item) for item in error.errors(include_url=False))
+    return "; ".join(problem.message for problem in validation_problems(error))
 
 
-def _describe(item: dict) -> str:
+def validation_problems(error: ValidationError) -> tuple[Problem, ...]:
+    """Each problem with the field it names (None for a rule about the whole order)."""
+    problems = []
+    for item in error.errors(include_url=False):
+        if item["type"] == ORDER_RULE:
+            problems.append(Problem(item["ctx"]["field"], item["ctx"]["message"]))
+            continue
+        field = _field_of(item)
+        problems.append(Problem(None if field == "order" else field, _describe(item, field)))
+    return tuple(problems)
+
+
+def _field_of(item: dict) -> str:
     field = ".".join(str(part) for part in item["loc"] if not isinstance(part, int)) or "order"
-    field = field.split(".")[0]
+    return field.split(".")[0]
+
+
+def _describe(item: dict, field: str) -> str:
     context = {key: _show(value) if isinstance(value, float) else value
                for key, value in (item.get("ctx") or {}).items()}
     value = item.get("input")

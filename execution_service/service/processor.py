@@ -1,7 +1,10 @@
-"""Process one inbound message: validate, claim, hand to the tracker (SPEC §1, §2, §3).
+"""Accept one order: validate, risk-check, claim, hand to the tracker (SPEC §1, §2, §3).
 
-Returns what to do with the Pub/Sub message: ACK once the outcome or the claim is durable,
-NACK when the store failed, DEAD_LETTER when the message cannot even be recorded.
+`accept(body, by)` is the one use case every way in shares (Pub/Sub, the HTTP API): it says
+what became of the order (claimed, rejected and recorded, a duplicate, unusable) and raises
+StoreUnavailable when the store failed. `handle(body)` is the Pub/Sub consumer's view of it:
+ACK once the outcome or the claim is durable, NACK when the store failed, DEAD_LETTER when the
+message cannot even be recorded.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ from datetime import datetime
 from enum import StrEnum
 
 from execution_service.adapters.store import DuplicateSignal
-from execution_service.domain.accounts import account_problem
+from execution_service.domain.accounts import check_account
 from execution_service.domain.orders import Event, OrderStatus
 from execution_service.domain.records import confirmation, new_claim, new_rejection
-from execution_service.domain.signals import Invalid, Signal, Unusable, parse_signal
+from execution_service.domain.signals import Invalid, Problem, Signal, Unusable, parse_signal
 from execution_service.errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -38,6 +41,32 @@ class Outcome:
     signal_id: str | None = None
 
 
+class Accepted(StrEnum):
+    CLAIMED = "CLAIMED"  # recorded PENDING and handed to the tracker
+    REJECTED = "REJECTED"  # recorded REJECTED (validation, account or risk control)
+    DUPLICATE = "DUPLICATE"  # a record for this signal_id already exists: nothing done
+    UNUSABLE = "UNUSABLE"  # no usable signal_id or no JSON object: nothing can be recorded
+
+
+@dataclass(frozen=True)
+class Intake:
+    """What became of one order, for whoever sent it."""
+
+    kind: Accepted
+    signal_id: str | None = None
+    record: dict | None = None  # as stored (CLAIMED, REJECTED)
+    problems: tuple[Problem, ...] = ()
+    control: str | None = None  # the risk control that refused it
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(problem.message for problem in self.problems)
+
+
+_ACTIONS = {Accepted.CLAIMED: Action.ACK, Accepted.REJECTED: Action.ACK,
+            Accepted.DUPLICATE: Action.ACK, Accepted.UNUSABLE: Action.DEAD_LETTER}
+
+
 class SignalProcessor:
     def __init__(self, store, journal, tracker, brokers, clock: Callable[[], datetime],
                  owner: dict | None = None,
@@ -53,34 +82,43 @@ class SignalProcessor:
         self._accounts: dict[str, tuple[float, dict | None]] = {}
 
     def handle(self, body: bytes) -> Outcome:
-        self._journal.counters.orders_received += 1
+        """The Pub/Sub consumer's view of `accept`."""
         try:
-            return self._handle(body)
+            intake = self.accept(body)
         except StoreUnavailable as e:
             self._journal.counters.nacked += 1
             signal_id = _signal_id_hint(body)
             logger.warning("Store unavailable, message nacked for redelivery [%s]: %s",
                            signal_id, e)
             return Outcome(Action.NACK, str(e), signal_id)
+        if intake.kind is Accepted.UNUSABLE:
+            self._journal.counters.dead_lettered += 1
+            logger.warning("Unusable message sent to dead letters: %s", intake.reason)
+        reason = "duplicate" if intake.kind is Accepted.DUPLICATE else intake.reason
+        return Outcome(_ACTIONS[intake.kind], reason, intake.signal_id)
 
-    def _handle(self, body: bytes) -> Outcome:
+    def accept(self, body: bytes, by: str | None = None) -> Intake:
+        """Validate, check the account and the risk controls, then claim or record the
+        rejection. `by` (who asked, e.g. `api:desk`) is kept on the record and its first
+        event. Raises StoreUnavailable: nothing was recorded then."""
+        self._journal.counters.orders_received += 1
         parsed = parse_signal(body)
         if isinstance(parsed, Unusable):
-            self._journal.counters.dead_lettered += 1
-            logger.warning("Unusable message sent to dead letters: %s", parsed.reason)
-            return Outcome(Action.DEAD_LETTER, parsed.reason)
-        logger.info("Received order: %s", parsed.signal_id)
+            return Intake(Accepted.UNUSABLE, problems=parsed.problems)
+        logger.info("Received order: %s%s", parsed.signal_id, f" (by {by})" if by else "")
         if isinstance(parsed, Invalid):
-            return self._reject(parsed.signal_id, parsed.fields, parsed.reason, body)
+            return self._reject(parsed.signal_id, parsed.fields, parsed.problems, body, by)
         account = self._account(parsed.account_id)
-        problem = account_problem(parsed, account)
+        problem, control = check_account(parsed, account), None
         if problem is None and self._risk is not None:
             breach = self._risk.check(parsed, account)
-            problem = None if breach is None else breach.reason
+            if breach is not None:
+                problem, control = Problem(None, breach.reason), breach.control
         if problem is not None:
             return self._reject(parsed.signal_id, parsed.model_dump(
-                exclude={"extra_fields", "created_at"}, mode="json"), problem, body)
-        return self._claim(parsed, account)
+                exclude={"extra_fields", "created_at"}, mode="json"), (problem,), body, by,
+                control)
+        return self._claim(parsed, account, by)
 
     def _account(self, account_id: str) -> dict | None:
         cached = self._accounts.get(account_id)
@@ -91,7 +129,7 @@ class SignalProcessor:
         self._accounts[account_id] = (now, account)
         return account
 
-    def _claim(self, signal: Signal, account: dict) -> Outcome:
+    def _claim(self, signal: Signal, account: dict, by: str | None) -> Intake:
         broker_name = self._brokers.broker_name_for(account)
         broker = self._brokers.create_broker(broker_name)
         doc = new_claim(signal, broker=broker_name, broker_tag=broker.order_tag(signal.signal_id),
@@ -99,30 +137,40 @@ class SignalProcessor:
         doc["lease_expires_at"] = self._lease_until() if self._lease_until else None
         doc["account_name"] = account.get("display_name")
         doc["broker_account"] = account.get("broker_account")
+        _record_who_asked(doc, by)
         try:
             self._store.insert_record(doc)
         except DuplicateSignal:
             return self._duplicate(signal.signal_id)
         self._tracker.track(doc)
-        return Outcome(Action.ACK, signal_id=signal.signal_id)
+        return Intake(Accepted.CLAIMED, signal.signal_id, doc)
 
-    def _reject(self, signal_id: str, fields: dict, reason: str, body: bytes) -> Outcome:
+    def _reject(self, signal_id: str, fields: dict, problems: tuple[Problem, ...], body: bytes,
+                by: str | None, control: str | None = None) -> Intake:
         at = self._clock()
+        reason = "; ".join(problem.message for problem in problems)
         doc = new_rejection(signal_id, fields, reason, at, raw_body=body)
         event = Event(OrderStatus.REJECTED, at, "REJECTED", {"reason": reason})
         doc.update(confirmations=[confirmation(doc, event, 1)], confirmation_sequence=1,
                    outbox_pending=True)
+        _record_who_asked(doc, by)
         try:
             self._store.insert_record(doc)
         except DuplicateSignal:
             return self._duplicate(signal_id)
         self._journal.after_write(doc, (event,), doc["confirmations"])
-        return Outcome(Action.ACK, reason, signal_id)
+        return Intake(Accepted.REJECTED, signal_id, doc, problems, control)
 
-    def _duplicate(self, signal_id: str) -> Outcome:
+    def _duplicate(self, signal_id: str) -> Intake:
         self._journal.counters.duplicates += 1
         logger.info("Duplicate signal ignored (already recorded): %s", signal_id)
-        return Outcome(Action.ACK, "duplicate", signal_id)
+        return Intake(Accepted.DUPLICATE, signal_id)
+
+
+def _record_who_asked(doc: dict, by: str | None) -> None:
+    if by is not None:
+        doc["by"] = by
+        doc["events"][0]["by"] = by
 
 
 _SIGNAL_ID = re.compile(rb'"signal_id"\s*:\s*"([A-Za-z0-9_.:-]{1,128})"')
