@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import click
@@ -15,7 +14,7 @@ from execution_service.cli_risk import add_limit_options, limits_from_options
 from execution_service.clock import utc_now
 from execution_service.config import Settings, load_settings
 from execution_service.domain.accounts import parse_symbols
-from execution_service.domain.records import iso
+from execution_service.domain.records import iso, json_default
 from execution_service.errors import ExecutionError, FatalConfigError
 
 
@@ -23,14 +22,8 @@ def _settings(**overrides) -> Settings:
     return load_settings({key: value for key, value in overrides.items() if value is not None})
 
 
-def _json_default(value):
-    if isinstance(value, datetime):
-        return iso(value)
-    return str(value)
-
-
 def _print_json(value) -> None:
-    click.echo(json.dumps(value, indent=2, default=_json_default))
+    click.echo(json.dumps(value, indent=2, default=json_default))
 
 
 class Cli(click.Group):

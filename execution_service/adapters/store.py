@@ -23,7 +23,7 @@ import pymongo
 from pymongo import ReturnDocument
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
-from execution_service.domain.records import record_id
+from execution_service.domain.records import parse_iso, published_confirmations, record_id
 from execution_service.errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -219,9 +219,20 @@ class Store:
         return list(self.records.find({"status": {"$in": NON_TERMINAL}}).sort("received_at", 1))
 
     @translating
-    def recent_records(self, limit: int) -> list[dict]:
-        cursor = self.records.find().sort([("received_at", -1), ("_id", -1)])
+    def recent_records(self, limit: int, **equal: str | None) -> list[dict]:
+        """Newest first; `equal` filters on fields (status=, account_id=) when not None."""
+        query = {name: value for name, value in equal.items() if value is not None}
+        cursor = self.records.find(query).sort([("received_at", -1), ("_id", -1)])
         return list(cursor.limit(limit) if limit else cursor)
+
+    @translating
+    def recent_confirmations(self, limit: int) -> list[dict]:
+        """Confirmations of every record, newest first, each with `published`."""
+        rows = self.records.find({"confirmation_sequence": {"$gt": 0}},
+                                 {"confirmations": 1, "published_sequence": 1})
+        found = [item for row in rows for item in published_confirmations(row)]
+        found.sort(key=lambda item: (parse_iso(item["at"]), item["sequence"]), reverse=True)
+        return found[:limit] if limit else found
 
     @translating
     def counts_by_status(self) -> dict[str, int]:

@@ -31,10 +31,11 @@ from execution_service.domain.risk import (
     net_exposure,
 )
 from execution_service.domain.signals import Signal
-from execution_service.errors import StoreUnavailable
+from execution_service.errors import ExecutionError, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 HALTS = "trading_halts"
+LIFTED_HALTS = "trading_halts_lifted"
 GLOBAL_HALT = "global"
 RATE_WINDOW = timedelta(seconds=60)
 
@@ -45,23 +46,56 @@ def halt_id(account_id: str | None) -> str:
 
 # halt storage (CLI and daemon) ------------------------------------------------------------------
 
+class UnknownAccount(ExecutionError):
+    """A halt named an account that is not registered."""
+
+
 @translating
 def set_halt(db, reason: str, account_id: str | None = None, cancel_open: bool = False, *,
-             at: datetime) -> dict:
-    """Halt all trading (account_id None) or one account's; replaces an earlier halt there."""
+             at: datetime, by: str | None = None) -> dict:
+    """Halt all trading (account_id None) or one account's; replaces an earlier halt there.
+    `by` (who asked) is kept on the halt when given."""
     reason = (reason or "").strip()
     if not reason:
         raise ValueError("a halt needs a reason")
     doc = {"_id": halt_id(account_id), "account_id": account_id, "reason": reason,
            "cancel_open": bool(cancel_open), "halted_at": at}
+    if by is not None:
+        doc["by"] = by
     db[HALTS].replace_one({"_id": doc["_id"]}, doc, upsert=True)
     return doc
 
 
 @translating
-def clear_halt(db, account_id: str | None = None) -> dict | None:
-    """Lift the global halt (or one account's); the halt that was lifted, None if none was."""
-    return db[HALTS].find_one_and_delete({"_id": halt_id(account_id)})
+def clear_halt(db, account_id: str | None = None, *, by: str | None = None,
+               at: datetime | None = None) -> dict | None:
+    """Lift the global halt (or one account's); the halt that was lifted, None if none was.
+    With `by`, the lifted halt is kept in `trading_halts_lifted` with who lifted it, when."""
+    lifted = db[HALTS].find_one_and_delete({"_id": halt_id(account_id)})
+    if lifted is not None and by is not None:
+        db[LIFTED_HALTS].insert_one({**lifted, "_id": f"{lifted['_id']}:{iso(at)}",
+                                     "lifted_by": by, "lifted_at": at})
+    return lifted
+
+
+def halt_trading(store, reason: str, account_id: str | None, cancel_open: bool, *,
+                 at: datetime, by: str) -> dict:
+    """The kill switch as operators use it (CLI, HTTP API): the account must exist."""
+    if account_id is not None and store.get_account(account_id) is None:
+        raise UnknownAccount(f"no account {account_id!r}")
+    doc = set_halt(store.db, reason, account_id, cancel_open, at=at, by=by)
+    logger.warning("Trading halted for %s by %s: %s", account_id or "all accounts", by,
+                   doc["reason"])
+    return doc
+
+
+def resume_trading(store, account_id: str | None, *, at: datetime,
+                   by: str) -> tuple[dict | None, list[dict]]:
+    """Lift a halt; (the halt lifted or None, the halts still active)."""
+    lifted = clear_halt(store.db, account_id, by=by, at=at)
+    if lifted is not None:
+        logger.info("Trading resumed for %s by %s", account_id or "all accounts", by)
+    return lifted, active_halts(store.db)
 
 
 @translating
