@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from brokers.factory import BrokerFactory
+from execution_service.adapters.api_key_store import ApiKeyStore
 from execution_service.adapters.metrics import Metrics
 from execution_service.adapters.store import Store, StoreHandle, open_store
 from execution_service.clock import utc_now
@@ -20,6 +21,7 @@ from execution_service.domain.accounts import parse_symbols
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.risk import limits_from_row
 from execution_service.errors import FatalConfigError
+from execution_service.service.desk import Desk
 from execution_service.service.journal import Counters, OrderJournal
 from execution_service.service.leases import LeaseKeeper, make_owner
 from execution_service.service.outbox import ConfirmationOutbox
@@ -51,6 +53,7 @@ class App:
     notifier: object
     counters: Counters
     clock: Callable[[], datetime]
+    keys: ApiKeyStore
 
     def close(self) -> None:
         self.handle.close()
@@ -74,6 +77,8 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
     store = store or Store(handle.database)
     store.ensure_indexes()
     ensure_risk_indexes(store.db)
+    keys = ApiKeyStore(store.db)
+    keys.ensure_indexes()
     risk = RiskGate(store.db, clock, collar_pct=settings.PRICE_COLLAR_PCT)
     metrics = Metrics()
     notifier = notifier or NullNotifier()
@@ -94,7 +99,20 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
     processor = SignalProcessor(store, journal, tracker, brokers, clock, owner, leases.lease_until,
                                 risk)
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
-               metrics, notifier, counters, clock)
+               metrics, notifier, counters, clock, keys)
+
+
+def build_desk(app: App) -> Desk:
+    """What the HTTP API serves: the app's processor, store and health."""
+    return Desk(settings=app.settings, store=app.store, keys=app.keys, processor=app.processor,
+                brokers=app.brokers, health=app.metrics.health, clock=app.clock,
+                features=_optional_features(app.settings))
+
+
+def _optional_features(settings: Settings) -> tuple[str, ...]:
+    flags = (("telegram", settings.TELEGRAM_ENABLED),
+             ("metrics", settings.METRICS_PORT is not None))
+    return tuple(name for name, on in flags if on)
 
 
 def _connection_alerts(notifier):

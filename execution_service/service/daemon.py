@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 class ExecutionDaemon:
     def __init__(self, app, consumer, dead_letters, clock: Callable[[], datetime],
-                 heartbeat_seconds: float = 2.0, describe: dict | None = None):
+                 heartbeat_seconds: float = 2.0, describe: dict | None = None,
+                 front_doors: tuple = ()):
         self.app = app
         self._consumer = consumer
         self._dead_letters = dead_letters
@@ -34,6 +35,8 @@ class ExecutionDaemon:
         self.status_id = f"{socket.gethostname()}:{os.getpid()}"
         self._store_ok_at: float | None = None
         self._dead_letters_in_flight: set[asyncio.Task] = set()
+        # other ways orders come in (the HTTP API): started with the consumer, stopped first
+        self._front_doors = front_doors
 
     async def run(self, stop: asyncio.Event) -> None:
         app = self.app
@@ -42,6 +45,8 @@ class ExecutionDaemon:
         logger.info("Recovery: %d open orders resumed, %d confirmations to publish", resumed,
                     loaded)
         self._consumer.start(asyncio.get_running_loop(), self._on_message)
+        for door in self._front_doors:
+            await door.start()
         heartbeat = asyncio.create_task(self._heartbeat_loop(stop), name="heartbeat")
         leases = asyncio.create_task(self.app.leases.run(stop), name="leases")
         halts = asyncio.create_task(watch_halts(self.app.risk, stop, self._on_halt_change),
@@ -148,6 +153,8 @@ class ExecutionDaemon:
         app.notifier.notify(ServiceAlert(AlertKind.SERVICE_STOPPING,
                                          f"Execution service stopping on {self.status_id}",
                                          key="stopping"))
+        for door in self._front_doors:
+            await door.stop()
         await self._consumer.stop(timeout=3.0)
         if self._dead_letters_in_flight:
             await asyncio.wait(self._dead_letters_in_flight, timeout=2.0)

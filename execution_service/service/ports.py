@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Protocol
 
 from execution_service.domain.notices import OrderNotice, ServiceAlert
+from execution_service.service.processor import Accepted, Intake
+
+__all__ = ["Accepted", "ConfirmationPublisher", "Intake", "Notifier", "NullNotifier",
+           "OrderDesk"]
 
 
 class Notifier(Protocol):
@@ -45,3 +49,31 @@ class ConfirmationPublisher(Protocol):
     the event loop (see outbox.sender)."""
 
     async def publish(self, payload: bytes, attributes: dict[str, str]) -> None: ...
+
+
+class OrderDesk(Protocol):
+    """What the HTTP API asks of the service (service/desk.py implements it). Every method
+    may raise StoreUnavailable; `halt` raises UnknownAccount for an unregistered account."""
+
+    def health(self) -> tuple[bool, str]: ...
+
+    def authenticate(self, secret: str) -> dict | None: ...
+
+    def submit_order(self, body: bytes, by: str) -> Intake: ...
+
+    def order(self, signal_id: str) -> dict | None: ...
+
+    def orders(self, limit: int, status: str | None = None,
+               account_id: str | None = None) -> list[dict]: ...
+
+    def positions(self, include_closed: bool) -> list[dict]: ...
+
+    def confirmations(self, limit: int) -> list[dict]: ...
+
+    def status(self) -> dict: ...
+
+    def capabilities(self) -> dict: ...
+
+    def halt(self, reason: str, account_id: str | None, cancel_open: bool, by: str) -> dict: ...
+
+    def resume(self, account_id: str | None, by: str) -> tuple[dict | None, list[dict]]: ...

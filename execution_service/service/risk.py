@@ -31,7 +31,7 @@ from execution_service.domain.risk import (
     net_exposure,
 )
 from execution_service.domain.signals import Signal
-from execution_service.errors import ExecutionError, StoreUnavailable
+from execution_service.errors import StoreUnavailable, UnknownAccount
 
 logger = logging.getLogger(__name__)
 HALTS = "trading_halts"
@@ -45,10 +45,6 @@ def halt_id(account_id: str | None) -> str:
 
 
 # halt storage (CLI and daemon) ------------------------------------------------------------------
-
-class UnknownAccount(ExecutionError):
-    """A halt named an account that is not registered."""
-
 
 @translating
 def set_halt(db, reason: str, account_id: str | None = None, cancel_open: bool = False, *,
