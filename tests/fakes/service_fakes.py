@@ -10,6 +10,7 @@ from dataclasses import replace
 import mongomock
 
 from brokers.base import Broker, BrokerOrder, BrokerStatus, Fill, OrderRequest
+from execution_service.adapters.api_key_store import ApiKeyStore
 from execution_service.adapters.store import Store, StoreHandle
 from execution_service.bootstrap import build_app
 from execution_service.config import load_settings
@@ -35,8 +36,8 @@ class FakePublisher:
                 if p["signal_id"] == signal_id]
 
 
-class FlakyStore(Store):
-    """The real Store over mongomock, unreachable while `down` is set."""
+class Flaky:
+    """Mixed into a store adapter: every public method fails while `down` is set."""
 
     down = False
 
@@ -48,6 +49,14 @@ class FlakyStore(Store):
                 raise StoreUnavailable("store unavailable: injected fault")
             return unavailable
         return attribute
+
+
+class FlakyStore(Flaky, Store):
+    """The real Store over mongomock, unreachable while `down` is set."""
+
+
+class FlakyKeys(Flaky, ApiKeyStore):
+    """The real API key store over mongomock, unreachable while `down` is set."""
 
 
 class RecordingNotifier:

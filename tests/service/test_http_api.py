@@ -1,0 +1,226 @@
+"""The HTTP API served for real (uvicorn on a loopback port, httpx as the client) over the
+real service wiring with fakes at the edges: faults of the store, unusable bodies, halts,
+scopes, the OpenAPI description, and the server's own start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import httpx
+import pytest
+
+from execution_service.adapters.http_api import ApiServer, create_api
+from execution_service.adapters.http_api import schemas
+from execution_service.bootstrap import build_desk
+from execution_service.domain.api_keys import Scope, new_key
+from execution_service.errors import FatalConfigError
+from execution_service.service.risk import set_halt
+from tests.fakes.service_fakes import FlakyKeys, FlakyStore, make_app, order_body, settle
+
+pytestmark = pytest.mark.asyncio
+NAMES = {Scope.READ: "dash", Scope.TRADE: "desk"}
+
+
+class Api:
+    """A served API over `make_app`, with a read key and a trade key."""
+
+    def __init__(self, app, publisher, server: ApiServer, client: httpx.AsyncClient,
+                 secrets: dict[Scope, str]):
+        self.app, self.publisher, self.server, self.client = app, publisher, server, client
+        self.secrets = secrets
+
+    def auth(self, scope: Scope) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secrets[scope]}"}
+
+    async def get(self, path: str, scope: Scope = Scope.READ, **kwargs) -> httpx.Response:
+        return await self.client.get(path, headers=self.auth(scope), **kwargs)
+
+    async def post(self, path: str, body: bytes | dict | None = None,
+                   scope: Scope = Scope.TRADE) -> httpx.Response:
+        content = json.dumps(body).encode() if isinstance(body, dict) else body
+        return await self.client.post(path, content=content, headers=self.auth(scope))
+
+    def broker_orders(self) -> int:
+        return self.app.store.db["mock_broker_orders"].count_documents({})
+
+
+@pytest.fixture
+async def api():
+    app, publisher = make_app(store_class=FlakyStore)
+    app.keys = FlakyKeys(app.store.db)
+    app.keys.ensure_indexes()
+    app.metrics.bind(healthy=lambda: (True, "ok"))
+    secrets = {}
+    for scope in Scope:
+        made = new_key(scope, NAMES[scope], app.clock())
+        app.keys.insert(made.doc)
+        secrets[scope] = made.secret
+    server = ApiServer(create_api(build_desk(app)), "127.0.0.1", 0).bind()
+    await server.start()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        yield Api(app, publisher, server, client, secrets)
+    await server.stop()
+    await app.tracker.stop()
+    await app.outbox.stop()
+
+
+async def test_given_store_down_when_order_posted_then_503_nothing_placed_and_retry_fills(api):
+    api.app.store.down = True
+    down = await api.post("/orders", order_body())
+    assert down.status_code == 503
+    assert down.headers["retry-after"] == "1"
+    assert "store unavailable" in down.json()["detail"]
+    api.app.store.down = False
+    assert api.app.store.get_record("sig_1") is None and api.broker_orders() == 0
+    retried = await api.post("/orders", order_body())
+    assert retried.status_code == 201
+    await settle(api.app)
+    assert api.app.store.get_record("sig_1")["status"] == "FILLED"
+    assert api.publisher.statuses("sig_1") == ["SUBMITTED", "FILLED"]
+
+
+async def test_given_store_down_then_reads_503_and_keys_are_not_called_wrong(api):
+    api.app.store.down = True
+    for path in ("/orders", "/orders/sig_1", "/positions", "/confirmations", "/status",
+                 "/capabilities"):
+        assert (await api.get(path)).status_code == 503, path
+    api.app.store.down = False
+    api.app.keys.down = True
+    answer = await api.get("/orders")
+    assert answer.status_code == 503, "a store outage is not a wrong key"
+    api.app.keys.down = False
+    assert (await api.get("/orders")).status_code == 200
+
+
+async def test_given_unusable_bodies_then_422_naming_what_and_nothing_recorded(api):
+    cases = {b"not json": None, b"[1, 2]": None, b"": None,
+             json.dumps({"symbol": "SPY"}).encode(): "signal_id",
+             json.dumps({"signal_id": "has space"}).encode(): "signal_id"}
+    for body, field in cases.items():
+        answer = await api.post("/orders", body)
+        assert answer.status_code == 422, body
+        assert [error["field"] for error in answer.json()["errors"]] == [field], body
+        assert answer.json()["record"] is None
+    assert api.app.store.records.count_documents({}) == 0
+    assert api.app.counters.dead_lettered == 0, "an HTTP caller is told; nothing dead-lettered"
+
+
+async def test_given_several_bad_fields_then_each_named_and_the_rejection_recorded(api):
+    answer = await api.post("/orders", order_body(quantity=-1, side="HOLD",
+                                                  **{"$where": "1"}))
+    assert answer.status_code == 422
+    assert answer.json()["errors"] == [{"field": "$where", "message": answer.json()["detail"]}]
+    answer = await api.post("/orders", order_body(signal_id="sig_2", quantity=-1, side="HOLD"))
+    fields = {error["field"] for error in answer.json()["errors"]}
+    assert fields == {"quantity", "side"}
+    answer = await api.post("/orders", order_body(signal_id="sig_3", order_type="LIMIT"))
+    assert answer.json()["errors"] == [{"field": "limit_price", "message":
+                                        "limit_price is required for LIMIT orders"}]
+    record = api.app.store.get_record("sig_3")
+    assert record["status"] == "REJECTED" and record["by"] == "api:desk"
+    await settle(api.app)
+    assert api.publisher.statuses("sig_3") == ["REJECTED"]
+    assert api.broker_orders() == 0
+
+
+async def test_given_halt_and_unknown_account_then_422_names_control_and_field(api):
+    set_halt(api.app.store.db, "desk review", at=api.app.clock())
+    halted = await api.post("/orders", order_body())
+    assert halted.status_code == 422
+    assert halted.json()["control"] == "halt"
+    assert halted.json()["errors"] == [{"field": None, "message": "trading halted: desk review"}]
+    unknown = await api.post("/orders", order_body(signal_id="sig_2", account_id="acc_x"))
+    assert unknown.json()["errors"][0]["field"] == "account_id"
+    assert api.broker_orders() == 0
+
+
+async def test_given_trade_key_when_halt_and_resume_then_who_asked_is_recorded(api):
+    halted = await api.post("/halt", {"reason": "lunch", "account_id": "acc_1"})
+    assert halted.status_code == 200
+    assert halted.json()["by"] == "api:desk" and halted.json()["halted_at"].endswith("Z")
+    schemas.Halt.model_validate(halted.json())
+    assert (await api.post("/halt", {"reason": "x", "account_id": "acc_nope"})).json()[
+        "errors"][0]["field"] == "account_id"
+    assert (await api.post("/halt", {"reason": " "})).json()["errors"][0]["field"] == "reason"
+    assert (await api.post("/halt", b"{")).status_code == 422
+    assert (await api.post("/halt", {"reason": "x"}, Scope.READ)).status_code == 403
+    resumed = await api.post("/resume", {"account_id": "acc_1"})
+    assert resumed.json()["lifted"]["reason"] == "lunch"
+    schemas.Resumed.model_validate(resumed.json())
+    lifted = api.app.store.db["trading_halts_lifted"].find_one()
+    assert lifted["lifted_by"] == "api:desk" and lifted["by"] == "api:desk"
+    nothing = await api.post("/resume")
+    assert nothing.status_code == 200 and nothing.json() == {"lifted": None, "still_halted": []}
+
+
+async def test_given_keys_then_missing_malformed_wrong_revoked_401_and_read_on_trade_403(api):
+    assert (await api.client.get("/orders")).status_code == 401
+    basic = await api.client.get("/orders", headers={"Authorization": "Basic eDp5"})
+    assert basic.status_code == 401 and basic.headers["www-authenticate"] == "Bearer"
+    wrong = await api.client.get("/orders", headers={"Authorization": "Bearer esk_wrong"})
+    assert wrong.status_code == 401
+    forbidden = await api.post("/orders", order_body(), Scope.READ)
+    assert forbidden.status_code == 403
+    assert forbidden.json()["detail"] == "API key 'dash' has scope read; this call needs trade"
+    assert api.app.store.get_record("sig_1") is None
+    api.app.keys.revoke("dash", api.app.clock())
+    assert (await api.get("/orders")).status_code == 401
+    assert (await api.get("/orders", Scope.TRADE)).status_code == 200
+
+
+async def test_given_bad_query_parameters_then_422_naming_them(api):
+    for path, field in (("/orders?limit=abc", "limit"), ("/orders?limit=-1", "limit"),
+                        ("/confirmations?limit=100000", "limit"), ("/positions?all=maybe", "all")):
+        answer = await api.get(path)
+        assert answer.status_code == 422, path
+        assert [error["field"] for error in answer.json()["errors"]] == [field]
+
+
+async def test_given_health_then_healthz_needs_no_key_and_says_what_is_wrong(api):
+    assert (await api.client.get("/healthz")).text == "ok\n"
+    api.app.metrics.bind(healthy=lambda: (False, "not consuming trading-orders"))
+    answer = await api.client.get("/healthz")
+    assert answer.status_code == 503 and answer.text == "not consuming trading-orders\n"
+    capabilities = await api.get("/capabilities")
+    assert capabilities.json()["degraded_reason"] == "not consuming trading-orders"
+
+
+async def test_given_the_openapi_description_then_every_route_scheme_and_answer_is_there(api):
+    spec = (await api.client.get("/openapi.json")).json()
+    assert set(spec["paths"]) == {"/healthz", "/capabilities", "/status", "/orders",
+                                  "/orders/{signal_id}", "/positions", "/confirmations",
+                                  "/halt", "/resume"}
+    post = spec["paths"]["/orders"]["post"]
+    assert set(post["responses"]) == {"201", "401", "403", "409", "422", "503"}
+    assert post["security"] == [{"HTTPBearer": []}]
+    assert "security" not in spec["paths"]["/healthz"]["get"]
+    order = spec["components"]["schemas"]["Order"]
+    assert set(order["required"]) == {"signal_id", "account_id", "strategy_name", "symbol",
+                                      "side", "quantity", "order_type"}
+    assert "extra_fields" not in order["properties"]
+    assert "HTTPValidationError" not in spec["components"]["schemas"], \
+        "our 422 body is ErrorBody, not FastAPI's default"
+    refs = json.dumps(spec)
+    for name in ("HaltRequest", "ResumeRequest", "AssetClass"):
+        assert f"#/components/schemas/{name}" in refs and name in spec["components"]["schemas"]
+
+
+async def test_given_a_port_in_use_then_one_line_naming_api_port():
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        with pytest.raises(FatalConfigError, match=r"^API_PORT \d+ on API_HOST 127.0.0.1: "):
+            ApiServer(create_api(build_desk(make_app()[0])), "127.0.0.1",
+                      taken.getsockname()[1]).bind()
+    finally:
+        taken.close()
+
+
+async def test_given_a_served_api_when_stopped_then_the_port_is_closed(api):
+    port = api.server.port
+    await api.server.stop()
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)
