@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from execution_service.adapters.store import Store, open_store
+
+
+def daemon_env(emulator_host: str, workdir: Path, accounts: list[dict],
+               **settings: str) -> dict[str, str]:
+    """A daemon's environment: a project of its own on the session's emulator (in
+    GOOGLE_CLOUD_PROJECT), these accounts in `workdir/accounts.json`, then `settings`."""
+    (workdir / "accounts.json").write_text(json.dumps(accounts))
+    return {"PUBSUB_EMULATOR_HOST": emulator_host,
+            "GOOGLE_CLOUD_PROJECT": f"test-{uuid.uuid4().hex[:10]}",
+            "ACCOUNTS_FILE": str(workdir / "accounts.json"), **settings}
 
 
 class DaemonProcess:

@@ -13,7 +13,7 @@ import pytest
 
 from execution_service.adapters.emulator import free_port
 from execution_service.adapters.http_api import schemas
-from tests.fakes.daemon import DaemonProcess
+from tests.fakes.daemon import DaemonProcess, daemon_env
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
 
 ACCOUNTS = [{"account_id": account, "broker": "MOCK", "display_name": "Desk"}
@@ -30,13 +30,10 @@ def api_key(daemon: DaemonProcess, scope: str, name: str) -> str:
 @pytest.fixture(scope="module")
 def served(emulator_host, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("http_api")
-    (workdir / "accounts.json").write_text(json.dumps(ACCOUNTS))
-    project = f"test-{uuid.uuid4().hex[:10]}"
     port = free_port()
-    env = {"PUBSUB_EMULATOR_HOST": emulator_host, "GOOGLE_CLOUD_PROJECT": project,
-           "ACCOUNTS_FILE": str(workdir / "accounts.json"), "MOCK_FILL_DELAY_SECONDS": "0.05",
-           "ORDER_POLL_SECONDS": "0.1", "API_PORT": str(port)}
-    rig = PubSubRig(project)
+    env = daemon_env(emulator_host, workdir, ACCOUNTS, MOCK_FILL_DELAY_SECONDS="0.05",
+                     ORDER_POLL_SECONDS="0.1", API_PORT=str(port))
+    rig = PubSubRig(env["GOOGLE_CLOUD_PROJECT"])
     daemon = DaemonProcess(workdir, env)
     keys = {"trade": api_key(daemon, "trade", "desk"), "read": api_key(daemon, "read", "dash")}
     daemon.start()
@@ -240,8 +237,7 @@ def test_given_keys_used_then_no_key_appears_in_any_log_and_revoked_keys_are_ref
 def test_given_api_port_in_use_then_run_stops_with_one_line_naming_it(served, tmp_path):
     daemon, _, _, _ = served
     taken = daemon.env["API_PORT"]
-    other = DaemonProcess(tmp_path, {**daemon.env,
-                                     "ACCOUNTS_FILE": str(daemon.workdir / "accounts.json")})
+    other = DaemonProcess(tmp_path, dict(daemon.env))
     other.start(wait_for_heartbeat=False)
     assert other.process.wait(timeout=60) == 2
     lines = [line for line in other.read_output().splitlines() if "API_PORT" in line]

@@ -11,8 +11,7 @@ import socket
 import httpx
 import pytest
 
-from execution_service.adapters.http_api import ApiServer, create_api
-from execution_service.adapters.http_api import schemas
+from execution_service.adapters.http_api import ApiServer, create_api, schemas
 from execution_service.bootstrap import build_desk
 from execution_service.domain.api_keys import Scope, new_key
 from execution_service.errors import FatalConfigError
