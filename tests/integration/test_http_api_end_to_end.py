@@ -243,3 +243,15 @@ def test_given_api_port_in_use_then_run_stops_with_one_line_naming_it(served, tm
     lines = [line for line in other.read_output().splitlines() if "API_PORT" in line]
     assert lines == [f"error: API_PORT {taken} on API_HOST 127.0.0.1: Address already in use"]
     assert "Traceback" not in other.read_output()
+
+
+def test_given_sigterm_then_the_api_stops_first_and_the_daemon_exits_cleanly(served):
+    """Runs last in this module: it stops the module's daemon."""
+    daemon, _, client, keys = served
+    assert client.get("/orders", headers=bearer(keys["read"])).status_code == 200
+    assert daemon.terminate() == 0
+    output = daemon.read_output()
+    assert output.index("Stopping: no new messages") < output.index("Finished server process")
+    assert "Traceback" not in output
+    with pytest.raises(httpx.ConnectError):
+        client.get("/healthz")

@@ -5,6 +5,7 @@ scopes, the OpenAPI description, and the server's own start and stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from execution_service.adapters.http_api import ApiServer, create_api, schemas
+from execution_service.adapters.http_api.app import MAX_BODY_BYTES
 from execution_service.bootstrap import build_desk
 from execution_service.domain.api_keys import Scope, new_key
 from execution_service.errors import FatalConfigError
@@ -47,7 +49,13 @@ class Api:
 
 @pytest.fixture
 async def api():
-    app, publisher = make_app(store_class=FlakyStore)
+    async with serve() as served:
+        yield served
+
+
+@contextlib.asynccontextmanager
+async def serve(env: dict | None = None):
+    app, publisher = make_app(store_class=FlakyStore, env=env)
     app.keys = FlakyKeys(app.store.db)
     app.keys.ensure_indexes()
     app.metrics.bind(healthy=lambda: (True, "ok"))
@@ -192,7 +200,7 @@ async def test_given_the_openapi_description_then_every_route_scheme_and_answer_
                                   "/orders/{signal_id}", "/positions", "/confirmations",
                                   "/halt", "/resume"}
     post = spec["paths"]["/orders"]["post"]
-    assert set(post["responses"]) == {"201", "401", "403", "409", "422", "503"}
+    assert set(post["responses"]) == {"201", "401", "403", "409", "413", "422", "503"}
     assert post["security"] == [{"HTTPBearer": []}]
     assert "security" not in spec["paths"]["/healthz"]["get"]
     order = spec["components"]["schemas"]["Order"]
@@ -223,3 +231,30 @@ async def test_given_a_served_api_when_stopped_then_the_port_is_closed(api):
     await api.server.stop()
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_given_a_body_over_the_limit_then_413_before_it_is_read_or_recorded(api):
+    huge = order_body(padding="x" * (MAX_BODY_BYTES + 1))
+    assert (await api.post("/orders", huge)).status_code == 413
+
+    async def chunked():
+        for _ in range(5):
+            yield b"x" * (MAX_BODY_BYTES // 4)
+
+    streamed = await api.client.post("/halt", content=chunked(), headers=api.auth(Scope.TRADE))
+    assert streamed.status_code == 413 and "over the" in streamed.json()["detail"]
+    assert api.app.store.records.count_documents({}) == 0
+
+
+async def test_given_an_account_whose_broker_cannot_be_built_then_500_json_and_it_is_logged(
+        caplog):
+    async with serve({"USE_MOCK_BROKER": "false"}) as api:
+        api.app.store.upsert_account("acc_odd", {"broker": "NOPE", "enabled": True},
+                                     api.app.clock())
+        answer = await api.post("/orders", order_body(account_id="acc_odd"))
+        assert answer.status_code == 500
+        assert answer.json()["detail"] == ("internal error (FatalConfigError); see the "
+                                           "daemon's log")
+        assert api.app.store.get_record("sig_1") is None
+    assert any(r.exc_info and r.exc_info[0].__name__ == "FatalConfigError"
+               for r in caplog.records), "the traceback is in the log"

@@ -26,6 +26,7 @@ from execution_service.service.ports import Accepted, Intake, OrderDesk
 
 logger = logging.getLogger(__name__)
 MAX_LIMIT = 1000
+MAX_BODY_BYTES = 1 << 20  # an order is well under 1 KB
 _bearer = HTTPBearer(auto_error=False, description="An API key from `execution-service "
                                                    "api-keys create --scope read|trade`.")
 
@@ -84,6 +85,8 @@ AUTH_ERRORS = {401: {"model": schemas.ErrorBody, "description": "no key, or a wr
                503: {"model": schemas.ErrorBody, "description": "the store is unavailable"}}
 BAD_REQUEST = {422: {"model": schemas.ErrorBody, "description": "a parameter or the body is "
                                                                 "invalid: errors name them"}}
+TOO_LARGE = {413: {"model": schemas.ErrorBody, "description": f"a body over {MAX_BODY_BYTES} "
+                                                              f"bytes; nothing was read"}}
 
 
 def _json_body(name: str, required: bool = True) -> dict:
@@ -92,9 +95,23 @@ def _json_body(name: str, required: bool = True) -> dict:
         "application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}}
 
 
+async def _body(request: Request) -> bytes:
+    """The raw body, refused (413) past MAX_BODY_BYTES without reading the rest."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, f"body of {declared} bytes is over the {MAX_BODY_BYTES} allowed")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, f"body is over the {MAX_BODY_BYTES} bytes allowed")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _read(request: Request, model: type[BaseModel]) -> BaseModel:
     """The body as `model`, or 422 naming the fields; an empty body is an empty object."""
-    raw = await request.body()
+    raw = await _body(request)
     try:
         return model.model_validate_json(raw if raw.strip() else b"{}")
     except ValidationError as e:
@@ -159,7 +176,7 @@ def _trade_routes(api: FastAPI, desk: OrderDesk) -> None:
     trader = Depends(_caller(desk, Scope.TRADE))
 
     @api.post("/orders", status_code=201, response_model=schemas.StoredOrder, responses={
-        **AUTH_ERRORS,
+        **AUTH_ERRORS, **TOO_LARGE,
         409: {"model": schemas.DuplicateOrder, "description": "signal_id already recorded; "
                                                               "nothing was sent to a broker"},
         422: {"model": schemas.RejectedOrder, "description": "refused, with the reasons naming "
@@ -169,10 +186,11 @@ def _trade_routes(api: FastAPI, desk: OrderDesk) -> None:
         """Place a §3 order: the same validation, risk controls, claim and tracking as one
         from trading-orders. A refused order with a usable signal_id is recorded REJECTED (and
         confirmed) as it would be from Pub/Sub, so its signal_id is used."""
-        intake = desk.submit_order(await request.body(), who(key))
+        intake = desk.submit_order(await _body(request), who(key))
         return _order_answer(desk, intake, key)
 
-    @api.post("/halt", response_model=schemas.Halt, responses={**AUTH_ERRORS, **BAD_REQUEST},
+    @api.post("/halt", response_model=schemas.Halt,
+              responses={**AUTH_ERRORS, **BAD_REQUEST, **TOO_LARGE},
               openapi_extra=_json_body("HaltRequest"))
     async def halt(request: Request, key: dict = trader):
         """Stop new orders (kill switch), for every account or one; as `halt`."""
@@ -183,7 +201,8 @@ def _trade_routes(api: FastAPI, desk: OrderDesk) -> None:
             raise ApiError(422, str(e), [{"field": "account_id", "message": str(e)}]) from None
         return AuditJSON(doc)
 
-    @api.post("/resume", response_model=schemas.Resumed, responses={**AUTH_ERRORS, **BAD_REQUEST},
+    @api.post("/resume", response_model=schemas.Resumed,
+              responses={**AUTH_ERRORS, **BAD_REQUEST, **TOO_LARGE},
               openapi_extra=_json_body("ResumeRequest", required=False))
     async def resume(request: Request, key: dict = trader):
         """Lift the global halt, or one account's; as `resume`. No body: the global halt."""
@@ -216,6 +235,11 @@ def _handle_errors(api: FastAPI) -> None:
                   for item in error.errors()]  # query and path parameters (bodies are read raw)
         return AuditJSON({"detail": "; ".join(e["message"] for e in errors), "errors": errors},
                          422)
+
+    @api.exception_handler(Exception)
+    async def unexpected(_request: Request, error: Exception):
+        return AuditJSON({"detail": f"internal error ({type(error).__name__}); see the "
+                                    f"daemon's log", "errors": []}, 500)
 
     @api.exception_handler(StoreUnavailable)
     async def store_down(_request: Request, error: StoreUnavailable):
