@@ -244,7 +244,8 @@ def _handle_errors(api: FastAPI) -> None:
     @api.exception_handler(StoreUnavailable)
     async def store_down(_request: Request, error: StoreUnavailable):
         logger.warning("HTTP API: %s", error)
-        return AuditJSON({"detail": f"{error}; nothing was changed, try again", "errors": []},
+        return AuditJSON({"detail": f"{error}; try again (an order recorded meanwhile answers "
+                                    f"409 with its record)", "errors": []},
                          503, headers={"Retry-After": "1"})
 
 
