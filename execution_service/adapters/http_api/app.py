@@ -114,11 +114,11 @@ async def _read(request: Request, model: type[BaseModel]) -> BaseModel:
     raw = await _body(request)
     try:
         return model.model_validate_json(raw if raw.strip() else b"{}")
-    except ValidationError as e:
+    except ValidationError as invalid:
         errors = [{"field": ".".join(str(p) for p in item["loc"]) or None,
                    "message": f"{'.'.join(str(p) for p in item['loc']) or 'body'}: "
-                              f"{item['msg']}"} for item in e.errors(include_url=False)]
-        raise ApiError(422, "; ".join(e["message"] for e in errors), errors) from None
+                              f"{item['msg']}"} for item in invalid.errors(include_url=False)]
+        raise ApiError(422, "; ".join(error["message"] for error in errors), errors) from None
 
 
 def _read_routes(api: FastAPI, desk: OrderDesk) -> None:
