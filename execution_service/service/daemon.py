@@ -140,6 +140,9 @@ class ExecutionDaemon:
         plain attribute reads only."""
         if not self._consumer.running:
             return False, "not consuming trading-orders"
+        for door in self._front_doors:
+            if not door.serving:
+                return False, f"{door.name} not serving"
         if self._store_ok_at is None:
             return False, "starting: no heartbeat written yet"
         age = time.monotonic() - self._store_ok_at

@@ -17,6 +17,7 @@ from execution_service.adapters.http_api.app import MAX_BODY_BYTES
 from execution_service.bootstrap import build_desk
 from execution_service.domain.api_keys import Scope, new_key
 from execution_service.errors import FatalConfigError
+from execution_service.service.daemon import ExecutionDaemon
 from execution_service.service.risk import set_halt
 from tests.fakes.service_fakes import FlakyKeys, FlakyStore, make_app, order_body, settle
 
@@ -258,3 +259,35 @@ async def test_given_an_account_whose_broker_cannot_be_built_then_500_json_and_i
         assert api.app.store.get_record("sig_1") is None
     assert any(r.exc_info and r.exc_info[0].__name__ == "FatalConfigError"
                for r in caplog.records), "the traceback is in the log"
+
+
+class RunningConsumer:
+    running = True
+
+
+async def test_given_uvicorn_stops_by_itself_then_health_says_so_and_it_serves_again(api):
+    server = ApiServer(create_api(build_desk(api.app)), "127.0.0.1", 0, restart_backoff=1.0)
+    daemon = ExecutionDaemon(api.app, RunningConsumer(), None, api.app.clock,
+                             front_doors=(server,))
+    await server.start()
+    try:
+        daemon.write_heartbeat()
+        assert daemon.healthy() == (True, "ok")
+        server._server.should_exit = True  # what uvicorn does when it gives up by itself
+        await until(lambda: not server.serving)
+        assert daemon.healthy() == (False, "HTTP API not serving")
+        await until(lambda: server.serving)
+        assert server.restarts == 1 and daemon.healthy() == (True, "ok")
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            assert (await client.get("/orders", headers=api.auth(Scope.READ))).status_code == 200
+    finally:
+        await server.stop()
+    assert not server.serving
+
+
+async def until(condition, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
