@@ -18,6 +18,7 @@ from execution_service.adapters.store import Store, StoreHandle, open_store
 from execution_service.clock import utc_now
 from execution_service.config import Settings
 from execution_service.domain.accounts import parse_symbols
+from execution_service.domain.intake import IntakeLimits
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.risk import limits_from_row
 from execution_service.errors import FatalConfigError
@@ -79,7 +80,8 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
     ensure_risk_indexes(store.db)
     keys = ApiKeyStore(store.db)
     keys.ensure_indexes()
-    risk = RiskGate(store.db, clock, collar_pct=settings.PRICE_COLLAR_PCT)
+    risk = RiskGate(store.db, clock, collar_pct=settings.PRICE_COLLAR_PCT,
+                    working_orders=store.working_orders)
     metrics = Metrics()
     notifier = notifier or NullNotifier()
     counters = Counters()
@@ -96,8 +98,9 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
                             late_fill_grace=settings.LATE_FILL_GRACE_SECONDS)
     tracker = OrderTracker(journal, brokers, notifier, policy, clock, risk.halt_for, metrics)
     leases = LeaseKeeper(store, tracker, owner, settings.LEASE_SECONDS, clock)
+    limits = IntakeLimits(settings.MAX_MESSAGE_BYTES, settings.MAX_MESSAGE_DEPTH)
     processor = SignalProcessor(store, journal, tracker, brokers, clock, owner, leases.lease_until,
-                                risk)
+                                risk, limits)
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
                metrics, notifier, counters, clock, keys)
 

@@ -14,7 +14,8 @@ from execution_service.cli_risk import add_limit_options, limits_from_options
 from execution_service.clock import utc_now
 from execution_service.config import Settings, load_settings
 from execution_service.domain.accounts import parse_symbols
-from execution_service.domain.records import iso, json_default
+from execution_service.domain.records import iso, json_default, strict_json
+from execution_service.domain.text import single_line
 from execution_service.errors import ExecutionError, FatalConfigError
 from execution_service.service.desk import shown_positions
 
@@ -24,7 +25,7 @@ def _settings(**overrides) -> Settings:
 
 
 def _print_json(value) -> None:
-    click.echo(json.dumps(value, indent=2, default=json_default))
+    click.echo(strict_json(value, indent=2, default=json_default))
 
 
 class Cli(click.Group):
@@ -142,10 +143,12 @@ def orders(as_json: bool, limit: int) -> None:
         _print_json(records)
         return
     for doc in records:
-        click.echo(f"{iso(doc.get('received_at'))}  {doc['signal_id']:<32} {doc['status']:<16} "
-                   f"{doc.get('side') or '':<4} {_num(doc.get('filled_quantity'))}/"
-                   f"{_num(doc.get('quantity'))} {doc.get('symbol') or ''} "
-                   f"@ {_num(doc.get('avg_fill_price'))}  {doc.get('reject_reason') or ''}")
+        # a rejected record keeps what the message said: shown on one line, escaped
+        click.echo(single_line(
+            f"{iso(doc.get('received_at'))}  {doc['signal_id']:<32} {doc['status']:<16} "
+            f"{doc.get('side') or '':<4} {_num(doc.get('filled_quantity'))}/"
+            f"{_num(doc.get('quantity'))} {doc.get('symbol') or ''} "
+            f"@ {_num(doc.get('avg_fill_price'))}  {doc.get('reject_reason') or ''}"))
 
 
 @main.command()
@@ -164,7 +167,9 @@ def positions(as_json: bool, show_all: bool) -> None:
 
 
 def _num(value) -> str:
-    return "-" if value is None else f"{value:g}"
+    if value is None:
+        return "-"
+    return f"{value:g}" if isinstance(value, (int, float)) else single_line(str(value))
 
 
 def _with_store(read):

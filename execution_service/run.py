@@ -77,7 +77,8 @@ async def _serve(settings: Settings, say, cleanup: ExitStack) -> int:
     if settings.API_PORT is not None:
         from execution_service.adapters.http_api import ApiServer, create_api
 
-        api = ApiServer(create_api(build_desk(app)), settings.API_HOST, settings.API_PORT).bind()
+        api = ApiServer(create_api(build_desk(app), settings.MAX_MESSAGE_BYTES), settings.API_HOST,
+                        settings.API_PORT).bind()
         front_doors = (api,)
         describe["api"] = api.url
     daemon = ExecutionDaemon(app, consumer, pubsub.TopicPublisher(publisher,

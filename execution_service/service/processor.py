@@ -10,7 +10,6 @@ message cannot even be recorded.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from enum import StrEnum
 
 from execution_service.adapters.store import DuplicateSignal
 from execution_service.domain.accounts import check_account
+from execution_service.domain.intake import DEFAULT_LIMITS, IntakeLimits, signal_id_hint
 from execution_service.domain.orders import Event, OrderStatus
 from execution_service.domain.records import confirmation, new_claim, new_rejection
 from execution_service.domain.signals import Invalid, Problem, Signal, Unusable, parse_signal
@@ -70,7 +70,8 @@ _ACTIONS = {Accepted.CLAIMED: Action.ACK, Accepted.REJECTED: Action.ACK,
 class SignalProcessor:
     def __init__(self, store, journal, tracker, brokers, clock: Callable[[], datetime],
                  owner: dict | None = None,
-                 lease_until: Callable[[], datetime] | None = None, risk=None):
+                 lease_until: Callable[[], datetime] | None = None, risk=None,
+                 limits: IntakeLimits = DEFAULT_LIMITS):
         self._store = store
         self._journal = journal
         self._tracker = tracker
@@ -80,6 +81,7 @@ class SignalProcessor:
         self._lease_until = lease_until
         self._risk = risk
         self._accounts: dict[str, tuple[float, dict | None]] = {}
+        self._limits = limits
 
     def handle(self, body: bytes) -> Outcome:
         """The Pub/Sub consumer's view of `accept`."""
@@ -87,7 +89,7 @@ class SignalProcessor:
             intake = self.accept(body)
         except StoreUnavailable as e:
             self._journal.counters.nacked += 1
-            signal_id = _signal_id_hint(body)
+            signal_id = signal_id_hint(body) or "no signal_id"
             logger.warning("Store unavailable, message nacked for redelivery [%s]: %s",
                            signal_id, e)
             return Outcome(Action.NACK, str(e), signal_id)
@@ -102,7 +104,7 @@ class SignalProcessor:
         rejection. `by` (who asked, e.g. `api:desk`) is kept on the record and its first
         event. Raises StoreUnavailable: nothing was recorded then."""
         self._journal.counters.orders_received += 1
-        parsed = parse_signal(body)
+        parsed = parse_signal(body, self._limits)
         if isinstance(parsed, Unusable):
             return Intake(Accepted.UNUSABLE, problems=parsed.problems)
         logger.info("Received order: %s%s", parsed.signal_id, f" (by {by})" if by else "")
@@ -172,11 +174,3 @@ def _record_who_asked(doc: dict, by: str | None) -> None:
         doc["by"] = by
         doc["events"][0]["by"] = by
 
-
-_SIGNAL_ID = re.compile(rb'"signal_id"\s*:\s*"([A-Za-z0-9_.:-]{1,128})"')
-
-
-def _signal_id_hint(body: bytes) -> str:
-    """The signal id for a log line, without parsing the whole message again."""
-    match = _SIGNAL_ID.search(body)
-    return match.group(1).decode() if match else "no signal_id"

@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from execution_service.adapters.http_api import ApiServer, create_api, schemas
-from execution_service.adapters.http_api.app import MAX_BODY_BYTES
 from execution_service.bootstrap import build_desk
 from execution_service.domain.api_keys import Scope, new_key
+from execution_service.domain.intake import DEFAULT_MAX_BODY_BYTES
 from execution_service.errors import FatalConfigError
 from execution_service.service.daemon import ExecutionDaemon
 from execution_service.service.risk import set_halt
@@ -235,15 +235,17 @@ async def test_given_a_served_api_when_stopped_then_the_port_is_closed(api):
 
 
 async def test_given_a_body_over_the_limit_then_413_before_it_is_read_or_recorded(api):
-    huge = order_body(padding="x" * (MAX_BODY_BYTES + 1))
+    huge = order_body(padding="x" * (DEFAULT_MAX_BODY_BYTES + 1))
     assert (await api.post("/orders", huge)).status_code == 413
 
     async def chunked():
         for _ in range(5):
-            yield b"x" * (MAX_BODY_BYTES // 4)
+            yield b"x" * (DEFAULT_MAX_BODY_BYTES // 4)
 
     streamed = await api.client.post("/halt", content=chunked(), headers=api.auth(Scope.TRADE))
-    assert streamed.status_code == 413 and "over the" in streamed.json()["detail"]
+    assert streamed.status_code == 413
+    assert streamed.json()["detail"] == ("body is over the 1,000,000-byte limit "
+                                         "(MAX_MESSAGE_BYTES)")
     assert api.app.store.records.count_documents({}) == 0
 
 

@@ -6,7 +6,6 @@ posted here is accepted by the same `accept` call, claimed and tracked by the sa
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Annotated, Any
 
@@ -20,13 +19,13 @@ from pydantic import BaseModel, ValidationError
 from execution_service import __version__
 from execution_service.adapters.http_api import schemas
 from execution_service.domain.api_keys import Scope, who
-from execution_service.domain.records import json_default
+from execution_service.domain.intake import DEFAULT_MAX_BODY_BYTES
+from execution_service.domain.records import json_default, strict_json
 from execution_service.errors import StoreUnavailable, UnknownAccount
 from execution_service.service.ports import Accepted, Intake, OrderDesk
 
 logger = logging.getLogger(__name__)
 MAX_LIMIT = 1000
-MAX_BODY_BYTES = 1 << 20  # an order is well under 1 KB
 _bearer = HTTPBearer(auto_error=False, description="An API key from `execution-service "
                                                    "api-keys create --scope read|trade`.")
 
@@ -35,7 +34,7 @@ class AuditJSON(JSONResponse):
     """JSON with dates as ISO-8601 ending in Z (SPEC §15)."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, default=json_default, separators=(",", ":")).encode()
+        return strict_json(content, default=json_default, separators=(",", ":")).encode()
 
 
 class ApiError(Exception):
@@ -50,11 +49,14 @@ def _errors(problems) -> list[dict]:
     return [{"field": problem.field, "message": problem.message} for problem in problems]
 
 
-def create_api(desk: OrderDesk) -> FastAPI:
+def create_api(desk: OrderDesk, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """The app; bodies over `max_body_bytes` (MAX_MESSAGE_BYTES, as on trading-orders) are
+    refused with 413 before they are read."""
     api = FastAPI(title="Execution service", version=__version__, openapi_url="/openapi.json",
                   docs_url=None, redoc_url=None, default_response_class=AuditJSON,
                   description="Orders, positions and controls of the running daemon (SPEC §15). "
                               "Every route but /healthz needs `Authorization: Bearer <key>`.")
+    api.state.max_body_bytes = max_body_bytes
     _handle_errors(api)
     _openapi_with_order(api)
     _read_routes(api, desk)
@@ -85,8 +87,9 @@ AUTH_ERRORS = {401: {"model": schemas.ErrorBody, "description": "no key, or a wr
                503: {"model": schemas.ErrorBody, "description": "the store is unavailable"}}
 BAD_REQUEST = {422: {"model": schemas.ErrorBody, "description": "a parameter or the body is "
                                                                 "invalid: errors name them"}}
-TOO_LARGE = {413: {"model": schemas.ErrorBody, "description": f"a body over {MAX_BODY_BYTES} "
-                                                              f"bytes; nothing was read"}}
+TOO_LARGE = {413: {"model": schemas.ErrorBody, "description": "a body over MAX_MESSAGE_BYTES "
+                                                              "(the limit of trading-orders "
+                                                              "bodies); nothing was recorded"}}
 
 
 def _json_body(name: str, required: bool = True) -> dict:
@@ -96,15 +99,17 @@ def _json_body(name: str, required: bool = True) -> dict:
 
 
 async def _body(request: Request) -> bytes:
-    """The raw body, refused (413) past MAX_BODY_BYTES without reading the rest."""
+    """The raw body, refused (413) past the app's `max_body_bytes` without reading the rest."""
+    limit = request.app.state.max_body_bytes
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise ApiError(413, f"body of {declared} bytes is over the {MAX_BODY_BYTES} allowed")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"body of {int(declared):,} bytes is over the {limit:,}-byte limit "
+                            f"(MAX_MESSAGE_BYTES)")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ApiError(413, f"body is over the {MAX_BODY_BYTES} bytes allowed")
+        if size > limit:
+            raise ApiError(413, f"body is over the {limit:,}-byte limit (MAX_MESSAGE_BYTES)")
         chunks.append(chunk)
     return b"".join(chunks)
 
