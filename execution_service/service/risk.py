@@ -229,6 +229,8 @@ def halt_alert(halt: dict) -> ServiceAlert:
     text = f"Trading halted for {scope}: {halt.get('reason')}"
     if halt.get("cancel_open"):
         text += " (cancelling open orders)"
+    if halt.get("by"):
+        text += f" by {halt['by']}"
     return ServiceAlert(AlertKind.OPERATOR, text,
                         key=f"halt:{halt['_id']}:{iso(halt.get('halted_at'))}")
 
