@@ -7,46 +7,33 @@ posted here is accepted by the same `accept` call, claimed and tracked by the sa
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ValidationError
+from fastapi.responses import PlainTextResponse
 
 from execution_service import __version__
 from execution_service.adapters.http_api import schemas
+from execution_service.adapters.http_api.common import (
+    AUTH_ERRORS,
+    BAD_REQUEST,
+    TOO_LARGE,
+    ApiError,
+    AuditJSON,
+    caller_with,
+    json_body,
+    problem_errors,
+    read_body,
+    read_model,
+)
 from execution_service.domain.api_keys import Scope, who
 from execution_service.domain.intake import DEFAULT_MAX_BODY_BYTES
-from execution_service.domain.records import json_default, strict_json
 from execution_service.errors import StoreUnavailable, UnknownAccount
 from execution_service.service.ports import Accepted, Intake, OrderDesk
 
 logger = logging.getLogger(__name__)
 MAX_LIMIT = 1000
-_bearer = HTTPBearer(auto_error=False, description="An API key from `execution-service "
-                                                   "api-keys create --scope read|trade`.")
-
-
-class AuditJSON(JSONResponse):
-    """JSON with dates as ISO-8601 ending in Z (SPEC §15)."""
-
-    def render(self, content: Any) -> bytes:
-        return strict_json(content, default=json_default, separators=(",", ":")).encode()
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, detail: str, errors: list[dict] | None = None,
-                 headers: dict[str, str] | None = None, **extra: Any):
-        super().__init__(detail)
-        self.status, self.headers = status, headers
-        self.body = {"detail": detail, "errors": errors or [], **extra}
-
-
-def _errors(problems) -> list[dict]:
-    return [{"field": problem.field, "message": problem.message} for problem in problems]
 
 
 def create_api(desk: OrderDesk, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
@@ -64,70 +51,8 @@ def create_api(desk: OrderDesk, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) ->
     return api
 
 
-def _caller(desk: OrderDesk, needed: Scope):
-    async def caller(credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                            Depends(_bearer)]) -> dict:
-        if credentials is None:
-            raise ApiError(401, "missing API key: send Authorization: Bearer <key>",
-                           headers={"WWW-Authenticate": "Bearer"})
-        key = desk.authenticate(credentials.credentials)
-        if key is None:
-            raise ApiError(401, "unknown or revoked API key",
-                           headers={"WWW-Authenticate": "Bearer"})
-        if not Scope(key["scope"]).allows(needed):
-            raise ApiError(403, f"API key {key['name']!r} has scope {key['scope']}; this call "
-                                f"needs {needed}")
-        return key
-
-    return caller
-
-
-AUTH_ERRORS = {401: {"model": schemas.ErrorBody, "description": "no key, or a wrong one"},
-               403: {"model": schemas.ErrorBody, "description": "a read key on a trade call"},
-               503: {"model": schemas.ErrorBody, "description": "the store is unavailable"}}
-BAD_REQUEST = {422: {"model": schemas.ErrorBody, "description": "a parameter or the body is "
-                                                                "invalid: errors name them"}}
-TOO_LARGE = {413: {"model": schemas.ErrorBody, "description": "a body over MAX_MESSAGE_BYTES "
-                                                              "(the limit of trading-orders "
-                                                              "bodies); nothing was recorded"}}
-
-
-def _json_body(name: str, required: bool = True) -> dict:
-    """openapi_extra for a body read raw (JSON whatever the Content-Type says)."""
-    return {"requestBody": {"required": required, "content": {
-        "application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}}
-
-
-async def _body(request: Request) -> bytes:
-    """The raw body, refused (413) past the app's `max_body_bytes` without reading the rest."""
-    limit = request.app.state.max_body_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"body of {int(declared):,} bytes is over the {limit:,}-byte limit "
-                            f"(MAX_MESSAGE_BYTES)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"body is over the {limit:,}-byte limit (MAX_MESSAGE_BYTES)")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _read(request: Request, model: type[BaseModel]) -> BaseModel:
-    """The body as `model`, or 422 naming the fields; an empty body is an empty object."""
-    raw = await _body(request)
-    try:
-        return model.model_validate_json(raw if raw.strip() else b"{}")
-    except ValidationError as invalid:
-        errors = [{"field": ".".join(str(p) for p in item["loc"]) or None,
-                   "message": f"{'.'.join(str(p) for p in item['loc']) or 'body'}: "
-                              f"{item['msg']}"} for item in invalid.errors(include_url=False)]
-        raise ApiError(422, "; ".join(error["message"] for error in errors), errors) from None
-
-
 def _read_routes(api: FastAPI, desk: OrderDesk) -> None:
-    reader = [Depends(_caller(desk, Scope.READ))]
+    reader = [Depends(caller_with(desk, Scope.READ))]
     limit = Query(50, ge=0, le=MAX_LIMIT, description=f"how many, newest first (0: up to "
                                                         f"{MAX_LIMIT})")
 
@@ -178,7 +103,7 @@ def _read_routes(api: FastAPI, desk: OrderDesk) -> None:
 
 
 def _trade_routes(api: FastAPI, desk: OrderDesk) -> None:
-    trader = Depends(_caller(desk, Scope.TRADE))
+    trader = Depends(caller_with(desk, Scope.TRADE))
 
     @api.post("/orders", status_code=201, response_model=schemas.StoredOrder, responses={
         **AUTH_ERRORS, **TOO_LARGE,
@@ -186,20 +111,20 @@ def _trade_routes(api: FastAPI, desk: OrderDesk) -> None:
                                                               "nothing was sent to a broker"},
         422: {"model": schemas.RejectedOrder, "description": "refused, with the reasons naming "
                                                              "the fields"}},
-        openapi_extra=_json_body("Order"))
+        openapi_extra=json_body("Order"))
     async def post_order(request: Request, key: dict = trader):
         """Place a §3 order: the same validation, risk controls, claim and tracking as one
         from trading-orders. A refused order with a usable signal_id is recorded REJECTED (and
         confirmed) as it would be from Pub/Sub, so its signal_id is used."""
-        intake = desk.submit_order(await _body(request), who(key))
+        intake = desk.submit_order(await read_body(request), who(key))
         return _order_answer(desk, intake, key)
 
     @api.post("/halt", response_model=schemas.Halt,
               responses={**AUTH_ERRORS, **BAD_REQUEST, **TOO_LARGE},
-              openapi_extra=_json_body("HaltRequest"))
+              openapi_extra=json_body("HaltRequest"))
     async def halt(request: Request, key: dict = trader):
         """Stop new orders (kill switch), for every account or one; as `halt`."""
-        body = await _read(request, schemas.HaltRequest)
+        body = await read_model(request, schemas.HaltRequest)
         try:
             doc = desk.halt(body.reason, body.account_id, body.cancel_open, who(key))
         except UnknownAccount as e:
@@ -208,10 +133,10 @@ def _trade_routes(api: FastAPI, desk: OrderDesk) -> None:
 
     @api.post("/resume", response_model=schemas.Resumed,
               responses={**AUTH_ERRORS, **BAD_REQUEST, **TOO_LARGE},
-              openapi_extra=_json_body("ResumeRequest", required=False))
+              openapi_extra=json_body("ResumeRequest", required=False))
     async def resume(request: Request, key: dict = trader):
         """Lift the global halt, or one account's; as `resume`. No body: the global halt."""
-        body = await _read(request, schemas.ResumeRequest)
+        body = await read_model(request, schemas.ResumeRequest)
         lifted, remaining = desk.resume(body.account_id, who(key))
         return AuditJSON({"lifted": lifted, "still_halted": remaining})
 
@@ -225,7 +150,7 @@ def _order_answer(desk: OrderDesk, intake: Intake, key: dict) -> AuditJSON:
                        signal_id=intake.signal_id, record=desk.order(intake.signal_id))
     logger.info("Order %s refused over HTTP from %s: %s", intake.signal_id or "-", who(key),
                 intake.reason)
-    raise ApiError(422, intake.reason, _errors(intake.problems), signal_id=intake.signal_id,
+    raise ApiError(422, intake.reason, problem_errors(intake.problems), signal_id=intake.signal_id,
                    control=intake.control, record=intake.record)
 
 
