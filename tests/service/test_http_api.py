@@ -5,7 +5,6 @@ scopes, the OpenAPI description, and the server's own start and stop."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 
@@ -14,64 +13,15 @@ import pytest
 
 from execution_service.adapters.http_api import ApiServer, create_api, schemas
 from execution_service.bootstrap import build_desk
-from execution_service.domain.api_keys import Scope, new_key
+from execution_service.domain.api_keys import Scope
 from execution_service.domain.intake import DEFAULT_MAX_BODY_BYTES
 from execution_service.errors import FatalConfigError
 from execution_service.service.daemon import ExecutionDaemon
 from execution_service.service.risk import set_halt
-from tests.fakes.service_fakes import FlakyKeys, FlakyStore, make_app, order_body, settle
+from tests.fakes.served_api import serve
+from tests.fakes.service_fakes import make_app, order_body, settle
 
 pytestmark = pytest.mark.asyncio
-NAMES = {Scope.READ: "dash", Scope.TRADE: "desk"}
-
-
-class Api:
-    """A served API over `make_app`, with a read key and a trade key."""
-
-    def __init__(self, app, publisher, server: ApiServer, client: httpx.AsyncClient,
-                 secrets: dict[Scope, str]):
-        self.app, self.publisher, self.server, self.client = app, publisher, server, client
-        self.secrets = secrets
-
-    def auth(self, scope: Scope) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.secrets[scope]}"}
-
-    async def get(self, path: str, scope: Scope = Scope.READ, **kwargs) -> httpx.Response:
-        return await self.client.get(path, headers=self.auth(scope), **kwargs)
-
-    async def post(self, path: str, body: bytes | dict | None = None,
-                   scope: Scope = Scope.TRADE) -> httpx.Response:
-        content = json.dumps(body).encode() if isinstance(body, dict) else body
-        return await self.client.post(path, content=content, headers=self.auth(scope))
-
-    def broker_orders(self) -> int:
-        return self.app.store.db["mock_broker_orders"].count_documents({})
-
-
-@pytest.fixture
-async def api():
-    async with serve() as served:
-        yield served
-
-
-@contextlib.asynccontextmanager
-async def serve(env: dict | None = None):
-    app, publisher = make_app(store_class=FlakyStore, env=env)
-    app.keys = FlakyKeys(app.store.db)
-    app.keys.ensure_indexes()
-    app.metrics.bind(healthy=lambda: (True, "ok"))
-    secrets = {}
-    for scope in Scope:
-        made = new_key(scope, NAMES[scope], app.clock())
-        app.keys.insert(made.doc)
-        secrets[scope] = made.secret
-    server = ApiServer(create_api(build_desk(app)), "127.0.0.1", 0).bind()
-    await server.start()
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-        yield Api(app, publisher, server, client, secrets)
-    await server.stop()
-    await app.tracker.stop()
-    await app.outbox.stop()
 
 
 async def test_given_store_down_when_order_posted_then_503_nothing_placed_and_retry_fills(api):

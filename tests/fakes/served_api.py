@@ -1,0 +1,59 @@
+"""The HTTP API served for real over the service wiring with fakes at the edges: uvicorn on a
+free loopback port, httpx as the client."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import httpx
+
+from execution_service.adapters.http_api import ApiServer, create_api
+from execution_service.bootstrap import build_desk
+from execution_service.domain.api_keys import Scope, new_key
+from tests.fakes.service_fakes import FlakyKeys, FlakyStore, make_app
+
+NAMES = {Scope.READ: "dash", Scope.TRADE: "desk"}
+
+
+class Api:
+    """A served API over `make_app`, with a read key and a trade key."""
+
+    def __init__(self, app, publisher, server: ApiServer, client: httpx.AsyncClient,
+                 secrets: dict[Scope, str]):
+        self.app, self.publisher, self.server, self.client = app, publisher, server, client
+        self.secrets = secrets
+
+    def auth(self, scope: Scope) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secrets[scope]}"}
+
+    async def get(self, path: str, scope: Scope = Scope.READ, **kwargs) -> httpx.Response:
+        return await self.client.get(path, headers=self.auth(scope), **kwargs)
+
+    async def post(self, path: str, body: bytes | dict | None = None,
+                   scope: Scope = Scope.TRADE) -> httpx.Response:
+        content = json.dumps(body).encode() if isinstance(body, dict) else body
+        return await self.client.post(path, content=content, headers=self.auth(scope))
+
+    def broker_orders(self) -> int:
+        return self.app.store.db["mock_broker_orders"].count_documents({})
+
+
+@contextlib.asynccontextmanager
+async def serve(env: dict | None = None):
+    app, publisher = make_app(store_class=FlakyStore, env=env)
+    app.keys = FlakyKeys(app.store.db)
+    app.keys.ensure_indexes()
+    app.metrics.bind(healthy=lambda: (True, "ok"))
+    secrets = {}
+    for scope in Scope:
+        made = new_key(scope, NAMES[scope], app.clock())
+        app.keys.insert(made.doc)
+        secrets[scope] = made.secret
+    server = ApiServer(create_api(build_desk(app)), "127.0.0.1", 0).bind()
+    await server.start()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        yield Api(app, publisher, server, client, secrets)
+    await server.stop()
+    await app.tracker.stop()
+    await app.outbox.stop()
