@@ -12,8 +12,9 @@ from datetime import datetime
 from pathlib import Path
 
 from brokers.factory import BrokerFactory
-from execution_service.adapters.api_key_store import ApiKeyStore
+from execution_service.adapters.command_log import CommandLog
 from execution_service.adapters.metrics import Metrics
+from execution_service.adapters.server_settings import ServerSettings
 from execution_service.adapters.store import Store, StoreHandle, open_store
 from execution_service.clock import utc_now
 from execution_service.config import Settings
@@ -22,6 +23,7 @@ from execution_service.domain.intake import IntakeLimits
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.risk import limits_from_row
 from execution_service.errors import FatalConfigError
+from execution_service.service.commands import CommandHandler
 from execution_service.service.desk import Desk
 from execution_service.service.journal import Counters, OrderJournal
 from execution_service.service.leases import LeaseKeeper, make_owner
@@ -29,7 +31,7 @@ from execution_service.service.outbox import ConfirmationOutbox
 from execution_service.service.ports import NullNotifier
 from execution_service.service.positions import PositionBook
 from execution_service.service.processor import SignalProcessor
-from execution_service.service.risk import RiskGate, ensure_risk_indexes
+from execution_service.service.risk import RiskGate
 from execution_service.service.tracker import OrderTracker, TrackingPolicy
 
 logger = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ class App:
     notifier: object
     counters: Counters
     clock: Callable[[], datetime]
-    keys: ApiKeyStore
+    commands: CommandHandler | None = None
 
     def close(self) -> None:
         self.handle.close()
@@ -62,14 +64,14 @@ class App:
 
 def open_app_store(settings: Settings) -> tuple[StoreHandle, Store]:
     handle = open_store(settings.MONGODB_URI, settings.MONGODB_DATABASE,
-                        settings.embedded_store_path)
+                        settings.embedded_store_path, ServerSettings.from_settings(settings))
     store = Store(handle.database)
     return handle, store
 
 
 def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHandle | None = None,
               clock: Callable[[], datetime] = utc_now, broker_builders: dict | None = None,
-              store: Store | None = None) -> App:
+              store: Store | None = None, command_log: CommandLog | None = None) -> App:
     """Everything but the transport: tests pass a fake publisher (and a fault-injecting store)
     and get the same wiring."""
     if handle is None:
@@ -77,15 +79,12 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
         store = store or opened
     store = store or Store(handle.database)
     store.ensure_indexes()
-    ensure_risk_indexes(store.db)
-    keys = ApiKeyStore(store.db)
-    keys.ensure_indexes()
-    risk = RiskGate(store.db, clock, collar_pct=settings.PRICE_COLLAR_PCT,
+    risk = RiskGate(store, clock, collar_pct=settings.PRICE_COLLAR_PCT,
                     working_orders=store.working_orders)
     metrics = Metrics()
     notifier = notifier or NullNotifier()
     counters = Counters()
-    brokers = BrokerFactory(settings, handle.database, _connection_alerts(notifier),
+    brokers = BrokerFactory(settings, store.mock_ledger, _connection_alerts(notifier),
                             builders=broker_builders)
     outbox = ConfirmationOutbox(store, publisher)
     owner = make_owner(clock())
@@ -101,15 +100,21 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
     limits = IntakeLimits(settings.MAX_MESSAGE_BYTES, settings.MAX_MESSAGE_DEPTH)
     processor = SignalProcessor(store, journal, tracker, brokers, clock, owner, leases.lease_until,
                                 risk, limits)
+    command_log = command_log or CommandLog(handle.database)
+    command_log.ensure_indexes()
+    commands = CommandHandler(store, command_log, journal, brokers, tracker, outbox, clock,
+                              processor.check_order, attempts=settings.MAX_RETRY_ATTEMPTS,
+                              backoff_base=settings.RETRY_BACKOFF_SECONDS)
+    processor.commands = commands
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
-               metrics, notifier, counters, clock, keys)
+               metrics, notifier, counters, clock, commands)
 
 
 def build_desk(app: App) -> Desk:
     """What the HTTP API serves: the app's processor, store and health."""
-    return Desk(settings=app.settings, store=app.store, keys=app.keys, processor=app.processor,
-                brokers=app.brokers, health=app.metrics.health, clock=app.clock,
-                features=_optional_features(app.settings))
+    return Desk(settings=app.settings, store=app.store, processor=app.processor,
+                commands=app.commands, brokers=app.brokers, health=app.metrics.health,
+                clock=app.clock, features=_optional_features(app.settings))
 
 
 def _optional_features(settings: Settings) -> tuple[str, ...]:

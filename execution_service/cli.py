@@ -250,9 +250,10 @@ def accounts_disable(account_id: str) -> None:
 
 
 def _register_extensions() -> None:
-    from execution_service import cli_api_keys, cli_ops, cli_recovery, cli_risk
+    from execution_service import cli_api_keys, cli_commands, cli_ops, cli_recovery, cli_risk
 
     cli_api_keys.register(main)
+    cli_commands.register(main)
     cli_recovery.register(main)
     cli_ops.register(main)
     cli_risk.register(main, accounts)

@@ -7,22 +7,21 @@ from __future__ import annotations
 
 import click
 
-from execution_service.adapters.api_key_store import ApiKeyStore, KeyNameTaken
+from execution_service.adapters.api_key_store import KeyNameTaken
 from execution_service.clock import utc_now
 from execution_service.domain.api_keys import Scope, new_key, shown
 from execution_service.domain.records import iso
 from execution_service.errors import FatalConfigError
 
 
-def _with_keys(call):
-    from execution_service.cli import _with_store  # cli registers this module
+def _with_store(call):
+    from execution_service.cli import _with_store as with_store  # cli registers this module
 
     def on_store(store):
-        keys = ApiKeyStore(store.db)
-        keys.ensure_indexes()
-        return call(keys)
+        store.ensure_api_key_indexes()
+        return call(store)
 
-    return _with_store(on_store)
+    return with_store(on_store)
 
 
 @click.group("api-keys")
@@ -42,14 +41,14 @@ def create(scope: str, name: str | None) -> None:
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--name") from None
 
-    def insert(keys: ApiKeyStore) -> None:
+    def insert(store) -> None:
         try:
-            keys.insert(made.doc)
+            store.insert_api_key(made.doc)
         except KeyNameTaken:
             raise FatalConfigError(f"an API key named {made.doc['name']!r} already exists "
                                    f"(revoked keys keep their names)") from None
 
-    _with_keys(insert)
+    _with_store(insert)
     click.echo(f"API key {made.doc['_id']} (name {made.doc['name']}, scope {scope}); shown "
                f"once, store it now:", err=True)
     click.echo(made.secret)
@@ -59,7 +58,7 @@ def create(scope: str, name: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the keys as JSON (never a hash).")
 def list_keys(as_json: bool) -> None:
     """Every key: id, name, scope, created, revoked."""
-    rows = [shown(doc) for doc in _with_keys(lambda keys: keys.list())]
+    rows = [shown(doc) for doc in _with_store(lambda store: store.list_api_keys())]
     if as_json:
         from execution_service.cli import _print_json
 
@@ -77,7 +76,7 @@ def list_keys(as_json: bool) -> None:
 @click.argument("key")
 def revoke(key: str) -> None:
     """Revoke the key with this id or name: it is refused (401) from the next call on."""
-    doc = _with_keys(lambda keys: keys.revoke(key, utc_now()))
+    doc = _with_store(lambda store: store.revoke_api_key(key, utc_now()))
     if doc is None:
         raise FatalConfigError(f"no API key with id or name {key!r}")
     click.echo(f"API key {doc['_id']} ({doc['name']}) revoked")

@@ -25,7 +25,7 @@ def reconcile_command(as_json: bool) -> None:
     settings = _settings()
     handle, store = open_app_store(settings)
     try:
-        brokers = BrokerFactory(settings, handle.database)
+        brokers = BrokerFactory(settings, store.mock_ledger)
         report = asyncio.run(_reconcile(store, brokers))
     finally:
         handle.close()

@@ -9,9 +9,7 @@ from __future__ import annotations
 import getpass
 
 import click
-from pymongo import ReturnDocument
 
-from execution_service.adapters.store import translating
 from execution_service.clock import utc_now
 from execution_service.domain.accounts import parse_symbols
 from execution_service.domain.risk import LIMIT_FIELDS, WHOLE_NUMBER_LIMITS, limits_from_row
@@ -99,16 +97,6 @@ def resume(account_id: str | None) -> None:
 
 # accounts update ----------------------------------------------------------------------------------
 
-@translating
-def update_account(store, account_id: str, fields: dict, clears: list[str], at) -> dict | None:
-    """Set `fields` and remove the `clears` limits in one write; None when no such account."""
-    update: dict = {"$set": {**fields, "updated_at": at}}
-    if clears:
-        update["$unset"] = {name: "" for name in clears}
-    return store.accounts.find_one_and_update({"_id": account_id}, update,
-                                              return_document=ReturnDocument.AFTER)
-
-
 def describe_limits(account: dict) -> str:
     parts = []
     for name in LIMIT_FIELDS:
@@ -142,8 +130,8 @@ def accounts_update(account_id: str, clears: tuple[str, ...], symbols: str | Non
         fields["display_name"] = display_name
     if not fields and not clears:
         raise click.UsageError("nothing to update: give a limit, --clear, --symbols or --name")
-    saved = _with_store(lambda store: update_account(store, account_id, fields, list(clears),
-                                                     utc_now()))
+    saved = _with_store(lambda store: store.update_account_fields(account_id, fields,
+                                                                  list(clears), utc_now()))
     if saved is None:
         raise FatalConfigError(f"no account {account_id!r}")
     if as_json:

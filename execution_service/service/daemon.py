@@ -66,6 +66,9 @@ class ExecutionDaemon:
             try:
                 loaded = self.app.outbox.load_unpublished()
                 resumed = self.app.leases.sweep()
+                commands = self.app.commands.resume_unfinished()
+                if commands:
+                    logger.info("Recovery: %d cancel/modify requests to finish", commands)
                 self.app.outbox.start()
                 return loaded, resumed
             except StoreUnavailable as e:
@@ -162,6 +165,7 @@ class ExecutionDaemon:
         await self._consumer.stop(timeout=3.0)
         if self._dead_letters_in_flight:
             await asyncio.wait(self._dead_letters_in_flight, timeout=2.0)
+        await app.commands.stop()
         await app.tracker.stop()
         await app.outbox.drain(timeout=2.0)
         await app.outbox.stop()

@@ -13,6 +13,7 @@ from execution_service import __version__
 from execution_service.config import Settings
 from execution_service.domain.api_keys import key_hash
 from execution_service.domain.records import published_confirmations
+from execution_service.service.commands import CommandHandler
 from execution_service.service.processor import Intake, SignalProcessor
 from execution_service.service.risk import halt_trading, resume_trading
 from execution_service.status import read_status
@@ -27,13 +28,13 @@ def shown_positions(store, include_closed: bool) -> list[dict]:
 
 
 class Desk:
-    def __init__(self, *, settings: Settings, store, keys, processor: SignalProcessor, brokers,
-                 health: Callable[[], tuple[bool, str]], clock: Callable[[], datetime],
-                 features: tuple[str, ...] = ()):
+    def __init__(self, *, settings: Settings, store, processor: SignalProcessor,
+                 commands: CommandHandler, brokers, health: Callable[[], tuple[bool, str]],
+                 clock: Callable[[], datetime], features: tuple[str, ...] = ()):
         self._settings = settings
         self._store = store
-        self._keys = keys  # ApiKeyStore
         self._processor = processor
+        self._commands = commands
         self._brokers = brokers  # BrokerFactory
         self._clock = clock
         self.health = health
@@ -41,7 +42,7 @@ class Desk:
 
     def authenticate(self, secret: str) -> dict | None:
         """The active key with this secret, or None."""
-        return self._keys.active_by_hash(key_hash(secret))
+        return self._store.active_api_key(key_hash(secret))
 
     def submit_order(self, body: bytes, by: str) -> Intake:
         return self._processor.accept(body, by)

@@ -11,7 +11,7 @@ import httpx
 from execution_service.adapters.http_api import ApiServer, create_api
 from execution_service.bootstrap import build_desk
 from execution_service.domain.api_keys import Scope, new_key
-from tests.fakes.service_fakes import FlakyKeys, FlakyStore, make_app
+from tests.fakes.service_fakes import FlakyStore, make_app
 
 NAMES = {Scope.READ: "dash", Scope.TRADE: "desk"}
 
@@ -36,19 +36,17 @@ class Api:
         return await self.client.post(path, content=content, headers=self.auth(scope))
 
     def broker_orders(self) -> int:
-        return self.app.store.db["mock_broker_orders"].count_documents({})
+        return self.app.store.mock_ledger.count()
 
 
 @contextlib.asynccontextmanager
 async def serve(env: dict | None = None):
     app, publisher = make_app(store_class=FlakyStore, env=env)
-    app.keys = FlakyKeys(app.store.db)
-    app.keys.ensure_indexes()
     app.metrics.bind(healthy=lambda: (True, "ok"))
     secrets = {}
     for scope in Scope:
         made = new_key(scope, NAMES[scope], app.clock())
-        app.keys.insert(made.doc)
+        app.store.insert_api_key(made.doc)
         secrets[scope] = made.secret
     server = ApiServer(create_api(build_desk(app)), "127.0.0.1", 0).bind()
     await server.start()

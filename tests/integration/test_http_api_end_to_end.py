@@ -90,8 +90,7 @@ def test_given_a_trade_key_when_an_order_is_posted_then_it_fills_once_and_a_repe
     assert again.json()["record"]["status"] == "FILLED"
     handle, store = daemon.store()
     try:
-        assert store.db["mock_broker_orders"].count_documents(
-            {"signal_id": body["signal_id"]}) == 1
+        assert store.mock_ledger.count(body["signal_id"]) == 1
     finally:
         handle.close()
 

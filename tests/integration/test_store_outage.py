@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import mongomock
 import pytest
 from google.cloud import pubsub_v1
 
@@ -15,12 +14,12 @@ from execution_service.adapters.pubsub import (
     TopicPublisher,
     make_publisher,
 )
-from execution_service.adapters.store import StoreHandle
 from execution_service.bootstrap import build_app
 from execution_service.config import load_settings
 from execution_service.service.daemon import ExecutionDaemon
 from tests.fakes.pubsub_tools import PubSubRig
 from tests.fakes.service_fakes import FlakyStore
+from tests.fakes.stores import memory_store
 
 pytestmark = pytest.mark.asyncio
 
@@ -34,8 +33,7 @@ async def test_given_store_down_then_nacked_and_processed_once_it_is_back(emulat
         "ORDER_POLL_SECONDS": "0.05"})
     names = PubSubNames(settings)
     publisher, subscriber = make_publisher(), pubsub_v1.SubscriberClient()
-    client = mongomock.MongoClient(tz_aware=True)
-    handle = StoreHandle(client, client["trading"], "mongomock")
+    handle, reader = memory_store()
     store = FlakyStore(handle.database)
     app = build_app(settings, TopicPublisher(publisher, names.confirmations_topic),
                     handle=handle, store=store)
@@ -55,13 +53,13 @@ async def test_given_store_down_then_nacked_and_processed_once_it_is_back(emulat
                 "side": "BUY", "quantity": 1, "account_id": "acc_1",
                 "strategy_name": "Outage", "reference_price": 10.0})
         await asyncio.wait_for(_until(lambda: app.counters.nacked >= len(ids)), 30)
-        assert handle.database["execution_confirmations"].count_documents({}) == 0
+        assert reader.recent_records(0) == []
         store.down = False
         await asyncio.to_thread(rig.wait_for, lambda: all(rig.terminal(i) for i in ids), 30,
                                 "all filled after the outage")
         for signal_id in ids:
             assert rig.statuses(signal_id) == ["SUBMITTED", "FILLED"]
-        assert app.store.db["mock_broker_orders"].count_documents({}) == len(ids)
+        assert app.store.mock_ledger.count() == len(ids)
     finally:
         stop.set()
         await asyncio.wait_for(running, 15)
