@@ -6,19 +6,22 @@ same store queries the CLI prints; halts are the CLI's. The HTTP API is one adap
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime
 
 from execution_service import __version__
 from execution_service.config import Settings
 from execution_service.domain.api_keys import key_hash
+from execution_service.domain.commands import Command
 from execution_service.domain.records import published_confirmations
-from execution_service.service.commands import CommandHandler
+from execution_service.service.commands import CommandHandler, CommandOutcome
 from execution_service.service.processor import Intake, SignalProcessor
 from execution_service.service.risk import halt_trading, resume_trading
 from execution_service.status import read_status
 
-BASE_FEATURES = ("orders", "positions", "confirmations", "status", "halt", "resume")
+BASE_FEATURES = ("orders", "positions", "confirmations", "status", "halt", "resume", "cancel",
+                 "modify")
 
 
 def shown_positions(store, include_closed: bool) -> list[dict]:
@@ -46,6 +49,17 @@ class Desk:
 
     def submit_order(self, body: bytes, by: str) -> Intake:
         return self._processor.accept(body, by)
+
+    async def command(self, command: Command, wait: float) -> CommandOutcome | None:
+        """A §11 cancel or modify through the same handler as one from Pub/Sub: kept first
+        (raises StoreUnavailable: nothing kept), then carried out. Its outcome, or None when
+        it is still being carried out after `wait` seconds (it goes on; the record will say)."""
+        earlier = self._commands.receive(command)
+        if earlier is not None:
+            return earlier
+        task = self._commands.start(command)
+        done, _ = await asyncio.wait({task}, timeout=wait)
+        return task.result() if done else None
 
     def order(self, signal_id: str) -> dict | None:
         record = self._store.get_record(signal_id)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
+from execution_service.domain.commands import Command
 from execution_service.domain.notices import OrderNotice, ServiceAlert
+from execution_service.service.commands import CommandOutcome
 from execution_service.service.processor import Accepted, Intake
 
-__all__ = ["Accepted", "ConfirmationPublisher", "Intake", "Notifier", "NullNotifier",
-           "OrderDesk"]
+__all__ = ["Accepted", "CommandOutcome", "ConfirmationPublisher", "Intake", "Notifier",
+           "NullNotifier", "OrderDesk"]
 
 
 class Notifier(Protocol):
@@ -61,6 +63,8 @@ class OrderDesk(Protocol):
     def authenticate(self, secret: str) -> dict | None: ...
 
     def submit_order(self, body: bytes, by: str) -> Intake: ...
+
+    async def command(self, command: Command, wait: float) -> CommandOutcome | None: ...
 
     def order(self, signal_id: str) -> dict | None: ...
 

@@ -40,15 +40,17 @@ class Api:
 
 
 @contextlib.asynccontextmanager
-async def serve(env: dict | None = None):
-    app, publisher = make_app(store_class=FlakyStore, env=env)
+async def serve(env: dict | None = None, broker=None, **api_options):
+    """The API served on a free loopback port over `make_app` (a FlakyStore), with a read
+    key (`dash`) and a trade key (`desk`); `api_options` go to `create_api`."""
+    app, publisher = make_app(store_class=FlakyStore, env=env, broker=broker)
     app.metrics.bind(healthy=lambda: (True, "ok"))
     secrets = {}
     for scope in Scope:
         made = new_key(scope, NAMES[scope], app.clock())
         app.store.insert_api_key(made.doc)
         secrets[scope] = made.secret
-    server = ApiServer(create_api(build_desk(app)), "127.0.0.1", 0).bind()
+    server = ApiServer(create_api(build_desk(app), **api_options), "127.0.0.1", 0).bind()
     await server.start()
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         yield Api(app, publisher, server, client, secrets)

@@ -244,6 +244,39 @@ def test_given_api_port_in_use_then_run_stops_with_one_line_naming_it(served, tm
     assert "Traceback" not in other.read_output()
 
 
+def test_given_resting_orders_when_cancelled_and_modified_over_http_then_pubsub_hears_it(served):
+    _, rig, client, keys = served
+    trade = bearer(keys["trade"])
+    resting = {"account_id": "acc_api", "strategy_name": "Commands", "order_type": "LIMIT",
+               "limit_price": 95.0, "reference_price": 100.0}
+    to_cancel, to_modify = market_signal(resting), market_signal(resting)
+    for body in (to_cancel, to_modify):
+        assert client.post("/orders", json=body, headers=trade).status_code == 201
+        rig.wait_for(lambda b=body: "SUBMITTED" in rig.statuses(b["signal_id"]),
+                     what="resting order submitted")
+    cancelled = client.post(f"/orders/{to_cancel['signal_id']}/cancel",
+                            json={"request_id": f"req_{uuid.uuid4().hex[:8]}",
+                                  "reason": "desk changed its mind"}, headers=trade)
+    assert cancelled.status_code == 202 and cancelled.json()["outcome"] == "CANCEL_REQUESTED"
+    outcome = rig.wait_for(lambda: rig.terminal(to_cancel["signal_id"]), what="CANCELLED")
+    assert outcome["status"] == "CANCELLED"
+    assert outcome["reason"].endswith("(api:desk): desk changed its mind")
+    modified = client.post(f"/orders/{to_modify['signal_id']}/modify",
+                           json={"request_id": f"req_{uuid.uuid4().hex[:8]}",
+                                 "limit_price": 100.5}, headers=trade)
+    assert modified.status_code == 200 and modified.json()["outcome"] == "MODIFIED"
+    filled = rig.wait_for(lambda: rig.terminal(to_modify["signal_id"]), what="FILLED")
+    assert filled["status"] == "FILLED" and filled["avg_fill_price"] == 100.5
+    events = [c.get("event") for c in rig.confirmations if c["signal_id"] == to_modify[
+        "signal_id"]]
+    assert "MODIFIED" in events
+    refused = client.post(f"/orders/{to_modify['signal_id']}/cancel",
+                          json={"request_id": f"req_{uuid.uuid4().hex[:8]}"}, headers=trade)
+    assert refused.status_code == 409 and refused.json()["reason"] == "already filled"
+    assert client.post(f"/orders/{to_modify['signal_id']}/cancel", json={"request_id": "r"},
+                       headers=bearer(keys["read"])).status_code == 403
+
+
 def test_given_sigterm_then_the_api_stops_first_and_the_daemon_exits_cleanly(served):
     """Runs last in this module: it stops the module's daemon."""
     daemon, _, client, keys = served

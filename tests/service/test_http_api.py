@@ -149,7 +149,12 @@ async def test_given_the_openapi_description_then_every_route_scheme_and_answer_
     spec = (await api.client.get("/openapi.json")).json()
     assert set(spec["paths"]) == {"/healthz", "/capabilities", "/status", "/orders",
                                   "/orders/{signal_id}", "/positions", "/confirmations",
-                                  "/halt", "/resume"}
+                                  "/halt", "/resume", "/orders/{signal_id}/cancel",
+                                  "/orders/{signal_id}/modify"}
+    for action in ("cancel", "modify"):
+        command = spec["paths"][f"/orders/{{signal_id}}/{action}"]["post"]
+        assert set(command["responses"]) == {"200", "202", "401", "403", "409", "413", "422",
+                                             "503"}
     post = spec["paths"]["/orders"]["post"]
     assert set(post["responses"]) == {"201", "401", "403", "409", "413", "422", "503"}
     assert post["security"] == [{"HTTPBearer": []}]
@@ -161,7 +166,8 @@ async def test_given_the_openapi_description_then_every_route_scheme_and_answer_
     assert "HTTPValidationError" not in spec["components"]["schemas"], \
         "our 422 body is ErrorBody, not FastAPI's default"
     refs = json.dumps(spec)
-    for name in ("HaltRequest", "ResumeRequest", "AssetClass"):
+    for name in ("HaltRequest", "ResumeRequest", "AssetClass", "CancelRequest",
+                 "ModifyRequest"):
         assert f"#/components/schemas/{name}" in refs and name in spec["components"]["schemas"]
 
 

@@ -15,6 +15,7 @@ from fastapi.responses import PlainTextResponse
 
 from execution_service import __version__
 from execution_service.adapters.http_api import schemas
+from execution_service.adapters.http_api.commands import add_command_routes
 from execution_service.adapters.http_api.common import (
     AUTH_ERRORS,
     BAD_REQUEST,
@@ -36,18 +37,22 @@ logger = logging.getLogger(__name__)
 MAX_LIMIT = 1000
 
 
-def create_api(desk: OrderDesk, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+def create_api(desk: OrderDesk, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               command_wait: float = 10.0) -> FastAPI:
     """The app; bodies over `max_body_bytes` (MAX_MESSAGE_BYTES, as on trading-orders) are
-    refused with 413 before they are read."""
+    refused with 413 before they are read; a cancel or modify not done within `command_wait`
+    seconds is answered 202 IN_PROGRESS."""
     api = FastAPI(title="Execution service", version=__version__, openapi_url="/openapi.json",
                   docs_url=None, redoc_url=None, default_response_class=AuditJSON,
                   description="Orders, positions and controls of the running daemon (SPEC §15). "
                               "Every route but /healthz needs `Authorization: Bearer <key>`.")
     api.state.max_body_bytes = max_body_bytes
+    api.state.command_wait = command_wait
     _handle_errors(api)
     _openapi_with_order(api)
     _read_routes(api, desk)
     _trade_routes(api, desk)
+    add_command_routes(api, desk, Depends(caller_with(desk, Scope.TRADE)))
     return api
 
 

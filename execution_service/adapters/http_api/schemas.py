@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from execution_service.domain.commands import CancelOrder, ModifyOrder
 from execution_service.domain.signals import SIGNAL_ID_PATTERN, Signal
 
 OPEN = ConfigDict(extra="allow")
@@ -176,6 +177,24 @@ class ResumeRequest(BaseModel):
                                                      "global one)")
 
 
+class CommandAnswer(BaseModel):
+    request_id: str
+    signal_id: str
+    outcome: str = Field(description="CANCEL_REQUESTED, KEPT (a cancel for an order not seen "
+                                     "yet), MODIFIED, DUPLICATE (this request_id was answered "
+                                     "before), IN_PROGRESS")
+    reason: str | None
+    record: OrderRecord | None
+
+
+class RefusedCommand(ErrorBody):
+    request_id: str
+    signal_id: str
+    outcome: str = Field(description="CANCEL_REJECTED or MODIFY_REJECTED")
+    reason: str | None
+    record: OrderRecord | None
+
+
 class Resumed(BaseModel):
     lifted: Halt | None = Field(description="the halt lifted; null when none was active")
     still_halted: list[Halt]
@@ -186,7 +205,20 @@ def request_schemas() -> dict[str, dict]:
     to), `HaltRequest`, `ResumeRequest`."""
     ref = "#/components/schemas/{model}"
     return {**_order_schema(), **{model.__name__: model.model_json_schema(ref_template=ref)
-                                  for model in (HaltRequest, ResumeRequest)}}
+                                  for model in (HaltRequest, ResumeRequest)},
+            "CancelRequest": _command_body(CancelOrder),
+            "ModifyRequest": _command_body(ModifyOrder)}
+
+
+def _command_body(model) -> dict:
+    """A §11 command's model as a route's body: signal_id is in the path, by is the key."""
+    schema = model.model_json_schema()
+    for name in ("signal_id", "by", "action"):
+        schema["properties"].pop(name, None)
+    schema["required"] = [name for name in schema.get("required", ())
+                          if name in schema["properties"]]
+    schema["title"] = f"{model.__name__.removesuffix('Order')}Request"
+    return schema
 
 
 def _order_schema() -> dict[str, dict]:
