@@ -3,6 +3,7 @@ free loopback port, httpx as the client."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 
@@ -57,3 +58,12 @@ async def serve(env: dict | None = None, broker=None, **api_options):
     await server.stop()
     await app.tracker.stop()
     await app.outbox.stop()
+
+
+async def until(condition, timeout: float = 10.0, what: str = "condition") -> None:
+    """Wait on the event loop until `condition()` holds; fail past `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)

@@ -18,7 +18,7 @@ from execution_service.domain.intake import DEFAULT_MAX_BODY_BYTES
 from execution_service.errors import FatalConfigError
 from execution_service.service.daemon import ExecutionDaemon
 from execution_service.service.risk import set_halt
-from tests.fakes.served_api import serve
+from tests.fakes.served_api import serve, until
 from tests.fakes.service_fakes import make_app, order_body, settle
 
 pytestmark = pytest.mark.asyncio
@@ -242,10 +242,3 @@ async def test_given_uvicorn_stops_by_itself_then_health_says_so_and_it_serves_a
         await server.stop()
     assert not server.serving
 
-
-async def until(condition, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)

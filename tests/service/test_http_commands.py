@@ -4,25 +4,16 @@ request_id, who asked, refusals, bad bodies and a store outage."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from execution_service.domain.api_keys import Scope
 from execution_service.errors import TransientBrokerError
-from tests.fakes.served_api import serve
+from tests.fakes.served_api import serve, until
 from tests.fakes.service_fakes import ScriptedBroker, order_body, settle
 
 pytestmark = pytest.mark.asyncio
 RESTING = {"order_type": "LIMIT", "limit_price": 230.0}  # market 235.15: a buy limit rests
 
-
-async def until(condition, timeout: float = 10.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 def status_of(api, signal_id: str = "sig_1") -> str | None:
