@@ -149,12 +149,17 @@ VARYING = {"_id", "signal_id", "order_id", "account_id", "received_at", "submitt
            "published", "published_sequence", "outbox_pending", "publish_attempts"}
 
 
-def comparable(value):
-    """The value without ids, times and who sent it."""
+def comparable(value, signal_id: str | None = None):
+    """The value without ids, times and who sent it (the signal's id inside a text, such as
+    its exits' ids, becomes `<signal>`)."""
     if isinstance(value, dict):
-        return {key: comparable(item) for key, item in value.items() if key not in VARYING}
+        signal_id = signal_id or value.get("signal_id")
+        return {key: comparable(item, signal_id) for key, item in value.items()
+                if key not in VARYING}
     if isinstance(value, list):
-        return [comparable(item) for item in value]
+        return [comparable(item, signal_id) for item in value]
+    if isinstance(value, str) and signal_id:
+        return value.replace(signal_id, "<signal>")
     return value
 
 
