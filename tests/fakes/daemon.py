@@ -33,6 +33,7 @@ class DaemonProcess:
 
     def start(self, wait_for_heartbeat: bool = True, timeout: float = 30.0) -> DaemonProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._output_from = len(self.read_output())  # a restart appends: wait for its own line
         with open(self.output, "ab") as out:
             self.process = subprocess.Popen([sys.executable, "-m", "execution_service", "run"],
                                             cwd=self.workdir, env=self.env, stdout=out,
@@ -47,7 +48,7 @@ class DaemonProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.process.returncode}:\n"
                                      f"{self.read_output()}")
-            if "Running." in self.read_output():
+            if "Running." in self.read_output()[self._output_from:]:
                 return
             time.sleep(0.1)
         raise AssertionError(f"daemon did not start within {timeout}s:\n{self.read_output()}")
