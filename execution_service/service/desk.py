@@ -7,7 +7,7 @@ same store queries the CLI prints; halts are the CLI's. The HTTP API is one adap
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from execution_service import __version__
@@ -30,10 +30,15 @@ def shown_positions(store, include_closed: bool) -> list[dict]:
     return [{key: value for key, value in row.items() if key != "fill_keys"} for row in rows]
 
 
+async def _run_here(work: Callable, *args):
+    return work(*args)
+
+
 class Desk:
     def __init__(self, *, settings: Settings, store, processor: SignalProcessor,
                  commands: CommandHandler, brokers, health: Callable[[], tuple[bool, str]],
-                 clock: Callable[[], datetime], features: tuple[str, ...] = ()):
+                 clock: Callable[[], datetime], features: tuple[str, ...] = (),
+                 run_on_store_thread: Callable[..., Awaitable] | None = None):
         self._settings = settings
         self._store = store
         self._processor = processor
@@ -42,13 +47,17 @@ class Desk:
         self._clock = clock
         self.health = health
         self._features = BASE_FEATURES + features
+        self._run = run_on_store_thread or _run_here
 
     def authenticate(self, secret: str) -> dict | None:
         """The active key with this secret, or None."""
         return self._store.active_api_key(key_hash(secret))
 
-    def submit_order(self, body: bytes, by: str) -> Intake:
-        return self._processor.accept(body, by)
+    async def submit_order(self, body: bytes, by: str) -> Intake:
+        """Claimed or rejected on the store thread, like a Pub/Sub message; then handed to the
+        tracker (or the rejection made known) on the event loop."""
+        intake = await self._run(self._processor.accept, body, by)
+        return self._processor.settle(intake)
 
     async def command(self, command: Command, wait: float) -> CommandOutcome | None:
         """A §11 cancel or modify through the same handler as one from Pub/Sub: kept first

@@ -63,6 +63,9 @@ class Outcome:
     action: Action
     reason: str = ""
     signal_id: str | None = None
+    track: dict | None = None  # a claim to hand to the tracker
+    written: tuple | None = None  # (record, events, confirmations) of a recorded change
+    then: Callable[[], object] | None = None  # more work for the event loop
 
 
 class Accepted(StrEnum):
@@ -81,6 +84,8 @@ class Intake:
     record: dict | None = None  # as stored (CLAIMED, REJECTED)
     problems: tuple[Problem, ...] = ()
     control: str | None = None  # the risk control that refused it
+    track: dict | None = None  # a claim to hand to the tracker, on the event loop
+    written: tuple | None = None  # (record, events, confirmations), for journal.after_write
 
     @property
     def reason(self) -> str:
@@ -109,7 +114,23 @@ class SignalProcessor:
         self.commands = commands  # CommandHandler (§11), set by bootstrap
 
     def handle(self, body: bytes) -> Outcome:
-        """The Pub/Sub consumer's view of `accept` (and of §11 commands, on the same topic)."""
+        """`decide` and `finish` in one go, on the caller's thread."""
+        return self.finish(self.decide(body))
+
+    def finish(self, outcome: Outcome) -> Outcome:
+        """On the event loop: what follows a durable claim or rejection."""
+        if outcome.track is not None:
+            self._tracker.track(outcome.track)
+        if outcome.written is not None:
+            self._journal.after_write(*outcome.written)
+        if outcome.then is not None:
+            outcome.then()
+        return outcome
+
+    def decide(self, body: bytes) -> Outcome:
+        """The Pub/Sub consumer's view of `accept` (and of §11 commands, on the same topic):
+        validate, check, and record the claim or the rejection. Store work only (it runs on
+        the store thread); `finish` does the rest on the event loop."""
         try:
             data = decode_body(body, COMMAND_KEPT_FIELDS, self._limits)
             if isinstance(data, dict) and is_command(data):
@@ -127,12 +148,20 @@ class SignalProcessor:
             self._journal.counters.dead_lettered += 1
             logger.warning("Unusable message sent to dead letters: %s", intake.reason)
         reason = "duplicate" if intake.kind is Accepted.DUPLICATE else intake.reason
-        return Outcome(_ACTIONS[intake.kind], reason, intake.signal_id)
+        return Outcome(_ACTIONS[intake.kind], reason, intake.signal_id, track=intake.track,
+                       written=intake.written)
+
+    def settle(self, intake: Intake) -> Intake:
+        """On the event loop, after `accept`: hand the claim to the tracker, or let the world
+        know of the rejection."""
+        self.finish(Outcome(_ACTIONS[intake.kind], track=intake.track, written=intake.written))
+        return intake
 
     def accept(self, body: bytes, by: str | None = None) -> Intake:
         """Validate, check the account and the risk controls, then claim or record the
-        rejection. `by` (who asked, e.g. `api:desk`) is kept on the record and its first
-        event. A §11 command is not an order: refused here (see CommandHandler). Raises
+        rejection: store work only (run it on the store thread, then `settle` on the event
+        loop). `by` (who asked, e.g. `api:desk`) is kept on the record and its first event.
+        A §11 command is not an order: refused here (see CommandHandler). Raises
         StoreUnavailable: nothing was recorded then."""
         data = decode_body(body, COMMAND_KEPT_FIELDS, self._limits)
         fields = data.fields if isinstance(data, Invalid) else data
@@ -176,12 +205,13 @@ class SignalProcessor:
         if isinstance(parsed, InvalidCommand):
             logger.info("Invalid %s request %s: %s [%s]", parsed.action, parsed.request_id,
                         parsed.reason, parsed.signal_id)
-            self.commands.answer_invalid(parsed)
-            return Outcome(Action.ACK, parsed.reason, parsed.signal_id)
+            return Outcome(Action.ACK, parsed.reason, parsed.signal_id,
+                           then=lambda: self.commands.answer_invalid(parsed))
         logger.info("Received %s request %s [%s]", parsed.action, parsed.request_id,
                     parsed.signal_id)
         if self.commands.receive(parsed) is None:
-            self.commands.start(parsed)
+            return Outcome(Action.ACK, signal_id=parsed.signal_id,
+                           then=lambda: self.commands.start(parsed))
         return Outcome(Action.ACK, signal_id=parsed.signal_id)
 
     def check_order(self, doc: dict) -> str | None:
@@ -224,8 +254,7 @@ class SignalProcessor:
             self._store.insert_record(doc)
         except DuplicateSignal:
             return self._duplicate(signal.signal_id, claim=doc)
-        self._tracker.track(doc)
-        return Intake(Accepted.CLAIMED, signal.signal_id, doc)
+        return Intake(Accepted.CLAIMED, signal.signal_id, doc, track=doc)
 
     def _reject(self, signal_id: str, fields: dict, problems: tuple[Problem, ...], body: bytes,
                 by: str | None, control: str | None = None) -> Intake:
@@ -240,8 +269,8 @@ class SignalProcessor:
             self._store.insert_record(doc)
         except DuplicateSignal:
             return self._duplicate(signal_id)
-        self._journal.after_write(doc, (event,), doc["confirmations"])
-        return Intake(Accepted.REJECTED, signal_id, doc, problems, control)
+        return Intake(Accepted.REJECTED, signal_id, doc, problems, control,
+                      written=(doc, (event,), doc["confirmations"]))
 
     def _duplicate(self, signal_id: str, claim: dict | None = None) -> Intake:
         existing = self._store.get_record(signal_id) if claim is not None else None
@@ -256,11 +285,12 @@ class SignalProcessor:
         REJECTED with the request named, and never reaches a broker (§11)."""
         order_fields = {name: claim.get(name) for name in AWAITED_ORDER_FIELDS}
         at = self._clock()
-        doc = self._journal.apply(kept, lambda s: refuse_awaited_order(s, at),
-                                  {**order_fields, "awaiting_order": False})
+        written = self._journal.persist(kept, lambda s: refuse_awaited_order(s, at),
+                                        {**order_fields, "awaiting_order": False})
+        doc = written[0]
         logger.info("Order refused: %s [%s]", doc["reject_reason"], doc["signal_id"])
         return Intake(Accepted.REJECTED, doc["signal_id"], doc,
-                      (Problem(None, doc["reject_reason"]),))
+                      (Problem(None, doc["reject_reason"]),), written=written)
 
 
 def _record_who_asked(doc: dict, by: str | None) -> None:

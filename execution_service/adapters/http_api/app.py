@@ -121,7 +121,7 @@ def _trade_routes(api: FastAPI, desk: OrderDesk) -> None:
         """Place a §3 order: the same validation, risk controls, claim and tracking as one
         from trading-orders. A refused order with a usable signal_id is recorded REJECTED (and
         confirmed) as it would be from Pub/Sub, so its signal_id is used."""
-        intake = desk.submit_order(await read_body(request), who(key))
+        intake = await desk.submit_order(await read_body(request), who(key))
         return _order_answer(desk, intake, key)
 
     @api.post("/halt", response_model=schemas.Halt,
