@@ -58,6 +58,7 @@ class BrokerFactory:
         self._listener = listener
         self._builders = BUILDERS if builders is None else builders
         self._brokers: dict[str, Broker] = {}
+        self.lost: dict[str, str] = {}  # broker name -> what its adapter last said on losing it
 
     def broker_name_for(self, account: dict) -> str:
         """USE_MOCK_BROKER routes every account to the paper broker (SPEC §2.5)."""
@@ -77,9 +78,7 @@ class BrokerFactory:
             if offload_store_calls is not None and self._offload is not None:
                 offload_store_calls(self._offload)
             broker.connection_listener = (
-                None if self._listener is None
-                else (lambda connected, detail, n=name: self._listener(connected, f"{n}: {detail}"))
-            )
+                lambda connected, detail, n=name: self._connection_changed(n, connected, detail))
             if self._session_listener is not None:
                 broker.session_listener = lambda n=name: self._session_listener(n)
             self._brokers[name] = broker
@@ -88,6 +87,14 @@ class BrokerFactory:
     def update_settings(self, **fields) -> None:
         """Brokers built from now on see these values (a renewed session token)."""
         self._settings = self._settings.model_copy(update=fields)
+
+    def _connection_changed(self, name: str, connected: bool, detail: str) -> None:
+        if connected:
+            self.lost.pop(name, None)
+        else:
+            self.lost[name] = detail
+        if self._listener is not None:
+            self._listener(connected, f"{name}: {detail}")
 
     @property
     def brokers(self) -> dict[str, Broker]:

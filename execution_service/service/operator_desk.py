@@ -93,7 +93,7 @@ class OperatorDesk:
         if len(args) > 1:
             return "usage: /resume [ACCOUNT]"
         account_id = args[0] if args else None
-        lifted = clear_halt(self._store, account_id)
+        lifted = clear_halt(self._store, account_id, by=by, at=self._clock())
         scope = "all accounts" if account_id is None else f"account {account_id}"
         remaining = [halt_scope(doc) for doc in active_halts(self._store)]
         tail = f" (still halted: {', '.join(remaining)})" if remaining else ""

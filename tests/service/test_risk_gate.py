@@ -124,7 +124,7 @@ def test_given_halt_storage_then_documents_have_the_agreed_shape(db):
     set_halt(db, "Kite session expired", at=NOW, by="kite", broker="ZERODHA")
     assert active_halts(db) == [
         {"_id": "global", "account_id": None, "reason": "everything", "cancel_open": False,
-         "halted_at": NOW, "by": None},
+         "halted_at": NOW},
         {"_id": "account:acc_1", "account_id": "acc_1", "reason": "acc halt",
          "cancel_open": True, "halted_at": NOW, "by": "telegram:42:desk"},
         {"_id": "broker:ZERODHA", "account_id": None, "reason": "Kite session expired",
@@ -256,6 +256,8 @@ def test_given_halts_set_and_lifted_then_poll_reports_each_change_once(db, timer
     assert alert.text == "Trading halted for account acc_1: runaway strategy " \
                          "(cancelling open orders)"
     assert resume_alert(changes.started[0]).text == "Trading resumed for account acc_1"
+    asked = set_halt(db, "desk review", at=NOW, by="api:desk")
+    assert halt_alert(asked).text == "Trading halted for all accounts: desk review by api:desk"
 
 
 async def test_given_a_failing_handler_then_the_halt_is_offered_again(db):
