@@ -79,8 +79,9 @@ def order_params(request: OrderRequest, tag: str) -> dict:
 
 def gtt_exit_target(request: OrderRequest) -> tuple[str, str, str, int] | None:
     """(exchange, tradingsymbol, product, quantity) of a GTC exit on CNC/NRML, which goes to
-    Kite as a GTT (`brokers.zerodha_exits`); None for any other order. Or OrderRejected."""
-    if (request.time_in_force or "").upper() != "GTC":
+    Kite as a GTT (`brokers.zerodha_exits`); None for any other order. Or OrderRejected.
+    An exit is told by its one-cancels-other group: a GTC entry is refused as before."""
+    if (request.time_in_force or "").upper() != "GTC" or request.oca_group is None:
         return None
     asset_class = _asset_class(request)
     product = _product(request, asset_class)

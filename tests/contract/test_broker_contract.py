@@ -172,3 +172,30 @@ async def test_contract_given_gtc_exits_when_market_moves_through_one_then_only_
     cancelled = await _advance_until(harness, broker, stop.order_id,
                                      lambda o: o.status is BrokerStatus.CANCELLED)
     assert cancelled.status is BrokerStatus.CANCELLED and cancelled.filled_quantity == 0
+
+
+async def test_contract_given_cnc_exits_in_one_group_when_take_profit_fills_then_stop_ends(
+        harness):
+    """Given a sell STOP 95 and sell LIMIT 110 for a delivery (CNC) position, GTC, in one
+    one-cancels-other group (a Zerodha GTT, an IB OCA group, two mock orders), with the market
+    at 100, when the limit is resized to 6 and the market moves to 111, then the limit fills
+    6 at 110, and the stop, cancelled, ends CANCELLED without a fill."""
+    broker = await harness.start()
+    await harness.move_market("SPY", 100.0)
+    exit_fields = {"side": "SELL", "time_in_force": "GTC", "reference_price": None,
+                   "product": "CNC", "oca_group": "sig_cnc:OCO"}
+    stop = await broker.place_order(market(10, order_type="STOP", stop_price=95.0,
+                                           **exit_fields))
+    take = market(10, order_type="LIMIT", limit_price=110.0, **exit_fields)
+    take_order = await broker.place_order(take)
+    assert (await broker.get_order(stop.order_id)).status is BrokerStatus.WORKING
+    await broker.modify_order(take_order.order_id, OrderRequest(**{**vars(take), "quantity": 6}))
+    await harness.move_market("SPY", 111.0)
+    filled = await _advance_until(harness, broker, take_order.order_id,
+                                  lambda o: o.status is BrokerStatus.FILLED)
+    assert filled.status is BrokerStatus.FILLED and filled.filled_quantity == 6
+    assert {fill.price for fill in filled.fills} == {110.0}
+    await broker.cancel_order(stop.order_id)
+    cancelled = await _advance_until(harness, broker, stop.order_id,
+                                     lambda o: o.status is BrokerStatus.CANCELLED)
+    assert cancelled.status is BrokerStatus.CANCELLED and cancelled.filled_quantity == 0

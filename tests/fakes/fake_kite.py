@@ -368,6 +368,29 @@ class FakeKite:
             gtt["status"] = "triggered"
             return order_id
 
+    def move_market(self, price: float) -> list[str]:
+        """The last price moves to `price`: every active GTT whose trigger it crosses (from
+        the side of the GTT's last price) triggers. Returns the orders placed."""
+        with self._lock:
+            self.market_price = price
+            placed = []
+            for trigger_id, gtt in list(self.gtts.items()):
+                if gtt["status"] != "active":
+                    continue
+                condition = gtt["condition"]
+                for leg, trigger in enumerate(condition["trigger_values"]):
+                    above = trigger >= condition["last_price"]
+                    if (above and price >= trigger) or (not above and price <= trigger):
+                        placed.append(self.trigger_gtt(trigger_id, leg))
+                        break
+            return placed
+
+    def triggered_orders(self, trigger_id: int) -> list[str]:
+        """The ids of the orders a triggered GTT placed (one at most)."""
+        with self._lock:
+            return [order["result"]["order_result"]["order_id"]
+                    for order in self._known_gtt(str(trigger_id))["orders"] if order["result"]]
+
     def set_gtt_status(self, trigger_id: int, status: str) -> None:
         with self._lock:
             self._known_gtt(str(trigger_id))["status"] = status
