@@ -540,6 +540,16 @@ class _Handler(BaseHTTPRequestHandler):
                 return {"order_id": fake.modify_order(order_id, self._form())}
             case "DELETE", ["orders", _variety, order_id]:
                 return {"order_id": fake.cancel_order(order_id)}
+            case _, ["gtt" | "quote" | "user", *_]:
+                return self._account_route(method, parts)
+        raise KiteError("GeneralException", f"no route {method} /{'/'.join(parts)}", 404)
+
+    def _account_route(self, method: str, parts: list[str]):
+        """The profile, GTTs, and the last price a GTT's placement asks for."""
+        fake = self.fake
+        match method, parts:
+            case "GET", ["user", "profile"]:
+                return fake.profile()
             case "GET", ["gtt", "triggers"]:
                 return fake.all_gtts()
             case "POST", ["gtt", "triggers"]:
@@ -552,8 +562,6 @@ class _Handler(BaseHTTPRequestHandler):
                 return fake.delete_gtt(trigger_id)
             case "GET", ["quote", "ltp"]:
                 return fake.ltp(parse_qs(urlparse(self.path).query).get("i", []))
-            case "GET", ["user", "profile"]:
-                return fake.profile()
         raise KiteError("GeneralException", f"no route {method} /{'/'.join(parts)}", 404)
 
     def _form(self) -> dict[str, str]:

@@ -9,12 +9,11 @@ import json
 import pytest
 
 from brokers.base import BrokerStatus, OrderRequest
-from brokers.zerodha import ZerodhaBroker
 from execution_service.domain.brackets import OCO_REASON
 from execution_service.errors import OrderRejected, PlacementUncertain
-from execution_service.service.processor import Action
-from tests.fakes.fake_kite import ACCESS_TOKEN, API_KEY, FakeKite
-from tests.fakes.service_fakes import make_app, order_body, status_of, wait_until
+from tests.fakes.fake_kite import FakeKite
+from tests.fakes.kite_flow import entry_at_kite, exits_submitted, kite_broker, stop_app
+from tests.fakes.service_fakes import make_app, status_of, wait_until
 
 pytestmark = pytest.mark.asyncio
 ENTRY = {"symbol": "INFY", "quantity": 10, "product": "CNC", "reference_price": 1500.0,
@@ -35,11 +34,6 @@ def kite():
     assert server.header_problems == []
 
 
-def new_broker(kite: FakeKite) -> ZerodhaBroker:
-    return ZerodhaBroker(API_KEY, ACCESS_TOKEN, root=kite.url, orders_per_second=1000,
-                         request_timeout=2.0)
-
-
 def posts(kite: FakeKite) -> int:
     return sum(1 for method, _ in kite.gtt_requests if method == "POST")
 
@@ -48,13 +42,8 @@ async def test_given_cnc_entry_filled_when_take_profit_triggers_then_one_gtt_and
     """Given a CNC entry with both levels, when it fills, then both exits are legs of one
     two-leg GTT (no regular exit order); when the take-profit leg triggers and its order fills,
     the take-profit fills, the stop is cancelled (one-cancels-other) and the position closes."""
-    broker = new_broker(kite)
-    app, _ = make_app(broker=broker)
-    assert app.processor.handle(order_body(**ENTRY)).action is Action.ACK
-    await wait_until(lambda: status_of(app, "sig_1") == "SUBMITTED", what="entry at Kite")
-    kite.fill(kite.placements[0].order_id, 10, 1500.0)
-    await wait_until(lambda: status_of(app, "sig_1:SL") == "SUBMITTED"
-                     and status_of(app, "sig_1:TP") == "SUBMITTED", what="exits at Kite")
+    app, broker = await entry_at_kite(kite, ENTRY, filled=10)
+    await exits_submitted(app)
     await wait_until(lambda: len(kite.gtts) == 1
                      and next(iter(kite.gtts.values()))["type"] == "two-leg", what="OCO")
     assert len(kite.placements) == 1 and posts(kite) == 1
@@ -74,19 +63,13 @@ async def test_given_cnc_entry_filled_when_take_profit_triggers_then_one_gtt_and
     assert len(kite.placements) == 2 and posts(kite) == 1  # the triggered order only
     position = app.store.db["positions"].find_one({"symbol": "INFY"})
     assert position["status"] == "CLOSED" and position["realized_pnl"] == pytest.approx(1000.0)
-    await app.brackets.stop()
-    await app.tracker.stop()
-    await broker.close()
+    await stop_app(app, broker)
 
 
 async def test_given_partial_entry_when_it_grows_then_gtt_legs_resized_by_modify(kite):
     """Given a CNC entry filled 4 of 10, when the rest fills, then the GTT's legs are resized
     to 10 through modify_gtt (still one GTT, never a second one)."""
-    broker = new_broker(kite)
-    app, _ = make_app(broker=broker)
-    app.processor.handle(order_body(**ENTRY))
-    await wait_until(lambda: status_of(app, "sig_1") == "SUBMITTED", what="entry at Kite")
-    kite.fill(kite.placements[0].order_id, 4, 1500.0)
+    app, broker = await entry_at_kite(kite, ENTRY, filled=4)
     await wait_until(lambda: len(kite.gtts) == 1 and [o["quantity"] for o in next(iter(
         kite.gtts.values()))["orders"]] == [4, 4], what="exits for 4")
     kite.fill(kite.placements[0].order_id, 6, 1500.0)
@@ -95,15 +78,13 @@ async def test_given_partial_entry_when_it_grows_then_gtt_legs_resized_by_modify
     await wait_until(lambda: app.store.get_record("sig_1:TP")["quantity"] == 10
                      and app.store.get_record("sig_1:SL")["quantity"] == 10, what="records")
     assert posts(kite) == 1 and len(kite.gtts) == 1
-    await app.brackets.stop()
-    await app.tracker.stop()
-    await broker.close()
+    await stop_app(app, broker)
 
 
 async def test_given_gtt_of_two_legs_when_each_leg_cancelled_then_other_stays_then_deleted(kite):
     """Given both exits in one GTT, when the stop is cancelled, then the GTT keeps the
     take-profit alone (single-leg, still active); when that is cancelled too, it is deleted."""
-    broker = new_broker(kite)
+    broker = kite_broker(kite)
     stop = await broker.place_order(STOP)
     take = await broker.place_order(TAKE)
     gtt_id = stop.extra["gtt_id"]
@@ -125,11 +106,11 @@ async def test_given_gtt_placed_when_daemon_restarts_and_places_again_then_no_se
     """Given both legs placed by one process, when a new process (after a crash, before it
     recorded the ids) places the same exits again, then it finds the GTT by instrument, side
     and trigger values and places nothing; a different bracket on the same symbol gets its own."""
-    first = new_broker(kite)
+    first = kite_broker(kite)
     stop = await first.place_order(STOP)
     await first.place_order(TAKE)
     await first.close()
-    second = new_broker(kite)
+    second = kite_broker(kite)
     again = await second.place_order(TAKE)
     assert again.order_id == f"GTT{stop.extra['gtt_id']}.TP" and posts(kite) == 1
     other = OrderRequest(**{**vars(STOP), "signal_id": "sig_8:SL", "oca_group": "sig_8:OCO",
@@ -143,7 +124,7 @@ async def test_given_triggered_stop_when_looked_up_then_fills_of_its_order_and_t
     """Given a two-leg GTT, when the stop leg triggers and its order fills in two trades, then
     the stop shows both fills (the placed order's trades) and the take-profit leg shows
     CANCELLED; resizing either is refused (the GTT is no longer active)."""
-    broker = new_broker(kite)
+    broker = kite_broker(kite)
     stop = await broker.place_order(STOP)
     take = await broker.place_order(TAKE)
     placed = kite.trigger_gtt(stop.extra["gtt_id"], 0)
@@ -163,7 +144,7 @@ async def test_given_triggered_stop_when_looked_up_then_fills_of_its_order_and_t
 async def test_given_kite_down_when_gtt_placed_then_uncertain_and_retry_places_once(kite):
     """Given Kite answers the GTT placement with a 503, then the placement is uncertain; the
     retry that follows (the tracker's look-up then placement) leaves exactly one GTT."""
-    broker = new_broker(kite)
+    broker = kite_broker(kite)
     kite.fail_next("gtt_place", "NetworkException", "OMS down")
     with pytest.raises(PlacementUncertain):
         await broker.place_order(STOP)
@@ -176,9 +157,50 @@ async def test_given_kite_down_when_gtt_placed_then_uncertain_and_retry_places_o
 
 
 async def test_given_expired_gtt_when_looked_up_then_leg_cancelled_with_reason(kite):
-    broker = new_broker(kite)
+    broker = kite_broker(kite)
     stop = await broker.place_order(STOP)
     kite.set_gtt_status(stop.extra["gtt_id"], "expired")
     order = await broker.get_order(stop.order_id)
     assert order.status is BrokerStatus.CANCELLED and "expired" in order.reason
     await broker.close()
+
+
+async def test_given_kite_refuses_gtt_modify_once_when_entry_grows_then_resize_retried(kite):
+    """Given a CNC entry filled 4 of 10 with its GTT, when Kite answers the resize with a 503
+    once, then the bracket manager retries and the GTT's legs reach 10 (one GTT)."""
+    app, broker = await entry_at_kite(kite, ENTRY, filled=4)
+    await wait_until(lambda: len(kite.gtts) == 1 and [o["quantity"] for o in next(iter(
+        kite.gtts.values()))["orders"]] == [4, 4], what="exits for 4")
+    kite.fail_next("gtt_modify", "NetworkException", "OMS down")
+    kite.fill(kite.placements[0].order_id, 6, 1500.0)
+    await wait_until(lambda: [o["quantity"] for o in next(iter(kite.gtts.values()))[
+        "orders"]] == [10, 10], what="exits grown to 10 after the refusal")
+    assert posts(kite) == 1 and kite._errors["gtt_modify"] == []  # the refusal was served
+    await stop_app(app, broker)
+
+
+async def test_given_stop_triggered_while_daemon_down_when_restarted_then_resumed_not_placed(
+        kite):
+    """Given a CNC entry protected by its GTT and the daemon stopped, when the stop leg
+    triggers and fills at Kite meanwhile and a new daemon starts on the same store, then the
+    stop is FILLED from the order Kite placed, the take-profit CANCELLED, the position closed
+    at a loss, and no GTT or exit order is placed again."""
+    env = {"LEASE_SECONDS": "0.3"}
+    first, first_broker = await entry_at_kite(kite, ENTRY, filled=10, env=env)
+    await exits_submitted(first)
+    await wait_until(lambda: next(iter(kite.gtts.values()))["type"] == "two-leg", what="OCO")
+    await stop_app(first, first_broker)
+    placed = kite.move_market(1440.0)
+    assert len(placed) == 1
+    kite.fill(placed[0], 10, 1440.0)
+    second_broker = kite_broker(kite)
+    second, _ = make_app(env=env, broker=second_broker, handle=first.handle, accounts=[])
+    await wait_until(lambda: second.leases.sweep() > 0 or
+                     "sig_1:SL" in second.tracker.tracked_ids(), what="exits resumed")
+    second.brackets.resume()
+    await wait_until(lambda: status_of(second, "sig_1:SL") == "FILLED", what="stop filled")
+    await wait_until(lambda: status_of(second, "sig_1:TP") == "CANCELLED", what="TP cancelled")
+    assert posts(kite) == 1 and len(kite.placements) == 2
+    position = second.store.db["positions"].find_one({"symbol": "INFY"})
+    assert position["status"] == "CLOSED" and position["realized_pnl"] == pytest.approx(-600.0)
+    await stop_app(second, second_broker)
