@@ -47,7 +47,7 @@ class GttExits:
         wanted = leg(request, role, exchange, tradingsymbol, product, quantity)
         group = request.oca_group or request.signal_id
         async with self._lock:
-            gtt_id = await self._place_leg(request.signal_id, group, role, wanted)
+            gtt_id = await self._place_leg(request, group, role, wanted)
         self._by_group[group] = gtt_id
         order_id = leg_order_id(gtt_id, role)
         self._by_signal[request.signal_id] = order_id
@@ -55,7 +55,9 @@ class GttExits:
                            extra={"gtt_id": gtt_id, "exchange": exchange,
                                   "tradingsymbol": tradingsymbol, "product": product})
 
-    async def _place_leg(self, signal_id: str, group: str, role: ExitRole, wanted: dict) -> int:
+    async def _place_leg(self, request: OrderRequest, group: str, role: ExitRole,
+                         wanted: dict) -> int:
+        signal_id = request.signal_id
         known = self._by_group.get(group)
         if known is not None:
             gtts = [await self._call(LOOKUP, f"GTT {known}", self._kite.get_gtt, known)]
@@ -63,7 +65,7 @@ class GttExits:
         else:
             gtts = await self._call(READ, "GTT list", self._kite.get_gtts)
             taken = set(self._by_group.values())
-        found = matching_gtt(gtts, wanted, role, taken)
+        found = matching_gtt(gtts, wanted, role, taken, request.oca_levels)
         if found is not None and found[1]:
             logger.info("Exit %s is already in Kite GTT %s: not placed again", signal_id,
                         found[0]["id"])

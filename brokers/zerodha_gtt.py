@@ -8,7 +8,8 @@ Each exit record keeps its own order id naming the GTT and its leg, `GTT<trigger
 `.TP`. Kite's GTT legs carry no tag, so the leg is told by its prices: every leg is a LIMIT
 order, a take-profit at its trigger, a stop a few ticks beyond it (so it fills in a moving
 market). A GTT of ours is found again after a crash by its instrument, side, product, and the
-trigger value and quantity of a leg (`matching_gtt`): never placed twice.
+trigger values of its legs, which are the bracket's levels (`matching_gtt`): never placed
+twice.
 """
 
 from __future__ import annotations
@@ -108,26 +109,23 @@ def gtt_arguments(legs: list[dict], last_price: float) -> dict:
                        for one in ordered]}
 
 
-def matching_gtt(gtts: list[dict], wanted: dict, role: ExitRole, taken: set[int]
+def matching_gtt(gtts: list[dict], wanted: dict, role: ExitRole, taken: set[int],
+                 levels: tuple[float | None, float | None] | None = None
                  ) -> tuple[dict, bool] | None:
     """The active GTT of ours this leg belongs to, and whether the leg is already in it.
 
     Ours: the same instrument, side and product, holding this very leg (same trigger and
     quantity: placed before a crash), or else the other role's leg alone (the bracket's first
-    exit) for the same quantity. GTTs this process already holds for other brackets are
-    `taken` and skipped.
+    exit) for the same quantity. With the bracket's `levels` (stop_loss, take_profit) known,
+    every leg's trigger must be its role's level too, so another bracket's GTT on the same
+    symbol is never taken for ours. GTTs this process holds for other brackets are `taken`.
     """
     other_alone = None
     for gtt in gtts:
         if gtt.get("status") != "active" or int(gtt["id"]) in taken:
             continue
-        condition = gtt["condition"]
-        if (condition["exchange"], condition["tradingsymbol"]) != (
-                wanted["exchange"], wanted["tradingsymbol"]):
-            continue
         legs = legs_of(gtt)
-        if any((one["transaction_type"], one["product"]) != (
-                wanted["transaction_type"], wanted["product"]) for one in legs.values()):
+        if not _same_order(gtt, legs, wanted) or not _at_levels(legs, levels):
             continue
         mine = legs.get(role)
         if mine is not None and math.isclose(mine["trigger"], wanted["trigger"]) \
@@ -137,6 +135,24 @@ def matching_gtt(gtts: list[dict], wanted: dict, role: ExitRole, taken: set[int]
                 and int(next(iter(legs.values()))["quantity"]) == wanted["quantity"]:
             other_alone = gtt
     return (other_alone, False) if other_alone is not None else None
+
+
+def _same_order(gtt: dict, legs: dict[ExitRole, dict], wanted: dict) -> bool:
+    condition = gtt["condition"]
+    return (condition["exchange"], condition["tradingsymbol"]) == (
+        wanted["exchange"], wanted["tradingsymbol"]) and all(
+        (one["transaction_type"], one["product"]) == (wanted["transaction_type"],
+                                                      wanted["product"])
+        for one in legs.values())
+
+
+def _at_levels(legs: dict[ExitRole, dict], levels: tuple[float | None, float | None] | None
+               ) -> bool:
+    if levels is None:
+        return True
+    by_role = dict(zip((ExitRole.STOP_LOSS, ExitRole.TAKE_PROFIT), levels, strict=True))
+    return all(by_role[role] is not None and math.isclose(one["trigger"], _ticks(by_role[role]))
+               for role, one in legs.items())
 
 
 def leg_snapshot(gtt: dict, role: ExitRole) -> BrokerOrder | str:

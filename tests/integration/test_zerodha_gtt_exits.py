@@ -20,7 +20,7 @@ ENTRY = {"symbol": "INFY", "quantity": 10, "product": "CNC", "reference_price": 
          "stop_loss": 1450.0, "take_profit": 1600.0, "exchange": "NSE", "currency": "INR"}
 EXIT = {"account_id": "acc", "symbol": "INFY", "side": "SELL", "quantity": 10,
         "time_in_force": "GTC", "exchange": "NSE", "product": "CNC",
-        "oca_group": "sig_9:OCO"}
+        "oca_group": "sig_9:OCO", "oca_levels": (1450.0, 1600.0)}
 STOP = OrderRequest(signal_id="sig_9:SL", order_type="STOP", stop_price=1450.0, **EXIT)
 TAKE = OrderRequest(signal_id="sig_9:TP", order_type="LIMIT", limit_price=1600.0, **EXIT)
 
@@ -114,7 +114,7 @@ async def test_given_gtt_placed_when_daemon_restarts_and_places_again_then_no_se
     again = await second.place_order(TAKE)
     assert again.order_id == f"GTT{stop.extra['gtt_id']}.TP" and posts(kite) == 1
     other = OrderRequest(**{**vars(STOP), "signal_id": "sig_8:SL", "oca_group": "sig_8:OCO",
-                            "stop_price": 1400.0})
+                            "stop_price": 1400.0, "oca_levels": (1400.0, 1600.0)})
     assert (await second.place_order(other)).extra["gtt_id"] != stop.extra["gtt_id"]
     assert posts(kite) == 2
     await second.close()
@@ -204,3 +204,27 @@ async def test_given_stop_triggered_while_daemon_down_when_restarted_then_resume
     position = second.store.db["positions"].find_one({"symbol": "INFY"})
     assert position["status"] == "CLOSED" and position["realized_pnl"] == pytest.approx(-600.0)
     await stop_app(second, second_broker)
+
+
+async def test_given_lone_stop_of_one_bracket_when_other_bracket_places_after_restart_then_own_gtt(
+        kite):
+    """Given bracket A (stop only, 1450) as a single-leg GTT, when a new process places bracket
+    B's take-profit 1600 (B's stop is 1440) for the same symbol, side, product and quantity,
+    then B gets a GTT of its own (A's stop is never made one-cancels-other with B's target),
+    and B's stop then joins B's GTT."""
+    first = kite_broker(kite)
+    lone = OrderRequest(**{**vars(STOP), "signal_id": "sig_a:SL", "oca_group": "sig_a:OCO",
+                           "oca_levels": (1450.0, None)})
+    a_stop = await first.place_order(lone)
+    await first.close()
+    second = kite_broker(kite)
+    b_levels = {"oca_group": "sig_b:OCO", "oca_levels": (1440.0, 1600.0)}
+    b_take = await second.place_order(OrderRequest(**{**vars(TAKE), "signal_id": "sig_b:TP",
+                                                      **b_levels}))
+    assert b_take.extra["gtt_id"] != a_stop.extra["gtt_id"]
+    assert kite.gtts[a_stop.extra["gtt_id"]]["type"] == "single"
+    b_stop = await second.place_order(OrderRequest(**{**vars(STOP), "signal_id": "sig_b:SL",
+                                                      "stop_price": 1440.0, **b_levels}))
+    assert b_stop.extra["gtt_id"] == b_take.extra["gtt_id"] and posts(kite) == 2
+    assert kite.gtts[b_take.extra["gtt_id"]]["condition"]["trigger_values"] == [1440.0, 1600.0]
+    await second.close()
