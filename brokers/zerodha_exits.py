@@ -39,7 +39,9 @@ class GttExits:
         self._cancel_order = cancel_order
         self._by_group: dict[str, int] = {}  # one-cancels-other group -> its GTT id
         self._by_signal: dict[str, str] = {}  # exit signal id -> leg order id
-        self._lock = asyncio.Lock()  # one bracket's two exits never make two GTTs
+        #: A GTT is read, then rewritten whole: one change at a time, so one bracket's two
+        #: exits never make two GTTs, nor two cancels each put back the other's leg.
+        self._lock = asyncio.Lock()
 
     async def place(self, request: OrderRequest, exchange: str, tradingsymbol: str,
                     product: str, quantity: int) -> BrokerOrder:
@@ -106,6 +108,10 @@ class GttExits:
                            {**placed.extra, "gtt_id": gtt_id, "kite_order_id": snapshot})
 
     async def cancel(self, gtt_id: int, role: ExitRole) -> None:
+        async with self._lock:  # a GTT is rewritten whole: one change at a time
+            await self._cancel(gtt_id, role)
+
+    async def _cancel(self, gtt_id: int, role: ExitRole) -> None:
         gtt = await self._call(LOOKUP, f"GTT {gtt_id}", self._kite.get_gtt, gtt_id)
         snapshot = leg_snapshot(gtt, role)
         if isinstance(snapshot, str):  # triggered: cancel the order it placed
@@ -127,6 +133,10 @@ class GttExits:
                                          float(gtt["condition"]["last_price"])))
 
     async def modify(self, gtt_id: int, role: ExitRole, request: OrderRequest) -> None:
+        async with self._lock:
+            await self._modify(gtt_id, role, request)
+
+    async def _modify(self, gtt_id: int, role: ExitRole, request: OrderRequest) -> None:
         gtt = await self._call(LOOKUP, f"GTT {gtt_id}", self._kite.get_gtt, gtt_id)
         legs = legs_of(gtt)
         mine = legs.get(role)

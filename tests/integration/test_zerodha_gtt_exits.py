@@ -4,6 +4,7 @@ flow with the real processor, tracker, journal and bracket manager over mongomoc
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -228,3 +229,14 @@ async def test_given_lone_stop_of_one_bracket_when_other_bracket_places_after_re
     assert b_stop.extra["gtt_id"] == b_take.extra["gtt_id"] and posts(kite) == 2
     assert kite.gtts[b_take.extra["gtt_id"]]["condition"]["trigger_values"] == [1440.0, 1600.0]
     await second.close()
+
+
+async def test_given_two_leg_gtt_when_both_legs_cancelled_at_once_then_gtt_deleted(kite):
+    """Given both exits in one GTT, when the position closes and both are cancelled together
+    (as the bracket manager does), then the GTT ends deleted, never left holding a leg."""
+    broker = kite_broker(kite)
+    stop = await broker.place_order(STOP)
+    take = await broker.place_order(TAKE)
+    await asyncio.gather(broker.cancel_order(stop.order_id), broker.cancel_order(take.order_id))
+    assert kite.gtts[stop.extra["gtt_id"]]["status"] == "deleted"
+    await broker.close()
