@@ -30,11 +30,10 @@ PLACE, CANCEL, MODIFY, LOOKUP, READ = "place", "cancel", "modify", "lookup", "re
 
 
 class GttExits:
-    def __init__(self, kite, call: Callable[..., Awaitable],
+    def __init__(self, call: Callable[..., Awaitable],
                  order: Callable[[str], Awaitable[BrokerOrder]],
                  cancel_order: Callable[[str], Awaitable[None]]):
-        self._kite = kite
-        self._call = call  # the adapter's: worker thread, error translation
+        self._call = call  # the adapter's: a KiteConnect method by name, errors translated
         self._order = order  # a regular Kite order's snapshot
         self._cancel_order = cancel_order
         self._by_group: dict[str, int] = {}  # one-cancels-other group -> its GTT id
@@ -62,10 +61,10 @@ class GttExits:
         signal_id = request.signal_id
         known = self._by_group.get(group)
         if known is not None:
-            gtts = [await self._call(LOOKUP, f"GTT {known}", self._kite.get_gtt, known)]
+            gtts = [await self._call(LOOKUP, f"GTT {known}", "get_gtt", known)]
             taken: set[int] = set()
         else:
-            gtts = await self._call(READ, "GTT list", self._kite.get_gtts)
+            gtts = await self._call(READ, "GTT list", "get_gtts")
             taken = set(self._by_group.values())
         found = matching_gtt(gtts, wanted, role, taken, request.oca_levels)
         if found is not None and found[1]:
@@ -78,27 +77,27 @@ class GttExits:
             legs = [*legs_of(gtt).values(), wanted]
             logger.info("Adding exit %s to Kite GTT %s (two-leg, one-cancels-other)",
                         signal_id, gtt["id"])
-            await self._call(MODIFY, signal_id, self._kite.modify_gtt, int(gtt["id"]),
+            await self._call(MODIFY, signal_id, "modify_gtt", int(gtt["id"]),
                              **gtt_arguments(legs, last_price))
             return int(gtt["id"])
         logger.info("Placing Kite GTT for exit %s: %s %s %s:%s trigger %s price %s",
                     signal_id, wanted["transaction_type"], wanted["quantity"],
                     wanted["exchange"], wanted["tradingsymbol"], wanted["trigger"],
                     wanted["price"])
-        placed = await self._call(PLACE, signal_id, self._kite.place_gtt,
+        placed = await self._call(PLACE, signal_id, "place_gtt",
                                   **gtt_arguments([wanted], last_price))
         return int(placed["trigger_id"])
 
     async def _last_price(self, wanted: dict) -> float:
         key = f"{wanted['exchange']}:{wanted['tradingsymbol']}"
-        quotes = await self._call(READ, f"last price of {key}", self._kite.ltp, key)
+        quotes = await self._call(READ, f"last price of {key}", "ltp", key)
         return float(quotes[key]["last_price"])
 
     def known_leg(self, signal_id: str) -> str | None:
         return self._by_signal.get(signal_id)
 
     async def get(self, gtt_id: int, role: ExitRole) -> BrokerOrder:
-        gtt = await self._call(LOOKUP, f"GTT {gtt_id}", self._kite.get_gtt, gtt_id)
+        gtt = await self._call(LOOKUP, f"GTT {gtt_id}", "get_gtt", gtt_id)
         snapshot = leg_snapshot(gtt, role)
         if isinstance(snapshot, BrokerOrder):
             return snapshot
@@ -112,7 +111,7 @@ class GttExits:
             await self._cancel(gtt_id, role)
 
     async def _cancel(self, gtt_id: int, role: ExitRole) -> None:
-        gtt = await self._call(LOOKUP, f"GTT {gtt_id}", self._kite.get_gtt, gtt_id)
+        gtt = await self._call(LOOKUP, f"GTT {gtt_id}", "get_gtt", gtt_id)
         snapshot = leg_snapshot(gtt, role)
         if isinstance(snapshot, str):  # triggered: cancel the order it placed
             await self._cancel_order(snapshot)
@@ -125,10 +124,10 @@ class GttExits:
         legs.pop(role)
         if not legs:
             logger.info("Deleting Kite GTT %s (its last leg, %s, cancelled)", gtt_id, role)
-            await self._call(CANCEL, f"GTT {gtt_id}", self._kite.delete_gtt, gtt_id)
+            await self._call(CANCEL, f"GTT {gtt_id}", "delete_gtt", gtt_id)
             return
         logger.info("Removing leg %s from Kite GTT %s (the other stays)", role, gtt_id)
-        await self._call(CANCEL, f"GTT {gtt_id}", self._kite.modify_gtt, gtt_id,
+        await self._call(CANCEL, f"GTT {gtt_id}", "modify_gtt", gtt_id,
                          **gtt_arguments(list(legs.values()),
                                          float(gtt["condition"]["last_price"])))
 
@@ -137,7 +136,7 @@ class GttExits:
             await self._modify(gtt_id, role, request)
 
     async def _modify(self, gtt_id: int, role: ExitRole, request: OrderRequest) -> None:
-        gtt = await self._call(LOOKUP, f"GTT {gtt_id}", self._kite.get_gtt, gtt_id)
+        gtt = await self._call(LOOKUP, f"GTT {gtt_id}", "get_gtt", gtt_id)
         legs = legs_of(gtt)
         mine = legs.get(role)
         if gtt.get("status") != "active" or mine is None:
@@ -150,5 +149,5 @@ class GttExits:
         legs[role] = leg(request, role, mine["exchange"], mine["tradingsymbol"],
                          mine["product"], int(quantity))
         logger.info("Modifying Kite GTT %s leg %s: quantity %s", gtt_id, role, int(quantity))
-        await self._call(MODIFY, f"GTT {gtt_id}", self._kite.modify_gtt, gtt_id,
+        await self._call(MODIFY, f"GTT {gtt_id}", "modify_gtt", gtt_id,
                          **gtt_arguments(list(legs.values()), await self._last_price(mine)))

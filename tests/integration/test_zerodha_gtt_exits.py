@@ -196,8 +196,10 @@ async def test_given_stop_triggered_while_daemon_down_when_restarted_then_resume
     kite.fill(placed[0], 10, 1440.0)
     second_broker = kite_broker(kite)
     second, _ = make_app(env=env, broker=second_broker, handle=first.handle, accounts=[])
-    await wait_until(lambda: second.leases.sweep() > 0 or
-                     "sig_1:SL" in second.tracker.tracked_ids(), what="exits resumed")
+    deadline = asyncio.get_running_loop().time() + 10  # sweep is async (store thread)
+    while not (await second.leases.sweep() > 0 or "sig_1:SL" in second.tracker.tracked_ids()):
+        assert asyncio.get_running_loop().time() < deadline, "exits resumed"
+        await asyncio.sleep(0.01)
     second.brackets.resume()
     await wait_until(lambda: status_of(second, "sig_1:SL") == "FILLED", what="stop filled")
     await wait_until(lambda: status_of(second, "sig_1:TP") == "CANCELLED", what="TP cancelled")
