@@ -47,6 +47,9 @@ class OrderRequest:
     #: Orders sharing a group are one-cancels-other at venues that keep such groups (IB's
     #: ocaGroup): one's fill reduces the others by as much, there, even with the daemon down.
     oca_group: str | None = None
+    #: The group's (stop_loss, take_profit) when it is a bracket's exits: how a venue that keeps
+    #: the pair as one order without tags (a Kite GTT) knows the bracket's order again.
+    oca_levels: tuple[float | None, float | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,13 @@ from kiteconnect import exceptions as kite_errors
 from urllib3.exceptions import NewConnectionError
 
 from brokers.base import Broker, BrokerOrder, BrokerStatus, OrderRequest
+from brokers.zerodha_exits import GttExits
+from brokers.zerodha_gtt import parse_leg_order_id
 from brokers.zerodha_mapping import (
     FINAL_STATUSES,
     VARIETY,
     entry_has_tag,
+    gtt_exit_target,
     kite_tag,
     modify_params,
     newest,
@@ -105,6 +108,7 @@ class ZerodhaBroker(Broker):
         self._signals: dict[str, str] = {}  # tag -> signal id, for tags made in this process
         self._local = threading.local()  # each worker thread's own client (and session)
         self._sessions: list[requests.Session] = []
+        self._gtts = GttExits(self._call, self.get_order, self.cancel_order)
 
     def __repr__(self) -> str:
         return f"ZerodhaBroker(root={self._root!r})"
@@ -139,6 +143,9 @@ class ZerodhaBroker(Broker):
     async def place_order(self, request: OrderRequest) -> BrokerOrder:
         tag = self.order_tag(request.signal_id)
         try:
+            target = gtt_exit_target(request)
+            if target is not None:
+                return await self._gtts.place(request, *target)
             params = order_params(request, tag)
         except OrderRejected as e:
             logger.info("Not sent to Kite: %s: %s", request.signal_id, e.reason)
@@ -159,6 +166,8 @@ class ZerodhaBroker(Broker):
                                   "product": params["product"]})
 
     async def get_order(self, order_id: str) -> BrokerOrder:
+        if (leg := parse_leg_order_id(order_id)) is not None:
+            return await self._gtts.get(*leg)
         history = await self._call(LOOKUP, f"order {order_id}", "order_history",
                                    order_id)
         if not history:
@@ -167,6 +176,8 @@ class ZerodhaBroker(Broker):
 
     async def find_order(self, signal_id: str) -> BrokerOrder | None:
         """The newest order in today's order book carrying this signal's tag."""
+        if (leg_id := self._gtts.known_leg(signal_id)) is not None:
+            return await self.get_order(leg_id)
         tag = self.order_tag(signal_id)
         orders = await self._call(READ, signal_id, "orders")
         entry = newest([order for order in orders if entry_has_tag(order, tag)])
@@ -178,6 +189,9 @@ class ZerodhaBroker(Broker):
         """Ask Kite to cancel. Like the other adapters, cancelling an order that is already
         complete, cancelled or rejected is a no-op; a refusal while the order is still live
         ("being processed, try later") is TransientBrokerError."""
+        if (leg := parse_leg_order_id(order_id)) is not None:
+            await self._gtts.cancel(*leg)
+            return
         await self._limiter.acquire()
         logger.info("Cancelling Kite order %s", order_id)
         try:
@@ -195,6 +209,9 @@ class ZerodhaBroker(Broker):
     async def modify_order(self, order_id: str, request: OrderRequest) -> None:
         """Kite's `modify_order` with the new quantity and prices (a refusal is OrderRejected:
         a completed, cancelled or rejected order cannot be modified)."""
+        if (leg := parse_leg_order_id(order_id)) is not None:
+            await self._gtts.modify(*leg, request)
+            return
         fields = modify_params(request)
         await self._limiter.acquire()
         logger.info("Modifying Kite order %s: %s", order_id, fields)

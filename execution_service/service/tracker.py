@@ -22,7 +22,7 @@ from enum import StrEnum
 from brokers.base import Broker, BrokerOrder, OrderRequest
 from execution_service.domain import orders
 from execution_service.domain.backoff import compute_backoff
-from execution_service.domain.brackets import is_exit, oca_group
+from execution_service.domain.brackets import is_exit, oca_group, oca_levels
 from execution_service.domain.commands import placement_refusal
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.records import ORDER_FIELDS, as_utc, state_of
@@ -81,6 +81,7 @@ def request_from_record(doc: dict) -> OrderRequest:
     fields = {name: value for name, value in fields.items() if value is not None}
     return OrderRequest(signal_id=doc["signal_id"], account_id=doc["account_id"],
                         broker_account=doc.get("broker_account"), oca_group=oca_group(doc),
+                        oca_levels=oca_levels(doc),
                         **fields)
 
 
