@@ -18,49 +18,17 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import mongomock
-from pymongo.errors import ServerSelectionTimeoutError
-
-from execution_service.adapters.store import StoreHandle
-from execution_service.bootstrap import build_app
-from execution_service.config import load_settings
-from execution_service.service.daemon import ExecutionDaemon
-from execution_service.service.store_thread import StoreThread
-
-
-class Hang:
-    def __init__(self, seconds: float) -> None:
-        self.on, self.seconds = False, seconds
-
-
-class _HangingCollection:
-    def __init__(self, collection, hang: Hang) -> None:
-        self._collection, self._hang = collection, hang
-
-    def __getattr__(self, name):
-        attribute = getattr(self._collection, name)
-        if not callable(attribute):
-            return attribute
-
-        def call(*args, **kwargs):
-            if self._hang.on:
-                time.sleep(self._hang.seconds)
-                raise ServerSelectionTimeoutError("no server reachable (benchmark)")
-            return attribute(*args, **kwargs)
-        return call
-
-
-class HangingDatabase:
-    def __init__(self, database, hang: Hang) -> None:
-        self._database, self._hang = database, hang
-
-    def __getitem__(self, name):
-        return _HangingCollection(self._database[name], self._hang)
-
-    def __getattr__(self, name):
-        return getattr(self._database, name)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from execution_service.adapters.store import Store  # noqa: E402
+from execution_service.bootstrap import build_app  # noqa: E402
+from execution_service.config import load_settings  # noqa: E402
+from execution_service.service.daemon import ExecutionDaemon  # noqa: E402
+from execution_service.service.store_thread import StoreThread  # noqa: E402
+from tests.fakes.stores import SwitchableDatabase, memory_store  # noqa: E402
 
 
 class AcceptingPublisher:
@@ -95,10 +63,10 @@ async def measure(off_loop: bool, orders: int, hang_seconds: float, hang_call: f
     settings = load_settings(environ={
         "MONGODB_URI": "mongomock://", "MOCK_FILL_DELAY_SECONDS": "2.0",
         "ORDER_POLL_SECONDS": "0.1", "RETRY_BACKOFF_SECONDS": "0.1", "LOG_LEVEL": "CRITICAL"})
-    client = mongomock.MongoClient(tz_aware=True)
-    hang = Hang(hang_call)
-    handle = StoreHandle(client, HangingDatabase(client["trading"], hang), "hanging mongomock")
-    app = build_app(settings, AcceptingPublisher(), handle=handle)
+    handle, _ = memory_store()
+    hang = SwitchableDatabase(handle.database)
+    hang.down, hang.hang_seconds = False, hang_call
+    app = build_app(settings, AcceptingPublisher(), handle=handle, store=Store(hang))
     if not off_loop:  # everything on the loop, as before item 4
         inline = StoreThread(inline=True)
         app.store_thread = app.tracker._store_thread = app.outbox._store_thread = inline
@@ -114,26 +82,30 @@ async def measure(off_loop: bool, orders: int, hang_seconds: float, hang_call: f
         await asyncio.sleep(0.01)
     for n in range(orders):
         consumer.handler(Message(n))
-    records = client["trading"]["execution_confirmations"]
-    while records.count_documents({"status": "SUBMITTED"}) < orders:
+    reader = Store(handle.database)  # the same data, never hung
+
+    def count(status: str) -> int:
+        return reader.counts_by_status().get(status, 0)
+
+    while count("SUBMITTED") < orders:
         await asyncio.sleep(0.01)
     lags: list[float] = []
     unhealthy_seen = False
-    hang.on = True
+    hang.down = True
     hang_ends = loop.time() + hang_seconds
     while loop.time() < hang_ends:
         started = loop.time()
         await asyncio.sleep(0.01)
         lags.append(loop.time() - started - 0.01)
         unhealthy_seen = unhealthy_seen or not daemon.healthy()[0]
-    hang.on = False
+    hang.down = False
     released = time.monotonic()
-    while records.count_documents({"status": "FILLED"}) < orders:
+    while count("FILLED") < orders:
         await asyncio.sleep(0.01)
         if time.monotonic() - released > 120:
             break
     filled_after = time.monotonic() - released
-    filled = records.count_documents({"status": "FILLED"})
+    filled = count("FILLED")
     stop.set()
     await running
     app.close()

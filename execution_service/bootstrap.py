@@ -12,21 +12,25 @@ from datetime import datetime
 from pathlib import Path
 
 from brokers.factory import BrokerFactory
+from execution_service.adapters.command_log import CommandLog
 from execution_service.adapters.metrics import Metrics
+from execution_service.adapters.server_settings import ServerSettings
 from execution_service.adapters.store import Store, StoreHandle, open_store
 from execution_service.clock import utc_now
 from execution_service.config import Settings
 from execution_service.domain.accounts import parse_symbols
+from execution_service.domain.intake import IntakeLimits
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.risk import limits_from_row
 from execution_service.errors import FatalConfigError
+from execution_service.service.commands import CommandHandler
 from execution_service.service.journal import Counters, OrderJournal
 from execution_service.service.leases import LeaseKeeper, make_owner
 from execution_service.service.outbox import ConfirmationOutbox
 from execution_service.service.ports import NullNotifier
 from execution_service.service.positions import PositionBook
 from execution_service.service.processor import SignalProcessor
-from execution_service.service.risk import RiskGate, ensure_risk_indexes
+from execution_service.service.risk import RiskGate
 from execution_service.service.store_thread import StoreThread
 from execution_service.service.tracker import OrderTracker, TrackingPolicy
 
@@ -52,23 +56,25 @@ class App:
     notifier: object
     counters: Counters
     clock: Callable[[], datetime]
-    store_thread: StoreThread
+    store_thread: StoreThread | None = None
+    commands: CommandHandler | None = None
 
     def close(self) -> None:
-        self.store_thread.close()
+        if self.store_thread is not None:
+            self.store_thread.close()
         self.handle.close()
 
 
 def open_app_store(settings: Settings) -> tuple[StoreHandle, Store]:
     handle = open_store(settings.MONGODB_URI, settings.MONGODB_DATABASE,
-                        settings.embedded_store_path)
+                        settings.embedded_store_path, ServerSettings.from_settings(settings))
     store = Store(handle.database)
     return handle, store
 
 
 def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHandle | None = None,
               clock: Callable[[], datetime] = utc_now, broker_builders: dict | None = None,
-              store: Store | None = None) -> App:
+              store: Store | None = None, command_log: CommandLog | None = None) -> App:
     """Everything but the transport: tests pass a fake publisher (and a fault-injecting store)
     and get the same wiring."""
     if handle is None:
@@ -76,14 +82,14 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
         store = store or opened
     store = store or Store(handle.database)
     store.ensure_indexes()
-    ensure_risk_indexes(store.db)
-    risk = RiskGate(store.db, clock, collar_pct=settings.PRICE_COLLAR_PCT)
+    risk = RiskGate(store, clock, collar_pct=settings.PRICE_COLLAR_PCT,
+                    working_orders=store.working_orders)
     metrics = Metrics()
     notifier = notifier or NullNotifier()
     counters = Counters()
     # sqlite objects (the embedded store) belong to the thread that made them
     store_thread = StoreThread(inline=settings.embedded_store_path is not None)
-    brokers = BrokerFactory(settings, handle.database, _connection_alerts(notifier),
+    brokers = BrokerFactory(settings, store.mock_ledger, _connection_alerts(notifier),
                             builders=broker_builders, offload=store_thread.run)
     outbox = ConfirmationOutbox(store, publisher, clock=clock,
                                 rescan_seconds=settings.OUTBOX_RESCAN_SECONDS,
@@ -100,10 +106,17 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
                            store_thread)
     leases = LeaseKeeper(store, tracker, owner, settings.LEASE_SECONDS, clock,
                          settings.SUPERVISE_SECONDS, store_thread)
+    limits = IntakeLimits(settings.MAX_MESSAGE_BYTES, settings.MAX_MESSAGE_DEPTH)
     processor = SignalProcessor(store, journal, tracker, brokers, clock, owner, leases.lease_until,
-                                risk)
+                                risk, limits)
+    command_log = command_log or CommandLog(handle.database)
+    command_log.ensure_indexes()
+    commands = CommandHandler(store, command_log, journal, brokers, tracker, outbox, clock,
+                              processor.check_order, attempts=settings.MAX_RETRY_ATTEMPTS,
+                              backoff_base=settings.RETRY_BACKOFF_SECONDS)
+    processor.commands = commands
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
-               metrics, notifier, counters, clock, store_thread)
+               metrics, notifier, counters, clock, store_thread, commands)
 
 
 def _connection_alerts(notifier):

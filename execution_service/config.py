@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from execution_service.domain.intake import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DEPTH
 from execution_service.errors import FatalConfigError
 
 KNOWN_BROKERS = ("MOCK", "IBKR", "ZERODHA")
@@ -27,6 +28,10 @@ class Settings(BaseSettings):
 
     MONGODB_URI: str | None = None
     MONGODB_DATABASE: str = "trading"
+    MONGODB_WRITE_CONCERN: str = "majority"
+    MONGODB_JOURNAL: bool = True
+    MONGODB_WRITE_TIMEOUT_MS: int = Field(default=10_000, ge=1)
+    MONGODB_SERVER_SELECTION_TIMEOUT_MS: int = Field(default=3_000, ge=1)
     DATA_DIR: Path = Path("data")
 
     USE_MOCK_BROKER: bool = True
@@ -68,6 +73,9 @@ class Settings(BaseSettings):
     LEASE_SECONDS: float = Field(default=15.0, gt=0)
     OUTBOX_RESCAN_SECONDS: float = Field(default=5.0, gt=0)
     SUPERVISE_SECONDS: float = Field(default=2.0, gt=0)
+    # Checked before a body is parsed (issue 14); an order is under 2 KB.
+    MAX_MESSAGE_BYTES: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, le=10_000_000)
+    MAX_MESSAGE_DEPTH: int = Field(default=DEFAULT_MAX_DEPTH, ge=2, le=200)
 
     @field_validator("PUBSUB_EMULATOR_HOST", "MONGODB_URI", "ACCOUNTS_FILE", "MOCK_SEED",
                      "TELEGRAM_BOT_TOKEN", "TELEGRAM_CHAT_ID", "KITE_API_KEY",
@@ -83,6 +91,14 @@ class Settings(BaseSettings):
                                                        "mongomock://", "embedded://")):
             raise ValueError("must start with mongodb://, mongodb+srv://, mongomock:// or "
                              "embedded://PATH")
+        return value
+
+    @field_validator("MONGODB_WRITE_CONCERN")
+    @classmethod
+    def _known_write_concern(cls, value: str) -> str:
+        value = value.strip()
+        if value != "majority" and not (value.isdigit() and int(value) >= 1):
+            raise ValueError("must be majority or a number of members >= 1")
         return value
 
     @model_validator(mode="after")

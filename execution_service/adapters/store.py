@@ -10,21 +10,23 @@ has transactions.
 
 from __future__ import annotations
 
-import functools
 import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pymongo
 from pymongo import ReturnDocument
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
+from execution_service.adapters.mock_ledger_store import MockLedgerStore
+from execution_service.adapters.server_settings import ServerSettings, server_client_options
+from execution_service.adapters.store_errors import DuplicateSignal, translating
+from execution_service.adapters.store_operations import OperatorQueries
 from execution_service.domain.records import record_id
-from execution_service.errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -34,15 +36,11 @@ POSITIONS = "positions"
 POSITION_FILLS = "position_fills"
 ACCOUNTS = "accounts"
 SERVICE_STATUS = "service_status"
-MOCK_LEDGER = "mock_broker_orders"
 FILL_KEYS_KEPT = 200
-NON_TERMINAL = [str(status) for status in ("PENDING", "SUBMITTED", "PARTIALLY_FILLED")]
+NON_TERMINAL = [str(status) for status in ("PENDING", "SUBMITTED", "PARTIALLY_FILLED",
+                                            "PENDING_CANCEL")]
 
-T = TypeVar("T")
-
-
-class DuplicateSignal(Exception):
-    """A record for this signal_id already exists."""
+__all__ = ["DuplicateSignal", "Store", "StoreHandle", "open_store", "translating"]
 
 
 @dataclass
@@ -59,8 +57,10 @@ class StoreHandle:
             self.client.close()
 
 
-def open_store(uri: str | None, database: str, embedded_path: Path | None) -> StoreHandle:
-    """Connect to the backend MONGODB_URI names (see module docstring)."""
+def open_store(uri: str | None, database: str, embedded_path: Path | None,
+               server: ServerSettings | None = None) -> StoreHandle:
+    """Connect to the backend MONGODB_URI names (see module docstring); `server` says how to
+    talk to a real MongoDB (write concern, read preference, timeouts)."""
     if embedded_path is not None:
         import litemongo
 
@@ -81,7 +81,7 @@ def open_store(uri: str | None, database: str, embedded_path: Path | None) -> St
         # its in-memory store has no close(): forgetting it is what frees it
         return StoreHandle(client, client[database], "in-memory store (mongomock)",
                            release=lambda: litemongo_client._MEMORY_STORES.pop(name, None))
-    client = pymongo.MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=3000)
+    client = pymongo.MongoClient(uri, **server_client_options(server or ServerSettings()))
     return StoreHandle(client, client[database], f"MongoDB {_redact(uri or '')}")
 
 
@@ -92,23 +92,10 @@ def _redact(uri: str) -> str:
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
-def translating(method: Callable[..., T]) -> Callable[..., T]:
-    """Turn driver failures into StoreUnavailable so callers nack instead of crashing."""
-
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        try:
-            return method(*args, **kwargs)
-        except (DuplicateKeyError, DuplicateSignal, StoreUnavailable):
-            raise
-        except (ConnectionFailure, PyMongoError, OSError) as e:
-            raise StoreUnavailable(f"store unavailable: {type(e).__name__}: {e}") from e
-
-    return wrapper
-
-
-class Store:
-    """Every read and write the service makes. One instance per process."""
+class Store(OperatorQueries):
+    """Every read and write the service makes (the port's one implementation, on every
+    backend). One instance per process. Collections with a purpose of their own live in
+    their own module: OperatorQueries (halts, journey, risk reads) and `mock_ledger`."""
 
     def __init__(self, database) -> None:
         self.db = database
@@ -118,6 +105,8 @@ class Store:
         self.position_fills = database[POSITION_FILLS]
         self.accounts = database[ACCOUNTS]
         self.service_status = database[SERVICE_STATUS]
+        self.mock_ledger = MockLedgerStore(database)
+        self.on_server = isinstance(database, pymongo.database.Database)
 
     @translating
     def ensure_indexes(self) -> None:
@@ -128,6 +117,16 @@ class Store:
         self.signals.create_index("signal_id", unique=True)
         self.positions.create_index([("account_id", 1), ("strategy_name", 1), ("symbol", 1),
                                      ("status", 1)])
+        self._ensure_operator_indexes()
+        if self.on_server:  # a server scans without them; they cost it little
+            self._ensure_server_indexes()
+
+    def _ensure_server_indexes(self) -> None:
+        self.records.create_index([("received_at", -1), ("_id", -1)])
+        self.records.create_index("outbox_pending")
+        self.positions.create_index([("status", 1), ("opened_at", -1)])
+        self.service_status.create_index([("last_heartbeat", -1)])
+        self.mock_ledger.ensure_indexes()
 
     # accounts -------------------------------------------------------------------------------
 
@@ -192,6 +191,13 @@ class Store:
              "owner.id": {"$nin": [owner_id, None]}}, {"signal_id": 1})]
 
     @translating
+    def cancels_asked(self, signal_ids: list[str]) -> list[str]:
+        """Those of these records with a cancel asked for (by any process)."""
+        return [doc["signal_id"] for doc in self.records.find(
+            {"_id": {"$in": [record_id(s) for s in signal_ids]},
+             "cancel_requested_reason": {"$ne": None}}, {"signal_id": 1})]
+
+    @translating
     def take_over(self, doc: dict, owner: dict, until: datetime, at: datetime) -> dict | None:
         """Become the record's owner; bumps `version` so the old owner's writes fail."""
         event = {"status": doc["status"], "event": "TAKEN_OVER", "at": at, "owner": owner["id"],
@@ -224,6 +230,15 @@ class Store:
     def open_signal_ids_owned_by(self, owner_id: str) -> list[str]:
         return [doc["signal_id"] for doc in self.records.find(
             {"status": {"$in": NON_TERMINAL}, "owner.id": owner_id}, {"signal_id": 1})]
+
+    @translating
+    def working_orders(self, account_id: str, symbol: str) -> list[dict]:
+        """The account's orders in this symbol not yet done (every replica's, every strategy's):
+        what a position limit must count besides the position."""
+        return list(self.records.find(
+            {"status": {"$in": NON_TERMINAL}, "account_id": account_id, "symbol": symbol},
+            {"side": 1, "quantity": 1, "filled_quantity": 1, "limit_price": 1, "stop_price": 1,
+             "reference_price": 1, "signal_id": 1}))
 
     @translating
     def recent_records(self, limit: int) -> list[dict]:

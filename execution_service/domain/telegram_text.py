@@ -9,6 +9,7 @@ from execution_service.domain.notices import (
     OrderNotice,
     ServiceAlert,
 )
+from execution_service.domain.text import single_line
 
 MAX_MESSAGE_LENGTH = 4096  # Telegram's limit, in UTF-16 code units
 TRUNCATION_MARK = "\n… (truncated)"
@@ -25,6 +26,7 @@ _CANCEL_CAUSES = {
     CancelCause.TIMEOUT: "Timeout",
     CancelCause.BROKER: "Cancelled by broker",
     CancelCause.OPERATOR: "Cancelled by operator",
+    CancelCause.UPSTREAM: "Cancelled by the strategy",
 }
 
 
@@ -130,6 +132,34 @@ def _cancelled(notice: OrderNotice) -> str:
     )
 
 
+def _modified(notice: OrderNotice) -> str:
+    changes = ", ".join(f"{name} {_value(old)} → {_value(new)}"
+                        for name, old, new in notice.changes)
+    return _lines(
+        "✏️ Order Modified",
+        ("Signal", notice.signal_id),
+        ("Strategy", notice.strategy_name),
+        ("Order", _order(notice)),
+        ("Changed", changes),
+        ("Request", notice.request_id),
+    )
+
+
+def _refused(notice: OrderNotice) -> str:
+    title = "Cancel" if notice.command == "CANCEL" else "Modify"
+    return _lines(
+        f"⛔ {title} Refused",
+        ("Signal", notice.signal_id),
+        ("Order", _order(notice)),
+        ("Reason", notice.reason),
+        ("Request", notice.request_id),
+    )
+
+
+def _value(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
 def _late_fill(notice: OrderNotice) -> str:
     late = None
     if notice.last_fill_quantity is not None:
@@ -148,7 +178,8 @@ def _late_fill(notice: OrderNotice) -> str:
 
 def _alert(alert: ServiceAlert) -> str:
     title = _ALERT_TITLES.get(alert.kind, f"⚠️ {alert.kind}")
-    text = alert.text.strip()
+    # alert lines are the service's own; what each line quotes from a message is cleaned
+    text = "\n".join(single_line(line) for line in alert.text.strip().split("\n"))
     return f"{title}\n\n{text}" if text else title
 
 
@@ -158,11 +189,15 @@ _NOTICE_COMPOSERS = {
     NoticeKind.REJECTED: _rejected,
     NoticeKind.CANCELLED: _cancelled,
     NoticeKind.LATE_FILL: _late_fill,
+    NoticeKind.MODIFIED: _modified,
+    NoticeKind.COMMAND_REFUSED: _refused,
 }
 
 
 def _lines(title: str, *fields: tuple[str, str | None]) -> str:
-    body = [f"{name}: {value}" for name, value in fields if value not in (None, "")]
+    # every value may quote a message: one line each, whatever it contains
+    body = [f"{name}: {single_line(str(value))}" for name, value in fields
+            if value not in (None, "")]
     return "\n".join([title, "", *body])
 
 

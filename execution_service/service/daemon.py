@@ -13,6 +13,7 @@ from datetime import datetime
 
 from execution_service import __version__
 from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.intake import dead_letter_message
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.errors import ExecutionError, StoreUnavailable
 from execution_service.service.processor import Action
@@ -67,6 +68,9 @@ class ExecutionDaemon:
             try:
                 loaded = await self.app.outbox.rescan()
                 resumed = await self.app.leases.sweep()
+                commands = self.app.commands.resume_unfinished()
+                if commands:
+                    logger.info("Recovery: %d cancel/modify requests to finish", commands)
                 self.supervisor.start("outbox", self.app.outbox.run)
                 return loaded, resumed
             except StoreUnavailable as e:
@@ -130,10 +134,10 @@ class ExecutionDaemon:
             message.nack()
 
     async def _dead_letter(self, message, reason: str) -> None:
-        attributes = {**dict(message.attributes), "dead_letter_reason": reason[:1000],
-                      "original_message_id": message.message_id}
+        body, attributes = dead_letter_message(message.data, dict(message.attributes), reason,
+                                               message.message_id)
         try:
-            await self._dead_letters.publish(message.data, attributes)
+            await self._dead_letters.publish(body, attributes)
             message.ack()
         except Exception as e:
             logger.warning("Dead-letter publish failed (%s); message nacked", e)
@@ -214,6 +218,7 @@ class ExecutionDaemon:
         await self._consumer.stop(timeout=3.0)
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=2.0)
+        await app.commands.stop()
         await app.tracker.stop()
         await app.outbox.drain(timeout=2.0)
         await self.supervisor.stop()

@@ -69,6 +69,8 @@ class LeaseKeeper:
         for signal_id in await self._store_thread.run(self._renew, tracked):
             logger.info("Stopped tracking %s: another process took it over", signal_id)
             self._tracker.forget(signal_id)
+        for signal_id in self._store.cancels_asked(tracked):  # maybe by another replica
+            self._tracker.nudge(signal_id)
 
     def _renew(self, tracked: list[str]) -> list[str]:
         self._store.renew_leases(tracked, self._owner["id"], self.lease_until())

@@ -18,9 +18,9 @@ sequence, which consumers tolerate.
 from __future__ import annotations
 
 import asyncio
-import logging
 import contextlib
 import itertools
+import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from datetime import datetime

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import mongomock
 import pytest
 from google.cloud import pubsub_v1
 
@@ -15,12 +14,12 @@ from execution_service.adapters.pubsub import (
     TopicPublisher,
     make_publisher,
 )
-from execution_service.adapters.store import StoreHandle
 from execution_service.bootstrap import build_app
 from execution_service.config import load_settings
 from execution_service.service.daemon import ExecutionDaemon
 from tests.fakes.pubsub_tools import PubSubRig
 from tests.fakes.service_fakes import FlakyStore
+from tests.fakes.stores import memory_store
 
 pytestmark = pytest.mark.asyncio
 
@@ -34,8 +33,7 @@ async def test_given_store_down_then_nacked_and_processed_once_it_is_back(emulat
         "ORDER_POLL_SECONDS": "0.05"})
     names = PubSubNames(settings)
     publisher, subscriber = make_publisher(), pubsub_v1.SubscriberClient()
-    client = mongomock.MongoClient(tz_aware=True)
-    handle = StoreHandle(client, client["trading"], "mongomock")
+    handle, reader = memory_store()
     store = FlakyStore(handle.database)
     app = build_app(settings, TopicPublisher(publisher, names.confirmations_topic),
                     handle=handle, store=store)
@@ -55,13 +53,13 @@ async def test_given_store_down_then_nacked_and_processed_once_it_is_back(emulat
                 "side": "BUY", "quantity": 1, "account_id": "acc_1",
                 "strategy_name": "Outage", "reference_price": 10.0})
         await asyncio.wait_for(_until(lambda: app.counters.nacked >= len(ids)), 30)
-        assert handle.database["execution_confirmations"].count_documents({}) == 0
+        assert reader.recent_records(0) == []
         store.down = False
         await asyncio.to_thread(rig.wait_for, lambda: all(rig.terminal(i) for i in ids), 30,
                                 "all filled after the outage")
         for signal_id in ids:
             assert rig.statuses(signal_id) == ["SUBMITTED", "FILLED"]
-        assert app.store.db["mock_broker_orders"].count_documents({}) == len(ids)
+        assert app.store.mock_ledger.count() == len(ids)
     finally:
         stop.set()
         await asyncio.wait_for(running, 15)
@@ -82,8 +80,9 @@ async def test_given_the_store_gone_under_a_running_daemon_then_every_working_or
     again; then, with no restart, /healthz said what was wrong, every order is FILLED once,
     every confirmation is published with no gap, positions equal the fills and reconcile is
     clean."""
+    from execution_service.adapters.store import Store
     from execution_service.service.reconcile import reconcile
-    from tests.fakes.faults import FlakyDatabase, OutageSwitch
+    from tests.fakes.stores import SwitchableDatabase
 
     rig = PubSubRig(project_id)
     settings = load_settings(environ={
@@ -93,11 +92,11 @@ async def test_given_the_store_gone_under_a_running_daemon_then_every_working_or
         "SUPERVISE_SECONDS": "0.2", "OUTBOX_RESCAN_SECONDS": "0.5"})
     names = PubSubNames(settings)
     publisher, subscriber = make_publisher(), pubsub_v1.SubscriberClient()
-    client = mongomock.MongoClient(tz_aware=True)
-    switch = OutageSwitch()
-    handle = StoreHandle(client, FlakyDatabase(client["trading"], switch), "flaky mongomock")
+    handle, _ = memory_store()
+    switch = SwitchableDatabase(handle.database)
+    switch.down = False
     app = build_app(settings, TopicPublisher(publisher, names.confirmations_topic),
-                    handle=handle)
+                    handle=handle, store=Store(switch))
     app.store.upsert_account("acc_1", {"broker": "MOCK", "enabled": True}, app.clock())
     daemon = ExecutionDaemon(app, OrderConsumer(subscriber, names.orders_subscription, 50),
                              TopicPublisher(publisher, names.dead_letter_topic), app.clock, 0.2)
@@ -111,9 +110,9 @@ async def test_given_the_store_gone_under_a_running_daemon_then_every_working_or
                 "signal_id": signal_id, "order_type": "MARKET", "symbol": f"SYM{n % 3}",
                 "side": "BUY" if n % 4 else "SELL", "quantity": 1 + n % 5,
                 "account_id": "acc_1", "strategy_name": "Gone", "reference_price": 10.0})
-        records = app.store.records
-        await asyncio.wait_for(_until(lambda: records.count_documents(
-            {"status": {"$in": ["SUBMITTED", "FILLED"]}}) == len(ids)), 30)
+        counts = app.store.counts_by_status
+        await asyncio.wait_for(_until(lambda: counts().get("SUBMITTED", 0) + counts().get(
+            "FILLED", 0) == len(ids)), 30)
         switch.down = True
         await asyncio.wait_for(_until(lambda: not daemon.healthy()[0]), 10)
         assert "store" in daemon.healthy()[1]
@@ -121,14 +120,14 @@ async def test_given_the_store_gone_under_a_running_daemon_then_every_working_or
         switch.down = False
         await asyncio.to_thread(rig.wait_for, lambda: all(rig.terminal(i) for i in ids), 60,
                                 "all filled after the outage")
-        await asyncio.wait_for(_until(lambda: not app.outbox.backlog and records.count_documents(
-            {"outbox_pending": True}) == 0), 30)
+        await asyncio.wait_for(_until(lambda: not app.outbox.backlog and
+                                      not app.store.records_with_unpublished()), 30)
         await asyncio.wait_for(_until(lambda: daemon.healthy()[0]), 10)
         for signal_id in ids:
             assert rig.statuses(signal_id) == ["SUBMITTED", "FILLED"], signal_id
             record = app.store.get_record(signal_id)
             assert record["status"] == "FILLED" and record["published_sequence"] == 2
-        assert app.store.db["mock_broker_orders"].count_documents({}) == len(ids)
+        assert app.store.mock_ledger.count() == len(ids)
         report = await reconcile(app.store, app.brokers)
         assert report["mismatches"] == [] and report["records"] == len(ids)
         assert len(app.store.list_positions("OPEN")) == 3

@@ -13,7 +13,7 @@ import pytest
 from execution_service.service.processor import Action
 from execution_service.service.reconcile import reconcile
 from tests.fakes.faults import FaultAtCall
-from tests.fakes.service_fakes import make_app, order_body
+from tests.fakes.service_fakes import make_app, order_body, until
 
 pytestmark = pytest.mark.asyncio
 
@@ -35,8 +35,9 @@ async def _run_stream(fail_at: int | None) -> tuple[object, object, FaultAtCall]
         for fields in STREAM:
             while app.processor.handle(order_body(**fields)).action is Action.NACK:
                 await asyncio.sleep(0.01)  # Pub/Sub redelivers a nacked message
-            await _until(lambda: _terminal(app, fields["signal_id"]), f"{fields} terminal")
-        await _until(lambda: _all_done(app), "every order terminal and published")
+            signal_id = fields["signal_id"]
+            await until(lambda s=signal_id: _terminal(app, s), f"{signal_id} terminal")
+        await until(lambda: _all_done(app), "every order terminal and published")
     finally:
         stop.set()
         await leases
@@ -54,14 +55,6 @@ def _all_done(app) -> bool:
     records = list(app.store.records.find())
     return len(records) == len(STREAM) and not app.outbox.backlog and all(
         r["status"] in ("FILLED", "REJECTED") and not r["outbox_pending"] for r in records)
-
-
-async def _until(condition, what: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for: {what}"
-        await asyncio.sleep(0.01)
 
 
 def _clean_run_calls() -> int:

@@ -11,21 +11,13 @@ import pytest
 
 from execution_service.service.daemon import ExecutionDaemon
 from execution_service.service.supervisor import TaskSupervisor
-from tests.fakes.service_fakes import FlakyStore, make_app
+from tests.fakes.service_fakes import FlakyStore, make_app, until
 
 pytestmark = pytest.mark.asyncio
 
 
 class _Consumer:
     running = True
-
-
-async def _until(condition, what: str, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for: {what}"
-        await asyncio.sleep(0.005)
 
 
 async def test_given_a_task_that_raises_then_it_is_logged_and_restarted(caplog):
@@ -40,7 +32,7 @@ async def test_given_a_task_that_raises_then_it_is_logged_and_restarted(caplog):
 
     with caplog.at_level(logging.ERROR):
         supervisor.start("heartbeat", flaky)
-        await _until(lambda: len(runs) == 2, "a restart")
+        await until(lambda: len(runs) == 2, "a restart")
     assert supervisor.problems() == [] and supervisor.restarts == {"heartbeat": 1}
     failure = next(r for r in caplog.records if "heartbeat failed" in r.getMessage())
     assert failure.exc_info is not None and "boom" in str(failure.exc_info[1])
@@ -59,7 +51,7 @@ async def test_given_a_supervised_daemon_task_down_then_healthz_names_it():
         raise ValueError("halts table unreadable")
 
     daemon.supervisor.start("halts", broken)
-    await _until(lambda: not daemon.healthy()[0], "healthz turns unhealthy")
+    await until(lambda: not daemon.healthy()[0], "healthz turns unhealthy")
     assert daemon.healthy() == (False, "task halts down: ValueError: halts table unreadable")
     daemon.write_heartbeat()
     status = app.store.read_statuses()[0]
