@@ -194,7 +194,7 @@ class ZerodhaBroker(Broker):
         fields = modify_params(request)
         await self._limiter.acquire()
         logger.info("Modifying Kite order %s: %s", order_id, fields)
-        await self._call(MODIFY, f"order {order_id}", self._kite.modify_order, VARIETY,
+        await self._call(MODIFY, f"order {order_id}", "modify_order", VARIETY,
                          order_id, **fields)
 
     async def list_orders(self) -> list[BrokerOrder]:

@@ -106,6 +106,7 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
                            store_thread)
     leases = LeaseKeeper(store, tracker, owner, settings.LEASE_SECONDS, clock,
                          settings.SUPERVISE_SECONDS, store_thread)
+    outbox.takes_up = leases.publishes
     limits = IntakeLimits(settings.MAX_MESSAGE_BYTES, settings.MAX_MESSAGE_DEPTH)
     processor = SignalProcessor(store, journal, tracker, brokers, clock, owner, leases.lease_until,
                                 risk, limits)

@@ -66,7 +66,7 @@ class ExecutionDaemon:
         attempt = 0
         while True:
             try:
-                loaded = await self.app.outbox.rescan()
+                loaded = await self.app.outbox.rescan(everything=True)
                 resumed = await self.app.leases.sweep()
                 commands = self.app.commands.resume_unfinished()
                 if commands:

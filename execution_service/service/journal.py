@@ -152,6 +152,8 @@ class OrderJournal:
         self._outbox.enqueue(confirmations, doc)
         for event in events:
             self._tell(doc, event)
+            if event.detail.get("overfill"):
+                self._notifier.notify(overfill_alert(doc, event.detail))
 
     def _tell(self, doc: dict, event: Event) -> None:
         signal_id = doc["signal_id"]
@@ -183,8 +185,6 @@ class OrderJournal:
             logger.info("%s (request %s): %s [%s]", event.event.replace("_", " ").capitalize(),
                         detail.get("request_id"), detail.get("reason") or detail.get("new"),
                         signal_id)
-        if detail.get("overfill"):
-            self._notifier.notify(overfill_alert(doc, detail))
         if kind is not None:
             self._notifier.notify(order_notice(doc, event, kind))
         if self._metrics is not None and event.event in ("FILL", "COMPLETED", "REJECTED",

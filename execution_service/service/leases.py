@@ -15,6 +15,7 @@ from execution_service.errors import ExecutionError
 from execution_service.service.store_thread import StoreThread
 
 logger = logging.getLogger(__name__)
+ORPHAN_SECONDS = 30.0
 
 
 def make_owner(started_at: datetime) -> dict:
@@ -58,6 +59,18 @@ class LeaseKeeper:
         self._lease = timedelta(seconds=lease_seconds)
         self._clock = clock
         self._supervise_seconds = supervise_seconds
+
+    def publishes(self, doc: dict) -> bool:
+        """Whether this process takes up what a record left unpublished: its own, one whose
+        owner is gone, or one no process owns (a rejection) once ORPHAN_SECONDS old."""
+        owner = doc.get("owner") or {}
+        if owner.get("id") == self._owner["id"]:
+            return True
+        now = self._clock()
+        if not owner:
+            received = as_utc(doc.get("received_at"))
+            return received is None or (now - received).total_seconds() > ORPHAN_SECONDS
+        return claimable(doc, self._owner, now)
 
     def lease_until(self) -> datetime:
         return self._clock() + self._lease

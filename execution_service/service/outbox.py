@@ -46,6 +46,7 @@ class ConfirmationOutbox:
         self._store = store
         self._store_thread = store_thread or StoreThread(inline=True)
         self._writing = 0  # side-writes and marks handed to the store thread, not yet done
+        self._marking: dict[str, int] = {}  # the marks being written now
         self._send = sender(publisher)
         self._clock = clock
         # signal_id -> {sequence: state}, in sequence order: everything not yet marked
@@ -55,6 +56,8 @@ class ConfirmationOutbox:
         self._signal_writes: dict[str, tuple[int, dict]] = {}
         self._marked: OrderedDict[str, int] = OrderedDict()
         self._rescan_seconds = rescan_seconds
+        # which records a periodic rescan takes up (replicas: its own and orphaned ones)
+        self.takes_up: Callable[[dict], bool] = lambda _doc: True
         self._store_failures = 0
         self._retry: deque[dict] = deque()
         self._unsent: list[dict] = []
@@ -74,14 +77,19 @@ class ConfirmationOutbox:
         return self._unmarked + len(self._to_mark) + len(self._signal_writes) + self._writing
 
     def enqueue(self, confirmations: Iterable[dict], record: dict | None = None) -> None:
-        """Publish these confirmations (of `record`, whose signal_store row follows them)."""
+        """Publish these confirmations; with their `record`, every confirmation it holds
+        unpublished too (one whose write was applied but never acknowledged is in the record
+        only: without it a later mark would leave a gap), and its signal_store row."""
         if record is not None and record.get("confirmation_sequence"):
             self._note_signal_write(record)
+            published = self._published(record)
+            confirmations = [*(c for c in record.get("confirmations") or ()
+                               if c["sequence"] > published), *confirmations]
         fresh = []
         for payload in confirmations:
             signal_id, sequence = payload["signal_id"], payload["sequence"]
-            if sequence <= self._marked.get(signal_id, 0):
-                continue
+            if sequence and sequence <= self._marked.get(signal_id, 0):
+                continue  # marked published already (0: an answer with no record)
             states = self._outstanding.setdefault(signal_id, {})
             if sequence in states:
                 continue
@@ -111,6 +119,12 @@ class ConfirmationOutbox:
         if batch:
             self._publish(batch)
 
+    def _published(self, record: dict) -> int:
+        """How far this record's confirmations are published (or being marked so)."""
+        signal_id = record["signal_id"]
+        return max(record.get("published_sequence") or 0, self._marked.get(signal_id, 0),
+                   self._to_mark.get(signal_id, 0), self._marking.get(signal_id, 0))
+
     def _note_signal_write(self, record: dict) -> None:
         sequence = record["confirmation_sequence"]
         queued = self._signal_writes.get(record["signal_id"])
@@ -122,19 +136,20 @@ class ConfirmationOutbox:
         hand here; returns how many confirmations that queued."""
         return self._take_up(self._store.records_with_unpublished())
 
-    async def rescan(self) -> int:
-        """`load_unpublished`, its store read on the store thread."""
-        return self._take_up(await self._store_thread.run(self._store.records_with_unpublished))
+    async def rescan(self, everything: bool = False) -> int:
+        """`load_unpublished`, its store read on the store thread: at start `everything`,
+        afterwards only the records `takes_up` (another live replica publishes its own)."""
+        docs = await self._store_thread.run(self._store.records_with_unpublished)
+        return self._take_up(docs if everything else [d for d in docs if self.takes_up(d)])
 
     def _take_up(self, docs: list[dict]) -> int:
         loaded = 0
         for doc in docs:
             signal_id = doc["signal_id"]
-            published = max(doc.get("published_sequence", 0), self._marked.get(signal_id, 0),
-                             self._to_mark.get(signal_id, 0))
+            published = self._published(doc)
             unpublished = [c for c in doc.get("confirmations", []) if c["sequence"] > published]
             loaded += len(unpublished)
-            self.enqueue(unpublished, doc)
+            self.enqueue([], doc)
             if not unpublished and signal_id not in self._outstanding:
                 # published, and the mark (or signal_store) not written
                 self._to_mark[signal_id] = max(published, self._to_mark.get(signal_id, 0))
@@ -265,10 +280,12 @@ class ConfirmationOutbox:
             for signal_id in marks:
                 del self._to_mark[signal_id]
             self._writing += len(writes) + len(marks)
+            self._marking = marks
             try:
                 written, marked, error = await self._store_thread.run(self._write, writes, marks)
             finally:
                 self._writing -= len(writes) + len(marks)
+                self._marking = {}
             for signal_id, sequence in written.items():
                 if self._signal_writes.get(signal_id, (None,))[0] == sequence:
                     del self._signal_writes[signal_id]

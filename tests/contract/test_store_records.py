@@ -160,3 +160,14 @@ def test_given_orders_of_every_status_then_working_orders_are_the_open_ones_of_a
     assert [doc["_id"] for doc in working] == ["exec_sig_w1", "exec_sig_w2"]
     assert (working[0]["side"], working[0]["quantity"], working[0]["filled_quantity"],
             working[0]["limit_price"]) == ("BUY", 100, 40.0, 230.0)
+
+
+def test_given_open_and_done_records_of_two_owners_then_owned_open_ids_and_cancels_asked(store):
+    store.insert_record(claim("sig_open"))
+    store.insert_record(claim("sig_done", status="FILLED"))
+    store.insert_record(claim("sig_theirs", owner=OWNER_B))
+    store.insert_record(claim("sig_cancel", status="PENDING_CANCEL",
+                              cancel_requested_reason="operator"))
+    assert sorted(store.open_signal_ids_owned_by(OWNER_A["id"])) == ["sig_cancel", "sig_open"]
+    assert store.open_signal_ids_owned_by("nobody") == []
+    assert store.cancels_asked(["sig_open", "sig_cancel", "sig_missing"]) == ["sig_cancel"]

@@ -90,3 +90,41 @@ async def test_given_the_nth_store_call_fails_then_everything_completes_without_
     app, publisher, store = await _run_stream(fail_at)
     assert store.failed is not None or store.calls < fail_at
     await _check(app, publisher, store)
+
+
+class _LostAcknowledgement(FaultAtCall):
+    """While `lose_next` is set, the next record write reaches the store and its answer is
+    lost (the connection died): the caller sees the store fail."""
+
+    lose_next = False
+
+    def __getattribute__(self, name):
+        attribute = object.__getattribute__(self, name)
+        if name != "update_record":
+            return super().__getattribute__(name)
+
+        def applied_then_lost(*args, **kwargs):
+            result = attribute(*args, **kwargs)
+            if self.lose_next and result is not None:
+                self.lose_next = False
+                from execution_service.errors import StoreUnavailable
+                raise StoreUnavailable("store unavailable: AutoReconnect (answer lost)")
+            return result
+
+        return applied_then_lost
+
+
+async def test_given_a_record_write_applied_but_unacknowledged_then_no_gap_is_marked():
+    """Given the SUBMITTED write applied by the store with its answer lost; when the tracker
+    retries (the record already shows SUBMITTED: no new confirmation comes of it) and two
+    partial fills follow; then SUBMITTED is published before the mark passes it (no rescan
+    within the test: the record the fills come with carries it)."""
+    app, publisher = make_app(store_class=_LostAcknowledgement, env={
+        "OUTBOX_RESCAN_SECONDS": "600", "MOCK_FILL_DELAY_SECONDS": "0.05",
+        "MOCK_FILL_CHUNKS": "2"})
+    app.store.lose_next = True
+    app.processor.handle(order_body(signal_id="sig_lost", quantity=4))
+    await until(lambda: _terminal(app, "sig_lost") and not app.outbox.backlog, "filled")
+    assert publisher.statuses("sig_lost") == ["SUBMITTED", "PARTIALLY_FILLED", "FILLED"]
+    assert app.store.get_record("sig_lost")["published_sequence"] == 3
+    await app.outbox.stop()
