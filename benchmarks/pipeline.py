@@ -6,10 +6,12 @@ One run starts Google's Pub/Sub emulator on a free port and measures:
              (publish -> streaming pull -> ack), msgs/s
   pipeline   N signals through a real daemon process (`python -m execution_service run`)
              until N FILLED confirmations arrive on a subscription of
-             `execution-confirmations`, signals/s; once on mongomock://, once on the
-             embedded store
+             `execution-confirmations`, signals/s; on mongomock:// and on the embedded
+             store, each with the spread workload (ten symbols, buys) and the hot one
+             (one symbol, sides in turn: one position opens, flips, closes)
   latency    publish -> FILLED confirmation received, p50/p95/p99, at a steady rate
-             (default 100 signals/s for 10 s) on mongomock://
+             (default 100 signals/s for 10 s) on mongomock://, at the daemon's default
+             stream count, against the two-hop floor through a do-nothing relay
   memory     (--full only) the daemon's RSS after a warm-up and after 10,000 and 50,000
              signals
 
