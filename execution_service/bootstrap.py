@@ -23,6 +23,7 @@ from execution_service.domain.intake import IntakeLimits
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.risk import limits_from_row
 from execution_service.errors import FatalConfigError
+from execution_service.service.brackets import BracketManager
 from execution_service.service.commands import CommandHandler
 from execution_service.service.journal import Counters, OrderJournal
 from execution_service.service.leases import LeaseKeeper, make_owner
@@ -58,6 +59,7 @@ class App:
     clock: Callable[[], datetime]
     store_thread: StoreThread | None = None
     commands: CommandHandler | None = None
+    brackets: BracketManager | None = None
 
     def close(self) -> None:
         if self.store_thread is not None:
@@ -116,8 +118,11 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
                               processor.check_order, attempts=settings.MAX_RETRY_ATTEMPTS,
                               backoff_base=settings.RETRY_BACKOFF_SECONDS)
     processor.commands = commands
+    brackets = BracketManager(store, journal, tracker, brokers, clock, owner, leases.lease_until,
+                              backoff_base=settings.RETRY_BACKOFF_SECONDS)
+    journal.brackets = brackets
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
-               metrics, notifier, counters, clock, store_thread, commands)
+               metrics, notifier, counters, clock, store_thread, commands, brackets)
 
 
 def _connection_alerts(notifier):

@@ -69,6 +69,9 @@ class ExecutionDaemon:
                 loaded = await self.app.outbox.rescan(everything=True)
                 resumed = await self.app.leases.sweep()
                 commands = self.app.commands.resume_unfinished()
+                brackets = self.app.brackets.resume()
+                if brackets:
+                    logger.info("Recovery: %d brackets with protective exits to re-plan", brackets)
                 if commands:
                     logger.info("Recovery: %d cancel/modify requests to finish", commands)
                 self.supervisor.start("outbox", self.app.outbox.run)
@@ -219,6 +222,7 @@ class ExecutionDaemon:
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=2.0)
         await app.commands.stop()
+        await app.brackets.stop()
         await app.tracker.stop()
         await app.outbox.drain(timeout=2.0)
         await self.supervisor.stop()

@@ -22,6 +22,7 @@ from execution_service.domain.notices import (
 from execution_service.domain.orders import Change, Event, OrderState, OrderStatus, RecordedFill
 from execution_service.domain.records import (
     FILL_EVENTS,
+    ORDER_VALUE_EVENTS,
     as_utc,
     confirmation,
     is_confirmed,
@@ -72,6 +73,7 @@ class OrderJournal:
         self._clock = clock
         self._owner_id = owner_id
         self._metrics = metrics
+        self.brackets = None  # BracketManager (§12), set by bootstrap
 
     def apply(self, doc: dict, step: Callable[[OrderState], Change],
               extra_fields: dict | None = None) -> dict:
@@ -136,7 +138,7 @@ class OrderJournal:
                 sequence += 1
                 confirmations.append(confirmation({**doc, **state}, event, sequence))
         fields = {**state, **extra}
-        if any(event.event == "MODIFIED" for event in change.events):
+        if any(event.event in ORDER_VALUE_EVENTS for event in change.events):
             fields.update(modified_fields(change.state))
         if confirmations:
             fields.update(confirmation_sequence=sequence, outbox_pending=True)
@@ -154,6 +156,8 @@ class OrderJournal:
             self._tell(doc, event)
             if event.detail.get("overfill"):
                 self._notifier.notify(overfill_alert(doc, event.detail))
+        if events and self.brackets is not None:
+            self.brackets.after_change(doc, events)
 
     def _tell(self, doc: dict, event: Event) -> None:
         signal_id = doc["signal_id"]
@@ -233,7 +237,7 @@ def order_notice(doc: dict, event: Event, kind: NoticeKind) -> OrderNotice:
         commission=detail.get("commission", doc.get("commission")), seconds_to_fill=seconds,
         reason=reason, cancel_cause=_cancel_cause(doc) if kind is NoticeKind.CANCELLED else None,
         last_fill_quantity=detail.get("quantity"), last_fill_price=detail.get("price"),
-        order_id=doc.get("order_id"), request_id=detail.get("request_id"),
+        order_id=doc.get("order_id"), request_id=detail.get("request_id"), role=doc.get("role"),
         command="CANCEL" if event.event == "CANCEL_REJECTED" else "MODIFY",
         changes=tuple((name, (detail.get("old") or {}).get(name), new)
                       for name, new in (detail.get("new") or {}).items()),

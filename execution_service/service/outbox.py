@@ -18,7 +18,6 @@ sequence, which consumers tolerate.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections import OrderedDict, deque
@@ -234,9 +233,7 @@ class ConfirmationOutbox:
         while True:
             if not self._to_mark and not self._retry and not self._signal_writes:
                 self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(),
-                                           max(0.0, next_rescan - loop.time()))
+                await _wait(self._wakeup, max(0.0, next_rescan - loop.time()))
             if loop.time() >= next_rescan:
                 next_rescan = loop.time() + self._rescan_seconds
                 await self._rescan()
@@ -321,6 +318,16 @@ class ConfirmationOutbox:
         self._marked.move_to_end(signal_id)
         if len(self._marked) > MARKS_REMEMBERED:
             self._marked.popitem(last=False)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Until `event` is set or `timeout` passes. (Not wait_for: on Python 3.11 it can swallow
+    a cancellation that lands as the event is set, and the task would never end.)"""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait([waiter], timeout=timeout)
+    finally:
+        waiter.cancel()
 
 
 def sender(publisher) -> Callable[[list[tuple[bytes, dict[str, str]]], Callable], None]:

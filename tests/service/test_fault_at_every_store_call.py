@@ -13,7 +13,7 @@ import pytest
 from execution_service.service.processor import Action
 from execution_service.service.reconcile import reconcile
 from tests.fakes.faults import FaultAtCall
-from tests.fakes.service_fakes import make_app, order_body, until
+from tests.fakes.service_fakes import make_app, order_body, wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -36,8 +36,8 @@ async def _run_stream(fail_at: int | None) -> tuple[object, object, FaultAtCall]
             while app.processor.handle(order_body(**fields)).action is Action.NACK:
                 await asyncio.sleep(0.01)  # Pub/Sub redelivers a nacked message
             signal_id = fields["signal_id"]
-            await until(lambda s=signal_id: _terminal(app, s), f"{signal_id} terminal")
-        await until(lambda: _all_done(app), "every order terminal and published")
+            await wait_until(lambda s=signal_id: _terminal(app, s), what=f"{signal_id} terminal")
+        await wait_until(lambda: _all_done(app), what="every order terminal and published")
     finally:
         stop.set()
         await leases
@@ -124,7 +124,8 @@ async def test_given_a_record_write_applied_but_unacknowledged_then_no_gap_is_ma
         "MOCK_FILL_CHUNKS": "2"})
     app.store.lose_next = True
     app.processor.handle(order_body(signal_id="sig_lost", quantity=4))
-    await until(lambda: _terminal(app, "sig_lost") and not app.outbox.backlog, "filled")
+    await wait_until(lambda: _terminal(app, "sig_lost") and not app.outbox.backlog,
+                     what="filled")
     assert publisher.statuses("sig_lost") == ["SUBMITTED", "PARTIALLY_FILLED", "FILLED"]
     assert app.store.get_record("sig_lost")["published_sequence"] == 3
     await app.outbox.stop()

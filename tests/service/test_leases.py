@@ -11,7 +11,7 @@ from execution_service.clock import utc_now
 from execution_service.domain.records import new_claim
 from execution_service.domain.signals import parse_signal
 from execution_service.service.leases import claimable
-from tests.fakes.service_fakes import make_app, order_body, settle, until
+from tests.fakes.service_fakes import make_app, order_body, settle, wait_until
 
 ME = {"id": "hostA:10:1", "host": "hostA", "pid": 10}
 
@@ -99,7 +99,7 @@ async def test_given_a_replicas_unpublished_confirmations_then_left_to_it_while_
     first, refusing = make_app()
     refusing.failing = True
     first.processor.handle(order_body())
-    await until(lambda: not first.tracker.in_flight, "tracking done")
+    await wait_until(lambda: not first.tracker.in_flight, what="tracking done")
     second, publisher = make_app(handle=first.handle)
     assert await second.outbox.rescan() == 0 and publisher.messages == []
     record = first.store.get_record("sig_1")

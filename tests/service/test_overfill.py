@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from brokers.base import BrokerStatus
-from tests.fakes.service_fakes import ScriptedBroker, make_app, order_body, settle, until
+from tests.fakes.service_fakes import ScriptedBroker, make_app, order_body, settle, wait_until
 
 pytestmark = pytest.mark.asyncio
 KEY = {"account_id": "acc_1", "strategy_name": "Strat", "symbol": "SPY"}
@@ -19,7 +19,7 @@ async def _filled_at_the_venue(quantity: float):
     broker = ScriptedBroker()
     app, publisher = make_app(broker=broker)
     app.processor.handle(order_body(quantity=10))
-    await until(lambda: broker.orders, "the order placed")
+    await wait_until(lambda: broker.orders, what="the order placed")
     [order_id] = broker.orders
     broker.fill(order_id, "X1", quantity, 10.0, datetime.now(UTC))
     broker.set_status(order_id, BrokerStatus.FILLED)

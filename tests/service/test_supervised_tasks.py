@@ -11,7 +11,7 @@ import pytest
 
 from execution_service.service.daemon import ExecutionDaemon
 from execution_service.service.supervisor import TaskSupervisor
-from tests.fakes.service_fakes import FlakyStore, make_app, until
+from tests.fakes.service_fakes import FlakyStore, make_app, wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -32,7 +32,7 @@ async def test_given_a_task_that_raises_then_it_is_logged_and_restarted(caplog):
 
     with caplog.at_level(logging.ERROR):
         supervisor.start("heartbeat", flaky)
-        await until(lambda: len(runs) == 2, "a restart")
+        await wait_until(lambda: len(runs) == 2, what="a restart")
     assert supervisor.problems() == [] and supervisor.restarts == {"heartbeat": 1}
     failure = next(r for r in caplog.records if "heartbeat failed" in r.getMessage())
     assert failure.exc_info is not None and "boom" in str(failure.exc_info[1])
@@ -51,7 +51,7 @@ async def test_given_a_supervised_daemon_task_down_then_healthz_names_it():
         raise ValueError("halts table unreadable")
 
     daemon.supervisor.start("halts", broken)
-    await until(lambda: not daemon.healthy()[0], "healthz turns unhealthy")
+    await wait_until(lambda: not daemon.healthy()[0], what="healthz turns unhealthy")
     assert daemon.healthy() == (False, "task halts down: ValueError: halts table unreadable")
     daemon.write_heartbeat()
     status = app.store.read_statuses()[0]
