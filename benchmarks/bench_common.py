@@ -96,7 +96,6 @@ def cpu_seconds(process: psutil.Process | None, include_children: bool = False) 
 class CpuMeter:
     """CPU seconds used by the daemon, the emulator and this load generator over a window."""
 
-
     def __init__(self, daemon_pid: int | None, emulator_pid: int | None):
         self.daemon = psutil.Process(daemon_pid) if daemon_pid else None
         self.emulator = psutil.Process(emulator_pid) if emulator_pid else None
@@ -104,11 +103,9 @@ class CpuMeter:
         self._start = self._read()
         self._t0 = time.perf_counter()
 
-
     def _read(self) -> tuple[float, float, float]:
         return (cpu_seconds(self.daemon), cpu_seconds(self.emulator, include_children=True),
                 cpu_seconds(self.me))
-
 
     def stop(self) -> dict:
         elapsed = time.perf_counter() - self._t0

@@ -58,7 +58,6 @@ class ConfirmationListener:
     """Streaming pull on a subscription of execution-confirmations; records, per signal, when
     its first SUBMITTED and first terminal confirmation arrived (perf_counter)."""
 
-
     def __init__(self, subscriber: pubsub_v1.SubscriberClient, subscription: str,
                  streams: int = 1):
         self._lock = threading.Lock()
@@ -74,7 +73,6 @@ class ConfirmationListener:
         flow = pubsub_v1.types.FlowControl(max_messages=5000)
         self._futures = subscribe_streams(subscriber, subscription, self._callback, streams,
                                           flow)
-
 
     def _callback(self, message) -> None:
         now = time.perf_counter()
@@ -101,7 +99,6 @@ class ConfirmationListener:
                     if not self._waiting:
                         self._done.set()
 
-
     def expect(self, signal_ids) -> None:
         """Start waiting for these signals to reach a terminal status."""
         with self._lock:
@@ -111,15 +108,12 @@ class ConfirmationListener:
             else:
                 self._done.set()
 
-
     def wait(self, timeout: float) -> bool:
         return self._done.wait(timeout)
-
 
     def terminal_count(self, signal_ids) -> int:
         with self._lock:
             return sum(1 for s in signal_ids if s in self.terminal_status)
-
 
     def close(self) -> None:
         close_streams(self._futures)
@@ -128,7 +122,6 @@ class ConfirmationListener:
 class Daemon:
     """`python -m execution_service run` as a child process in its own temp directory."""
 
-
     def __init__(self, workdir: Path, env: dict[str, str], counting: bool = False):
         self.workdir = workdir
         self.env = env
@@ -136,7 +129,6 @@ class Daemon:
         self.output = workdir / "daemon.out"
         self.stats_file = workdir / "store-stats.json"
         self.process: subprocess.Popen | None = None
-
 
     def start(self, timeout: float = 60.0) -> Daemon:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -159,25 +151,20 @@ class Daemon:
         raise RuntimeError(f"daemon did not start within {timeout}s:\n"
                            f"{self.read_output()[-3000:]}")
 
-
     @property
     def pid(self) -> int:
         return self.process.pid
 
-
     def read_output(self) -> str:
         return self.output.read_text(errors="replace") if self.output.exists() else ""
 
-
     def rss_mb(self) -> float:
         return psutil.Process(self.pid).memory_info().rss / 2**20
-
 
     def store_stats(self, timeout: float = 5.0) -> dict | None:
         """Store-call counters from the instrumented daemon (None when not instrumented)."""
         snapshot = self.instrument_snapshot(timeout)
         return None if snapshot is None else snapshot["stats"]
-
 
     def instrument_snapshot(self, timeout: float = 5.0) -> dict | None:
         """Ask the instrumented daemon (counting_daemon.py) for a snapshot."""
@@ -193,17 +180,23 @@ class Daemon:
             time.sleep(0.05)
         return None
 
-
     def stop(self) -> None:
         """SIGTERM (graceful), then SIGKILL; only the process this object started."""
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_child(self.process, signal.SIGTERM, 20)
+
+
+def stop_child(process: subprocess.Popen, signum: int, grace: float) -> None:
+    """Signal a child this benchmark started, then SIGKILL it after `grace` seconds."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def daemon_env(emulator_host: str, project: str, workdir: Path, store: str,
@@ -230,7 +223,6 @@ def daemon_env(emulator_host: str, project: str, workdir: Path, store: str,
 class Profiler:
     """py-spy record on the daemon's pid over a window (raw collapsed stacks, per thread)."""
 
-
     def __init__(self, pid: int, output: Path, rate: int = 100, gil: bool = False):
         self.output = output
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -241,15 +233,8 @@ class Profiler:
         with open(output.with_suffix(".log"), "wb") as errors:
             self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
 
-
     def stop(self) -> Path | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_child(self.process, signal.SIGINT, 30)
         return self.output if self.output.exists() else None
 
 

@@ -21,7 +21,6 @@ def run_baseline(n: int, timeout: float, emulator_pid: int | None = None,
     done = threading.Event()
     last = [0.0]
 
-
     def callback(message) -> None:
         now = time.perf_counter()
         message.ack()
@@ -35,7 +34,6 @@ def run_baseline(n: int, timeout: float, emulator_pid: int | None = None,
             if len(seen) >= n:
                 last[0] = now
                 done.set()
-
 
     flow = pubsub_v1.types.FlowControl(max_messages=5000)
     futures = subscribe_streams(subscriber, subscription, callback, streams, flow)

@@ -30,6 +30,7 @@ from bench_launcher import (
     close_streams,
     daemon_env,
     setup_rig,
+    stop_child,
     subscribe_streams,
     tear_down,
     warm_up,
@@ -43,7 +44,6 @@ def _timed_hops(publisher, topic: str, subscriber, subscription: str, rate: floa
     lock = threading.Lock()
     latencies: dict[str, float] = {}
 
-
     def callback(message) -> None:
         now = time.perf_counter()
         message.ack()
@@ -51,7 +51,6 @@ def _timed_hops(publisher, topic: str, subscriber, subscription: str, rate: floa
             key = message.attributes.get("k", "")
             if key not in latencies:
                 latencies[key] = now - float(message.attributes["t"])
-
 
     futures = subscribe_streams(subscriber, subscription, callback, streams)
     try:
@@ -106,12 +105,7 @@ def run_two_hop_floor(rate: float, seconds: float, streams: int = 1) -> dict:
                              streams)
         return {**result, "relay_cpu_s": rounded(cpu_seconds(psutil.Process(relay.pid)), 2)}
     finally:
-        relay.send_signal(signal.SIGTERM)
-        try:
-            relay.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            relay.kill()
-            relay.wait(timeout=10)
+        stop_child(relay, signal.SIGTERM, 10)
         subscriber.close()
 
 

@@ -63,11 +63,9 @@ def summarize_profile(path: Path, top: int = 25) -> dict:
         else:
             handoff[f"[no service frame] {thread.split(': ', 1)[-1]}"] += count
 
-
     def share(counter: Counter, limit: int = top) -> list[tuple[str, float]]:
         return [(name, round(100 * value / total, 1)) for name, value in
                 counter.most_common(limit)] if total else []
-
 
     return {"samples": total, "threads": share(threads, 10), "self": share(own),
             "inclusive": share(inclusive), "service_inclusive": share(project),
