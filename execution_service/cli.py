@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import click
@@ -15,23 +14,18 @@ from execution_service.cli_risk import add_limit_options, limits_from_options
 from execution_service.clock import utc_now
 from execution_service.config import Settings, load_settings
 from execution_service.domain.accounts import parse_symbols
-from execution_service.domain.records import iso, strict_json
+from execution_service.domain.records import iso, json_default, strict_json
 from execution_service.domain.text import single_line
 from execution_service.errors import ExecutionError, FatalConfigError
+from execution_service.service.desk import shown_positions
 
 
 def _settings(**overrides) -> Settings:
     return load_settings({key: value for key, value in overrides.items() if value is not None})
 
 
-def _json_default(value):
-    if isinstance(value, datetime):
-        return iso(value)
-    return str(value)
-
-
 def _print_json(value) -> None:
-    click.echo(strict_json(value, indent=2, default=_json_default))
+    click.echo(strict_json(value, indent=2, default=json_default))
 
 
 class Cli(click.Group):
@@ -162,8 +156,7 @@ def orders(as_json: bool, limit: int) -> None:
 @click.option("--all", "show_all", is_flag=True, help="Closed positions too.")
 def positions(as_json: bool, show_all: bool) -> None:
     """Open positions (with --all, closed ones too)."""
-    rows = _with_store(lambda store: store.list_positions(None if show_all else "OPEN"))
-    rows = [{key: value for key, value in row.items() if key != "fill_keys"} for row in rows]
+    rows = _with_store(lambda store: shown_positions(store, show_all))
     if as_json:
         _print_json(rows)
         return
@@ -257,8 +250,9 @@ def accounts_disable(account_id: str) -> None:
 
 
 def _register_extensions() -> None:
-    from execution_service import cli_commands, cli_ops, cli_recovery, cli_risk
+    from execution_service import cli_api_keys, cli_commands, cli_ops, cli_recovery, cli_risk
 
+    cli_api_keys.register(main)
     cli_commands.register(main)
     cli_recovery.register(main)
     cli_ops.register(main)

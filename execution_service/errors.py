@@ -35,3 +35,7 @@ class FatalConfigError(ExecutionError):
 
 class StoreUnavailable(ExecutionError):
     """The audit store could not be reached; the message must be retried later."""
+
+
+class UnknownAccount(ExecutionError):
+    """A command named an account that is not registered."""

@@ -105,13 +105,15 @@ class CommandHandler:
         return CommandOutcome(command.request_id, command.signal_id, DUPLICATE,
                               earlier.get("reason"))
 
-    def start(self, command: Command) -> None:
-        """Execute a kept request in the background (the Pub/Sub path acks once it is kept)."""
+    def start(self, command: Command) -> asyncio.Task:
+        """Execute a kept request in the background (the Pub/Sub path acks once it is kept);
+        the task that does it (the one already running for this request_id, if any)."""
         if command.request_id in self._running:
-            return
+            return self._running[command.request_id]
         task = asyncio.create_task(self._finish(command), name=f"command-{command.request_id}")
         self._running[command.request_id] = task
         task.add_done_callback(lambda _t: self._running.pop(command.request_id, None))
+        return task
 
     def resume_unfinished(self) -> int:
         """At start: every request kept and not finished by an earlier run."""

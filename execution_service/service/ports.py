@@ -5,7 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
+from execution_service.domain.commands import Command
 from execution_service.domain.notices import OrderNotice, ServiceAlert
+from execution_service.service.commands import CommandOutcome
+from execution_service.service.processor import Accepted, Intake
+
+__all__ = ["Accepted", "CommandOutcome", "ConfirmationPublisher", "Intake", "Notifier",
+           "NullNotifier", "OrderDesk"]
 
 
 class Notifier(Protocol):
@@ -48,6 +54,34 @@ class ConfirmationPublisher(Protocol):
     async def publish(self, payload: bytes, attributes: dict[str, str]) -> None: ...
 
 
+class OrderDesk(Protocol):
+    """What the HTTP API asks of the service (service/desk.py implements it). Every method
+    may raise StoreUnavailable; `halt` raises UnknownAccount for an unregistered account."""
+
+    def health(self) -> tuple[bool, str]: ...
+
+    def authenticate(self, secret: str) -> dict | None: ...
+
+    async def submit_order(self, body: bytes, by: str) -> Intake: ...
+
+    async def command(self, command: Command, wait: float) -> CommandOutcome | None: ...
+
+    def order(self, signal_id: str) -> dict | None: ...
+
+    def orders(self, limit: int, status: str | None = None,
+               account_id: str | None = None) -> list[dict]: ...
+
+    def positions(self, include_closed: bool) -> list[dict]: ...
+
+    def confirmations(self, limit: int) -> list[dict]: ...
+
+    def status(self) -> dict: ...
+
+    def capabilities(self) -> dict: ...
+
+    def halt(self, reason: str, account_id: str | None, cancel_open: bool, by: str) -> dict: ...
+
+    def resume(self, account_id: str | None, by: str) -> tuple[dict | None, list[dict]]: ...
 class HaltStore(Protocol):
     """Where halts live (the store's `trading_halts`), for the CLI and the daemon."""
 
@@ -56,6 +90,8 @@ class HaltStore(Protocol):
     def delete_halt(self, halt_id: str) -> dict | None: ...
 
     def list_halts(self) -> list[dict]: ...
+
+    def save_lifted_halt(self, doc: dict) -> None: ...
 
 
 class RiskStore(HaltStore, Protocol):
