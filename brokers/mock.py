@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from pymongo.errors import DuplicateKeyError
 
 from brokers.base import Broker, BrokerOrder, BrokerStatus, Fill, OrderRequest
+from execution_service.adapters.store_errors import TranslatedCollection
 from execution_service.clock import utc_now
 from execution_service.domain.records import as_utc as _aware
 from execution_service.errors import OrderNotFound, OrderRejected, PlacementUncertain
@@ -47,7 +48,8 @@ class MockBroker(Broker):
 
     def __init__(self, database, settings: MockSettings | None = None,
                  clock: Callable[[], datetime] = utc_now):
-        self._ledger = database[LEDGER]
+        # Its ledger's outage is the store's: StoreUnavailable, and the tracker waits for it
+        self._ledger = TranslatedCollection(database[LEDGER])
         self._settings = settings or MockSettings()
         self._clock = clock
         self._last_prices: dict[str, float] = {}

@@ -10,21 +10,20 @@ has transactions.
 
 from __future__ import annotations
 
-import functools
 import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pymongo
 from pymongo import ReturnDocument
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
 from execution_service.domain.records import record_id
-from execution_service.errors import StoreUnavailable
+from execution_service.adapters.store_errors import StoreHealth, translating, writing
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ MOCK_LEDGER = "mock_broker_orders"
 FILL_KEYS_KEPT = 200
 NON_TERMINAL = [str(status) for status in ("PENDING", "SUBMITTED", "PARTIALLY_FILLED")]
 
-T = TypeVar("T")
+__all__ = ["translating", "writing"]  # store calls elsewhere use them from here
 
 
 class DuplicateSignal(Exception):
@@ -91,21 +90,6 @@ def _redact(uri: str) -> str:
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
-def translating(method: Callable[..., T]) -> Callable[..., T]:
-    """Turn driver failures into StoreUnavailable so callers nack instead of crashing."""
-
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        try:
-            return method(*args, **kwargs)
-        except (DuplicateKeyError, DuplicateSignal, StoreUnavailable):
-            raise
-        except (ConnectionFailure, PyMongoError, OSError) as e:
-            raise StoreUnavailable(f"store unavailable: {type(e).__name__}: {e}") from e
-
-    return wrapper
-
-
 class Store:
     """Every read and write the service makes. One instance per process."""
 
@@ -116,8 +100,9 @@ class Store:
         self.positions = database[POSITIONS]
         self.accounts = database[ACCOUNTS]
         self.service_status = database[SERVICE_STATUS]
+        self.health = StoreHealth()
 
-    @translating
+    @writing
     def ensure_indexes(self) -> None:
         # Every index costs memory per document in the embedded store: only what the hot path
         # and the lease sweep query (the CLI's sorts and the start-up outbox scan do without).
@@ -137,7 +122,7 @@ class Store:
     def list_accounts(self) -> list[dict]:
         return list(self.accounts.find().sort("_id", 1))
 
-    @translating
+    @writing
     def upsert_account(self, account_id: str, fields: dict, at: datetime) -> dict:
         return self.accounts.find_one_and_update(
             {"_id": account_id}, {"$set": {**fields, "updated_at": at},
@@ -150,7 +135,7 @@ class Store:
 
     # execution records ----------------------------------------------------------------------
 
-    @translating
+    @writing
     def insert_record(self, doc: dict) -> None:
         try:
             self.records.insert_one(doc)
@@ -161,7 +146,7 @@ class Store:
     def get_record(self, signal_id: str) -> dict | None:
         return self.records.find_one({"_id": record_id(signal_id)})
 
-    @translating
+    @writing
     def update_record(self, doc: dict, fields: dict, events: list[dict],
                       confirmations: list[dict]) -> dict | None:
         """Compare-and-set on `version`: the record as now stored, or None when someone else
@@ -178,7 +163,7 @@ class Store:
                 "events": [*doc.get("events", []), *events],
                 "confirmations": [*doc.get("confirmations", []), *confirmations]}
 
-    @translating
+    @writing
     def renew_leases(self, signal_ids: list[str], owner_id: str, until: datetime) -> None:
         self.records.update_many({"_id": {"$in": [record_id(s) for s in signal_ids]},
                                   "owner.id": owner_id}, {"$set": {"lease_expires_at": until}})
@@ -189,7 +174,7 @@ class Store:
             {"_id": {"$in": [record_id(s) for s in signal_ids]},
              "owner.id": {"$nin": [owner_id, None]}}, {"signal_id": 1})]
 
-    @translating
+    @writing
     def take_over(self, doc: dict, owner: dict, until: datetime, at: datetime) -> dict | None:
         """Become the record's owner; bumps `version` so the old owner's writes fail."""
         event = {"status": doc["status"], "event": "TAKEN_OVER", "at": at, "owner": owner["id"],
@@ -199,7 +184,7 @@ class Store:
             {"$set": {"owner": owner, "lease_expires_at": until}, "$inc": {"version": 1},
              "$push": {"events": event}}, return_document=ReturnDocument.AFTER)
 
-    @translating
+    @writing
     def mark_published(self, signal_id: str, sequence: int) -> None:
         """Everything up to `sequence` is published. One plain update when it was the latest
         confirmation; otherwise only the mark moves and the outbox stays pending."""
@@ -230,7 +215,7 @@ class Store:
 
     # signal_store ---------------------------------------------------------------------------
 
-    @translating
+    @writing
     def update_signal(self, signal_id: str, fields: dict, at: datetime) -> None:
         self.signals.update_one({"signal_id": signal_id},
                                 {"$set": {**fields, "execution_updated_at": at},
@@ -255,7 +240,7 @@ class Store:
     def count_positions(self, key: dict) -> int:
         return self.positions.count_documents(key)
 
-    @translating
+    @writing
     def insert_position(self, doc: dict) -> bool:
         try:
             self.positions.insert_one(doc)
@@ -267,7 +252,7 @@ class Store:
     def get_position(self, position_id: str) -> dict | None:
         return self.positions.find_one({"_id": position_id})
 
-    @translating
+    @writing
     def update_position(self, doc: dict, fields: dict, fill_key: str) -> bool:
         result = self.positions.update_one(
             {"_id": doc["_id"], "version": doc["version"], "fill_keys": {"$ne": fill_key}},
@@ -282,7 +267,7 @@ class Store:
 
     # service status -------------------------------------------------------------------------
 
-    @translating
+    @writing
     def write_status(self, doc: dict) -> None:
         self.service_status.replace_one({"_id": doc["_id"]}, doc, upsert=True)
 

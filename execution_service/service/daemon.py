@@ -15,7 +15,8 @@ from execution_service import __version__
 from execution_service.domain.backoff import compute_backoff
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.errors import ExecutionError, StoreUnavailable
-from execution_service.service.processor import Action
+from execution_service.service.intake import HeldIntake
+from execution_service.service.processor import Action, Outcome
 from execution_service.service.risk import halt_alert, resume_alert, watch_halts
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class ExecutionDaemon:
         self.status_id = f"{socket.gethostname()}:{os.getpid()}"
         self._store_ok_at: float | None = None
         self._dead_letters_in_flight: set[asyncio.Task] = set()
+        self.intake = HeldIntake(self._handle, self._settle, self.write_heartbeat)
 
     async def run(self, stop: asyncio.Event) -> None:
         app = self.app
@@ -65,23 +67,28 @@ class ExecutionDaemon:
             except StoreUnavailable as e:
                 attempt += 1
                 wait = compute_backoff(attempt, 0.5, 10.0)
-                logger.warning("Store unavailable at start (%s); retry in %.1fs", e, wait)
+                logger.debug("Store unavailable at start (%s); retry in %.1fs", e, wait)
                 await asyncio.sleep(wait)
 
     def _on_message(self, message) -> None:
+        self.intake.receive(message)
+
+    def _handle(self, message) -> Outcome:
         try:
-            outcome = self.app.processor.handle(message.data)
-            if outcome.action is Action.DEAD_LETTER:
-                task = asyncio.ensure_future(self._dead_letter(message, outcome.reason))
-                self._dead_letters_in_flight.add(task)
-                task.add_done_callback(self._dead_letters_in_flight.discard)
-            elif outcome.action is Action.ACK:
-                message.ack()
-            else:
-                message.nack()
-        except Exception:
+            return self.app.processor.handle(message.data)
+        except Exception as e:
             logger.exception("Unexpected error on message %s; it will be redelivered",
                              message.message_id)
+            return Outcome(Action.NACK, str(e))
+
+    def _settle(self, message, outcome: Outcome) -> None:
+        if outcome.action is Action.DEAD_LETTER:
+            task = asyncio.ensure_future(self._dead_letter(message, outcome.reason))
+            self._dead_letters_in_flight.add(task)
+            task.add_done_callback(self._dead_letters_in_flight.discard)
+        elif outcome.action is Action.ACK:
+            message.ack()
+        else:
             message.nack()
 
     async def _dead_letter(self, message, reason: str) -> None:
@@ -95,12 +102,20 @@ class ExecutionDaemon:
             message.nack()
 
     async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+        failing = False
         while not stop.is_set():
-            self.write_heartbeat()
+            try:
+                self.write_heartbeat()
+                failing = False
+            except Exception:
+                if not failing:  # once per run of failures, not every beat
+                    logger.exception("Heartbeat failed unexpectedly; still trying")
+                failing = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._heartbeat_seconds)
 
-    def write_heartbeat(self, stopped: bool = False) -> None:
+    def write_heartbeat(self, stopped: bool = False) -> bool:
+        """Also the probe that ends an outage: True when the store took it."""
         app = self.app
         doc = {
             "_id": self.status_id, "host": socket.gethostname(), "pid": os.getpid(),
@@ -111,14 +126,18 @@ class ExecutionDaemon:
                         for name, broker in app.brokers.brokers.items()},
             "counters": app.counters.as_dict(), "in_flight": app.tracker.in_flight,
             "outbox_backlog": app.outbox.backlog, "notifier": app.notifier.stats(),
-            "risk": app.risk.stats(),
+            "risk": app.risk.stats(), "held_messages": self.intake.holding,
             **self._describe,
         }
         try:
             app.store.write_status(doc)
-            self._store_ok_at = time.monotonic()
+        except StoreUnavailable:
+            return False  # the outage is logged once, by the store's health
         except ExecutionError as e:
             logger.warning("Heartbeat not written: %s", e)
+            return False
+        self._store_ok_at = time.monotonic()
+        return True
 
     def _on_halt_change(self, changes) -> None:
         for halt in changes.started:
@@ -135,6 +154,10 @@ class ExecutionDaemon:
         plain attribute reads only."""
         if not self._consumer.running:
             return False, "not consuming trading-orders"
+        health = getattr(self.app.store, "health", None)
+        if health is not None and health.down:
+            return False, (f"store unavailable for {health.down_for():.0f}s; "
+                           f"{self.intake.holding} messages held")
         if self._store_ok_at is None:
             return False, "starting: no heartbeat written yet"
         age = time.monotonic() - self._store_ok_at
@@ -149,6 +172,7 @@ class ExecutionDaemon:
                                          f"Execution service stopping on {self.status_id}",
                                          key="stopping"))
         await self._consumer.stop(timeout=3.0)
+        await self.intake.stop()
         if self._dead_letters_in_flight:
             await asyncio.wait(self._dead_letters_in_flight, timeout=2.0)
         await app.tracker.stop()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from execution_service.domain.records import as_utc
-from execution_service.errors import ExecutionError
+from execution_service.errors import ExecutionError, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -95,5 +95,7 @@ class LeaseKeeper:
             try:
                 self.renew()
                 self.sweep()
+            except StoreUnavailable as e:
+                logger.debug("Lease upkeep waits for the store: %s", e)
             except ExecutionError as e:
                 logger.warning("Lease upkeep failed: %s", e)

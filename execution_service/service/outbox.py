@@ -188,7 +188,7 @@ class ConfirmationOutbox:
             try:
                 self._store.mark_published(signal_id, sequence)
             except StoreUnavailable as e:
-                logger.warning("Marking %s #%s published failed: %s", signal_id, sequence, e)
+                logger.debug("Marking %s #%s published failed: %s", signal_id, sequence, e)
             written += 1
             if written % MARKS_PER_TURN == 0:
                 await asyncio.sleep(0)

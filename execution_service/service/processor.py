@@ -1,7 +1,8 @@
 """Process one inbound message: validate, claim, hand to the tracker (SPEC §1, §2, §3).
 
 Returns what to do with the Pub/Sub message: ACK once the outcome or the claim is durable,
-NACK when the store failed, DEAD_LETTER when the message cannot even be recorded.
+HOLD when the store cannot take it now (see intake.py), DEAD_LETTER when the message cannot
+even be recorded.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ ACCOUNT_CACHE_SECONDS = 1.0
 
 class Action(StrEnum):
     ACK = "ACK"
-    NACK = "NACK"
+    NACK = "NACK"  # an unexpected failure: redelivered, and counts toward the dead letters
+    HOLD = "HOLD"  # the store is unavailable: keep the message unacknowledged, retry later
     DEAD_LETTER = "DEAD_LETTER"
 
 
@@ -57,11 +59,9 @@ class SignalProcessor:
         try:
             return self._handle(body)
         except StoreUnavailable as e:
-            self._journal.counters.nacked += 1
-            signal_id = _signal_id_hint(body)
-            logger.warning("Store unavailable, message nacked for redelivery [%s]: %s",
-                           signal_id, e)
-            return Outcome(Action.NACK, str(e), signal_id)
+            # Not logged per message: the store's health logs the outage once (store_errors)
+            self._journal.counters.held += 1
+            return Outcome(Action.HOLD, str(e), _signal_id_hint(body))
 
     def _handle(self, body: bytes) -> Outcome:
         parsed = parse_signal(body)

@@ -205,7 +205,7 @@ async def watch_halts(gate: RiskGate, stop: asyncio.Event,
         try:
             changes = gate.poll_halts()
         except StoreUnavailable as e:
-            logger.warning("Halt poll failed (%s); retrying", e)
+            logger.debug("Halt poll failed (%s); retrying", e)
             changes = HaltChanges()
         if changes.started or changes.ended:
             try:

@@ -111,7 +111,7 @@ class OrderTracker:
                 attempt += 1
                 wait = compute_backoff(attempt, self._policy.backoff_base,
                                        self._policy.store_retry_cap)
-                logger.warning("Store unavailable while tracking %s (%s); retry in %.1fs",
+                logger.debug("Store unavailable while tracking %s (%s); retry in %.1fs",
                                doc["signal_id"], e, wait)
                 await asyncio.sleep(wait)
                 doc, recovering = self._journal.reload(doc), True

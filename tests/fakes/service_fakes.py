@@ -45,7 +45,9 @@ class FlakyStore(Store):
         if callable(attribute) and not name.startswith("_") and \
                 super().__getattribute__("down"):
             def unavailable(*args, **kwargs):
-                raise StoreUnavailable("store unavailable: injected fault")
+                error = StoreUnavailable("store unavailable: injected fault")
+                super(FlakyStore, self).__getattribute__("health").failed(error)
+                raise error
             return unavailable
         return attribute
 
