@@ -1,4 +1,5 @@
-"""A store that fails for a while: messages are nacked, redelivered and processed, none lost."""
+"""A store that fails for a while: messages are held unacknowledged (never nacked, never
+dead-lettered) and all processed once it takes a write again."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from tests.fakes.service_fakes import FlakyStore
 pytestmark = pytest.mark.asyncio
 
 
-async def test_given_store_down_then_nacked_and_processed_once_it_is_back(emulator_host,
+async def test_given_store_down_when_50_signals_arrive_then_held_and_all_fill_once_after_it(emulator_host,
                                                                           project_id):
     rig = PubSubRig(project_id)
     settings = load_settings(environ={
@@ -48,20 +49,24 @@ async def test_given_store_down_then_nacked_and_processed_once_it_is_back(emulat
         while not daemon._consumer.running:
             await asyncio.sleep(0.05)
         store.down = True
-        ids = [f"sig_outage_{n}" for n in range(5)]
+        ids = [f"sig_outage_{n}" for n in range(50)]
         for signal_id in ids:
             await asyncio.to_thread(rig.publish, {
                 "signal_id": signal_id, "order_type": "MARKET", "symbol": "SPY",
                 "side": "BUY", "quantity": 1, "account_id": "acc_1",
                 "strategy_name": "Outage", "reference_price": 10.0})
-        await asyncio.wait_for(_until(lambda: app.counters.nacked >= len(ids)), 30)
+        await asyncio.wait_for(_until(lambda: daemon.intake.holding == len(ids)), 30)
         assert handle.database["execution_confirmations"].count_documents({}) == 0
+        assert store.health.down and rig.dead_letters() == []
         store.down = False
         await asyncio.to_thread(rig.wait_for, lambda: all(rig.terminal(i) for i in ids), 30,
                                 "all filled after the outage")
         for signal_id in ids:
             assert rig.statuses(signal_id) == ["SUBMITTED", "FILLED"]
         assert app.store.db["mock_broker_orders"].count_documents({}) == len(ids)
+        assert rig.dead_letters() == [] and daemon.intake.holding == 0
+        await asyncio.wait_for(_until(lambda: not store.health.down), 10)
+        assert daemon.healthy() == (True, "ok")
     finally:
         stop.set()
         await asyncio.wait_for(running, 15)
