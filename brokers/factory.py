@@ -75,6 +75,12 @@ class BrokerFactory:
             self._brokers[name] = broker
         return self._brokers[name]
 
+    def update_settings(self, update: dict) -> None:
+        """Settings learnt after start-up (an account's own broker credentials), for brokers
+        not built yet."""
+        if update:
+            self._settings = self._settings.model_copy(update=update)
+
     @property
     def brokers(self) -> dict[str, Broker]:
         return dict(self._brokers)

@@ -14,9 +14,11 @@ from execution_service.bootstrap import EMULATOR_HOST_FILE, account_document, op
 from execution_service.cli_risk import add_limit_options, limits_from_options
 from execution_service.clock import utc_now
 from execution_service.config import Settings, load_settings
+from execution_service.credentials import shown
 from execution_service.domain.accounts import parse_symbols
 from execution_service.domain.records import iso
 from execution_service.errors import ExecutionError, FatalConfigError
+from execution_service.redaction import REDACTOR, redact
 
 
 def _settings(**overrides) -> Settings:
@@ -37,11 +39,18 @@ class Cli(click.Group):
     """Turns our errors into one clear line and exit code 2 instead of a traceback."""
 
     def invoke(self, ctx):
+        REDACTOR.install_excepthooks()
         try:
             return super().invoke(ctx)
         except ExecutionError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {redact(str(e))}", err=True)
             sys.exit(2)
+        except (click.exceptions.ClickException, click.exceptions.Exit,
+                click.exceptions.Abort):
+            raise
+        except Exception as e:  # a bug: its traceback, with every secret redacted
+            click.echo(REDACTOR.format_exception(e), err=True)
+            sys.exit(1)
 
 
 @click.group(cls=Cli)
@@ -216,14 +225,16 @@ def accounts_add(account_id, broker, symbols, display_name, broker_account, disa
 @accounts.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def accounts_list(as_json: bool) -> None:
-    rows = _with_store(lambda store: store.list_accounts())
+    rows = [shown(row) for row in _with_store(lambda store: store.list_accounts())]
     if as_json:
         _print_json(rows)
         return
     for row in rows:
+        credentials = ", ".join(f"{name} {state}" for name, state in row["credentials"].items())
         click.echo(f"{row['_id']:<20} {row.get('broker', ''):<8} "
                    f"{'enabled' if row.get('enabled', True) else 'disabled':<9} "
-                   f"{','.join(row.get('allowed_symbols') or []) or 'any'}")
+                   f"{','.join(row.get('allowed_symbols') or []) or 'any'}"
+                   + (f"  credentials: {credentials}" if credentials else ""))
 
 
 def _set_enabled(account_id: str, enabled: bool) -> None:

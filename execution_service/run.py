@@ -16,9 +16,11 @@ from execution_service.adapters.metrics import MetricsServer
 from execution_service.bootstrap import (
     EMULATOR_HOST_FILE,
     StoreLock,
+    account_credentials,
     build_app,
     check_brokers,
     seed_accounts,
+    use_account_credentials,
 )
 from execution_service.config import Settings
 from execution_service.service.daemon import ExecutionDaemon
@@ -65,6 +67,7 @@ async def _serve(settings: Settings, say, cleanup: ExitStack) -> int:
                     notifier=make_notifier(settings))
     cleanup.callback(app.close)
     seeded = seed_accounts(settings, app.store)
+    use_account_credentials(app, account_credentials(settings, app.store))
     check_brokers(app)
     consumer = pubsub.OrderConsumer(subscriber, names.orders_subscription,
                                     settings.PUBSUB_MAX_IN_FLIGHT, settings.PUBSUB_STREAMS)

@@ -20,10 +20,12 @@ from typing import Any
 
 import pymongo
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from execution_service.domain.records import record_id
 from execution_service.adapters.store_errors import StoreHealth, translating, writing
+from execution_service.domain.records import record_id
+from execution_service.errors import FatalConfigError
+from execution_service.redaction import redact, redact_uri_passwords
 
 logger = logging.getLogger(__name__)
 
@@ -79,15 +81,11 @@ def open_store(uri: str | None, database: str, embedded_path: Path | None) -> St
         # its in-memory store has no close(): forgetting it is what frees it
         return StoreHandle(client, client[database], "in-memory store (mongomock)",
                            release=lambda: litemongo_client._MEMORY_STORES.pop(name, None))
-    client = pymongo.MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=3000)
-    return StoreHandle(client, client[database], f"MongoDB {_redact(uri or '')}")
-
-
-def _redact(uri: str) -> str:
-    if "@" not in uri:
-        return uri
-    scheme, rest = uri.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    try:
+        client = pymongo.MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=3000)
+    except (PyMongoError, ValueError) as e:  # pymongo's messages may quote the URI
+        raise FatalConfigError(f"configuration: MONGODB_URI: {redact(str(e))}") from None
+    return StoreHandle(client, client[database], f"MongoDB {redact_uri_passwords(uri or '')}")
 
 
 class Store:
@@ -123,11 +121,13 @@ class Store:
         return list(self.accounts.find().sort("_id", 1))
 
     @writing
-    def upsert_account(self, account_id: str, fields: dict, at: datetime) -> dict:
-        return self.accounts.find_one_and_update(
-            {"_id": account_id}, {"$set": {**fields, "updated_at": at},
-                                  "$setOnInsert": {"created_at": at}},
-            upsert=True, return_document=ReturnDocument.AFTER)
+    def upsert_account(self, account_id: str, fields: dict, at: datetime,
+                       unset: list[str] | tuple = ()) -> dict:
+        update: dict = {"$set": {**fields, "updated_at": at}, "$setOnInsert": {"created_at": at}}
+        if unset:
+            update["$unset"] = {name: "" for name in unset}
+        return self.accounts.find_one_and_update({"_id": account_id}, update, upsert=True,
+                                                 return_document=ReturnDocument.AFTER)
 
     @translating
     def count_accounts(self) -> int:

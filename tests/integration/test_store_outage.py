@@ -26,8 +26,8 @@ from tests.fakes.service_fakes import FlakyStore
 pytestmark = pytest.mark.asyncio
 
 
-async def test_given_store_down_when_50_signals_arrive_then_held_and_all_fill_once_after_it(emulator_host,
-                                                                          project_id):
+async def test_given_store_down_when_50_signals_arrive_then_held_and_all_fill_once_after_it(
+        emulator_host, project_id):
     rig = PubSubRig(project_id)
     settings = load_settings(environ={
         "GOOGLE_CLOUD_PROJECT": project_id, "PUBSUB_EMULATOR_HOST": emulator_host,
