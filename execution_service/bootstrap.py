@@ -165,11 +165,12 @@ def account_credentials(settings: Settings, store: Store) -> dict[str, dict[str,
     return {account_id: values for account_id, values in found.items() if values}
 
 
-def use_account_credentials(app: App, credentials: dict[str, dict[str, str]]) -> None:
+def use_account_credentials(settings: Settings, store: Store, brokers: BrokerFactory) -> None:
     """Kite runs one session per process: KITE_API_KEY / KITE_ACCESS_TOKEN from the
     environment win; otherwise the ZERODHA accounts' own credentials, which must agree."""
+    credentials = account_credentials(settings, store)
     sessions: dict[tuple, list[str]] = {}
-    for account in app.store.list_accounts():
+    for account in store.list_accounts():
         values = credentials.get(account["_id"])
         if values and str(account.get("broker", "")).upper() == "ZERODHA":
             pair = (values.get("api_key"), values.get("access_token"))
@@ -180,11 +181,10 @@ def use_account_credentials(app: App, credentials: dict[str, dict[str, str]]) ->
                                + "): one Kite session per daemon")
     if sessions:
         ((api_key, access_token),) = sessions
-        settings = app.settings
         update = {name: value for name, value in (("KITE_API_KEY", api_key),
                                                   ("KITE_ACCESS_TOKEN", access_token))
                   if value and not getattr(settings, name)}
-        app.brokers.update_settings(update)
+        brokers.update_settings(update)
 
 
 def load_accounts_file(path: Path) -> list[tuple[dict, dict[str, str]]]:

@@ -16,7 +16,6 @@ from execution_service.adapters.metrics import MetricsServer
 from execution_service.bootstrap import (
     EMULATOR_HOST_FILE,
     StoreLock,
-    account_credentials,
     build_app,
     check_brokers,
     seed_accounts,
@@ -67,7 +66,7 @@ async def _serve(settings: Settings, say, cleanup: ExitStack) -> int:
                     notifier=make_notifier(settings))
     cleanup.callback(app.close)
     seeded = seed_accounts(settings, app.store)
-    use_account_credentials(app, account_credentials(settings, app.store))
+    use_account_credentials(settings, app.store, app.brokers)
     check_brokers(app)
     consumer = pubsub.OrderConsumer(subscriber, names.orders_subscription,
                                     settings.PUBSUB_MAX_IN_FLIGHT, settings.PUBSUB_STREAMS)
