@@ -62,6 +62,7 @@ async def _serve(settings: Settings, say, cleanup: ExitStack) -> int:
     subscriber = pubsub.pubsub_v1.SubscriberClient()
     if settings.PUBSUB_EMULATOR_HOST:
         pubsub.setup_pubsub(names, publisher, subscriber)
+    _check_subscription(names, subscriber)
     app = build_app(settings, pubsub.TopicPublisher(publisher, names.confirmations_topic),
                     notifier=make_notifier(settings))
     cleanup.callback(app.close)
@@ -93,6 +94,19 @@ async def _serve(settings: Settings, say, cleanup: ExitStack) -> int:
     await daemon.run(stop)
     subscriber.close()
     return 0
+
+
+def _check_subscription(names, subscriber) -> None:
+    """One warning per setting where the subscription and the daemon disagree (a subscription
+    made by hand): a store outage could then still end in the dead letters."""
+    try:
+        problems = pubsub.subscription_disagreements(names, subscriber)
+    except Exception as e:  # no permission to read it, say: the daemon works all the same
+        logger.info("Could not read %s's settings: %s", names.orders_subscription, e)
+        return
+    for problem in problems:
+        logger.warning("Subscription %s: %s (see README, Store outages)",
+                       names.orders_subscription, problem)
 
 
 def _announce(say, settings: Settings, describe: dict, seeded: list[str]) -> None:

@@ -15,6 +15,7 @@ from execution_service.adapters.pubsub import (
     PubSubNames,
     TopicPublisher,
     make_publisher,
+    subscription_disagreements,
 )
 from execution_service.adapters.store import StoreHandle
 from execution_service.bootstrap import build_app
@@ -23,9 +24,8 @@ from execution_service.service.daemon import ExecutionDaemon
 from tests.fakes.pubsub_tools import PubSubRig
 from tests.fakes.service_fakes import FlakyStore
 
-pytestmark = pytest.mark.asyncio
 
-
+@pytest.mark.asyncio
 async def test_given_store_down_when_50_signals_arrive_then_held_and_all_fill_once_after_it(
         emulator_host, project_id):
     rig = PubSubRig(project_id)
@@ -78,3 +78,19 @@ async def test_given_store_down_when_50_signals_arrive_then_held_and_all_fill_on
 async def _until(condition) -> None:
     while not condition():
         await asyncio.sleep(0.05)
+
+
+def test_given_setup_pubsub_then_the_subscription_agrees_with_the_daemon_else_each_difference(
+        emulator_host, project_id):
+    rig = PubSubRig(project_id)
+    try:
+        assert subscription_disagreements(rig.names, rig.subscriber) == []
+        by_hand = f"projects/{project_id}/subscriptions/by-hand"
+        rig.subscriber.create_subscription(name=by_hand, topic=rig.names.orders_topic,
+                                           ack_deadline_seconds=60)
+        rig.names.orders_subscription = by_hand
+        problems = subscription_disagreements(rig.names, rig.subscriber)
+        assert "ack_deadline_seconds is 60, the daemon expects 10" in problems
+        assert "max_delivery_attempts is None, the daemon expects 5" in problems
+    finally:
+        rig.close()
