@@ -96,7 +96,7 @@ def test_given_full_disk_when_50_signals_arrive_then_held_and_all_fill_once_afte
             wait_until(lambda: f"{SIGNALS} messages held" in health(port), 60,
                        f"the daemon to hold all {SIGNALS} signals: {health(port)}")
             # the outage goes on for a few seconds, with every signal held, before the disk frees
-            wait_until(lambda: _outage_seconds(health(port)) >= 3, 30, "a 3 s outage")
+            wait_until(lambda: outage_seconds(health(port)) >= 3, 30, "a 3 s outage")
             assert f"{SIGNALS} messages held" in health(port)
             assert rig.dead_letters() == []
             filler.unlink()
@@ -127,7 +127,7 @@ def test_given_full_disk_when_50_signals_arrive_then_held_and_all_fill_once_afte
         assert log.count("Store outage over after") == 1, log
 
 
-def _outage_seconds(text: str) -> float:
+def outage_seconds(text: str) -> float:
     if not text.startswith("store unavailable for "):
         return 0.0
     return float(text.removeprefix("store unavailable for ").split("s", 1)[0])

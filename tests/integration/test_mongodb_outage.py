@@ -1,0 +1,103 @@
+"""A MongoDB server that goes away and comes back (secantusdb, a MongoDB wire-protocol server
+run as its own process): signals sent into the outage are held, never dead-lettered, and all
+fill once after it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pymongo
+import pytest
+
+from execution_service.adapters.emulator import free_port
+from tests.fakes.daemon import DaemonProcess
+from tests.fakes.pubsub_tools import PubSubRig, market_signal
+from tests.integration.test_full_disk_outage import SIGNALS, health, outage_seconds, wait_until
+
+SERVER = Path(sys.executable).parent / "secantusd-py"
+
+
+class MongoServer:
+    def __init__(self, storage: Path) -> None:
+        self.port = free_port()
+        self.storage = storage
+        self.uri = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> MongoServer:
+        self.storage.mkdir(parents=True, exist_ok=True)
+        with open(self.storage.parent / "mongo-server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [str(SERVER), "--host", "127.0.0.1", "--port", str(self.port),
+                 "--storage-path", str(self.storage)], stdout=log, stderr=subprocess.STDOUT)
+        client = pymongo.MongoClient(self.uri, serverSelectionTimeoutMS=500)
+        try:
+            wait_until(lambda: self._answers(client), 60, "the MongoDB server")
+        finally:
+            client.close()
+        return self
+
+    def _answers(self, client) -> bool:
+        assert self.process.poll() is None, "the MongoDB server exited"
+        try:
+            return client.admin.command("ping")["ok"] == 1
+        except pymongo.errors.PyMongoError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+@pytest.mark.skipif(not SERVER.exists(), reason="secantusdb (the test extra) is not installed")
+def test_given_mongodb_down_when_50_signals_arrive_then_held_and_all_fill_once_after_it(
+        emulator_host, project_id, tmp_path):
+    server = MongoServer(tmp_path / "mongo").start()
+    port = free_port()
+    rig = PubSubRig(project_id)
+    daemon = DaemonProcess(tmp_path / "work", {
+        "PUBSUB_EMULATOR_HOST": emulator_host, "GOOGLE_CLOUD_PROJECT": project_id,
+        "MONGODB_URI": server.uri, "MOCK_FILL_DELAY_SECONDS": "0.2",
+        "ORDER_POLL_SECONDS": "0.1", "HEARTBEAT_SECONDS": "0.5",
+        "METRICS_PORT": str(port), "METRICS_HOST": "127.0.0.1"})
+    try:
+        daemon.start()
+        first = market_signal({"account_id": "acc_abc123", "strategy_name": "Mongo"})
+        rig.publish(first)
+        rig.wait_for(lambda: rig.terminal(first["signal_id"]), 30, "the first fill")
+        server.stop()
+        signals = [market_signal({"account_id": "acc_abc123", "strategy_name": "Mongo"})
+                   for _ in range(SIGNALS)]
+        for body in signals:
+            rig.publish(body)
+        wait_until(lambda: f"{SIGNALS} messages held" in health(port), 90,
+                   f"the daemon to hold all {SIGNALS} signals")
+        wait_until(lambda: outage_seconds(health(port)) >= 3, 30, "a 3 s outage")
+        assert rig.dead_letters() == []
+        server.start()
+
+        ids = [body["signal_id"] for body in signals]
+        rig.wait_for(lambda: all(rig.terminal(i) for i in ids), 90, "all 50 filled")
+        for signal_id in ids:
+            assert rig.statuses(signal_id) == ["SUBMITTED", "FILLED"], signal_id
+        assert rig.dead_letters() == []
+        wait_until(lambda: health(port) == "ok", 20, "healthy again")
+        client = pymongo.MongoClient(server.uri)
+        try:
+            assert client.trading.mock_broker_orders.count_documents({}) == SIGNALS + 1
+        finally:
+            client.close()
+    finally:
+        daemon.stop_quietly()
+        rig.close()
+        server.stop()
+    log = (tmp_path / "work" / "logs" / "execution_service.log").read_text()
+    assert "Traceback" not in log
+    assert log.count("Store outage:") == 1 and log.count("Store outage over after") == 1, log
