@@ -25,6 +25,7 @@ from execution_service.credentials import (
     stored_fields,
 )
 from execution_service.domain.accounts import parse_symbols
+from execution_service.domain.intake import IntakeLimits
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.risk import limits_from_row
 from execution_service.errors import FatalConfigError
@@ -82,7 +83,8 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
     store = store or Store(handle.database)
     store.ensure_indexes()
     ensure_risk_indexes(store.db)
-    risk = RiskGate(store.db, clock, collar_pct=settings.PRICE_COLLAR_PCT)
+    risk = RiskGate(store.db, clock, collar_pct=settings.PRICE_COLLAR_PCT,
+                    working_orders=store.working_orders)
     metrics = Metrics()
     notifier = notifier or NullNotifier()
     counters = Counters()
@@ -99,8 +101,9 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
                             late_fill_grace=settings.LATE_FILL_GRACE_SECONDS)
     tracker = OrderTracker(journal, brokers, notifier, policy, clock, risk.halt_for, metrics)
     leases = LeaseKeeper(store, tracker, owner, settings.LEASE_SECONDS, clock)
+    limits = IntakeLimits(settings.MAX_MESSAGE_BYTES, settings.MAX_MESSAGE_DEPTH)
     processor = SignalProcessor(store, journal, tracker, brokers, clock, owner, leases.lease_until,
-                                risk)
+                                risk, limits)
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
                metrics, notifier, counters, clock)
 

@@ -16,7 +16,8 @@ from execution_service.clock import utc_now
 from execution_service.config import Settings, load_settings
 from execution_service.credentials import shown
 from execution_service.domain.accounts import parse_symbols
-from execution_service.domain.records import iso
+from execution_service.domain.records import iso, strict_json
+from execution_service.domain.text import single_line
 from execution_service.errors import ExecutionError, FatalConfigError
 from execution_service.redaction import REDACTOR, redact
 
@@ -32,7 +33,7 @@ def _json_default(value):
 
 
 def _print_json(value) -> None:
-    click.echo(json.dumps(value, indent=2, default=_json_default))
+    click.echo(strict_json(value, indent=2, default=_json_default))
 
 
 class Cli(click.Group):
@@ -157,10 +158,12 @@ def orders(as_json: bool, limit: int) -> None:
         _print_json(records)
         return
     for doc in records:
-        click.echo(f"{iso(doc.get('received_at'))}  {doc['signal_id']:<32} {doc['status']:<16} "
-                   f"{doc.get('side') or '':<4} {_num(doc.get('filled_quantity'))}/"
-                   f"{_num(doc.get('quantity'))} {doc.get('symbol') or ''} "
-                   f"@ {_num(doc.get('avg_fill_price'))}  {doc.get('reject_reason') or ''}")
+        # a rejected record keeps what the message said: shown on one line, escaped
+        click.echo(single_line(
+            f"{iso(doc.get('received_at'))}  {doc['signal_id']:<32} {doc['status']:<16} "
+            f"{doc.get('side') or '':<4} {_num(doc.get('filled_quantity'))}/"
+            f"{_num(doc.get('quantity'))} {doc.get('symbol') or ''} "
+            f"@ {_num(doc.get('avg_fill_price'))}  {doc.get('reject_reason') or ''}"))
 
 
 @main.command()
@@ -180,7 +183,9 @@ def positions(as_json: bool, show_all: bool) -> None:
 
 
 def _num(value) -> str:
-    return "-" if value is None else f"{value:g}"
+    if value is None:
+        return "-"
+    return f"{value:g}" if isinstance(value, (int, float)) else single_line(str(value))
 
 
 def _with_store(read):

@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from execution_service.domain.text import single_line
 from execution_service.journey import render_journey, signal_journey
 
 
@@ -27,7 +28,8 @@ def show(signal_id: str, as_json: bool) -> None:
     if as_json:
         _print_json(journey)
     else:
-        click.echo(render_journey(journey))
+        # each line is the service's; what it quotes from a message is escaped
+        click.echo("\n".join(single_line(line) for line in render_journey(journey).split("\n")))
 
 
 def register(main_group: click.Group) -> None:

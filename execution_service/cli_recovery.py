@@ -13,6 +13,7 @@ import click
 from brokers.factory import BrokerFactory
 from execution_service.bootstrap import open_app_store, use_account_credentials
 from execution_service.cli import _print_json, _pubsub, _settings
+from execution_service.domain.text import single_line
 from execution_service.errors import FatalConfigError
 from execution_service.service.reconcile import reconcile
 
@@ -75,8 +76,10 @@ def dead_letters_command(as_json: bool, requeue_id: str | None, max_messages: in
             _print_json(letters)
         else:
             for letter in letters:
+                # reason and body came from a message: one line each, escaped
                 click.echo(f"{letter['id']}  attempts {letter['delivery_count'] or '-'}  "
-                           f"{letter['reason']}\n    {letter['body'][:200]}")
+                           f"{single_line(letter['reason'])}\n"
+                           f"    {single_line(letter['body'][:200])}")
             click.echo(f"{len(letters)} dead letters")
 
 
@@ -84,6 +87,11 @@ def _requeue(pubsub, names, subscriber, chosen, requeue_id: str) -> None:
     if not chosen:
         raise FatalConfigError(f"no dead letter {requeue_id} (list them with `dead-letters`)")
     message = chosen[0].message
+    if message.attributes.get("dead_letter_truncated"):
+        raise FatalConfigError(f"dead letter {requeue_id} keeps only the first "
+                               f"{len(message.data):,} of its "
+                               f"{message.attributes.get('dead_letter_original_bytes')} bytes: "
+                               "it cannot be requeued (ask upstream to send it again)")
     attributes = {k: v for k, v in message.attributes.items()
                   if not k.startswith(("CloudPubSubDeadLetter", "dead_letter_"))}
     publisher = pubsub.pubsub_v1.PublisherClient()

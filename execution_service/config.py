@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from execution_service.domain.intake import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DEPTH
 from execution_service.errors import FatalConfigError
 from execution_service.redaction import REDACTED, protect, redact, uri_password
 
@@ -74,6 +75,9 @@ class Settings(BaseSettings):
     METRICS_PORT: int | None = Field(default=None, ge=0, le=65535)
     METRICS_HOST: str = "0.0.0.0"
     LEASE_SECONDS: float = Field(default=15.0, gt=0)
+    # Checked before a body is parsed (issue 14); an order is under 2 KB.
+    MAX_MESSAGE_BYTES: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, le=10_000_000)
+    MAX_MESSAGE_DEPTH: int = Field(default=DEFAULT_MAX_DEPTH, ge=2, le=200)
 
     @field_validator("PUBSUB_EMULATOR_HOST", "MONGODB_URI", "ACCOUNTS_FILE", "MOCK_SEED",
                      "TELEGRAM_BOT_TOKEN", "TELEGRAM_CHAT_ID", "KITE_API_KEY",

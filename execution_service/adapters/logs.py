@@ -8,12 +8,24 @@ import queue
 import re
 from pathlib import Path
 
+from execution_service.domain.text import single_line
+
 FORMAT = "%(asctime)s | [EXECUTION] | %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 SERVICE_LOG = "execution_service.log"
 JOURNEY_LOG = "signal_processing.log"
 _JOURNEY = re.compile(r"^(Received order|Placing order|Order |Published execution|Duplicate "
                       r"signal|Late fill|Resuming|Cancelling)")
+
+
+class OneLineFormatter(logging.Formatter):
+    """A record's message on one line: line breaks, ANSI escapes and bidi controls quoted from a
+    message are escaped, so each line has the shape the service gave it. A traceback, appended
+    after the message, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = single_line(record.message)
+        return super().formatMessage(record)
 
 
 class JourneyFilter(logging.Filter):
@@ -45,6 +57,7 @@ def setup_logging(log_dir: Path, level: str = "INFO", console: bool = True
     records: queue.SimpleQueue = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=True)
     front = logging.handlers.QueueHandler(records)
+    front.setFormatter(OneLineFormatter())  # the listener's handlers get the escaped message
     front._execution_service = True  # type: ignore[attr-defined]
     root.addHandler(front)
     root.setLevel(level.upper())

@@ -19,7 +19,7 @@ from google.pubsub_v1.services.publisher import client as gapic_publisher
 
 logger = logging.getLogger(__name__)
 # The subscription's settings and the consumer's, from one place so they agree. A held message
-# (store outage: service/intake.py) keeps its lease for MAX_LEASE_SECONDS, renewed every
+# (store outage: service/held_messages.py) keeps its lease for MAX_LEASE_SECONDS, renewed every
 # ACK_DEADLINE_SECONDS; then Pub/Sub redelivers it, spending one of MAX_DELIVERY_ATTEMPTS.
 MAX_DELIVERY_ATTEMPTS = 5
 ACK_DEADLINE_SECONDS = 10

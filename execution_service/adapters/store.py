@@ -204,6 +204,15 @@ class Store:
         return list(self.records.find({"status": {"$in": NON_TERMINAL}}).sort("received_at", 1))
 
     @translating
+    def working_orders(self, account_id: str, symbol: str) -> list[dict]:
+        """The account's orders in this symbol not yet done (every replica's, every strategy's):
+        what a position limit must count besides the position."""
+        return list(self.records.find(
+            {"status": {"$in": NON_TERMINAL}, "account_id": account_id, "symbol": symbol},
+            {"side": 1, "quantity": 1, "filled_quantity": 1, "limit_price": 1, "stop_price": 1,
+             "reference_price": 1}))
+
+    @translating
     def recent_records(self, limit: int) -> list[dict]:
         cursor = self.records.find().sort([("received_at", -1), ("_id", -1)])
         return list(cursor.limit(limit) if limit else cursor)

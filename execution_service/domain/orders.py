@@ -6,6 +6,7 @@ state and returns a new one plus the events that explain the change; nothing doe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -183,9 +184,17 @@ def apply_fills(state: OrderState, fills: Iterable[FillLike], at: datetime) -> C
     return change
 
 
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def _apply_one_fill(state: OrderState, fill: FillLike, at: datetime) -> Change:
-    if fill.exec_id in state.exec_ids or fill.quantity <= 0:
-        return Change(state)
+    if fill.exec_id in state.exec_ids or not _finite(fill.quantity) or fill.quantity <= 0 or \
+            not _finite(fill.price):
+        return Change(state)  # a broker's NaN or infinity never reaches the record
     if state.status in (S.REJECTED, S.FILLED):
         return Change(state)
     quantity = min(_round_qty(fill.quantity), state.remaining_quantity)

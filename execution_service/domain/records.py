@@ -6,6 +6,7 @@ Pure mapping between domain values and the documents the store keeps.
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -131,7 +132,24 @@ def confirmation_message(payload: dict[str, Any]) -> tuple[bytes, dict[str, str]
     attributes = {"signal_id": payload["signal_id"], "status": payload["status"],
                   "account_id": payload.get("account_id") or "",
                   "sequence": str(payload["sequence"])}
-    return json.dumps(payload, separators=(",", ":")).encode(), attributes
+    return strict_json(payload, separators=(",", ":")).encode(), attributes
+
+
+def strict_json(value: Any, **options: Any) -> str:
+    """JSON any parser accepts: a number that is not finite (none should ever be stored, but a
+    record written before the bounds existed may hold one) is written as null, never as
+    `Infinity` or `NaN`."""
+    return json.dumps(finite_only(value), allow_nan=False, **options)
+
+
+def finite_only(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_only(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_only(item) for item in value]
+    return value
 
 
 def as_utc(value: datetime | None) -> datetime | None:

@@ -6,9 +6,12 @@ Controls run in this order and the first that fails is the answer:
 1. ``halt``                   an operator halt (global, or on this account) is active
 2. ``max_order_quantity``     this order's quantity
 3. ``max_order_notional``     quantity x price (limit, else stop, else reference price)
-4. ``max_position_notional``  |open net position + this order| x price, per account and symbol
+4. ``max_position_notional``  |open net position + working orders on this order's side + this
+                              order|, each at its price, per account and symbol
 5. ``max_orders_per_minute``  orders the account placed in the last 60 s (sliding)
-6. ``price_collar``           limit/stop price within PRICE_COLLAR_PCT of reference_price
+6. ``price_collar``           a limit no more than PRICE_COLLAR_PCT through reference_price (a
+                              BUY above it, a SELL below); a stop not on the side of the market
+                              where it would trigger at once
 
 Limits live on the account document under those names; an absent (None) limit is not
 checked, and a value exactly at a limit passes.
@@ -52,6 +55,38 @@ class Exposure:
 
 
 @dataclass(frozen=True)
+class WorkingOrders:
+    """The unfilled remainder of an account's working orders in one symbol, by side: signed
+    notional (BUY positive) and quantity, each order at its own price."""
+
+    buy_quantity: float = 0.0
+    buy_notional: float = 0.0
+    sell_quantity: float = 0.0
+    sell_notional: float = 0.0
+
+
+NONE_WORKING = WorkingOrders()
+
+
+def working_orders(records: Iterable[dict], fallback_price: float) -> WorkingOrders:
+    """Sum PENDING/SUBMITTED/PARTIALLY_FILLED records: remaining quantity at the order's limit
+    (else stop, else reference) price, or at `fallback_price` when it has none."""
+    totals = {"BUY": [0.0, 0.0], "SELL": [0.0, 0.0]}
+    for doc in records:
+        side = doc.get("side")
+        if side not in totals:
+            continue
+        remaining = float(doc.get("quantity") or 0.0) - float(doc.get("filled_quantity") or 0.0)
+        if remaining <= 0:
+            continue
+        price = doc.get("limit_price") or doc.get("stop_price") or doc.get("reference_price")
+        totals[side][0] += remaining
+        totals[side][1] += remaining * float(price or fallback_price)
+    return WorkingOrders(totals["BUY"][0], totals["BUY"][1], totals["SELL"][0],
+                         totals["SELL"][1])
+
+
+@dataclass(frozen=True)
 class RiskSettings:
     collar_pct: float | None = DEFAULT_COLLAR_PCT  # None: no price collar
 
@@ -78,22 +113,28 @@ def signed_quantity(signal: Signal) -> float:
 
 def first_breach(signal: Signal, account: dict, *, exposure: Exposure = FLAT,
                  orders_last_minute: int = 0, halt: dict | None = None,
-                 settings: RiskSettings = DEFAULT_SETTINGS) -> RiskBreach | None:
+                 settings: RiskSettings = DEFAULT_SETTINGS,
+                 working: WorkingOrders = NONE_WORKING) -> RiskBreach | None:
     """The first failing control for this order on this account, or None when it may go.
 
     `exposure` is the account's open position in the signal's symbol, summed over every
-    strategy: max_position_notional is a limit per account and symbol. `orders_last_minute`
+    strategy: max_position_notional is a limit per account and symbol, and counts `working`
+    (the account's orders in this symbol not yet filled, this one excluded). `orders_last_minute`
     counts the account's orders in the 60 s before this one (this one excluded). `halt` is the
     active halt document that applies (global or this account's), if any.
     """
     if halt is not None:
         return RiskBreach(HALT, halt_reason(halt))
-    checks = (_order_quantity, _order_notional, _position_notional, _orders_per_minute)
+    checks = (lambda: _order_quantity(signal, account),
+              lambda: _order_notional(signal, account),
+              lambda: _position_notional(signal, account, exposure, working),
+              lambda: _orders_per_minute(account, orders_last_minute),
+              lambda: collar_breach(signal, settings.collar_pct))
     for check in checks:
-        breach = check(signal, account, exposure, orders_last_minute)
+        breach = check()
         if breach is not None:
             return breach
-    return collar_breach(signal, settings.collar_pct)
+    return None
 
 
 def halt_reason(halt: dict) -> str:
@@ -118,7 +159,7 @@ def _above(value: float, limit: float) -> bool:
     return value > limit and not math.isclose(value, limit, rel_tol=_REL_TOL)
 
 
-def _order_quantity(signal, account, _exposure, _recent) -> RiskBreach | None:
+def _order_quantity(signal, account) -> RiskBreach | None:
     limit, unusable = _limit(account, MAX_ORDER_QUANTITY)
     if unusable or limit is None:
         return unusable
@@ -145,7 +186,7 @@ def _priced_limit(signal, account, name: str) -> tuple[float | None, float | Non
     return limit, price, None
 
 
-def _order_notional(signal, account, _exposure, _recent) -> RiskBreach | None:
+def _order_notional(signal, account) -> RiskBreach | None:
     limit, price, breach = _priced_limit(signal, account, MAX_ORDER_NOTIONAL)
     if limit is None:
         return breach
@@ -156,21 +197,31 @@ def _order_notional(signal, account, _exposure, _recent) -> RiskBreach | None:
     return None
 
 
-def _position_notional(signal, account, exposure, _recent) -> RiskBreach | None:
+def _position_notional(signal, account, exposure: Exposure,
+                       working: WorkingOrders) -> RiskBreach | None:
     limit, price, breach = _priced_limit(signal, account, MAX_POSITION_NOTIONAL)
     if limit is None:
         return breach
-    after = abs(exposure.net_quantity + signed_quantity(signal))
-    if after <= abs(exposure.net_quantity):
+    if signal.side == "BUY":
+        resting, resting_quantity = working.buy_notional, working.buy_quantity
+    else:
+        resting, resting_quantity = -working.sell_notional, -working.sell_quantity
+    before = exposure.net_quantity * price + resting
+    after = before + signed_quantity(signal) * price
+    if abs(after) <= abs(before):
         return None  # reduces (or keeps) the position: never block the way out
-    notional = after * price
-    if _above(notional, limit):
-        return RiskBreach(MAX_POSITION_NOTIONAL, f"position notional {notional:.2f} would "
-                                                 f"exceed {MAX_POSITION_NOTIONAL} {limit:.2f}")
+    if _above(abs(after), limit):
+        detail = f"position {exposure.net_quantity:g}"
+        if resting_quantity:
+            detail += f" + working orders {resting_quantity:g}"
+        return RiskBreach(MAX_POSITION_NOTIONAL,
+                          f"position notional {abs(after):.2f} would exceed "
+                          f"{MAX_POSITION_NOTIONAL} {limit:.2f} ({detail} + this order "
+                          f"{signed_quantity(signal):g})")
     return None
 
 
-def _orders_per_minute(_signal, account, _exposure, recent: int) -> RiskBreach | None:
+def _orders_per_minute(account, recent: int) -> RiskBreach | None:
     limit, unusable = _limit(account, MAX_ORDERS_PER_MINUTE)
     if unusable or limit is None:
         return unusable
@@ -181,21 +232,33 @@ def _orders_per_minute(_signal, account, _exposure, recent: int) -> RiskBreach |
 
 
 def collar_breach(signal: Signal, collar_pct: float | None) -> RiskBreach | None:
-    """A limit or stop price further than collar_pct percent from reference_price."""
+    """A price that goes through the market (reference_price) by more than collar_pct percent
+    (a BUY limit above it, a SELL limit below), or a stop on the side of the market where it
+    would trigger at once. Passive prices, however far, pass."""
     reference = signal.reference_price
-    if collar_pct is None or reference is None:
+    if reference is None:
         return None
-    names = {"LIMIT": ("limit_price",), "STOP": ("stop_price",),
-             "STOP_LIMIT": ("stop_price", "limit_price")}.get(signal.order_type, ())
-    for name in names:
-        price = getattr(signal, name)
-        if price is None:
-            continue
-        distance = abs(price - reference) / reference * 100.0
-        if _above(distance, collar_pct):
-            return RiskBreach(PRICE_COLLAR, f"{name} {price:.2f} is {distance:.1f}% from "
-                                            f"reference_price {reference:.2f}, beyond the "
-                                            f"{collar_pct:g}% price collar")
+    buy = signal.side == "BUY"
+    stop = signal.stop_price
+    if signal.order_type in ("STOP", "STOP_LIMIT") and stop is not None and (
+            stop <= reference if buy else stop >= reference):
+        where = "at or below" if buy else "at or above"
+        return RiskBreach(PRICE_COLLAR, f"stop_price {stop:.2f} is {where} the market "
+                                        f"(reference_price {reference:.2f}): a {signal.side} "
+                                        "stop there would trigger at once")
+    limit = signal.limit_price
+    if collar_pct is None or limit is None:
+        return None
+    # a stop-limit's limit is collared around its stop: the market when it triggers
+    on_stop = signal.order_type == "STOP_LIMIT" and stop is not None
+    market = stop if on_stop else reference
+    through = (limit - market if buy else market - limit) / market * 100.0
+    if through > 0 and _above(through, collar_pct):
+        side = "above" if buy else "below"
+        basis = "stop_price" if on_stop else "reference_price"
+        return RiskBreach(PRICE_COLLAR, f"limit_price {limit:.2f} is {through:.1f}% {side} "
+                                        f"{basis} {market:.2f} for a {signal.side}, beyond the "
+                                        f"{collar_pct:g}% price collar")
     return None
 
 

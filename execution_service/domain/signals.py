@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import math
-import re
-from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-SIGNAL_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-INT64_MAX = 2**63 - 1
+from execution_service.domain.intake import (
+    DEFAULT_LIMITS,
+    SIGNAL_ID_PATTERN,
+    SIGNAL_ID_RULE,
+    IntakeLimits,
+    Invalid,
+    Unusable,
+    decode_body,
+    storable,
+    storable_fields,
+)
+from execution_service.domain.numbers import number_problems
+from execution_service.domain.text import check_free_text, normalise_identifier
+
+__all__ = ["AssetClass", "Invalid", "Signal", "Unusable", "parse_signal", "storable"]
 KNOWN_FIELDS_ORDER = ("signal_id", "account_id", "strategy_name", "symbol", "side", "quantity",
                       "order_type", "limit_price", "stop_price", "time_in_force", "stop_loss",
                       "take_profit", "asset_class", "exchange", "currency", "product",
@@ -69,24 +78,20 @@ class Signal(BaseModel):
     @classmethod
     def _signal_id_charset(cls, value: str) -> str:
         if not SIGNAL_ID_PATTERN.match(value):
-            raise ValueError(f"must be 1-128 characters of A-Z a-z 0-9 _ . : -, got {value!r}")
+            raise ValueError(f"must be {SIGNAL_ID_RULE}, got {value!r}")
         return value
 
-    @field_validator("symbol")
+    @field_validator("symbol", "account_id", "exchange", "currency")
     @classmethod
-    def _symbol_safe(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank")
-        if "$" in value or _CONTROL_CHARS.search(value):
-            raise ValueError(f"must not contain '$' or control characters, got {value!r}")
-        return value.strip()
+    def _identifier(cls, value: str | None, info) -> str | None:
+        return None if value is None else normalise_identifier(info.field_name, value)
 
-    @field_validator("account_id", "strategy_name")
+    @field_validator("strategy_name")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
+    def _name(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be blank")
-        return value
+        return check_free_text("strategy_name", value)
 
     @model_validator(mode="after")
     def _order_rules(self) -> Signal:
@@ -105,6 +110,7 @@ def _order_problems(signal: Signal):
             whole < 1 or not math.isclose(signal.quantity, whole, abs_tol=1e-9)):
         yield (f"quantity must be a whole number for {signal.asset_class} "
                f"(fractions only for CRYPTO or FOREX), got {signal.quantity:g}")
+    yield from number_problems(signal)
     if signal.order_type in ("LIMIT", "STOP_LIMIT") and signal.limit_price is None:
         yield f"limit_price is required for {signal.order_type} orders"
     if signal.order_type in ("STOP", "STOP_LIMIT") and signal.stop_price is None:
@@ -125,83 +131,20 @@ def _order_problems(signal: Signal):
                    f"got {level:g}")
 
 
-@dataclass(frozen=True)
-class Unusable:
-    """A message that cannot even be recorded: no JSON object or no usable signal_id."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class Invalid:
-    """A message with a usable signal_id whose order is invalid: recorded as REJECTED."""
-
-    signal_id: str
-    reason: str
-    fields: dict[str, Any]  # what could be kept of the message, safe to store
-
-
-def parse_signal(body: bytes) -> Signal | Invalid | Unusable:
-    """Decode and validate one message body."""
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        return Unusable(f"body is not UTF-8: {e.reason} at byte {e.start}")
-    except (ValueError, RecursionError) as e:
-        return Unusable(f"body is not valid JSON: {e}")
+def parse_signal(body: bytes, limits: IntakeLimits = DEFAULT_LIMITS
+                 ) -> Signal | Invalid | Unusable:
+    """Decode and validate one message body; never raises for any input."""
+    data = decode_body(body, KNOWN_FIELDS_ORDER, limits)
     if not isinstance(data, dict):
-        return Unusable(f"body must be a JSON object, got {type(data).__name__}")
-    signal_id = data.get("signal_id")
-    if not isinstance(signal_id, str) or not SIGNAL_ID_PATTERN.match(signal_id):
-        shown = "missing" if signal_id is None else f"invalid: {signal_id!r:.80}"
-        return Unusable(f"signal_id {shown} (need 1-128 characters of A-Z a-z 0-9 _ . : -)")
-    bad_key = _first_unsafe_key(data)
-    if bad_key is not None:
-        return Invalid(signal_id, f"field name {bad_key!r:.80} is not allowed (no '$' prefix, "
-                                  "no '.')", _storable_fields(data))
+        return data
     known = {key: value for key, value in data.items() if key in KNOWN_FIELDS_ORDER}
     extra = {key: storable(value) for key, value in data.items()
              if key not in KNOWN_FIELDS_ORDER}
     try:
         return Signal(**known, extra_fields=extra)
     except ValidationError as e:
-        return Invalid(signal_id, describe_validation_error(e), _storable_fields(data))
-
-
-def _first_unsafe_key(value: Any) -> str | None:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key.startswith("$") or "." in key:
-                return key
-            found = _first_unsafe_key(item)
-            if found is not None:
-                return found
-    if isinstance(value, list):
-        for item in value:
-            found = _first_unsafe_key(item)
-            if found is not None:
-                return found
-    return None
-
-
-def _storable_fields(data: dict) -> dict[str, Any]:
-    """The known fields that are plain scalars, kept as data on the rejection record."""
-    return {key: storable(data[key]) for key in KNOWN_FIELDS_ORDER
-            if key in data and isinstance(data[key], (str, int, float, bool))
-            and not (isinstance(data[key], float) and not math.isfinite(data[key]))}
-
-
-def storable(value: Any) -> Any:
-    """The value as BSON can hold it: integers beyond 64 bits are kept as their digits."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and not -INT64_MAX - 1 <= value <= INT64_MAX:
-        return str(value)
-    if isinstance(value, dict):
-        return {key: storable(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [storable(item) for item in value]
-    return value
+        return Invalid(data["signal_id"], describe_validation_error(e),
+                       storable_fields(data, KNOWN_FIELDS_ORDER))
 
 
 _MESSAGES = {
@@ -234,12 +177,24 @@ def _describe(item: dict) -> str:
     value = item.get("input")
     if item["type"] == "value_error":
         message = str(context.get("error", item["msg"]))
-        return message if field == "order" else f"{field} {message}"
+        if field == "order" or message.startswith(f"{field} "):
+            return message
+        return f"{field} {message}"
+    if item["type"] == "float_type" and _non_finite_text(value):
+        return f"{field} must be a finite number, got {value}"
     template = _MESSAGES.get(item["type"])
     if template is None:
         return f"{field}: {item['msg']}, got {_show(value)}"
     context.setdefault("length", len(value) if isinstance(value, str) else "?")
     return template.format(field=field, input=_show(value), **context)
+
+
+def _non_finite_text(value: Any) -> bool:
+    """A number JSON decoding kept as text because it is not finite (NaN, 1e400)."""
+    try:
+        return isinstance(value, str) and not math.isfinite(float(value))
+    except ValueError:
+        return False
 
 
 def _show(value: Any) -> str:

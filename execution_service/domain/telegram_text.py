@@ -9,6 +9,7 @@ from execution_service.domain.notices import (
     OrderNotice,
     ServiceAlert,
 )
+from execution_service.domain.text import single_line
 
 MAX_MESSAGE_LENGTH = 4096  # Telegram's limit, in UTF-16 code units
 TRUNCATION_MARK = "\n… (truncated)"
@@ -148,7 +149,8 @@ def _late_fill(notice: OrderNotice) -> str:
 
 def _alert(alert: ServiceAlert) -> str:
     title = _ALERT_TITLES.get(alert.kind, f"⚠️ {alert.kind}")
-    text = alert.text.strip()
+    # alert lines are the service's own; what each line quotes from a message is cleaned
+    text = "\n".join(single_line(line) for line in alert.text.strip().split("\n"))
     return f"{title}\n\n{text}" if text else title
 
 
@@ -162,7 +164,9 @@ _NOTICE_COMPOSERS = {
 
 
 def _lines(title: str, *fields: tuple[str, str | None]) -> str:
-    body = [f"{name}: {value}" for name, value in fields if value not in (None, "")]
+    # every value may quote a message: one line each, whatever it contains
+    body = [f"{name}: {single_line(str(value))}" for name, value in fields
+            if value not in (None, "")]
     return "\n".join([title, "", *body])
 
 

@@ -13,9 +13,10 @@ from datetime import datetime
 
 from execution_service import __version__
 from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.intake import dead_letter_message
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.errors import ExecutionError, StoreUnavailable
-from execution_service.service.intake import HeldIntake
+from execution_service.service.held_messages import HeldIntake
 from execution_service.service.processor import Action, Outcome
 from execution_service.service.risk import halt_alert, resume_alert, watch_halts
 
@@ -92,10 +93,10 @@ class ExecutionDaemon:
             message.nack()
 
     async def _dead_letter(self, message, reason: str) -> None:
-        attributes = {**dict(message.attributes), "dead_letter_reason": reason[:1000],
-                      "original_message_id": message.message_id}
+        body, attributes = dead_letter_message(message.data, dict(message.attributes), reason,
+                                               message.message_id)
         try:
-            await self._dead_letters.publish(message.data, attributes)
+            await self._dead_letters.publish(body, attributes)
             message.ack()
         except Exception as e:
             logger.warning("Dead-letter publish failed (%s); message nacked", e)

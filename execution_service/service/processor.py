@@ -1,14 +1,13 @@
 """Process one inbound message: validate, claim, hand to the tracker (SPEC §1, §2, §3).
 
 Returns what to do with the Pub/Sub message: ACK once the outcome or the claim is durable,
-HOLD when the store cannot take it now (see intake.py), DEAD_LETTER when the message cannot
+HOLD when the store cannot take it now (see held_messages.py), DEAD_LETTER when the message cannot
 even be recorded.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from enum import StrEnum
 
 from execution_service.adapters.store import DuplicateSignal
 from execution_service.domain.accounts import account_problem
+from execution_service.domain.intake import DEFAULT_LIMITS, IntakeLimits, signal_id_hint
 from execution_service.domain.orders import Event, OrderStatus
 from execution_service.domain.records import confirmation, new_claim, new_rejection
 from execution_service.domain.signals import Invalid, Signal, Unusable, parse_signal
@@ -43,7 +43,8 @@ class Outcome:
 class SignalProcessor:
     def __init__(self, store, journal, tracker, brokers, clock: Callable[[], datetime],
                  owner: dict | None = None,
-                 lease_until: Callable[[], datetime] | None = None, risk=None):
+                 lease_until: Callable[[], datetime] | None = None, risk=None,
+                 limits: IntakeLimits = DEFAULT_LIMITS):
         self._store = store
         self._journal = journal
         self._tracker = tracker
@@ -53,6 +54,7 @@ class SignalProcessor:
         self._lease_until = lease_until
         self._risk = risk
         self._accounts: dict[str, tuple[float, dict | None]] = {}
+        self._limits = limits
 
     def handle(self, body: bytes) -> Outcome:
         self._journal.counters.orders_received += 1
@@ -61,10 +63,10 @@ class SignalProcessor:
         except StoreUnavailable as e:
             # Not logged per message: the store's health logs the outage once (store_errors)
             self._journal.counters.held += 1
-            return Outcome(Action.HOLD, str(e), _signal_id_hint(body))
+            return Outcome(Action.HOLD, str(e), signal_id_hint(body) or "no signal_id")
 
     def _handle(self, body: bytes) -> Outcome:
-        parsed = parse_signal(body)
+        parsed = parse_signal(body, self._limits)
         if isinstance(parsed, Unusable):
             self._journal.counters.dead_lettered += 1
             logger.warning("Unusable message sent to dead letters: %s", parsed.reason)
@@ -124,11 +126,3 @@ class SignalProcessor:
         logger.info("Duplicate signal ignored (already recorded): %s", signal_id)
         return Outcome(Action.ACK, "duplicate", signal_id)
 
-
-_SIGNAL_ID = re.compile(rb'"signal_id"\s*:\s*"([A-Za-z0-9_.:-]{1,128})"')
-
-
-def _signal_id_hint(body: bytes) -> str:
-    """The signal id for a log line, without parsing the whole message again."""
-    match = _SIGNAL_ID.search(body)
-    return match.group(1).decode() if match else "no signal_id"

@@ -25,10 +25,13 @@ from execution_service.domain.risk import (
     FLAT,
     MAX_ORDERS_PER_MINUTE,
     MAX_POSITION_NOTIONAL,
+    NONE_WORKING,
     RiskBreach,
     RiskSettings,
+    WorkingOrders,
     first_breach,
     net_exposure,
+    working_orders,
 )
 from execution_service.domain.signals import Signal
 from execution_service.errors import StoreUnavailable
@@ -89,8 +92,11 @@ class RiskGate:
     """`check(signal, account)` right after the account check, before the claim."""
 
     def __init__(self, store_db, clock: Callable[[], datetime], collar_pct: float | None = 10.0,
-                 halt_cache_seconds: float = 0.5, timer: Callable[[], float] = time.monotonic):
+                 halt_cache_seconds: float = 0.5, timer: Callable[[], float] = time.monotonic,
+                 working_orders: Callable[[str, str], list[dict]] | None = None):
         self._db = store_db
+        # the store's working orders of (account, symbol); without it only positions count
+        self._working_orders = working_orders
         self._clock = clock
         self._timer = timer  # monotonic seconds, for the halt cache only
         self._settings = RiskSettings(collar_pct)
@@ -103,18 +109,25 @@ class RiskGate:
     def check(self, signal: Signal, account: dict) -> RiskBreach | None:
         """The first failing control, or None. Raises StoreUnavailable (caller nacks)."""
         halt = self._applicable(self._current_halts(), signal.account_id)
-        exposure, recent = FLAT, 0
+        exposure, recent, working = FLAT, 0, NONE_WORKING
         if halt is None and account.get(MAX_POSITION_NOTIONAL) is not None:
             exposure = net_exposure(self._open_positions(signal.account_id, signal.symbol))
+            working = self._working(signal)
         if halt is None and account.get(MAX_ORDERS_PER_MINUTE) is not None:
             recent = self._orders_last_minute(signal.account_id)
         breach = first_breach(signal, account, exposure=exposure, orders_last_minute=recent,
-                              halt=halt, settings=self._settings)
+                              halt=halt, settings=self._settings, working=working)
         if breach is not None:
             self._rejections[breach.control] += 1
             logger.info("Risk control %s refused %s: %s", breach.control, signal.signal_id,
                         breach.reason)
         return breach
+
+    def _working(self, signal: Signal) -> WorkingOrders:
+        if self._working_orders is None or signal.entry_price is None:
+            return NONE_WORKING
+        return working_orders(self._working_orders(signal.account_id, signal.symbol),
+                              signal.entry_price)
 
     def halt_for(self, account_id: str) -> dict | None:
         """The active halt covering this account (global first), for the tracker: never raises;

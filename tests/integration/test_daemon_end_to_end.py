@@ -149,14 +149,25 @@ def test_given_limit_that_never_fills_then_cancelled_on_timeout(running):
 
 
 def test_given_stop_orders_then_trigger_only_through_the_stop(running):
+    """Given a BUY stop above the market, when a later signal moves the market through it,
+    then it fills; one the market never reaches is cancelled on timeout; one already through
+    the market (it would trigger at once) is rejected naming stop_price."""
     daemon, rig = running
-    triggered = signal(order_type="STOP", stop_price=99.0, reference_price=100.0)
+    triggered = signal(order_type="STOP", stop_price=101.0, reference_price=100.0,
+                       symbol="DIA")
     resting = signal(order_type="STOP", stop_price=101.0, reference_price=100.0,
                      symbol="QQQ")
+    through = signal(order_type="STOP", stop_price=99.0, reference_price=100.0)
     rig.publish(triggered)
     rig.publish(resting)
+    rig.publish(through)
+    rig.wait_for(lambda: "SUBMITTED" in rig.statuses(triggered["signal_id"]), what="stop rests")
+    rig.publish(signal(symbol="DIA", reference_price=102.0))  # the market moves through it
     assert rig.wait_for(lambda: rig.terminal(triggered["signal_id"]),
                         what="stop fill")["status"] == "FILLED"
+    assert rig.wait_for(lambda: rig.terminal(through["signal_id"]),
+                        what="stop rejected")["reason"].startswith("stop_price 99.00 is at or "
+                                                                   "below the market")
     assert rig.wait_for(lambda: rig.terminal(resting["signal_id"]), timeout=20,
                         what="stop cancel")["status"] == "CANCELLED"
 

@@ -89,7 +89,7 @@ def test_given_limits_then_breaches_name_the_control_and_numbers(ops):
                                     "max_orders_per_minute 3")
     collar = outcome(rig, signal(order_type="LIMIT", limit_price=130.0, reference_price=100.0))
     assert collar["status"] == "REJECTED"
-    assert "30.0% from reference_price 100.00" in collar["reason"]
+    assert "30.0% above reference_price 100.00 for a BUY" in collar["reason"]
 
 
 def test_given_telegram_on_then_texts_reach_the_chat_and_the_token_stays_out_of_logs(ops):

@@ -83,7 +83,7 @@ def timer():
 
 @pytest.fixture
 def gate(db, timer):
-    return RiskGate(db, lambda: NOW, timer=timer)
+    return RiskGate(db, lambda: NOW, timer=timer, working_orders=Store(db).working_orders)
 
 
 def signal(**overrides) -> Signal:
@@ -218,7 +218,7 @@ def test_given_open_positions_of_two_strategies_then_the_account_symbol_total_is
     breach = gate.check(signal(), account)
     assert breach.control == "max_position_notional"
     assert breach.reason == ("position notional 30000.00 would exceed max_position_notional "
-                             "25000.00")
+                             "25000.00 (position 200 + this order 100)")
     assert gate.check(signal(quantity=50), account) is None  # 250 x 100 is exactly the limit
     assert gate.check(signal(side="SELL", quantity=150), account) is None  # reduces
 
@@ -377,3 +377,66 @@ def test_given_add_limit_options_then_a_command_receives_validated_limits():
 
     result = CliRunner().invoke(add, ["--max-order-quantity", "100", "--max-order-notional", "5"])
     assert json.loads(result.output) == {"max_order_notional": 5.0, "max_order_quantity": 100}
+
+
+# -- working orders count toward max_position_notional (issue 14) ---------------------------
+
+
+def working(db, n: int, *, side="BUY", quantity=100, filled=0.0, price=230.0, status="SUBMITTED",
+            account_id="acc_1", symbol="SPY") -> None:
+    db["execution_confirmations"].insert_one({
+        "_id": f"exec_w{n}", "signal_id": f"w{n}", "account_id": account_id, "symbol": symbol,
+        "side": side, "quantity": quantity, "filled_quantity": filled, "order_type": "LIMIT",
+        "limit_price": price, "status": status, "received_at": NOW})
+
+
+def test_given_a_resting_bid_of_23000_when_a_second_arrives_under_30000_then_it_is_refused(
+        db, gate):
+    """Given one resting bid of 23,000 (written by any replica: it is read from the store), when
+    a second bid of 23,000 arrives against a 30,000 limit, then it is refused naming both."""
+    account = {**ACCOUNT, "max_position_notional": 30_000}
+    bid = signal(order_type="LIMIT", limit_price=230.0, reference_price=231.0)
+    assert gate.check(bid, account) is None
+    working(db, 1)
+    breach = gate.check(bid, account)
+    assert breach.control == "max_position_notional"
+    assert breach.reason == ("position notional 46000.00 would exceed max_position_notional "
+                             "30000.00 (position 0 + working orders 100 + this order 100)")
+
+
+def test_given_working_orders_then_only_their_unfilled_part_on_this_side_counts(db, gate):
+    """Given a partly filled bid (60 of 100 left), a resting offer, other symbols and accounts
+    and a filled order, when checked, then only the 40 still working on the BUY side count."""
+    working(db, 1, filled=60)
+    working(db, 2, side="SELL", quantity=500)
+    working(db, 3, symbol="QQQ", quantity=900)
+    working(db, 4, account_id="acc_2", quantity=900)
+    working(db, 5, quantity=900, filled=900, status="FILLED")
+    working(db, 6, quantity=900, status="CANCELLED")
+    account = {**ACCOUNT, "max_position_notional": 32_200}  # (40 + 100) x 230
+    bid = signal(order_type="LIMIT", limit_price=230.0, reference_price=231.0)
+    assert gate.check(bid, account) is None
+    assert gate.check(signal(order_type="LIMIT", limit_price=230.0, reference_price=231.0,
+                             quantity=101), account).control == "max_position_notional"
+
+
+def test_given_resting_offers_when_a_sell_reduces_a_long_then_it_passes(db, gate):
+    """Given long 100 and no resting offers, a sell of 100 reduces the position and passes;
+    given resting offers of 300 already, a further sell is checked as adding to a short."""
+    db["positions"].insert_one({"_id": "p1", "account_id": "acc_1", "strategy_name": "A",
+                                "symbol": "SPY", "side": "LONG", "quantity": 100,
+                                "avg_entry_price": 100.0, "status": "OPEN"})
+    account = {**ACCOUNT, "max_position_notional": 25_000}
+    assert gate.check(signal(side="SELL"), account) is None
+    working(db, 1, side="SELL", quantity=300, price=100.0)
+    breach = gate.check(signal(side="SELL"), account)
+    assert breach.reason.startswith("position notional 30000.00 would exceed")
+
+
+def test_given_the_store_down_when_reading_working_orders_then_the_message_is_nacked(db):
+    """Given positions readable but the working-orders read failing, then StoreUnavailable
+    (the processor nacks): never a check that silently skipped what it could not read."""
+    gate = RiskGate(db, lambda: NOW, halt_cache_seconds=0,
+                    working_orders=Store(DownDb()).working_orders)
+    with pytest.raises(StoreUnavailable):
+        gate.check(signal(), {**ACCOUNT, "max_position_notional": 30_000})

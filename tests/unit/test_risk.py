@@ -101,14 +101,14 @@ def test_given_max_order_notional_10000_then_exactly_at_it_passes(quantity, expe
 
 
 def test_given_float_noise_at_the_limit_then_it_still_passes():
-    crypto = signal(quantity=3, reference_price=0.1, asset_class="CRYPTO")  # 0.30000000000000004
-    assert first_breach(crypto, account(max_order_notional=0.3)) is None
+    crypto = signal(quantity=30, reference_price=0.1, asset_class="CRYPTO")  # 3.0000000000000004
+    assert first_breach(crypto, account(max_order_notional=3)) is None
 
 
 @pytest.mark.parametrize(("overrides", "price"), [
     ({"order_type": "LIMIT", "limit_price": 101.0}, 101.0),
-    ({"order_type": "STOP", "stop_price": 99.0}, 99.0),
-    ({"order_type": "STOP_LIMIT", "stop_price": 99.0, "limit_price": 98.5}, 98.5),
+    ({"order_type": "STOP", "stop_price": 101.0}, 101.0),
+    ({"order_type": "STOP_LIMIT", "stop_price": 101.0, "limit_price": 101.5}, 101.5),
     ({}, 100.0),
 ])
 def test_given_an_order_then_notional_uses_limit_else_stop_else_reference(overrides, price):
@@ -136,7 +136,8 @@ def test_given_long_200_when_buying_100_at_100_over_25000_then_rejected_with_the
     breach = first_breach(signal(), account(max_position_notional=25_000),
                           exposure=Exposure(200, 95.0))
     assert breach == RiskBreach("max_position_notional", "position notional 30000.00 would "
-                                                         "exceed max_position_notional 25000.00")
+                                                         "exceed max_position_notional 25000.00 "
+                                                         "(position 200 + this order 100)")
 
 
 @pytest.mark.parametrize(("held", "expected"), [(150, None), (151, "max_position_notional")])
@@ -194,40 +195,65 @@ def test_given_3_orders_in_the_minute_then_the_reason_names_count_and_limit():
 # -- price collar ----------------------------------------------------------------------------
 
 
-def test_given_a_limit_30_pct_above_reference_then_the_reason_names_the_collar():
+def test_given_a_buy_limit_30_pct_above_reference_then_the_reason_names_the_collar():
     breach = first_breach(signal(order_type="LIMIT", limit_price=130.0), ACCOUNT)
-    assert breach == RiskBreach("price_collar", "limit_price 130.00 is 30.0% from "
-                                                "reference_price 100.00, beyond the 10% price "
-                                                "collar")
+    assert breach == RiskBreach("price_collar", "limit_price 130.00 is 30.0% above "
+                                                "reference_price 100.00 for a BUY, beyond the "
+                                                "10% price collar")
 
 
 @pytest.mark.parametrize("overrides", [
     {"order_type": "LIMIT", "limit_price": 110.0},
-    {"order_type": "LIMIT", "limit_price": 90.0},
+    {"order_type": "LIMIT", "side": "SELL", "limit_price": 90.0},
     {"order_type": "STOP", "stop_price": 110.0},
-    {"order_type": "STOP", "stop_price": 90.0},
-    {"order_type": "STOP_LIMIT", "stop_price": 90.0, "limit_price": 110.0},
-])
-def test_given_prices_exactly_10_pct_away_then_they_pass(overrides):
+    {"order_type": "STOP", "side": "SELL", "stop_price": 90.0},
+    {"order_type": "STOP_LIMIT", "stop_price": 100.5, "limit_price": 110.55},
+    {"order_type": "LIMIT", "limit_price": 70.0},
+    {"order_type": "LIMIT", "side": "SELL", "limit_price": 130.0},
+    {"order_type": "STOP", "stop_price": 150.0},
+    {"order_type": "STOP", "side": "SELL", "stop_price": 50.0},
+    {"order_type": "STOP_LIMIT", "stop_price": 150.0, "limit_price": 120.0},
+], ids=["buy-at-band", "sell-at-band", "buy-stop-above", "sell-stop-below", "stop-limit-at-band",
+        "bid-30-under", "offer-30-over", "buy-stop-far", "sell-stop-far", "stop-limit-passive"])
+def test_given_prices_at_the_band_or_passive_however_far_then_they_pass(overrides):
+    """Given an aggressive price exactly at the band, or a bid 30% under the market (an offer
+    above, a stop far away), when checked, then it passes: the collar stops aggressive prices
+    only."""
     assert first_breach(signal(**overrides), ACCOUNT) is None
 
 
-@pytest.mark.parametrize(("overrides", "name", "price"), [
-    ({"order_type": "LIMIT", "limit_price": 110.01}, "limit_price", "110.01"),
-    ({"order_type": "LIMIT", "limit_price": 89.99}, "limit_price", "89.99"),
-    ({"order_type": "STOP", "stop_price": 111.0}, "stop_price", "111.00"),
-    ({"order_type": "STOP", "stop_price": 89.0}, "stop_price", "89.00"),
-    ({"order_type": "STOP_LIMIT", "stop_price": 120.0, "limit_price": 105.0}, "stop_price",
-     "120.00"),
-    ({"order_type": "STOP_LIMIT", "stop_price": 100.0, "limit_price": 80.0}, "limit_price",
-     "80.00"),
+@pytest.mark.parametrize(("overrides", "price"), [
+    ({"order_type": "LIMIT", "limit_price": 110.01}, "110.01 is 10.0% above reference_price"),
+    ({"order_type": "LIMIT", "side": "SELL", "limit_price": 89.99},
+     "89.99 is 10.0% below reference_price"),
+    ({"order_type": "STOP_LIMIT", "stop_price": 100.5, "limit_price": 111.0},
+     "111.00 is 10.4% above stop_price 100.50"),
+    ({"order_type": "STOP_LIMIT", "side": "SELL", "stop_price": 99.0, "limit_price": 80.0},
+     "80.00 is 19.2% below stop_price 99.00"),
 ])
-def test_given_prices_beyond_the_collar_on_either_side_then_the_price_is_named(overrides, name,
-                                                                               price):
+def test_given_a_limit_through_the_market_beyond_the_collar_then_limit_price_is_named(
+        overrides, price):
     breach = first_breach(signal(**overrides), ACCOUNT)
     assert breach.control == "price_collar"
-    assert breach.reason.startswith(f"{name} {price} is ")
+    assert breach.reason.startswith(f"limit_price {price}")
     assert breach.reason.endswith("beyond the 10% price collar")
+
+
+@pytest.mark.parametrize(("overrides", "where"), [
+    ({"order_type": "STOP", "stop_price": 99.0}, "99.00 is at or below"),
+    ({"order_type": "STOP", "stop_price": 100.0}, "100.00 is at or below"),
+    ({"order_type": "STOP", "side": "SELL", "stop_price": 101.0}, "101.00 is at or above"),
+    ({"order_type": "STOP_LIMIT", "stop_price": 90.0, "limit_price": 91.0}, "90.00 is at or "
+                                                                             "below"),
+])
+def test_given_a_stop_on_the_wrong_side_of_the_market_then_stop_price_is_named(overrides, where):
+    """Given a stop that would trigger at once, then it is rejected naming stop_price, whatever
+    the collar setting."""
+    for settings in (RiskSettings(), RiskSettings(collar_pct=None)):
+        breach = first_breach(signal(**overrides), ACCOUNT, settings=settings)
+        assert breach.control == "price_collar"
+        assert breach.reason.startswith(f"stop_price {where} the market")
+        assert breach.reason.endswith("would trigger at once")
 
 
 def test_given_no_reference_price_then_the_collar_is_not_checked():

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from execution_service.service.intake import HeldIntake
+from execution_service.service.held_messages import HeldIntake
 from execution_service.service.processor import Action, Outcome
 
 pytestmark = pytest.mark.asyncio
