@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from execution_service.credentials import SecretBox
 from execution_service.domain.intake import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DEPTH
 from execution_service.errors import FatalConfigError
 from execution_service.redaction import REDACTED, protect, redact, uri_password
@@ -94,6 +95,17 @@ class Settings(BaseSettings):
                                                        "mongomock://", "embedded://")):
             raise ValueError("must start with mongodb://, mongodb+srv://, mongomock:// or "
                              "embedded://PATH")
+        return value
+
+    @field_validator("CREDENTIALS_KEY")
+    @classmethod
+    def _fernet_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                SecretBox(value)
+            except FatalConfigError:
+                raise ValueError("must be a Fernet key (32 url-safe base64 bytes), made with "
+                                 "cryptography's Fernet.generate_key()") from None
         return value
 
     @model_validator(mode="after")

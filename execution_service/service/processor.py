@@ -63,6 +63,7 @@ class SignalProcessor:
         except StoreUnavailable as e:
             # Not logged per message: the store's health logs the outage once (store_errors)
             self._journal.counters.held += 1
+            self._journal.counters.orders_received -= 1  # counted when handled for good
             return Outcome(Action.HOLD, str(e), signal_id_hint(body) or "no signal_id")
 
     def _handle(self, body: bytes) -> Outcome:

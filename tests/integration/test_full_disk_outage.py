@@ -89,26 +89,11 @@ def test_given_full_disk_when_50_signals_arrive_then_held_and_all_fill_once_afte
             rig.wait_for(lambda: rig.statuses(resting["signal_id"]) == ["SUBMITTED"], 30,
                          "the resting order submitted")
             filler = fill(disk)
-            signals = [market_signal({"account_id": "acc_abc123", "strategy_name": "Disk"})
-                       for _ in range(SIGNALS)]
-            for body in signals:
-                rig.publish(body)
-            wait_until(lambda: f"{SIGNALS} messages held" in health(port), 60,
-                       f"the daemon to hold all {SIGNALS} signals: {health(port)}")
-            # the outage goes on for a few seconds, with every signal held, before the disk frees
-            wait_until(lambda: outage_seconds(health(port)) >= 3, 30, "a 3 s outage")
-            assert f"{SIGNALS} messages held" in health(port)
-            assert rig.dead_letters() == []
+            ids = send_into_outage(rig, port, "Disk")
             filler.unlink()
-
-            ids = [body["signal_id"] for body in signals]
-            rig.wait_for(lambda: all(rig.terminal(i) for i in ids), 60, "all 50 filled")
-            for signal_id in ids:
-                assert rig.statuses(signal_id) == ["SUBMITTED", "FILLED"], signal_id
+            assert_each_filled_once(rig, port, ids)
             rig.wait_for(lambda: rig.terminal(resting["signal_id"]), 30, "the timeout")
             assert rig.statuses(resting["signal_id"]) == ["SUBMITTED", "CANCELLED"]
-            assert rig.dead_letters() == []
-            wait_until(lambda: health(port) == "ok", 15, "healthy again")
             status = json.loads(daemon.cli("status", "--json").stdout)
             assert status["running"] and status["heartbeat_age_seconds"] < 5
             handle, store = _reader(disk)
@@ -125,6 +110,29 @@ def test_given_full_disk_when_50_signals_arrive_then_held_and_all_fill_once_afte
         assert "Traceback" not in log
         assert log.count("Store outage:") == 1, log
         assert log.count("Store outage over after") == 1, log
+
+
+def send_into_outage(rig: PubSubRig, port: int, strategy: str) -> list[str]:
+    """SIGNALS market orders sent while the store is out; returns once every one is held and
+    the outage has lasted a few seconds, none dead-lettered."""
+    signals = [market_signal({"account_id": "acc_abc123", "strategy_name": strategy})
+               for _ in range(SIGNALS)]
+    for body in signals:
+        rig.publish(body)
+    wait_until(lambda: f"{SIGNALS} messages held" in health(port), 90,
+               f"the daemon to hold all {SIGNALS} signals")
+    wait_until(lambda: outage_seconds(health(port)) >= 3, 30, "a 3 s outage")
+    assert f"{SIGNALS} messages held" in health(port)
+    assert rig.dead_letters() == []
+    return [body["signal_id"] for body in signals]
+
+
+def assert_each_filled_once(rig: PubSubRig, port: int, ids: list[str]) -> None:
+    rig.wait_for(lambda: all(rig.terminal(i) for i in ids), 90, f"all {len(ids)} filled")
+    for signal_id in ids:
+        assert rig.statuses(signal_id) == ["SUBMITTED", "FILLED"], signal_id
+    assert rig.dead_letters() == []
+    wait_until(lambda: health(port) == "ok", 20, "healthy again")
 
 
 def outage_seconds(text: str) -> float:

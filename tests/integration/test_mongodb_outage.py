@@ -14,7 +14,12 @@ import pytest
 from execution_service.adapters.emulator import free_port
 from tests.fakes.daemon import DaemonProcess
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
-from tests.integration.test_full_disk_outage import SIGNALS, health, outage_seconds, wait_until
+from tests.integration.test_full_disk_outage import (
+    SIGNALS,
+    assert_each_filled_once,
+    send_into_outage,
+    wait_until,
+)
 
 SERVER = Path(sys.executable).parent / "secantusd-py"
 
@@ -73,22 +78,9 @@ def test_given_mongodb_down_when_50_signals_arrive_then_held_and_all_fill_once_a
         rig.publish(first)
         rig.wait_for(lambda: rig.terminal(first["signal_id"]), 30, "the first fill")
         server.stop()
-        signals = [market_signal({"account_id": "acc_abc123", "strategy_name": "Mongo"})
-                   for _ in range(SIGNALS)]
-        for body in signals:
-            rig.publish(body)
-        wait_until(lambda: f"{SIGNALS} messages held" in health(port), 90,
-                   f"the daemon to hold all {SIGNALS} signals")
-        wait_until(lambda: outage_seconds(health(port)) >= 3, 30, "a 3 s outage")
-        assert rig.dead_letters() == []
+        ids = send_into_outage(rig, port, "Mongo")
         server.start()
-
-        ids = [body["signal_id"] for body in signals]
-        rig.wait_for(lambda: all(rig.terminal(i) for i in ids), 90, "all 50 filled")
-        for signal_id in ids:
-            assert rig.statuses(signal_id) == ["SUBMITTED", "FILLED"], signal_id
-        assert rig.dead_letters() == []
-        wait_until(lambda: health(port) == "ok", 20, "healthy again")
+        assert_each_filled_once(rig, port, ids)
         client = pymongo.MongoClient(server.uri)
         try:
             assert client.trading.mock_broker_orders.count_documents({}) == SIGNALS + 1

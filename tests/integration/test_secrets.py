@@ -25,6 +25,16 @@ def kite_signal() -> dict:
             "strategy_name": "Nifty Momentum", "reference_price": 1500.0}
 
 
+def trade(rig: PubSubRig, kite: FakeKite) -> str:
+    """One Kite market order, filled; returns its signal id."""
+    body = kite_signal()
+    rig.publish(body)
+    kite.fill(placed_order_id(kite, body["signal_id"], 30), 5)
+    rig.wait_for(lambda: rig.terminal(body["signal_id"]), 30, "the Kite order")
+    assert rig.terminal(body["signal_id"])["status"] == "FILLED"
+    return body["signal_id"]
+
+
 def everything_said(daemon: DaemonProcess, signal_id: str) -> str:
     """The output of every command an operator or auditor may run (the reads side by side)."""
     reads = [["status"], ["status", "--json"], ["orders", "--json"], ["positions", "--json"],
@@ -83,23 +93,14 @@ def test_given_credentials_in_accounts_file_then_kite_trades_and_no_value_appear
     daemon = DaemonProcess(workdir, env)
     try:
         daemon.start()
-        first = kite_signal()
-        rig.publish(first)
-        kite.fill(placed_order_id(kite, first["signal_id"], 30), 5)
-        rig.wait_for(lambda: rig.terminal(first["signal_id"]), 30, "the Kite order")
-        assert rig.terminal(first["signal_id"])["status"] == "FILLED"
+        trade(rig, kite)
         assert daemon.terminate() == 0
 
         # Restarted without the file: the credentials sealed in the store still trade
         del daemon.env["ACCOUNTS_FILE"]
         daemon.output = workdir / "daemon-restarted.out"
         daemon.start()
-        second = kite_signal()
-        rig.publish(second)
-        kite.fill(placed_order_id(kite, second["signal_id"], 30), 5)
-        rig.wait_for(lambda: rig.terminal(second["signal_id"]), 30, "the second Kite order")
-        assert rig.terminal(second["signal_id"])["status"] == "FILLED"
-        said = everything_said(daemon, second["signal_id"])
+        said = everything_said(daemon, trade(rig, kite))
         assert "credentials: access_token set, api_key set, api_secret set" in said
         assert '"KITE_ACCESS_TOKEN": "unset"' in said and '"CREDENTIALS_KEY": "set"' in said
         reconciled = said[said.index("$ reconcile"):]

@@ -133,3 +133,9 @@ def test_given_accounts_add_then_list_shows_no_credential_fields(tmp_path):
     assert added.exit_code == 0, added.output
     listed = runner.invoke(main, ["accounts", "list", "--json"], env=env)
     assert json.loads(listed.output)[0]["credentials"] == {}
+
+
+def test_given_malformed_credentials_key_setting_then_one_config_line_without_it():
+    with pytest.raises(FatalConfigError, match="CREDENTIALS_KEY: must be a Fernet key") as raised:
+        load_settings(environ={"CREDENTIALS_KEY": "notafernetkey123"})
+    assert "notafernetkey123" not in str(raised.value)
