@@ -64,7 +64,7 @@ class HeldIntake:
         while self._held:
             attempt += 1
             await asyncio.sleep(compute_backoff(attempt, self._retry_base, self._retry_cap))
-            if not self._probe():
+            if not self._store_takes_writes():
                 continue
             released = 0
             while self._held:
@@ -81,6 +81,13 @@ class HeldIntake:
                 logger.info("Store takes writes again: %d held messages handled, %d still held",
                             released, len(self._held))
                 attempt = 0
+
+    def _store_takes_writes(self) -> bool:
+        try:
+            return self._probe()
+        except Exception:  # a bug in the probe must not leave the messages held for good
+            logger.exception("Store probe failed unexpectedly; retrying")
+            return False
 
     async def stop(self) -> None:
         """Give held messages back to Pub/Sub (another consumer, or the next start, takes

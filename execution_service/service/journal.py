@@ -46,7 +46,7 @@ class Counters:
     late_fills: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
-    held: int = 0  # times a message waited for the store (held, not nacked)
+    held: int = 0  # messages the store could not take when they came: held, not nacked
 
     def as_dict(self) -> dict:
         return dict(vars(self))

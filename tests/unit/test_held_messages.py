@@ -110,3 +110,21 @@ async def test_given_store_flapping_when_released_then_unhandled_ones_stay_held(
     rig.store_up = True
     await until(lambda: intake.holding == 0)
     assert rig.handled == [0, 1, 2, 3]
+
+
+async def test_given_a_probe_that_raises_then_retried_until_it_works():
+    rig = Rig()
+    calls = []
+
+    def probe() -> bool:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("probe bug")
+        return rig.store_up
+
+    intake = HeldIntake(rig.handle, rig.settle, probe, retry_base=0.001, retry_cap=0.01)
+    rig.store_up = False
+    intake.receive(Message(0))
+    rig.store_up = True
+    await until(lambda: intake.holding == 0)
+    assert rig.settled == [(0, Action.ACK)] and len(calls) >= 3
