@@ -124,6 +124,15 @@ class Broker(ABC):
     async def cancel_order(self, order_id: str) -> None:
         """Ask the broker to cancel. The cancel shows in a later `get_order`."""
 
+    @abstractmethod
+    async def modify_order(self, order_id: str, request: OrderRequest) -> None:
+        """Change a working order to `request` (the order as modified: its quantity, limit and
+        stop prices) through the venue's own modify. The change shows in a later `get_order`.
+
+        Raises OrderRejected when the venue refuses (nothing changed: the order is done, or
+        the venue will not take the new values), TransientBrokerError when it did not answer.
+        """
+
     async def wait_for_update(self, order_id: str, timeout: float) -> None:
         """Return when the order may have changed, or after `timeout` seconds.
 

@@ -11,16 +11,17 @@ from execution_service.errors import FatalConfigError
 if TYPE_CHECKING:
     from execution_service.config import Settings
 
+# (settings, the mock broker's ledger) -> broker; only the mock broker keeps a ledger
 BrokerBuilder = Callable[["Settings", object], Broker]
 
 
-def _build_mock(settings: Settings, database) -> Broker:
+def _build_mock(settings: Settings, ledger) -> Broker:
     from brokers.mock import MockBroker, MockSettings
 
-    return MockBroker(database, MockSettings.from_settings(settings))
+    return MockBroker(ledger, MockSettings.from_settings(settings))
 
 
-def _build_zerodha(settings: Settings, database) -> Broker:
+def _build_zerodha(settings: Settings, ledger) -> Broker:
     if not (settings.KITE_API_KEY and settings.KITE_ACCESS_TOKEN):
         raise FatalConfigError("ZERODHA accounts need KITE_API_KEY and KITE_ACCESS_TOKEN")
     from brokers.zerodha import ZerodhaBroker
@@ -30,7 +31,7 @@ def _build_zerodha(settings: Settings, database) -> Broker:
                          orders_per_second=settings.KITE_ORDERS_PER_SECOND)
 
 
-def _build_ibkr(settings: Settings, database) -> Broker:
+def _build_ibkr(settings: Settings, ledger) -> Broker:
     from brokers.ibkr import IbkrBroker, IbkrSettings
 
     return IbkrBroker(IbkrSettings.from_settings(settings))
@@ -46,10 +47,10 @@ BUILDERS: dict[str, BrokerBuilder] = {
 class BrokerFactory:
     """Builds one broker per name on first use and hands out the same one afterwards."""
 
-    def __init__(self, settings: Settings, database, listener: ConnectionListener | None = None,
+    def __init__(self, settings: Settings, mock_ledger, listener: ConnectionListener | None = None,
                  builders: dict[str, BrokerBuilder] | None = None):
         self._settings = settings
-        self._database = database
+        self._mock_ledger = mock_ledger
         self._listener = listener
         self._builders = BUILDERS if builders is None else builders
         self._brokers: dict[str, Broker] = {}
@@ -67,7 +68,7 @@ class BrokerFactory:
     def create_broker(self, name: str) -> Broker:
         self.check(name)
         if name not in self._brokers:
-            broker = self._builders[name](self._settings, self._database)
+            broker = self._builders[name](self._settings, self._mock_ledger)
             broker.connection_listener = (
                 None if self._listener is None
                 else (lambda connected, detail, n=name: self._listener(connected, f"{n}: {detail}"))

@@ -268,6 +268,34 @@ class IbkrBroker(Broker):
                                        f"{order_id} not sent") from None
         logger.info("Cancel of IBKR order %s (%s) sent", order_id, trade.order.orderRef)
 
+    async def modify_order(self, order_id: str, request: OrderRequest) -> None:
+        """IB's modify: the same order (same orderId) placed again with the new values."""
+        self._require_connection(f"modify of {order_id} not sent")
+        trade = self._find_trade(order_id)
+        if trade is None:
+            raise OrderNotFound(f"{self._settings.where} has no order {order_id}")
+        if trade.isDone():
+            raise OrderRejected(f"IBKR order {order_id} is {trade.orderStatus.status}, "
+                                f"nothing to modify")
+        order = trade.order
+        before = (order.totalQuantity, order.lmtPrice, order.auxPrice)
+        order.totalQuantity = request.quantity
+        if request.limit_price is not None:
+            order.lmtPrice = request.limit_price
+        if request.stop_price is not None:
+            order.auxPrice = request.stop_price
+        try:
+            self.ib.placeOrder(trade.contract, order)
+        except ConnectionError:
+            order.totalQuantity, order.lmtPrice, order.auxPrice = before
+            raise TransientBrokerError(f"{self._settings.where} not connected: modify of "
+                                       f"{order_id} not sent") from None
+        placed = self._placed.get(order_id)
+        if placed is not None:
+            self._placed[order_id] = _Placed(placed.signal_id, request.quantity)
+        logger.info("Modify of IBKR order %s (%s) sent: %s @ %s/%s", order_id, order.orderRef,
+                    order.totalQuantity, order.lmtPrice, order.auxPrice)
+
     async def wait_for_update(self, order_id: str, timeout: float) -> None:
         """Return at the next push about this order (status, fill, commission, error) or about
         the connection, else after `timeout`."""

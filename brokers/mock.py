@@ -1,9 +1,10 @@
 """The mock paper broker: ships in the product, and is the test double (SPEC §4).
 
 Deterministic: prices come from the signal, fills fall due on a schedule fixed at placement or
-trigger, randomness is seeded per signal. The order ledger lives in the store's
+trigger, randomness is seeded per signal. The order ledger (`MockLedger`) is the store's
 `mock_broker_orders` collection, so another process (or this one after a restart) can ask
-"which order carries this signal_id" and gets the fills that fell due meanwhile.
+"which order carries this signal_id" and gets the fills that fell due meanwhile. Its errors
+are the store's (StoreUnavailable): the tracker retries them like any store outage.
 """
 
 from __future__ import annotations
@@ -14,17 +15,28 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-
-from pymongo.errors import DuplicateKeyError
+from typing import Protocol
 
 from brokers.base import Broker, BrokerOrder, BrokerStatus, Fill, OrderRequest
-from execution_service.adapters.store_errors import TranslatedCollection
 from execution_service.clock import utc_now
 from execution_service.domain.records import as_utc as _aware
 from execution_service.errors import OrderNotFound, OrderRejected, PlacementUncertain
 
-LEDGER = "mock_broker_orders"
 DEFAULT_PRICE = 100.0
+
+
+class MockLedger(Protocol):
+    """The orders the mock broker holds, one document each (adapters/mock_ledger_store.py)."""
+
+    def add(self, doc: dict) -> bool: ...  # False: an order with this _id exists
+
+    def get(self, order_id: str) -> dict | None: ...
+
+    def latest_priced(self, symbol: str) -> dict | None: ...
+
+    def update_if(self, order_id: str, expected: dict, changes: dict) -> bool: ...
+
+    def all(self) -> list[dict]: ...
 
 
 @dataclass(frozen=True)
@@ -46,10 +58,9 @@ class MockSettings:
 class MockBroker(Broker):
     name = "MOCK"
 
-    def __init__(self, database, settings: MockSettings | None = None,
+    def __init__(self, ledger: MockLedger, settings: MockSettings | None = None,
                  clock: Callable[[], datetime] = utc_now):
-        # Its ledger's outage is the store's: StoreUnavailable, and the tracker waits for it
-        self._ledger = TranslatedCollection(database[LEDGER])
+        self._ledger = ledger
         self._settings = settings or MockSettings()
         self._clock = clock
         self._last_prices: dict[str, float] = {}
@@ -84,12 +95,10 @@ class MockBroker(Broker):
             doc.update(status="REJECTED", reason=rejection)
         else:
             doc.update(self._trigger(doc, market, now))
-        try:
-            self._ledger.insert_one(doc)
-        except DuplicateKeyError as e:
+        if not self._ledger.add(doc):
             # The signal already has an order here: never place it twice.
             raise PlacementUncertain(f"mock broker already holds an order for "
-                                     f"{request.signal_id}") from e
+                                     f"{request.signal_id}")
         if rejection:
             raise OrderRejected(rejection)
         return self._snapshot(doc, now)
@@ -99,8 +108,7 @@ class MockBroker(Broker):
             self._last_prices[symbol] = reference_price
             return reference_price
         if symbol not in self._last_prices:
-            seen = self._ledger.find_one({"symbol": symbol, "reference_price": {"$ne": None}},
-                                         sort=[("submitted_at", -1)])
+            seen = self._ledger.latest_priced(symbol)
             return seen["reference_price"] if seen else DEFAULT_PRICE
         return self._last_prices[symbol]
 
@@ -141,20 +149,20 @@ class MockBroker(Broker):
         changes = self._trigger(doc, self.market_price(doc["symbol"]), now)
         if not changes:
             return doc
-        self._ledger.update_one({"_id": doc["_id"], "triggered_at": None}, {"$set": changes})
+        self._ledger.update_if(doc["_id"], {"triggered_at": None}, changes)
         return {**doc, **changes}
 
     # reading ----------------------------------------------------------------------------------
 
     async def get_order(self, order_id: str) -> BrokerOrder:
-        doc = self._ledger.find_one({"_id": order_id})
+        doc = self._ledger.get(order_id)
         if doc is None:
             raise OrderNotFound(f"mock broker has no order {order_id}")
         now = self._clock()
         return self._snapshot(self._refresh(doc, now), now)
 
     async def find_order(self, signal_id: str) -> BrokerOrder | None:
-        doc = self._ledger.find_one({"_id": _order_id(signal_id)})
+        doc = self._ledger.get(_order_id(signal_id))
         if doc is None:
             return None
         now = self._clock()
@@ -162,7 +170,7 @@ class MockBroker(Broker):
 
     async def list_orders(self) -> list[BrokerOrder]:
         now = self._clock()
-        return [self._snapshot(doc, now) for doc in self._ledger.find()]
+        return [self._snapshot(doc, now) for doc in self._ledger.all()]
 
     def _snapshot(self, doc: dict, now: datetime) -> BrokerOrder:
         cutoff = _aware(doc["cancelled_at"]) or now
@@ -181,12 +189,40 @@ class MockBroker(Broker):
         order = await self.get_order(order_id)
         if order.status is not BrokerStatus.WORKING:
             return  # already filled, cancelled or rejected: nothing to cancel
-        self._ledger.update_one({"_id": order_id, "status": "WORKING"},
-                                {"$set": {"status": "CANCELLED", "cancelled_at": self._clock(),
-                                          "reason": "cancelled on request"}})
+        self._ledger.update_if(order_id, {"status": "WORKING"},
+                               {"status": "CANCELLED", "cancelled_at": self._clock(),
+                                "reason": "cancelled on request"})
+
+    # modifying --------------------------------------------------------------------------------
+
+    async def modify_order(self, order_id: str, request: OrderRequest) -> None:
+        """A resting order takes the new quantity and prices in the ledger and is looked at
+        again under the same fill rules: a limit that became marketable fills at its new
+        limit. An order already executing (its fills scheduled) or done is refused."""
+        doc = self._ledger.get(order_id)
+        if doc is None:
+            raise OrderNotFound(f"mock broker has no order {order_id}")
+        now = self._clock()
+        doc = self._refresh(doc, now)
+        status = self._snapshot(doc, now).status
+        if status is not BrokerStatus.WORKING:
+            raise OrderRejected(f"mock broker: order {order_id} is {status.lower()}, "
+                                f"nothing to modify")
+        if doc["triggered_at"] is not None:
+            raise OrderRejected(f"mock broker: order {order_id} is already executing, "
+                                f"it can no longer be modified")
+        changes = {"quantity": request.quantity, "limit_price": request.limit_price,
+                   "stop_price": request.stop_price, "modified_at": now}
+        changes.update(self._trigger({**doc, **changes},
+                                     self.market_price(doc["symbol"], request.reference_price),
+                                     now))
+        if not self._ledger.update_if(order_id, {"status": "WORKING", "triggered_at": None},
+                                      changes):
+            raise OrderRejected(f"mock broker: order {order_id} changed meanwhile, "
+                                f"not modified")
 
     async def wait_for_update(self, order_id: str, timeout: float) -> None:
-        doc = self._ledger.find_one({"_id": order_id}, {"fills": 1, "status": 1})
+        doc = self._ledger.get(order_id)
         due = [_aware(f["due_at"]) for f in (doc or {}).get("fills", [])
                if _aware(f["due_at"]) > self._clock()]
         if due and doc["status"] == "WORKING":

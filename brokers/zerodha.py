@@ -29,6 +29,7 @@ from brokers.zerodha_mapping import (
     VARIETY,
     entry_has_tag,
     kite_tag,
+    modify_params,
     newest,
     order_params,
     to_broker_order,
@@ -49,7 +50,7 @@ SESSION_EXPIRED = "Kite session expired: renew KITE_ACCESS_TOKEN"
 _REMEMBERED_TAGS = 20_000  # tag -> signal id pairs kept to label orders read back
 
 # What a call was doing decides what a failure means (see `translate_error`).
-PLACE, CANCEL, LOOKUP, READ = "place", "cancel", "lookup", "read"
+PLACE, CANCEL, MODIFY, LOOKUP, READ = "place", "cancel", "modify", "lookup", "read"
 
 _REFUSALS = (kite_errors.InputException, kite_errors.OrderException,
              kite_errors.PermissionException)
@@ -181,6 +182,15 @@ class ZerodhaBroker(Broker):
             raise TransientBrokerError(f"Kite refused to cancel order {order_id} for now: "
                                        f"{refused.reason}") from refused
 
+    async def modify_order(self, order_id: str, request: OrderRequest) -> None:
+        """Kite's `modify_order` with the new quantity and prices (a refusal is OrderRejected:
+        a completed, cancelled or rejected order cannot be modified)."""
+        fields = modify_params(request)
+        await self._limiter.acquire()
+        logger.info("Modifying Kite order %s: %s", order_id, fields)
+        await self._call(MODIFY, f"order {order_id}", self._kite.modify_order, VARIETY,
+                         order_id, **fields)
+
     async def list_orders(self) -> list[BrokerOrder]:
         orders = await self._call(READ, "order book", self._kite.orders)
         trades_by_order: dict[str, list[dict]] = defaultdict(list)
@@ -238,7 +248,7 @@ def translate_error(error: Exception, operation: str) -> ExecutionError:
 
     Kite refusals (InputException, OrderException, PermissionException, and the error types
     the client turns into GeneralException below 500: margin, holding, user) are OrderRejected
-    when placing or cancelling (`cancel_order` settles a refused cancel itself).
+    when placing, modifying or cancelling (`cancel_order` settles a refused cancel itself).
     TokenException: the session is gone. 429: try later. The API's trouble reaching its OMS
     (NetworkException, DataException, 5xx) and network errors are transient, except while
     placing: the order may have reached the OMS all the same (Kite's advice is to check the
@@ -263,7 +273,7 @@ def _translate_kite(error: kite_errors.KiteException, operation: str) -> Executi
         return TransientBrokerError(f"{SESSION_EXPIRED} ({message})")
     if code == 429:
         return TransientBrokerError(f"Kite rate limit ({message})")
-    if operation in (LOOKUP, CANCEL) and _is_not_found(error):
+    if operation in (LOOKUP, CANCEL, MODIFY) and _is_not_found(error):
         return OrderNotFound(message)
     server_side = not isinstance(error, _REFUSALS) and (
         isinstance(error, _SERVER_SIDE) or code >= 500)
@@ -273,7 +283,7 @@ def _translate_kite(error: kite_errors.KiteException, operation: str) -> Executi
                                   "look it up by its tag")
     if server_side:
         return TransientBrokerError(f"Kite unavailable ({kind})")
-    if operation in (PLACE, CANCEL):
+    if operation in (PLACE, CANCEL, MODIFY):
         return OrderRejected(message)
     if operation == LOOKUP and isinstance(error, kite_errors.InputException):
         return OrderNotFound(message)

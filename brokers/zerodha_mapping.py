@@ -76,6 +76,11 @@ def order_params(request: OrderRequest, tag: str) -> dict:
     return params
 
 
+def modify_params(request: OrderRequest) -> dict:
+    """The keyword arguments for `KiteConnect.modify_order`: the order as modified."""
+    return {"quantity": _whole_quantity(request.quantity), **_order_type_fields(request)}
+
+
 def _asset_class(request: OrderRequest) -> str:
     asset_class = (request.asset_class or "EQUITY").upper()
     if asset_class not in ASSET_CLASSES:

@@ -12,7 +12,9 @@ from datetime import datetime
 from pathlib import Path
 
 from brokers.factory import BrokerFactory
+from execution_service.adapters.command_log import CommandLog
 from execution_service.adapters.metrics import Metrics
+from execution_service.adapters.server_settings import ServerSettings
 from execution_service.adapters.store import Store, StoreHandle, open_store
 from execution_service.clock import utc_now
 from execution_service.config import Settings
@@ -29,13 +31,14 @@ from execution_service.domain.intake import IntakeLimits
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.risk import limits_from_row
 from execution_service.errors import FatalConfigError
+from execution_service.service.commands import CommandHandler
 from execution_service.service.journal import Counters, OrderJournal
 from execution_service.service.leases import LeaseKeeper, make_owner
 from execution_service.service.outbox import ConfirmationOutbox
 from execution_service.service.ports import NullNotifier
 from execution_service.service.positions import PositionBook
 from execution_service.service.processor import SignalProcessor
-from execution_service.service.risk import RiskGate, ensure_risk_indexes
+from execution_service.service.risk import RiskGate
 from execution_service.service.tracker import OrderTracker, TrackingPolicy
 
 logger = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ class App:
     notifier: object
     counters: Counters
     clock: Callable[[], datetime]
+    commands: CommandHandler | None = None
 
     def close(self) -> None:
         self.handle.close()
@@ -67,14 +71,14 @@ class App:
 
 def open_app_store(settings: Settings) -> tuple[StoreHandle, Store]:
     handle = open_store(settings.MONGODB_URI, settings.MONGODB_DATABASE,
-                        settings.embedded_store_path)
+                        settings.embedded_store_path, ServerSettings.from_settings(settings))
     store = Store(handle.database)
     return handle, store
 
 
 def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHandle | None = None,
               clock: Callable[[], datetime] = utc_now, broker_builders: dict | None = None,
-              store: Store | None = None) -> App:
+              store: Store | None = None, command_log: CommandLog | None = None) -> App:
     """Everything but the transport: tests pass a fake publisher (and a fault-injecting store)
     and get the same wiring."""
     if handle is None:
@@ -82,13 +86,12 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
         store = store or opened
     store = store or Store(handle.database)
     store.ensure_indexes()
-    ensure_risk_indexes(store.db)
-    risk = RiskGate(store.db, clock, collar_pct=settings.PRICE_COLLAR_PCT,
+    risk = RiskGate(store, clock, collar_pct=settings.PRICE_COLLAR_PCT,
                     working_orders=store.working_orders)
     metrics = Metrics()
     notifier = notifier or NullNotifier()
     counters = Counters()
-    brokers = BrokerFactory(settings, handle.database, _connection_alerts(notifier),
+    brokers = BrokerFactory(settings, store.mock_ledger, _connection_alerts(notifier),
                             builders=broker_builders)
     outbox = ConfirmationOutbox(store, publisher)
     owner = make_owner(clock())
@@ -104,8 +107,14 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
     limits = IntakeLimits(settings.MAX_MESSAGE_BYTES, settings.MAX_MESSAGE_DEPTH)
     processor = SignalProcessor(store, journal, tracker, brokers, clock, owner, leases.lease_until,
                                 risk, limits)
+    command_log = command_log or CommandLog(handle.database)
+    command_log.ensure_indexes()
+    commands = CommandHandler(store, command_log, journal, brokers, tracker, outbox, clock,
+                              processor.check_order, attempts=settings.MAX_RETRY_ATTEMPTS,
+                              backoff_base=settings.RETRY_BACKOFF_SECONDS)
+    processor.commands = commands
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
-               metrics, notifier, counters, clock)
+               metrics, notifier, counters, clock, commands)
 
 
 def _connection_alerts(notifier):

@@ -268,8 +268,9 @@ def accounts_disable(account_id: str) -> None:
 
 
 def _register_extensions() -> None:
-    from execution_service import cli_ops, cli_recovery, cli_risk
+    from execution_service import cli_commands, cli_ops, cli_recovery, cli_risk
 
+    cli_commands.register(main)
     cli_recovery.register(main)
     cli_ops.register(main)
     cli_risk.register(main, accounts)

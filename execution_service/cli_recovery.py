@@ -25,7 +25,7 @@ def reconcile_command(as_json: bool) -> None:
     settings = _settings()
     handle, store = open_app_store(settings)
     try:
-        brokers = BrokerFactory(settings, handle.database)
+        brokers = BrokerFactory(settings, store.mock_ledger)
         use_account_credentials(settings, store, brokers)
         report = asyncio.run(_reconcile(store, brokers))
     finally:

@@ -7,9 +7,7 @@ every running daemon reads halts within a second and acts on them.
 from __future__ import annotations
 
 import click
-from pymongo import ReturnDocument
 
-from execution_service.adapters.store import translating
 from execution_service.clock import utc_now
 from execution_service.domain.accounts import parse_symbols
 from execution_service.domain.risk import LIMIT_FIELDS, WHOLE_NUMBER_LIMITS, limits_from_row
@@ -70,7 +68,7 @@ def halt(reason: str, account_id: str | None, cancel_open: bool) -> None:
     def write(store):
         if account_id is not None and store.get_account(account_id) is None:
             raise FatalConfigError(f"no account {account_id!r}")
-        return set_halt(store.db, reason, account_id, cancel_open, at=utc_now())
+        return set_halt(store, reason, account_id, cancel_open, at=utc_now())
 
     doc = _with_store(write)
     then = "; running daemons will cancel open orders" if cancel_open else ""
@@ -82,7 +80,7 @@ def halt(reason: str, account_id: str | None, cancel_open: bool) -> None:
 def resume(account_id: str | None) -> None:
     """Lift a halt set by `halt` (a global resume leaves account halts in place)."""
     def write(store):
-        return clear_halt(store.db, account_id), active_halts(store.db)
+        return clear_halt(store, account_id), active_halts(store)
 
     lifted, remaining = _with_store(write)
     still = [doc["account_id"] or "all accounts" for doc in remaining]
@@ -94,16 +92,6 @@ def resume(account_id: str | None) -> None:
 
 
 # accounts update ----------------------------------------------------------------------------------
-
-@translating
-def update_account(store, account_id: str, fields: dict, clears: list[str], at) -> dict | None:
-    """Set `fields` and remove the `clears` limits in one write; None when no such account."""
-    update: dict = {"$set": {**fields, "updated_at": at}}
-    if clears:
-        update["$unset"] = {name: "" for name in clears}
-    return store.accounts.find_one_and_update({"_id": account_id}, update,
-                                              return_document=ReturnDocument.AFTER)
-
 
 def describe_limits(account: dict) -> str:
     parts = []
@@ -138,8 +126,8 @@ def accounts_update(account_id: str, clears: tuple[str, ...], symbols: str | Non
         fields["display_name"] = display_name
     if not fields and not clears:
         raise click.UsageError("nothing to update: give a limit, --clear, --symbols or --name")
-    saved = _with_store(lambda store: update_account(store, account_id, fields, list(clears),
-                                                     utc_now()))
+    saved = _with_store(lambda store: store.update_account_fields(account_id, fields,
+                                                                  list(clears), utc_now()))
     if saved is None:
         raise FatalConfigError(f"no account {account_id!r}")
     if as_json:

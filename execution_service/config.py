@@ -34,6 +34,10 @@ class Settings(BaseSettings):
 
     MONGODB_URI: str | None = Field(default=None, repr=False)
     MONGODB_DATABASE: str = "trading"
+    MONGODB_WRITE_CONCERN: str = "majority"
+    MONGODB_JOURNAL: bool = True
+    MONGODB_WRITE_TIMEOUT_MS: int = Field(default=10_000, ge=1)
+    MONGODB_SERVER_SELECTION_TIMEOUT_MS: int = Field(default=3_000, ge=1)
     DATA_DIR: Path = Path("data")
 
     USE_MOCK_BROKER: bool = True
@@ -106,6 +110,14 @@ class Settings(BaseSettings):
             except FatalConfigError:
                 raise ValueError("must be a Fernet key (32 url-safe base64 bytes), made with "
                                  "cryptography's Fernet.generate_key()") from None
+        return value
+
+    @field_validator("MONGODB_WRITE_CONCERN")
+    @classmethod
+    def _known_write_concern(cls, value: str) -> str:
+        value = value.strip()
+        if value != "majority" and not (value.isdigit() and int(value) >= 1):
+            raise ValueError("must be majority or a number of members >= 1")
         return value
 
     @model_validator(mode="after")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from execution_service.adapters.store import translating
 from execution_service.domain.records import iso
 
 _MOVED_TO_TOP = ("events", "confirmations")
@@ -16,7 +15,7 @@ _EVENT_KEYS = ("status", "event", "at")
 def signal_journey(store, signal_id: str) -> dict | None:
     """Everything the store knows about this signal, or None when it knows nothing."""
     record = store.get_record(signal_id)
-    signal = _signal_doc(store, signal_id)
+    signal = store.get_signal(signal_id)
     if record is None and signal is None:
         return None
     record = record or {}
@@ -32,25 +31,13 @@ def signal_journey(store, signal_id: str) -> dict | None:
     }
 
 
-@translating
-def _signal_doc(store, signal_id: str) -> dict | None:
-    return store.signals.find_one({"signal_id": signal_id})
-
-
-@translating
 def _positions(store, signal_id: str, record: dict) -> list[dict]:
     """Positions naming the record's order, or holding one of its fills."""
     fill_keys = [f"{signal_id}:{fill['exec_id']}" for fill in record.get("fills", [])]
-    clauses: list[dict] = [{"fill_keys": {"$in": fill_keys}}] if fill_keys else []
-    if record.get("order_id"):
-        clauses.append({"order_ids": record["order_id"]})
-    if not clauses:
-        return []
-    found = store.positions.find({"$or": clauses}).sort([("opened_at", 1), ("_id", 1)])
     prefix = f"{signal_id}:"
     return [{**{k: v for k, v in doc.items() if k != "fill_keys"},
              "signal_fill_keys": [k for k in doc.get("fill_keys", []) if k.startswith(prefix)]}
-            for doc in found]
+            for doc in store.positions_touched(fill_keys, record.get("order_id"))]
 
 
 def render_journey(journey: dict) -> str:

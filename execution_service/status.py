@@ -21,13 +21,13 @@ def read_status(store, settings: Settings, now: datetime) -> dict:
         "orders_rejected": by_status.get("REJECTED", 0),
         "orders_cancelled": by_status.get("CANCELLED", 0),
         "orders_open": sum(by_status.get(s, 0) for s in ("PENDING", "SUBMITTED",
-                                                          "PARTIALLY_FILLED")),
+                                                          "PARTIALLY_FILLED", "PENDING_CANCEL")),
         "store": {"backend": _backend(settings), "database": settings.MONGODB_DATABASE,
                   "records_by_status": by_status,
                   "open_positions": len(store.list_positions("OPEN")),
                   "accounts": store.count_accounts()},
     }
-    report["halts"] = active_halts(store.db)
+    report["halts"] = active_halts(store)
     report["secrets"] = secret_presence(settings)
     if latest is None:
         report["reason"] = "no daemon has ever written a heartbeat to this store"

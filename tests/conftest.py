@@ -1,4 +1,5 @@
-"""Shared fixtures: Google's Pub/Sub emulator for the session, and a daemon process runner."""
+"""Shared fixtures: Google's Pub/Sub emulator and a MongoDB wire-protocol server for the
+session."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from execution_service.adapters.emulator import find_launcher, start_emulator
+from tests.fakes.wire_mongo import WireMongo
 
 REPO = Path(__file__).resolve().parent.parent
 SIGNALS = REPO / "tests" / "signals"
@@ -36,3 +38,12 @@ def emulator_host(tmp_path_factory):
 def project_id() -> str:
     """A project of its own per test, so topics and subscriptions never collide."""
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def wire_mongo(tmp_path_factory):
+    """One MongoDB wire-protocol server (secantusdb) for the whole session, on a free loopback
+    port; each test takes a database of its own (`wire_mongo.fresh_database()`)."""
+    server = WireMongo(tmp_path_factory.mktemp("wire-mongo")).start()
+    yield server
+    server.stop()

@@ -22,7 +22,15 @@ import pymongo
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from execution_service.adapters.store_errors import StoreHealth, translating, writing
+from execution_service.adapters.mock_ledger_store import MockLedgerStore
+from execution_service.adapters.server_settings import ServerSettings, server_client_options
+from execution_service.adapters.store_errors import (
+    DuplicateSignal,
+    StoreHealth,
+    translating,
+    writing,
+)
+from execution_service.adapters.store_operations import OperatorQueries
 from execution_service.domain.records import record_id
 from execution_service.errors import FatalConfigError
 from execution_service.redaction import redact, redact_uri_passwords
@@ -34,15 +42,11 @@ SIGNALS = "signal_store"
 POSITIONS = "positions"
 ACCOUNTS = "accounts"
 SERVICE_STATUS = "service_status"
-MOCK_LEDGER = "mock_broker_orders"
 FILL_KEYS_KEPT = 200
-NON_TERMINAL = [str(status) for status in ("PENDING", "SUBMITTED", "PARTIALLY_FILLED")]
+NON_TERMINAL = [str(status) for status in ("PENDING", "SUBMITTED", "PARTIALLY_FILLED",
+                                            "PENDING_CANCEL")]
 
-__all__ = ["translating", "writing"]  # store calls elsewhere use them from here
-
-
-class DuplicateSignal(Exception):
-    """A record for this signal_id already exists."""
+__all__ = ["DuplicateSignal", "Store", "StoreHandle", "open_store", "translating", "writing"]
 
 
 @dataclass
@@ -59,8 +63,10 @@ class StoreHandle:
             self.client.close()
 
 
-def open_store(uri: str | None, database: str, embedded_path: Path | None) -> StoreHandle:
-    """Connect to the backend MONGODB_URI names (see module docstring)."""
+def open_store(uri: str | None, database: str, embedded_path: Path | None,
+               server: ServerSettings | None = None) -> StoreHandle:
+    """Connect to the backend MONGODB_URI names (see module docstring); `server` says how to
+    talk to a real MongoDB (write concern, read preference, timeouts)."""
     if embedded_path is not None:
         import litemongo
 
@@ -82,14 +88,16 @@ def open_store(uri: str | None, database: str, embedded_path: Path | None) -> St
         return StoreHandle(client, client[database], "in-memory store (mongomock)",
                            release=lambda: litemongo_client._MEMORY_STORES.pop(name, None))
     try:
-        client = pymongo.MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=3000)
+        client = pymongo.MongoClient(uri, **server_client_options(server or ServerSettings()))
     except (PyMongoError, ValueError) as e:  # pymongo's messages may quote the URI
         raise FatalConfigError(f"configuration: MONGODB_URI: {redact(str(e))}") from None
     return StoreHandle(client, client[database], f"MongoDB {redact_uri_passwords(uri or '')}")
 
 
-class Store:
-    """Every read and write the service makes. One instance per process."""
+class Store(OperatorQueries):
+    """Every read and write the service makes (the port's one implementation, on every
+    backend). One instance per process. Collections with a purpose of their own live in
+    their own module: OperatorQueries (halts, journey, risk reads) and `mock_ledger`."""
 
     def __init__(self, database) -> None:
         self.db = database
@@ -99,6 +107,8 @@ class Store:
         self.accounts = database[ACCOUNTS]
         self.service_status = database[SERVICE_STATUS]
         self.health = StoreHealth()
+        self.mock_ledger = MockLedgerStore(database)
+        self.on_server = isinstance(database, pymongo.database.Database)
 
     @writing
     def ensure_indexes(self) -> None:
@@ -109,6 +119,16 @@ class Store:
         self.signals.create_index("signal_id", unique=True)
         self.positions.create_index([("account_id", 1), ("strategy_name", 1), ("symbol", 1),
                                      ("status", 1)])
+        self._ensure_operator_indexes()
+        if self.on_server:  # a server scans without them; they cost it little
+            self._ensure_server_indexes()
+
+    def _ensure_server_indexes(self) -> None:
+        self.records.create_index([("received_at", -1), ("_id", -1)])
+        self.records.create_index("outbox_pending")
+        self.positions.create_index([("status", 1), ("opened_at", -1)])
+        self.service_status.create_index([("last_heartbeat", -1)])
+        self.mock_ledger.ensure_indexes()
 
     # accounts -------------------------------------------------------------------------------
 
@@ -174,6 +194,13 @@ class Store:
             {"_id": {"$in": [record_id(s) for s in signal_ids]},
              "owner.id": {"$nin": [owner_id, None]}}, {"signal_id": 1})]
 
+    @translating
+    def cancels_asked(self, signal_ids: list[str]) -> list[str]:
+        """Those of these records with a cancel asked for (by any process)."""
+        return [doc["signal_id"] for doc in self.records.find(
+            {"_id": {"$in": [record_id(s) for s in signal_ids]},
+             "cancel_requested_reason": {"$ne": None}}, {"signal_id": 1})]
+
     @writing
     def take_over(self, doc: dict, owner: dict, until: datetime, at: datetime) -> dict | None:
         """Become the record's owner; bumps `version` so the old owner's writes fail."""
@@ -210,7 +237,7 @@ class Store:
         return list(self.records.find(
             {"status": {"$in": NON_TERMINAL}, "account_id": account_id, "symbol": symbol},
             {"side": 1, "quantity": 1, "filled_quantity": 1, "limit_price": 1, "stop_price": 1,
-             "reference_price": 1}))
+             "reference_price": 1, "signal_id": 1}))
 
     @translating
     def recent_records(self, limit: int) -> list[dict]:

@@ -8,7 +8,8 @@ call now: wait and retry, never give the message up) and `StoreRejected` (the st
 this call and always will: a bug or a bad document, not an outage).
 
 `StoreHealth` turns the failures of one outage into two log lines: an error when it starts
-and a warning with its length when a write succeeds again.
+and a warning with its length when a write succeeds again. A second claim of a signal is
+DuplicateSignal.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ REFUSAL_CODES = frozenset({
 })
 
 
+class DuplicateSignal(Exception):
+    """A record for this signal_id already exists."""
+
+
 class StoreRejected(ExecutionError):
     """The store refused this call for what it is (a bad document or update): retrying it
     cannot help, so it is not an outage."""
@@ -92,7 +97,7 @@ def translating(method: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args, **kwargs):
         try:
             result = method(*args, **kwargs)
-        except DuplicateKeyError:
+        except (DuplicateKeyError, DuplicateSignal):
             raise
         except Exception as e:
             translated = store_error(e)
@@ -170,14 +175,3 @@ class StoreHealth:
         logger.warning("Store outage over after %.1f s (%d store calls failed; first: %s)",
                        length, failures, first)
 
-
-class TranslatedCollection:
-    """A pymongo-API collection whose failures come out as StoreUnavailable / StoreRejected
-    (for stores other than `Store`, such as the mock broker's ledger)."""
-
-    def __init__(self, collection) -> None:
-        self._collection = collection
-
-    def __getattr__(self, name: str):
-        attribute = getattr(self._collection, name)
-        return translating(attribute) if callable(attribute) else attribute

@@ -12,6 +12,8 @@ class NoticeKind(StrEnum):
     REJECTED = "REJECTED"
     CANCELLED = "CANCELLED"
     LATE_FILL = "LATE_FILL"
+    MODIFIED = "MODIFIED"
+    COMMAND_REFUSED = "COMMAND_REFUSED"  # a cancel or modify that could not be done
 
 
 class AlertKind(StrEnum):
@@ -26,6 +28,7 @@ class CancelCause(StrEnum):
     TIMEOUT = "TIMEOUT"
     BROKER = "BROKER"
     OPERATOR = "OPERATOR"
+    UPSTREAM = "UPSTREAM"  # the strategy engine's CANCEL
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class OrderNotice:
     last_fill_quantity: float | None = None
     last_fill_price: float | None = None
     order_id: str | None = None
+    request_id: str | None = None  # the cancel/modify request this notice answers
+    command: str | None = None  # CANCEL or MODIFY, for a refused request
+    changes: tuple[tuple[str, float | None, float], ...] = ()  # (field, old, new) of a modify
 
 
 @dataclass(frozen=True)

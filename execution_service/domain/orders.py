@@ -20,6 +20,7 @@ class OrderStatus(StrEnum):
     PENDING = "PENDING"
     SUBMITTED = "SUBMITTED"
     PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    PENDING_CANCEL = "PENDING_CANCEL"  # a cancel sent, not yet confirmed: fills still land
     FILLED = "FILLED"
     REJECTED = "REJECTED"
     CANCELLED = "CANCELLED"
@@ -32,10 +33,16 @@ class OrderStatus(StrEnum):
 S = OrderStatus
 TERMINAL = frozenset({S.FILLED, S.REJECTED, S.CANCELLED})
 
+WORKING = frozenset({S.SUBMITTED, S.PARTIALLY_FILLED})
+
 TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.PENDING: frozenset({S.SUBMITTED, S.REJECTED}),
-    S.SUBMITTED: frozenset({S.PARTIALLY_FILLED, S.FILLED, S.REJECTED, S.CANCELLED}),
-    S.PARTIALLY_FILLED: frozenset({S.PARTIALLY_FILLED, S.FILLED, S.CANCELLED}),
+    S.SUBMITTED: frozenset({S.PARTIALLY_FILLED, S.FILLED, S.REJECTED, S.CANCELLED,
+                            S.PENDING_CANCEL}),
+    S.PARTIALLY_FILLED: frozenset({S.PARTIALLY_FILLED, S.FILLED, S.CANCELLED, S.PENDING_CANCEL}),
+    # a fill may land before the cancel is confirmed; a refused cancel returns to working
+    S.PENDING_CANCEL: frozenset({S.PENDING_CANCEL, S.FILLED, S.CANCELLED, S.REJECTED,
+                                 S.SUBMITTED, S.PARTIALLY_FILLED}),
     S.FILLED: frozenset(),
     S.REJECTED: frozenset(),
     S.CANCELLED: frozenset(),  # only ever takes a late fill, which keeps it CANCELLED
@@ -100,6 +107,12 @@ class OrderState:
     reject_reason: str | None = None
     cancel_reason: str | None = None
     broker_commission: float | None = None  # the broker's total when it reports one later
+    limit_price: float | None = None
+    stop_price: float | None = None
+    cancel_requested_reason: str | None = None  # why a cancel was asked for (and by whom)
+    cancel_request_id: str | None = None  # the upstream or operator request, if one asked
+    cancel_request_source: str | None = None  # "upstream" or "operator"
+    command_ids: tuple[str, ...] = ()  # every cancel/modify request already applied
 
     @property
     def filled_quantity(self) -> float:
@@ -151,25 +164,65 @@ def _move(state: OrderState, target: OrderStatus, at: datetime, event: str,
 
 
 def submit(state: OrderState, order_id: str, at: datetime) -> Change:
-    """The broker accepted the order and gave it an id."""
+    """The broker accepted the order and gave it an id. A cancel asked for while it was being
+    placed makes it PENDING_CANCEL at once (the tracker sends that cancel)."""
     if state.status is not S.PENDING:
         return Change(state)
     change = _move(state, S.SUBMITTED, at, "SUBMITTED", order_id=order_id)
-    return Change(replace(change.state, order_id=order_id, submitted_at=at), change.events)
+    change = Change(replace(change.state, order_id=order_id, submitted_at=at), change.events)
+    if state.cancel_requested_reason is None:
+        return change
+    return change.then(lambda s: _move(s, S.PENDING_CANCEL, at, "CANCEL_PENDING",
+                                       reason=s.cancel_requested_reason))
+
+
+def request_cancel(state: OrderState, reason: str, at: datetime,
+                   request_id: str | None = None, source: str | None = None) -> Change:
+    """A cancel is asked for. A working order becomes PENDING_CANCEL until the broker confirms
+    (fills meanwhile are kept); a PENDING one keeps the request, so it is refused before it
+    reaches a broker, or cancelled as soon as it is accepted."""
+    if state.status.is_terminal or state.cancel_requested_reason is not None:
+        return Change(state)
+    detail = {"reason": reason, "filled_quantity": state.filled_quantity}
+    ids = state.command_ids
+    if request_id is not None:
+        detail["request_id"] = request_id
+        ids = (*ids, request_id)
+    asked = replace(state, cancel_requested_reason=reason, cancel_request_id=request_id,
+                    cancel_request_source=source, command_ids=ids)
+    if state.status is S.PENDING:
+        return Change(asked, (Event(S.PENDING, at, "CANCEL_REQUESTED", detail),))
+    return _move(asked, S.PENDING_CANCEL, at, "CANCEL_REQUESTED", **detail)
+
+
+def refuse_cancel(state: OrderState, reason: str, at: datetime) -> Change:
+    """The broker will not cancel and the order still works: back to working, request kept
+    in the events."""
+    if state.status is not S.PENDING_CANCEL:
+        return Change(state)
+    target = S.PARTIALLY_FILLED if state.fills else S.SUBMITTED
+    detail = {"reason": reason}
+    if state.cancel_request_id is not None:
+        detail["request_id"] = state.cancel_request_id
+    moved = _move(state, target, at, "CANCEL_REJECTED", **detail)
+    return Change(replace(moved.state, cancel_requested_reason=None, cancel_request_id=None,
+                          cancel_request_source=None), moved.events)
 
 
 def reject(state: OrderState, reason: str, at: datetime) -> Change:
     if state.status is S.REJECTED:
         return Change(state)
-    change = _move(state, S.REJECTED, at, "REJECTED", reason=reason)
+    extra = {} if state.cancel_request_id is None else {"request_id": state.cancel_request_id}
+    change = _move(state, S.REJECTED, at, "REJECTED", reason=reason, **extra)
     return Change(replace(change.state, reject_reason=reason, closed_at=at), change.events)
 
 
 def cancel(state: OrderState, reason: str, at: datetime) -> Change:
     if state.status is S.CANCELLED:
         return Change(state)
+    extra = {} if state.cancel_request_id is None else {"request_id": state.cancel_request_id}
     change = _move(state, S.CANCELLED, at, "CANCELLED", reason=reason,
-                   filled_quantity=state.filled_quantity)
+                   filled_quantity=state.filled_quantity, **extra)
     return Change(replace(change.state, cancel_reason=reason, closed_at=at), change.events)
 
 
@@ -210,17 +263,23 @@ def _apply_one_fill(state: OrderState, fill: FillLike, at: datetime) -> Change:
         detail["capped_from"] = fill.quantity
     if state.status is S.CANCELLED:
         return Change(filled, (Event(S.CANCELLED, at, "LATE_FILL", detail),))
-    target = S.FILLED if filled.remaining_quantity <= QUANTITY_EPSILON else S.PARTIALLY_FILLED
+    complete_now = filled.remaining_quantity <= QUANTITY_EPSILON
+    target = S.FILLED if complete_now else (
+        S.PENDING_CANCEL if state.status is S.PENDING_CANCEL else S.PARTIALLY_FILLED)
     moved = _move(filled, target, at, "FILL", **detail)
-    if target is S.FILLED:
-        return Change(replace(moved.state, filled_at=fill.at, closed_at=at), moved.events)
-    return moved
+    if target is not S.FILLED:
+        return moved
+    events = moved.events
+    if state.status is S.PENDING_CANCEL and state.cancel_request_id is not None:
+        events += (Event(S.FILLED, at, "CANCEL_REJECTED", {
+            "request_id": state.cancel_request_id, "reason": "already filled"}),)
+    return Change(replace(moved.state, filled_at=fill.at, closed_at=at), events)
 
 
 def complete(state: OrderState, at: datetime) -> Change:
     """The broker says the order is done although fills add up to less than its quantity (a
     cash-sized crypto order, say): FILLED with what was filled."""
-    if state.status not in (S.SUBMITTED, S.PARTIALLY_FILLED) or not state.fills:
+    if state.status not in (*WORKING, S.PENDING_CANCEL) or not state.fills:
         return Change(state)
     change = _move(state, S.FILLED, at, "COMPLETED", filled_quantity=state.filled_quantity,
                    avg_fill_price=state.avg_fill_price, commission=state.commission,
@@ -255,7 +314,8 @@ def follow_broker(state: OrderState, *, order_id: str, broker_status: str,
     if broker_status == "FILLED":
         change = change.then(lambda s: complete(s, at))
     if broker_status in ("CANCELLED", "REJECTED") and not change.state.status.is_terminal:
-        why = cancel_reason or reason or "cancelled by broker"
+        why = change.state.cancel_requested_reason or cancel_reason or reason \
+            or "cancelled by broker"
         change = change.then(lambda s: cancel(s, why, at))
     return change
 

@@ -14,7 +14,9 @@ from execution_service.domain.orders import Event, OrderState, OrderStatus, Reco
 from execution_service.domain.signals import Signal
 
 CONFIRMED_EVENTS = frozenset({"SUBMITTED", "FILL", "COMPLETED", "LATE_FILL", "REJECTED",
-                              "CANCELLED"})
+                              "CANCELLED", "MODIFIED", "CANCEL_REJECTED", "MODIFY_REJECTED"})
+#: Confirmed only when a request asked for it (a timeout's cancel request is internal).
+REQUEST_EVENTS = frozenset({"CANCEL_REQUESTED"})
 ORDER_FIELDS = ("symbol", "side", "quantity", "order_type", "limit_price", "stop_price",
                 "time_in_force", "stop_loss", "take_profit", "asset_class", "exchange",
                 "currency", "product", "reference_price")
@@ -24,7 +26,7 @@ def record_id(signal_id: str) -> str:
     return f"exec_{signal_id}"
 
 
-def _skeleton(signal_id: str, at: datetime) -> dict[str, Any]:
+def skeleton_record(signal_id: str, at: datetime) -> dict[str, Any]:
     return {
         "_id": record_id(signal_id), "signal_id": signal_id, "order_id": None,
         "status": str(OrderStatus.PENDING), "filled_quantity": 0.0, "avg_fill_price": None,
@@ -39,7 +41,7 @@ def _skeleton(signal_id: str, at: datetime) -> dict[str, Any]:
 def new_claim(signal: Signal, *, broker: str, broker_tag: str, at: datetime,
               owner: dict | None = None) -> dict[str, Any]:
     """The PENDING record written before any broker is called."""
-    doc = _skeleton(signal.signal_id, at)
+    doc = skeleton_record(signal.signal_id, at)
     doc.update({
         "strategy_name": signal.strategy_name, "account_id": signal.account_id,
         **{name: _plain(getattr(signal, name)) for name in ORDER_FIELDS},
@@ -53,7 +55,7 @@ def new_claim(signal: Signal, *, broker: str, broker_tag: str, at: datetime,
 def new_rejection(signal_id: str, fields: dict[str, Any], reason: str, at: datetime,
                   *, raw_body: bytes | None = None, broker: str | None = None) -> dict[str, Any]:
     """A REJECTED record for a message that failed validation or an account check."""
-    doc = _skeleton(signal_id, at)
+    doc = skeleton_record(signal_id, at)
     kept = {key: value for key, value in fields.items() if key != "signal_id"}
     doc.update({"strategy_name": None, "account_id": None, "broker": broker, **kept})
     if isinstance(doc.get("side"), str):
@@ -72,14 +74,26 @@ def _plain(value: Any) -> Any:
 
 def state_of(doc: dict[str, Any]) -> OrderState:
     return OrderState(
-        signal_id=doc["signal_id"], quantity=float(doc.get("quantity") or 0.0),
+        signal_id=doc["signal_id"], quantity=_number(doc.get("quantity")) or 0.0,
         status=OrderStatus(doc["status"]), order_id=doc.get("order_id"),
         fills=tuple(RecordedFill(f["exec_id"], f["quantity"], f["price"], as_utc(f["at"]),
                                  f.get("commission", 0.0)) for f in doc.get("fills", [])),
         submitted_at=as_utc(doc.get("submitted_at")), filled_at=as_utc(doc.get("filled_at")),
         closed_at=as_utc(doc.get("closed_at")), reject_reason=doc.get("reject_reason"),
         cancel_reason=doc.get("cancel_reason"), broker_commission=doc.get("broker_commission"),
+        limit_price=_number(doc.get("limit_price")), stop_price=_number(doc.get("stop_price")),
+        cancel_requested_reason=doc.get("cancel_requested_reason"),
+        cancel_request_id=doc.get("cancel_request_id"),
+        cancel_request_source=doc.get("cancel_request_source"),
+        command_ids=tuple(doc.get("command_ids") or ()),
     )
+
+
+def _number(value: Any) -> float | None:
+    """A stored number; None for what a rejected message carried instead of one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
 
 def state_fields(state: OrderState) -> dict[str, Any]:
@@ -94,8 +108,24 @@ def state_fields(state: OrderState) -> dict[str, Any]:
         "closed_at": state.closed_at, "reject_reason": state.reject_reason,
         "cancel_reason": state.cancel_reason, "fills": [f.to_doc() for f in state.fills],
         "broker_commission": state.broker_commission,
-        "notes": _notes(state),
+        "notes": _notes(state), "cancel_requested_reason": state.cancel_requested_reason,
+        "cancel_request_id": state.cancel_request_id,
+        "cancel_request_source": state.cancel_request_source,
+        "command_ids": list(state.command_ids),
     }
+
+
+def modified_fields(state: OrderState) -> dict[str, Any]:
+    """The order values a MODIFIED event changes (written only then: a rejected record keeps
+    whatever it was sent)."""
+    return {"quantity": state.quantity, "limit_price": state.limit_price,
+            "stop_price": state.stop_price}
+
+
+def is_confirmed(event: Event) -> bool:
+    """Whether this event is published on execution-confirmations (SPEC §6, §11)."""
+    return event.event in CONFIRMED_EVENTS or (
+        event.event in REQUEST_EVENTS and "request_id" in event.detail)
 
 
 def _notes(state: OrderState) -> str | None:
@@ -113,7 +143,7 @@ def confirmation(doc: dict[str, Any], event: Event, sequence: int) -> dict[str, 
     detail = event.detail
     filled = detail.get("filled_quantity", doc.get("filled_quantity", 0.0))
     is_fill = event.event in ("FILL", "LATE_FILL", "COMPLETED")
-    return {
+    payload = {
         "signal_id": doc["signal_id"], "order_id": detail.get("order_id", doc.get("order_id")),
         "status": str(event.status), "event": event.event, "sequence": sequence,
         "account_id": doc.get("account_id"), "strategy_name": doc.get("strategy_name"),
@@ -126,12 +156,19 @@ def confirmation(doc: dict[str, Any], event: Event, sequence: int) -> dict[str, 
         "last_fill_price": detail.get("price") if is_fill else None,
         "reason": detail.get("reason"), "at": iso(event.at),
     }
+    if "request_id" in detail:
+        payload["request_id"] = detail["request_id"]
+    if event.event == "MODIFIED":
+        payload.update(detail["new"])
+    return payload
 
 
 def confirmation_message(payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
     attributes = {"signal_id": payload["signal_id"], "status": payload["status"],
                   "account_id": payload.get("account_id") or "",
                   "sequence": str(payload["sequence"])}
+    if payload.get("request_id"):
+        attributes["request_id"] = payload["request_id"]
     return strict_json(payload, separators=(",", ":")).encode(), attributes
 
 

@@ -135,8 +135,12 @@ def parse_signal(body: bytes, limits: IntakeLimits = DEFAULT_LIMITS
                  ) -> Signal | Invalid | Unusable:
     """Decode and validate one message body; never raises for any input."""
     data = decode_body(body, KNOWN_FIELDS_ORDER, limits)
-    if not isinstance(data, dict):
-        return data
+    return signal_from_data(data) if isinstance(data, dict) else data
+
+
+def signal_from_data(data: dict[str, Any]) -> Signal | Invalid:
+    """Validate one decoded order (`"action": "NEW"` is the same as no action)."""
+    data = {key: value for key, value in data.items() if key != "action"}
     known = {key: value for key, value in data.items() if key in KNOWN_FIELDS_ORDER}
     extra = {key: storable(value) for key, value in data.items()
              if key not in KNOWN_FIELDS_ORDER}

@@ -26,6 +26,7 @@ _CANCEL_CAUSES = {
     CancelCause.TIMEOUT: "Timeout",
     CancelCause.BROKER: "Cancelled by broker",
     CancelCause.OPERATOR: "Cancelled by operator",
+    CancelCause.UPSTREAM: "Cancelled by the strategy",
 }
 
 
@@ -131,6 +132,34 @@ def _cancelled(notice: OrderNotice) -> str:
     )
 
 
+def _modified(notice: OrderNotice) -> str:
+    changes = ", ".join(f"{name} {_value(old)} → {_value(new)}"
+                        for name, old, new in notice.changes)
+    return _lines(
+        "✏️ Order Modified",
+        ("Signal", notice.signal_id),
+        ("Strategy", notice.strategy_name),
+        ("Order", _order(notice)),
+        ("Changed", changes),
+        ("Request", notice.request_id),
+    )
+
+
+def _refused(notice: OrderNotice) -> str:
+    title = "Cancel" if notice.command == "CANCEL" else "Modify"
+    return _lines(
+        f"⛔ {title} Refused",
+        ("Signal", notice.signal_id),
+        ("Order", _order(notice)),
+        ("Reason", notice.reason),
+        ("Request", notice.request_id),
+    )
+
+
+def _value(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
 def _late_fill(notice: OrderNotice) -> str:
     late = None
     if notice.last_fill_quantity is not None:
@@ -160,6 +189,8 @@ _NOTICE_COMPOSERS = {
     NoticeKind.REJECTED: _rejected,
     NoticeKind.CANCELLED: _cancelled,
     NoticeKind.LATE_FILL: _late_fill,
+    NoticeKind.MODIFIED: _modified,
+    NoticeKind.COMMAND_REFUSED: _refused,
 }
 
 

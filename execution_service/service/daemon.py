@@ -63,6 +63,9 @@ class ExecutionDaemon:
             try:
                 loaded = self.app.outbox.load_unpublished()
                 resumed = self.app.leases.sweep()
+                commands = self.app.commands.resume_unfinished()
+                if commands:
+                    logger.info("Recovery: %d cancel/modify requests to finish", commands)
                 self.app.outbox.start()
                 return loaded, resumed
             except StoreUnavailable as e:
@@ -176,6 +179,7 @@ class ExecutionDaemon:
         await self.intake.stop()
         if self._dead_letters_in_flight:
             await asyncio.wait(self._dead_letters_in_flight, timeout=2.0)
+        await app.commands.stop()
         await app.tracker.stop()
         await app.outbox.drain(timeout=2.0)
         await app.outbox.stop()

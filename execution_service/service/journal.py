@@ -15,9 +15,10 @@ from datetime import datetime
 from execution_service.domain.notices import CancelCause, NoticeKind, OrderNotice
 from execution_service.domain.orders import Change, Event, OrderState, OrderStatus, RecordedFill
 from execution_service.domain.records import (
-    CONFIRMED_EVENTS,
     as_utc,
     confirmation,
+    is_confirmed,
+    modified_fields,
     state_fields,
     state_of,
 )
@@ -45,6 +46,7 @@ class Counters:
     orders_cancelled: int = 0
     late_fills: int = 0
     duplicates: int = 0
+    commands_received: int = 0
     dead_lettered: int = 0
     held: int = 0  # messages the store could not take when they came: held, not nacked
 
@@ -106,10 +108,12 @@ class OrderJournal:
         state = state_fields(change.state)
         confirmations = []
         for event in change.events:
-            if event.event in CONFIRMED_EVENTS:
+            if is_confirmed(event):
                 sequence += 1
                 confirmations.append(confirmation({**doc, **state}, event, sequence))
         fields = {**state, **extra}
+        if any(event.event == "MODIFIED" for event in change.events):
+            fields.update(modified_fields(change.state))
         if confirmations:
             fields.update(confirmation_sequence=sequence, outbox_pending=True)
         updated = self._store.update_record(doc, fields, [e.to_doc() for e in change.events],
@@ -129,7 +133,7 @@ class OrderJournal:
     def _tell(self, doc: dict, event: Event) -> None:
         signal_id = doc["signal_id"]
         detail = event.detail
-        kind = _NOTICE_FOR.get((event.event, event.status))
+        kind = _NOTICE_FOR.get((event.event, event.status)) or _COMMAND_NOTICES.get(event.event)
         if event.event == "SUBMITTED":
             self.counters.orders_submitted += 1
             logger.info("Order submitted: %s [%s]", detail.get("order_id"), signal_id)
@@ -152,6 +156,10 @@ class OrderJournal:
         elif event.event == "CANCELLED":
             self.counters.orders_cancelled += 1
             logger.info("Order cancelled: %s [%s]", detail.get("reason"), signal_id)
+        elif event.event in _COMMAND_EVENTS:
+            logger.info("%s (request %s): %s [%s]", event.event.replace("_", " ").capitalize(),
+                        detail.get("request_id"), detail.get("reason") or detail.get("new"),
+                        signal_id)
         if kind is not None:
             self._notifier.notify(order_notice(doc, event, kind))
         if self._metrics is not None and event.event in ("FILL", "COMPLETED", "REJECTED",
@@ -167,7 +175,12 @@ _NOTICE_FOR = {
     ("LATE_FILL", OrderStatus.CANCELLED): NoticeKind.LATE_FILL,
     ("REJECTED", OrderStatus.REJECTED): NoticeKind.REJECTED,
     ("CANCELLED", OrderStatus.CANCELLED): NoticeKind.CANCELLED,
+    ("FILL", OrderStatus.PENDING_CANCEL): NoticeKind.PARTIAL_FILL,
 }
+_COMMAND_NOTICES = {"MODIFIED": NoticeKind.MODIFIED, "CANCEL_REJECTED": NoticeKind.COMMAND_REFUSED,
+                    "MODIFY_REJECTED": NoticeKind.COMMAND_REFUSED}
+_COMMAND_EVENTS = frozenset({"CANCEL_REQUESTED", "MODIFIED", "CANCEL_REJECTED",
+                             "MODIFY_REJECTED"})
 
 
 def order_notice(doc: dict, event: Event, kind: NoticeKind) -> OrderNotice:
@@ -185,11 +198,17 @@ def order_notice(doc: dict, event: Event, kind: NoticeKind) -> OrderNotice:
         commission=detail.get("commission", doc.get("commission")), seconds_to_fill=seconds,
         reason=reason, cancel_cause=_cancel_cause(doc) if kind is NoticeKind.CANCELLED else None,
         last_fill_quantity=detail.get("quantity"), last_fill_price=detail.get("price"),
-        order_id=doc.get("order_id"),
+        order_id=doc.get("order_id"), request_id=detail.get("request_id"),
+        command="CANCEL" if event.event == "CANCEL_REJECTED" else "MODIFY",
+        changes=tuple((name, (detail.get("old") or {}).get(name), new)
+                      for name, new in (detail.get("new") or {}).items()),
     )
 
 
 def _cancel_cause(doc: dict) -> CancelCause:
+    source = doc.get("cancel_request_source")
+    if source in ("upstream", "operator"):
+        return CancelCause.UPSTREAM if source == "upstream" else CancelCause.OPERATOR
     reason = (doc.get("cancel_reason") or "").lower()
     if reason.startswith("timeout"):
         return CancelCause.TIMEOUT

@@ -66,6 +66,8 @@ class LeaseKeeper:
         for signal_id in self._store.owned_elsewhere(tracked, self._owner["id"]):
             logger.info("Stopped tracking %s: another process took it over", signal_id)
             self._tracker.forget(signal_id)
+        for signal_id in self._store.cancels_asked(tracked):  # maybe by another replica
+            self._tracker.nudge(signal_id)
 
     def sweep(self) -> int:
         """Take over every open record whose owner is gone; returns how many."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol
 
 from execution_service.domain.notices import OrderNotice, ServiceAlert
@@ -45,3 +46,21 @@ class ConfirmationPublisher(Protocol):
     the event loop (see outbox.sender)."""
 
     async def publish(self, payload: bytes, attributes: dict[str, str]) -> None: ...
+
+
+class HaltStore(Protocol):
+    """Where halts live (the store's `trading_halts`), for the CLI and the daemon."""
+
+    def save_halt(self, doc: dict) -> None: ...
+
+    def delete_halt(self, halt_id: str) -> dict | None: ...
+
+    def list_halts(self) -> list[dict]: ...
+
+
+class RiskStore(HaltStore, Protocol):
+    """What the risk gate reads; every method raises StoreUnavailable when it cannot."""
+
+    def open_positions_for(self, account_id: str, symbol: str) -> list[dict]: ...
+
+    def count_orders_since(self, account_id: str, since: datetime) -> int: ...

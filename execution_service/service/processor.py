@@ -14,12 +14,35 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from pydantic import ValidationError
+
 from execution_service.adapters.store import DuplicateSignal
 from execution_service.domain.accounts import account_problem
-from execution_service.domain.intake import DEFAULT_LIMITS, IntakeLimits, signal_id_hint
+from execution_service.domain.commands import (
+    InvalidCommand,
+    UnusableCommand,
+    is_command,
+    parse_command,
+    refuse_awaited_order,
+    refused_command,
+)
+from execution_service.domain.intake import (
+    DEFAULT_LIMITS,
+    IntakeLimits,
+    decode_body,
+    signal_id_hint,
+)
 from execution_service.domain.orders import Event, OrderStatus
-from execution_service.domain.records import confirmation, new_claim, new_rejection
-from execution_service.domain.signals import Invalid, Signal, Unusable, parse_signal
+from execution_service.domain.records import ORDER_FIELDS, confirmation, new_claim, new_rejection
+from execution_service.domain.risk import MAX_ORDERS_PER_MINUTE
+from execution_service.domain.signals import (
+    KNOWN_FIELDS_ORDER,
+    Invalid,
+    Signal,
+    Unusable,
+    describe_validation_error,
+    signal_from_data,
+)
 from execution_service.errors import StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -44,7 +67,7 @@ class SignalProcessor:
     def __init__(self, store, journal, tracker, brokers, clock: Callable[[], datetime],
                  owner: dict | None = None,
                  lease_until: Callable[[], datetime] | None = None, risk=None,
-                 limits: IntakeLimits = DEFAULT_LIMITS):
+                 limits: IntakeLimits = DEFAULT_LIMITS, commands=None):
         self._store = store
         self._journal = journal
         self._tracker = tracker
@@ -55,6 +78,7 @@ class SignalProcessor:
         self._risk = risk
         self._accounts: dict[str, tuple[float, dict | None]] = {}
         self._limits = limits
+        self.commands = commands  # CommandHandler (§11), set by bootstrap
 
     def handle(self, body: bytes) -> Outcome:
         self._journal.counters.orders_received += 1
@@ -67,7 +91,12 @@ class SignalProcessor:
             return Outcome(Action.HOLD, str(e), signal_id_hint(body) or "no signal_id")
 
     def _handle(self, body: bytes) -> Outcome:
-        parsed = parse_signal(body, self._limits)
+        data = decode_body(body, COMMAND_KEPT_FIELDS, self._limits)
+        if isinstance(data, dict) and is_command(data):
+            return self._command(data)
+        if isinstance(data, Invalid) and is_command(data.fields):
+            return self._command(data.fields, problem=data.reason)
+        parsed = signal_from_data(data) if isinstance(data, dict) else data
         if isinstance(parsed, Unusable):
             self._journal.counters.dead_lettered += 1
             logger.warning("Unusable message sent to dead letters: %s", parsed.reason)
@@ -84,6 +113,44 @@ class SignalProcessor:
             return self._reject(parsed.signal_id, parsed.model_dump(
                 exclude={"extra_fields", "created_at"}, mode="json"), problem, body)
         return self._claim(parsed, account)
+
+    def _command(self, data: dict, problem: str | None = None) -> Outcome:
+        """A §11 cancel or modify: kept durably (then acked), executed in the background.
+        `problem`: what the intake found wrong with the body (refused, naming it)."""
+        self._journal.counters.commands_received += 1
+        parsed = parse_command(data) if problem is None else refused_command(data, problem)
+        if isinstance(parsed, UnusableCommand):
+            self._journal.counters.dead_lettered += 1
+            logger.warning("Unusable command sent to dead letters: %s", parsed.reason)
+            return Outcome(Action.DEAD_LETTER, parsed.reason)
+        if isinstance(parsed, InvalidCommand):
+            logger.info("Invalid %s request %s: %s [%s]", parsed.action, parsed.request_id,
+                        parsed.reason, parsed.signal_id)
+            self.commands.answer_invalid(parsed)
+            return Outcome(Action.ACK, parsed.reason, parsed.signal_id)
+        logger.info("Received %s request %s [%s]", parsed.action, parsed.request_id,
+                    parsed.signal_id)
+        if self.commands.receive(parsed) is None:
+            self.commands.start(parsed)
+        return Outcome(Action.ACK, signal_id=parsed.signal_id)
+
+    def check_order(self, doc: dict) -> str | None:
+        """An order's fields (a MODIFY's order as modified) against the §3 rules, the account
+        and the risk controls; the reason it fails, or None. The per-minute order count does
+        not apply: a modify places no new order."""
+        names = ("signal_id", "account_id", "strategy_name", *ORDER_FIELDS)
+        fields = {name: doc[name] for name in names if doc.get(name) is not None}
+        try:
+            signal = Signal(**fields)
+        except ValidationError as e:
+            return f"failed validation: {describe_validation_error(e)}"
+        account = self._account(signal.account_id)
+        problem = account_problem(signal, account)
+        if problem is None and self._risk is not None:
+            breach = self._risk.check(signal, account)
+            if breach is not None and breach.control != MAX_ORDERS_PER_MINUTE:
+                problem = breach.reason
+        return None if problem is None else f"failed validation: {problem}"
 
     def _account(self, account_id: str) -> dict | None:
         cached = self._accounts.get(account_id)
@@ -105,7 +172,7 @@ class SignalProcessor:
         try:
             self._store.insert_record(doc)
         except DuplicateSignal:
-            return self._duplicate(signal.signal_id)
+            return self._duplicate(signal.signal_id, claim=doc)
         self._tracker.track(doc)
         return Outcome(Action.ACK, signal_id=signal.signal_id)
 
@@ -122,8 +189,25 @@ class SignalProcessor:
         self._journal.after_write(doc, (event,), doc["confirmations"])
         return Outcome(Action.ACK, reason, signal_id)
 
-    def _duplicate(self, signal_id: str) -> Outcome:
+    def _duplicate(self, signal_id: str, claim: dict | None = None) -> Outcome:
+        existing = self._store.get_record(signal_id) if claim is not None else None
+        if existing is not None and existing.get("awaiting_order"):
+            return self._refuse_awaited(existing, claim)
         self._journal.counters.duplicates += 1
         logger.info("Duplicate signal ignored (already recorded): %s", signal_id)
         return Outcome(Action.ACK, "duplicate", signal_id)
 
+    def _refuse_awaited(self, kept: dict, claim: dict) -> Outcome:
+        """A cancel came first and was kept under this signal_id: the order is recorded
+        REJECTED with the request named, and never reaches a broker (§11)."""
+        order_fields = {name: claim.get(name) for name in AWAITED_ORDER_FIELDS}
+        at = self._clock()
+        doc = self._journal.apply(kept, lambda s: refuse_awaited_order(s, at),
+                                  {**order_fields, "awaiting_order": False})
+        logger.info("Order refused: %s [%s]", doc["reject_reason"], doc["signal_id"])
+        return Outcome(Action.ACK, doc["reject_reason"], doc["signal_id"])
+
+
+COMMAND_KEPT_FIELDS = (*KNOWN_FIELDS_ORDER, "action", "request_id")  # to answer a bad command
+AWAITED_ORDER_FIELDS = ("strategy_name", "account_id", *ORDER_FIELDS, "signal_created_at",
+                        "extra_fields", "broker", "broker_tag", "account_name", "broker_account")

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from execution_service.adapters.store import POSITIONS, RECORDS, translating
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.records import iso
 from execution_service.domain.risk import (
@@ -35,6 +34,7 @@ from execution_service.domain.risk import (
 )
 from execution_service.domain.signals import Signal
 from execution_service.errors import StoreUnavailable
+from execution_service.service.ports import HaltStore, RiskStore
 
 logger = logging.getLogger(__name__)
 HALTS = "trading_halts"
@@ -46,38 +46,28 @@ def halt_id(account_id: str | None) -> str:
     return GLOBAL_HALT if account_id is None else f"account:{account_id}"
 
 
-# halt storage (CLI and daemon) ------------------------------------------------------------------
+# halts (CLI and daemon), stored through the store port ---------------------------------------
 
-@translating
-def set_halt(db, reason: str, account_id: str | None = None, cancel_open: bool = False, *,
-             at: datetime) -> dict:
+def set_halt(store: HaltStore, reason: str, account_id: str | None = None,
+             cancel_open: bool = False, *, at: datetime) -> dict:
     """Halt all trading (account_id None) or one account's; replaces an earlier halt there."""
     reason = (reason or "").strip()
     if not reason:
         raise ValueError("a halt needs a reason")
     doc = {"_id": halt_id(account_id), "account_id": account_id, "reason": reason,
            "cancel_open": bool(cancel_open), "halted_at": at}
-    db[HALTS].replace_one({"_id": doc["_id"]}, doc, upsert=True)
+    store.save_halt(doc)
     return doc
 
 
-@translating
-def clear_halt(db, account_id: str | None = None) -> dict | None:
+def clear_halt(store: HaltStore, account_id: str | None = None) -> dict | None:
     """Lift the global halt (or one account's); the halt that was lifted, None if none was."""
-    return db[HALTS].find_one_and_delete({"_id": halt_id(account_id)})
+    return store.delete_halt(halt_id(account_id))
 
 
-@translating
-def active_halts(db) -> list[dict]:
+def active_halts(store: HaltStore) -> list[dict]:
     """Every active halt, the global one first."""
-    return sorted(db[HALTS].find(), key=lambda doc: (doc["_id"] != GLOBAL_HALT, doc["_id"]))
-
-
-@translating
-def ensure_risk_indexes(db) -> None:
-    """Keep the per-check reads cheap: rate counting and per-symbol positions."""
-    db[RECORDS].create_index([("account_id", 1), ("received_at", -1)])
-    db[POSITIONS].create_index([("account_id", 1), ("symbol", 1), ("status", 1)])
+    return sorted(store.list_halts(), key=lambda doc: (doc["_id"] != GLOBAL_HALT, doc["_id"]))
 
 
 # the gate ----------------------------------------------------------------------------------------
@@ -91,10 +81,11 @@ class HaltChanges:
 class RiskGate:
     """`check(signal, account)` right after the account check, before the claim."""
 
-    def __init__(self, store_db, clock: Callable[[], datetime], collar_pct: float | None = 10.0,
-                 halt_cache_seconds: float = 0.5, timer: Callable[[], float] = time.monotonic,
+    def __init__(self, store: RiskStore, clock: Callable[[], datetime],
+                 collar_pct: float | None = 10.0, halt_cache_seconds: float = 0.5,
+                 timer: Callable[[], float] = time.monotonic,
                  working_orders: Callable[[str, str], list[dict]] | None = None):
-        self._db = store_db
+        self._store = store
         # the store's working orders of (account, symbol); without it only positions count
         self._working_orders = working_orders
         self._clock = clock
@@ -126,8 +117,10 @@ class RiskGate:
     def _working(self, signal: Signal) -> WorkingOrders:
         if self._working_orders is None or signal.entry_price is None:
             return NONE_WORKING
-        return working_orders(self._working_orders(signal.account_id, signal.symbol),
-                              signal.entry_price)
+        # a MODIFY checks its order as modified: the order's own record must not count twice
+        others = [doc for doc in self._working_orders(signal.account_id, signal.symbol)
+                  if doc.get("signal_id") != signal.signal_id]
+        return working_orders(others, signal.entry_price)
 
     def halt_for(self, account_id: str) -> dict | None:
         """The active halt covering this account (global first), for the tracker: never raises;
@@ -173,22 +166,16 @@ class RiskGate:
         now = self._timer()
         if self._halts_read_at is None or now - self._halts_read_at >= self._cache_seconds \
                 or now < self._halts_read_at:
-            self._halts = {doc["_id"]: doc for doc in active_halts(self._db)}
+            self._halts = {doc["_id"]: doc for doc in active_halts(self._store)}
             self._halts_read_at = now
         return self._halts
 
-    @translating
     def _open_positions(self, account_id: str, symbol: str) -> list[dict]:
         """Every strategy's OPEN position: max_position_notional is per account and symbol."""
-        return list(self._db[POSITIONS].find({"account_id": account_id, "symbol": symbol,
-                                              "status": "OPEN"}))
+        return self._store.open_positions_for(account_id, symbol)
 
-    @translating
     def _orders_last_minute(self, account_id: str) -> int:
-        since = self._clock() - RATE_WINDOW
-        return self._db[RECORDS].count_documents({"account_id": account_id,
-                                                  "received_at": {"$gt": since},
-                                                  "status": {"$ne": "REJECTED"}})
+        return self._store.count_orders_since(account_id, self._clock() - RATE_WINDOW)
 
 
 # the daemon's side: alerts and a watcher that acts on new halts -----------------------------------

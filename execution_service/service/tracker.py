@@ -17,8 +17,9 @@ from datetime import datetime, timedelta
 from brokers.base import Broker, BrokerOrder, OrderRequest
 from execution_service.domain import orders
 from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.commands import placement_refusal
 from execution_service.domain.notices import AlertKind, ServiceAlert
-from execution_service.domain.records import ORDER_FIELDS, as_utc
+from execution_service.domain.records import ORDER_FIELDS, as_utc, state_of
 from execution_service.domain.risk import halt_reason
 from execution_service.errors import (
     OrderNotFound,
@@ -28,8 +29,10 @@ from execution_service.errors import (
     TransientBrokerError,
 )
 from execution_service.service.journal import LeaseLost
+from execution_service.service.nudges import Nudges
 
 logger = logging.getLogger(__name__)
+PENDING_CANCEL = str(orders.OrderStatus.PENDING_CANCEL)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class OrderTracker:
         self._halts = halts or (lambda _account_id: None)
         self._metrics = metrics
         self._tasks: dict[str, asyncio.Task] = {}
+        self._nudges = Nudges()
 
     @property
     def in_flight(self) -> int:
@@ -69,6 +73,16 @@ class OrderTracker:
 
     def tracked_ids(self) -> list[str]:
         return list(self._tasks)
+
+    def nudge(self, signal_id: str) -> None:
+        """The stored record changed under the tracker (a cancel or modify was recorded): if
+        this process tracks the order, it reads the record again now instead of at its next
+        write. (Another replica's tracker learns it from its next compare-and-set.)"""
+        if signal_id in self._tasks:
+            self._nudges.nudge(signal_id)
+
+    def _take_nudge(self, doc: dict) -> dict:
+        return self._journal.reload(doc) if self._nudges.take(doc["signal_id"]) else doc
 
     def forget(self, signal_id: str) -> None:
         """Stop tracking one order (another process owns it now)."""
@@ -87,7 +101,11 @@ class OrderTracker:
             return
         task = asyncio.create_task(self._run(doc, recovering), name=f"track-{signal_id}")
         self._tasks[signal_id] = task
-        task.add_done_callback(lambda _t: self._tasks.pop(signal_id, None))
+        task.add_done_callback(lambda _t: self._done(signal_id))
+
+    def _done(self, signal_id: str) -> None:
+        self._tasks.pop(signal_id, None)
+        self._nudges.forget(signal_id)
 
     async def stop(self) -> None:
         """Stop tracking; every record stays as stored and is resumed on the next start."""
@@ -139,9 +157,13 @@ class OrderTracker:
                     request.symbol, request.order_type, request.signal_id)
         last_error: Exception | None = None
         for attempt in range(1, self._policy.max_attempts + 1):
+            doc = self._take_nudge(doc)
             halt = self._halts(doc["account_id"])
-            if halt is not None:  # nothing can have reached the broker yet
-                return self._reject(doc, halt_reason(halt))
+            refusal = placement_refusal(state_of(doc))
+            if refusal is None and halt is not None:
+                refusal = halt_reason(halt)
+            if refusal is not None:  # nothing can have reached the broker yet
+                return self._reject(doc, refusal)
             try:
                 await self._ensure_connected(broker)
                 placed = await self._timed(broker, "place_order", broker.place_order(request))
@@ -218,7 +240,12 @@ class OrderTracker:
         deadline = as_utc(doc["submitted_at"]) + timedelta(seconds=policy.order_timeout)
         failures = 0
         poll_id = doc["order_id"]
+        cancel_sent = False
         while not orders.OrderStatus(doc["status"]).is_terminal:
+            doc = self._take_nudge(doc)
+            if doc["status"] == PENDING_CANCEL and not cancel_sent:
+                doc, cancel_sent = await self._send_cancel(broker, doc)
+                continue
             try:
                 await self._ensure_connected(broker)
                 snapshot = await self._snapshot(broker, poll_id, doc)
@@ -237,14 +264,16 @@ class OrderTracker:
             if orders.OrderStatus(doc["status"]).is_terminal:
                 return
             now = self._clock()
-            reason = None if doc.get("cancel_requested_reason") else \
-                self._cancel_reason(doc, now >= deadline)
+            pending_cancel = doc["status"] == PENDING_CANCEL
+            reason = None if pending_cancel else self._cancel_reason(doc, now >= deadline)
             if reason is not None:
                 doc = await self._request_cancel(broker, doc, reason)
+                cancel_sent = doc["status"] == PENDING_CANCEL
                 continue
-            wait = policy.poll_interval if doc.get("cancel_requested_reason") else \
+            wait = policy.poll_interval if pending_cancel else \
                 min(policy.poll_interval, (deadline - now).total_seconds())
-            await broker.wait_for_update(poll_id, max(wait, 0.001))
+            await self._nudges.wait(doc["signal_id"],
+                                    broker.wait_for_update(poll_id, max(wait, 0.001)))
 
     async def _snapshot(self, broker: Broker, order_id: str, doc: dict) -> BrokerOrder:
         """The order by its id; a broker that no longer knows the id is asked by signal tag
@@ -280,15 +309,35 @@ class OrderTracker:
         return None
 
     async def _request_cancel(self, broker: Broker, doc: dict, reason: str) -> dict:
+        """The service's own cancel (timeout, halt): sent, then PENDING_CANCEL until the broker
+        confirms."""
         logger.info("Cancelling %s: %s [%s]", doc["order_id"], reason, doc["signal_id"])
+        if not await self._cancel_at_broker(broker, doc):
+            return doc
+        now = self._clock()
+        return self._journal.apply(doc, lambda s: orders.request_cancel(s, reason, now))
+
+    async def _send_cancel(self, broker: Broker, doc: dict) -> tuple[dict, bool]:
+        """A PENDING_CANCEL record (a command, or an order accepted while its cancel was
+        asked for, or one resumed after a restart): make sure the broker has the cancel."""
+        logger.info("Sending cancel of %s: %s [%s]", doc["order_id"],
+                    doc.get("cancel_requested_reason"), doc["signal_id"])
         try:
+            sent = await self._cancel_at_broker(broker, doc)
+        except OrderRejected as e:
+            now, why = self._clock(), f"broker refused: {e.reason}"
+            return self._journal.apply(doc, lambda s: orders.refuse_cancel(s, why, now)), False
+        return doc, sent
+
+    async def _cancel_at_broker(self, broker: Broker, doc: dict) -> bool:
+        try:
+            await self._ensure_connected(broker)
             await self._timed(broker, "cancel_order", broker.cancel_order(doc["order_id"]))
+            return True
         except (TransientBrokerError, OrderNotFound) as e:
             logger.warning("Cancel of %s failed (%s); retrying", doc["signal_id"], e)
             await asyncio.sleep(self._policy.poll_interval)
-            return doc
-        return self._journal.apply(doc, lambda s: orders.Change(s), {
-            "cancel_requested_reason": reason, "cancel_requested_at": self._clock()})
+            return False
 
     def _alert(self, kind: AlertKind, text: str, key: str) -> None:
         logger.warning("Alert: %s", text)

@@ -170,6 +170,13 @@ class FakeTws:
     def _received(self, order_id: int, contract: Contract, order: Order) -> None:
         sent = Order(**dataclassAsDict(order))  # TWS's own copy
         sent.orderId, sent.clientId = order_id, self.client.clientId
+        known = self.book.get(order_id)
+        if known is not None:  # the same order id again: TWS modifies the live order
+            sent.permId = known.perm_id
+            self.received.append((order_id, contract, sent))
+            known.order = sent
+            self._later(self._modified, order_id)
+            return
         sent.permId = next(self._perm_ids)
         self.received.append((order_id, contract, sent))
         self.book[order_id] = VenueOrder(order_id, self.client.clientId, sent.permId, contract,
@@ -185,6 +192,13 @@ class FakeTws:
         if self.online:
             self.wrapper.openOrder(order_id, venue.contract, Order(**dataclassAsDict(venue.order)),
                                    OrderState(status="PreSubmitted"))
+            self._status(venue)
+
+    def _modified(self, order_id: int) -> None:
+        venue = self.book[order_id]
+        if self.online and not venue.done:
+            self.wrapper.openOrder(order_id, venue.contract, Order(**dataclassAsDict(venue.order)),
+                                   OrderState(status=venue.status))
             self._status(venue)
 
     def reject(self, order_id: int, code: int, text: str, status: str = "Inactive") -> None:

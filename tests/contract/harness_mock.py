@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import mongomock
-
 from brokers.base import Broker
 from brokers.mock import MockBroker, MockSettings
+from tests.fakes.stores import memory_store
 
 
 class ManualClock:
@@ -23,10 +22,10 @@ class MockHarness:
 
     async def start(self, *, chunks: int = 1, reject_reason: str | None = None) -> Broker:
         self.clock = ManualClock()
-        database = mongomock.MongoClient(tz_aware=True)["trading"]
+        _handle, store = memory_store()
         settings = MockSettings(fill_delay_seconds=1.0, fill_chunks=chunks,
                                 reject_rate=1.0 if reject_reason else 0.0, seed=1)
-        self.broker = MockBroker(database, settings, clock=self.clock)
+        self.broker = MockBroker(store.mock_ledger, settings, clock=self.clock)
         await self.broker.connect()
         return self.broker
 

@@ -106,3 +106,41 @@ async def test_contract_given_placed_order_then_found_by_signal(harness):
     found = await broker.find_order(request.signal_id)
     assert found is not None and found.order_id == placed.order_id
     assert await broker.find_order(f"sig_never_{uuid.uuid4().hex[:6]}") is None
+
+
+async def test_contract_given_resting_limit_when_modified_marketable_then_fills_at_new_limit(
+        harness):
+    """Given a resting LIMIT buy of 10 @ 50 (market 100), when it is modified through the
+    broker's own modify to 8 @ 101, then it fills 8 at 101, the new limit."""
+    broker = await harness.start()
+    placed = await broker.place_order(market(10, order_type="LIMIT", limit_price=50.0))
+    await broker.modify_order(placed.order_id,
+                              market(8, order_type="LIMIT", limit_price=101.0))
+    order = await _advance_until(harness, broker, placed.order_id,
+                                 lambda o: o.status is BrokerStatus.FILLED)
+    assert order.status is BrokerStatus.FILLED and order.quantity == 8
+    assert order.filled_quantity == 8
+    assert {fill.price for fill in order.fills} == {101.0}
+
+
+async def test_contract_given_filled_order_when_modified_then_refused_with_reason(harness):
+    broker = await harness.start()
+    placed = await broker.place_order(market(10))
+    await _advance_until(harness, broker, placed.order_id,
+                         lambda o: o.status is BrokerStatus.FILLED)
+    with pytest.raises(OrderRejected) as refused:
+        await broker.modify_order(placed.order_id,
+                                  market(12, order_type="LIMIT", limit_price=99.0))
+    assert refused.value.reason
+    order = await broker.get_order(placed.order_id)
+    assert order.status is BrokerStatus.FILLED and order.filled_quantity == 10
+
+
+async def test_contract_given_filled_order_when_cancelled_then_nothing_changes(harness):
+    broker = await harness.start()
+    placed = await broker.place_order(market(10))
+    await _advance_until(harness, broker, placed.order_id,
+                         lambda o: o.status is BrokerStatus.FILLED)
+    await broker.cancel_order(placed.order_id)
+    order = await broker.get_order(placed.order_id)
+    assert order.status is BrokerStatus.FILLED and order.filled_quantity == 10

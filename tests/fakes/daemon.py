@@ -63,7 +63,9 @@ class DaemonProcess:
                               timeout=60)
 
     def store(self) -> tuple[object, Store]:
-        """A reader on the daemon's embedded store (the test process only reads)."""
-        handle = open_store(None, self.env.get("MONGODB_DATABASE", "trading"),
-                            self.workdir / "data")
+        """A reader on the daemon's store: its MONGODB_URI, else its embedded store (the test
+        process only reads)."""
+        uri = self.env.get("MONGODB_URI")
+        handle = open_store(uri or None, self.env.get("MONGODB_DATABASE", "trading"),
+                            None if uri else self.workdir / "data")
         return handle, Store(handle.database)

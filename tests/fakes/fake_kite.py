@@ -80,6 +80,7 @@ class FakeKite:
         self.orders: dict[str, FakeOrder] = {}
         self.reject_reason: str | None = None  # every new order goes REJECTED with this
         self.hold_cancels = False  # DELETE leaves CANCEL PENDING until confirm_cancel()
+        self.modifications: list[tuple[str, dict[str, str]]] = []  # (order id, PUT form)
         self.market_price = 100.0
         self._errors: dict[str, list[KiteError]] = {}
         self._hangs: list[float] = []
@@ -121,7 +122,7 @@ class FakeKite:
     def fail_next(self, route: str, error_type: str, message: str = "error",
                   status: int | None = None, times: int = 1) -> None:
         """The next `times` requests to `route` ("place", "history", "trades", "orders",
-        "cancel", "profile") answer this Kite error."""
+        "cancel", "modify", "profile") answer this Kite error."""
         with self._lock:
             self._errors.setdefault(route, []).extend(
                 KiteError(error_type, message, status) for _ in range(times))
@@ -276,6 +277,30 @@ class FakeKite:
                 self.cancel(order_id)
             return order_id
 
+    def modify_order(self, order_id: str, form: dict[str, str]) -> str:
+        """Kite's modify: new quantity, price, trigger price on a live order."""
+        with self._lock:
+            self.take_error("modify")
+            order = self._known(order_id)
+            current = order.current
+            if current["status"] in TERMINAL:
+                raise KiteError("InputException",
+                                f"Order cannot be modified as it is {current['status'].lower()}.")
+            quantity = int(form.get("quantity", current["quantity"]))
+            if quantity < current["filled_quantity"]:
+                raise KiteError("InputException", "Quantity cannot be below filled quantity.")
+            changes = {"quantity": quantity,
+                       "pending_quantity": quantity - current["filled_quantity"]}
+            for name in ("price", "trigger_price"):
+                if name in form:
+                    changes[name] = float(form[name])
+                    order.form[name] = form[name]
+            order.form["quantity"] = str(quantity)
+            self.modifications.append((order_id, dict(form)))
+            self._append(order, status="MODIFY PENDING")
+            self._append(order, status="OPEN", **changes)
+            return order_id
+
     def profile(self) -> dict:
         self.take_error("profile")
         return {"user_id": "AB1234", "user_name": "Fake Trader", "broker": "ZERODHA"}
@@ -356,6 +381,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self):
         self._serve("DELETE")
 
+    def do_PUT(self):
+        self._serve("PUT")
+
     def _serve(self, method: str) -> None:
         path = urlparse(self.path).path.rstrip("/")
         parts = path.strip("/").split("/")
@@ -389,6 +417,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return fake.history(order_id)
             case "GET", ["orders", order_id, "trades"]:
                 return fake.order_trades(order_id)
+            case "PUT", ["orders", _variety, order_id]:
+                return {"order_id": fake.modify_order(order_id, self._form())}
             case "DELETE", ["orders", _variety, order_id]:
                 return {"order_id": fake.cancel_order(order_id)}
             case "GET", ["user", "profile"]:

@@ -7,13 +7,13 @@ import asyncio
 import json
 from dataclasses import replace
 
-import mongomock
-
 from brokers.base import Broker, BrokerOrder, BrokerStatus, Fill, OrderRequest
+from execution_service.adapters.command_log import CommandLog
 from execution_service.adapters.store import Store, StoreHandle
 from execution_service.bootstrap import build_app
 from execution_service.config import load_settings
 from execution_service.errors import OrderNotFound, StoreUnavailable
+from tests.fakes.stores import memory_store
 
 
 class FakePublisher:
@@ -35,8 +35,8 @@ class FakePublisher:
                 if p["signal_id"] == signal_id]
 
 
-class FlakyStore(Store):
-    """The real Store over mongomock, unreachable while `down` is set."""
+class Unreachable:
+    """Mixin: every public method raises StoreUnavailable while `down` is set."""
 
     down = False
 
@@ -46,10 +46,28 @@ class FlakyStore(Store):
                 super().__getattribute__("down"):
             def unavailable(*args, **kwargs):
                 error = StoreUnavailable("store unavailable: injected fault")
-                super(FlakyStore, self).__getattribute__("health").failed(error)
+                health = vars(self).get("health")  # the Store's; the command log has none
+                if health is not None:
+                    health.failed(error)
                 raise error
             return unavailable
         return attribute
+
+
+class FlakyCommandLog(Unreachable, CommandLog):
+    """The real order_commands log, unreachable with its FlakyStore."""
+
+
+class FlakyStore(Unreachable, Store):
+    """The real Store (any backend, and its order_commands log), unreachable while `down`
+    is set."""
+
+    command_log: FlakyCommandLog | None = None
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name == "down" and self.command_log is not None:
+            self.command_log.down = value
 
 
 class RecordingNotifier:
@@ -84,6 +102,9 @@ class ScriptedBroker(Broker):
         self.place_calls = 0
         self.cancel_calls = 0
         self.keep_working_after_cancel = False
+        self.modify_calls: list[tuple[str, OrderRequest]] = []
+        self.modify_error: Exception | None = None
+        self.cancel_errors: list[Exception] = []  # raised by the next cancel_order calls
 
     @property
     def is_connected(self) -> bool:
@@ -116,8 +137,16 @@ class ScriptedBroker(Broker):
 
     async def cancel_order(self, order_id: str) -> None:
         self.cancel_calls += 1
+        if self.cancel_errors:
+            raise self.cancel_errors.pop(0)
         if not self.keep_working_after_cancel:
             self.set_status(order_id, BrokerStatus.CANCELLED, "cancelled on request")
+
+    async def modify_order(self, order_id: str, request: OrderRequest) -> None:
+        self.modify_calls.append((order_id, request))
+        if self.modify_error is not None:
+            raise self.modify_error
+        self.orders[order_id] = replace(self.orders[order_id], quantity=request.quantity)
 
     async def wait_for_update(self, order_id: str, timeout: float) -> None:
         await asyncio.sleep(min(timeout, 0.01))
@@ -140,12 +169,15 @@ def make_app(*, env: dict | None = None, broker: Broker | None = None, store_cla
                                       "ORDER_POLL_SECONDS": "0.01", "RETRY_BACKOFF_SECONDS": "0.01",
                                       "LATE_FILL_GRACE_SECONDS": "0.05", **(env or {})})
     if handle is None:
-        client = mongomock.MongoClient(tz_aware=True)
-        handle = StoreHandle(client, client["trading"], "mongomock")
+        handle, _ = memory_store()
     publisher = FakePublisher()
     builders = None if broker is None else {"MOCK": lambda _settings, _db: broker}
+    store = store_class(handle.database)
+    command_log = None
+    if isinstance(store, FlakyStore):
+        command_log = store.command_log = FlakyCommandLog(handle.database)
     app = build_app(settings, publisher, handle=handle, notifier=notifier or RecordingNotifier(),
-                    store=store_class(handle.database), broker_builders=builders)
+                    store=store, broker_builders=builders, command_log=command_log)
     for account in accounts or [{"_id": "acc_1", "broker": "MOCK", "enabled": True}]:
         fields = {key: value for key, value in account.items() if key != "_id"}
         app.store.upsert_account(account["_id"], fields, app.clock())

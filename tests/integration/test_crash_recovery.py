@@ -9,10 +9,12 @@ import sys
 import time
 from collections import defaultdict
 
+import pytest
+
 from tests.fakes.daemon import DaemonProcess
 from tests.fakes.pubsub_tools import PubSubRig
+from tests.fakes.wire_mongo import daemon_store_env
 
-SIGNALS = 200
 SYMBOLS = ["SPY", "QQQ", "IWM", "DIA"]
 
 
@@ -23,28 +25,36 @@ def _signal(n: int) -> dict:
             "reference_price": 100.0 + n % 5}
 
 
+# the wire server takes 2-7 ms a write: fewer signals, slower fills, so most still work at
+# the kill
+BACKENDS = {"embedded": (200, "1.5"), "mongodb": (80, "3")}
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
 def test_given_sigkill_mid_stream_when_restarted_then_every_signal_placed_and_filled_once(
-        emulator_host, project_id, tmp_path):
+        emulator_host, project_id, tmp_path, backend, request):
+    signals, fill_delay = BACKENDS[backend]
     accounts = tmp_path / "accounts.json"
     accounts.write_text(json.dumps([{"account_id": "acc_crash", "broker": "MOCK"}]))
     env = {"PUBSUB_EMULATOR_HOST": emulator_host, "GOOGLE_CLOUD_PROJECT": project_id,
-           "ACCOUNTS_FILE": str(accounts), "MOCK_FILL_DELAY_SECONDS": "1.5",
-           "MOCK_FILL_CHUNKS": "2", "ORDER_POLL_SECONDS": "0.1", "LOG_LEVEL": "WARNING"}
+           "ACCOUNTS_FILE": str(accounts), "MOCK_FILL_DELAY_SECONDS": fill_delay,
+           "MOCK_FILL_CHUNKS": "2", "ORDER_POLL_SECONDS": "0.1", "LOG_LEVEL": "WARNING",
+           **daemon_store_env(request, backend)}
     rig = PubSubRig(project_id)
     daemon = DaemonProcess(tmp_path, env).start()
     try:
         futures = [rig.publisher.publish(rig.names.orders_topic, json.dumps(_signal(n)).encode())
-                   for n in range(SIGNALS)]
+                   for n in range(signals)]
         for future in futures:
             future.result(timeout=30)
         # Every message claimed (so acked): the emulator owes us nothing. Its redelivery of a
         # killed consumer's unacked messages is erratic (some held for minutes), which would
         # make this test about the emulator rather than about our recovery.
-        open_at_kill = _wait_for_records(daemon, at_least=SIGNALS)
+        open_at_kill = _wait_for_records(daemon, at_least=signals)
         daemon.kill()  # SIGKILL: orders claimed and placed, their fills not yet recorded
-        assert open_at_kill > SIGNALS // 2, "the kill came too late to test recovery"
+        assert open_at_kill > signals // 2, "the kill came too late to test recovery"
         daemon.start()
-        ids = [_signal(n)["signal_id"] for n in range(SIGNALS)]
+        ids = [_signal(n)["signal_id"] for n in range(signals)]
         rig.wait_for(lambda: all(rig.terminal(i) for i in ids), timeout=90,
                      what="every signal terminal after the restart")
         _check_store(daemon, ids)
@@ -53,7 +63,7 @@ def test_given_sigkill_mid_stream_when_restarted_then_every_signal_placed_and_fi
                                 text=True, timeout=60)
         result = json.loads(report.stdout)
         assert result["mismatches"] == [] and report.returncode == 0, report.stdout
-        assert result["broker_orders"] == SIGNALS and result["records"] == SIGNALS
+        assert result["broker_orders"] == signals and result["records"] == signals
     finally:
         daemon.stop_quietly()
         rig.close()
@@ -83,7 +93,7 @@ def _check_store(daemon: DaemonProcess, ids: list[str]) -> None:
             assert record["status"] == "FILLED", (signal_id, record["status"])
             events = [e["event"] for e in record["events"]]
             assert events.count("SUBMITTED") == 1, (signal_id, events)
-            assert store.db["mock_broker_orders"].count_documents({"signal_id": signal_id}) == 1
+            assert store.mock_ledger.count(signal_id) == 1
             sign = 1 if record["side"] == "BUY" else -1
             net_from_fills[record["symbol"]] += sign * sum(f["quantity"] for f in record["fills"])
         for symbol, net in net_from_fills.items():

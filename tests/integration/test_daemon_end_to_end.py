@@ -82,8 +82,7 @@ def test_given_same_signal_twice_when_processed_then_one_broker_order(running):
     assert rig.statuses(body["signal_id"]) == ["SUBMITTED", "FILLED"]
     handle, store = daemon.store()
     try:
-        ledger = list(store.db["mock_broker_orders"].find({"signal_id": body["signal_id"]}))
-        assert len(ledger) == 1
+        assert store.mock_ledger.count(body["signal_id"]) == 1
         assert store.records.count_documents({"signal_id": body["signal_id"]}) == 1
     finally:
         handle.close()
@@ -128,10 +127,8 @@ def test_given_invalid_order_then_rejected_with_reason_everywhere(running, field
     try:
         record = store.get_record(body["signal_id"])
         assert record["status"] == "REJECTED" and reason in record["reject_reason"]
-        assert store.signals.find_one({"signal_id": body["signal_id"]})["execution_status"] \
-            == "REJECTED"
-        assert store.db["mock_broker_orders"].count_documents(
-            {"signal_id": body["signal_id"]}) == 0
+        assert store.get_signal(body["signal_id"])["execution_status"] == "REJECTED"
+        assert store.mock_ledger.count(body["signal_id"]) == 0
     finally:
         handle.close()
     assert reason in (daemon.workdir / "logs" / "execution_service.log").read_text()

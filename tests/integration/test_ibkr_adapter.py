@@ -531,3 +531,27 @@ async def test_ibkr_warning_after_the_fill_keeps_it_filled(ibkr):
                                               "price variation for this contract.")
     assert ibkr.ib.trades()[0].orderStatus.status == "ValidationError"  # ib_async's marker
     assert (await ibkr.broker.get_order(placed.order_id)).status is BrokerStatus.FILLED
+
+
+@pytest.mark.asyncio
+async def test_ibkr_modify_places_the_same_order_id_again_with_the_new_values(ibkr):
+    """Given a working LIMIT, when modified, then TWS receives placeOrder with the same orderId
+    (and permId) carrying the new quantity and limit; a finished order is refused."""
+    placed, _, first = await place(ibkr, order_type="LIMIT", limit_price=100.0)
+    await asyncio.sleep(0)  # TWS acknowledges
+
+    await ibkr.broker.modify_order(placed.order_id, order_request(
+        order_type="LIMIT", limit_price=101.5, quantity=60))
+
+    order_id, _, sent = ibkr.tws.received[-1]
+    assert str(order_id) == placed.order_id and len(ibkr.tws.received) == 2
+    assert (sent.totalQuantity, sent.lmtPrice, sent.orderRef) == (60, 101.5, first.orderRef)
+    await asyncio.sleep(0)
+    assert (await ibkr.broker.get_order(placed.order_id)).quantity == 60
+    ibkr.tws.confirm_cancel(int(placed.order_id))
+    with pytest.raises(OrderRejected, match="nothing to modify"):
+        await ibkr.broker.modify_order(placed.order_id, order_request(
+            order_type="LIMIT", limit_price=102.0))
+    with pytest.raises(OrderNotFound):
+        await ibkr.broker.modify_order("424242", order_request(order_type="LIMIT",
+                                                               limit_price=102.0))

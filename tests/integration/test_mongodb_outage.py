@@ -1,12 +1,8 @@
-"""A MongoDB server that goes away and comes back (secantusdb, a MongoDB wire-protocol server
+"""A MongoDB server that crashes and comes back (secantusdb, a MongoDB wire-protocol server
 run as its own process): signals sent into the outage are held, never dead-lettered, and all
 fill once after it."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
-from pathlib import Path
 
 import pymongo
 import pytest
@@ -14,57 +10,18 @@ import pytest
 from execution_service.adapters.emulator import free_port
 from tests.fakes.daemon import DaemonProcess
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
+from tests.fakes.wire_mongo import WireMongo, find_server
 from tests.integration.test_full_disk_outage import (
     SIGNALS,
     assert_each_filled_once,
     send_into_outage,
-    wait_until,
 )
 
-SERVER = Path(sys.executable).parent / "secantusd-py"
 
-
-class MongoServer:
-    def __init__(self, storage: Path) -> None:
-        self.port = free_port()
-        self.storage = storage
-        self.uri = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> MongoServer:
-        self.storage.mkdir(parents=True, exist_ok=True)
-        with open(self.storage.parent / "mongo-server.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [str(SERVER), "--host", "127.0.0.1", "--port", str(self.port),
-                 "--storage-path", str(self.storage)], stdout=log, stderr=subprocess.STDOUT)
-        client = pymongo.MongoClient(self.uri, serverSelectionTimeoutMS=500)
-        try:
-            wait_until(lambda: self._answers(client), 60, "the MongoDB server")
-        finally:
-            client.close()
-        return self
-
-    def _answers(self, client) -> bool:
-        assert self.process.poll() is None, "the MongoDB server exited"
-        try:
-            return client.admin.command("ping")["ok"] == 1
-        except pymongo.errors.PyMongoError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-
-@pytest.mark.skipif(not SERVER.exists(), reason="secantusdb (the test extra) is not installed")
+@pytest.mark.skipif(find_server() is None, reason="secantusdb (the test extra) is not installed")
 def test_given_mongodb_down_when_50_signals_arrive_then_held_and_all_fill_once_after_it(
         emulator_host, project_id, tmp_path):
-    server = MongoServer(tmp_path / "mongo").start()
+    server = WireMongo(tmp_path / "mongo").start()
     port = free_port()
     rig = PubSubRig(project_id)
     daemon = DaemonProcess(tmp_path / "work", {
@@ -77,7 +34,7 @@ def test_given_mongodb_down_when_50_signals_arrive_then_held_and_all_fill_once_a
         first = market_signal({"account_id": "acc_abc123", "strategy_name": "Mongo"})
         rig.publish(first)
         rig.wait_for(lambda: rig.terminal(first["signal_id"]), 30, "the first fill")
-        server.stop()
+        server.kill()  # as a crash would; acknowledged writes are on its disk
         ids = send_into_outage(rig, port, "Mongo")
         server.start()
         assert_each_filled_once(rig, port, ids)

@@ -67,8 +67,7 @@ def test_given_halt_then_rejected_without_broker_and_resumed_fills(ops):
     assert rejected["reason"].startswith("trading halted: desk review")
     handle, store = daemon.store()
     try:
-        assert store.db["mock_broker_orders"].count_documents(
-            {"signal_id": halted["signal_id"]}) == 0
+        assert store.mock_ledger.count(halted["signal_id"]) == 0
     finally:
         handle.close()
     status = json.loads(daemon.cli("status", "--json").stdout)

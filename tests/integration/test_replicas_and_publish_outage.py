@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import mongomock
 import pytest
 from google.cloud import pubsub_v1
 
@@ -15,11 +14,12 @@ from execution_service.adapters.pubsub import (
     TopicPublisher,
     make_publisher,
 )
-from execution_service.adapters.store import StoreHandle
+from execution_service.adapters.store import Store, StoreHandle
 from execution_service.bootstrap import build_app
 from execution_service.config import load_settings
 from execution_service.service.daemon import ExecutionDaemon
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
+from tests.fakes.stores import memory_store
 
 pytestmark = pytest.mark.asyncio
 
@@ -70,8 +70,7 @@ def _settings(project_id, emulator_host):
 
 
 def _handle() -> StoreHandle:
-    client = mongomock.MongoClient(tz_aware=True)
-    return StoreHandle(client, client["trading"], "mongomock")
+    return memory_store()[0]
 
 
 async def test_given_two_daemons_and_each_signal_twice_then_each_placed_once(emulator_host,
@@ -93,8 +92,7 @@ async def test_given_two_daemons_and_each_signal_twice_then_each_placed_once(emu
         await asyncio.sleep(1.0)  # late copies are judged duplicates, not placed
 
     await _run(daemons, body)
-    ledger = handle.database["mock_broker_orders"]
-    assert ledger.count_documents({}) == len(ids)
+    assert Store(handle.database).mock_ledger.count() == len(ids)
     assert sum(d.app.counters.duplicates for d, _ in daemons) == len(ids)
     for signal_id in ids:
         assert rig.statuses(signal_id).count("SUBMITTED") == 1
@@ -114,8 +112,8 @@ async def test_given_pubsub_refusing_confirmations_then_delivered_afterwards(emu
         for signal_id in ids:
             await asyncio.to_thread(rig.publish, market_signal(
                 {"account_id": "acc_1", "strategy_name": "Outage"}, signal_id=signal_id))
-        records = handle.database["execution_confirmations"]
-        while records.count_documents({"status": "FILLED"}) < len(ids):
+        reader = Store(handle.database)
+        while reader.counts_by_status().get("FILLED", 0) < len(ids):
             await asyncio.sleep(0.05)
         assert flaky.refused and not rig.collect_confirmations()
         flaky.down = False
@@ -125,5 +123,4 @@ async def test_given_pubsub_refusing_confirmations_then_delivered_afterwards(emu
     await _run([daemon], body)
     for signal_id in ids:
         assert rig.statuses(signal_id)[:2] == ["SUBMITTED", "FILLED"]
-    assert handle.database["execution_confirmations"].count_documents(
-        {"outbox_pending": True}) == 0
+    assert Store(handle.database).records_with_unpublished() == []

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import mongomock
 import pytest
 from google.cloud import pubsub_v1
 
@@ -17,12 +16,12 @@ from execution_service.adapters.pubsub import (
     make_publisher,
     subscription_disagreements,
 )
-from execution_service.adapters.store import StoreHandle
 from execution_service.bootstrap import build_app
 from execution_service.config import load_settings
 from execution_service.service.daemon import ExecutionDaemon
 from tests.fakes.pubsub_tools import PubSubRig
 from tests.fakes.service_fakes import FlakyStore
+from tests.fakes.stores import memory_store
 
 
 @pytest.mark.asyncio
@@ -35,8 +34,7 @@ async def test_given_store_down_when_50_signals_arrive_then_held_and_all_fill_on
         "ORDER_POLL_SECONDS": "0.05"})
     names = PubSubNames(settings)
     publisher, subscriber = make_publisher(), pubsub_v1.SubscriberClient()
-    client = mongomock.MongoClient(tz_aware=True)
-    handle = StoreHandle(client, client["trading"], "mongomock")
+    handle, reader = memory_store()
     store = FlakyStore(handle.database)
     app = build_app(settings, TopicPublisher(publisher, names.confirmations_topic),
                     handle=handle, store=store)
@@ -56,14 +54,14 @@ async def test_given_store_down_when_50_signals_arrive_then_held_and_all_fill_on
                 "side": "BUY", "quantity": 1, "account_id": "acc_1",
                 "strategy_name": "Outage", "reference_price": 10.0})
         await asyncio.wait_for(_until(lambda: daemon.intake.holding == len(ids)), 30)
-        assert handle.database["execution_confirmations"].count_documents({}) == 0
+        assert reader.recent_records(0) == []
         assert store.health.down and rig.dead_letters() == []
         store.down = False
         await asyncio.to_thread(rig.wait_for, lambda: all(rig.terminal(i) for i in ids), 30,
                                 "all filled after the outage")
         for signal_id in ids:
             assert rig.statuses(signal_id) == ["SUBMITTED", "FILLED"]
-        assert app.store.db["mock_broker_orders"].count_documents({}) == len(ids)
+        assert app.store.mock_ledger.count() == len(ids)
         assert rig.dead_letters() == [] and daemon.intake.holding == 0
         await asyncio.wait_for(_until(lambda: not store.health.down), 10)
         assert daemon.healthy() == (True, "ok")

@@ -575,3 +575,39 @@ def test_zerodha_factory_builds_the_adapter_from_settings():
 
     assert isinstance(broker, ZerodhaBroker) and broker.name == "ZERODHA"
     assert repr(broker) == "ZerodhaBroker(root='http://127.0.0.1:9')"
+
+
+@pytest.mark.asyncio
+async def test_zerodha_modify_puts_kite_modify_order_with_the_new_values(fake):
+    """Given a resting SL order, when modified, then Kite's PUT /orders/regular/{id} carries the
+    new quantity, limit (price) and stop (trigger_price), and the order book shows them."""
+    broker = make_broker(fake)
+    order_id = await placed(fake, broker, order_type="STOP_LIMIT", limit_price=1500.0,
+                            stop_price=1490.0)
+
+    await broker.modify_order(order_id, order(order_type="STOP_LIMIT", quantity=6,
+                                              limit_price=1510.0, stop_price=1495.0))
+
+    assert ("PUT", f"/orders/regular/{order_id}") in fake.requests
+    [(modified_id, form)] = fake.modifications
+    assert modified_id == order_id
+    assert (form["quantity"], form["price"], form["trigger_price"], form["order_type"]) == (
+        "6", "1510.0", "1495.0", "SL")
+    current = await broker.get_order(order_id)
+    assert current.quantity == 6 and current.status is BrokerStatus.WORKING
+
+
+@pytest.mark.asyncio
+async def test_zerodha_modify_refused_or_unreachable_translates(fake):
+    broker = make_broker(fake)
+    order_id = await placed(fake, broker, order_type="LIMIT", limit_price=1500.0)
+    fake.fill(order_id, 10)
+    with pytest.raises(OrderRejected, match="cannot be modified as it is complete"):
+        await broker.modify_order(order_id, order(order_type="LIMIT", limit_price=1501.0))
+    with pytest.raises(OrderNotFound):
+        await broker.modify_order("999", order(order_type="LIMIT", limit_price=1501.0))
+    fake.fail_next("modify", "NetworkException", "OMS busy", 503)
+    other = await placed(fake, broker, signal_id="sig_z_2", order_type="LIMIT",
+                         limit_price=1500.0)
+    with pytest.raises(TransientBrokerError):
+        await broker.modify_order(other, order(order_type="LIMIT", limit_price=1501.0))

@@ -83,8 +83,7 @@ async def test_given_two_replicas_and_each_signal_twice_then_each_placed_once():
         second.processor.handle(body)
     await settle(first)
     await settle(second)
-    ledger = first.store.db["mock_broker_orders"]
-    assert ledger.count_documents({}) == 30
+    assert first.store.mock_ledger.count() == 30
     assert first.counters.duplicates + second.counters.duplicates == 30
     for n in range(30):
         record = first.store.get_record(f"sig_rep_{n}")

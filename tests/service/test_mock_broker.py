@@ -4,22 +4,23 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import mongomock
 import pytest
 
 from brokers.base import BrokerStatus, OrderRequest
 from brokers.mock import MockBroker, MockSettings
-from execution_service.errors import OrderRejected, PlacementUncertain
+from execution_service.errors import OrderRejected, PlacementUncertain, StoreUnavailable
 from tests.contract.harness_mock import ManualClock
+from tests.fakes.stores import down_store, memory_store
 
 pytestmark = pytest.mark.asyncio
 
 
 def make(**settings) -> tuple[MockBroker, ManualClock, object]:
     clock = ManualClock()
-    database = mongomock.MongoClient(tz_aware=True)["trading"]
+    _handle, store = memory_store()
     values = {"fill_delay_seconds": 1.0, **settings}
-    return MockBroker(database, MockSettings(**values), clock=clock), clock, database
+    return MockBroker(store.mock_ledger, MockSettings(**values), clock=clock), clock, \
+        store.mock_ledger
 
 
 def req(signal_id: str = "s1", **fields) -> OrderRequest:
@@ -120,20 +121,20 @@ async def test_cancel_keeps_fills_due_before_it():
 
 
 async def test_ledger_survives_a_new_instance_and_reports_fills_due_meanwhile():
-    broker, clock, database = make()
+    broker, clock, ledger = make()
     placed = await broker.place_order(req())
     clock.now += timedelta(seconds=10)
-    restarted = MockBroker(database, MockSettings(), clock=clock)
+    restarted = MockBroker(ledger, MockSettings(), clock=clock)
     found = await restarted.find_order("s1")
     assert found.order_id == placed.order_id and found.status is BrokerStatus.FILLED
 
 
 async def test_same_signal_twice_is_never_placed_twice():
-    broker, clock, database = make()
+    broker, clock, ledger = make()
     await broker.place_order(req())
     with pytest.raises(PlacementUncertain):
         await broker.place_order(req())
-    assert database["mock_broker_orders"].count_documents({}) == 1
+    assert ledger.count() == 1
 
 
 async def test_reject_rate_is_deterministic_under_seed():
@@ -151,3 +152,22 @@ async def test_reject_rate_is_deterministic_under_seed():
         outcomes.append(run)
     assert outcomes[0] == outcomes[1]
     assert 0 < outcomes[0].count("rejected") < 20
+
+
+async def test_given_the_ledgers_store_down_then_store_unavailable_and_placed_once_after():
+    """The ledger is the store: its outage is StoreUnavailable (the tracker backs off and
+    looks the order up), never a driver error, and nothing is placed twice."""
+    handle, store = memory_store()
+    down, switch = down_store(handle.database)
+    clock = ManualClock()
+    broker = MockBroker(down.mock_ledger, MockSettings(fill_delay_seconds=1.0), clock=clock)
+    switch.down = True
+    with pytest.raises(StoreUnavailable):
+        await broker.place_order(req())
+    with pytest.raises(StoreUnavailable):
+        await broker.find_order("s1")
+    switch.down = False
+    assert await broker.find_order("s1") is None  # the failed insert never landed
+    placed = await broker.place_order(req())
+    assert (await broker.find_order("s1")).order_id == placed.order_id
+    assert store.mock_ledger.count("s1") == 1

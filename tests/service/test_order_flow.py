@@ -39,14 +39,14 @@ async def test_given_three_chunks_when_processed_then_partials_then_filled():
                                         "symbol": "SPY"})
     assert position["quantity"] == 100 and len(position["fill_keys"]) == 3
     assert app.notifier.kinds() == ["PARTIAL_FILL", "PARTIAL_FILL", "FILLED"]
-    assert app.store.signals.find_one({"signal_id": "sig_1"})["execution_status"] == "FILLED"
+    assert app.store.get_signal("sig_1")["execution_status"] == "FILLED"
 
 
 async def test_given_store_down_when_message_arrives_then_nack_and_later_processed():
     app, publisher = make_app(store_class=FlakyStore)
     app.store.down = True
     assert app.processor.handle(order_body()).action is Action.HOLD
-    assert app.store.db["mock_broker_orders"].count_documents({}) == 0
+    assert app.store.mock_ledger.count() == 0
     app.store.down = False
     assert app.processor.handle(order_body()).action is Action.ACK
     await settle(app)
@@ -150,7 +150,7 @@ async def test_given_pending_claim_unknown_to_broker_when_recovered_then_placed_
     assert app.leases.sweep() == 1
     await settle(app)
     assert app.store.get_record("sig_crash")["status"] == "FILLED"
-    assert app.store.db["mock_broker_orders"].count_documents({"signal_id": "sig_crash"}) == 1
+    assert app.store.mock_ledger.count("sig_crash") == 1
 
 
 async def test_given_pending_claim_already_at_broker_when_recovered_then_not_resent():
@@ -194,7 +194,7 @@ async def test_given_duplicate_signal_then_acked_and_placed_once():
     outcome = app.processor.handle(order_body())
     assert outcome.action is Action.ACK and outcome.reason == "duplicate"
     await settle(app)
-    assert app.store.db["mock_broker_orders"].count_documents({}) == 1
+    assert app.store.mock_ledger.count() == 1
     assert app.counters.duplicates == 1
 
 

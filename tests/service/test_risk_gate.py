@@ -7,17 +7,14 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import click
-import mongomock
 import pytest
 from click.testing import CliRunner
-from pymongo.errors import ServerSelectionTimeoutError
 
 from execution_service import cli, cli_risk
 from execution_service.adapters.store import Store, open_store
 from execution_service.domain.signals import Signal
 from execution_service.errors import StoreUnavailable
 from execution_service.service.risk import (
-    HALTS,
     RiskGate,
     active_halts,
     clear_halt,
@@ -26,6 +23,7 @@ from execution_service.service.risk import (
     set_halt,
     watch_halts,
 )
+from tests.fakes.stores import down_store, memory_store
 
 NOW = datetime(2024, 11, 24, 10, 30, tzinfo=UTC)
 ACCOUNT = {"_id": "acc_1", "broker": "MOCK", "enabled": True}
@@ -41,39 +39,22 @@ class Timer:
         return self.now
 
 
-class SpyDb:
-    """The database, noting which collections are touched."""
+class SpyStore:
+    """The store, noting which of its methods are called."""
 
-    def __init__(self, db) -> None:
-        self.db = db
+    def __init__(self, store) -> None:
+        self.store = store
         self.used: list[str] = []
 
-    def __getitem__(self, name: str):
+    def __getattr__(self, name: str):
         self.used.append(name)
-        return self.db[name]
-
-
-class DownCollection:
-    def __getattr__(self, name):
-        def fail(*args, **kwargs):
-            raise ServerSelectionTimeoutError("no servers (test)")
-        return fail
-
-
-class DownDb:
-    """A store that cannot be reached, or (with `db`) one that goes away when `down` is set."""
-
-    def __init__(self, db=None) -> None:
-        self.db = db
-        self.down = db is None
-
-    def __getitem__(self, name: str):
-        return DownCollection() if self.down else self.db[name]
+        return getattr(self.store, name)
 
 
 @pytest.fixture
 def db():
-    return mongomock.MongoClient(tz_aware=True)["trading"]
+    """The store (through the product's factory) the gate and the halt commands use."""
+    return memory_store()[1]
 
 
 @pytest.fixture
@@ -83,7 +64,7 @@ def timer():
 
 @pytest.fixture
 def gate(db, timer):
-    return RiskGate(db, lambda: NOW, timer=timer, working_orders=Store(db).working_orders)
+    return RiskGate(db, lambda: NOW, timer=timer, working_orders=db.working_orders)
 
 
 def signal(**overrides) -> Signal:
@@ -94,7 +75,7 @@ def signal(**overrides) -> Signal:
 
 
 def record(db, n: int, *, account_id="acc_1", ago=10.0, status="FILLED") -> None:
-    db["execution_confirmations"].insert_one({
+    db.records.insert_one({
         "_id": f"exec_{account_id}_{n}", "signal_id": f"{account_id}_{n}",
         "account_id": account_id, "status": status,
         "received_at": NOW - timedelta(seconds=ago)})
@@ -153,16 +134,16 @@ def test_given_halt_storage_then_documents_have_the_agreed_shape(db):
 
 
 def test_given_the_store_down_when_checked_then_store_unavailable_so_the_message_is_nacked():
-    gate = RiskGate(DownDb(), lambda: NOW)
+    gate = RiskGate(down_store()[0], lambda: NOW)
     with pytest.raises(StoreUnavailable):
         gate.check(signal(), ACCOUNT)
     with pytest.raises(StoreUnavailable):
-        set_halt(DownDb(), "x", at=NOW)
+        set_halt(down_store()[0], "x", at=NOW)
 
 
 def test_given_halts_then_halt_for_answers_per_account_even_with_the_store_down(db, timer):
-    flaky = DownDb(db)
-    gate = RiskGate(flaky, lambda: NOW, halt_cache_seconds=0)
+    store, flaky = down_store(db.db)
+    gate = RiskGate(store, lambda: NOW, halt_cache_seconds=0)
     set_halt(db, "runaway", "acc_1", cancel_open=True, at=NOW)
     assert gate.halt_for("acc_1")["cancel_open"] is True
     assert gate.halt_for("acc_2") is None
@@ -187,13 +168,13 @@ def test_given_records_in_the_last_minute_then_they_count_across_replicas(db, ga
 
 
 def test_given_no_rate_or_position_limit_then_records_and_positions_are_not_read(db, timer):
-    spy = SpyDb(db)
+    spy = SpyStore(db)
     gate = RiskGate(spy, lambda: NOW, timer=timer)
     gate.check(signal(), {**ACCOUNT, "max_order_quantity": 1000})
-    assert set(spy.used) == {HALTS}
+    assert set(spy.used) == {"list_halts"}
     spy.used.clear()
     gate.check(signal(), {**ACCOUNT, "max_orders_per_minute": 5, "max_position_notional": 1e6})
-    assert set(spy.used) == {"execution_confirmations", "positions"}  # halts still cached
+    assert set(spy.used) == {"count_orders_since", "open_positions_for"}  # halts still cached
 
 
 # -- position notional -----------------------------------------------------------------------
@@ -201,7 +182,7 @@ def test_given_no_rate_or_position_limit_then_records_and_positions_are_not_read
 
 def test_given_open_positions_of_two_strategies_then_the_account_symbol_total_is_limited(db,
                                                                                         gate):
-    positions = db["positions"]
+    positions = db.positions
     positions.insert_many([
         {"_id": "p1", "account_id": "acc_1", "strategy_name": "A", "symbol": "SPY",
          "side": "LONG", "quantity": 120, "avg_entry_price": 99.0, "status": "OPEN"},
@@ -309,11 +290,11 @@ def test_given_halt_then_a_gate_on_the_store_refuses_and_resume_lifts_it(run_cli
                              "daemons will cancel open orders\n")
 
     def check(store):
-        return RiskGate(store.db, lambda: NOW, halt_cache_seconds=0).check(signal(), ACCOUNT)
+        return RiskGate(store, lambda: NOW, halt_cache_seconds=0).check(signal(), ACCOUNT)
 
     breach = read_store(run_cli.data, check)
     assert breach.reason == "trading halted: fat finger on desk 3"
-    assert read_store(run_cli.data, lambda s: active_halts(s.db))[0]["cancel_open"] is True
+    assert read_store(run_cli.data, lambda s: active_halts(s))[0]["cancel_open"] is True
     result = run_cli("resume")
     assert result.exit_code == 0 and result.output == "trading resumed for all accounts\n"
     assert read_store(run_cli.data, check) is None
@@ -384,7 +365,7 @@ def test_given_add_limit_options_then_a_command_receives_validated_limits():
 
 def working(db, n: int, *, side="BUY", quantity=100, filled=0.0, price=230.0, status="SUBMITTED",
             account_id="acc_1", symbol="SPY") -> None:
-    db["execution_confirmations"].insert_one({
+    db.records.insert_one({
         "_id": f"exec_w{n}", "signal_id": f"w{n}", "account_id": account_id, "symbol": symbol,
         "side": side, "quantity": quantity, "filled_quantity": filled, "order_type": "LIMIT",
         "limit_price": price, "status": status, "received_at": NOW})
@@ -423,9 +404,9 @@ def test_given_working_orders_then_only_their_unfilled_part_on_this_side_counts(
 def test_given_resting_offers_when_a_sell_reduces_a_long_then_it_passes(db, gate):
     """Given long 100 and no resting offers, a sell of 100 reduces the position and passes;
     given resting offers of 300 already, a further sell is checked as adding to a short."""
-    db["positions"].insert_one({"_id": "p1", "account_id": "acc_1", "strategy_name": "A",
-                                "symbol": "SPY", "side": "LONG", "quantity": 100,
-                                "avg_entry_price": 100.0, "status": "OPEN"})
+    db.positions.insert_one({"_id": "p1", "account_id": "acc_1", "strategy_name": "A",
+                             "symbol": "SPY", "side": "LONG", "quantity": 100,
+                             "avg_entry_price": 100.0, "status": "OPEN"})
     account = {**ACCOUNT, "max_position_notional": 25_000}
     assert gate.check(signal(side="SELL"), account) is None
     working(db, 1, side="SELL", quantity=300, price=100.0)
@@ -437,6 +418,6 @@ def test_given_the_store_down_when_reading_working_orders_then_the_message_is_na
     """Given positions readable but the working-orders read failing, then StoreUnavailable
     (the processor nacks): never a check that silently skipped what it could not read."""
     gate = RiskGate(db, lambda: NOW, halt_cache_seconds=0,
-                    working_orders=Store(DownDb()).working_orders)
+                    working_orders=down_store()[0].working_orders)
     with pytest.raises(StoreUnavailable):
         gate.check(signal(), {**ACCOUNT, "max_position_notional": 30_000})

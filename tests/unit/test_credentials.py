@@ -96,7 +96,7 @@ def test_given_kite_credentials_only_in_the_account_then_the_zerodha_broker_uses
     row = kite_row()
     settings, store = setup(tmp_path, [row], USE_MOCK_BROKER="false")
     seed_accounts(settings, store)
-    brokers = BrokerFactory(settings, store.db)
+    brokers = BrokerFactory(settings, store.mock_ledger)
     use_account_credentials(settings, store, brokers)
     kite = brokers.create_broker("ZERODHA")._kite
     assert (kite.api_key, kite.access_token) == (row["api_key"], row["access_token"])
@@ -106,7 +106,7 @@ def test_given_environment_kite_credentials_then_they_win_over_the_account(tmp_p
     settings, store = setup(tmp_path, [kite_row()], USE_MOCK_BROKER="false",
                             KITE_API_KEY="env_key", KITE_ACCESS_TOKEN="env_token")
     seed_accounts(settings, store)
-    brokers = BrokerFactory(settings, store.db)
+    brokers = BrokerFactory(settings, store.mock_ledger)
     use_account_credentials(settings, store, brokers)
     kite = brokers.create_broker("ZERODHA")._kite
     assert (kite.api_key, kite.access_token) == ("env_key", "env_token")
@@ -116,7 +116,7 @@ def test_given_two_zerodha_accounts_with_different_sessions_then_one_line_refusa
     settings, store = setup(tmp_path, [kite_row("k1"), kite_row("k2")], USE_MOCK_BROKER="false")
     seed_accounts(settings, store)
     with pytest.raises(FatalConfigError, match="one Kite session per daemon") as raised:
-        use_account_credentials(settings, store, BrokerFactory(settings, store.db))
+        use_account_credentials(settings, store, BrokerFactory(settings, store.mock_ledger))
     assert "k1" in str(raised.value) and "k2" in str(raised.value)
 
 

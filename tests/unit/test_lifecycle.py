@@ -22,6 +22,7 @@ from execution_service.domain.orders import (
     cancel,
     follow_broker,
     reject,
+    request_cancel,
     submit,
 )
 
@@ -31,11 +32,15 @@ ALL_STATUSES = list(OrderStatus)
 
 # SPEC §4, read off the diagram. PARTIALLY_FILLED -> PARTIALLY_FILLED is each further partial
 # fill ("each new fill while PARTIALLY_FILLED" is a status change in §6). CANCELLED has no exit:
-# a late fill is recorded without leaving it.
+# a late fill is recorded without leaving it. PENDING_CANCEL (§11): a cancel sent and not yet
+# confirmed; fills still land (to FILLED, or staying PENDING_CANCEL), a refused cancel returns
+# the order to working.
 SPEC_EXITS: dict[OrderStatus, set[OrderStatus]] = {
     S.PENDING: {S.SUBMITTED, S.REJECTED},
-    S.SUBMITTED: {S.PARTIALLY_FILLED, S.FILLED, S.REJECTED, S.CANCELLED},
-    S.PARTIALLY_FILLED: {S.PARTIALLY_FILLED, S.FILLED, S.CANCELLED},
+    S.SUBMITTED: {S.PARTIALLY_FILLED, S.FILLED, S.REJECTED, S.CANCELLED, S.PENDING_CANCEL},
+    S.PARTIALLY_FILLED: {S.PARTIALLY_FILLED, S.FILLED, S.CANCELLED, S.PENDING_CANCEL},
+    S.PENDING_CANCEL: {S.PENDING_CANCEL, S.FILLED, S.CANCELLED, S.REJECTED, S.SUBMITTED,
+                       S.PARTIALLY_FILLED},
     S.FILLED: set(),
     S.REJECTED: set(),
     S.CANCELLED: set(),
@@ -74,6 +79,8 @@ def state_in(status: OrderStatus, quantity: float = 100.0) -> OrderState:
     state = apply_fills(state, [fill("e1", 40)], at(1)).state
     if status is S.PARTIALLY_FILLED:
         return state
+    if status is S.PENDING_CANCEL:
+        return request_cancel(state, "cancelled by upstream request req_1", at(2), "req_1").state
     return cancel(state, "timeout", at(2)).state
 
 

@@ -9,7 +9,6 @@ import sqlite3
 import pytest
 from pymongo.errors import (
     AutoReconnect,
-    DuplicateKeyError,
     NotPrimaryError,
     OperationFailure,
     ServerSelectionTimeoutError,
@@ -18,9 +17,9 @@ from pymongo.errors import (
 
 from execution_service.adapters.store import Store, open_store
 from execution_service.adapters.store_errors import (
+    DuplicateSignal,
     StoreHealth,
     StoreRejected,
-    TranslatedCollection,
     store_error,
 )
 from execution_service.errors import StoreUnavailable
@@ -105,10 +104,12 @@ def test_given_embedded_store_disk_full_then_one_outage_logged_with_its_length(t
 
 def test_given_duplicate_key_then_passed_through_untouched():
     handle = open_store("mongomock://", "trading", None)
-    ledger = TranslatedCollection(handle.database["ledger"])
-    ledger.insert_one({"_id": 1})
-    with pytest.raises(DuplicateKeyError):
-        ledger.insert_one({"_id": 1})
+    store = Store(handle.database)
+    store.mock_ledger.add({"_id": "MOCK-1", "signal_id": "s1"})
+    assert store.mock_ledger.add({"_id": "MOCK-1", "signal_id": "s1"}) is False
+    store.insert_record({"_id": "exec_s1", "signal_id": "s1", "version": 1})
+    with pytest.raises(DuplicateSignal):
+        store.insert_record({"_id": "exec_s1", "signal_id": "s1", "version": 1})
     handle.close()
 
 

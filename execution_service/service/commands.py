@@ -1,0 +1,271 @@
+"""Cancel and modify (SPEC §11): one service-level entry point, `handle_command`, for the
+Pub/Sub consumer, the CLI (through Pub/Sub), an HTTP route or a Telegram command.
+
+Per request: keep it in `order_commands` (idempotent by `request_id`), decide against the
+record, write the outcome to the record (compare-and-set, with its confirmation: the outbox),
+and call the broker's own cancel or modify. A request in flight at a crash stays RECEIVED and
+is finished after the restart; every step is idempotent, so it is finished once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from brokers.base import Broker
+from execution_service.adapters.store import DuplicateSignal
+from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.commands import (
+    REFUSED,
+    CancelOrder,
+    Command,
+    CommandAction,
+    CommandEvent,
+    InvalidCommand,
+    ModifyOrder,
+    already_applied,
+    apply_cancel,
+    apply_modify,
+    early_cancel_record,
+    modify_refusal,
+    refuse,
+)
+from execution_service.domain.orders import Event, OrderStatus
+from execution_service.domain.records import confirmation, state_of
+from execution_service.errors import (
+    OrderNotFound,
+    OrderRejected,
+    StoreUnavailable,
+    TransientBrokerError,
+)
+from execution_service.service.tracker import request_from_record
+
+logger = logging.getLogger(__name__)
+KEPT = "KEPT"  # a cancel for an order not seen yet: kept, the order is refused when it comes
+DUPLICATE = "DUPLICATE"
+NOT_RECEIVED = "NOT_RECEIVED"  # the status in a refusal about a signal with no record
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    """What became of one request: `event` is a CommandEvent, KEPT or DUPLICATE."""
+
+    request_id: str
+    signal_id: str
+    event: str
+    reason: str | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.event in (CommandEvent.CANCEL_REJECTED, CommandEvent.MODIFY_REJECTED)
+
+    def as_doc(self) -> dict:
+        return {"outcome": str(self.event), "reason": self.reason}
+
+
+class CommandHandler:
+    def __init__(self, store, command_log, journal, brokers, tracker, outbox,
+                 clock: Callable[[], datetime], check_order: Callable[[dict], str | None],
+                 attempts: int = 3, backoff_base: float = 0.5):
+        self._store = store
+        self._log = command_log
+        self._journal = journal
+        self._brokers = brokers  # BrokerFactory
+        self._tracker = tracker
+        self._outbox = outbox
+        self._clock = clock
+        self._check_order = check_order  # §3 validation and risk of an order's fields
+        self._attempts = attempts
+        self._backoff_base = backoff_base
+        self._running: dict[str, asyncio.Task] = {}
+
+    # entry points -----------------------------------------------------------------------------
+
+    async def handle_command(self, command: Command) -> CommandOutcome:
+        """Keep, decide, act and answer; the outcome once the request is done."""
+        stored = self.receive(command)
+        if stored is not None:
+            return stored
+        return await self._finish(command)
+
+    def receive(self, command: Command) -> CommandOutcome | None:
+        """Keep the request durably (raises StoreUnavailable). None: go on and execute it;
+        an outcome: it was handled before (same request_id), nothing more to do."""
+        doc = {"_id": command.request_id, "request_id": command.request_id,
+               "action": str(command.action), "signal_id": command.signal_id,
+               "command": command.model_dump(mode="json"), "received_at": self._clock()}
+        earlier = self._log.receive(doc)
+        if earlier is None or earlier.get("state") != "DONE":
+            return None
+        logger.info("Duplicate %s request %s ignored (already %s) [%s]", command.action,
+                    command.request_id, earlier.get("outcome"), command.signal_id)
+        return CommandOutcome(command.request_id, command.signal_id, DUPLICATE,
+                              earlier.get("reason"))
+
+    def start(self, command: Command) -> None:
+        """Execute a kept request in the background (the Pub/Sub path acks once it is kept)."""
+        if command.request_id in self._running:
+            return
+        task = asyncio.create_task(self._finish(command), name=f"command-{command.request_id}")
+        self._running[command.request_id] = task
+        task.add_done_callback(lambda _t: self._running.pop(command.request_id, None))
+
+    def resume_unfinished(self) -> int:
+        """At start: every request kept and not finished by an earlier run."""
+        pending = self._log.unfinished()
+        for doc in pending:
+            self.start(command_from_doc(doc))
+        return len(pending)
+
+    async def stop(self) -> None:
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    # the work ---------------------------------------------------------------------------------
+
+    async def _finish(self, command: Command) -> CommandOutcome:
+        attempt = 0
+        while True:
+            try:
+                if isinstance(command, CancelOrder):
+                    outcome = await self._cancel(command)
+                else:
+                    outcome = await self._modify(command)
+                self._log.finish(command.request_id, outcome.as_doc(), self._clock())
+                logger.info("%s request %s: %s%s [%s]", command.action, command.request_id,
+                            outcome.event, f" ({outcome.reason})" if outcome.reason else "",
+                            command.signal_id)
+                self._tracker.nudge(command.signal_id)
+                return outcome
+            except StoreUnavailable as e:
+                attempt += 1
+                wait = compute_backoff(attempt, self._backoff_base, 10.0)
+                logger.debug("Store unavailable on %s request %s (%s); retry in %.1fs",
+                               command.action, command.request_id, e, wait)
+                await asyncio.sleep(wait)
+
+    async def _cancel(self, command: CancelOrder) -> CommandOutcome:
+        doc = self._store.get_record(command.signal_id)
+        if doc is None:
+            kept = early_cancel_record(command, self._clock())
+            try:
+                self._store.insert_record(kept)
+                self._journal.after_write(kept, (), kept["confirmations"])
+                return self._outcome(command, KEPT, kept["reject_reason"])
+            except DuplicateSignal:  # the order was claimed meanwhile: cancel it
+                doc = self._store.get_record(command.signal_id)
+        now = self._clock()
+        doc = self._journal.apply(doc, lambda s: apply_cancel(s, command, now))
+        state = state_of(doc)
+        refused = _refusal_of(doc, command.request_id)
+        if refused is not None:
+            return self._outcome(command, CommandEvent.CANCEL_REJECTED, refused)
+        if doc.get("awaiting_order") and state.cancel_request_id == command.request_id:
+            return self._outcome(command, KEPT, doc["reject_reason"])  # kept before a crash
+        if state.status is OrderStatus.PENDING_CANCEL and state.order_id:
+            await self._at_broker(doc, "cancel", lambda broker: broker.cancel_order(
+                doc["order_id"]))
+        return self._outcome(command, CommandEvent.CANCEL_REQUESTED, command.cancel_reason())
+
+    async def _modify(self, command: ModifyOrder) -> CommandOutcome:
+        doc = self._store.get_record(command.signal_id)
+        if doc is None:
+            return self._unknown_order(command)
+        state = state_of(doc)
+        if already_applied(state, command.request_id):
+            return self._answered(command, doc)
+        changed = {**doc, **command.changes()}
+        order_type = str(doc.get("order_type"))
+        refusal = modify_refusal(state, order_type, command) or self._check_order(changed)
+        if refusal is None:
+            request = request_from_record(changed)
+            refusal = await self._at_broker(doc, "modify", lambda broker: broker.modify_order(
+                doc["order_id"], request))
+        now = self._clock()
+        if refusal is None:
+            doc = self._journal.apply(doc, lambda s: apply_modify(s, command, order_type, now))
+        else:
+            doc = self._journal.apply(doc, lambda s: refuse(
+                s, CommandAction.MODIFY, command.request_id, refusal, now))
+        return self._answered(command, doc)
+
+    async def _at_broker(self, doc: dict, what: str, call) -> str | None:
+        """The broker's own cancel or modify, retried while the venue is unreachable. None when
+        it took it; else why not (a cancel left undone is sent again by the tracker)."""
+        broker: Broker = self._brokers.create_broker(doc["broker"])
+        last = "no attempt made"
+        for attempt in range(1, self._attempts + 1):
+            try:
+                if not broker.is_connected:
+                    await broker.connect()
+                await call(broker)
+                return None
+            except OrderRejected as e:
+                return f"broker refused: {e.reason}"
+            except (TransientBrokerError, OrderNotFound) as e:
+                logger.warning("%s of %s at %s failed (attempt %d/%d): %s", what,
+                               doc["signal_id"], broker.name, attempt, self._attempts, e)
+                if attempt < self._attempts:
+                    await asyncio.sleep(compute_backoff(attempt, self._backoff_base))
+                last = str(e)
+        return f"broker unavailable: {last}"
+
+    def _unknown_order(self, command: ModifyOrder) -> CommandOutcome:
+        """Answered MODIFY_REJECTED and not kept: there is no record to keep it in."""
+        reason = f"no order {command.signal_id} has been received"
+        self._publish_unrecorded(command.signal_id, CommandAction.MODIFY, command.request_id,
+                                 reason)
+        return self._outcome(command, CommandEvent.MODIFY_REJECTED, reason)
+
+    def answer_invalid(self, invalid: InvalidCommand) -> None:
+        """A command that failed validation: refused, on the record when there is one."""
+        doc = self._store.get_record(invalid.signal_id)
+        if doc is None:
+            self._publish_unrecorded(invalid.signal_id, invalid.action, invalid.request_id,
+                                     invalid.reason)
+            return
+        now = self._clock()
+        self._journal.apply(doc, lambda s: refuse(s, invalid.action, invalid.request_id,
+                                                  invalid.reason, now))
+
+    def _publish_unrecorded(self, signal_id: str, action: CommandAction, request_id: str,
+                            reason: str) -> None:
+        event = Event(OrderStatus.PENDING, self._clock(), str(REFUSED[action]),
+                      {"request_id": request_id, "reason": reason})
+        payload = confirmation({"signal_id": signal_id}, event, 0)
+        payload["status"] = NOT_RECEIVED
+        self._outbox.enqueue([payload])
+
+    def _answered(self, command: ModifyOrder, doc: dict) -> CommandOutcome:
+        refused = _refusal_of(doc, command.request_id)
+        if refused is not None:
+            return self._outcome(command, CommandEvent.MODIFY_REJECTED, refused)
+        return self._outcome(command, CommandEvent.MODIFIED, None)
+
+    @staticmethod
+    def _outcome(command: Command, event: str, reason: str | None) -> CommandOutcome:
+        return CommandOutcome(command.request_id, command.signal_id, event, reason)
+
+
+def _refusal_of(doc: dict, request_id: str) -> str | None:
+    """The reason this request was refused, from the record's events, or None."""
+    for event in reversed(doc.get("events") or []):
+        if event.get("request_id") == request_id and event.get("event") in (
+                CommandEvent.CANCEL_REJECTED, CommandEvent.MODIFY_REJECTED):
+            return event.get("reason")
+    return None
+
+
+def command_from_doc(doc: dict) -> Command:
+    fields = doc["command"]
+    model = CancelOrder if doc["action"] == CommandAction.CANCEL else ModifyOrder
+    return model.model_validate(fields)
