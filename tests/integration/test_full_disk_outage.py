@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from execution_service.adapters.emulator import free_port
 from execution_service.adapters.store import Store, open_store
 from tests.fakes.daemon import DaemonProcess
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
+from tests.fakes.waiting import wait_until
 
 SIGNALS = 50
 
@@ -56,16 +56,6 @@ def health(port: int) -> str:
             return answer.read().decode().strip()
     except urllib.error.HTTPError as e:
         return e.read().decode().strip()
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_given_full_disk_when_50_signals_arrive_then_held_and_all_fill_once_after_it(
