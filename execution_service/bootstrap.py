@@ -85,6 +85,7 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
         handle, opened = open_app_store(settings)
         store = store or opened
     store = store or Store(handle.database)
+    store.health.announce = True  # the daemon logs each outage once (store_errors.StoreHealth)
     store.ensure_indexes()
     risk = RiskGate(store, clock, collar_pct=settings.PRICE_COLLAR_PCT,
                     working_orders=store.working_orders)

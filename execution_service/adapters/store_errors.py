@@ -132,10 +132,13 @@ def _health_of(args: tuple) -> StoreHealth | None:
 
 class StoreHealth:
     """Whether the store is in an outage: from the first call that found it unavailable to the
-    next write it took. Thread-safe (store calls may run on worker threads)."""
+    next write it took. Thread-safe (store calls may run on worker threads). Only a daemon
+    `announce`s outages in its log; a command says why it failed in its own one line."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 announce: bool = False) -> None:
         self._clock = clock
+        self.announce = announce
         self._lock = threading.Lock()
         self._since: float | None = None
         self._failures = 0
@@ -159,8 +162,9 @@ class StoreHealth:
             self._since = self._clock()
             self._first_error = str(error)
             self.outages += 1
-        logger.error("Store outage: %s. New messages are held unacknowledged and store calls "
-                     "retried until a write succeeds again", error)
+        if self.announce:
+                logger.error("Store outage: %s. New messages are held unacknowledged and store "
+                         "calls retried until a write succeeds again", error)
 
     def wrote(self) -> None:
         if self._since is None:
@@ -172,6 +176,7 @@ class StoreHealth:
             failures, first = self._failures, self._first_error
             self._since, self._failures = None, 0
             self.last_outage_seconds = length
-        logger.warning("Store outage over after %.1f s (%d store calls failed; first: %s)",
-                       length, failures, first)
+        if self.announce:
+                logger.warning("Store outage over after %.1f s (%d store calls failed; first: %s)",
+                           length, failures, first)
 

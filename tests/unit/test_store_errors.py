@@ -79,6 +79,7 @@ def test_given_embedded_store_disk_full_then_one_outage_logged_with_its_length(t
                                                                              caplog):
     handle = open_store(None, "trading", tmp_path / "data")
     store = Store(handle.database)
+    store.health.announce = True
     faulty = SqliteFaults(store.service_status)
     store.service_status = faulty
     caplog.set_level(logging.INFO)
