@@ -94,13 +94,6 @@ def test_given_leases_when_renewed_then_only_the_owners_records_move(store):
     assert store.get_record("sig_b")["lease_expires_at"] == ms(T0)
 
 
-def test_given_a_cancel_asked_on_one_record_then_only_that_one_is_listed(store):
-    store.insert_record(claim("sig_a", cancel_requested_reason="upstream req_1"))
-    store.insert_record(claim("sig_b", cancel_requested_reason=None))
-    store.insert_record(claim("sig_c"))
-    assert store.cancels_asked(["sig_a", "sig_b", "sig_c", "sig_missing"]) == ["sig_a"]
-
-
 def test_given_confirmations_when_marked_published_then_pending_clears_only_at_the_latest(
         store):
     store.insert_record(claim("sig_1", confirmation_sequence=2, outbox_pending=True))
