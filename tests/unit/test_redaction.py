@@ -75,7 +75,8 @@ def test_given_secret_setting_when_status_runs_then_it_says_set_never_the_value(
 
 def test_given_mistyped_mongodb_uri_when_any_command_runs_then_password_not_echoed():
     env = {"MONGODB_URI": f"mongdb://trader:{PASSWORD}@db.example:27017/trading"}
-    commands = [["status"], ["status", "--json"], ["orders"], ["positions"], ["accounts", "list"],
+    commands = [["run"], ["status"], ["status", "--json"], ["orders"], ["positions"],
+                ["accounts", "list"],
                 ["show", "sig_1"], ["reconcile"], ["halt", "--reason", "x"], ["resume"],
                 ["dead-letters"], ["setup-pubsub"]]
     for command in commands:
