@@ -15,6 +15,7 @@ from datetime import datetime
 from execution_service.domain.notices import CancelCause, NoticeKind, OrderNotice
 from execution_service.domain.orders import Change, Event, OrderState, OrderStatus, RecordedFill
 from execution_service.domain.records import (
+    ORDER_VALUE_EVENTS,
     as_utc,
     confirmation,
     is_confirmed,
@@ -65,6 +66,7 @@ class OrderJournal:
         self._clock = clock
         self._owner_id = owner_id
         self._metrics = metrics
+        self.brackets = None  # BracketManager (§12), set by bootstrap
 
     def apply(self, doc: dict, step: Callable[[OrderState], Change],
               extra_fields: dict | None = None) -> dict:
@@ -112,7 +114,7 @@ class OrderJournal:
                 sequence += 1
                 confirmations.append(confirmation({**doc, **state}, event, sequence))
         fields = {**state, **extra}
-        if any(event.event == "MODIFIED" for event in change.events):
+        if any(event.event in ORDER_VALUE_EVENTS for event in change.events):
             fields.update(modified_fields(change.state))
         if confirmations:
             fields.update(confirmation_sequence=sequence, outbox_pending=True)
@@ -129,6 +131,8 @@ class OrderJournal:
         self._outbox.enqueue(confirmations)
         for event in events:
             self._tell(doc, event)
+        if events and self.brackets is not None:
+            self.brackets.after_change(doc, events)
 
     def _tell(self, doc: dict, event: Event) -> None:
         signal_id = doc["signal_id"]
@@ -198,7 +202,7 @@ def order_notice(doc: dict, event: Event, kind: NoticeKind) -> OrderNotice:
         commission=detail.get("commission", doc.get("commission")), seconds_to_fill=seconds,
         reason=reason, cancel_cause=_cancel_cause(doc) if kind is NoticeKind.CANCELLED else None,
         last_fill_quantity=detail.get("quantity"), last_fill_price=detail.get("price"),
-        order_id=doc.get("order_id"), request_id=detail.get("request_id"),
+        order_id=doc.get("order_id"), request_id=detail.get("request_id"), role=doc.get("role"),
         command="CANCEL" if event.event == "CANCEL_REJECTED" else "MODIFY",
         changes=tuple((name, (detail.get("old") or {}).get(name), new)
                       for name, new in (detail.get("new") or {}).items()),

@@ -202,3 +202,17 @@ async def settle(app, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
     assert not app.tracker.in_flight, "orders still tracked"
     assert not app.outbox.backlog, "confirmations still unpublished"
+
+
+async def wait_until(condition, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll `condition` on the event loop until it holds; fail naming `what` at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def status_of(app, signal_id: str = "sig_1") -> str | None:
+    record = app.store.get_record(signal_id)
+    return None if record is None else record["status"]
