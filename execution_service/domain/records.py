@@ -13,9 +13,10 @@ from typing import Any
 from execution_service.domain.orders import Event, OrderState, OrderStatus, RecordedFill
 from execution_service.domain.signals import Signal
 
-CONFIRMED_EVENTS = frozenset({"SUBMITTED", "FILL", "COMPLETED", "LATE_FILL", "REJECTED",
-                              "CANCELLED", "MODIFIED", "CANCEL_REJECTED", "MODIFY_REJECTED",
-                              "RESIZED"})
+CONFIRMED_EVENTS = frozenset({"SUBMITTED", "FILL", "COMPLETED", "LATE_FILL", "OVERFILL",
+                              "REJECTED", "CANCELLED", "MODIFIED", "CANCEL_REJECTED",
+                              "MODIFY_REJECTED", "RESIZED"})
+FILL_EVENTS = frozenset({"FILL", "LATE_FILL", "OVERFILL"})  # each moves the position
 #: Events that change the order's own values (quantity, prices): written with the state.
 ORDER_VALUE_EVENTS = frozenset({"MODIFIED", "RESIZED"})
 #: Confirmed only when a request asked for it (a timeout's cancel request is internal).
@@ -147,7 +148,7 @@ def confirmation(doc: dict[str, Any], event: Event, sequence: int) -> dict[str, 
     """The execution-confirmations payload for one event of this record (SPEC §6)."""
     detail = event.detail
     filled = detail.get("filled_quantity", doc.get("filled_quantity", 0.0))
-    is_fill = event.event in ("FILL", "LATE_FILL", "COMPLETED")
+    is_fill = event.event in FILL_EVENTS or event.event == "COMPLETED"
     payload = {
         "signal_id": doc["signal_id"], "order_id": detail.get("order_id", doc.get("order_id")),
         "status": str(event.status), "event": event.event, "sequence": sequence,
@@ -206,3 +207,10 @@ def iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     return as_utc(value).isoformat().replace("+00:00", "Z")
+
+
+def signal_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    """What signal_store shows of the record's execution."""
+    return {"order_id": doc.get("order_id"), "execution_status": doc["status"],
+            "filled_at": doc.get("filled_at"), "filled_quantity": doc.get("filled_quantity"),
+            "avg_fill_price": doc.get("avg_fill_price"), "reject_reason": doc.get("reject_reason")}

@@ -13,23 +13,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from execution_service.domain.backoff import compute_backoff
 from execution_service.service.processor import Action, Outcome
 
 logger = logging.getLogger(__name__)
-HANDLED_PER_TURN = 50  # let the loop's other work run between these while draining
 
 
 class HeldIntake:
-    """`handle(message) -> Outcome` processes one message; `settle(message, outcome)` acks,
-    nacks or dead-letters it; `probe() -> bool` tries one small write (the heartbeat)."""
+    """`decide(messages) -> outcomes` (async) decides a batch as the consumer does (None: an
+    unexpected failure); `settle(message, outcome)` acks, nacks or dead-letters it;
+    `probe() -> bool` (async) tries one small write (the heartbeat)."""
 
-    def __init__(self, handle: Callable[[object], Outcome],
-                 settle: Callable[[object, Outcome], None], probe: Callable[[], bool],
+    def __init__(self, decide: Callable[[list], Awaitable[list]],
+                 settle: Callable[[object, Outcome | None], None],
+                 probe: Callable[[], Awaitable[bool]],
                  retry_base: float = 0.1, retry_cap: float = 2.0) -> None:
-        self._handle = handle
+        self._decide = decide
         self._settle = settle
         self._probe = probe
         self._retry_base = retry_base
@@ -42,18 +43,8 @@ class HeldIntake:
     def holding(self) -> int:
         return len(self._held)
 
-    def receive(self, message) -> None:
-        """Handle a message, or hold it while the store cannot take one."""
-        if self._held:  # an outage is on: keep the order, leave the store alone
-            self._hold(message)
-            return
-        outcome = self._handle(message)
-        if outcome.action is Action.HOLD:
-            self._hold(message)
-        else:
-            self._settle(message, outcome)
-
-    def _hold(self, message) -> None:
+    def hold(self, message) -> None:
+        """Keep a message the store could not take (or one that arrived behind such)."""
         self._held.append(message)
         self.total_held += 1
         if self._releasing is None or self._releasing.done():
@@ -64,27 +55,26 @@ class HeldIntake:
         while self._held:
             attempt += 1
             await asyncio.sleep(compute_backoff(attempt, self._retry_base, self._retry_cap))
-            if not self._store_takes_writes():
+            if not await self._store_takes_writes():
                 continue
-            released = 0
-            while self._held:
-                message = self._held.popleft()
-                outcome = self._handle(message)
-                if outcome.action is Action.HOLD:
-                    self._held.appendleft(message)
-                    break
-                self._settle(message, outcome)
-                released += 1
-                if released % HANDLED_PER_TURN == 0:
-                    await asyncio.sleep(0)
+            batch = list(self._held)
+            outcomes = await self._decide(batch)
+            still_held = [message for message, outcome in zip(batch, outcomes, strict=True)
+                          if outcome is not None and outcome.action is Action.HOLD]
+            arrived_meanwhile = list(self._held)[len(batch):]
+            self._held = deque([*still_held, *arrived_meanwhile])
+            for message, outcome in zip(batch, outcomes, strict=True):
+                if outcome is None or outcome.action is not Action.HOLD:
+                    self._settle(message, outcome)
+            released = len(batch) - len(still_held)
             if released:
                 logger.info("Store takes writes again: %d held messages handled, %d still held",
                             released, len(self._held))
                 attempt = 0
 
-    def _store_takes_writes(self) -> bool:
+    async def _store_takes_writes(self) -> bool:
         try:
-            return self._probe()
+            return await self._probe()
         except Exception:  # a bug in the probe must not leave the messages held for good
             logger.exception("Store probe failed unexpectedly; retrying")
             return False

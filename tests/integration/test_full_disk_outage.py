@@ -126,9 +126,10 @@ def assert_each_filled_once(rig: PubSubRig, port: int, ids: list[str]) -> None:
 
 
 def outage_seconds(text: str) -> float:
-    if not text.startswith("store unavailable for "):
+    prefix = "store cannot be written: store unavailable for "
+    if not text.startswith(prefix):
         return 0.0
-    return float(text.removeprefix("store unavailable for ").split("s", 1)[0])
+    return float(text.removeprefix(prefix).split("s", 1)[0])
 
 
 def _reader(disk: Path) -> tuple[object, Store]:

@@ -11,7 +11,7 @@ from execution_service.clock import utc_now
 from execution_service.domain.records import new_claim
 from execution_service.domain.signals import parse_signal
 from execution_service.service.leases import claimable
-from tests.fakes.service_fakes import make_app, order_body, settle
+from tests.fakes.service_fakes import make_app, order_body, settle, wait_until
 
 ME = {"id": "hostA:10:1", "host": "hostA", "pid": 10}
 
@@ -46,7 +46,7 @@ async def test_given_live_lease_elsewhere_then_kept_until_it_expires():
     other = {"id": "elsewhere:1:1", "host": "elsewhere", "pid": 1}
     _claim(app, "sig_live", other, app.clock() + timedelta(seconds=30))
     _claim(app, "sig_dead", other, app.clock() - timedelta(seconds=1))
-    assert app.leases.sweep() == 1
+    assert await app.leases.sweep() == 1
     await settle(app)
     assert app.store.get_record("sig_live")["status"] == "PENDING"
     dead = app.store.get_record("sig_dead")
@@ -65,7 +65,7 @@ async def test_given_record_taken_over_then_the_old_owner_stops_writing():
     record = first.store.get_record("sig_move")
     assert second.store.take_over(record, {"id": "new-owner", "host": "x", "pid": 1},
                                   second.clock() + timedelta(seconds=30), second.clock())
-    first.leases.renew()
+    await first.leases.renew()
     for _ in range(200):
         if not first.tracker.in_flight:
             break
@@ -89,3 +89,24 @@ async def test_given_two_replicas_and_each_signal_twice_then_each_placed_once():
         record = first.store.get_record(f"sig_rep_{n}")
         assert record["status"] == "FILLED"
         assert [e["event"] for e in record["events"]].count("SUBMITTED") == 1
+
+
+@pytest.mark.asyncio
+async def test_given_a_replicas_unpublished_confirmations_then_left_to_it_while_it_lives():
+    """Given replica A's order with its confirmations unpublished (Pub/Sub refusing A); when
+    replica B rescans; then B leaves them to A while A's lease runs, and takes them up once
+    the lease has expired (A is gone)."""
+    first, refusing = make_app()
+    refusing.failing = True
+    first.processor.handle(order_body())
+    await wait_until(lambda: not first.tracker.in_flight, what="tracking done")
+    second, publisher = make_app(handle=first.handle)
+    assert await second.outbox.rescan() == 0 and publisher.messages == []
+    record = first.store.get_record("sig_1")
+    first.store.records.update_one({"_id": record["_id"]}, {"$set": {
+        "lease_expires_at": utc_now() - timedelta(seconds=1)}})
+    assert await second.outbox.rescan() == 2
+    await settle(second)
+    assert publisher.statuses("sig_1") == ["SUBMITTED", "FILLED"]
+    await first.outbox.stop()
+
