@@ -84,9 +84,12 @@ class BrokerFactory:
             self._brokers[name] = broker
         return self._brokers[name]
 
-    def update_settings(self, **fields) -> None:
-        """Brokers built from now on see these values (a renewed session token)."""
-        self._settings = self._settings.model_copy(update=fields)
+    def update_settings(self, update: dict | None = None, **fields) -> None:
+        """Settings learnt after start-up (a renewed session token, an account's own broker
+        credentials), for brokers built from now on."""
+        update = {**(update or {}), **fields}
+        if update:
+            self._settings = self._settings.model_copy(update=update)
 
     def _connection_changed(self, name: str, connected: bool, detail: str) -> None:
         if connected:

@@ -13,9 +13,11 @@ from execution_service.bootstrap import account_document, open_app_store
 from execution_service.cli_risk import add_limit_options, limits_from_options
 from execution_service.clock import utc_now
 from execution_service.config import Settings, load_settings
+from execution_service.credentials import shown
 from execution_service.domain.accounts import parse_symbols
 from execution_service.domain.records import json_default, strict_json
 from execution_service.errors import ExecutionError, FatalConfigError
+from execution_service.redaction import REDACTOR, redact
 from execution_service.service.desk import shown_positions
 from execution_service.views import NO_POSITIONS, order_line, position_line
 
@@ -43,11 +45,18 @@ class Cli(click.Group):
     """Turns our errors into one clear line and exit code 2 instead of a traceback."""
 
     def invoke(self, ctx):
+        REDACTOR.install_excepthooks()
         try:
             return super().invoke(ctx)
         except ExecutionError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {redact(str(e))}", err=True)
             sys.exit(2)
+        except (click.exceptions.ClickException, click.exceptions.Exit,
+                click.exceptions.Abort):
+            raise
+        except Exception as e:  # a bug: its traceback, with every secret redacted
+            click.echo(REDACTOR.format_exception(e), err=True)
+            sys.exit(1)
 
 
 @click.group(cls=Cli)
@@ -208,14 +217,16 @@ def accounts_add(account_id, broker, symbols, display_name, broker_account, disa
 @click.option("--json", "as_json", is_flag=True, help="Print the accounts as JSON.")
 def accounts_list(as_json: bool) -> None:
     """Registered accounts, with broker, state and allowed symbols."""
-    rows = _with_store(lambda store: store.list_accounts())
+    rows = [shown(row) for row in _with_store(lambda store: store.list_accounts())]
     if as_json:
         _print_json(rows)
         return
     for row in rows:
+        credentials = ", ".join(f"{name} {state}" for name, state in row["credentials"].items())
         click.echo(f"{row['_id']:<20} {row.get('broker', ''):<8} "
                    f"{'enabled' if row.get('enabled', True) else 'disabled':<9} "
-                   f"{','.join(row.get('allowed_symbols') or []) or 'any'}")
+                   f"{','.join(row.get('allowed_symbols') or []) or 'any'}"
+                   + (f"  credentials: {credentials}" if credentials else ""))
 
 
 def _set_enabled(account_id: str, enabled: bool) -> None:

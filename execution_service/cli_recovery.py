@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from brokers.factory import BrokerFactory
-from execution_service.bootstrap import open_app_store
+from execution_service.bootstrap import open_app_store, use_account_credentials
 from execution_service.cli import _print_json, _pubsub, _settings
 from execution_service.domain.records import iso
 from execution_service.domain.text import single_line
@@ -28,6 +28,7 @@ def reconcile_command(as_json: bool) -> None:
     handle, store = open_app_store(settings)
     try:
         brokers = BrokerFactory(with_stored_session(settings, store), store.mock_ledger)
+        use_account_credentials(settings, store, brokers)
         report = asyncio.run(_reconcile(store, brokers))
     finally:
         handle.close()

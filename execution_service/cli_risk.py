@@ -136,8 +136,9 @@ def accounts_update(account_id: str, clears: tuple[str, ...], symbols: str | Non
         raise FatalConfigError(f"no account {account_id!r}")
     if as_json:
         from execution_service.cli import _print_json
+        from execution_service.credentials import shown
 
-        _print_json(saved)
+        _print_json(shown(saved))
         return
     click.echo(f"account {saved['_id']}: {describe_limits(saved)}, symbols "
                f"{','.join(saved.get('allowed_symbols') or []) or 'any'}")

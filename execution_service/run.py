@@ -21,6 +21,7 @@ from execution_service.bootstrap import (
     check_brokers,
     check_store,
     seed_accounts,
+    use_account_credentials,
 )
 from execution_service.config import Settings
 from execution_service.service.daemon import ExecutionDaemon
@@ -112,10 +113,12 @@ async def _serve(settings: Settings, say, cleanup: ExitStack, emulator_log: Path
     subscriber = pubsub.pubsub_v1.SubscriberClient()
     if settings.PUBSUB_EMULATOR_HOST:
         pubsub.setup_pubsub(names, publisher, subscriber)
+    _check_subscription(names, subscriber)
     app = build_app(settings, pubsub.TopicPublisher(publisher, names.confirmations_topic),
                     notifier=make_notifier(settings))
     cleanup.callback(app.close)
     seeded = seed_accounts(settings, app.store)
+    use_account_credentials(settings, app.store, app.brokers)
     check_brokers(app)
     consumer = pubsub.OrderConsumer(subscriber, names.orders_subscription,
                                     settings.PUBSUB_MAX_IN_FLIGHT, settings.PUBSUB_STREAMS)
@@ -159,6 +162,19 @@ async def _serve(settings: Settings, say, cleanup: ExitStack, emulator_log: Path
             await commands.stop()
     subscriber.close()
     return 0
+
+
+def _check_subscription(names, subscriber) -> None:
+    """One warning per setting where the subscription and the daemon disagree (a subscription
+    made by hand): a store outage could then still end in the dead letters."""
+    try:
+        problems = pubsub.subscription_disagreements(names, subscriber)
+    except Exception as e:  # no permission to read it, say: the daemon works all the same
+        logger.info("Could not read %s's settings: %s", names.orders_subscription, e)
+        return
+    for problem in problems:
+        logger.warning("Subscription %s: %s (see README, Store outages)",
+                       names.orders_subscription, problem)
 
 
 def _announce(say, settings: Settings, describe: dict, seeded: list[str]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from execution_service.config import Settings
+from execution_service.config import Settings, secret_presence
 from execution_service.domain.records import as_utc, iso
 from execution_service.service.risk import active_halts, halt_scope
 
@@ -30,6 +30,7 @@ def read_status(store, settings: Settings, now: datetime) -> dict:
                   "accounts": store.count_accounts()},
     }
     report["halts"] = active_halts(store)
+    report["secrets"] = secret_presence(settings)
     if latest is None:
         report["reason"] = "no daemon has ever written a heartbeat to this store"
         return report
@@ -80,5 +81,7 @@ def render_status(report: dict) -> str:
         "Problems:  " + ("; ".join(report.get("problems") or []) or "none"),
         f"Store:     {report['store']['backend']}: {report['store']['records_by_status']}, "
         f"{report['store']['open_positions']} open positions",
+        "Secrets:   " + ", ".join(f"{name} {state}"
+                                  for name, state in report.get("secrets", {}).items()),
     ]
     return "\n".join(lines)

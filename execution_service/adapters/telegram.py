@@ -8,14 +8,11 @@ record of the process, whichever logger or handler produced it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import quote
 
 from telegram.error import BadRequest, RetryAfter, TelegramError, TimedOut
 from telegram.ext import AIORateLimiter, ExtBot
@@ -23,63 +20,9 @@ from telegram.request import HTTPXRequest
 
 from execution_service.domain.notices import OrderNotice, ServiceAlert
 from execution_service.domain.telegram_text import compose_message, truncate
+from execution_service.redaction import protect, redact
 
 logger = logging.getLogger(__name__)
-
-REDACTED = "[REDACTED]"
-
-
-class _TokenRedactor:
-    """Wraps the process's log-record factory once, so that no record from any logger (httpx
-    logs request URLs, python-telegram-bot puts the token in some messages) carries a token."""
-
-    def __init__(self) -> None:
-        self._secrets: set[str] = set()
-        self._previous: Callable[..., logging.LogRecord] | None = None
-        self._lock = threading.Lock()
-
-    def add(self, token: str) -> None:
-        with self._lock:
-            self._secrets.update(_secret_forms(token))
-            if self._previous is None:
-                self._previous = logging.getLogRecordFactory()
-                logging.setLogRecordFactory(self._make_record)
-
-    def redact(self, text: str) -> str:
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            text = text.replace(secret, REDACTED)
-        return text
-
-    def _leaks(self, text: str) -> bool:
-        return any(secret in text for secret in self._secrets)
-
-    def _make_record(self, *args, **kwargs) -> logging.LogRecord:
-        record = self._previous(*args, **kwargs)
-        with contextlib.suppress(Exception):  # a bad record fails later, in its handler
-            self._scrub(record)
-        return record
-
-    def _scrub(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if self._leaks(message):
-            record.msg, record.args = self.redact(message), ()
-        if record.exc_info and record.exc_info[1] is not None:
-            text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
-            if self._leaks(text):
-                record.exc_text, record.exc_info = self.redact(text), None
-
-
-def _secret_forms(token: str) -> set[str]:
-    """The token as it may appear: whole, URL-quoted, and its secret part after the bot id."""
-    forms = {token, quote(token, safe="")}
-    secret = token.partition(":")[2]
-    if len(secret) >= 8:
-        forms.add(secret)
-    return {form for form in forms if form}
-
-
-_REDACTOR = _TokenRedactor()  # one per process, like the log-record factory it wraps
-
 
 @dataclass
 class _AlertWindow:
@@ -105,7 +48,7 @@ class TelegramNotifier:
     ) -> None:
         if not token or not chat_id or queue_size < 1:
             raise ValueError("TelegramNotifier needs a bot token, a chat id and queue_size >= 1")
-        _REDACTOR.add(token)  # before the bot exists: it logs its URL, token included
+        protect([token])  # before the bot exists: it logs its URL, token included
         self._token = token
         self._chat_id = chat_id
         self._api_url = api_url.rstrip("/")
@@ -290,4 +233,4 @@ class TelegramNotifier:
 
 def _describe(error: BaseException) -> str:
     """An exception as `Type: message`, token removed, for a log line."""
-    return f"{type(error).__name__}: {_REDACTOR.redact(str(error))}"
+    return f"{type(error).__name__}: {redact(str(error))}"

@@ -151,7 +151,7 @@ class CommandHandler:
             except StoreUnavailable as e:
                 attempt += 1
                 wait = compute_backoff(attempt, self._backoff_base, 10.0)
-                logger.warning("Store unavailable on %s request %s (%s); retry in %.1fs",
+                logger.debug("Store unavailable on %s request %s (%s); retry in %.1fs",
                                command.action, command.request_id, e, wait)
                 await asyncio.sleep(wait)
 

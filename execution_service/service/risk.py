@@ -256,7 +256,7 @@ async def watch_halts(gate: RiskGate, stop: asyncio.Event,
         try:
             changes = await run(gate.poll_halts) if run is not None else gate.poll_halts()
         except StoreUnavailable as e:
-            logger.warning("Halt poll failed (%s); retrying", e)
+            logger.debug("Halt poll failed (%s); retrying", e)
             changes = HaltChanges()
         if changes.started or changes.ended:
             try:
