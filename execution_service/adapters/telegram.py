@@ -86,7 +86,7 @@ class TelegramNotifier:
                 self._accept(event)
         except Exception as e:  # noqa: BLE001 - notify must never raise
             self._counts["dropped"] += 1
-            logger.error("Telegram notice dropped: %s", _describe(e))
+            logger.error("Telegram notice dropped: %s", describe_error(e))
 
     async def start(self) -> None:
         if self._task is not None:
@@ -195,7 +195,7 @@ class TelegramNotifier:
             await self._bot.initialize()
             logger.info("Telegram notifier ready as @%s", self._bot.username)
         except Exception as e:  # noqa: BLE001 - the drain task must survive anything
-            logger.warning("Telegram Bot API not usable yet: %s", _describe(e))
+            logger.warning("Telegram Bot API not usable yet: %s", describe_error(e))
 
     async def _send(self, text: str) -> None:
         try:
@@ -215,7 +215,7 @@ class TelegramNotifier:
 
     def _failed(self, message: str, *args) -> None:
         self._counts["failed"] += 1
-        shown = [_describe(arg) if isinstance(arg, BaseException) else arg for arg in args]
+        shown = [describe_error(arg) if isinstance(arg, BaseException) else arg for arg in args]
         logger.warning("Telegram notice not sent, " + message, *shown)
 
     def _discard_queued(self) -> None:
@@ -228,9 +228,9 @@ class TelegramNotifier:
         try:
             await asyncio.wait_for(self._bot.shutdown(), self._stop_timeout)
         except Exception as e:  # noqa: BLE001 - stopping must not fail on a side channel
-            logger.warning("Telegram client did not close cleanly: %s", _describe(e))
+            logger.warning("Telegram client did not close cleanly: %s", describe_error(e))
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
     """An exception as `Type: message`, token removed, for a log line."""
     return f"{type(error).__name__}: {redact(str(error))}"

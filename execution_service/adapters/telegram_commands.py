@@ -18,9 +18,10 @@ from telegram.error import TelegramError
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 from telegram.request import HTTPXRequest
 
-from execution_service.adapters.telegram import _REDACTOR, _describe
+from execution_service.adapters.telegram import describe_error
 from execution_service.domain.backoff import compute_backoff
 from execution_service.domain.text import single_line
+from execution_service.redaction import protect
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class TelegramCommands:
 
     def __init__(self, token: str, api_url: str, admin_chat_ids: tuple[int, ...], desk, *,
                  poll_timeout: float = 10.0, http_timeout: float = 5.0):
-        _REDACTOR.add(token)
+        protect([token])
         self._desk = desk
         self._admins = admin_chat_ids
         self._poll_timeout = poll_timeout
@@ -94,7 +95,7 @@ class TelegramCommands:
                 attempt += 1
                 wait = compute_backoff(attempt, 1.0, 60.0)
                 logger.warning("Telegram commands: Bot API not usable (%s); retry in %.0fs",
-                               _describe(e), wait)
+                               describe_error(e), wait)
                 await asyncio.sleep(wait)
         await self._app.start()
         await self._app.updater.start_polling(timeout=self._poll_timeout,
@@ -120,7 +121,7 @@ class TelegramCommands:
                        asked_by(update) if update.effective_chat else "?")
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-        logger.warning("Telegram command failed: %s", _describe(context.error))
+        logger.warning("Telegram command failed: %s", describe_error(context.error))
 
     def _on_poll_error(self, error: TelegramError) -> None:
-        logger.warning("Telegram commands: polling failed (%s); retrying", _describe(error))
+        logger.warning("Telegram commands: polling failed (%s); retrying", describe_error(error))

@@ -91,7 +91,9 @@ def test_given_a_running_daemon_when_the_session_expires_and_kite_login_runs_the
     alerts = wait_until(lambda: [m.text for m in telegram.sent
                                  if "Trading halted for ZERODHA accounts" in m.text],
                         what="the halt alert")
-    assert "token" not in json.dumps(status).lower().replace("tokens", "")
+    shown = json.dumps(status)
+    assert kite.sessions_issued and not any(token in shown for token in kite.sessions_issued)
+    assert set(status["secrets"].values()) <= {"set", "unset"}  # names only, never values
 
     # then: a new login reaches the running daemon, lifts the halt, and the new token is used
     login = daemon.cli("kite", "login", "--request-token", kite.issue_request_token())
