@@ -61,9 +61,20 @@ def protected_entry(rig: PubSubRig, symbol: str) -> str:
 
 
 def move_market(rig: PubSubRig, symbol: str, price: float) -> None:
-    """Another strategy trades the symbol at `price`: the mock broker's market moves there."""
-    rig.publish(market_signal({"account_id": "acc_brk", "strategy_name": "Mover"},
-                              symbol=symbol, quantity=1, reference_price=price))
+    """Another strategy trades the symbol at `price`: the mock broker's market moves there.
+    Sent again (under a new signal_id) if it is not filled: after a SIGKILL the emulator may
+    keep handing new messages to the killed consumer's stream for a while (LIBRARY-NOTES)."""
+    for _attempt in range(4):
+        mover = market_signal({"account_id": "acc_brk", "strategy_name": "Mover"},
+                              symbol=symbol, quantity=1, reference_price=price)
+        rig.publish(mover)
+        try:
+            rig.wait_for(lambda m=mover: rig.terminal(m["signal_id"]), timeout=10.0,
+                         what="the market mover")
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(f"no market mover for {symbol} was processed")
 
 
 def read(daemon: DaemonProcess, action):
