@@ -55,6 +55,10 @@ class LeaseKeeper:
         self._lease = timedelta(seconds=lease_seconds)
         self._clock = clock
 
+    @property
+    def owner(self) -> dict:
+        return self._owner
+
     def lease_until(self) -> datetime:
         return self._clock() + self._lease
 

@@ -10,8 +10,9 @@ import pytest
 from execution_service.clock import utc_now
 from execution_service.domain.records import new_claim
 from execution_service.domain.signals import parse_signal
-from execution_service.service.leases import claimable
+from execution_service.service.leases import claimable, make_owner
 from tests.fakes.service_fakes import make_app, order_body, settle
+from tests.fakes.waiting import eventually
 
 ME = {"id": "hostA:10:1", "host": "hostA", "pid": 10}
 
@@ -59,33 +60,50 @@ async def test_given_live_lease_elsewhere_then_kept_until_it_expires():
 async def test_given_record_taken_over_then_the_old_owner_stops_writing():
     first, _ = make_app(env={"MOCK_FILL_DELAY_SECONDS": "5", "ORDER_TIMEOUT_SECONDS": "30"})
     first.processor.handle(order_body(signal_id="sig_move"))
-    while first.store.get_record("sig_move")["status"] != "SUBMITTED":
-        await asyncio.sleep(0.01)
+    await eventually(lambda: first.store.get_record("sig_move")["status"] == "SUBMITTED",
+                     what="the order SUBMITTED")
     second, _ = make_app(handle=first.handle)
     record = first.store.get_record("sig_move")
     assert second.store.take_over(record, {"id": "new-owner", "host": "x", "pid": 1},
                                   second.clock() + timedelta(seconds=30), second.clock())
     first.leases.renew()
-    for _ in range(200):
-        if not first.tracker.in_flight:
-            break
-        await asyncio.sleep(0.02)
-    assert not first.tracker.in_flight  # LeaseLost: it let go
+    await eventually(lambda: not first.tracker.in_flight, what="the old owner letting go")
 
 
 @pytest.mark.asyncio
-async def test_given_two_replicas_and_each_signal_twice_then_each_placed_once():
-    first, _ = make_app()
-    second, _ = make_app(handle=first.handle)
-    for n in range(30):
-        body = order_body(signal_id=f"sig_rep_{n}")
-        first.processor.handle(body)
-        second.processor.handle(body)
-    await settle(first)
-    await settle(second)
+async def test_given_two_replicas_keeping_leases_concurrently_when_each_signal_reaches_both_then_placed_once_and_never_taken_over():  # noqa: E501
+    """Given two replicas on one store, each renewing its leases and sweeping for orphans
+    several times while the other's orders are working; when every signal reaches both (in
+    alternating order), then each is placed once, the second copy is a duplicate, and no live
+    order is taken over by the other replica."""
+    env = {"MOCK_FILL_DELAY_SECONDS": "1.2", "LEASE_SECONDS": "0.6",
+           "ORDER_TIMEOUT_SECONDS": "30"}
+    first, _ = make_app(env=env)
+    await eventually(lambda: make_owner(utc_now())["id"] != first.leases.owner["id"],
+                     what="a distinct owner id for the second replica")
+    second, _ = make_app(env=env, handle=first.handle)
+    stop = asyncio.Event()
+    upkeep = [asyncio.create_task(app.leases.run(stop)) for app in (first, second)]
+    claimed_by: dict[str, str] = {}
+    try:
+        for n in range(30):
+            signal_id = f"sig_rep_{n}"
+            arrives_first, arrives_second = (first, second) if n % 2 else (second, first)
+            arrives_first.processor.handle(order_body(signal_id=signal_id))
+            arrives_second.processor.handle(order_body(signal_id=signal_id))
+            claimed_by[signal_id] = arrives_first.leases.owner["id"]
+            await asyncio.sleep(0)  # the other replica's upkeep runs between arrivals
+        await settle(first, timeout=20)
+        await settle(second, timeout=20)
+    finally:
+        stop.set()
+        await asyncio.gather(*upkeep)
     assert first.store.mock_ledger.count() == 30
     assert first.counters.duplicates + second.counters.duplicates == 30
-    for n in range(30):
-        record = first.store.get_record(f"sig_rep_{n}")
+    for signal_id, owner_id in claimed_by.items():
+        record = first.store.get_record(signal_id)
+        events = [e["event"] for e in record["events"]]
         assert record["status"] == "FILLED"
-        assert [e["event"] for e in record["events"]].count("SUBMITTED") == 1
+        assert events.count("SUBMITTED") == 1
+        assert "TAKEN_OVER" not in events, (signal_id, events)
+        assert record["owner"]["id"] == owner_id
