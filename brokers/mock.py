@@ -199,7 +199,7 @@ class MockBroker(Broker):
         """A resting order takes the new quantity and prices in the ledger and is looked at
         again under the same fill rules: a limit that became marketable fills at its new
         limit. An order already executing (its fills scheduled) or done is refused."""
-        doc = self._ledger.find_one({"_id": order_id})
+        doc = self._ledger.get(order_id)
         if doc is None:
             raise OrderNotFound(f"mock broker has no order {order_id}")
         now = self._clock()
@@ -216,9 +216,8 @@ class MockBroker(Broker):
         changes.update(self._trigger({**doc, **changes},
                                      self.market_price(doc["symbol"], request.reference_price),
                                      now))
-        done = self._ledger.update_one({"_id": order_id, "status": "WORKING",
-                                        "triggered_at": None}, {"$set": changes})
-        if done.modified_count != 1:
+        if not self._ledger.update_if(order_id, {"status": "WORKING", "triggered_at": None},
+                                      changes):
             raise OrderRejected(f"mock broker: order {order_id} changed meanwhile, "
                                 f"not modified")
 

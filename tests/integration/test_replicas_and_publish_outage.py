@@ -18,9 +18,9 @@ from execution_service.adapters.store import Store, StoreHandle
 from execution_service.bootstrap import build_app
 from execution_service.config import load_settings
 from execution_service.service.daemon import ExecutionDaemon
-from tests.fakes.waiting import eventually
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
 from tests.fakes.stores import memory_store
+from tests.fakes.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 

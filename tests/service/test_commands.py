@@ -3,7 +3,6 @@ outbox over mongomock, with the mock paper broker (or a scripted one) at the edg
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
@@ -21,6 +20,7 @@ from tests.fakes.service_fakes import (
     order_body,
     settle,
 )
+from tests.fakes.waiting import eventually as wait_until
 
 pytestmark = pytest.mark.asyncio
 RESTING = {"order_type": "LIMIT", "limit_price": 230.0}  # market 235.15: a buy limit rests
@@ -29,14 +29,6 @@ RESTING = {"order_type": "LIMIT", "limit_price": 230.0}  # market 235.15: a buy 
 def command(action: str, request_id: str = "req_1", signal_id: str = "sig_1", **fields) -> bytes:
     body = {"action": action, "request_id": request_id, "signal_id": signal_id, **fields}
     return json.dumps(body).encode()
-
-
-async def wait_until(condition, timeout: float = 5.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 async def commands_done(app) -> None:
