@@ -12,8 +12,10 @@ from datetime import datetime, timedelta
 
 from execution_service.domain.records import as_utc
 from execution_service.errors import ExecutionError
+from execution_service.service.ports import JOURNEY_LOGGER
 
 logger = logging.getLogger(__name__)
+journey = logging.getLogger(JOURNEY_LOGGER)
 
 
 def make_owner(started_at: datetime) -> dict:
@@ -84,7 +86,7 @@ class LeaseKeeper:
             mine = self._store.take_over(doc, self._owner, self.lease_until(), now)
             if mine is None:
                 continue  # another replica was faster
-            logger.info("Resuming %s order: %s (was %s)", mine["status"], mine["signal_id"],
+            journey.info("Resuming %s order: %s (was %s)", mine["status"], mine["signal_id"],
                         (doc.get("owner") or {}).get("id", "unowned"))
             self._tracker.track(mine, recovering=True)
             taken += 1

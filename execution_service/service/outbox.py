@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterable
 from execution_service.domain.backoff import compute_backoff
 from execution_service.domain.records import confirmation_message
 from execution_service.errors import StoreUnavailable
+from execution_service.service.ports import JOURNEY_LOGGER
 
 logger = logging.getLogger(__name__)
+journey = logging.getLogger(JOURNEY_LOGGER)
 BATCH = 500
 FLUSH_AT = 100  # confirmations handed over at once when they pile up within one loop turn
 MARKS_PER_TURN = 50  # store writes before the loop gets a turn back
@@ -124,7 +126,7 @@ class ConfirmationOutbox:
             if outcome is None:
                 states[payload["sequence"]] = ACCEPTED
                 self.published += 1
-                logger.info("Published execution confirmation: %s %s #%s", payload["status"],
+                journey.info("Published execution confirmation: %s %s #%s", payload["status"],
                             payload["signal_id"], payload["sequence"])
             else:
                 states[payload["sequence"]] = REFUSED

@@ -7,6 +7,10 @@ from typing import Protocol
 
 from execution_service.domain.notices import OrderNotice, ServiceAlert
 
+#: The logger for the lines that tell a signal's journey (logs/signal_processing.log): the
+#: service logs them there, the logging adapter routes by this name, never by the text.
+JOURNEY_LOGGER = "execution_service.journey"
+
 
 class Notifier(Protocol):
     """Fire-and-forget: `notify` never blocks and never raises."""

@@ -31,8 +31,13 @@ from execution_service.domain.intake import (
     decode_body,
     signal_id_hint,
 )
-from execution_service.domain.orders import Event, OrderStatus
-from execution_service.domain.records import ORDER_FIELDS, confirmation, new_claim, new_rejection
+from execution_service.domain.reasons import RejectClass
+from execution_service.domain.records import (
+    ORDER_FIELDS,
+    new_claim,
+    new_rejection,
+    rejection_event,
+)
 from execution_service.domain.risk import MAX_ORDERS_PER_MINUTE
 from execution_service.domain.signals import (
     KNOWN_FIELDS_ORDER,
@@ -43,8 +48,10 @@ from execution_service.domain.signals import (
     signal_from_data,
 )
 from execution_service.errors import StoreUnavailable
+from execution_service.service.ports import JOURNEY_LOGGER
 
 logger = logging.getLogger(__name__)
+journey = logging.getLogger(JOURNEY_LOGGER)
 ACCOUNT_CACHE_SECONDS = 1.0
 
 
@@ -100,17 +107,19 @@ class SignalProcessor:
             self._journal.counters.dead_lettered += 1
             logger.warning("Unusable message sent to dead letters: %s", parsed.reason)
             return Outcome(Action.DEAD_LETTER, parsed.reason)
-        logger.info("Received order: %s", parsed.signal_id)
+        journey.info("Received order: %s", parsed.signal_id)
         if isinstance(parsed, Invalid):
-            return self._reject(parsed.signal_id, parsed.fields, parsed.reason, body)
+            return self._reject(parsed.signal_id, parsed.fields, parsed.reason, body,
+                                RejectClass.VALIDATION)
         account = self._account(parsed.account_id)
-        problem = account_problem(parsed, account)
+        problem, kind = account_problem(parsed, account), RejectClass.ACCOUNT
         if problem is None and self._risk is not None:
             breach = self._risk.check(parsed, account)
-            problem = None if breach is None else breach.reason
+            if breach is not None:
+                problem, kind = breach.reason, breach.kind
         if problem is not None:
             return self._reject(parsed.signal_id, parsed.model_dump(
-                exclude={"extra_fields", "created_at"}, mode="json"), problem, body)
+                exclude={"extra_fields", "created_at"}, mode="json"), problem, body, kind)
         return self._claim(parsed, account)
 
     def _command(self, data: dict, problem: str | None = None) -> Outcome:
@@ -175,17 +184,15 @@ class SignalProcessor:
         self._tracker.track(doc)
         return Outcome(Action.ACK, signal_id=signal.signal_id)
 
-    def _reject(self, signal_id: str, fields: dict, reason: str, body: bytes) -> Outcome:
-        at = self._clock()
-        doc = new_rejection(signal_id, fields, reason, at, raw_body=body)
-        event = Event(OrderStatus.REJECTED, at, "REJECTED", {"reason": reason})
-        doc.update(confirmations=[confirmation(doc, event, 1)], confirmation_sequence=1,
-                   outbox_pending=True)
+    def _reject(self, signal_id: str, fields: dict, reason: str, body: bytes,
+                kind: RejectClass) -> Outcome:
+        doc = new_rejection(signal_id, fields, reason, self._clock(), raw_body=body, kind=kind)
         try:
             self._store.insert_record(doc)
         except DuplicateSignal:
             return self._duplicate(signal_id)
-        self._journal.after_write(doc, (event,), doc["confirmations"])
+        self._journal.after_write(doc, (rejection_event(reason, doc["closed_at"]),),
+                                  doc["confirmations"])
         return Outcome(Action.ACK, reason, signal_id)
 
     def _duplicate(self, signal_id: str, claim: dict | None = None) -> Outcome:
@@ -193,7 +200,7 @@ class SignalProcessor:
         if existing is not None and existing.get("awaiting_order"):
             return self._refuse_awaited(existing, claim)
         self._journal.counters.duplicates += 1
-        logger.info("Duplicate signal ignored (already recorded): %s", signal_id)
+        journey.info("Duplicate signal ignored (already recorded): %s", signal_id)
         return Outcome(Action.ACK, "duplicate", signal_id)
 
     def _refuse_awaited(self, kept: dict, claim: dict) -> Outcome:
@@ -203,7 +210,7 @@ class SignalProcessor:
         at = self._clock()
         doc = self._journal.apply(kept, lambda s: refuse_awaited_order(s, at),
                                   {**order_fields, "awaiting_order": False})
-        logger.info("Order refused: %s [%s]", doc["reject_reason"], doc["signal_id"])
+        journey.info("Order refused: %s [%s]", doc["reject_reason"], doc["signal_id"])
         return Outcome(Action.ACK, doc["reject_reason"], doc["signal_id"])
 
 

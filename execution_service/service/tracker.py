@@ -18,7 +18,8 @@ from brokers.base import Broker, BrokerOrder, OrderRequest
 from execution_service.domain import orders
 from execution_service.domain.backoff import compute_backoff
 from execution_service.domain.commands import placement_refusal
-from execution_service.domain.notices import AlertKind, ServiceAlert
+from execution_service.domain.notices import AlertKind, CancelCause, ServiceAlert
+from execution_service.domain.reasons import RejectClass, reason_class
 from execution_service.domain.records import ORDER_FIELDS, as_utc, state_of
 from execution_service.domain.risk import halt_reason
 from execution_service.errors import (
@@ -30,8 +31,10 @@ from execution_service.errors import (
 )
 from execution_service.service.journal import LeaseLost
 from execution_service.service.nudges import Nudges
+from execution_service.service.ports import JOURNEY_LOGGER
 
 logger = logging.getLogger(__name__)
+journey = logging.getLogger(JOURNEY_LOGGER)
 PENDING_CANCEL = str(orders.OrderStatus.PENDING_CANCEL)
 
 
@@ -134,7 +137,7 @@ class OrderTracker:
                 await asyncio.sleep(wait)
                 doc, recovering = self._journal.reload(doc), True
             except Exception:
-                logger.exception("Tracking %s failed unexpectedly; it stays open and is resumed "
+                journey.exception("Tracking %s failed unexpectedly; it stays open and is resumed "
                                  "on the next start", doc["signal_id"])
                 return
 
@@ -153,17 +156,17 @@ class OrderTracker:
         if found is not None:
             return self._follow_snapshot(doc, found)
         request = request_from_record(doc)
-        logger.info("Placing order: %s %g %s %s [%s]", request.side, request.quantity,
+        journey.info("Placing order: %s %g %s %s [%s]", request.side, request.quantity,
                     request.symbol, request.order_type, request.signal_id)
         last_error: Exception | None = None
         for attempt in range(1, self._policy.max_attempts + 1):
             doc = self._take_nudge(doc)
             halt = self._halts(doc["account_id"])
-            refusal = placement_refusal(state_of(doc))
+            refusal, kind = placement_refusal(state_of(doc)), RejectClass.REQUEST
             if refusal is None and halt is not None:
-                refusal = halt_reason(halt)
+                refusal, kind = halt_reason(halt), RejectClass.HALT
             if refusal is not None:  # nothing can have reached the broker yet
-                return self._reject(doc, refusal)
+                return self._reject(doc, refusal, kind)
             try:
                 await self._ensure_connected(broker)
                 placed = await self._timed(broker, "place_order", broker.place_order(request))
@@ -177,7 +180,7 @@ class OrderTracker:
             except OrderRejected as e:
                 if e.alert:
                     self._alert(AlertKind.OPERATOR, e.alert, key=e.alert)
-                return self._reject(doc, e.reason)
+                return self._reject(doc, e.reason, reason_class(e.reason))  # its words
             except PlacementUncertain as e:
                 logger.warning("Placement of %s uncertain (%s): looking it up by its tag",
                                request.signal_id, e)
@@ -186,7 +189,7 @@ class OrderTracker:
                   f"{last_error}")
         self._alert(AlertKind.BROKER_CONNECTION_LOST, f"{broker.name}: {last_error}",
                     key=f"lost:{broker.name}")
-        return self._reject(doc, reason)
+        return self._reject(doc, reason, RejectClass.CONNECTION)
 
     async def _ensure_connected(self, broker: Broker) -> None:
         if not broker.is_connected:
@@ -222,8 +225,8 @@ class OrderTracker:
                 await asyncio.sleep(compute_backoff(attempt, self._policy.backoff_base))
         raise TransientBrokerError(f"could not look up {doc['signal_id']} at {broker.name}")
 
-    def _reject(self, doc: dict, reason: str) -> dict:
-        return self._journal.apply(doc, lambda s: orders.reject(s, reason, self._clock()))
+    def _reject(self, doc: dict, reason: str, kind: RejectClass) -> dict:
+        return self._journal.apply(doc, lambda s: orders.reject(s, reason, self._clock(), kind))
 
     def _follow_snapshot(self, doc: dict, snapshot: BrokerOrder,
                          cancel_reason: str | None = None) -> dict:
@@ -265,9 +268,9 @@ class OrderTracker:
                 return
             now = self._clock()
             pending_cancel = doc["status"] == PENDING_CANCEL
-            reason = None if pending_cancel else self._cancel_reason(doc, now >= deadline)
-            if reason is not None:
-                doc = await self._request_cancel(broker, doc, reason)
+            why = None if pending_cancel else self._cancel_reason(doc, now >= deadline)
+            if why is not None:
+                doc = await self._request_cancel(broker, doc, *why)
                 cancel_sent = doc["status"] == PENDING_CANCEL
                 continue
             wait = policy.poll_interval if pending_cancel else \
@@ -297,25 +300,28 @@ class OrderTracker:
             return
         self._follow_snapshot(doc, snapshot)
 
-    def _cancel_reason(self, doc: dict, timed_out: bool) -> str | None:
+    def _cancel_reason(self, doc: dict, timed_out: bool) -> tuple[str, CancelCause] | None:
         """Why this working order must be cancelled now, if it must: a halt that cancels open
-        orders, or the timeout."""
+        orders (the operator's), or the timeout."""
         halt = self._halts(doc["account_id"])
         if halt is not None and halt.get("cancel_open"):
-            return halt_reason(halt)
+            return halt_reason(halt), CancelCause.OPERATOR
         if timed_out:
             return (f"timeout: not filled within {self._policy.order_timeout:g}s of "
-                    f"submission (filled {doc['filled_quantity']:g}/{doc['quantity']:g})")
+                    f"submission (filled {doc['filled_quantity']:g}/{doc['quantity']:g})",
+                    CancelCause.TIMEOUT)
         return None
 
-    async def _request_cancel(self, broker: Broker, doc: dict, reason: str) -> dict:
+    async def _request_cancel(self, broker: Broker, doc: dict, reason: str,
+                              cause: CancelCause) -> dict:
         """The service's own cancel (timeout, halt): sent, then PENDING_CANCEL until the broker
         confirms."""
-        logger.info("Cancelling %s: %s [%s]", doc["order_id"], reason, doc["signal_id"])
+        journey.info("Cancelling %s: %s [%s]", doc["order_id"], reason, doc["signal_id"])
         if not await self._cancel_at_broker(broker, doc):
             return doc
         now = self._clock()
-        return self._journal.apply(doc, lambda s: orders.request_cancel(s, reason, now))
+        return self._journal.apply(doc, lambda s: orders.request_cancel(s, reason, now,
+                                                                        cause=cause))
 
     async def _send_cancel(self, broker: Broker, doc: dict) -> tuple[dict, bool]:
         """A PENDING_CANCEL record (a command, or an order accepted while its cancel was

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import pytest
 
 from execution_service.adapters.logs import setup_logging
+from execution_service.service.ports import JOURNEY_LOGGER
 from execution_service.domain.intake import (
     ATTRIBUTE_VALUE_BYTES,
     DEAD_LETTER_BODY_BYTES,
@@ -245,13 +246,13 @@ def test_given_a_value_that_tries_to_forge_a_log_line_then_each_line_keeps_its_s
     shape, and a traceback still keeps its own lines."""
     listener = setup_logging(tmp_path, console=False)
     try:
-        log = logging.getLogger("forgery")
-        log.info("Received order: %s", forgery)
+        log, journey = logging.getLogger("forgery"), logging.getLogger(JOURNEY_LOGGER)
+        journey.info("Received order: %s", forgery)
         log.warning("Unusable message sent to dead letters: %s", single_line(forgery) + forgery)
         try:
             raise ValueError("boom")
         except ValueError:
-            log.exception("Order failed %s", forgery)
+            journey.exception("Order failed %s", forgery)
     finally:
         listener.stop()
         root = logging.getLogger()
