@@ -11,8 +11,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from execution_service.domain.intake import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_DEPTH
 from execution_service.errors import FatalConfigError
 
-KNOWN_BROKERS = ("MOCK", "IBKR", "ZERODHA")
-
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=True, extra="ignore")

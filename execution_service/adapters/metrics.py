@@ -24,13 +24,13 @@ from prometheus_client import (
     generate_latest,
 )
 
+from execution_service.domain.orders import TERMINAL_STATUSES
 from execution_service.domain.reasons import REASON_CLASSES, RejectClass, reason_class
 from execution_service.domain.records import as_utc, reject_class_of
 from execution_service.errors import FatalConfigError
 
 logger = logging.getLogger(__name__)
 
-TERMINAL_STATUSES = ("FILLED", "REJECTED", "CANCELLED")
 TERMINAL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 BROKER_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 Health = tuple[bool, str]

@@ -26,6 +26,7 @@ from execution_service.adapters.mock_ledger_store import MockLedgerStore
 from execution_service.adapters.server_settings import ServerSettings, server_client_options
 from execution_service.adapters.store_errors import DuplicateSignal, translating
 from execution_service.adapters.store_operations import OperatorQueries
+from execution_service.domain.orders import OPEN_STATUSES
 from execution_service.domain.records import record_id
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,7 @@ POSITIONS = "positions"
 ACCOUNTS = "accounts"
 SERVICE_STATUS = "service_status"
 FILL_KEYS_KEPT = 200
-NON_TERMINAL = [str(status) for status in ("PENDING", "SUBMITTED", "PARTIALLY_FILLED",
-                                            "PENDING_CANCEL")]
+NON_TERMINAL = list(OPEN_STATUSES)
 
 __all__ = ["DuplicateSignal", "Store", "StoreHandle", "open_store", "translating"]
 
@@ -305,6 +305,3 @@ class Store(OperatorQueries):
     def read_statuses(self) -> list[dict]:
         return list(self.service_status.find().sort("last_heartbeat", -1))
 
-    @translating
-    def ping(self) -> None:
-        self.records.find_one({"_id": "__ping__"})

@@ -35,8 +35,10 @@ class OrderStatus(StrEnum):
 
 S = OrderStatus
 TERMINAL = frozenset({S.FILLED, S.REJECTED, S.CANCELLED})
+# the same sets as plain strings, for queries, metrics labels and reports
 STATUSES = tuple(str(status) for status in OrderStatus)
-TERMINAL_STATUSES = tuple(str(status) for status in OrderStatus if status in TERMINAL)
+TERMINAL_STATUSES = tuple(status for status in STATUSES if S(status) in TERMINAL)
+OPEN_STATUSES = tuple(status for status in STATUSES if S(status) not in TERMINAL)
 
 
 class EventKind(StrEnum):

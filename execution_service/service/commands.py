@@ -17,7 +17,7 @@ from datetime import datetime
 
 from brokers.base import Broker
 from execution_service.adapters.store import DuplicateSignal
-from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.backoff import Backoff
 from execution_service.domain.commands import (
     REFUSED,
     CancelOrder,
@@ -79,7 +79,8 @@ class CommandHandler:
         self._clock = clock
         self._check_order = check_order  # §3 validation and risk of an order's fields
         self._attempts = attempts
-        self._backoff_base = backoff_base
+        self._broker_backoff = Backoff(backoff_base)
+        self._store_backoff = Backoff(backoff_base, 10.0)
         self._running: dict[str, asyncio.Task] = {}
 
     # entry points -----------------------------------------------------------------------------
@@ -148,7 +149,7 @@ class CommandHandler:
                 return outcome
             except StoreUnavailable as e:
                 attempt += 1
-                wait = compute_backoff(attempt, self._backoff_base, 10.0)
+                wait = self._store_backoff.after(attempt)
                 logger.warning("Store unavailable on %s request %s (%s); retry in %.1fs",
                                command.action, command.request_id, e, wait)
                 await asyncio.sleep(wait)
@@ -215,7 +216,7 @@ class CommandHandler:
                 logger.warning("%s of %s at %s failed (attempt %d/%d): %s", what,
                                doc["signal_id"], broker.name, attempt, self._attempts, e)
                 if attempt < self._attempts:
-                    await asyncio.sleep(compute_backoff(attempt, self._backoff_base))
+                    await asyncio.sleep(self._broker_backoff.after(attempt))
                 last = str(e)
         return f"broker unavailable: {last}"
 

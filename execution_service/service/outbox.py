@@ -16,7 +16,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.backoff import Backoff
 from execution_service.domain.records import confirmation_message
 from execution_service.errors import StoreUnavailable
 from execution_service.service.ports import JOURNEY_LOGGER
@@ -42,7 +42,7 @@ class ConfirmationOutbox:
         self._to_mark: dict[str, int] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._retry_policy = (retry_base, retry_cap)
+        self._backoff = Backoff(retry_base, retry_cap)
         self._failures = 0
         self.published = 0
         self.failures = 0
@@ -167,7 +167,7 @@ class ConfirmationOutbox:
                 await self._wakeup.wait()
             await self._mark()
             if self._retry:
-                await asyncio.sleep(compute_backoff(max(1, self._failures), *self._retry_policy))
+                await asyncio.sleep(self._backoff.after(max(1, self._failures)))
                 batch = [self._retry.popleft() for _ in range(min(BATCH, len(self._retry)))]
                 for payload in batch:
                     self._outstanding[payload["signal_id"]][payload["sequence"]] = PENDING

@@ -65,7 +65,6 @@ class Action(StrEnum):
 class Outcome:
     action: Action
     reason: str = ""
-    signal_id: str | None = None
 
 
 class SignalProcessor:
@@ -94,7 +93,7 @@ class SignalProcessor:
             signal_id = signal_id_hint(body) or "no signal_id"
             logger.warning("Store unavailable, message nacked for redelivery [%s]: %s",
                            signal_id, e)
-            return Outcome(Action.NACK, str(e), signal_id)
+            return Outcome(Action.NACK, str(e))
 
     def _handle(self, body: bytes) -> Outcome:
         data = decode_body(body, COMMAND_KEPT_FIELDS, self._limits)
@@ -135,12 +134,12 @@ class SignalProcessor:
             logger.info("Invalid %s request %s: %s [%s]", parsed.action, parsed.request_id,
                         parsed.reason, parsed.signal_id)
             self.commands.answer_invalid(parsed)
-            return Outcome(Action.ACK, parsed.reason, parsed.signal_id)
+            return Outcome(Action.ACK, parsed.reason)
         logger.info("Received %s request %s [%s]", parsed.action, parsed.request_id,
                     parsed.signal_id)
         if self.commands.receive(parsed) is None:
             self.commands.start(parsed)
-        return Outcome(Action.ACK, signal_id=parsed.signal_id)
+        return Outcome(Action.ACK)
 
     def check_order(self, doc: dict) -> str | None:
         """An order's fields (a MODIFY's order as modified) against the §3 rules, the account
@@ -182,7 +181,7 @@ class SignalProcessor:
         except DuplicateSignal:
             return self._duplicate(signal.signal_id, claim=doc)
         self._tracker.track(doc)
-        return Outcome(Action.ACK, signal_id=signal.signal_id)
+        return Outcome(Action.ACK)
 
     def _reject(self, signal_id: str, fields: dict, reason: str, body: bytes,
                 kind: RejectClass) -> Outcome:
@@ -193,7 +192,7 @@ class SignalProcessor:
             return self._duplicate(signal_id)
         self._journal.after_write(doc, (rejection_event(reason, doc["closed_at"]),),
                                   doc["confirmations"])
-        return Outcome(Action.ACK, reason, signal_id)
+        return Outcome(Action.ACK, reason)
 
     def _duplicate(self, signal_id: str, claim: dict | None = None) -> Outcome:
         existing = self._store.get_record(signal_id) if claim is not None else None
@@ -201,7 +200,7 @@ class SignalProcessor:
             return self._refuse_awaited(existing, claim)
         self._journal.counters.duplicates += 1
         journey.info("Duplicate signal ignored (already recorded): %s", signal_id)
-        return Outcome(Action.ACK, "duplicate", signal_id)
+        return Outcome(Action.ACK, "duplicate")
 
     def _refuse_awaited(self, kept: dict, claim: dict) -> Outcome:
         """A cancel came first and was kept under this signal_id: the order is recorded
@@ -211,7 +210,7 @@ class SignalProcessor:
         doc = self._journal.apply(kept, lambda s: refuse_awaited_order(s, at),
                                   {**order_fields, "awaiting_order": False})
         journey.info("Order refused: %s [%s]", doc["reject_reason"], doc["signal_id"])
-        return Outcome(Action.ACK, doc["reject_reason"], doc["signal_id"])
+        return Outcome(Action.ACK, doc["reject_reason"])
 
 
 COMMAND_KEPT_FIELDS = (*KNOWN_FIELDS_ORDER, "action", "request_id")  # to answer a bad command

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from brokers.base import Broker, BrokerOrder, OrderRequest
 from execution_service.domain import orders
-from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.backoff import Backoff
 from execution_service.domain.commands import placement_refusal
 from execution_service.domain.notices import AlertKind, CancelCause, ServiceAlert
 from execution_service.domain.reasons import RejectClass, reason_class
@@ -46,6 +46,14 @@ class TrackingPolicy:
     poll_interval: float = 0.5
     store_retry_cap: float = 5.0
     late_fill_grace: float = 1.0  # after a cancel, look once more for a fill that raced it
+
+    @property
+    def broker_backoff(self) -> Backoff:
+        return Backoff(self.backoff_base)
+
+    @property
+    def store_backoff(self) -> Backoff:
+        return Backoff(self.backoff_base, self.store_retry_cap)
 
 
 def request_from_record(doc: dict) -> OrderRequest:
@@ -130,8 +138,7 @@ class OrderTracker:
                 return
             except StoreUnavailable as e:
                 attempt += 1
-                wait = compute_backoff(attempt, self._policy.backoff_base,
-                                       self._policy.store_retry_cap)
+                wait = self._policy.store_backoff.after(attempt)
                 logger.warning("Store unavailable while tracking %s (%s); retry in %.1fs",
                                doc["signal_id"], e, wait)
                 await asyncio.sleep(wait)
@@ -176,7 +183,7 @@ class OrderTracker:
                 logger.warning("Broker %s unavailable for %s (attempt %d/%d): %s", broker.name,
                                request.signal_id, attempt, self._policy.max_attempts, e)
                 if attempt < self._policy.max_attempts:
-                    await asyncio.sleep(compute_backoff(attempt, self._policy.backoff_base))
+                    await asyncio.sleep(self._policy.broker_backoff.after(attempt))
             except OrderRejected as e:
                 if e.alert:
                     self._alert(AlertKind.OPERATOR, e.alert, key=e.alert)
@@ -206,7 +213,7 @@ class OrderTracker:
             found = await self._lookup(broker, doc)
             if found is not None:
                 return self._follow_snapshot(doc, found)
-            await asyncio.sleep(compute_backoff(attempt, self._policy.backoff_base))
+            await asyncio.sleep(self._policy.broker_backoff.after(attempt))
         # The broker answers, and has no order with this tag: it never arrived, or has not yet.
         # It stays PENDING; recovery on the next start looks it up again before sending.
         text = (f"{broker.name} has no order for {doc['signal_id']} after an uncertain "
@@ -222,7 +229,7 @@ class OrderTracker:
                                          broker.find_order(doc["signal_id"]))
             except TransientBrokerError as e:
                 logger.warning("Looking up %s failed: %s", doc["signal_id"], e)
-                await asyncio.sleep(compute_backoff(attempt, self._policy.backoff_base))
+                await asyncio.sleep(self._policy.broker_backoff.after(attempt))
         raise TransientBrokerError(f"could not look up {doc['signal_id']} at {broker.name}")
 
     def _reject(self, doc: dict, reason: str, kind: RejectClass) -> dict:
@@ -256,7 +263,7 @@ class OrderTracker:
                 failures = 0
             except TransientBrokerError as e:
                 failures += 1
-                wait = compute_backoff(failures, policy.backoff_base, policy.store_retry_cap)
+                wait = policy.store_backoff.after(failures)
                 logger.warning("Polling %s failed (%s); retry in %.1fs", doc["signal_id"], e,
                                wait)
                 await asyncio.sleep(wait)

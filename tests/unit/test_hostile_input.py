@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 import pytest
 
 from execution_service.adapters.logs import setup_logging
-from execution_service.service.ports import JOURNEY_LOGGER
 from execution_service.domain.intake import (
     ATTRIBUTE_VALUE_BYTES,
     DEAD_LETTER_BODY_BYTES,
@@ -30,6 +29,7 @@ from execution_service.domain.records import confirmation_message, strict_json
 from execution_service.domain.signals import Signal, parse_signal
 from execution_service.domain.telegram_text import compose_message
 from execution_service.domain.text import describe_char, normalise_identifier, single_line
+from execution_service.service.ports import JOURNEY_LOGGER
 
 VALID = {"signal_id": "sig_1", "account_id": "acc_1", "strategy_name": "Strat", "symbol": "SPY",
          "side": "BUY", "quantity": 10, "order_type": "MARKET", "reference_price": 100.0}
