@@ -160,3 +160,17 @@ def test_given_orders_of_every_status_then_working_orders_are_the_open_ones_of_a
     assert [doc["_id"] for doc in working] == ["exec_sig_w1", "exec_sig_w2"]
     assert (working[0]["side"], working[0]["quantity"], working[0]["filled_quantity"],
             working[0]["limit_price"]) == ("BUY", 100, 40.0, 230.0)
+
+
+def test_given_records_when_a_cancel_is_asked_on_one_then_only_it_is_listed(store,
+                                                                             second_store):
+    """Given three records, when another process asks to cancel one, then cancels_asked
+    names that one alone, and only among the ids asked about."""
+    for signal_id in ("sig_1", "sig_2", "sig_3"):
+        store.insert_record(claim(signal_id, status="SUBMITTED"))
+    doc = second_store.get_record("sig_2")
+    assert second_store.update_record(doc, {"cancel_requested_reason": "by request req_1"}, [],
+                                      []) is not None
+    assert store.cancels_asked(["sig_1", "sig_2", "sig_3"]) == ["sig_2"]
+    assert store.cancels_asked(["sig_1", "sig_3"]) == []
+    assert store.cancels_asked([]) == []
