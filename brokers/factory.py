@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from brokers.base import Broker, ConnectionListener
 from execution_service.errors import FatalConfigError
 
-if TYPE_CHECKING:
-    from execution_service.config import Settings
+
+class Settings(Protocol):
+    """What the factory reads of the service's settings (each adapter's `from_settings` reads
+    its own names)."""
+
+    USE_MOCK_BROKER: bool
+    KITE_API_KEY: Any
+    KITE_ACCESS_TOKEN: Any
+    KITE_API_URL: Any
+    KITE_ORDERS_PER_SECOND: float
+
 
 # (settings, the mock broker's ledger) -> broker; only the mock broker keeps a ledger
-BrokerBuilder = Callable[["Settings", object], Broker]
+BrokerBuilder = Callable[[Settings, object], Broker]
 
 
 def _build_mock(settings: Settings, ledger) -> Broker:

@@ -27,7 +27,7 @@ from execution_service.service.commands import CommandHandler
 from execution_service.service.journal import Counters, OrderJournal
 from execution_service.service.leases import LeaseKeeper, make_owner
 from execution_service.service.outbox import ConfirmationOutbox
-from execution_service.service.ports import NullNotifier
+from execution_service.service.ports import ConfirmationPublisher, Notifier, NullNotifier
 from execution_service.service.positions import PositionBook
 from execution_service.service.processor import SignalProcessor
 from execution_service.service.risk import RiskGate
@@ -52,7 +52,7 @@ class App:
     leases: LeaseKeeper
     risk: RiskGate
     metrics: Metrics
-    notifier: object
+    notifier: Notifier
     counters: Counters
     clock: Callable[[], datetime]
     commands: CommandHandler | None = None
@@ -68,7 +68,8 @@ def open_app_store(settings: Settings) -> tuple[StoreHandle, Store]:
     return handle, store
 
 
-def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHandle | None = None,
+def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
+              notifier: Notifier | None = None, handle: StoreHandle | None = None,
               clock: Callable[[], datetime] = utc_now, broker_builders: dict | None = None,
               store: Store | None = None, command_log: CommandLog | None = None) -> App:
     """Everything but the transport: tests pass a fake publisher (and a fault-injecting store)
@@ -109,7 +110,7 @@ def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHand
                metrics, notifier, counters, clock, commands)
 
 
-def _connection_alerts(notifier):
+def _connection_alerts(notifier: Notifier):
     def listener(connected: bool, detail: str) -> None:
         kind = AlertKind.BROKER_CONNECTION_RESTORED if connected else \
             AlertKind.BROKER_CONNECTION_LOST

@@ -3,46 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import click
 
-from execution_service.bootstrap import EMULATOR_HOST_FILE, account_document, open_app_store
+from execution_service.bootstrap import account_document, open_app_store
 from execution_service.cli_risk import add_limit_options, limits_from_options
+from execution_service.cli_support import Cli, cli_settings, print_json, pubsub_for, with_store
 from execution_service.clock import utc_now
-from execution_service.config import Settings, load_settings
 from execution_service.domain.accounts import parse_symbols
-from execution_service.domain.records import iso, strict_json
+from execution_service.domain.records import iso
 from execution_service.domain.text import single_line
-from execution_service.errors import ExecutionError, FatalConfigError
-
-
-def _settings(**overrides) -> Settings:
-    return load_settings({key: value for key, value in overrides.items() if value is not None})
-
-
-def _json_default(value):
-    if isinstance(value, datetime):
-        return iso(value)
-    return str(value)
-
-
-def _print_json(value) -> None:
-    click.echo(strict_json(value, indent=2, default=_json_default))
-
-
-class Cli(click.Group):
-    """Turns our errors into one clear line and exit code 2 instead of a traceback."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except ExecutionError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+from execution_service.errors import FatalConfigError
 
 
 @click.group(cls=Cli)
@@ -57,7 +30,7 @@ def run(use_mock_broker: bool) -> None:
     """Run the daemon (local defaults: emulator, embedded store, mock broker)."""
     from execution_service.run import run_daemon
 
-    settings = _settings(USE_MOCK_BROKER="true" if use_mock_broker else None)
+    settings = cli_settings(USE_MOCK_BROKER="true" if use_mock_broker else None)
     sys.exit(run_daemon(settings, say=click.echo))
 
 
@@ -67,38 +40,17 @@ def status(as_json: bool) -> None:
     """Heartbeat, uptime, counters and store statistics. Exit 0 only when running."""
     from execution_service.status import read_status, render_status
 
-    settings = _settings()
+    settings = cli_settings()
     handle, store = open_app_store(settings)
     try:
         report = read_status(store, settings, utc_now())
     finally:
         handle.close()
     if as_json:
-        _print_json(report)
+        print_json(report)
     else:
         click.echo(render_status(report))
     sys.exit(0 if report["running"] and report["healthy"] else 1)
-
-
-def _emulator_host(settings: Settings) -> str | None:
-    if settings.PUBSUB_EMULATOR_HOST:
-        return settings.PUBSUB_EMULATOR_HOST
-    host_file = Path(settings.LOG_DIR) / EMULATOR_HOST_FILE
-    if settings.starts_local_emulator:
-        if not host_file.exists():
-            raise FatalConfigError("no Pub/Sub emulator: start the daemon (`execution-service "
-                                   "run`) or set PUBSUB_EMULATOR_HOST")
-        return host_file.read_text().strip()
-    return None
-
-
-def _pubsub(settings: Settings):
-    host = _emulator_host(settings)
-    if host:
-        os.environ["PUBSUB_EMULATOR_HOST"] = host
-    from execution_service.adapters import pubsub
-
-    return pubsub, pubsub.PubSubNames(settings)
 
 
 @main.command("send-test-signal")
@@ -112,8 +64,8 @@ def send_test_signal(path: Path, signal_id: str | None) -> None:
         data = json.loads(body)
         data["signal_id"] = signal_id
         body = json.dumps(data).encode()
-    settings = _settings()
-    pubsub, names = _pubsub(settings)
+    settings = cli_settings()
+    pubsub, names = pubsub_for(settings)
     publisher = pubsub.pubsub_v1.PublisherClient()
     message_id = publisher.publish(names.orders_topic, body).result(timeout=30)
     shown = signal_id or _signal_id_of(body)
@@ -131,9 +83,9 @@ def _signal_id_of(body: bytes) -> str:
 @main.command("setup-pubsub")
 def setup_pubsub_command() -> None:
     """Create the topics and subscriptions (idempotent)."""
-    settings = _settings()
-    pubsub, names = _pubsub(settings)
-    created = pubsub.setup_pubsub(names)
+    settings = cli_settings()
+    pubsub, names = pubsub_for(settings)
+    created = pubsub.setuppubsub_for(names)
     for name in created:
         click.echo(f"created {name}")
     click.echo(f"Pub/Sub ready ({len(created)} created, the rest already existed)")
@@ -144,9 +96,9 @@ def setup_pubsub_command() -> None:
 @click.option("--limit", default=20, show_default=True, help="How many, newest first (0: all).")
 def orders(as_json: bool, limit: int) -> None:
     """Execution records, newest first."""
-    records = _with_store(lambda store: store.recent_records(limit))
+    records = with_store(lambda store: store.recent_records(limit))
     if as_json:
-        _print_json(records)
+        print_json(records)
         return
     for doc in records:
         # a rejected record keeps what the message said: shown on one line, escaped
@@ -162,10 +114,10 @@ def orders(as_json: bool, limit: int) -> None:
 @click.option("--all", "show_all", is_flag=True, help="Closed positions too.")
 def positions(as_json: bool, show_all: bool) -> None:
     """Open positions (with --all, closed ones too)."""
-    rows = _with_store(lambda store: store.list_positions(None if show_all else "OPEN"))
+    rows = with_store(lambda store: store.list_positions(None if show_all else "OPEN"))
     rows = [{key: value for key, value in row.items() if key != "fill_keys"} for row in rows]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     for row in rows:
         click.echo(f"{row['account_id']:<16} {row['strategy_name']:<24} {row['symbol']:<10} "
@@ -177,14 +129,6 @@ def _num(value) -> str:
     if value is None:
         return "-"
     return f"{value:g}" if isinstance(value, (int, float)) else single_line(str(value))
-
-
-def _with_store(read):
-    handle, store = open_app_store(_settings())
-    try:
-        return read(store)
-    finally:
-        handle.close()
 
 
 @main.group()
@@ -212,7 +156,7 @@ def accounts_add(account_id, broker, symbols, display_name, broker_account, disa
         row["broker_account"] = broker_account
     doc = account_document(row, "account")
     fields = {key: value for key, value in doc.items() if key != "_id"}
-    saved = _with_store(lambda store: store.upsert_account(account_id, fields, utc_now()))
+    saved = with_store(lambda store: store.upsert_account(account_id, fields, utc_now()))
     click.echo(f"account {saved['_id']}: broker {saved['broker']}, "
                f"{'enabled' if saved['enabled'] else 'disabled'}, symbols "
                f"{','.join(saved['allowed_symbols']) or 'any'}")
@@ -221,9 +165,9 @@ def accounts_add(account_id, broker, symbols, display_name, broker_account, disa
 @accounts.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def accounts_list(as_json: bool) -> None:
-    rows = _with_store(lambda store: store.list_accounts())
+    rows = with_store(lambda store: store.list_accounts())
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     for row in rows:
         click.echo(f"{row['_id']:<20} {row.get('broker', ''):<8} "
@@ -237,7 +181,7 @@ def _set_enabled(account_id: str, enabled: bool) -> None:
             raise FatalConfigError(f"no account {account_id!r}")
         return store.upsert_account(account_id, {"enabled": enabled}, utc_now())
 
-    _with_store(update)
+    with_store(update)
     click.echo(f"account {account_id} {'enabled' if enabled else 'disabled'}")
 
 

@@ -68,10 +68,10 @@ def _command(action: str, signal_id: str, **fields):
 
 def _send_and_wait(command, body: dict, wait: float) -> dict:
     """Publish on trading-orders, then the daemon's answer (the order_commands document)."""
-    from execution_service.cli import _pubsub, _settings
+    from execution_service.cli_support import cli_settings, pubsub_for
 
-    settings = _settings()
-    pubsub, names = _pubsub(settings)
+    settings = cli_settings()
+    pubsub, names = pubsub_for(settings)
     publisher = pubsub.pubsub_v1.PublisherClient()
     publisher.publish(names.orders_topic, json.dumps(body).encode()).result(timeout=30)
     handle, _store = open_app_store(settings)
@@ -91,9 +91,9 @@ def _send_and_wait(command, body: dict, wait: float) -> dict:
 
 
 def _record(signal_id: str) -> dict | None:
-    from execution_service.cli import _with_store
+    from execution_service.cli_support import with_store
 
-    return _with_store(lambda store: store.get_record(signal_id))
+    return with_store(lambda store: store.get_record(signal_id))
 
 
 @click.command()

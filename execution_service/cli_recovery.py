@@ -12,7 +12,7 @@ import click
 
 from brokers.factory import BrokerFactory
 from execution_service.bootstrap import open_app_store
-from execution_service.cli import _print_json, _pubsub, _settings
+from execution_service.cli_support import cli_settings, print_json, pubsub_for
 from execution_service.domain.text import single_line
 from execution_service.errors import FatalConfigError
 from execution_service.service.reconcile import reconcile
@@ -22,7 +22,7 @@ from execution_service.service.reconcile import reconcile
 @click.option("--json", "as_json", is_flag=True)
 def reconcile_command(as_json: bool) -> None:
     """The brokers' orders and positions against the store. Exit 1 on any mismatch."""
-    settings = _settings()
+    settings = cli_settings()
     handle, store = open_app_store(settings)
     try:
         brokers = BrokerFactory(settings, store.mock_ledger)
@@ -30,7 +30,7 @@ def reconcile_command(as_json: bool) -> None:
     finally:
         handle.close()
     if as_json:
-        _print_json(report)
+        print_json(report)
     else:
         click.echo(f"broker orders {report['broker_orders']}, records {report['records']}, "
                    f"mismatches {len(report['mismatches'])}")
@@ -52,8 +52,8 @@ async def _reconcile(store, brokers: BrokerFactory) -> dict:
 @click.option("--max", "max_messages", default=100, show_default=True)
 def dead_letters_command(as_json: bool, requeue_id: str | None, max_messages: int) -> None:
     """What landed in trading-orders-dead-letter (left there unless requeued)."""
-    settings = _settings()
-    pubsub, names = _pubsub(settings)
+    settings = cli_settings()
+    pubsub, names = pubsub_for(settings)
     subscriber = pubsub.pubsub_v1.SubscriberClient()
     try:
         received = subscriber.pull(subscription=names.dead_letter_subscription,
@@ -72,7 +72,7 @@ def dead_letters_command(as_json: bool, requeue_id: str | None, max_messages: in
                                        ack_ids=keep, ack_deadline_seconds=0)
     if requeue_id is None:
         if as_json:
-            _print_json(letters)
+            print_json(letters)
         else:
             for letter in letters:
                 # reason and body came from a message: one line each, escaped

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from execution_service.cli_support import print_json, with_store
 from execution_service.clock import utc_now
 from execution_service.domain.accounts import parse_symbols
 from execution_service.domain.risk import LIMIT_FIELDS, WHOLE_NUMBER_LIMITS, limits_from_row
@@ -43,12 +44,6 @@ def limits_from_options(values: dict) -> dict:
         raise click.UsageError(str(e)) from None
 
 
-def _with_store(call):
-    from execution_service.cli import _with_store as with_store  # cli registers this module
-
-    return with_store(call)
-
-
 def _scope(account_id: str | None) -> str:
     return "all accounts" if account_id is None else f"account {account_id}"
 
@@ -70,7 +65,7 @@ def halt(reason: str, account_id: str | None, cancel_open: bool) -> None:
             raise FatalConfigError(f"no account {account_id!r}")
         return set_halt(store, reason, account_id, cancel_open, at=utc_now())
 
-    doc = _with_store(write)
+    doc = with_store(write)
     then = "; running daemons will cancel open orders" if cancel_open else ""
     click.echo(f"trading halted for {_scope(account_id)}: {doc['reason']}{then}")
 
@@ -82,7 +77,7 @@ def resume(account_id: str | None) -> None:
     def write(store):
         return clear_halt(store, account_id), active_halts(store)
 
-    lifted, remaining = _with_store(write)
+    lifted, remaining = with_store(write)
     still = [doc["account_id"] or "all accounts" for doc in remaining]
     tail = f" (still halted: {', '.join(still)})" if still else ""
     if lifted is None:
@@ -126,14 +121,12 @@ def accounts_update(account_id: str, clears: tuple[str, ...], symbols: str | Non
         fields["display_name"] = display_name
     if not fields and not clears:
         raise click.UsageError("nothing to update: give a limit, --clear, --symbols or --name")
-    saved = _with_store(lambda store: store.update_account_fields(account_id, fields,
+    saved = with_store(lambda store: store.update_account_fields(account_id, fields,
                                                                   list(clears), utc_now()))
     if saved is None:
         raise FatalConfigError(f"no account {account_id!r}")
     if as_json:
-        from execution_service.cli import _print_json
-
-        _print_json(saved)
+        print_json(saved)
         return
     click.echo(f"account {saved['_id']}: {describe_limits(saved)}, symbols "
                f"{','.join(saved.get('allowed_symbols') or []) or 'any'}")

@@ -35,3 +35,7 @@ class FatalConfigError(ExecutionError):
 
 class StoreUnavailable(ExecutionError):
     """The audit store could not be reached; the message must be retried later."""
+
+
+class DuplicateSignal(Exception):  # noqa: N818 (a fact about the signal, not a failure)
+    """A record for this signal_id already exists: the store's answer to a second claim."""

@@ -27,6 +27,7 @@ from execution_service.adapters.server_settings import ServerSettings, server_cl
 from execution_service.adapters.store_errors import DuplicateSignal, translating
 from execution_service.adapters.store_operations import OperatorQueries
 from execution_service.domain.orders import OPEN_STATUSES
+from execution_service.domain.positions import FILL_KEYS_KEPT
 from execution_service.domain.records import record_id
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ SIGNALS = "signal_store"
 POSITIONS = "positions"
 ACCOUNTS = "accounts"
 SERVICE_STATUS = "service_status"
-FILL_KEYS_KEPT = 200
 NON_TERMINAL = list(OPEN_STATUSES)
 
 __all__ = ["DuplicateSignal", "Store", "StoreHandle", "open_store", "translating"]

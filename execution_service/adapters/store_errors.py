@@ -9,13 +9,10 @@ from typing import TypeVar
 
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
-from execution_service.errors import StoreUnavailable
+from execution_service.errors import DuplicateSignal, StoreUnavailable
 
 T = TypeVar("T")
-
-
-class DuplicateSignal(Exception):
-    """A record for this signal_id already exists."""
+__all__ = ["DuplicateSignal", "translating"]
 
 
 def translating(method: Callable[..., T]) -> Callable[..., T]:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from brokers.base import Broker
-from execution_service.adapters.store import DuplicateSignal
 from execution_service.domain.backoff import Backoff
 from execution_service.domain.commands import (
     REFUSED,
@@ -36,11 +35,13 @@ from execution_service.domain.commands import (
 from execution_service.domain.orders import Event, OrderStatus
 from execution_service.domain.records import confirmation, state_of
 from execution_service.errors import (
+    DuplicateSignal,
     OrderNotFound,
     OrderRejected,
     StoreUnavailable,
     TransientBrokerError,
 )
+from execution_service.service.ports import BrokerSource
 from execution_service.service.tracker import request_from_record
 
 logger = logging.getLogger(__name__)
@@ -67,13 +68,13 @@ class CommandOutcome:
 
 
 class CommandHandler:
-    def __init__(self, store, command_log, journal, brokers, tracker, outbox,
+    def __init__(self, store, command_log, journal, brokers: BrokerSource, tracker, outbox,
                  clock: Callable[[], datetime], check_order: Callable[[dict], str | None],
                  attempts: int = 3, backoff_base: float = 0.5):
         self._store = store
         self._log = command_log
         self._journal = journal
-        self._brokers = brokers  # BrokerFactory
+        self._brokers = brokers
         self._tracker = tracker
         self._outbox = outbox
         self._clock = clock

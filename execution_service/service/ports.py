@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
+from brokers.base import Broker
 from execution_service.domain.notices import OrderNotice, ServiceAlert
 
 #: The logger for the lines that tell a signal's journey (logs/signal_processing.log): the
@@ -42,6 +43,16 @@ class NullNotifier:
     def stats(self) -> dict:
         return {"enabled": False, "sent": 0, "failed": 0, "dropped": 0, "collapsed": 0,
                 "queued": 0}
+
+
+class BrokerSource(Protocol):
+    """Hands out the broker an account trades through (brokers/factory.py builds them)."""
+
+    def broker_name_for(self, account: dict) -> str: ...
+
+    def check(self, name: str) -> None: ...
+
+    def create_broker(self, name: str) -> Broker: ...
 
 
 class ConfirmationPublisher(Protocol):

@@ -17,8 +17,12 @@ import logging
 from collections import OrderedDict
 from datetime import datetime
 
-from execution_service.adapters.store import FILL_KEYS_KEPT
-from execution_service.domain.positions import Position, PositionChange, apply_fill
+from execution_service.domain.positions import (
+    FILL_KEYS_KEPT,
+    Position,
+    PositionChange,
+    apply_fill,
+)
 
 logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 20

@@ -15,7 +15,6 @@ from enum import StrEnum
 
 from pydantic import ValidationError
 
-from execution_service.adapters.store import DuplicateSignal
 from execution_service.domain.accounts import account_problem
 from execution_service.domain.commands import (
     InvalidCommand,
@@ -47,8 +46,8 @@ from execution_service.domain.signals import (
     describe_validation_error,
     signal_from_data,
 )
-from execution_service.errors import StoreUnavailable
-from execution_service.service.ports import JOURNEY_LOGGER
+from execution_service.errors import DuplicateSignal, StoreUnavailable
+from execution_service.service.ports import JOURNEY_LOGGER, BrokerSource
 
 logger = logging.getLogger(__name__)
 journey = logging.getLogger(JOURNEY_LOGGER)
@@ -68,14 +67,15 @@ class Outcome:
 
 
 class SignalProcessor:
-    def __init__(self, store, journal, tracker, brokers, clock: Callable[[], datetime],
+    def __init__(self, store, journal, tracker, brokers: BrokerSource,
+                 clock: Callable[[], datetime],
                  owner: dict | None = None,
                  lease_until: Callable[[], datetime] | None = None, risk=None,
                  limits: IntakeLimits = DEFAULT_LIMITS, commands=None):
         self._store = store
         self._journal = journal
         self._tracker = tracker
-        self._brokers = brokers  # BrokerFactory
+        self._brokers = brokers
         self._clock = clock
         self._owner = owner
         self._lease_until = lease_until

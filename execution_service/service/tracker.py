@@ -31,7 +31,7 @@ from execution_service.errors import (
 )
 from execution_service.service.journal import LeaseLost
 from execution_service.service.nudges import Nudges
-from execution_service.service.ports import JOURNEY_LOGGER
+from execution_service.service.ports import JOURNEY_LOGGER, BrokerSource, Notifier
 
 logger = logging.getLogger(__name__)
 journey = logging.getLogger(JOURNEY_LOGGER)
@@ -65,11 +65,12 @@ def request_from_record(doc: dict) -> OrderRequest:
 
 
 class OrderTracker:
-    def __init__(self, journal, brokers, notifier, policy: TrackingPolicy,
+    def __init__(self, journal, brokers: BrokerSource, notifier: Notifier,
+                 policy: TrackingPolicy,
                  clock: Callable[[], datetime],
                  halts: Callable[[str], dict | None] | None = None, metrics=None):
         self._journal = journal
-        self._brokers = brokers  # BrokerFactory
+        self._brokers = brokers
         self._notifier = notifier
         self._policy = policy
         self._clock = clock

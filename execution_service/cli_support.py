@@ -1,0 +1,70 @@
+"""What every group of operators' commands shares: settings, JSON output, the store and
+Pub/Sub for one command, and errors as one line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from execution_service.bootstrap import EMULATOR_HOST_FILE, open_app_store
+from execution_service.config import Settings, load_settings
+from execution_service.domain.records import iso, strict_json
+from execution_service.errors import ExecutionError, FatalConfigError
+
+
+def cli_settings(**overrides) -> Settings:
+    return load_settings({key: value for key, value in overrides.items() if value is not None})
+
+
+def json_default(value):
+    if isinstance(value, datetime):
+        return iso(value)
+    return str(value)
+
+
+def print_json(value) -> None:
+    click.echo(strict_json(value, indent=2, default=json_default))
+
+
+class Cli(click.Group):
+    """Turns our errors into one clear line and exit code 2 instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ExecutionError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+def emulator_host(settings: Settings) -> str | None:
+    if settings.PUBSUB_EMULATOR_HOST:
+        return settings.PUBSUB_EMULATOR_HOST
+    host_file = Path(settings.LOG_DIR) / EMULATOR_HOST_FILE
+    if settings.starts_local_emulator:
+        if not host_file.exists():
+            raise FatalConfigError("no Pub/Sub emulator: start the daemon (`execution-service "
+                                   "run`) or set PUBSUB_EMULATOR_HOST")
+        return host_file.read_text().strip()
+    return None
+
+
+def pubsub_for(settings: Settings):
+    host = emulator_host(settings)
+    if host:
+        os.environ["PUBSUB_EMULATOR_HOST"] = host
+    from execution_service.adapters import pubsub
+
+    return pubsub, pubsub.PubSubNames(settings)
+
+
+def with_store(read):
+    handle, store = open_app_store(cli_settings())
+    try:
+        return read(store)
+    finally:
+        handle.close()
