@@ -9,11 +9,11 @@ import logging
 import pytest
 
 from brokers.base import BrokerStatus
-from execution_service.adapters.logs import setup_logging
 from execution_service.domain.notices import CancelCause, NoticeKind
 from execution_service.errors import TransientBrokerError
 from execution_service.service.ports import JOURNEY_LOGGER
 from tests.fakes.service_fakes import ScriptedBroker, make_app, order_body, settle
+from tests.fakes.service_logging import service_logging
 from tests.fakes.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
@@ -96,15 +96,9 @@ async def test_given_lines_on_other_loggers_that_read_like_the_journey_then_only
     """Given the service's logging, when a journey line (a tracking failure, which reads
     like none of the others) and an ordinary line that starts like one are logged, then the
     journey log has exactly the journey line, and the service log has both."""
-    listener = setup_logging(tmp_path, console=False)
-    try:
+    with service_logging(tmp_path):
         logging.getLogger(JOURNEY_LOGGER).warning("Tracking sig_j failed unexpectedly")
         logging.getLogger("elsewhere").warning("Order of business: not a journey line")
-    finally:
-        listener.stop()
-        root = logging.getLogger()
-        for handler in [h for h in root.handlers if getattr(h, "_execution_service", False)]:
-            root.removeHandler(handler)
     journey = (tmp_path / "signal_processing.log").read_text().splitlines()
     assert len(journey) == 1 and journey[0].endswith("Tracking sig_j failed unexpectedly")
     assert len((tmp_path / "execution_service.log").read_text().splitlines()) == 2
