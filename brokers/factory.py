@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from brokers.base import Broker, ConnectionListener
+from brokers.base import Broker
 from execution_service.errors import FatalConfigError
 
 
@@ -22,6 +22,8 @@ class Settings(Protocol):
 
 # (settings, the mock broker's ledger) -> broker; only the mock broker keeps a ledger
 BrokerBuilder = Callable[[Settings, object], Broker]
+# (broker name, connected, detail): a broker's connection came or went
+BrokerConnectionListener = Callable[[str, bool, str], None]
 
 
 def _build_mock(settings: Settings, ledger) -> Broker:
@@ -56,7 +58,8 @@ BUILDERS: dict[str, BrokerBuilder] = {
 class BrokerFactory:
     """Builds one broker per name on first use and hands out the same one afterwards."""
 
-    def __init__(self, settings: Settings, mock_ledger, listener: ConnectionListener | None = None,
+    def __init__(self, settings: Settings, mock_ledger,
+                 listener: BrokerConnectionListener | None = None,
                  builders: dict[str, BrokerBuilder] | None = None):
         self._settings = settings
         self._mock_ledger = mock_ledger
@@ -80,7 +83,7 @@ class BrokerFactory:
             broker = self._builders[name](self._settings, self._mock_ledger)
             broker.connection_listener = (
                 None if self._listener is None
-                else (lambda connected, detail, n=name: self._listener(connected, f"{n}: {detail}"))
+                else (lambda connected, detail, n=name: self._listener(n, connected, detail))
             )
             self._brokers[name] = broker
         return self._brokers[name]

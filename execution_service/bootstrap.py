@@ -111,12 +111,13 @@ def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
 
 
 def _connection_alerts(notifier: Notifier):
-    def listener(connected: bool, detail: str) -> None:
+    def listener(broker: str, connected: bool, detail: str) -> None:
         kind = AlertKind.BROKER_CONNECTION_RESTORED if connected else \
             AlertKind.BROKER_CONNECTION_LOST
+        text = f"{broker}: {detail}"
         (logger.info if connected else logger.warning)("Broker connection %s: %s",
-                                                       "restored" if connected else "lost", detail)
-        notifier.notify(ServiceAlert(kind, detail, key=f"{kind}:{detail.split(':')[0]}"))
+                                                       "restored" if connected else "lost", text)
+        notifier.notify(ServiceAlert(kind, text, key=f"{kind}:{broker}"))
     return listener
 
 

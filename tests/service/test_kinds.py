@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from brokers.base import BrokerStatus
-from execution_service.domain.notices import CancelCause, NoticeKind
+from execution_service.domain.notices import AlertKind, CancelCause, NoticeKind
 from execution_service.errors import TransientBrokerError
 from execution_service.service.ports import JOURNEY_LOGGER
 from tests.fakes.service_fakes import ScriptedBroker, make_app, order_body, settle
@@ -102,3 +102,15 @@ async def test_given_lines_on_other_loggers_that_read_like_the_journey_then_only
     journey = (tmp_path / "signal_processing.log").read_text().splitlines()
     assert len(journey) == 1 and journey[0].endswith("Tracking sig_j failed unexpectedly")
     assert len((tmp_path / "execution_service.log").read_text().splitlines()) == 2
+
+
+async def test_given_a_broker_connection_lost_then_the_alert_is_keyed_by_the_broker_it_came_from():
+    """Given a broker built by the factory, when its connection drops with a detail holding
+    colons, then the alert names the broker and collapses under that broker's key (the
+    broker's name is passed along, not cut back out of the text)."""
+    broker = ScriptedBroker()
+    app, _ = make_app(broker=broker)
+    app.brokers.create_broker("MOCK").connection_listener(False, "api: socket: closed")
+    alerts = [a for a in app.notifier.events if a.kind == AlertKind.BROKER_CONNECTION_LOST]
+    assert [(a.text, a.key) for a in alerts] == [
+        ("MOCK: api: socket: closed", "BROKER_CONNECTION_LOST:MOCK")]
