@@ -23,6 +23,7 @@ from execution_service.adapters.command_log import CommandLog
 from execution_service.bootstrap import open_app_store
 from execution_service.domain.commands import (
     CancelOrder,
+    CommandEvent,
     InvalidCommand,
     UnusableCommand,
     cancel_refusal,
@@ -31,6 +32,7 @@ from execution_service.domain.commands import (
 )
 from execution_service.domain.records import state_of
 from execution_service.domain.signals import SIGNAL_ID_PATTERN
+from execution_service.service.commands import KEPT
 
 POLL_SECONDS = 0.2
 ANSWERED = "DONE"
@@ -110,9 +112,9 @@ def cancel(signal_id: str, reason: str | None, wait: float) -> None:
         _fail(f"cannot cancel {signal_id}: {refusal}")
     answer = _send_and_wait(command, body, wait)
     outcome, why = answer.get("outcome"), answer.get("reason")
-    if outcome == "CANCEL_REJECTED":
+    if outcome == CommandEvent.CANCEL_REJECTED:
         _fail(f"cannot cancel {signal_id}: {why}")
-    if outcome == "KEPT":
+    if outcome == KEPT:
         click.echo(f"{signal_id} not received yet: it will be refused when it arrives "
                    f"(request {command.request_id})")
         return
@@ -139,7 +141,7 @@ def modify(signal_id: str, limit_price: float | None, stop_price: float | None,
     if refusal is not None:
         _fail(f"cannot modify {signal_id}: {refusal}")
     answer = _send_and_wait(command, body, wait)
-    if answer.get("outcome") != "MODIFIED":
+    if answer.get("outcome") != CommandEvent.MODIFIED:
         _fail(f"cannot modify {signal_id}: {answer.get('reason')}")
     changed = ", ".join(f"{name} {value:g}" for name, value in command.changes().items())
     click.echo(f"{signal_id} modified: {changed} (request {command.request_id})")

@@ -26,7 +26,7 @@ from execution_service.adapters.mock_ledger_store import MockLedgerStore
 from execution_service.adapters.server_settings import ServerSettings, server_client_options
 from execution_service.adapters.store_errors import DuplicateSignal, translating
 from execution_service.adapters.store_operations import OperatorQueries
-from execution_service.domain.orders import OPEN_STATUSES
+from execution_service.domain.orders import OPEN_STATUSES, EventKind
 from execution_service.domain.positions import FILL_KEYS_KEPT
 from execution_service.domain.records import record_id
 
@@ -198,8 +198,8 @@ class Store(OperatorQueries):
     @translating
     def take_over(self, doc: dict, owner: dict, until: datetime, at: datetime) -> dict | None:
         """Become the record's owner; bumps `version` so the old owner's writes fail."""
-        event = {"status": doc["status"], "event": "TAKEN_OVER", "at": at, "owner": owner["id"],
-                 "previous_owner": (doc.get("owner") or {}).get("id")}
+        event = {"status": doc["status"], "event": str(EventKind.TAKEN_OVER), "at": at,
+                 "owner": owner["id"], "previous_owner": (doc.get("owner") or {}).get("id")}
         return self.records.find_one_and_update(
             {"_id": doc["_id"], "version": doc["version"]},
             {"$set": {"owner": owner, "lease_expires_at": until}, "$inc": {"version": 1},
