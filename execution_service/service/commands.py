@@ -41,7 +41,7 @@ from execution_service.errors import (
     StoreUnavailable,
     TransientBrokerError,
 )
-from execution_service.service.ports import BrokerSource
+from execution_service.service.ports import BrokerSource, CommandRequests, RecordStore
 from execution_service.service.tracker import request_from_record
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ class CommandOutcome:
 
 
 class CommandHandler:
-    def __init__(self, store, command_log, journal, brokers: BrokerSource, tracker, outbox,
+    def __init__(self, store: RecordStore, command_log: CommandRequests, journal,
+                 brokers: BrokerSource, tracker, outbox,
                  clock: Callable[[], datetime], check_order: Callable[[dict], str | None],
                  attempts: int = 3, backoff_base: float = 0.5):
         self._store = store

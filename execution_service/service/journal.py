@@ -31,7 +31,7 @@ from execution_service.domain.records import (
     state_of,
 )
 from execution_service.errors import ExecutionError
-from execution_service.service.ports import JOURNEY_LOGGER, Notifier
+from execution_service.service.ports import JOURNEY_LOGGER, Notifier, RecordStore
 
 logger = logging.getLogger(__name__)
 journey = logging.getLogger(JOURNEY_LOGGER)
@@ -66,7 +66,8 @@ class Counters:
 
 
 class OrderJournal:
-    def __init__(self, store, positions, outbox, notifier: Notifier, counters: Counters,
+    def __init__(self, store: RecordStore, positions, outbox, notifier: Notifier,
+                 counters: Counters,
                  clock: Callable[[], datetime], owner_id: str | None = None, metrics=None):
         self._store = store
         self._positions = positions

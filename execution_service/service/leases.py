@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from execution_service.domain.records import as_utc
 from execution_service.errors import ExecutionError
-from execution_service.service.ports import JOURNEY_LOGGER
+from execution_service.service.ports import JOURNEY_LOGGER, LeaseStore
 
 logger = logging.getLogger(__name__)
 journey = logging.getLogger(JOURNEY_LOGGER)
@@ -49,7 +49,7 @@ def claimable(doc: dict, owner: dict, now: datetime,
 
 
 class LeaseKeeper:
-    def __init__(self, store, tracker, owner: dict, lease_seconds: float,
+    def __init__(self, store: LeaseStore, tracker, owner: dict, lease_seconds: float,
                  clock: Callable[[], datetime]):
         self._store = store
         self._tracker = tracker

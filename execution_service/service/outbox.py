@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from execution_service.domain.backoff import Backoff
 from execution_service.domain.records import confirmation_message
 from execution_service.errors import StoreUnavailable
-from execution_service.service.ports import JOURNEY_LOGGER, ConfirmationPublisher
+from execution_service.service.ports import JOURNEY_LOGGER, ConfirmationPublisher, OutboxStore
 
 logger = logging.getLogger(__name__)
 journey = logging.getLogger(JOURNEY_LOGGER)
@@ -31,7 +31,8 @@ PENDING, ACCEPTED, REFUSED = "pending", "accepted", "refused"
 
 
 class ConfirmationOutbox:
-    def __init__(self, store, publisher: ConfirmationPublisher, *, retry_base: float = 0.2,
+    def __init__(self, store: OutboxStore, publisher: ConfirmationPublisher, *,
+                 retry_base: float = 0.2,
                  retry_cap: float = 10.0):
         self._store = store
         self._send = sender(publisher)

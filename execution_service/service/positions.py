@@ -23,6 +23,7 @@ from execution_service.domain.positions import (
     PositionChange,
     apply_fill,
 )
+from execution_service.service.ports import PositionStore
 
 logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 20
@@ -35,7 +36,7 @@ def position_key(record: dict) -> dict:
 
 
 class PositionBook:
-    def __init__(self, store) -> None:
+    def __init__(self, store: PositionStore) -> None:
         self._store = store
         self._last_written: OrderedDict[tuple, dict] = OrderedDict()
 

@@ -47,7 +47,7 @@ from execution_service.domain.signals import (
     signal_from_data,
 )
 from execution_service.errors import DuplicateSignal, StoreUnavailable
-from execution_service.service.ports import JOURNEY_LOGGER, BrokerSource
+from execution_service.service.ports import JOURNEY_LOGGER, BrokerSource, RecordStore
 
 logger = logging.getLogger(__name__)
 journey = logging.getLogger(JOURNEY_LOGGER)
@@ -67,7 +67,7 @@ class Outcome:
 
 
 class SignalProcessor:
-    def __init__(self, store, journal, tracker, brokers: BrokerSource,
+    def __init__(self, store: RecordStore, journal, tracker, brokers: BrokerSource,
                  clock: Callable[[], datetime],
                  owner: dict | None = None,
                  lease_until: Callable[[], datetime] | None = None, risk=None,
