@@ -11,6 +11,7 @@ from brokers.base import Broker, BrokerOrder, BrokerStatus, Fill, OrderRequest
 from execution_service.adapters.command_log import CommandLog
 from execution_service.adapters.store import Store, StoreHandle
 from execution_service.bootstrap import build_app
+from execution_service.clock import utc_now
 from execution_service.config import load_settings
 from execution_service.errors import OrderNotFound, StoreUnavailable
 from tests.fakes.stores import memory_store
@@ -158,7 +159,7 @@ class ScriptedBroker(Broker):
 
 def make_app(*, env: dict | None = None, broker: Broker | None = None, store_class=Store,
              notifier=None, accounts: list[dict] | None = None,
-             handle: StoreHandle | None = None, start_outbox: bool = True):
+             handle: StoreHandle | None = None, start_outbox: bool = True, clock=utc_now):
     """The real wiring over mongomock, with a fake publisher (and optionally a scripted
     broker registered under MOCK)."""
     settings = load_settings(environ={"MONGODB_URI": "mongomock://", "MOCK_FILL_DELAY_SECONDS": "0",
@@ -173,7 +174,7 @@ def make_app(*, env: dict | None = None, broker: Broker | None = None, store_cla
     if isinstance(store, FlakyStore):
         command_log = store.command_log = FlakyCommandLog(handle.database)
     app = build_app(settings, publisher, handle=handle, notifier=notifier or RecordingNotifier(),
-                    store=store, broker_builders=builders, command_log=command_log)
+                    store=store, broker_builders=builders, command_log=command_log, clock=clock)
     for account in accounts or [{"_id": "acc_1", "broker": "MOCK", "enabled": True}]:
         fields = {key: value for key, value in account.items() if key != "_id"}
         app.store.upsert_account(account["_id"], fields, app.clock())

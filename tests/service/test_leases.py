@@ -10,8 +10,8 @@ import pytest
 from execution_service.clock import utc_now
 from execution_service.domain.records import new_claim
 from execution_service.domain.signals import parse_signal
-from execution_service.service.leases import claimable, make_owner
-from tests.fakes.service_fakes import make_app, order_body, settle
+from execution_service.service.leases import claimable
+from tests.fakes.service_fakes import ScriptedBroker, make_app, order_body, settle
 from tests.fakes.waiting import eventually
 
 ME = {"id": "hostA:10:1", "host": "hostA", "pid": 10}
@@ -70,35 +70,51 @@ async def test_given_record_taken_over_then_the_old_owner_stops_writing():
     await eventually(lambda: not first.tracker.in_flight, what="the old owner letting go")
 
 
+class SteppedClock:
+    """The replicas' clock, moved on by the test: leases expire when the test says."""
+
+    def __init__(self) -> None:
+        self.now = utc_now()
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
 @pytest.mark.asyncio
 async def test_given_two_replicas_keeping_leases_concurrently_when_each_signal_reaches_both_then_placed_once_and_never_taken_over():  # noqa: E501
-    """Given two replicas on one store, each renewing its leases and sweeping for orphans
-    several times while the other's orders are working; when every signal reaches both (in
-    alternating order), then each is placed once, the second copy is a duplicate, and no live
-    order is taken over by the other replica."""
-    env = {"MOCK_FILL_DELAY_SECONDS": "1.2", "LEASE_SECONDS": "0.6",
-           "ORDER_TIMEOUT_SECONDS": "30"}
-    first, _ = make_app(env=env)
-    await eventually(lambda: make_owner(utc_now())["id"] != first.leases.owner["id"],
-                     what="a distinct owner id for the second replica")
-    second, _ = make_app(env=env, handle=first.handle)
-    stop = asyncio.Event()
-    upkeep = [asyncio.create_task(app.leases.run(stop)) for app in (first, second)]
+    """Given two replicas on one store and one venue, each signal reaching both (in
+    alternating order); when, with every order working, the clock passes the lease length
+    several times over and each replica renews its leases and sweeps for orphans in turn,
+    then no live order is taken over, each is placed once and filled, and the second copy of
+    each signal is a duplicate."""
+    clock, venue = SteppedClock(), ScriptedBroker()
+    env = {"LEASE_SECONDS": "10", "ORDER_TIMEOUT_SECONDS": "600"}
+    first, _ = make_app(env=env, broker=venue, clock=clock)
+    clock.advance(1)  # a distinct owner id for the second replica
+    second, _ = make_app(env=env, broker=venue, clock=clock, handle=first.handle)
+    assert first.leases.owner["id"] != second.leases.owner["id"]
     claimed_by: dict[str, str] = {}
-    try:
-        for n in range(30):
-            signal_id = f"sig_rep_{n}"
-            arrives_first, arrives_second = (first, second) if n % 2 else (second, first)
-            arrives_first.processor.handle(order_body(signal_id=signal_id))
-            arrives_second.processor.handle(order_body(signal_id=signal_id))
-            claimed_by[signal_id] = arrives_first.leases.owner["id"]
-            await asyncio.sleep(0)  # the other replica's upkeep runs between arrivals
-        await settle(first, timeout=20)
-        await settle(second, timeout=20)
-    finally:
-        stop.set()
-        await asyncio.gather(*upkeep)
-    assert first.store.mock_ledger.count() == 30
+    for n in range(30):
+        signal_id = f"sig_rep_{n}"
+        arrives_first, arrives_second = (first, second) if n % 2 else (second, first)
+        arrives_first.processor.handle(order_body(signal_id=signal_id))
+        arrives_second.processor.handle(order_body(signal_id=signal_id))
+        claimed_by[signal_id] = arrives_first.leases.owner["id"]
+    await eventually(lambda: len(venue.orders) == 30, what="every order working")
+    for _ in range(4):  # 16 s of a 10 s lease
+        clock.advance(4)
+        for replica in (first, second):
+            replica.leases.renew()
+        assert [replica.leases.sweep() for replica in (second, first)] == [0, 0]
+        await asyncio.sleep(0)  # the trackers keep polling meanwhile
+    for order_id, order in list(venue.orders.items()):
+        venue.fill(order_id, f"X-{order_id}", order.quantity, 10.0, clock())
+    await settle(first)
+    await settle(second)
+    assert venue.place_calls == 30
     assert first.counters.duplicates + second.counters.duplicates == 30
     for signal_id, owner_id in claimed_by.items():
         record = first.store.get_record(signal_id)
