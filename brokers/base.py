@@ -44,6 +44,9 @@ class OrderRequest:
     product: str | None = None
     reference_price: float | None = None
     broker_account: str | None = None  # the venue's account code from the registration
+    #: Orders sharing a group are one-cancels-other at venues that keep such groups (IB's
+    #: ocaGroup): one's fill reduces the others by as much, there, even with the daemon down.
+    oca_group: str | None = None
 
 
 @dataclass(frozen=True)

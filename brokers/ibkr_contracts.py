@@ -125,6 +125,11 @@ def contract_key(contract: Contract) -> tuple:
 # orders ---------------------------------------------------------------------------------------
 
 
+#: IB's ocaType 2: when one order of the group fills (even partly), IB reduces the others by
+#: as much, with overfill protection: the §12 one-cancels-other rule, kept at the venue.
+OCA_REDUCE_WITH_BLOCK = 2
+
+
 def build_order(request: OrderRequest, order_ref: str) -> Order:
     """The IB order: type and prices, tif, orderRef (the signal tag) and account."""
     side, tif = request.side.upper(), request.time_in_force.upper()
@@ -141,6 +146,8 @@ def build_order(request: OrderRequest, order_ref: str) -> Order:
     order = builder(request, side)
     order.tif = tif
     order.orderRef = order_ref
+    if request.oca_group:
+        order.ocaGroup, order.ocaType = request.oca_group, OCA_REDUCE_WITH_BLOCK
     if request.broker_account:
         order.account = request.broker_account
     return order

@@ -68,8 +68,8 @@ def order_params(request: OrderRequest, tag: str) -> dict:
         "tradingsymbol": tradingsymbol,
         "transaction_type": _side(request),
         "quantity": _whole_quantity(request.quantity),
-        "product": _product(request, asset_class),
-        "validity": _validity(request),
+        "product": (product := _product(request, asset_class)),
+        "validity": _validity(request, product),
         "tag": tag,
     }
     params.update(_order_type_fields(request))
@@ -131,10 +131,16 @@ def _product(request: OrderRequest, asset_class: str) -> str:
     return product
 
 
-def _validity(request: OrderRequest) -> str:
+def _validity(request: OrderRequest, product: str) -> str:
+    """Kite orders live a day at most. A GTC order on MIS (a protective exit, SPEC §12) goes
+    as DAY: Kite squares an intraday position off at the close, so the exit outlives nothing.
+    CNC/NRML exits would need a GTT."""
     validity = (request.time_in_force or "DAY").upper()
+    if validity == "GTC" and product == "MIS":
+        return "DAY"
     if validity not in VALIDITIES:
-        raise OrderRejected(f"time_in_force {validity} is not supported by Zerodha (DAY or IOC)")
+        raise OrderRejected(f"time_in_force {validity} is not supported by Zerodha for "
+                            f"{product} (DAY or IOC; GTC only on MIS, sent as DAY)")
     return validity
 
 

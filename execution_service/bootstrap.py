@@ -23,6 +23,7 @@ from execution_service.domain.intake import IntakeLimits
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.risk import limits_from_row
 from execution_service.errors import FatalConfigError
+from execution_service.service.brackets import BracketManager
 from execution_service.service.commands import CommandHandler
 from execution_service.service.journal import Counters, OrderJournal
 from execution_service.service.leases import LeaseKeeper, make_owner
@@ -56,6 +57,7 @@ class App:
     counters: Counters
     clock: Callable[[], datetime]
     commands: CommandHandler | None = None
+    brackets: BracketManager | None = None
 
     def close(self) -> None:
         self.handle.close()
@@ -106,8 +108,11 @@ def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
                               processor.check_order, attempts=settings.MAX_RETRY_ATTEMPTS,
                               backoff_base=settings.RETRY_BACKOFF_SECONDS)
     processor.commands = commands
+    brackets = BracketManager(store, journal, tracker, brokers, clock, owner, leases.lease_until,
+                              backoff_base=settings.RETRY_BACKOFF_SECONDS)
+    journal.brackets = brackets
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
-               metrics, notifier, counters, clock, commands)
+               metrics, notifier, counters, clock, commands, brackets)
 
 
 def _connection_alerts(notifier: Notifier):

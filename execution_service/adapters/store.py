@@ -225,13 +225,25 @@ class Store(OperatorQueries):
         return list(self.records.find({"status": {"$in": NON_TERMINAL}}).sort("received_at", 1))
 
     @translating
+    def open_exits(self, key: dict) -> list[dict]:
+        """The protective exits (§12) still working on one position."""
+        return list(self.records.find({**key, "parent_signal_id": {"$ne": None},
+                                       "status": {"$in": NON_TERMINAL}}))
+
+    @translating
+    def unsettled_brackets(self) -> list[dict]:
+        """Entries with protective exits (§12) that may still need work (records claimed
+        before exits existed carry no `exits_settled`, and are left alone)."""
+        return list(self.records.find({"exits_settled": False, "filled_quantity": {"$gt": 0}}))
+
+    @translating
     def working_orders(self, account_id: str, symbol: str) -> list[dict]:
         """The account's orders in this symbol not yet done (every replica's, every strategy's):
         what a position limit must count besides the position."""
         return list(self.records.find(
             {"status": {"$in": NON_TERMINAL}, "account_id": account_id, "symbol": symbol},
             {"side": 1, "quantity": 1, "filled_quantity": 1, "limit_price": 1, "stop_price": 1,
-             "reference_price": 1, "signal_id": 1}))
+             "reference_price": 1, "signal_id": 1, "role": 1}))
 
     @translating
     def recent_records(self, limit: int) -> list[dict]:

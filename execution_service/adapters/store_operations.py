@@ -70,10 +70,11 @@ class OperatorQueries:
 
     @translating
     def count_orders_since(self, account_id: str, since: datetime) -> int:
-        """Records received after `since`, rejections excepted."""
+        """Records received after `since`, rejections and protective exits (§12) excepted."""
         return self.records.count_documents({"account_id": account_id,
                                              "received_at": {"$gt": since},
-                                             "status": {"$ne": "REJECTED"}})
+                                             "status": {"$ne": "REJECTED"},
+                                             "parent_signal_id": None})
 
     def _ensure_operator_indexes(self) -> None:
         self.records.create_index([("account_id", 1), ("received_at", -1)])

@@ -55,6 +55,7 @@ class OrderNotice:
     request_id: str | None = None  # the cancel/modify request this notice answers
     command: str | None = None  # CANCEL or MODIFY, for a refused request
     changes: tuple[tuple[str, float | None, float], ...] = ()  # (field, old, new) of a modify
+    role: str | None = None  # STOP_LOSS or TAKE_PROFIT for a protective exit (§12)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class EventKind(StrEnum):
     MODIFIED = "MODIFIED"
     MODIFY_REJECTED = "MODIFY_REJECTED"
     TAKEN_OVER = "TAKEN_OVER"
+    RESIZED = "RESIZED"  # a protective exit follows its position's size (§12)
 
 
 K = EventKind
@@ -226,7 +227,7 @@ def request_cancel(state: OrderState, reason: str, at: datetime,
         ids = (*ids, request_id)
     asked = replace(state, cancel_requested_reason=reason, cancel_request_id=request_id,
                     cancel_request_source=source, command_ids=ids,
-                    cancel_cause=cause or SOURCE_CAUSES.get(source or "", CancelCause.OPERATOR))
+                    cancel_cause=cause or SOURCE_CAUSES.get(source or ""))
     if state.status is S.PENDING:
         return Change(asked, (Event(S.PENDING, at, K.CANCEL_REQUESTED, detail),))
     return _move(asked, S.PENDING_CANCEL, at, K.CANCEL_REQUESTED, **detail)

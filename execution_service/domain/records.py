@@ -23,7 +23,10 @@ from execution_service.domain.signals import Signal
 
 K = EventKind
 CONFIRMED_EVENTS = frozenset({K.SUBMITTED, K.FILL, K.COMPLETED, K.LATE_FILL, K.REJECTED,
-                              K.CANCELLED, K.MODIFIED, K.CANCEL_REJECTED, K.MODIFY_REJECTED})
+                              K.CANCELLED, K.MODIFIED, K.CANCEL_REJECTED, K.MODIFY_REJECTED,
+                              K.RESIZED})
+#: Events that change the order's own values (quantity, prices): written with the state.
+ORDER_VALUE_EVENTS = frozenset({K.MODIFIED, K.RESIZED})
 #: Confirmed only when a request asked for it (a timeout's cancel request is internal).
 REQUEST_EVENTS = frozenset({K.CANCEL_REQUESTED})
 ORDER_FIELDS = ("symbol", "side", "quantity", "order_type", "limit_price", "stop_price",
@@ -58,6 +61,8 @@ def new_claim(signal: Signal, *, broker: str, broker_tag: str, at: datetime,
         "broker": broker, "broker_tag": broker_tag, "owner": owner,
         "events": [Event(OrderStatus.PENDING, at, K.CLAIMED).to_doc()],
     })
+    if signal.stop_loss is not None or signal.take_profit is not None:
+        doc["exits_settled"] = False  # protective exits to follow its fills (§12)
     return doc
 
 
@@ -199,7 +204,9 @@ def confirmation(doc: dict[str, Any], event: Event, sequence: int) -> dict[str, 
     }
     if "request_id" in detail:
         payload["request_id"] = detail["request_id"]
-    if event.event is K.MODIFIED:
+    if doc.get("role"):
+        payload.update(role=doc["role"], parent_signal_id=doc.get("parent_signal_id"))
+    if event.event in ORDER_VALUE_EVENTS:
         payload.update(detail["new"])
     return payload
 

@@ -79,8 +79,8 @@ def working_orders(records: Iterable[dict], fallback_price: float) -> WorkingOrd
     totals = {"BUY": [0.0, 0.0], "SELL": [0.0, 0.0]}
     for doc in records:
         side = doc.get("side")
-        if side not in totals:
-            continue
+        if side not in totals or doc.get("role"):
+            continue  # a protective exit (§12) only ever reduces the position it protects
         remaining = float(doc.get("quantity") or 0.0) - float(doc.get("filled_quantity") or 0.0)
         if remaining <= 0:
             continue

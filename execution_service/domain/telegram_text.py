@@ -87,7 +87,7 @@ def _count(value: float, unit: str) -> str:
 
 def _filled(notice: OrderNotice) -> str:
     return _lines(
-        "✅ Order Filled",
+        _FILLED_TITLES.get(notice.role, "✅ Order Filled"),
         ("Signal", notice.signal_id),
         ("Strategy", notice.strategy_name),
         ("Order", _order(notice, _done_quantity(notice), notice.avg_fill_price)),
@@ -183,6 +183,7 @@ def _alert(alert: ServiceAlert) -> str:
     return f"{title}\n\n{text}" if text else title
 
 
+_FILLED_TITLES = {"STOP_LOSS": "🛑 Stop Loss Filled", "TAKE_PROFIT": "🎯 Take Profit Filled"}
 _NOTICE_COMPOSERS = {
     NoticeKind.FILLED: _filled,
     NoticeKind.PARTIAL_FILL: _partial_fill,

@@ -63,6 +63,9 @@ class ExecutionDaemon:
                 loaded = self.app.outbox.load_unpublished()
                 resumed = self.app.leases.sweep()
                 commands = self.app.commands.resume_unfinished()
+                brackets = self.app.brackets.resume()
+                if brackets:
+                    logger.info("Recovery: %d brackets with protective exits to re-plan", brackets)
                 if commands:
                     logger.info("Recovery: %d cancel/modify requests to finish", commands)
                 self.app.outbox.start()
@@ -157,6 +160,7 @@ class ExecutionDaemon:
         if self._dead_letters_in_flight:
             await asyncio.wait(self._dead_letters_in_flight, timeout=2.0)
         await app.commands.stop()
+        await app.brackets.stop()
         await app.tracker.stop()
         await app.outbox.drain(timeout=2.0)
         await app.outbox.stop()

@@ -22,6 +22,7 @@ from execution_service.domain.orders import (
     RecordedFill,
 )
 from execution_service.domain.records import (
+    ORDER_VALUE_EVENTS,
     as_utc,
     cancel_cause_of,
     confirmation,
@@ -77,6 +78,7 @@ class OrderJournal:
         self._clock = clock
         self._owner_id = owner_id
         self._metrics = metrics
+        self.brackets = None  # BracketManager (§12), set by bootstrap
 
     def apply(self, doc: dict, step: Callable[[OrderState], Change],
               extra_fields: dict | None = None) -> dict:
@@ -124,7 +126,7 @@ class OrderJournal:
                 sequence += 1
                 confirmations.append(confirmation({**doc, **state}, event, sequence))
         fields = {**state, **extra}
-        if any(event.event == K.MODIFIED for event in change.events):
+        if any(event.event in ORDER_VALUE_EVENTS for event in change.events):
             fields.update(modified_fields(change.state))
         if confirmations:
             fields.update(confirmation_sequence=sequence, outbox_pending=True)
@@ -141,6 +143,8 @@ class OrderJournal:
         self._outbox.enqueue(confirmations)
         for event in events:
             self._tell(doc, event)
+        if events and self.brackets is not None:
+            self.brackets.after_change(doc, events)
 
     def _tell(self, doc: dict, event: Event) -> None:
         signal_id = doc["signal_id"]
@@ -211,7 +215,7 @@ def order_notice(doc: dict, event: Event, kind: NoticeKind) -> OrderNotice:
         commission=detail.get("commission", doc.get("commission")), seconds_to_fill=seconds,
         reason=reason, cancel_cause=_cancel_cause(doc) if kind is NoticeKind.CANCELLED else None,
         last_fill_quantity=detail.get("quantity"), last_fill_price=detail.get("price"),
-        order_id=doc.get("order_id"), request_id=detail.get("request_id"),
+        order_id=doc.get("order_id"), request_id=detail.get("request_id"), role=doc.get("role"),
         command="CANCEL" if event.event == K.CANCEL_REJECTED else "MODIFY",
         changes=tuple((name, (detail.get("old") or {}).get(name), new)
                       for name, new in (detail.get("new") or {}).items()),

@@ -2,7 +2,8 @@
 
 Per order, one task: place it (connect with back-off, up to MAX_RETRY_ATTEMPTS), then follow
 the broker until the order is terminal, cancelling it ORDER_TIMEOUT_SECONDS after
-`submitted_at`. An ambiguous placement is resolved by asking the broker for the order tagged
+`submitted_at` (protective exits are GTC: no timeout, and a halt neither blocks nor cancels
+them). An ambiguous placement is resolved by asking the broker for the order tagged
 with the signal, never by sending it again blindly.
 """
 
@@ -17,6 +18,7 @@ from datetime import datetime, timedelta
 from brokers.base import Broker, BrokerOrder, OrderRequest
 from execution_service.domain import orders
 from execution_service.domain.backoff import Backoff
+from execution_service.domain.brackets import is_exit, oca_group
 from execution_service.domain.commands import placement_refusal
 from execution_service.domain.notices import AlertKind, CancelCause, ServiceAlert
 from execution_service.domain.reasons import RejectClass, reason_class
@@ -61,7 +63,8 @@ def request_from_record(doc: dict) -> OrderRequest:
               and name != "take_profit"}
     fields = {name: value for name, value in fields.items() if value is not None}
     return OrderRequest(signal_id=doc["signal_id"], account_id=doc["account_id"],
-                        broker_account=doc.get("broker_account"), **fields)
+                        broker_account=doc.get("broker_account"), oca_group=oca_group(doc),
+                        **fields)
 
 
 class OrderTracker:
@@ -169,7 +172,7 @@ class OrderTracker:
         last_error: Exception | None = None
         for attempt in range(1, self._policy.max_attempts + 1):
             doc = self._take_nudge(doc)
-            halt = self._halts(doc["account_id"])
+            halt = None if is_exit(doc) else self._halts(doc["account_id"])
             refusal, kind = placement_refusal(state_of(doc)), RejectClass.REQUEST
             if refusal is None and halt is not None:
                 refusal, kind = halt_reason(halt), RejectClass.HALT
@@ -248,7 +251,8 @@ class OrderTracker:
 
     async def _follow(self, broker: Broker, doc: dict) -> None:
         policy = self._policy
-        deadline = as_utc(doc["submitted_at"]) + timedelta(seconds=policy.order_timeout)
+        deadline = None if is_exit(doc) else \
+            as_utc(doc["submitted_at"]) + timedelta(seconds=policy.order_timeout)
         failures = 0
         poll_id = doc["order_id"]
         cancel_sent = False
@@ -276,12 +280,13 @@ class OrderTracker:
                 return
             now = self._clock()
             pending_cancel = doc["status"] == PENDING_CANCEL
-            why = None if pending_cancel else self._cancel_reason(doc, now >= deadline)
+            timed_out = deadline is not None and now >= deadline
+            why = None if pending_cancel else self._cancel_reason(doc, timed_out)
             if why is not None:
                 doc = await self._request_cancel(broker, doc, *why)
                 cancel_sent = doc["status"] == PENDING_CANCEL
                 continue
-            wait = policy.poll_interval if pending_cancel else \
+            wait = policy.poll_interval if pending_cancel or deadline is None else \
                 min(policy.poll_interval, (deadline - now).total_seconds())
             await self._nudges.wait(doc["signal_id"],
                                     broker.wait_for_update(poll_id, max(wait, 0.001)))
@@ -311,7 +316,7 @@ class OrderTracker:
     def _cancel_reason(self, doc: dict, timed_out: bool) -> tuple[str, CancelCause] | None:
         """Why this working order must be cancelled now, if it must: a halt that cancels open
         orders (the operator's), or the timeout."""
-        halt = self._halts(doc["account_id"])
+        halt = None if is_exit(doc) else self._halts(doc["account_id"])
         if halt is not None and halt.get("cancel_open"):
             return halt_reason(halt), CancelCause.OPERATOR
         if timed_out:

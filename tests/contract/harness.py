@@ -22,4 +22,8 @@ class BrokerHarness(Protocol):
         """The venue delivers what is next for this order: its next due fill, or the
         confirmation of a cancel that was asked for."""
 
+    async def move_market(self, symbol: str, price: float) -> None:
+        """The venue's market for `symbol` is now `price` (the mock broker triggers resting
+        stops and limits from it; venues that fill on `advance` need nothing)."""
+
     async def stop(self) -> None: ...

@@ -266,7 +266,24 @@ class FakeTws:
             self.wrapper.execDetails(-1, venue.contract, execution)
             if commission is not None:
                 self.wrapper.commissionReport(report)
+        self._one_cancels_other(venue, shares)
         return execution
+
+    def _one_cancels_other(self, executed: VenueOrder, shares: float) -> None:
+        """TWS's OCA groups: a fill cancels the group's other orders (ocaType 1) or reduces
+        them by as much (2, 3), cancelling those left with nothing."""
+        group = executed.order.ocaGroup
+        if not group:
+            return
+        for venue in self.book.values():
+            if venue is executed or venue.done or venue.order.ocaGroup != group:
+                continue
+            left = float(venue.order.totalQuantity) - shares
+            if executed.order.ocaType == 1 or left <= venue.filled + 1e-9:
+                self.confirm_cancel(venue.order_id)
+                continue
+            venue.order.totalQuantity = left
+            self._modified(venue.order_id)
 
     def confirm_cancel(self, order_id: int) -> None:
         venue = self.book[order_id]
@@ -336,6 +353,9 @@ class IbkrHarness:
     async def advance(self, order_id: str) -> None:
         self.tws.advance(int(order_id))
         await asyncio.sleep(0)
+
+    async def move_market(self, symbol: str, price: float) -> None:
+        """Nothing to do: this venue fills a resting order on `advance`, at its own price."""
 
     async def stop(self) -> None:
         if self.broker is not None:

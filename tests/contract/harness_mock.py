@@ -32,6 +32,10 @@ class MockHarness:
     async def advance(self, order_id: str) -> None:
         self.clock.now += timedelta(seconds=1)
 
+    async def move_market(self, symbol: str, price: float) -> None:
+        """Another order at `price` for `symbol` is what moves the mock broker's market."""
+        self.broker.market_price(symbol, price)
+
     async def stop(self) -> None:
         await self.broker.close()
 

@@ -44,6 +44,9 @@ class ZerodhaHarness:
         if chunk > 0:
             fake.fill(order_id, chunk)
 
+    async def move_market(self, symbol: str, price: float) -> None:
+        """Nothing to do: this venue fills a resting order on `advance`, at its own price."""
+
     async def stop(self) -> None:
         if self.broker is not None:
             await self.broker.close()

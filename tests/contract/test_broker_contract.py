@@ -144,3 +144,31 @@ async def test_contract_given_filled_order_when_cancelled_then_nothing_changes(h
     await broker.cancel_order(placed.order_id)
     order = await broker.get_order(placed.order_id)
     assert order.status is BrokerStatus.FILLED and order.filled_quantity == 10
+
+
+# protective exits (SPEC §12) ------------------------------------------------------------------
+
+async def test_contract_given_gtc_exits_when_market_moves_through_one_then_only_it_fills(harness):
+    """Given a resting sell STOP 95 and sell LIMIT 110 (GTC) with the market at 100, when one
+    is resized and the market moves to 111, then the limit fills at its limit for the new
+    quantity, the stop keeps working and can still be cancelled."""
+    broker = await harness.start()
+    await harness.move_market("SPY", 100.0)
+    exit_fields = {"side": "SELL", "time_in_force": "GTC", "reference_price": None,
+                   "product": "MIS"}  # Zerodha takes GTC exits on MIS (as DAY orders)
+    stop = await broker.place_order(market(10, order_type="STOP", stop_price=95.0,
+                                           **exit_fields))
+    take = market(10, order_type="LIMIT", limit_price=110.0, **exit_fields)
+    take_order = await broker.place_order(take)
+    assert (await broker.get_order(stop.order_id)).status is BrokerStatus.WORKING
+    await broker.modify_order(take_order.order_id, OrderRequest(**{**vars(take), "quantity": 6}))
+    await harness.move_market("SPY", 111.0)
+    filled = await _advance_until(harness, broker, take_order.order_id,
+                                  lambda o: o.status is BrokerStatus.FILLED)
+    assert filled.status is BrokerStatus.FILLED and filled.filled_quantity == 6
+    assert {fill.price for fill in filled.fills} == {110.0}
+    assert (await broker.get_order(stop.order_id)).status is BrokerStatus.WORKING
+    await broker.cancel_order(stop.order_id)
+    cancelled = await _advance_until(harness, broker, stop.order_id,
+                                     lambda o: o.status is BrokerStatus.CANCELLED)
+    assert cancelled.status is BrokerStatus.CANCELLED and cancelled.filled_quantity == 0

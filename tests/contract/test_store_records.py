@@ -128,6 +128,8 @@ def test_given_records_when_counted_for_the_rate_limit_then_recent_unrejected_of
     store.insert_record(claim("sig_new", status="FILLED", at=T0))
     store.insert_record(claim("sig_rej", status="REJECTED", at=T0))
     store.insert_record(claim("sig_other", status="FILLED", at=T0, account_id="acc_2"))
+    store.insert_record(claim("sig_new:SL", status="SUBMITTED", at=T0,
+                              parent_signal_id="sig_new", role="STOP_LOSS"))  # an exit (§12)
     assert store.count_orders_since("acc_1", T0 - timedelta(seconds=60)) == 1
     assert store.count_orders_since("acc_1", T0) == 0  # strictly after
 
@@ -160,6 +162,30 @@ def test_given_orders_of_every_status_then_working_orders_are_the_open_ones_of_a
     assert [doc["_id"] for doc in working] == ["exec_sig_w1", "exec_sig_w2"]
     assert (working[0]["side"], working[0]["quantity"], working[0]["filled_quantity"],
             working[0]["limit_price"]) == ("BUY", 100, 40.0, 230.0)
+
+
+def test_given_entries_and_exits_then_open_exits_of_a_position_and_unsettled_brackets(store):
+    """Protective exits (§12): the working exits of one position, and the entries with levels
+    and fills whose bracket is not settled."""
+    position = {"account_id": "acc_1", "strategy_name": "S", "symbol": "SPY"}
+    store.insert_record(claim("e1", status="FILLED", filled_quantity=10.0, stop_loss=95.0,
+                              exits_settled=False, **position))
+    store.insert_record(claim("e1:SL", status="SUBMITTED", parent_signal_id="e1",
+                              role="STOP_LOSS", **position))
+    store.insert_record(claim("e1:TP", status="CANCELLED", parent_signal_id="e1",
+                              role="TAKE_PROFIT", **position))
+    store.insert_record(claim("e2", status="FILLED", filled_quantity=5.0, take_profit=110.0,
+                              exits_settled=True, **position))
+    store.insert_record(claim("e3", status="SUBMITTED", filled_quantity=0.0, stop_loss=95.0,
+                              exits_settled=False, **position))
+    store.insert_record(claim("plain", status="FILLED", filled_quantity=5.0, **position))
+    store.insert_record(claim("before_exits", status="FILLED", filled_quantity=5.0,
+                              stop_loss=95.0, **position))  # claimed before §12 existed
+    store.insert_record(claim("x:SL", status="SUBMITTED", parent_signal_id="x",
+                              role="STOP_LOSS", **{**position, "symbol": "QQQ"}))
+    assert [doc["signal_id"] for doc in store.open_exits(position)] == ["e1:SL"]
+    assert [doc["signal_id"] for doc in store.unsettled_brackets()] == ["e1"]
+
 
 
 def test_given_records_when_a_cancel_is_asked_on_one_then_only_it_is_listed(store,

@@ -15,6 +15,7 @@ from execution_service.clock import utc_now
 from execution_service.config import load_settings
 from execution_service.errors import OrderNotFound, StoreUnavailable
 from tests.fakes.stores import memory_store
+from tests.fakes.waiting import eventually
 
 
 class FakePublisher:
@@ -199,3 +200,13 @@ async def settle(app, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
     assert not app.tracker.in_flight, "orders still tracked"
     assert not app.outbox.backlog, "confirmations still unpublished"
+
+
+async def wait_until(condition, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll `condition` on the event loop until it holds; fail naming `what` at the deadline."""
+    await eventually(condition, timeout, what)
+
+
+def status_of(app, signal_id: str = "sig_1") -> str | None:
+    record = app.store.get_record(signal_id)
+    return None if record is None else record["status"]

@@ -555,3 +555,14 @@ async def test_ibkr_modify_places_the_same_order_id_again_with_the_new_values(ib
     with pytest.raises(OrderNotFound):
         await ibkr.broker.modify_order("424242", order_request(order_type="LIMIT",
                                                                limit_price=102.0))
+
+
+@pytest.mark.asyncio
+async def test_ibkr_orders_of_one_oca_group_carry_it_with_reduce_with_block(ibkr):
+    """Given protective exits of one entry (SPEC §12), when placed, then TWS receives them in
+    one OCA group with ocaType 2; an order without a group carries none."""
+    _, _, stop = await place(ibkr, signal_id="sig-oca:SL", side="SELL", order_type="STOP",
+                             stop_price=95.0, time_in_force="GTC", oca_group="sig-oca:OCO")
+    _, _, plain = await place(ibkr, signal_id="sig-plain")
+    assert (stop.ocaGroup, stop.ocaType) == ("sig-oca:OCO", 2)
+    assert plain.ocaGroup == ""

@@ -67,6 +67,11 @@ PARAMETER_CASES = {
          "time_in_force": "IOC", "exchange": "BSE"},
         {"order_type": "LIMIT", "price": "1500.5", "transaction_type": "SELL",
          "product": "MIS", "validity": "IOC", "exchange": "BSE"}),
+    "GTC exit on MIS is an SL-M for the day": (
+        {"order_type": "STOP", "stop_price": 1490, "side": "SELL", "product": "MIS",
+         "time_in_force": "GTC"},
+        {"order_type": "SL-M", "trigger_price": "1490", "transaction_type": "SELL",
+         "product": "MIS", "validity": "DAY"}),
     "stop is SL-M with a trigger": (
         {"order_type": "STOP", "stop_price": 1490},
         {"order_type": "SL-M", "trigger_price": "1490"}),

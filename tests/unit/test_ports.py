@@ -18,6 +18,7 @@ from execution_service.service import ports
 IMPLEMENTED_BY = [
     (ports.RecordStore, Store), (ports.LeaseStore, Store), (ports.OutboxStore, Store),
     (ports.PositionStore, Store), (ports.RiskStore, Store), (ports.HaltStore, Store),
+    (ports.BracketStore, Store),
     (ports.CommandRequests, CommandLog), (ports.BrokerSource, BrokerFactory),
     (ports.Notifier, TelegramNotifier), (ports.Notifier, ports.NullNotifier),
     (ports.ConfirmationPublisher, TopicPublisher),
