@@ -63,6 +63,11 @@ class App:
         self.handle.close()
 
 
+def open_brokers(settings: Settings, store: Store) -> BrokerFactory:
+    """The brokers alone, for a command that talks to them without a daemon (reconcile)."""
+    return BrokerFactory(settings, store.mock_ledger)
+
+
 def open_app_store(settings: Settings) -> tuple[StoreHandle, Store]:
     handle = open_store(settings.MONGODB_URI, settings.MONGODB_DATABASE,
                         settings.embedded_store_path, ServerSettings.from_settings(settings))

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import click
 
-from brokers.factory import BrokerFactory
-from execution_service.bootstrap import open_app_store
+from execution_service.bootstrap import open_app_store, open_brokers
 from execution_service.cli_support import cli_settings, print_json, pubsub_for
 from execution_service.domain.text import single_line
 from execution_service.errors import FatalConfigError
@@ -25,7 +24,7 @@ def reconcile_command(as_json: bool) -> None:
     settings = cli_settings()
     handle, store = open_app_store(settings)
     try:
-        brokers = BrokerFactory(settings, store.mock_ledger)
+        brokers = open_brokers(settings, store)
         report = asyncio.run(_reconcile(store, brokers))
     finally:
         handle.close()
@@ -39,7 +38,7 @@ def reconcile_command(as_json: bool) -> None:
     sys.exit(1 if report["mismatches"] else 0)
 
 
-async def _reconcile(store, brokers: BrokerFactory) -> dict:
+async def _reconcile(store, brokers) -> dict:
     try:
         return await reconcile(store, brokers)
     finally:

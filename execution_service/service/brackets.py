@@ -44,7 +44,7 @@ from execution_service.errors import (
     TransientBrokerError,
 )
 from execution_service.service.journal import RecordConflict
-from execution_service.service.ports import JOURNEY_LOGGER, BracketStore
+from execution_service.service.ports import JOURNEY_LOGGER, BracketStore, BrokerSource
 from execution_service.service.positions import position_key
 from execution_service.service.tracker import request_from_record
 
@@ -55,14 +55,14 @@ CANCEL_SOURCE = "bracket"
 
 
 class BracketManager:
-    def __init__(self, store: BracketStore, journal, tracker, brokers,
+    def __init__(self, store: BracketStore, journal, tracker, brokers: BrokerSource,
                  clock: Callable[[], datetime], owner: dict | None = None,
                  lease_until: Callable[[], datetime] | None = None,
                  backoff_base: float = 0.5, backoff_cap: float = 10.0):
         self._store = store
         self._journal = journal
         self._tracker = tracker
-        self._brokers = brokers  # BrokerFactory
+        self._brokers = brokers
         self._clock = clock
         self._owner = owner
         self._lease_until = lease_until or (lambda: None)
