@@ -60,9 +60,10 @@ class BrokerFactory:
 
     def __init__(self, settings: Settings, mock_ledger,
                  listener: BrokerConnectionListener | None = None,
-                 builders: dict[str, BrokerBuilder] | None = None):
+                 builders: dict[str, BrokerBuilder] | None = None, offload=None):
         self._settings = settings
         self._mock_ledger = mock_ledger
+        self._offload = offload  # where a broker that keeps its book in the store runs it
         self._listener = listener
         self._builders = BUILDERS if builders is None else builders
         self._brokers: dict[str, Broker] = {}
@@ -81,6 +82,9 @@ class BrokerFactory:
         self.check(name)
         if name not in self._brokers:
             broker = self._builders[name](self._settings, self._mock_ledger)
+            offload_store_calls = getattr(broker, "offload_store_calls", None)
+            if offload_store_calls is not None and self._offload is not None:
+                offload_store_calls(self._offload)
             broker.connection_listener = (
                 None if self._listener is None
                 else (lambda connected, detail, n=name: self._listener(n, connected, detail))

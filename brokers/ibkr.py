@@ -75,6 +75,18 @@ class _Placed:
     quantity: float
 
 
+ORDERS_REMEMBERED = 10_000  # per-order bookkeeping kept for the most recent orders only
+
+
+def _remember(book: dict, key, value) -> None:
+    """Set, and forget the oldest entries past ORDERS_REMEMBERED (dicts keep insertion
+    order): a long-running daemon's bookkeeping stays bounded."""
+    book.pop(key, None)
+    book[key] = value
+    while len(book) > ORDERS_REMEMBERED:
+        del book[next(iter(book))]
+
+
 class IbkrBroker(Broker):
     name = "IBKR"
 
@@ -86,7 +98,7 @@ class IbkrBroker(Broker):
         self._perm_by_order: dict[str, int] = {}
         self._order_by_perm: dict[int, str] = {}
         self._errors: dict[int, tuple[int, str]] = {}  # order id -> last (code, text)
-        self._cancels: set[str] = set()
+        self._cancels: dict[str, None] = {}  # an ordered set
         self._contracts: dict[tuple, Contract] = {}
         self._up = False
         self._lost = False
@@ -160,7 +172,7 @@ class IbkrBroker(Broker):
                                      f"{self._settings.where}: IB error {code}: {text}")
         if req_id <= 0 or is_informational(code):
             return
-        self._errors[req_id] = (code, text)
+        _remember(self._errors, req_id, (code, text))
         placed = self._placed.get(str(req_id))
         logger.warning("IBKR order %s (%s): IB error %s: %s", req_id,
                        placed.signal_id if placed else "no signal", code, text)
@@ -221,7 +233,7 @@ class IbkrBroker(Broker):
             raise PlacementUncertain(f"{self._settings.where}: placing {request.signal_id} "
                                      f"failed midway ({e!r}): look it up by its orderRef") from e
         order_id = str(trade.order.orderId)
-        self._placed[order_id] = _Placed(request.signal_id, request.quantity)
+        _remember(self._placed, order_id, _Placed(request.signal_id, request.quantity))
         logger.info("Placed %s with IBKR as order %s: %s %s %s %s", request.signal_id, order_id,
                     order.action, order.totalQuantity or order.cashQty, describe(contract),
                     order.orderType)
@@ -260,7 +272,7 @@ class IbkrBroker(Broker):
             raise OrderNotFound(f"{self._settings.where} has no order {order_id}")
         if trade.isDone():
             return
-        self._cancels.add(order_id)
+        _remember(self._cancels, order_id, None)
         try:
             self.ib.cancelOrder(trade.order)
         except ConnectionError:
@@ -320,10 +332,11 @@ class IbkrBroker(Broker):
     # finding trades ---------------------------------------------------------------------------
 
     def _find_trade(self, order_id: str) -> Trade | None:
-        trades = self.ib.wrapper.trades
         if order_id.startswith("perm:"):
             return self._trade_by_perm(_int(order_id.removeprefix("perm:")))
-        trade = trades.get((self._settings.client_id, _int(order_id)))
+        number, client_id = _int(order_id), self._settings.client_id
+        trade = next((t for t in self.ib.trades() if t.order.orderId == number
+                      and t.order.clientId == client_id), None)
         if trade is not None:
             return trade
         perm = self._perm_by_order.get(order_id) or self._perm_from_executions(order_id)
@@ -335,8 +348,7 @@ class IbkrBroker(Broker):
         return trade
 
     def _trade_by_perm(self, perm: int) -> Trade | None:
-        wrapper = self.ib.wrapper
-        return wrapper.permId2Trade.get(perm) or wrapper.trades.get(perm)
+        return next((t for t in self.ib.trades() if _perm_id(t) == perm), None) if perm else None
 
     def _perm_from_executions(self, order_id: str) -> int:
         for fill in self.ib.fills():
@@ -393,8 +405,8 @@ class IbkrBroker(Broker):
 
     def _remember_perm(self, order_id: str, perm: int) -> None:
         if perm and not order_id.startswith("perm:"):
-            self._perm_by_order[order_id] = perm
-            self._order_by_perm[perm] = order_id
+            _remember(self._perm_by_order, order_id, perm)
+            _remember(self._order_by_perm, perm, order_id)
 
     def _fills_of(self, trade: Trade) -> list[IbFill]:
         """The trade's fills plus executions re-synced for it, one per execId."""

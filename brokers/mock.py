@@ -65,6 +65,15 @@ class MockBroker(Broker):
         self._clock = clock
         self._last_prices: dict[str, float] = {}
         self._connected = False
+        self._offload = None
+
+    def offload_store_calls(self, run) -> None:
+        """Run the ledger's store work through `run(work, *args)` (the service's store thread:
+        a hanging store then never holds up the event loop)."""
+        self._offload = run
+
+    async def _run(self, work, *args):
+        return work(*args) if self._offload is None else await self._offload(work, *args)
 
     @property
     def is_connected(self) -> bool:
@@ -79,6 +88,9 @@ class MockBroker(Broker):
     # placing ----------------------------------------------------------------------------------
 
     async def place_order(self, request: OrderRequest) -> BrokerOrder:
+        return await self._run(self._place, request)
+
+    def _place(self, request: OrderRequest) -> BrokerOrder:
         now = self._clock()
         market = self.market_price(request.symbol, request.reference_price)
         doc = {
@@ -155,6 +167,9 @@ class MockBroker(Broker):
     # reading ----------------------------------------------------------------------------------
 
     async def get_order(self, order_id: str) -> BrokerOrder:
+        return await self._run(self._get, order_id)
+
+    def _get(self, order_id: str) -> BrokerOrder:
         doc = self._ledger.get(order_id)
         if doc is None:
             raise OrderNotFound(f"mock broker has no order {order_id}")
@@ -162,6 +177,9 @@ class MockBroker(Broker):
         return self._snapshot(self._refresh(doc, now), now)
 
     async def find_order(self, signal_id: str) -> BrokerOrder | None:
+        return await self._run(self._find, signal_id)
+
+    def _find(self, signal_id: str) -> BrokerOrder | None:
         doc = self._ledger.get(_order_id(signal_id))
         if doc is None:
             return None
@@ -169,6 +187,9 @@ class MockBroker(Broker):
         return self._snapshot(self._refresh(doc, now), now)
 
     async def list_orders(self) -> list[BrokerOrder]:
+        return await self._run(self._list)
+
+    def _list(self) -> list[BrokerOrder]:
         now = self._clock()
         return [self._snapshot(doc, now) for doc in self._ledger.all()]
 
@@ -186,7 +207,10 @@ class MockBroker(Broker):
     # cancelling -------------------------------------------------------------------------------
 
     async def cancel_order(self, order_id: str) -> None:
-        order = await self.get_order(order_id)
+        await self._run(self._cancel, order_id)
+
+    def _cancel(self, order_id: str) -> None:
+        order = self._get(order_id)
         if order.status is not BrokerStatus.WORKING:
             return  # already filled, cancelled or rejected: nothing to cancel
         self._ledger.update_if(order_id, {"status": "WORKING"},
@@ -199,6 +223,9 @@ class MockBroker(Broker):
         """A resting order takes the new quantity and prices in the ledger and is looked at
         again under the same fill rules: a limit that became marketable fills at its new
         limit. An order already executing (its fills scheduled) or done is refused."""
+        await self._run(self._modify, order_id, request)
+
+    def _modify(self, order_id: str, request: OrderRequest) -> None:
         doc = self._ledger.get(order_id)
         if doc is None:
             raise OrderNotFound(f"mock broker has no order {order_id}")
@@ -222,7 +249,7 @@ class MockBroker(Broker):
                                 f"not modified")
 
     async def wait_for_update(self, order_id: str, timeout: float) -> None:
-        doc = self._ledger.get(order_id)
+        doc = await self._run(self._ledger.get, order_id)
         due = [_aware(f["due_at"]) for f in (doc or {}).get("fills", [])
                if _aware(f["due_at"]) > self._clock()]
         if due and doc["status"] == "WORKING":

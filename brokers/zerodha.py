@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
@@ -102,6 +103,8 @@ class ZerodhaBroker(Broker):
         self._limiter = OrderRateLimiter(orders_per_second)
         self._connected: bool | None = None  # None: not known yet
         self._signals: dict[str, str] = {}  # tag -> signal id, for tags made in this process
+        self._local = threading.local()  # each worker thread's own client (and session)
+        self._sessions: list[requests.Session] = []
 
     def __repr__(self) -> str:
         return f"ZerodhaBroker(root={self._root!r})"
@@ -112,11 +115,14 @@ class ZerodhaBroker(Broker):
 
     async def connect(self) -> None:
         """Check the session with one cheap call (`GET /user/profile`)."""
-        await self._call(READ, "session check", self._kite.profile)
+        await self._call(READ, "session check", "profile")
         logger.info("Connected to Kite at %s", self._root)
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._kite.reqsession.close)
+        sessions, self._sessions = self._sessions, []
+        self._local = threading.local()
+        for session in [self._kite.reqsession, *sessions]:
+            await asyncio.to_thread(session.close)
         self._connected = None
 
     def order_tag(self, signal_id: str) -> str:
@@ -138,7 +144,7 @@ class ZerodhaBroker(Broker):
                     params["transaction_type"], params["quantity"], params["exchange"],
                     params["tradingsymbol"], params["order_type"], params["product"],
                     params["validity"], tag)
-        order_id = str(await self._call(PLACE, request.signal_id, self._kite.place_order,
+        order_id = str(await self._call(PLACE, request.signal_id, "place_order",
                                         **params))
         logger.info("Kite received order %s: %s", order_id, request.signal_id)
         # A 200 only means Kite received it: its fate shows in the order history.
@@ -149,7 +155,7 @@ class ZerodhaBroker(Broker):
                                   "product": params["product"]})
 
     async def get_order(self, order_id: str) -> BrokerOrder:
-        history = await self._call(LOOKUP, f"order {order_id}", self._kite.order_history,
+        history = await self._call(LOOKUP, f"order {order_id}", "order_history",
                                    order_id)
         if not history:
             raise OrderNotFound(f"Kite has no order {order_id}")
@@ -158,7 +164,7 @@ class ZerodhaBroker(Broker):
     async def find_order(self, signal_id: str) -> BrokerOrder | None:
         """The newest order in today's order book carrying this signal's tag."""
         tag = self.order_tag(signal_id)
-        orders = await self._call(READ, signal_id, self._kite.orders)
+        orders = await self._call(READ, signal_id, "orders")
         entry = newest([order for order in orders if entry_has_tag(order, tag)])
         if entry is None:
             return None
@@ -171,7 +177,7 @@ class ZerodhaBroker(Broker):
         await self._limiter.acquire()
         logger.info("Cancelling Kite order %s", order_id)
         try:
-            await self._call(CANCEL, f"order {order_id}", self._kite.cancel_order, VARIETY,
+            await self._call(CANCEL, f"order {order_id}", "cancel_order", VARIETY,
                              order_id)
         except OrderRejected as refused:
             current = await self.get_order(order_id)
@@ -188,14 +194,14 @@ class ZerodhaBroker(Broker):
         fields = modify_params(request)
         await self._limiter.acquire()
         logger.info("Modifying Kite order %s: %s", order_id, fields)
-        await self._call(MODIFY, f"order {order_id}", self._kite.modify_order, VARIETY,
+        await self._call(MODIFY, f"order {order_id}", "modify_order", VARIETY,
                          order_id, **fields)
 
     async def list_orders(self) -> list[BrokerOrder]:
-        orders = await self._call(READ, "order book", self._kite.orders)
+        orders = await self._call(READ, "order book", "orders")
         trades_by_order: dict[str, list[dict]] = defaultdict(list)
         if any(float(order.get("filled_quantity") or 0) > 0 for order in orders):
-            for trade in await self._call(READ, "trade book", self._kite.trades):
+            for trade in await self._call(READ, "trade book", "trades"):
                 trades_by_order[str(trade.get("order_id"))].append(trade)
         return [to_broker_order(order, trades_by_order[str(order["order_id"])],
                                 self._signals.get(order.get("tag")))
@@ -205,21 +211,36 @@ class ZerodhaBroker(Broker):
         trades: list[dict] = []
         if float(entry.get("filled_quantity") or 0) > 0:
             order_id = str(entry["order_id"])
-            trades = await self._call(LOOKUP, f"order {order_id}", self._kite.order_trades,
+            trades = await self._call(LOOKUP, f"order {order_id}", "order_trades",
                                       order_id)
         return to_broker_order(entry, trades, signal_id or self._signals.get(entry.get("tag")))
 
-    async def _call(self, operation: str, about: str, method: Callable, *args, **kwargs):
-        """Run one client call in a worker thread; translate whatever it raises.
-        `about` (a signal id, an order id) goes into the log line of a failure."""
+    async def _call(self, operation: str, about: str, method: str, *args, **kwargs):
+        """Run one client call (a KiteConnect method, by name) in a worker thread; translate
+        whatever it raises. `about` (a signal id, an order id) goes into the log line of a
+        failure."""
         try:
-            result = await asyncio.to_thread(method, *args, **kwargs)
+            result = await asyncio.to_thread(self._invoke, method, *args, **kwargs)
         except Exception as e:
             error = translate_error(e, operation)
             self._note_failure(e, error, f"{operation} ({about})")
             raise error from e
         self._set_connected(True, "Kite reachable")
         return result
+
+    def _invoke(self, method: str, *args, **kwargs):
+        """On a worker thread: a requests.Session is not safe across threads, so each thread
+        calls through a client of its own, made like the adapter's first one."""
+        client = getattr(self._local, "kite", None)
+        template = self._kite
+        if client is None:
+            client = KiteConnect(template.api_key, access_token=template.access_token,
+                                 root=template.root, timeout=template.timeout)
+            self._local.kite = client
+            self._sessions.append(client.reqsession)
+        elif client.access_token != template.access_token:
+            client.set_access_token(template.access_token)
+        return getattr(client, method)(*args, **kwargs)
 
     def _note_failure(self, cause: Exception, error: ExecutionError, what: str) -> None:
         if isinstance(cause, kite_errors.TokenException):

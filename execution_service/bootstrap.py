@@ -32,6 +32,7 @@ from execution_service.service.ports import ConfirmationPublisher, Notifier, Nul
 from execution_service.service.positions import PositionBook
 from execution_service.service.processor import SignalProcessor
 from execution_service.service.risk import RiskGate
+from execution_service.service.store_thread import StoreThread
 from execution_service.service.tracker import OrderTracker, TrackingPolicy
 
 logger = logging.getLogger(__name__)
@@ -56,10 +57,13 @@ class App:
     notifier: Notifier
     counters: Counters
     clock: Callable[[], datetime]
+    store_thread: StoreThread | None = None
     commands: CommandHandler | None = None
     brackets: BracketManager | None = None
 
     def close(self) -> None:
+        if self.store_thread is not None:
+            self.store_thread.close()
         self.handle.close()
 
 
@@ -91,9 +95,13 @@ def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
     metrics = Metrics()
     notifier = notifier or NullNotifier()
     counters = Counters()
+    # sqlite objects (the embedded store) belong to the thread that made them
+    store_thread = StoreThread(inline=settings.embedded_store_path is not None)
     brokers = BrokerFactory(settings, store.mock_ledger, _connection_alerts(notifier),
-                            builders=broker_builders)
-    outbox = ConfirmationOutbox(store, publisher)
+                            builders=broker_builders, offload=store_thread.run)
+    outbox = ConfirmationOutbox(store, publisher, clock=clock,
+                                rescan_seconds=settings.OUTBOX_RESCAN_SECONDS,
+                                store_thread=store_thread)
     owner = make_owner(clock())
     journal = OrderJournal(store, PositionBook(store), outbox, notifier, counters, clock,
                            owner["id"], metrics)
@@ -102,8 +110,11 @@ def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
                             backoff_base=settings.RETRY_BACKOFF_SECONDS,
                             poll_interval=settings.ORDER_POLL_SECONDS,
                             late_fill_grace=settings.LATE_FILL_GRACE_SECONDS)
-    tracker = OrderTracker(journal, brokers, notifier, policy, clock, risk.halt_for, metrics)
-    leases = LeaseKeeper(store, tracker, owner, settings.LEASE_SECONDS, clock)
+    tracker = OrderTracker(journal, brokers, notifier, policy, clock, risk.halt_for, metrics,
+                           store_thread)
+    leases = LeaseKeeper(store, tracker, owner, settings.LEASE_SECONDS, clock,
+                         settings.SUPERVISE_SECONDS, store_thread)
+    outbox.takes_up = leases.publishes
     limits = IntakeLimits(settings.MAX_MESSAGE_BYTES, settings.MAX_MESSAGE_DEPTH)
     processor = SignalProcessor(store, journal, tracker, brokers, clock, owner, leases.lease_until,
                                 risk, limits)
@@ -117,7 +128,7 @@ def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
                               backoff_base=settings.RETRY_BACKOFF_SECONDS)
     journal.brackets = brackets
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
-               metrics, notifier, counters, clock, commands, brackets)
+               metrics, notifier, counters, clock, store_thread, commands, brackets)
 
 
 def _connection_alerts(notifier: Notifier):

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     METRICS_PORT: int | None = Field(default=None, ge=0, le=65535)
     METRICS_HOST: str = "0.0.0.0"
     LEASE_SECONDS: float = Field(default=15.0, gt=0)
+    OUTBOX_RESCAN_SECONDS: float = Field(default=5.0, gt=0)
+    SUPERVISE_SECONDS: float = Field(default=2.0, gt=0)
     # Checked before a body is parsed (issue 14); an order is under 2 KB.
     MAX_MESSAGE_BYTES: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, le=10_000_000)
     MAX_MESSAGE_DEPTH: int = Field(default=DEFAULT_MAX_DEPTH, ge=2, le=200)

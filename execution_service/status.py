@@ -40,7 +40,10 @@ def read_status(store, settings: Settings, now: datetime) -> dict:
         if fresh else None,
         service={key: value for key, value in latest.items() if key != "_id"},
         notifier=latest.get("notifier"), risk=latest.get("risk"),
+        problems=latest.get("problems") or [] if fresh else [],
     )
+    if report["problems"]:
+        report["healthy"] = False
     if not fresh:
         report["reason"] = ("stopped cleanly" if latest.get("stopped") else
                             f"heartbeat is stale ({age:.0f}s old)")
@@ -69,6 +72,7 @@ def render_status(report: dict) -> str:
         f"open {report['orders_open']}",
         "Halts:     " + (", ".join(f"{h.get('account_id') or 'ALL'}: {h.get('reason')}"
                                    for h in report.get("halts", [])) or "none"),
+        "Problems:  " + ("; ".join(report.get("problems") or []) or "none"),
         f"Store:     {report['store']['backend']}: {report['store']['records_by_status']}, "
         f"{report['store']['open_positions']} open positions",
     ]

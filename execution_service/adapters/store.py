@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 RECORDS = "execution_confirmations"
 SIGNALS = "signal_store"
 POSITIONS = "positions"
+POSITION_FILLS = "position_fills"
 ACCOUNTS = "accounts"
 SERVICE_STATUS = "service_status"
 NON_TERMINAL = list(OPEN_STATUSES)
@@ -101,6 +102,7 @@ class Store(OperatorQueries):
         self.records = database[RECORDS]
         self.signals = database[SIGNALS]
         self.positions = database[POSITIONS]
+        self.position_fills = database[POSITION_FILLS]
         self.accounts = database[ACCOUNTS]
         self.service_status = database[SERVICE_STATUS]
         self.mock_ledger = MockLedgerStore(database)
@@ -225,6 +227,11 @@ class Store(OperatorQueries):
         return list(self.records.find({"status": {"$in": NON_TERMINAL}}).sort("received_at", 1))
 
     @translating
+    def open_signal_ids_owned_by(self, owner_id: str) -> list[str]:
+        return [doc["signal_id"] for doc in self.records.find(
+            {"status": {"$in": NON_TERMINAL}, "owner.id": owner_id}, {"signal_id": 1})]
+
+    @translating
     def open_exits(self, key: dict) -> list[dict]:
         """The protective exits (§12) still working on one position."""
         return list(self.records.find({**key, "parent_signal_id": {"$ne": None},
@@ -301,6 +308,20 @@ class Store(OperatorQueries):
             {"$set": fields, "$inc": {"version": 1},
              "$push": {"fill_keys": {"$each": [fill_key], "$slice": -FILL_KEYS_KEPT}}})
         return result.modified_count == 1
+
+    @translating
+    def claim_fill(self, fill: dict) -> dict | None:
+        """Enter a fill in the ledger before it moves a position: None when it is new, else
+        the ledger's earlier entry for it (`applied` once its move is known done)."""
+        try:
+            self.position_fills.insert_one({**fill, "applied": False})
+            return None
+        except DuplicateKeyError:
+            return self.position_fills.find_one({"_id": fill["_id"]}) or {"applied": False}
+
+    @translating
+    def mark_fill_applied(self, fill_key: str) -> None:
+        self.position_fills.update_one({"_id": fill_key}, {"$set": {"applied": True}})
 
     @translating
     def list_positions(self, status: str | None = "OPEN") -> list[dict]:

@@ -59,6 +59,7 @@ class EventKind(StrEnum):
     MODIFY_REJECTED = "MODIFY_REJECTED"
     TAKEN_OVER = "TAKEN_OVER"
     RESIZED = "RESIZED"  # a protective exit follows its position's size (§12)
+    OVERFILL = "OVERFILL"  # a fill past the order's quantity, recorded as the venue reports it
 
 
 K = EventKind
@@ -268,9 +269,11 @@ def cancel(state: OrderState, reason: str, at: datetime) -> Change:
 
 
 def apply_fills(state: OrderState, fills: Iterable[FillLike], at: datetime) -> Change:
-    """Record the fills not seen before (by exec id), never past the order's quantity.
+    """Record the fills not seen before (by exec id), as the venue reports them.
 
-    On a CANCELLED order a new fill is a LATE_FILL: recorded, status kept.
+    On a CANCELLED order a new fill is a LATE_FILL: recorded, status kept. A fill past the
+    order's quantity is recorded all the same (the venue's word is the truth, and positions
+    follow it), its excess in `overfill`; one on an order already FILLED is an OVERFILL event.
     """
     change = Change(state)
     for fill in sorted(fills, key=lambda f: (f.at, f.exec_id)):
@@ -289,9 +292,9 @@ def _apply_one_fill(state: OrderState, fill: FillLike, at: datetime) -> Change:
     if fill.exec_id in state.exec_ids or not _finite(fill.quantity) or fill.quantity <= 0 or \
             not _finite(fill.price):
         return Change(state)  # a broker's NaN or infinity never reaches the record
-    if state.status in (S.REJECTED, S.FILLED):
+    if state.status is S.REJECTED:
         return Change(state)
-    quantity = min(_round_qty(fill.quantity), state.remaining_quantity)
+    quantity = _round_qty(fill.quantity)
     if quantity <= QUANTITY_EPSILON:
         return Change(state)
     recorded = RecordedFill(fill.exec_id, quantity, float(fill.price), fill.at,
@@ -300,8 +303,11 @@ def _apply_one_fill(state: OrderState, fill: FillLike, at: datetime) -> Change:
     detail = {"exec_id": fill.exec_id, "quantity": quantity, "price": recorded.price,
               "filled_quantity": filled.filled_quantity, "avg_fill_price": filled.avg_fill_price,
               "commission": filled.commission, "fill_at": fill.at}
-    if fill.quantity - quantity > QUANTITY_EPSILON:
-        detail["capped_from"] = fill.quantity
+    excess = _round_qty(quantity - max(state.remaining_quantity, 0.0))
+    if excess > QUANTITY_EPSILON:
+        detail["overfill"] = excess
+    if state.status is S.FILLED:
+        return Change(filled, (Event(S.FILLED, at, K.OVERFILL, detail),))
     if state.status is S.CANCELLED:
         return Change(filled, (Event(S.CANCELLED, at, K.LATE_FILL, detail),))
     complete_now = filled.remaining_quantity <= QUANTITY_EPSILON

@@ -22,9 +22,10 @@ from execution_service.domain.reasons import RejectClass
 from execution_service.domain.signals import Signal
 
 K = EventKind
-CONFIRMED_EVENTS = frozenset({K.SUBMITTED, K.FILL, K.COMPLETED, K.LATE_FILL, K.REJECTED,
-                              K.CANCELLED, K.MODIFIED, K.CANCEL_REJECTED, K.MODIFY_REJECTED,
-                              K.RESIZED})
+CONFIRMED_EVENTS = frozenset({K.SUBMITTED, K.FILL, K.COMPLETED, K.LATE_FILL, K.OVERFILL,
+                              K.REJECTED, K.CANCELLED, K.MODIFIED, K.CANCEL_REJECTED,
+                              K.MODIFY_REJECTED, K.RESIZED})
+FILL_EVENTS = frozenset({K.FILL, K.LATE_FILL, K.OVERFILL})  # each moves the position
 #: Events that change the order's own values (quantity, prices): written with the state.
 ORDER_VALUE_EVENTS = frozenset({K.MODIFIED, K.RESIZED})
 #: Confirmed only when a request asked for it (a timeout's cancel request is internal).
@@ -188,7 +189,7 @@ def confirmation(doc: dict[str, Any], event: Event, sequence: int) -> dict[str, 
     """The execution-confirmations payload for one event of this record (SPEC §6)."""
     detail = event.detail
     filled = detail.get("filled_quantity", doc.get("filled_quantity", 0.0))
-    is_fill = event.event in (K.FILL, K.LATE_FILL, K.COMPLETED)
+    is_fill = event.event in FILL_EVENTS or event.event is K.COMPLETED
     payload = {
         "signal_id": doc["signal_id"], "order_id": detail.get("order_id", doc.get("order_id")),
         "status": str(event.status), "event": str(event.event), "sequence": sequence,
@@ -247,3 +248,10 @@ def iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     return as_utc(value).isoformat().replace("+00:00", "Z")
+
+
+def signal_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    """What signal_store shows of the record's execution."""
+    return {"order_id": doc.get("order_id"), "execution_status": doc["status"],
+            "filled_at": doc.get("filled_at"), "filled_quantity": doc.get("filled_quantity"),
+            "avg_fill_price": doc.get("avg_fill_price"), "reject_reason": doc.get("reject_reason")}

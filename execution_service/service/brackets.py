@@ -34,7 +34,7 @@ from execution_service.domain.brackets import (
     plan_exits,
     resize,
 )
-from execution_service.domain.orders import Change
+from execution_service.domain.orders import Change, EventKind
 from execution_service.domain.positions import side_for
 from execution_service.errors import (
     DuplicateSignal,
@@ -50,7 +50,7 @@ from execution_service.service.tracker import request_from_record
 
 logger = logging.getLogger(__name__)
 journey = logging.getLogger(JOURNEY_LOGGER)
-FILL_EVENTS = frozenset({"FILL", "LATE_FILL", "COMPLETED"})
+REPLAN_EVENTS = frozenset({EventKind.FILL, EventKind.LATE_FILL, EventKind.COMPLETED})  # fills
 CANCEL_SOURCE = "bracket"
 
 
@@ -80,9 +80,9 @@ class BracketManager:
         """A durable change of any record: re-plan the brackets it can affect."""
         if is_exit(doc):
             self.schedule(doc["parent_signal_id"])
-        elif exit_levels(doc) and any(e.event in FILL_EVENTS for e in events):
+        elif exit_levels(doc) and any(e.event in REPLAN_EVENTS for e in events):
             self.schedule(doc["signal_id"])
-        if any(e.event in FILL_EVENTS for e in events) and doc.get("account_id"):
+        if any(e.event in REPLAN_EVENTS for e in events) and doc.get("account_id"):
             key = position_key(doc)
             self._run(f"position:{sorted(key.items())}", lambda: self._sweep_position(key))
 

@@ -18,9 +18,11 @@ from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.errors import ExecutionError, StoreUnavailable
 from execution_service.service.processor import Action
 from execution_service.service.risk import halt_alert, resume_alert, watch_halts
+from execution_service.service.supervisor import TaskSupervisor
 
 logger = logging.getLogger(__name__)
 STORE_AT_START = Backoff(0.5, 10.0)  # the store not reachable yet when the daemon starts
+STORE_STALL_SECONDS = 2.0  # a store call running longer than this means the store is in trouble
 
 
 class ExecutionDaemon:
@@ -35,7 +37,11 @@ class ExecutionDaemon:
         self.started_at = clock()
         self.status_id = f"{socket.gethostname()}:{os.getpid()}"
         self._store_ok_at: float | None = None
-        self._dead_letters_in_flight: set[asyncio.Task] = set()
+        self._store_error: str | None = None
+        self.supervisor = TaskSupervisor()
+        self._inbox: list = []
+        self._processing = False
+        self._in_flight: set[asyncio.Task] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         app = self.app
@@ -44,31 +50,32 @@ class ExecutionDaemon:
         logger.info("Recovery: %d open orders resumed, %d confirmations to publish", resumed,
                     loaded)
         self._consumer.start(asyncio.get_running_loop(), self._on_message)
-        heartbeat = asyncio.create_task(self._heartbeat_loop(stop), name="heartbeat")
-        leases = asyncio.create_task(self.app.leases.run(stop), name="leases")
-        halts = asyncio.create_task(watch_halts(self.app.risk, stop, self._on_halt_change),
-                                    name="halts")
+        supervise = self.supervisor.start
+        supervise("heartbeat", lambda: self._heartbeat_loop(stop))
+        supervise("leases", lambda: self.app.leases.run(stop))
+        supervise("halts", lambda: watch_halts(self.app.risk, stop, self._on_halt_change,
+                                               run=self.app.store_thread.run))
         logger.info("Execution service started: consuming %s", self._describe.get("subscription"))
         app.notifier.notify(ServiceAlert(AlertKind.SERVICE_STARTED,
                                          f"Execution service started on {self.status_id}",
                                          key="started"))
         await stop.wait()
-        await self._shutdown(heartbeat, leases, halts)
+        await self._shutdown()
 
     async def _recover(self) -> tuple[int, int]:
         """Unpublished confirmations and open orders from earlier runs; waits for the store."""
         attempt = 0
         while True:
             try:
-                loaded = self.app.outbox.load_unpublished()
-                resumed = self.app.leases.sweep()
+                loaded = await self.app.outbox.rescan(everything=True)
+                resumed = await self.app.leases.sweep()
                 commands = self.app.commands.resume_unfinished()
                 brackets = self.app.brackets.resume()
                 if brackets:
                     logger.info("Recovery: %d brackets with protective exits to re-plan", brackets)
                 if commands:
                     logger.info("Recovery: %d cancel/modify requests to finish", commands)
-                self.app.outbox.start()
+                self.supervisor.start("outbox", self.app.outbox.run)
                 return loaded, resumed
             except StoreUnavailable as e:
                 attempt += 1
@@ -77,12 +84,50 @@ class ExecutionDaemon:
                 await asyncio.sleep(wait)
 
     def _on_message(self, message) -> None:
+        """Messages are decided on the store thread, in arrival order, a batch at a time."""
+        self._inbox.append(message)
+        if not self._processing:
+            self._processing = True
+            task = asyncio.ensure_future(self._process_inbox())
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _process_inbox(self) -> None:
         try:
-            outcome = self.app.processor.handle(message.data)
+            while self._inbox:
+                batch, self._inbox = self._inbox, []
+                try:
+                    outcomes = await self.app.store_thread.run(self._decide_all, batch)
+                except Exception:  # noqa: BLE001 - nacked: Pub/Sub brings them back
+                    logger.exception("Deciding %d messages failed; they will be redelivered",
+                                     len(batch))
+                    outcomes = [None] * len(batch)
+                for message, outcome in zip(batch, outcomes, strict=True):
+                    self._settle(message, outcome)
+        finally:
+            self._processing = False
+
+    def _decide_all(self, batch: list) -> list:
+        outcomes = []
+        for message in batch:
+            try:
+                outcomes.append(self.app.processor.decide(message.data))
+            except Exception:  # noqa: BLE001 - one bad message never holds up the others
+                logger.exception("Unexpected error on message %s; it will be redelivered",
+                                 message.message_id)
+                outcomes.append(None)
+        return outcomes
+
+    def _settle(self, message, outcome) -> None:
+        try:
+            if outcome is None:
+                message.nack()
+                return
+            self.app.processor.finish(outcome)
             if outcome.action is Action.DEAD_LETTER:
                 task = asyncio.ensure_future(self._dead_letter(message, outcome.reason))
-                self._dead_letters_in_flight.add(task)
-                task.add_done_callback(self._dead_letters_in_flight.discard)
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
             elif outcome.action is Action.ACK:
                 message.ack()
             else:
@@ -104,13 +149,17 @@ class ExecutionDaemon:
 
     async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            self.write_heartbeat()
+            await self.app.store_thread.run(self._write_status, self._heartbeat_doc(False))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._heartbeat_seconds)
 
     def write_heartbeat(self, stopped: bool = False) -> None:
+        self._write_status(self._heartbeat_doc(stopped))
+
+    def _heartbeat_doc(self, stopped: bool) -> dict:
+        """What the heartbeat says (on the loop: it reads the loop's objects)."""
         app = self.app
-        doc = {
+        return {
             "_id": self.status_id, "host": socket.gethostname(), "pid": os.getpid(),
             "version": __version__, "started_at": self.started_at,
             "last_heartbeat": self._clock(), "stopped": stopped,
@@ -119,13 +168,19 @@ class ExecutionDaemon:
                         for name, broker in app.brokers.brokers.items()},
             "counters": app.counters.as_dict(), "in_flight": app.tracker.in_flight,
             "outbox_backlog": app.outbox.backlog, "notifier": app.notifier.stats(),
-            "risk": app.risk.stats(),
+            "problems": self.supervisor.problems(),
+            "task_restarts": dict(self.supervisor.restarts),
             **self._describe,
         }
+
+    def _write_status(self, doc: dict) -> None:
+        """On the store thread."""
         try:
-            app.store.write_status(doc)
+            self.app.store.write_status({**doc, "risk": self.app.risk.stats()})
             self._store_ok_at = time.monotonic()
+            self._store_error = None
         except ExecutionError as e:
+            self._store_error = str(e)
             logger.warning("Heartbeat not written: %s", e)
 
     def _on_halt_change(self, changes) -> None:
@@ -139,10 +194,18 @@ class ExecutionDaemon:
             self.app.notifier.notify(alert)
 
     def healthy(self) -> tuple[bool, str]:
-        """Consuming, and the store took a heartbeat recently. Read from the metrics thread:
-        plain attribute reads only."""
+        """Consuming, every background task up, and the store took the last heartbeat. Read
+        from the metrics thread: plain attribute reads only."""
         if not self._consumer.running:
             return False, "not consuming trading-orders"
+        problems = self.supervisor.problems()
+        if problems:
+            return False, "; ".join(problems)
+        if self._store_error is not None:
+            return False, f"store cannot be written: {self._store_error}"
+        stalled = self.app.store_thread.stalled_for()
+        if stalled > STORE_STALL_SECONDS:
+            return False, f"store: a call has been waiting {stalled:.0f}s"
         if self._store_ok_at is None:
             return False, "starting: no heartbeat written yet"
         age = time.monotonic() - self._store_ok_at
@@ -150,24 +213,21 @@ class ExecutionDaemon:
             return False, f"store: last heartbeat written {age:.0f}s ago"
         return True, "ok"
 
-    async def _shutdown(self, *tasks: asyncio.Task) -> None:
+    async def _shutdown(self) -> None:
         app = self.app
         logger.info("Stopping: no new messages; bringing in-flight work to a safe point")
         app.notifier.notify(ServiceAlert(AlertKind.SERVICE_STOPPING,
                                          f"Execution service stopping on {self.status_id}",
                                          key="stopping"))
         await self._consumer.stop(timeout=3.0)
-        if self._dead_letters_in_flight:
-            await asyncio.wait(self._dead_letters_in_flight, timeout=2.0)
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=2.0)
         await app.commands.stop()
         await app.brackets.stop()
         await app.tracker.stop()
         await app.outbox.drain(timeout=2.0)
-        await app.outbox.stop()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self.write_heartbeat(stopped=True)
+        await self.supervisor.stop()
+        await app.store_thread.run(self._write_status, self._heartbeat_doc(True))
         await app.notifier.stop()
         await app.brokers.close()
         logger.info("Execution service stopped")

@@ -12,7 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from execution_service.domain.notices import CancelCause, NoticeKind, OrderNotice
+from execution_service.domain.notices import (
+    AlertKind,
+    CancelCause,
+    NoticeKind,
+    OrderNotice,
+    ServiceAlert,
+)
 from execution_service.domain.orders import (
     Change,
     Event,
@@ -22,6 +28,7 @@ from execution_service.domain.orders import (
     RecordedFill,
 )
 from execution_service.domain.records import (
+    FILL_EVENTS,
     ORDER_VALUE_EVENTS,
     as_utc,
     cancel_cause_of,
@@ -83,15 +90,32 @@ class OrderJournal:
     def apply(self, doc: dict, step: Callable[[OrderState], Change],
               extra_fields: dict | None = None) -> dict:
         """Apply a pure step to the record's state and persist it; returns the new record."""
+        updated, events, confirmations = self.persist(doc, step, extra_fields)
+        if events or confirmations:
+            self.after_write(updated, events, confirmations)
+        return updated
+
+    async def apply_off_loop(self, store_thread, doc: dict,
+                             step: Callable[[OrderState], Change],
+                             extra_fields: dict | None = None) -> dict:
+        """`apply`, its store work on the store thread, what follows on the loop."""
+        updated, events, confirmations = await store_thread.run(self.persist, doc, step,
+                                                                extra_fields)
+        if events or confirmations:
+            self.after_write(updated, events, confirmations)
+        return updated
+
+    def persist(self, doc: dict, step: Callable[[OrderState], Change],
+                extra_fields: dict | None = None) -> tuple[dict, tuple[Event, ...], list[dict]]:
+        """Positions, then the record's compare-and-set: store work only (any thread)."""
         for _ in range(MAX_CAS_ATTEMPTS):
             change = step(state_of(doc))
             if not change.events and not extra_fields:
-                return doc
+                return doc, (), []
             self._move_positions({**doc, "order_id": change.state.order_id}, change.events)
             updated, confirmations = self._write(doc, change, extra_fields or {})
             if updated is not None:
-                self.after_write(updated, change.events, confirmations)
-                return updated
+                return updated, change.events, confirmations
             fresh = self._store.get_record(doc["signal_id"])
             if fresh is None:
                 raise RecordConflict(f"record for {doc['signal_id']} disappeared")
@@ -105,7 +129,7 @@ class OrderJournal:
         """Positions move before the record shows the fill: a crash in between replays the fill
         from the broker, and the position recognises it (see service/positions.py)."""
         for event in events:
-            if event.event in (K.FILL, K.LATE_FILL):
+            if event.event in FILL_EVENTS:
                 detail = event.detail
                 self._positions.apply(doc, RecordedFill(detail["exec_id"], detail["quantity"],
                                                         detail["price"], detail["fill_at"]))
@@ -136,13 +160,14 @@ class OrderJournal:
 
     def after_write(self, doc: dict, events: tuple[Event, ...],
                     confirmations: list[dict]) -> None:
-        """Everything that follows a durable change: redoable from the record alone (the
-        outbox reloads unpublished confirmations at start)."""
-        if events:
-            self._store.update_signal(doc["signal_id"], _signal_fields(doc), self._clock())
-        self._outbox.enqueue(confirmations)
+        """Everything that follows a durable change, none of it a store call here: the outbox
+        publishes the confirmations and writes signal_store, redoing both from the record
+        (`outbox_pending`) until done."""
+        self._outbox.enqueue(confirmations, doc)
         for event in events:
             self._tell(doc, event)
+            if event.detail.get("overfill"):
+                self._notifier.notify(overfill_alert(doc, event.detail))
         if events and self.brackets is not None:
             self.brackets.after_change(doc, events)
 
@@ -200,6 +225,16 @@ _COMMAND_EVENTS = frozenset({K.CANCEL_REQUESTED, K.MODIFIED, K.CANCEL_REJECTED,
                              K.MODIFY_REJECTED})
 
 
+def overfill_alert(doc: dict, detail: dict) -> ServiceAlert:
+    text = (f"Overfill: {doc.get('symbol')} {doc['signal_id']} filled "
+            f"{_qty(doc['filled_quantity'])} of {_qty(doc['quantity'])} (venue fill "
+            f"{detail['exec_id']}: {_qty(detail['quantity'])} @ {_money(detail['price'])}); "
+            f"recorded as the venue reports it, the position follows")
+    logger.warning("%s", text)
+    return ServiceAlert(AlertKind.OPERATOR, text, key=f"overfill:{doc['signal_id']}:"
+                        f"{detail['exec_id']}")
+
+
 def order_notice(doc: dict, event: Event, kind: NoticeKind) -> OrderNotice:
     detail = event.detail
     submitted, filled_at = as_utc(doc.get("submitted_at")), as_utc(doc.get("filled_at"))
@@ -225,12 +260,6 @@ def order_notice(doc: dict, event: Event, kind: NoticeKind) -> OrderNotice:
 def _cancel_cause(doc: dict) -> CancelCause:
     """Said by whoever asked for the cancel; the broker's own cancel says nothing."""
     return cancel_cause_of(doc) or CancelCause.BROKER
-
-
-def _signal_fields(doc: dict) -> dict:
-    return {"order_id": doc.get("order_id"), "execution_status": doc["status"],
-            "filled_at": doc.get("filled_at"), "filled_quantity": doc.get("filled_quantity"),
-            "avg_fill_price": doc.get("avg_fill_price"), "reject_reason": doc.get("reject_reason")}
 
 
 def _number(value) -> float:

@@ -13,9 +13,11 @@ from datetime import datetime, timedelta
 from execution_service.domain.records import as_utc
 from execution_service.errors import ExecutionError
 from execution_service.service.ports import JOURNEY_LOGGER, LeaseStore
+from execution_service.service.store_thread import StoreThread
 
 logger = logging.getLogger(__name__)
 journey = logging.getLogger(JOURNEY_LOGGER)
+ORPHAN_SECONDS = 30.0
 
 
 def make_owner(started_at: datetime) -> dict:
@@ -50,12 +52,27 @@ def claimable(doc: dict, owner: dict, now: datetime,
 
 class LeaseKeeper:
     def __init__(self, store: LeaseStore, tracker, owner: dict, lease_seconds: float,
-                 clock: Callable[[], datetime]):
+                 clock: Callable[[], datetime], supervise_seconds: float = 2.0,
+                 store_thread: StoreThread | None = None):
         self._store = store
+        self._store_thread = store_thread or StoreThread(inline=True)
         self._tracker = tracker
         self._owner = owner
         self._lease = timedelta(seconds=lease_seconds)
         self._clock = clock
+        self._supervise_seconds = supervise_seconds
+
+    def publishes(self, doc: dict) -> bool:
+        """Whether this process takes up what a record left unpublished: its own, one whose
+        owner is gone, or one no process owns (a rejection) once ORPHAN_SECONDS old."""
+        owner = doc.get("owner") or {}
+        if owner.get("id") == self._owner["id"]:
+            return True
+        now = self._clock()
+        if not owner:
+            received = as_utc(doc.get("received_at"))
+            return received is None or (now - received).total_seconds() > ORPHAN_SECONDS
+        return claimable(doc, self._owner, now)
 
     @property
     def owner(self) -> dict:
@@ -64,36 +81,75 @@ class LeaseKeeper:
     def lease_until(self) -> datetime:
         return self._clock() + self._lease
 
-    def renew(self) -> None:
+    async def renew(self) -> None:
         tracked = self._tracker.tracked_ids()
         if not tracked:
             return
-        self._store.renew_leases(tracked, self._owner["id"], self.lease_until())
-        for signal_id in self._store.owned_elsewhere(tracked, self._owner["id"]):
+        for signal_id in await self._store_thread.run(self._renew, tracked):
             logger.info("Stopped tracking %s: another process took it over", signal_id)
             self._tracker.forget(signal_id)
         for signal_id in self._store.cancels_asked(tracked):  # maybe by another replica
             self._tracker.nudge(signal_id)
 
-    def sweep(self) -> int:
+    def _renew(self, tracked: list[str]) -> list[str]:
+        self._store.renew_leases(tracked, self._owner["id"], self.lease_until())
+        return self._store.owned_elsewhere(tracked, self._owner["id"])
+
+    async def sweep(self) -> int:
         """Take over every open record whose owner is gone; returns how many."""
+        taken = await self._store_thread.run(self._take_over_orphans,
+                                             set(self._tracker.tracked_ids()))
+        for mine, previous in taken:
+            journey.info("Resuming %s order: %s (was %s)", mine["status"], mine["signal_id"],
+                         previous)
+            self._tracker.track(mine, recovering=True)
+        return len(taken)
+
+    def _take_over_orphans(self, tracked: set[str]) -> list[tuple[dict, str]]:
         now = self._clock()
-        taken = 0
+        taken = []
         for doc in self._store.open_records():
-            if doc["signal_id"] in self._tracker.tracked_ids() or \
-                    not claimable(doc, self._owner, now):
+            if doc["signal_id"] in tracked or not claimable(doc, self._owner, now):
                 continue
             mine = self._store.take_over(doc, self._owner, self.lease_until(), now)
-            if mine is None:
-                continue  # another replica was faster
-            journey.info("Resuming %s order: %s (was %s)", mine["status"], mine["signal_id"],
-                        (doc.get("owner") or {}).get("id", "unowned"))
-            self._tracker.track(mine, recovering=True)
-            taken += 1
+            if mine is not None:  # else another replica was faster
+                taken.append((mine, (doc.get("owner") or {}).get("id", "unowned")))
         return taken
 
+    async def retrack(self) -> int:
+        """Track again every open record this process owns and no task follows (whatever
+        ended its task); returns how many."""
+        docs = await self._store_thread.run(self._untracked_own,
+                                            set(self._tracker.tracked_ids()))
+        resumed = 0
+        for doc in docs:
+            if doc["signal_id"] in self._tracker.tracked_ids():
+                continue
+            logger.warning("Open order %s (%s) had no tracking task: tracking it again",
+                           doc["signal_id"], doc["status"])
+            self._tracker.track(doc, recovering=True)
+            resumed += 1
+        return resumed
+
+    def _untracked_own(self, tracked: set[str]) -> list[dict]:
+        docs = []
+        for signal_id in self._store.open_signal_ids_owned_by(self._owner["id"]):
+            if signal_id in tracked:
+                continue
+            doc = self._store.get_record(signal_id)
+            if doc is not None and (doc.get("owner") or {}).get("id") == self._owner["id"]:
+                docs.append(doc)
+        return docs
+
     async def run(self, stop: asyncio.Event) -> None:
-        period = self._lease.total_seconds() / 3
+        """Every few seconds: untracked own records are tracked again; every third of a
+        lease: leases renewed and dead owners' records taken over. Store failures are logged
+        and retried on the next round; anything else ends the task (its supervisor restarts
+        it)."""
+        lease_period = self._lease.total_seconds() / 3
+        period = min(self._supervise_seconds, lease_period)
+        loop = asyncio.get_running_loop()
+        next_lease = loop.time() + lease_period
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), period)
@@ -101,7 +157,10 @@ class LeaseKeeper:
             except TimeoutError:
                 pass
             try:
-                self.renew()
-                self.sweep()
+                if loop.time() >= next_lease:
+                    next_lease = loop.time() + lease_period
+                    await self.renew()
+                    await self.sweep()
+                await self.retrack()
             except ExecutionError as e:
                 logger.warning("Lease upkeep failed: %s", e)

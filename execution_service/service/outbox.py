@@ -6,38 +6,61 @@ come back in bulk; a signal is marked published up to its highest sequence whose
 predecessors have all been accepted, so the marks never leave a gap. What Pub/Sub refused is
 retried with back-off by one loop, and while it fails newly queued confirmations wait behind
 it instead of piling onto Pub/Sub.
-On start, what a previous run left unpublished is loaded from the store.
+
+The record's side-write to `signal_store` is made by the same loop, before the signal is
+marked published: `outbox_pending` stays set until both are done, so a store failure at any
+point leaves the work in the store, and the periodic rescan (`rescan_seconds`) takes up what
+the store says is pending and this process does not hold (after a restart, or a failure the
+loop gave up on). Every write is idempotent; a confirmation published twice carries the same
+sequence, which consumers tolerate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
+from datetime import datetime
 
 from execution_service.domain.backoff import Backoff
-from execution_service.domain.records import confirmation_message
-from execution_service.errors import StoreUnavailable
+from execution_service.domain.records import confirmation_message, signal_fields
+from execution_service.errors import ExecutionError
 from execution_service.service.ports import JOURNEY_LOGGER, ConfirmationPublisher, OutboxStore
+from execution_service.service.store_thread import StoreThread
 
 logger = logging.getLogger(__name__)
 journey = logging.getLogger(JOURNEY_LOGGER)
 BATCH = 500
 FLUSH_AT = 100  # confirmations handed over at once when they pile up within one loop turn
-MARKS_PER_TURN = 50  # store writes before the loop gets a turn back
+MARKS_PER_TURN = 50  # store writes per hand-over to the store thread
+MARKS_REMEMBERED = 10_000  # recent marks: a rescan racing a mark never republishes
 
 PENDING, ACCEPTED, REFUSED = "pending", "accepted", "refused"
 
 
 class ConfirmationOutbox:
     def __init__(self, store: OutboxStore, publisher: ConfirmationPublisher, *,
-                 retry_base: float = 0.2,
-                 retry_cap: float = 10.0):
+                 clock: Callable[[], datetime],
+                 retry_base: float = 0.2, retry_cap: float = 10.0,
+                 rescan_seconds: float = 5.0, store_thread: StoreThread | None = None):
         self._store = store
+        self._store_thread = store_thread or StoreThread(inline=True)
+        self._writing = 0  # side-writes and marks handed to the store thread, not yet done
+        self._marking: dict[str, int] = {}  # the marks being written now
         self._send = sender(publisher)
+        self._clock = clock
         # signal_id -> {sequence: state}, in sequence order: everything not yet marked
         self._outstanding: dict[str, dict[int, str]] = {}
+        self._unmarked = 0  # confirmations in _outstanding (read from the metrics thread)
+        # signal_id -> (confirmation sequence, signal_store fields): side-writes not yet made
+        self._signal_writes: dict[str, tuple[int, dict]] = {}
+        self._marked: OrderedDict[str, int] = OrderedDict()
+        self._rescan_seconds = rescan_seconds
+        # which records a periodic rescan takes up (replicas: its own and orphaned ones)
+        self.takes_up: Callable[[dict], bool] = lambda _doc: True
+        self._store_failures = 0
         self._retry: deque[dict] = deque()
         self._unsent: list[dict] = []
         self._flush_scheduled = False
@@ -51,19 +74,33 @@ class ConfirmationOutbox:
 
     @property
     def backlog(self) -> int:
-        """Confirmations not yet published, and signals whose mark is not yet written."""
-        return sum(len(states) for states in self._outstanding.values()) + len(self._to_mark)
+        """Confirmations not yet published, and signals whose side-write or mark is not yet
+        written. Plain reads only: the metrics thread asks too."""
+        return self._unmarked + len(self._to_mark) + len(self._signal_writes) + self._writing
 
-    def enqueue(self, confirmations: Iterable[dict]) -> None:
+    def enqueue(self, confirmations: Iterable[dict], record: dict | None = None) -> None:
+        """Publish these confirmations; with their `record`, every confirmation it holds
+        unpublished too (one whose write was applied but never acknowledged is in the record
+        only: without it a later mark would leave a gap), and its signal_store row."""
+        if record is not None and record.get("confirmation_sequence"):
+            self._note_signal_write(record)
+            published = self._published(record)
+            confirmations = [*(c for c in record.get("confirmations") or ()
+                               if c["sequence"] > published), *confirmations]
         fresh = []
         for payload in confirmations:
             signal_id, sequence = payload["signal_id"], payload["sequence"]
+            if sequence and sequence <= self._marked.get(signal_id, 0):
+                continue  # marked published already (0: an answer with no record)
             states = self._outstanding.setdefault(signal_id, {})
             if sequence in states:
                 continue
             states[sequence] = PENDING
+            self._unmarked += 1
             fresh.append(payload)
         if not fresh:
+            if self._signal_writes:
+                self._wakeup.set()
             return
         if self._failures or self._retry:
             self._retry.extend(fresh)  # Pub/Sub is refusing: wait behind what it refused
@@ -84,25 +121,54 @@ class ConfirmationOutbox:
         if batch:
             self._publish(batch)
 
+    def _published(self, record: dict) -> int:
+        """How far this record's confirmations are published (or being marked so)."""
+        signal_id = record["signal_id"]
+        return max(record.get("published_sequence") or 0, self._marked.get(signal_id, 0),
+                   self._to_mark.get(signal_id, 0), self._marking.get(signal_id, 0))
+
+    def _note_signal_write(self, record: dict) -> None:
+        sequence = record["confirmation_sequence"]
+        queued = self._signal_writes.get(record["signal_id"])
+        if queued is None or queued[0] < sequence:
+            self._signal_writes[record["signal_id"]] = (sequence, signal_fields(record))
+
     def load_unpublished(self) -> int:
+        """Take up every record the store says has unpublished confirmations, and is not in
+        hand here; returns how many confirmations that queued."""
+        return self._take_up(self._store.records_with_unpublished())
+
+    async def rescan(self, everything: bool = False) -> int:
+        """`load_unpublished`, its store read on the store thread: at start `everything`,
+        afterwards only the records `takes_up` (another live replica publishes its own)."""
+        docs = await self._store_thread.run(self._store.records_with_unpublished)
+        return self._take_up(docs if everything else [d for d in docs if self.takes_up(d)])
+
+    def _take_up(self, docs: list[dict]) -> int:
         loaded = 0
-        for doc in self._store.records_with_unpublished():
-            published = doc.get("published_sequence", 0)
+        for doc in docs:
+            signal_id = doc["signal_id"]
+            published = self._published(doc)
             unpublished = [c for c in doc.get("confirmations", []) if c["sequence"] > published]
             loaded += len(unpublished)
-            self.enqueue(unpublished)
+            self.enqueue([], doc)
+            if not unpublished and signal_id not in self._outstanding:
+                # published, and the mark (or signal_store) not written
+                self._to_mark[signal_id] = max(published, self._to_mark.get(signal_id, 0))
+        if loaded:
+            logger.info("Outbox: %d unpublished confirmations taken up from the store", loaded)
         return loaded
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox")
+        self._task = asyncio.create_task(self.run(), name="outbox")
 
     async def drain(self, timeout: float) -> bool:
         """Wait until everything queued is published and marked, at most `timeout` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while (self._outstanding or self._to_mark) and loop.time() < deadline:
+        while self.backlog and loop.time() < deadline:
             await asyncio.sleep(0.02)
-        return not (self._outstanding or self._to_mark)
+        return not self.backlog
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -154,6 +220,7 @@ class ConfirmationOutbox:
             if states[sequence] != ACCEPTED:
                 break
             del states[sequence]
+            self._unmarked -= 1
             highest = sequence
         if highest is not None:
             self._to_mark[signal_id] = max(highest, self._to_mark.get(signal_id, 0))
@@ -162,12 +229,22 @@ class ConfirmationOutbox:
 
     # the loop: marks and retries --------------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Side-writes, marks, retries and the periodic rescan, until cancelled."""
+        loop = asyncio.get_running_loop()
+        next_rescan = loop.time() + self._rescan_seconds
         while True:
-            if not self._to_mark and not self._retry:
+            if not self._to_mark and not self._retry and not self._signal_writes:
                 self._wakeup.clear()
-                await self._wakeup.wait()
-            await self._mark()
+                await _wait(self._wakeup, max(0.0, next_rescan - loop.time()))
+            if loop.time() >= next_rescan:
+                next_rescan = loop.time() + self._rescan_seconds
+                await self._rescan()
+            if not await self._write_side_effects():
+                self._store_failures += 1
+                await asyncio.sleep(self._backoff.after(self._store_failures))
+            else:
+                self._store_failures = 0
             if self._retry:
                 await asyncio.sleep(self._backoff.after(max(1, self._failures)))
                 batch = [self._retry.popleft() for _ in range(min(BATCH, len(self._retry)))]
@@ -177,25 +254,83 @@ class ConfirmationOutbox:
                 if not self._retry:
                     await self._wait_for_answers(batch)
 
+    async def _rescan(self) -> None:
+        try:
+            await self.rescan()
+        except ExecutionError as e:
+            logger.warning("Outbox rescan failed: %s", e)
+
     async def _wait_for_answers(self, batch: list[dict]) -> None:
         """Hold new confirmations back until the retried batch is answered."""
         while any(self._outstanding.get(p["signal_id"], {}).get(p["sequence"]) == PENDING
                   for p in batch):
             await asyncio.sleep(0.01)
 
-    async def _mark(self) -> None:
-        """Record what went out; a failed mark only means a restart publishes it again (a
-        duplicate with the same sequence, which consumers tolerate), never a gap."""
-        written = 0
-        while self._to_mark:
-            signal_id, sequence = self._to_mark.popitem()
+    async def _write_side_effects(self) -> bool:
+        """signal_store rows, then the published marks (a signal is marked only once its row
+        is written), on the store thread, MARKS_PER_TURN at a time. False when the store
+        failed: what is left stays queued."""
+        while self._signal_writes or self._to_mark:
+            writes = dict(itertools.islice(self._signal_writes.items(), MARKS_PER_TURN))
+            marks = dict(itertools.islice(
+                ((signal_id, sequence) for signal_id, sequence in self._to_mark.items()
+                 if signal_id not in self._signal_writes), MARKS_PER_TURN - len(writes)))
+            if not writes and not marks:
+                return True
+            for signal_id in marks:
+                del self._to_mark[signal_id]
+            self._writing += len(writes) + len(marks)
+            self._marking = marks
             try:
+                written, marked, error = await self._store_thread.run(self._write, writes, marks)
+            finally:
+                self._writing -= len(writes) + len(marks)
+                self._marking = {}
+            for signal_id, sequence in written.items():
+                if self._signal_writes.get(signal_id, (None,))[0] == sequence:
+                    del self._signal_writes[signal_id]
+            for signal_id, sequence in marks.items():
+                if signal_id in marked:
+                    self._remember_mark(signal_id, sequence)
+                else:
+                    self._to_mark[signal_id] = max(sequence, self._to_mark.get(signal_id, 0))
+            if error is not None:
+                logger.warning("Outbox store write failed: %s", error)
+                return False
+        return True
+
+    def _write(self, writes: dict[str, tuple[int, dict]], marks: dict[str, int]):
+        """On the store thread: returns what was written, what was marked, and the error
+        that stopped it, if one did."""
+        written: dict[str, int] = {}
+        marked: dict[str, int] = {}
+        now = self._clock()
+        try:
+            for signal_id, (sequence, fields) in writes.items():
+                self._store.update_signal(signal_id, fields, now)
+                written[signal_id] = sequence
+            for signal_id, sequence in marks.items():
                 self._store.mark_published(signal_id, sequence)
-            except StoreUnavailable as e:
-                logger.warning("Marking %s #%s published failed: %s", signal_id, sequence, e)
-            written += 1
-            if written % MARKS_PER_TURN == 0:
-                await asyncio.sleep(0)
+                marked[signal_id] = sequence
+        except ExecutionError as e:
+            return written, marked, e
+        return written, marked, None
+
+    def _remember_mark(self, signal_id: str, sequence: int) -> None:
+        self._marked[signal_id] = max(sequence, self._marked.get(signal_id, 0))
+        self._marked.move_to_end(signal_id)
+        if len(self._marked) > MARKS_REMEMBERED:
+            self._marked.popitem(last=False)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Until `event` is set or `timeout` passes. (Not wait_for: on Python 3.11 it can swallow
+    a cancellation that lands as the event is set, and the task would never end.)"""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait([waiter], timeout=timeout)
+    finally:
+        waiter.cancel()
 
 
 def sender(publisher) -> Callable[[list[tuple[bytes, dict[str, str]]], Callable], None]:

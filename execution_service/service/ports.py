@@ -112,6 +112,10 @@ class LeaseStore(Protocol):
     def take_over(self, doc: dict, owner: dict, until: datetime,
                   at: datetime) -> dict | None: ...
 
+    def open_signal_ids_owned_by(self, owner_id: str) -> list[str]: ...
+
+    def get_record(self, signal_id: str) -> dict | None: ...
+
 
 class OutboxStore(Protocol):
     """Which confirmations are published (outbox)."""
@@ -119,6 +123,8 @@ class OutboxStore(Protocol):
     def records_with_unpublished(self) -> list[dict]: ...
 
     def mark_published(self, signal_id: str, sequence: int) -> None: ...
+
+    def update_signal(self, signal_id: str, fields: dict, at: datetime) -> None: ...
 
 
 class PositionStore(Protocol):
@@ -135,6 +141,10 @@ class PositionStore(Protocol):
     def insert_position(self, doc: dict) -> bool: ...
 
     def update_position(self, doc: dict, fields: dict, fill_key: str) -> bool: ...
+
+    def claim_fill(self, fill: dict) -> dict | None: ...  # None: new, else the entry kept
+
+    def mark_fill_applied(self, fill_key: str) -> None: ...
 
 
 class CommandRequests(Protocol):

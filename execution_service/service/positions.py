@@ -1,9 +1,12 @@
 """Moves positions by fills (SPEC §5), before the record that shows the fill is written.
 
-A fill is applied at most once per position: its key (`signal_id:exec_id`) is pushed onto the
-position in the same compare-and-set that moves it, and an update whose key is already there
-matches nothing. So a fill replayed after a crash (the record never showed it, the broker
-reports it again) is recognised; the position keeps the last FILL_KEYS_KEPT keys.
+A fill moves a position exactly once, whenever a crash strikes. Its key (`signal_id:exec_id`)
+is entered in the fill ledger (`position_fills`) first, then pushed onto the position in the
+same compare-and-set that moves it, then the ledger entry is marked applied. A fill replayed
+after a crash (the record never showed it, the broker reports it again) finds its ledger
+entry: applied, it is done; not yet, the position documents (open or closed, each keeps its
+last FILL_KEYS_KEPT keys) say whether the move happened. The ledger outlives every position
+document, so closes and flips lose nothing.
 
 The open position this process last wrote is kept in memory and used for the next
 compare-and-set without reading it first; when another process moved it meanwhile, the
@@ -45,15 +48,29 @@ class PositionBook:
         at), once."""
         key = position_key(record)
         fill_key = f"{record['signal_id']}:{fill.exec_id}"
+        earlier = self._store.claim_fill(_ledger_entry(key, fill_key, record, fill))
+        if earlier is not None:
+            if earlier.get("applied"):
+                return
+            self._forget(key)  # a crash or failure struck mid-move: the store knows best
+            if self._finish_if_moved(key, fill_key):
+                return
         for _ in range(MAX_ATTEMPTS):
             if self._try_apply(key, fill_key, record, fill):
+                self._store.mark_fill_applied(fill_key)
                 return
             self._forget(key)
-            applied = self._store.position_with_fill(key, fill_key)
-            if applied is not None:  # already there: a replay after a crash
-                self._open_carry(key, applied, fill_key)
+            if self._finish_if_moved(key, fill_key):
                 return
         raise RuntimeError(f"position {key} kept changing under us; fill {fill_key} not applied")
+
+    def _finish_if_moved(self, key: dict, fill_key: str) -> bool:
+        applied = self._store.position_with_fill(key, fill_key)
+        if applied is None:
+            return False
+        self._open_carry(key, applied, fill_key)
+        self._store.mark_fill_applied(fill_key)
+        return True
 
     def _try_apply(self, key: dict, fill_key: str, record: dict, fill) -> bool:
         current = self._last_written.get(_cache_key(key)) or self._store.open_position(key)
@@ -114,6 +131,12 @@ class PositionBook:
                        closed["closed_at"], carry["order_id"], fill_key)
         doc["opened_from"] = closed["_id"]
         self._store.insert_position(doc)
+
+
+def _ledger_entry(key: dict, fill_key: str, record: dict, fill) -> dict:
+    return {"_id": fill_key, **key, "signal_id": record["signal_id"], "exec_id": fill.exec_id,
+            "side": record["side"], "quantity": fill.quantity, "price": fill.price,
+            "at": fill.at}
 
 
 def _cache_key(key: dict) -> tuple:

@@ -64,6 +64,9 @@ class Action(StrEnum):
 class Outcome:
     action: Action
     reason: str = ""
+    track: dict | None = None  # a claim to hand to the tracker
+    written: tuple | None = None  # (record, events, confirmations) of a recorded change
+    then: Callable[[], object] | None = None  # more work for the event loop
 
 
 class SignalProcessor:
@@ -85,6 +88,22 @@ class SignalProcessor:
         self.commands = commands  # CommandHandler (§11), set by bootstrap
 
     def handle(self, body: bytes) -> Outcome:
+        """`decide` and `finish` in one go, on the caller's thread."""
+        return self.finish(self.decide(body))
+
+    def finish(self, outcome: Outcome) -> Outcome:
+        """On the event loop: what follows a durable claim or rejection."""
+        if outcome.track is not None:
+            self._tracker.track(outcome.track)
+        if outcome.written is not None:
+            self._journal.after_write(*outcome.written)
+        if outcome.then is not None:
+            outcome.then()
+        return outcome
+
+    def decide(self, body: bytes) -> Outcome:
+        """Validate, check, and record the claim or the rejection: store work only (it runs
+        on the store thread)."""
         self._journal.counters.orders_received += 1
         try:
             return self._handle(body)
@@ -133,12 +152,13 @@ class SignalProcessor:
         if isinstance(parsed, InvalidCommand):
             logger.info("Invalid %s request %s: %s [%s]", parsed.action, parsed.request_id,
                         parsed.reason, parsed.signal_id)
-            self.commands.answer_invalid(parsed)
-            return Outcome(Action.ACK, parsed.reason)
+            return Outcome(Action.ACK, parsed.reason,
+                           then=lambda: self.commands.answer_invalid(parsed))
         logger.info("Received %s request %s [%s]", parsed.action, parsed.request_id,
                     parsed.signal_id)
         if self.commands.receive(parsed) is None:
-            self.commands.start(parsed)
+            return Outcome(Action.ACK,
+                           then=lambda: self.commands.start(parsed))
         return Outcome(Action.ACK)
 
     def check_order(self, doc: dict) -> str | None:
@@ -180,8 +200,7 @@ class SignalProcessor:
             self._store.insert_record(doc)
         except DuplicateSignal:
             return self._duplicate(signal.signal_id, claim=doc)
-        self._tracker.track(doc)
-        return Outcome(Action.ACK)
+        return Outcome(Action.ACK, track=doc)
 
     def _reject(self, signal_id: str, fields: dict, reason: str, body: bytes,
                 kind: RejectClass) -> Outcome:
@@ -190,9 +209,9 @@ class SignalProcessor:
             self._store.insert_record(doc)
         except DuplicateSignal:
             return self._duplicate(signal_id)
-        self._journal.after_write(doc, (rejection_event(reason, doc["closed_at"]),),
-                                  doc["confirmations"])
-        return Outcome(Action.ACK, reason)
+        return Outcome(Action.ACK, reason,
+                       written=(doc, (rejection_event(reason, doc["closed_at"]),),
+                                doc["confirmations"]))
 
     def _duplicate(self, signal_id: str, claim: dict | None = None) -> Outcome:
         existing = self._store.get_record(signal_id) if claim is not None else None
@@ -207,10 +226,11 @@ class SignalProcessor:
         REJECTED with the request named, and never reaches a broker (§11)."""
         order_fields = {name: claim.get(name) for name in AWAITED_ORDER_FIELDS}
         at = self._clock()
-        doc = self._journal.apply(kept, lambda s: refuse_awaited_order(s, at),
-                                  {**order_fields, "awaiting_order": False})
+        written = self._journal.persist(kept, lambda s: refuse_awaited_order(s, at),
+                                        {**order_fields, "awaiting_order": False})
+        doc = written[0]
         journey.info("Order refused: %s [%s]", doc["reject_reason"], doc["signal_id"])
-        return Outcome(Action.ACK, doc["reject_reason"])
+        return Outcome(Action.ACK, doc["reject_reason"], written=written)
 
 
 COMMAND_KEPT_FIELDS = (*KNOWN_FIELDS_ORDER, "action", "request_id")  # to answer a bad command

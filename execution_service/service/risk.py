@@ -198,12 +198,14 @@ def resume_alert(halt: dict) -> ServiceAlert:
 
 
 async def watch_halts(gate: RiskGate, stop: asyncio.Event,
-                      on_change: Callable[[HaltChanges], object], interval: float = 0.5) -> None:
+                      on_change: Callable[[HaltChanges], object], interval: float = 0.5,
+                      run=None) -> None:
     """Poll for halt changes until `stop`; `on_change` gets each non-empty change (it may be a
-    coroutine function). A store outage is logged and the poll tried again."""
+    coroutine function). A store outage is logged and the poll tried again. `run`: where the
+    poll's store read runs (the store thread), in place when not given."""
     while not stop.is_set():
         try:
-            changes = gate.poll_halts()
+            changes = await run(gate.poll_halts) if run is not None else gate.poll_halts()
         except StoreUnavailable as e:
             logger.warning("Halt poll failed (%s); retrying", e)
             changes = HaltChanges()

@@ -5,6 +5,9 @@ the broker until the order is terminal, cancelling it ORDER_TIMEOUT_SECONDS afte
 `submitted_at` (protective exits are GTC: no timeout, and a halt neither blocks nor cancels
 them). An ambiguous placement is resolved by asking the broker for the order tagged
 with the signal, never by sending it again blindly.
+
+Whatever fails while an order is tracked, `FAILURE_ACTIONS` says what happens next; no failure
+ends the tracking of an order this process still owns.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from brokers.base import Broker, BrokerOrder, OrderRequest
 from execution_service.domain import orders
@@ -31,9 +35,10 @@ from execution_service.errors import (
     StoreUnavailable,
     TransientBrokerError,
 )
-from execution_service.service.journal import LeaseLost
+from execution_service.service.journal import LeaseLost, RecordConflict
 from execution_service.service.nudges import Nudges
 from execution_service.service.ports import JOURNEY_LOGGER, BrokerSource, Notifier
+from execution_service.service.store_thread import StoreThread
 
 logger = logging.getLogger(__name__)
 journey = logging.getLogger(JOURNEY_LOGGER)
@@ -58,6 +63,29 @@ class TrackingPolicy:
         return Backoff(self.backoff_base, self.store_retry_cap)
 
 
+class FailureAction(StrEnum):
+    STOP = "stop"  # another process owns the record now and tracks it
+    RETRY = "retry"  # back off, reload the record, go on (a PENDING one is looked up by tag)
+    RETRY_AND_ALERT = "retry_and_alert"  # the same, and the operator hears of it once
+
+
+# What tracking does when a call fails, by failure class, first match wins. A rejection
+# (OrderRejected) and an uncertain placement (PlacementUncertain) are answered where the order
+# is placed: the record is rejected with the broker's reason, or the order is looked up by its
+# tag until found or until the order's timeout.
+FAILURE_ACTIONS: tuple[tuple[type[BaseException], FailureAction], ...] = (
+    (LeaseLost, FailureAction.STOP),
+    (RecordConflict, FailureAction.RETRY),
+    (StoreUnavailable, FailureAction.RETRY),
+    (TransientBrokerError, FailureAction.RETRY),
+    (Exception, FailureAction.RETRY_AND_ALERT),
+)
+
+
+def failure_action(error: BaseException) -> FailureAction:
+    return next(action for kind, action in FAILURE_ACTIONS if isinstance(error, kind))
+
+
 def request_from_record(doc: dict) -> OrderRequest:
     fields = {name: doc.get(name) for name in ORDER_FIELDS if name != "stop_loss"
               and name != "take_profit"}
@@ -71,8 +99,10 @@ class OrderTracker:
     def __init__(self, journal, brokers: BrokerSource, notifier: Notifier,
                  policy: TrackingPolicy,
                  clock: Callable[[], datetime],
-                 halts: Callable[[str], dict | None] | None = None, metrics=None):
+                 halts: Callable[[str], dict | None] | None = None, metrics=None,
+                 store_thread: StoreThread | None = None):
         self._journal = journal
+        self._store_thread = store_thread or StoreThread(inline=True)
         self._brokers = brokers
         self._notifier = notifier
         self._policy = policy
@@ -96,8 +126,10 @@ class OrderTracker:
         if signal_id in self._tasks:
             self._nudges.nudge(signal_id)
 
-    def _take_nudge(self, doc: dict) -> dict:
-        return self._journal.reload(doc) if self._nudges.take(doc["signal_id"]) else doc
+    async def _take_nudge(self, doc: dict) -> dict:
+        if not self._nudges.take(doc["signal_id"]):
+            return doc
+        return await self._store_thread.run(self._journal.reload, doc)
 
     def forget(self, signal_id: str) -> None:
         """Stop tracking one order (another process owns it now)."""
@@ -130,31 +162,38 @@ class OrderTracker:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, doc: dict, recovering: bool) -> None:
-        attempt = 0
+        failures = 0
         while True:
             try:
                 await self._work(doc, recovering)
                 return
             except asyncio.CancelledError:
                 raise
-            except LeaseLost as e:
-                logger.info("Stopped tracking %s: %s", doc["signal_id"], e)
-                return
-            except StoreUnavailable as e:
-                attempt += 1
-                wait = self._policy.store_backoff.after(attempt)
-                logger.warning("Store unavailable while tracking %s (%s); retry in %.1fs",
-                               doc["signal_id"], e, wait)
+            except Exception as e:  # noqa: BLE001 - FAILURE_ACTIONS decides, nothing escapes
+                action = failure_action(e)
+                if action is FailureAction.STOP:
+                    logger.info("Stopped tracking %s: %s", doc["signal_id"], e)
+                    return
+                failures += 1
+                wait = self._policy.store_backoff.after(failures)
+                if action is FailureAction.RETRY_AND_ALERT:
+                    journey.exception("Tracking %s failed unexpectedly; retry in %.1fs",
+                                      doc["signal_id"], wait)
+                    if failures == 1:
+                        self._alert(AlertKind.OPERATOR, f"Tracking {doc['signal_id']} failed: "
+                                    f"{type(e).__name__}: {e}; retrying",
+                                    key=f"tracking:{doc['signal_id']}")
+                else:
+                    logger.warning("Tracking %s: %s: %s; retry in %.1fs", doc["signal_id"],
+                                   type(e).__name__, e, wait)
                 await asyncio.sleep(wait)
-                doc, recovering = self._journal.reload(doc), True
-            except Exception:
-                journey.exception("Tracking %s failed unexpectedly; it stays open and is resumed "
-                                 "on the next start", doc["signal_id"])
-                return
+                doc, recovering = await self._store_thread.run(self._journal.reload, doc), True
 
     async def _work(self, doc: dict, recovering: bool) -> None:
         broker = self._brokers.create_broker(doc["broker"])
-        if doc["status"] == "PENDING":
+        if doc["status"] == "PENDING" and doc.get("placement_uncertain_at"):
+            doc = await self._resolve_uncertain(broker, doc)
+        elif doc["status"] == "PENDING":
             doc = await self._place(broker, doc, look_first=recovering)
         if doc["order_id"] and not orders.OrderStatus(doc["status"]).is_terminal:
             await self._follow(broker, doc)
@@ -165,23 +204,23 @@ class OrderTracker:
         """Send the order once; retry only what certainly did not reach the broker."""
         found = await self._lookup(broker, doc) if look_first else None
         if found is not None:
-            return self._follow_snapshot(doc, found)
+            return await self._follow_snapshot(doc, found)
         request = request_from_record(doc)
         journey.info("Placing order: %s %g %s %s [%s]", request.side, request.quantity,
                     request.symbol, request.order_type, request.signal_id)
         last_error: Exception | None = None
         for attempt in range(1, self._policy.max_attempts + 1):
-            doc = self._take_nudge(doc)
+            doc = await self._take_nudge(doc)
             halt = None if is_exit(doc) else self._halts(doc["account_id"])
             refusal, kind = placement_refusal(state_of(doc)), RejectClass.REQUEST
             if refusal is None and halt is not None:
                 refusal, kind = halt_reason(halt), RejectClass.HALT
             if refusal is not None:  # nothing can have reached the broker yet
-                return self._reject(doc, refusal, kind)
+                return await self._reject(doc, refusal, kind)
             try:
                 await self._ensure_connected(broker)
                 placed = await self._timed(broker, "place_order", broker.place_order(request))
-                return self._follow_snapshot(doc, placed)
+                return await self._follow_snapshot(doc, placed)
             except TransientBrokerError as e:
                 last_error = e
                 logger.warning("Broker %s unavailable for %s (attempt %d/%d): %s", broker.name,
@@ -191,7 +230,7 @@ class OrderTracker:
             except OrderRejected as e:
                 if e.alert:
                     self._alert(AlertKind.OPERATOR, e.alert, key=e.alert)
-                return self._reject(doc, e.reason, reason_class(e.reason))  # its words
+                return await self._reject(doc, e.reason, reason_class(e.reason))  # its words
             except PlacementUncertain as e:
                 logger.warning("Placement of %s uncertain (%s): looking it up by its tag",
                                request.signal_id, e)
@@ -200,7 +239,7 @@ class OrderTracker:
                   f"{last_error}")
         self._alert(AlertKind.BROKER_CONNECTION_LOST, f"{broker.name}: {last_error}",
                     key=f"lost:{broker.name}")
-        return self._reject(doc, reason, RejectClass.CONNECTION)
+        return await self._reject(doc, reason, RejectClass.CONNECTION)
 
     async def _ensure_connected(self, broker: Broker) -> None:
         if not broker.is_connected:
@@ -213,17 +252,28 @@ class OrderTracker:
             return await awaitable
 
     async def _resolve_uncertain(self, broker: Broker, doc: dict) -> dict:
-        for attempt in range(1, self._policy.max_attempts + 1):
+        """Look the order up by its tag until the broker shows it; never send it again. The
+        record says so first, so a retry or another process does the same. Not found within
+        the order timeout: rejected with the reason, and the operator is alerted."""
+        if not doc.get("placement_uncertain_at"):
+            doc = await self._apply(doc, lambda s: orders.Change(s),
+                                    {"placement_uncertain_at": self._clock()})
+        deadline = as_utc(doc["placement_uncertain_at"]) + \
+            timedelta(seconds=self._policy.order_timeout)
+        attempt = 0
+        while True:
             found = await self._lookup(broker, doc)
             if found is not None:
-                return self._follow_snapshot(doc, found)
-            await asyncio.sleep(self._policy.broker_backoff.after(attempt))
-        # The broker answers, and has no order with this tag: it never arrived, or has not yet.
-        # It stays PENDING; recovery on the next start looks it up again before sending.
-        text = (f"{broker.name} has no order for {doc['signal_id']} after an uncertain "
-                f"placement; it stays PENDING and is looked up again on the next start")
-        self._alert(AlertKind.OPERATOR, text, key=f"uncertain:{doc['signal_id']}")
-        return doc
+                return await self._follow_snapshot(doc, found)
+            if self._clock() >= deadline:
+                break
+            attempt += 1
+            await asyncio.sleep(self._policy.store_backoff.after(attempt))
+        reason = (f"placement uncertain: {broker.name} shows no order tagged "
+                  f"{doc['signal_id']} {self._policy.order_timeout:g}s after it was sent")
+        self._alert(AlertKind.OPERATOR, f"{reason}: rejected here; check the broker",
+                    key=f"uncertain:{doc['signal_id']}")
+        return await self._reject(doc, reason, RejectClass.BROKER)
 
     async def _lookup(self, broker: Broker, doc: dict) -> BrokerOrder | None:
         for attempt in range(1, self._policy.max_attempts + 1):
@@ -236,13 +286,16 @@ class OrderTracker:
                 await asyncio.sleep(self._policy.broker_backoff.after(attempt))
         raise TransientBrokerError(f"could not look up {doc['signal_id']} at {broker.name}")
 
-    def _reject(self, doc: dict, reason: str, kind: RejectClass) -> dict:
-        return self._journal.apply(doc, lambda s: orders.reject(s, reason, self._clock(), kind))
+    async def _apply(self, doc: dict, step, extra_fields: dict | None = None) -> dict:
+        return await self._journal.apply_off_loop(self._store_thread, doc, step, extra_fields)
 
-    def _follow_snapshot(self, doc: dict, snapshot: BrokerOrder,
-                         cancel_reason: str | None = None) -> dict:
+    async def _reject(self, doc: dict, reason: str, kind: RejectClass) -> dict:
+        return await self._apply(doc, lambda s: orders.reject(s, reason, self._clock(), kind))
+
+    async def _follow_snapshot(self, doc: dict, snapshot: BrokerOrder,
+                               cancel_reason: str | None = None) -> dict:
         now = self._clock()
-        return self._journal.apply(doc, lambda s: orders.follow_broker(
+        return await self._apply(doc, lambda s: orders.follow_broker(
             s, order_id=snapshot.order_id, broker_status=str(snapshot.status),
             fills=snapshot.fills, reason=snapshot.reason, at=now, cancel_reason=cancel_reason,
             commission_total=snapshot.extra.get("commission")))
@@ -257,7 +310,7 @@ class OrderTracker:
         poll_id = doc["order_id"]
         cancel_sent = False
         while not orders.OrderStatus(doc["status"]).is_terminal:
-            doc = self._take_nudge(doc)
+            doc = await self._take_nudge(doc)
             if doc["status"] == PENDING_CANCEL and not cancel_sent:
                 doc, cancel_sent = await self._send_cancel(broker, doc)
                 continue
@@ -273,7 +326,7 @@ class OrderTracker:
                                wait)
                 await asyncio.sleep(wait)
                 continue
-            doc = self._follow_snapshot(doc, snapshot, doc.get("cancel_requested_reason"))
+            doc = await self._follow_snapshot(doc, snapshot, doc.get("cancel_requested_reason"))
             if doc["status"] == "CANCELLED":
                 await self._watch_for_late_fill(broker, doc)
             if orders.OrderStatus(doc["status"]).is_terminal:
@@ -311,7 +364,7 @@ class OrderTracker:
         except TransientBrokerError as e:
             logger.warning("Late-fill check of %s failed: %s", doc["signal_id"], e)
             return
-        self._follow_snapshot(doc, snapshot)
+        await self._follow_snapshot(doc, snapshot)
 
     def _cancel_reason(self, doc: dict, timed_out: bool) -> tuple[str, CancelCause] | None:
         """Why this working order must be cancelled now, if it must: a halt that cancels open
@@ -333,8 +386,8 @@ class OrderTracker:
         if not await self._cancel_at_broker(broker, doc):
             return doc
         now = self._clock()
-        return self._journal.apply(doc, lambda s: orders.request_cancel(s, reason, now,
-                                                                        cause=cause))
+        return await self._apply(doc, lambda s: orders.request_cancel(s, reason, now,
+                                                                      cause=cause))
 
     async def _send_cancel(self, broker: Broker, doc: dict) -> tuple[dict, bool]:
         """A PENDING_CANCEL record (a command, or an order accepted while its cancel was
@@ -345,7 +398,7 @@ class OrderTracker:
             sent = await self._cancel_at_broker(broker, doc)
         except OrderRejected as e:
             now, why = self._clock(), f"broker refused: {e.reason}"
-            return self._journal.apply(doc, lambda s: orders.refuse_cancel(s, why, now)), False
+            return await self._apply(doc, lambda s: orders.refuse_cancel(s, why, now)), False
         return doc, sent
 
     async def _cancel_at_broker(self, broker: Broker, doc: dict) -> bool:

@@ -51,6 +51,19 @@ def test_given_a_position_when_two_writers_apply_fills_then_one_wins_and_a_fill_
     assert store.position_with_fill(KEY, "sig_9:E1") is None
 
 
+def test_given_a_fill_when_entered_in_the_ledger_twice_then_once_and_applied_once_marked(
+        store, second_store):
+    entry = {"_id": "sig_1:E1", **KEY, "signal_id": "sig_1", "exec_id": "E1", "side": "BUY",
+             "quantity": 10.0, "price": 100.0, "at": T0}
+    assert store.claim_fill(entry) is None  # new
+    earlier = second_store.claim_fill(entry)  # another process, the same fill
+    assert earlier["applied"] is False and earlier["quantity"] == 10.0
+    second_store.mark_fill_applied("sig_1:E1")
+    assert store.claim_fill(entry)["applied"] is True
+    store.mark_fill_applied("sig_9:E1")  # unknown: nothing happens
+    assert store.claim_fill({**entry, "_id": "sig_2:E1"}) is None
+
+
 def test_given_closed_and_flipped_positions_then_lookups_find_each(store):
     store.insert_position(position(1, status="CLOSED", closed_at=T0))
     store.insert_position(position(2, opened_from="pos_1", fill_key="sig_2:E1"))

@@ -164,6 +164,16 @@ def test_given_orders_of_every_status_then_working_orders_are_the_open_ones_of_a
             working[0]["limit_price"]) == ("BUY", 100, 40.0, 230.0)
 
 
+def test_given_open_and_done_records_of_two_owners_then_owned_open_ids_and_cancels_asked(store):
+    store.insert_record(claim("sig_open"))
+    store.insert_record(claim("sig_done", status="FILLED"))
+    store.insert_record(claim("sig_theirs", owner=OWNER_B))
+    store.insert_record(claim("sig_cancel", status="PENDING_CANCEL",
+                              cancel_requested_reason="operator"))
+    assert sorted(store.open_signal_ids_owned_by(OWNER_A["id"])) == ["sig_cancel", "sig_open"]
+    assert store.open_signal_ids_owned_by("nobody") == []
+
+
 def test_given_entries_and_exits_then_open_exits_of_a_position_and_unsettled_brackets(store):
     """Protective exits (§12): the working exits of one position, and the entries with levels
     and fills whose bracket is not settled."""

@@ -3,6 +3,8 @@ client built by hand."""
 
 from __future__ import annotations
 
+import time
+
 from pymongo.errors import ServerSelectionTimeoutError
 
 from execution_service.adapters.store import Store, StoreHandle, open_store
@@ -26,6 +28,7 @@ class SwitchableCollection:
             return getattr(self._collection, name)
 
         def fail(*args, **kwargs):
+            time.sleep(self._database.hang_seconds)
             raise ServerSelectionTimeoutError("no servers (test)")
         return fail
 
@@ -33,6 +36,8 @@ class SwitchableCollection:
 class SwitchableDatabase:
     """A database that cannot be reached, or (with `database`) one that goes away when `down`
     is set."""
+
+    hang_seconds = 0.0  # each call blocks this long before it fails (the driver's timeout)
 
     def __init__(self, database=None) -> None:
         self.database = database

@@ -534,6 +534,19 @@ async def test_ibkr_warning_after_the_fill_keeps_it_filled(ibkr):
 
 
 @pytest.mark.asyncio
+async def test_ibkr_per_order_bookkeeping_stays_bounded_and_recent_orders_are_found(ibkr,
+                                                                                   monkeypatch):
+    """Given room for 3 orders' bookkeeping; when 5 are placed; then only the 3 newest are
+    kept, and each is still found through ib.trades()."""
+    from brokers import ibkr as ibkr_module
+
+    monkeypatch.setattr(ibkr_module, "ORDERS_REMEMBERED", 3)
+    placed = [(await place(ibkr, signal_id=f"sig-bound-{n}"))[0] for n in range(5)]
+    assert list(ibkr.broker._placed) == [p.order_id for p in placed[2:]]
+    for snapshot in placed:
+        assert (await ibkr.broker.get_order(snapshot.order_id)).order_id == snapshot.order_id
+
+
 async def test_ibkr_modify_places_the_same_order_id_again_with_the_new_values(ibkr):
     """Given a working LIMIT, when modified, then TWS receives placeOrder with the same orderId
     (and permId) carrying the new quantity and limit; a finished order is refused."""

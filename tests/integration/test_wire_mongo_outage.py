@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
 from tests.fakes.daemon import DaemonProcess
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
 from tests.fakes.wire_mongo import WireMongo
@@ -24,11 +22,6 @@ def _until(condition, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 13 (in progress): passed 6 runs in 10 here; fails when a write's acknowledgement is "
-    "lost in the kill (its SUBMITTED confirmation stays in the outbox until a restart: no "
-    "outbox rescan yet) or the store fails while the tracker reloads a record (the order is "
-    "dropped until a restart)"))
 def test_given_the_store_server_killed_and_restarted_then_every_order_ends_terminal(
         emulator_host, project_id, tmp_path):
     server = WireMongo(tmp_path / "server").start()

@@ -582,6 +582,33 @@ def test_zerodha_factory_builds_the_adapter_from_settings():
     assert repr(broker) == "ZerodhaBroker(root='http://127.0.0.1:9')"
 
 
+async def test_given_calls_from_several_worker_threads_then_no_session_is_shared(fake):
+    """Given Kite calls run on worker threads; when two threads call; then each has a client
+    (and requests.Session) of its own, kept for its later calls, all closed on close()."""
+    import threading
+
+    broker = make_broker(fake)
+    seen: dict[int, set[int]] = {}
+    barrier = threading.Barrier(2)
+
+    def call_twice() -> None:
+        barrier.wait()  # both threads are alive at once: two distinct threads
+        for _ in range(2):
+            broker._invoke("profile")
+            seen.setdefault(threading.get_ident(), set()).add(id(broker._local.kite.reqsession))
+
+    threads = [threading.Thread(target=call_twice) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    sessions = [next(iter(ids)) for ids in seen.values()]
+    assert len(seen) == 2 and all(len(ids) == 1 for ids in seen.values())
+    assert len(set(sessions)) == 2 and len(broker._sessions) == 2
+    await broker.close()
+    assert broker._sessions == []
+
+
 @pytest.mark.asyncio
 async def test_zerodha_modify_puts_kite_modify_order_with_the_new_values(fake):
     """Given a resting SL order, when modified, then Kite's PUT /orders/regular/{id} carries the

@@ -267,7 +267,7 @@ async def test_given_cancel_kept_but_not_executed_at_crash_then_finished_once_af
     assert first.commands.receive(cancel) is None  # kept, acked; the process dies here
     first.store.records.update_one({"signal_id": "sig_1"}, {"$set": {"lease_expires_at": None}})
     second, publisher = make_app(handle=first.handle)
-    assert second.leases.sweep() == 1
+    assert await second.leases.sweep() == 1
     assert second.commands.resume_unfinished() == 1
     await wait_until(lambda: status_of(second) == "CANCELLED")
     await commands_done(second)
@@ -359,9 +359,11 @@ async def test_given_crash_after_cancel_recorded_before_broker_call_then_restart
     first.journal.apply(record, lambda s: request_cancel(
         s, "cancelled by upstream request req_1", now, "req_1", "upstream"))
     assert broker.cancel_calls == 0  # the process dies before the broker heard of it
+    # ... its confirmations published (a taker-over publishes what the record holds unpublished)
+    await wait_until(lambda: not first.outbox.backlog)
     first.store.records.update_one({"signal_id": "sig_1"}, {"$set": {"lease_expires_at": None}})
     second, publisher = make_app(handle=first.handle, broker=broker)
-    assert second.leases.sweep() == 1
+    assert await second.leases.sweep() == 1
     await wait_until(lambda: status_of(second) == "CANCELLED")
     await settle(second)
     assert broker.cancel_calls == 1
@@ -384,7 +386,7 @@ async def test_given_cancel_received_by_a_replica_that_cannot_reach_the_order_th
     b.processor.handle(command("CANCEL"))
     await commands_done(b)
     assert status_of(a) == "PENDING_CANCEL" and owner_broker.cancel_calls == 0
-    a.leases.renew()
+    await a.leases.renew()
     await wait_until(lambda: status_of(a) == "CANCELLED")
     assert owner_broker.cancel_calls == 1
 

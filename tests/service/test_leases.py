@@ -11,8 +11,7 @@ from execution_service.clock import utc_now
 from execution_service.domain.records import new_claim
 from execution_service.domain.signals import parse_signal
 from execution_service.service.leases import claimable
-from tests.fakes.service_fakes import ScriptedBroker, make_app, order_body, settle
-from tests.fakes.waiting import eventually
+from tests.fakes.service_fakes import ScriptedBroker, make_app, order_body, settle, wait_until
 
 ME = {"id": "hostA:10:1", "host": "hostA", "pid": 10}
 
@@ -47,7 +46,7 @@ async def test_given_live_lease_elsewhere_then_kept_until_it_expires():
     other = {"id": "elsewhere:1:1", "host": "elsewhere", "pid": 1}
     _claim(app, "sig_live", other, app.clock() + timedelta(seconds=30))
     _claim(app, "sig_dead", other, app.clock() - timedelta(seconds=1))
-    assert app.leases.sweep() == 1
+    assert await app.leases.sweep() == 1
     await settle(app)
     assert app.store.get_record("sig_live")["status"] == "PENDING"
     dead = app.store.get_record("sig_dead")
@@ -60,14 +59,14 @@ async def test_given_live_lease_elsewhere_then_kept_until_it_expires():
 async def test_given_record_taken_over_then_the_old_owner_stops_writing():
     first, _ = make_app(env={"MOCK_FILL_DELAY_SECONDS": "5", "ORDER_TIMEOUT_SECONDS": "30"})
     first.processor.handle(order_body(signal_id="sig_move"))
-    await eventually(lambda: first.store.get_record("sig_move")["status"] == "SUBMITTED",
+    await wait_until(lambda: first.store.get_record("sig_move")["status"] == "SUBMITTED",
                      what="the order SUBMITTED")
     second, _ = make_app(handle=first.handle)
     record = first.store.get_record("sig_move")
     assert second.store.take_over(record, {"id": "new-owner", "host": "x", "pid": 1},
                                   second.clock() + timedelta(seconds=30), second.clock())
-    first.leases.renew()
-    await eventually(lambda: not first.tracker.in_flight, what="the old owner letting go")
+    await first.leases.renew()
+    await wait_until(lambda: not first.tracker.in_flight, what="the old owner letting go")
 
 
 class SteppedClock:
@@ -103,12 +102,12 @@ async def test_given_two_replicas_keeping_leases_concurrently_when_each_signal_r
         arrives_first.processor.handle(order_body(signal_id=signal_id))
         arrives_second.processor.handle(order_body(signal_id=signal_id))
         claimed_by[signal_id] = arrives_first.leases.owner["id"]
-    await eventually(lambda: len(venue.orders) == 30, what="every order working")
+    await wait_until(lambda: len(venue.orders) == 30, what="every order working")
     for _ in range(4):  # 16 s of a 10 s lease
         clock.advance(4)
         for replica in (first, second):
-            replica.leases.renew()
-        assert [replica.leases.sweep() for replica in (second, first)] == [0, 0]
+            await replica.leases.renew()
+        assert [await replica.leases.sweep() for replica in (second, first)] == [0, 0]
         await asyncio.sleep(0)  # the trackers keep polling meanwhile
     for order_id, order in list(venue.orders.items()):
         venue.fill(order_id, f"X-{order_id}", order.quantity, 10.0, clock())
@@ -123,3 +122,24 @@ async def test_given_two_replicas_keeping_leases_concurrently_when_each_signal_r
         assert events.count("SUBMITTED") == 1
         assert "TAKEN_OVER" not in events, (signal_id, events)
         assert record["owner"]["id"] == owner_id
+
+
+@pytest.mark.asyncio
+async def test_given_a_replicas_unpublished_confirmations_then_left_to_it_while_it_lives():
+    """Given replica A's order with its confirmations unpublished (Pub/Sub refusing A); when
+    replica B rescans; then B leaves them to A while A's lease runs, and takes them up once
+    the lease has expired (A is gone)."""
+    first, refusing = make_app()
+    refusing.failing = True
+    first.processor.handle(order_body())
+    await wait_until(lambda: not first.tracker.in_flight, what="tracking done")
+    second, publisher = make_app(handle=first.handle)
+    assert await second.outbox.rescan() == 0 and publisher.messages == []
+    record = first.store.get_record("sig_1")
+    first.store.records.update_one({"_id": record["_id"]}, {"$set": {
+        "lease_expires_at": utc_now() - timedelta(seconds=1)}})
+    assert await second.outbox.rescan() == 2
+    await settle(second)
+    assert publisher.statuses("sig_1") == ["SUBMITTED", "FILLED"]
+    await first.outbox.stop()
+

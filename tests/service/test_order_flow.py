@@ -144,7 +144,7 @@ async def test_given_pending_claim_unknown_to_broker_when_recovered_then_placed_
     signal = parse_signal(order_body(signal_id="sig_crash"))
     app.store.insert_record(new_claim(signal, broker="MOCK", broker_tag="sig_crash",
                                       at=app.clock()))
-    assert app.leases.sweep() == 1
+    assert await app.leases.sweep() == 1
     await settle(app)
     assert app.store.get_record("sig_crash")["status"] == "FILLED"
     assert app.store.mock_ledger.count("sig_crash") == 1
@@ -161,7 +161,7 @@ async def test_given_pending_claim_already_at_broker_when_recovered_then_not_res
     await broker.place_order(OrderRequest("sig_sent", "acc_1", "SPY", "BUY", 100, "MARKET"))
     broker.fill("SCR-1", "E1", 100, 10.0, app.clock())
     broker.set_status("SCR-1", BrokerStatus.FILLED)
-    app.leases.sweep()
+    await app.leases.sweep()
     await settle(app)
     assert broker.place_calls == 1
     assert app.store.get_record("sig_sent")["status"] == "FILLED"
@@ -179,7 +179,7 @@ async def test_given_submitted_long_ago_when_recovered_then_timeout_from_submitt
     await broker.place_order(OrderRequest("sig_old", "acc_1", "SPY", "BUY", 100, "MARKET"))
     doc.update(status="SUBMITTED", order_id="SCR-1", submitted_at=long_ago)
     app.store.insert_record(doc)
-    app.leases.sweep()
+    await app.leases.sweep()
     await settle(app)
     assert broker.cancel_calls == 1
     assert app.store.get_record("sig_old")["status"] == "CANCELLED"
@@ -224,7 +224,7 @@ class _RefuseFirstOf(list):
 async def test_given_one_confirmation_refused_then_no_gap_is_ever_marked():
     app, _ = make_app()
     publisher = _RefuseFirstOf("sig_1", 1)
-    app.outbox = ConfirmationOutbox(app.store, publisher, retry_base=0.01)
+    app.outbox = ConfirmationOutbox(app.store, publisher, clock=app.clock, retry_base=0.01)
     app.journal._outbox = app.outbox
     app.outbox.start()
     marks = []

@@ -140,7 +140,7 @@ OPERATION_OUTCOMES = {
     (S.PENDING, "partial_fill"): IllegalTransition,  # fills come only after SUBMITTED
     (S.SUBMITTED, "partial_fill"): S.PARTIALLY_FILLED,
     (S.PARTIALLY_FILLED, "partial_fill"): S.PARTIALLY_FILLED,
-    (S.FILLED, "partial_fill"): "same",
+    (S.FILLED, "partial_fill"): S.FILLED,  # an OVERFILL: recorded as the venue reports it
     (S.REJECTED, "partial_fill"): "same",
     (S.CANCELLED, "partial_fill"): S.CANCELLED,  # a LATE_FILL
 }
@@ -170,7 +170,7 @@ def test_given_an_order_in_any_status_when_any_operation_is_applied_then_it_foll
         assert change.events == ()
         return
     assert change.state.status is expected
-    if status is not S.CANCELLED:  # a late fill is recorded without a transition
+    if status not in (S.CANCELLED, S.FILLED):  # a late fill, an overfill: no transition
         assert can_transition(status, expected)
     assert [event.status for event in change.events] == [expected]
 
@@ -265,7 +265,7 @@ def test_given_a_submitted_order_when_a_partial_fill_arrives_then_it_is_partiall
     assert event.detail["avg_fill_price"] == 235.15
     assert event.detail["commission"] == 0.4
     assert event.detail["fill_at"] == at(1)
-    assert "capped_from" not in event.detail
+    assert "overfill" not in event.detail
 
 
 def test_given_fills_completing_the_order_then_it_is_filled_at_the_last_fill_time():
@@ -316,27 +316,29 @@ def test_given_a_fill_of_no_positive_quantity_then_it_is_ignored(quantity):
     assert change.events == ()
 
 
-def test_given_fills_beyond_the_order_quantity_then_the_excess_is_capped_and_recorded():
+def test_given_fills_beyond_the_order_quantity_then_recorded_as_reported_with_the_overfill():
     change = apply_fills(
         state_in(S.SUBMITTED),
         [fill("e1", 60, 10.0, seconds=1), fill("e2", 60, 11.0, seconds=2)],
         at(3),
     )
     assert change.state.status is S.FILLED
-    assert change.state.filled_quantity == 100
-    assert [f.quantity for f in change.state.fills] == [60, 40]
+    assert change.state.filled_quantity == 120
+    assert [f.quantity for f in change.state.fills] == [60, 60]
     last = change.events[-1].detail
-    assert last["quantity"] == 40
-    assert last["capped_from"] == 60
-    # the average weights the recorded (capped) quantities: (60×10 + 40×11) / 100
-    assert change.state.avg_fill_price == pytest.approx(10.4)
+    assert last["quantity"] == 60
+    assert last["overfill"] == 20
+    assert change.state.avg_fill_price == pytest.approx(10.5)
 
 
-def test_given_a_filled_order_when_another_fill_arrives_then_it_is_ignored():
+def test_given_a_filled_order_when_another_fill_arrives_then_it_is_an_overfill_event():
     state = state_in(S.FILLED)
     change = apply_fills(state, [fill("e2", 10)], at(5))
-    assert change.state == state
-    assert change.events == ()
+    assert change.state.status is S.FILLED
+    assert change.state.filled_quantity == 110
+    [event] = change.events
+    assert (event.event, event.status, event.detail["overfill"]) == ("OVERFILL", S.FILLED, 10)
+    assert apply_fills(change.state, [fill("e2", 10)], at(6)).events == ()  # once per exec id
 
 
 def test_given_a_rejected_order_when_a_fill_arrives_then_it_is_ignored():
@@ -358,13 +360,13 @@ def test_given_a_cancelled_order_when_a_late_fill_arrives_then_it_is_recorded_an
     assert event.detail["filled_quantity"] == 65
 
 
-def test_given_a_cancelled_order_when_late_fills_complete_it_then_it_stays_cancelled_and_capped():
+def test_given_a_cancelled_order_when_late_fills_pass_its_quantity_then_cancelled_overfilled():
     change = apply_fills(state_in(S.CANCELLED), [fill("e2", 100, seconds=61)], at(62))
     assert change.state.status is S.CANCELLED
-    assert change.state.filled_quantity == 100
+    assert change.state.filled_quantity == 140
     assert change.events[0].event == "LATE_FILL"
-    assert change.events[0].detail["capped_from"] == 100
-    assert apply_fills(change.state, [fill("e3", 1, seconds=63)], at(64)).events == ()
+    assert change.events[0].detail["overfill"] == 40
+    assert apply_fills(change.state, [fill("e2", 100, seconds=61)], at(64)).events == ()
 
 
 def test_given_fills_at_different_prices_then_the_average_is_weighted_by_quantity():
@@ -555,12 +557,14 @@ def test_given_any_order_when_the_same_broker_snapshot_is_seen_twice_then_the_se
 
 
 @pytest.mark.parametrize("broker_status", list(BrokerStatus), ids=str)
-def test_given_a_rejected_or_filled_order_then_no_broker_report_changes_it(broker_status):
-    for status in (S.REJECTED, S.FILLED):
-        state = state_in(status)
-        change = follow(state, broker_status, [fill("e7", 5)])
-        assert change.state == state
-        assert change.events == ()
+def test_given_a_rejected_or_filled_order_then_only_a_venue_overfill_changes_it(broker_status):
+    rejected = state_in(S.REJECTED)
+    assert follow(rejected, broker_status, [fill("e7", 5)]) == Change(rejected)
+    filled = state_in(S.FILLED)
+    assert follow(filled, broker_status, [fill("e1", filled.quantity)]) == Change(filled)
+    change = follow(filled, broker_status, [fill("e1", filled.quantity), fill("e7", 5)])
+    assert change.state.status is S.FILLED and change.state.filled_quantity == filled.quantity + 5
+    assert [(e.event, e.detail["overfill"]) for e in change.events] == [("OVERFILL", 5)]
 
 
 # -- property: any fills, any grouping --------------------------------------------------------
@@ -596,7 +600,7 @@ def fill_scenarios(draw):
 
 @settings(max_examples=300, deadline=None)
 @given(fill_scenarios())
-def test_given_any_fills_in_any_grouping_then_filled_quantity_is_the_capped_distinct_sum(scenario):
+def test_given_any_fills_in_any_grouping_then_filled_quantity_is_the_distinct_sum(scenario):
     quantity, batches = scenario
     state = submit(OrderState("sig_p", quantity), "ord_p", at(0)).state
     seen: dict[str, float] = {}
@@ -605,12 +609,11 @@ def test_given_any_fills_in_any_grouping_then_filled_quantity_is_the_capped_dist
         state = apply_fills(state, batch, at(200)).state
         for report in batch:
             seen.setdefault(report.exec_id, report.quantity)
-        expected = min(quantity, sum(seen.values()))
+        expected = sum(seen.values())  # as the venue reports it, past the quantity too
         filled = state.filled_quantity
         assert filled == pytest.approx(expected, abs=1e-9)
         assert filled >= previous  # never decreases
-        assert filled <= quantity + 1e-9  # never exceeds the order
-        fully_filled = filled == pytest.approx(quantity, abs=1e-9)
+        fully_filled = filled >= quantity - 1e-9
         assert (state.status is S.FILLED) is fully_filled
         if not fully_filled:
             assert state.status is (S.PARTIALLY_FILLED if filled > 0 else S.SUBMITTED)
