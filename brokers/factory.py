@@ -67,6 +67,7 @@ class BrokerFactory:
         self._listener = listener
         self._builders = BUILDERS if builders is None else builders
         self._brokers: dict[str, Broker] = {}
+        self.lost: dict[str, str] = {}  # broker name -> what its adapter last said on losing it
 
     def broker_name_for(self, account: dict) -> str:
         """USE_MOCK_BROKER routes every account to the paper broker (SPEC §2.5)."""
@@ -86,11 +87,17 @@ class BrokerFactory:
             if offload_store_calls is not None and self._offload is not None:
                 offload_store_calls(self._offload)
             broker.connection_listener = (
-                None if self._listener is None
-                else (lambda connected, detail, n=name: self._listener(n, connected, detail))
-            )
+                lambda connected, detail, n=name: self._connection_changed(n, connected, detail))
             self._brokers[name] = broker
         return self._brokers[name]
+
+    def _connection_changed(self, name: str, connected: bool, detail: str) -> None:
+        if connected:
+            self.lost.pop(name, None)
+        else:
+            self.lost[name] = detail
+        if self._listener is not None:
+            self._listener(name, connected, detail)
 
     @property
     def brokers(self) -> dict[str, Broker]:

@@ -25,6 +25,7 @@ from execution_service.domain.risk import limits_from_row
 from execution_service.errors import FatalConfigError
 from execution_service.service.brackets import BracketManager
 from execution_service.service.commands import CommandHandler
+from execution_service.service.desk import Desk
 from execution_service.service.journal import Counters, OrderJournal
 from execution_service.service.leases import LeaseKeeper, make_owner
 from execution_service.service.outbox import ConfirmationOutbox
@@ -34,6 +35,7 @@ from execution_service.service.processor import SignalProcessor
 from execution_service.service.risk import RiskGate
 from execution_service.service.store_thread import StoreThread
 from execution_service.service.tracker import OrderTracker, TrackingPolicy
+from execution_service.status import read_status
 
 logger = logging.getLogger(__name__)
 DEMO_ACCOUNT = {"_id": "acc_abc123", "broker": "MOCK", "enabled": True, "allowed_symbols": [],
@@ -129,6 +131,21 @@ def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
     journal.brackets = brackets
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
                metrics, notifier, counters, clock, store_thread, commands, brackets)
+
+
+def build_desk(app: App) -> Desk:
+    """What the HTTP API serves: the app's processor, store and health."""
+    return Desk(settings=app.settings, store=app.store, processor=app.processor,
+                commands=app.commands, brokers=app.brokers, health=app.metrics.health,
+                status_report=lambda at: read_status(app.store, app.settings, at),
+                clock=app.clock, features=_optional_features(app.settings),
+                run_on_store_thread=None if app.store_thread is None else app.store_thread.run)
+
+
+def _optional_features(settings: Settings) -> tuple[str, ...]:
+    flags = (("telegram", settings.TELEGRAM_ENABLED),
+             ("metrics", settings.METRICS_PORT is not None))
+    return tuple(name for name, on in flags if on)
 
 
 def _connection_alerts(notifier: Notifier):

@@ -16,6 +16,7 @@ from execution_service.domain.accounts import parse_symbols
 from execution_service.domain.records import iso
 from execution_service.domain.text import single_line
 from execution_service.errors import FatalConfigError
+from execution_service.service.desk import shown_positions
 
 
 @click.group(cls=Cli)
@@ -114,8 +115,7 @@ def orders(as_json: bool, limit: int) -> None:
 @click.option("--all", "show_all", is_flag=True, help="Closed positions too.")
 def positions(as_json: bool, show_all: bool) -> None:
     """Open positions (with --all, closed ones too)."""
-    rows = with_store(lambda store: store.list_positions(None if show_all else "OPEN"))
-    rows = [{key: value for key, value in row.items() if key != "fill_keys"} for row in rows]
+    rows = with_store(lambda store: shown_positions(store, show_all))
     if as_json:
         print_json(rows)
         return
@@ -201,8 +201,9 @@ def accounts_disable(account_id: str) -> None:
 
 
 def _register_extensions() -> None:
-    from execution_service import cli_commands, cli_ops, cli_recovery, cli_risk
+    from execution_service import cli_api_keys, cli_commands, cli_ops, cli_recovery, cli_risk
 
+    cli_api_keys.register(main)
     cli_commands.register(main)
     cli_recovery.register(main)
     cli_ops.register(main)

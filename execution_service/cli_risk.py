@@ -6,6 +6,8 @@ every running daemon reads halts within a second and acts on them.
 
 from __future__ import annotations
 
+import getpass
+
 import click
 
 from execution_service.cli_support import print_json, with_store
@@ -13,7 +15,7 @@ from execution_service.clock import utc_now
 from execution_service.domain.accounts import parse_symbols
 from execution_service.domain.risk import LIMIT_FIELDS, WHOLE_NUMBER_LIMITS, limits_from_row
 from execution_service.errors import FatalConfigError
-from execution_service.service.risk import active_halts, clear_halt, set_halt
+from execution_service.service.risk import halt_trading, resume_trading
 
 _LIMIT_HELP = {
     "max_order_quantity": "Largest quantity of one order (whole number).",
@@ -44,6 +46,14 @@ def limits_from_options(values: dict) -> dict:
         raise click.UsageError(str(e)) from None
 
 
+def operator() -> str:
+    """Who runs a CLI command that changes something (`by`)."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no login name in the environment or the password database
+        return "cli"
+
+
 def _scope(account_id: str | None) -> str:
     return "all accounts" if account_id is None else f"account {account_id}"
 
@@ -60,12 +70,8 @@ def halt(reason: str, account_id: str | None, cancel_open: bool) -> None:
     if not reason.strip():
         raise click.BadParameter("must not be empty", param_hint="--reason")
 
-    def write(store):
-        if account_id is not None and store.get_account(account_id) is None:
-            raise FatalConfigError(f"no account {account_id!r}")
-        return set_halt(store, reason, account_id, cancel_open, at=utc_now())
-
-    doc = with_store(write)
+    doc = with_store(lambda store: halt_trading(store, reason, account_id, cancel_open,
+                                                 at=utc_now(), by=operator()))
     then = "; running daemons will cancel open orders" if cancel_open else ""
     click.echo(f"trading halted for {_scope(account_id)}: {doc['reason']}{then}")
 
@@ -74,10 +80,8 @@ def halt(reason: str, account_id: str | None, cancel_open: bool) -> None:
 @click.option("--account", "account_id", help="Lift this account's halt (default: the global).")
 def resume(account_id: str | None) -> None:
     """Lift a halt set by `halt` (a global resume leaves account halts in place)."""
-    def write(store):
-        return clear_halt(store, account_id), active_halts(store)
-
-    lifted, remaining = with_store(write)
+    lifted, remaining = with_store(lambda store: resume_trading(store, account_id, at=utc_now(),
+                                                                  by=operator()))
     still = [doc["account_id"] or "all accounts" for doc in remaining]
     tail = f" (still halted: {', '.join(still)})" if still else ""
     if lifted is None:

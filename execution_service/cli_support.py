@@ -5,25 +5,18 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import click
 
 from execution_service.bootstrap import EMULATOR_HOST_FILE, open_app_store
 from execution_service.config import Settings, load_settings
-from execution_service.domain.records import iso, strict_json
+from execution_service.domain.records import json_default, strict_json
 from execution_service.errors import ExecutionError, FatalConfigError
 
 
 def cli_settings(**overrides) -> Settings:
     return load_settings({key: value for key, value in overrides.items() if value is not None})
-
-
-def json_default(value):
-    if isinstance(value, datetime):
-        return iso(value)
-    return str(value)
 
 
 def print_json(value) -> None:

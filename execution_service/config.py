@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     PRICE_COLLAR_PCT: float | None = Field(default=10.0, gt=0)
     METRICS_PORT: int | None = Field(default=None, ge=0, le=65535)
     METRICS_HOST: str = "0.0.0.0"
+    API_PORT: int | None = Field(default=None, ge=0, le=65535)
+    API_HOST: str = "127.0.0.1"
     LEASE_SECONDS: float = Field(default=15.0, gt=0)
     OUTBOX_RESCAN_SECONDS: float = Field(default=5.0, gt=0)
     SUPERVISE_SECONDS: float = Field(default=2.0, gt=0)
@@ -77,7 +79,8 @@ class Settings(BaseSettings):
 
     @field_validator("PUBSUB_EMULATOR_HOST", "MONGODB_URI", "ACCOUNTS_FILE", "MOCK_SEED",
                      "TELEGRAM_BOT_TOKEN", "TELEGRAM_CHAT_ID", "KITE_API_KEY",
-                     "KITE_ACCESS_TOKEN", "METRICS_PORT", "PRICE_COLLAR_PCT", mode="before")
+                     "KITE_ACCESS_TOKEN", "METRICS_PORT", "API_PORT", "PRICE_COLLAR_PCT",
+                     mode="before")
     @classmethod
     def _blank_is_unset(cls, value):
         return None if isinstance(value, str) and not value.strip() else value

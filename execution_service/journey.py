@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from execution_service.domain.records import iso
+from execution_service.domain.records import iso, published_confirmations
 
 _MOVED_TO_TOP = ("events", "confirmations")
 _EVENT_KEYS = ("status", "event", "at")
@@ -19,13 +19,11 @@ def signal_journey(store, signal_id: str) -> dict | None:
     if record is None and signal is None:
         return None
     record = record or {}
-    published = record.get("published_sequence", 0)
     return {
         "signal_id": signal_id,
         "record": {k: v for k, v in record.items() if k not in _MOVED_TO_TOP} or None,
         "events": list(record.get("events", [])),
-        "confirmations": [{**c, "published": c["sequence"] <= published}
-                          for c in record.get("confirmations", [])],
+        "confirmations": published_confirmations(record),
         "positions": _positions(store, signal_id, record),
         "signal": signal,
     }

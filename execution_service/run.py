@@ -17,6 +17,7 @@ from execution_service.bootstrap import (
     EMULATOR_HOST_FILE,
     StoreLock,
     build_app,
+    build_desk,
     check_brokers,
     seed_accounts,
 )
@@ -72,9 +73,17 @@ async def _serve(settings: Settings, say, cleanup: ExitStack) -> int:
                 "confirmations_topic": names.confirmations_topic,
                 "pubsub": settings.PUBSUB_EMULATOR_HOST or "Google Cloud Pub/Sub",
                 "store": app.handle.description, "use_mock_broker": settings.USE_MOCK_BROKER}
+    front_doors = ()
+    if settings.API_PORT is not None:
+        from execution_service.adapters.http_api import ApiServer, create_api
+
+        api = ApiServer(create_api(build_desk(app), settings.MAX_MESSAGE_BYTES), settings.API_HOST,
+                        settings.API_PORT).bind()
+        front_doors = (api,)
+        describe["api"] = api.url
     daemon = ExecutionDaemon(app, consumer, pubsub.TopicPublisher(publisher,
                                                                   names.dead_letter_topic),
-                             app.clock, settings.HEARTBEAT_SECONDS, describe)
+                             app.clock, settings.HEARTBEAT_SECONDS, describe, front_doors)
     app.metrics.bind(in_flight=lambda: app.tracker.in_flight,
                      outbox_backlog=lambda: app.outbox.backlog,
                      telegram_dropped=lambda: app.notifier.stats().get("dropped", 0),
@@ -104,6 +113,8 @@ def _announce(say, settings: Settings, describe: dict, seeded: list[str]) -> Non
     say(f"Logs:      {Path(settings.LOG_DIR).absolute()}")
     if "metrics" in describe:
         say(f"Metrics:   {describe['metrics']} (health: {describe['metrics'][:-8]}/healthz)")
+    if "api" in describe:
+        say(f"HTTP API:  {describe['api']} (OpenAPI: {describe['api']}/openapi.json)")
     if seeded:
         say(f"Accounts registered: {', '.join(seeded)}")
     say("Running. Ctrl-C or SIGTERM stops it.")

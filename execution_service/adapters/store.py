@@ -22,13 +22,14 @@ import pymongo
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from execution_service.adapters.api_key_store import ApiKeyQueries
 from execution_service.adapters.mock_ledger_store import MockLedgerStore
 from execution_service.adapters.server_settings import ServerSettings, server_client_options
 from execution_service.adapters.store_errors import DuplicateSignal, translating
 from execution_service.adapters.store_operations import OperatorQueries
 from execution_service.domain.orders import OPEN_STATUSES, EventKind
 from execution_service.domain.positions import FILL_KEYS_KEPT
-from execution_service.domain.records import record_id
+from execution_service.domain.records import parse_iso, published_confirmations, record_id
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _redact(uri: str) -> str:
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
-class Store(OperatorQueries):
+class Store(OperatorQueries, ApiKeyQueries):
     """Every read and write the service makes (the port's one implementation, on every
     backend). One instance per process. Collections with a purpose of their own live in
     their own module: OperatorQueries (halts, journey, risk reads) and `mock_ledger`."""
@@ -118,6 +119,7 @@ class Store(OperatorQueries):
         self.positions.create_index([("account_id", 1), ("strategy_name", 1), ("symbol", 1),
                                      ("status", 1)])
         self._ensure_operator_indexes()
+        self.ensure_api_key_indexes()
         if self.on_server:  # a server scans without them; they cost it little
             self._ensure_server_indexes()
 
@@ -253,9 +255,20 @@ class Store(OperatorQueries):
              "reference_price": 1, "signal_id": 1, "role": 1}))
 
     @translating
-    def recent_records(self, limit: int) -> list[dict]:
-        cursor = self.records.find().sort([("received_at", -1), ("_id", -1)])
+    def recent_records(self, limit: int, **equal: str | None) -> list[dict]:
+        """Newest first; `equal` filters on fields (status=, account_id=) when not None."""
+        query = {name: value for name, value in equal.items() if value is not None}
+        cursor = self.records.find(query).sort([("received_at", -1), ("_id", -1)])
         return list(cursor.limit(limit) if limit else cursor)
+
+    @translating
+    def recent_confirmations(self, limit: int) -> list[dict]:
+        """Confirmations of every record, newest first, each with `published`."""
+        rows = self.records.find({"confirmation_sequence": {"$gt": 0}},
+                                 {"confirmations": 1, "published_sequence": 1})
+        found = [item for row in rows for item in published_confirmations(row)]
+        found.sort(key=lambda item: (parse_iso(item["at"]), item["sequence"]), reverse=True)
+        return found[:limit] if limit else found
 
     @translating
     def counts_by_status(self) -> dict[str, int]:

@@ -12,6 +12,7 @@ from pymongo import ReturnDocument
 from execution_service.adapters.store_errors import translating
 
 HALTS = "trading_halts"
+LIFTED_HALTS = "trading_halts_lifted"  # halts lifted, with who lifted them (issue 21)
 
 
 class OperatorQueries:
@@ -31,6 +32,14 @@ class OperatorQueries:
     @translating
     def list_halts(self) -> list[dict]:
         return list(self.db[HALTS].find().sort("_id", 1))
+
+    @translating
+    def save_lifted_halt(self, doc: dict) -> None:
+        self.db[LIFTED_HALTS].replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+    @translating
+    def lifted_halts(self) -> list[dict]:
+        return list(self.db[LIFTED_HALTS].find().sort("lifted_at", 1))
 
     # accounts -------------------------------------------------------------------------------
 

@@ -283,3 +283,20 @@ def refuse_awaited_order(state: OrderState, at: datetime) -> Change:
         detail["request_id"] = state.cancel_request_id
     return Change(replace(state, command_ids=(*state.command_ids, arrived)),
                   (Event(OrderStatus.REJECTED, at, EventKind.REJECTED, detail),))
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    """What became of one request: `event` is a CommandEvent, KEPT or DUPLICATE."""
+
+    request_id: str
+    signal_id: str
+    event: str
+    reason: str | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.event in (CommandEvent.CANCEL_REJECTED, CommandEvent.MODIFY_REJECTED)
+
+    def as_doc(self) -> dict:
+        return {"outcome": str(self.event), "reason": self.reason}

@@ -12,6 +12,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from execution_service.domain.text import describe_char, first_invisible
@@ -40,10 +41,23 @@ DEFAULT_LIMITS = IntakeLimits()
 
 
 @dataclass(frozen=True)
+class Problem:
+    """One reason a message is refused, with the field it is about (None: the whole of it)."""
+
+    field: str | None
+    message: str
+
+
+@dataclass(frozen=True)
 class Unusable:
     """A message that cannot even be recorded: no JSON object or no usable signal_id."""
 
     reason: str
+    field: str | None = None  # "signal_id" when that is what is missing or wrong
+
+    @property
+    def problems(self) -> tuple[Problem, ...]:
+        return (Problem(self.field, self.reason),)
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,11 @@ class Invalid:
     signal_id: str
     reason: str
     fields: dict[str, Any]  # what could be kept of the message, safe to store
+    problems: tuple[Problem, ...] = ()  # each naming its field; default: the reason, unnamed
+
+    def __post_init__(self) -> None:
+        if not self.problems:
+            object.__setattr__(self, "problems", (Problem(None, self.reason),))
 
 
 def decode_body(body: bytes, keep_fields: tuple[str, ...], limits: IntakeLimits = DEFAULT_LIMITS
@@ -74,10 +93,11 @@ def decode_body(body: bytes, keep_fields: tuple[str, ...], limits: IntakeLimits 
     signal_id = data.get("signal_id")
     if not isinstance(signal_id, str) or not SIGNAL_ID_PATTERN.match(signal_id):
         shown = "missing" if signal_id is None else f"invalid: {signal_id!r:.80}"
-        return Unusable(f"signal_id {shown} (need {SIGNAL_ID_RULE})")
+        return Unusable(f"signal_id {shown} (need {SIGNAL_ID_RULE})", "signal_id")
     problem = unsafe_content(data)
     if problem is not None:
-        return Invalid(signal_id, problem, storable_fields(data, keep_fields))
+        return Invalid(signal_id, problem.message, storable_fields(data, keep_fields),
+                       (problem,))
     return data
 
 
@@ -120,17 +140,19 @@ def _finite_or_text(text: str) -> float | str:
     return value if math.isfinite(value) else text
 
 
-def unsafe_content(data: Any, path: str = "") -> str | None:
+def unsafe_content(data: Any, path: str = "") -> Problem | None:
     """The first key that could act as a query operator or cannot be stored (`$` prefix, `.`,
     a control or format character), or string value with a NUL, named by its path."""
     if isinstance(data, dict):
         for key, value in data.items():
             where = f"{path}.{key}" if path else key
             if key.startswith("$") or "." in key:
-                return f"field name {where!r:.120} is not allowed (no '$' prefix, no '.')"
+                return Problem(where, f"field name {where!r:.120} is not allowed (no '$' "
+                                      f"prefix, no '.')")
             char = first_invisible(key)
             if char is not None:
-                return f"field name {where!r:.120} contains {describe_char(char)}"
+                return Problem(where, f"field name {where!r:.120} contains "
+                                      f"{describe_char(char)}")
             found = unsafe_content(value, where)
             if found is not None:
                 return found
@@ -140,7 +162,7 @@ def unsafe_content(data: Any, path: str = "") -> str | None:
             if found is not None:
                 return found
     elif isinstance(data, str) and "\x00" in data:
-        return f"{path} contains {describe_char(chr(0))}"
+        return Problem(path, f"{path} contains {describe_char(chr(0))}")
     return None
 
 
@@ -193,3 +215,27 @@ def _fit(text: str, limit: int) -> str:
     if len(encoded) <= limit:
         return text
     return encoded[:limit - 3].decode("utf-8", "ignore") + "…"
+
+
+class Accepted(StrEnum):
+    CLAIMED = "CLAIMED"  # recorded PENDING and handed to the tracker
+    REJECTED = "REJECTED"  # recorded REJECTED (validation, account or risk control)
+    DUPLICATE = "DUPLICATE"  # a record for this signal_id already exists: nothing done
+    UNUSABLE = "UNUSABLE"  # no usable signal_id or no JSON object: nothing can be recorded
+
+
+@dataclass(frozen=True)
+class Intake:
+    """What became of one order, for whoever sent it."""
+
+    kind: Accepted
+    signal_id: str | None = None
+    record: dict | None = None  # as stored (CLAIMED, REJECTED)
+    problems: tuple[Problem, ...] = ()
+    control: str | None = None  # the risk control that refused it
+    track: dict | None = None  # a claim to hand to the tracker, on the event loop
+    written: tuple | None = None  # (record, events, confirmations), for journal.after_write
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(problem.message for problem in self.problems)

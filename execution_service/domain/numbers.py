@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
+from execution_service.domain.intake import Problem
+
 
 class Order(Protocol):
     """What the bounds read of a signal (domain/signals.py validates with them)."""
@@ -18,6 +20,7 @@ class Order(Protocol):
     asset_class: object
     quantity: float
     entry_price: float | None  # its prices (PRICE_FIELDS) are read by name
+
 
 MIN_PRICE = 1e-8
 MAX_PRICE = 1e9
@@ -57,29 +60,31 @@ def number_problems(signal: Order):
     for name in PRICE_FIELDS:
         price = getattr(signal, name)
         if price is not None and not MIN_PRICE <= price <= MAX_PRICE:
-            yield (f"{name} must be between {show(MIN_PRICE)} and {show(MAX_PRICE)}, "
-                   f"got {price:g}")
+            yield Problem(name, f"{name} must be between {show(MIN_PRICE)} and "
+                                f"{show(MAX_PRICE)}, got {price:g}")
     price = signal.entry_price
     if price is None or not MIN_PRICE <= price <= MAX_PRICE:
         return
     notional = signal.quantity * price
     if notional > MAX_ORDER_NOTIONAL:
-        yield (f"quantity {signal.quantity:g} x price {price:g} = {notional:g} is over the "
-               f"{show(MAX_ORDER_NOTIONAL)} a single order may be worth")
+        yield Problem("quantity", f"quantity {signal.quantity:g} x price {price:g} = "
+                                  f"{notional:g} is over the {show(MAX_ORDER_NOTIONAL)} a "
+                                  f"single order may be worth")
     elif rules.min_notional is not None and notional < rules.min_notional:
-        yield (f"quantity {signal.quantity:g} x price {price:g} = {notional:g} is under the "
-               f"{signal.asset_class} minimum order value {show(rules.min_notional)}")
+        yield Problem("quantity", f"quantity {signal.quantity:g} x price {price:g} = "
+                                  f"{notional:g} is under the {signal.asset_class} minimum "
+                                  f"order value {show(rules.min_notional)}")
 
 
 def _quantity_problems(quantity: float, rules: InstrumentRules, asset_class: str):
     if quantity > rules.max_quantity:
-        yield (f"quantity must be at most {show(rules.max_quantity)} for {asset_class}, "
-               f"got {quantity!r}")
+        yield Problem("quantity", f"quantity must be at most {show(rules.max_quantity)} for "
+                                  f"{asset_class}, got {quantity!r}")
         return
     steps = quantity / rules.quantity_step
     if rules.quantity_step < 1 and steps < 1 - 1e-9:
-        yield (f"quantity {quantity:g} is below the {asset_class} minimum increment "
-               f"{show(rules.quantity_step)}")
+        yield Problem("quantity", f"quantity {quantity:g} is below the {asset_class} minimum "
+                                  f"increment {show(rules.quantity_step)}")
     elif rules.quantity_step < 1 and not math.isclose(steps, round(steps), abs_tol=1e-6):
-        yield (f"quantity {quantity!r} is not a multiple of the {asset_class} increment "
-               f"{show(rules.quantity_step)}")
+        yield Problem("quantity", f"quantity {quantity!r} is not a multiple of the "
+                                  f"{asset_class} increment {show(rules.quantity_step)}")

@@ -250,6 +250,26 @@ def iso(value: datetime | None) -> str | None:
     return as_utc(value).isoformat().replace("+00:00", "Z")
 
 
+def json_default(value: Any) -> Any:
+    """`json.dumps(..., default=json_default)`: dates as ISO-8601 ending in Z, the rest as
+    text (ids, enums)."""
+    if isinstance(value, datetime):
+        return iso(value)
+    return str(value)
+
+
+def parse_iso(text: str) -> datetime:
+    """What `iso` wrote, back to an aware datetime."""
+    return as_utc(datetime.fromisoformat(text))
+
+
+def published_confirmations(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The record's confirmations, each with `published` (through `published_sequence`)."""
+    published = record.get("published_sequence", 0)
+    return [{**item, "published": item["sequence"] <= published}
+            for item in record.get("confirmations", [])]
+
+
 def signal_fields(doc: dict[str, Any]) -> dict[str, Any]:
     """What signal_store shows of the record's execution."""
     return {"order_id": doc.get("order_id"), "execution_status": doc["status"],

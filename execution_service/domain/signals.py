@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from execution_service.domain.intake import (
     DEFAULT_LIMITS,
@@ -15,6 +16,7 @@ from execution_service.domain.intake import (
     SIGNAL_ID_RULE,
     IntakeLimits,
     Invalid,
+    Problem,
     Unusable,
     decode_body,
     storable,
@@ -23,7 +25,8 @@ from execution_service.domain.intake import (
 from execution_service.domain.numbers import number_problems
 from execution_service.domain.text import check_free_text, normalise_identifier
 
-__all__ = ["AssetClass", "Invalid", "Signal", "Unusable", "parse_signal", "storable"]
+__all__ = ["AssetClass", "Invalid", "Problem", "Signal", "Unusable", "parse_signal", "storable"]
+ORDER_RULE = "order_rule"  # a rule across fields; its context names the field it is about
 KNOWN_FIELDS_ORDER = ("signal_id", "account_id", "strategy_name", "symbol", "side", "quantity",
                       "order_type", "limit_price", "stop_price", "time_in_force", "stop_loss",
                       "take_profit", "asset_class", "exchange", "currency", "product",
@@ -96,7 +99,8 @@ class Signal(BaseModel):
     @model_validator(mode="after")
     def _order_rules(self) -> Signal:
         for problem in _order_problems(self):
-            raise ValueError(problem)
+            raise PydanticCustomError(ORDER_RULE, "{message}",
+                                      {"field": problem.field, "message": problem.message})
         return self
 
     @property
@@ -108,13 +112,13 @@ def _order_problems(signal: Signal):
     whole = round(signal.quantity)
     if signal.asset_class not in FRACTIONAL_ASSETS and (
             whole < 1 or not math.isclose(signal.quantity, whole, abs_tol=1e-9)):
-        yield (f"quantity must be a whole number for {signal.asset_class} "
-               f"(fractions only for CRYPTO or FOREX), got {signal.quantity:g}")
+        yield Problem("quantity", f"quantity must be a whole number for {signal.asset_class} "
+                      f"(fractions only for CRYPTO or FOREX), got {signal.quantity:g}")
     yield from number_problems(signal)
     if signal.order_type in ("LIMIT", "STOP_LIMIT") and signal.limit_price is None:
-        yield f"limit_price is required for {signal.order_type} orders"
+        yield Problem("limit_price", f"limit_price is required for {signal.order_type} orders")
     if signal.order_type in ("STOP", "STOP_LIMIT") and signal.stop_price is None:
-        yield f"stop_price is required for {signal.order_type} orders"
+        yield Problem("stop_price", f"stop_price is required for {signal.order_type} orders")
     entry = signal.entry_price
     if entry is None:
         return
@@ -127,8 +131,8 @@ def _order_problems(signal: Signal):
         wrong = level >= entry if name == below else level <= entry
         if wrong:
             where = "below" if name == below else "above"
-            yield (f"{name} must be {where} the entry price {entry:g} for a {signal.side}, "
-                   f"got {level:g}")
+            yield Problem(name, f"{name} must be {where} the entry price {entry:g} for a "
+                                f"{signal.side}, got {level:g}")
 
 
 def parse_signal(body: bytes, limits: IntakeLimits = DEFAULT_LIMITS
@@ -147,8 +151,9 @@ def signal_from_data(data: dict[str, Any]) -> Signal | Invalid:
     try:
         return Signal(**known, extra_fields=extra)
     except ValidationError as e:
-        return Invalid(data["signal_id"], describe_validation_error(e),
-                       storable_fields(data, KNOWN_FIELDS_ORDER))
+        problems = validation_problems(e)
+        return Invalid(data["signal_id"], "; ".join(p.message for p in problems),
+                       storable_fields(data, KNOWN_FIELDS_ORDER), problems)
 
 
 _MESSAGES = {
@@ -170,12 +175,27 @@ _MESSAGES = {
 
 def describe_validation_error(error: ValidationError) -> str:
     """One clear sentence per problem, naming the field and the rule."""
-    return "; ".join(_describe(item) for item in error.errors(include_url=False))
+    return "; ".join(problem.message for problem in validation_problems(error))
 
 
-def _describe(item: dict) -> str:
+def validation_problems(error: ValidationError) -> tuple[Problem, ...]:
+    """Each problem with the field it names (None for a rule about the whole order)."""
+    problems = []
+    for item in error.errors(include_url=False):
+        if item["type"] == ORDER_RULE:
+            problems.append(Problem(item["ctx"]["field"], item["ctx"]["message"]))
+            continue
+        field = _field_of(item)
+        problems.append(Problem(None if field == "order" else field, _describe(item, field)))
+    return tuple(problems)
+
+
+def _field_of(item: dict) -> str:
     field = ".".join(str(part) for part in item["loc"] if not isinstance(part, int)) or "order"
-    field = field.split(".")[0]
+    return field.split(".")[0]
+
+
+def _describe(item: dict, field: str) -> str:
     context = {key: _show(value) if isinstance(value, float) else value
                for key, value in (item.get("ctx") or {}).items()}
     value = item.get("input")

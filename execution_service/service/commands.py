@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
 from brokers.base import Broker
@@ -23,6 +22,7 @@ from execution_service.domain.commands import (
     Command,
     CommandAction,
     CommandEvent,
+    CommandOutcome,
     InvalidCommand,
     ModifyOrder,
     already_applied,
@@ -48,23 +48,6 @@ logger = logging.getLogger(__name__)
 KEPT = "KEPT"  # a cancel for an order not seen yet: kept, the order is refused when it comes
 DUPLICATE = "DUPLICATE"
 NOT_RECEIVED = "NOT_RECEIVED"  # the status in a refusal about a signal with no record
-
-
-@dataclass(frozen=True)
-class CommandOutcome:
-    """What became of one request: `event` is a CommandEvent, KEPT or DUPLICATE."""
-
-    request_id: str
-    signal_id: str
-    event: str
-    reason: str | None = None
-
-    @property
-    def refused(self) -> bool:
-        return self.event in (CommandEvent.CANCEL_REJECTED, CommandEvent.MODIFY_REJECTED)
-
-    def as_doc(self) -> dict:
-        return {"outcome": str(self.event), "reason": self.reason}
 
 
 class CommandHandler:
@@ -108,13 +91,15 @@ class CommandHandler:
         return CommandOutcome(command.request_id, command.signal_id, DUPLICATE,
                               earlier.get("reason"))
 
-    def start(self, command: Command) -> None:
-        """Execute a kept request in the background (the Pub/Sub path acks once it is kept)."""
+    def start(self, command: Command) -> asyncio.Task:
+        """Execute a kept request in the background (the Pub/Sub path acks once it is kept);
+        the task that does it (the one already running for this request_id, if any)."""
         if command.request_id in self._running:
-            return
+            return self._running[command.request_id]
         task = asyncio.create_task(self._finish(command), name=f"command-{command.request_id}")
         self._running[command.request_id] = task
         task.add_done_callback(lambda _t: self._running.pop(command.request_id, None))
+        return task
 
     def resume_unfinished(self) -> int:
         """At start: every request kept and not finished by an earlier run."""

@@ -27,7 +27,8 @@ STORE_STALL_SECONDS = 2.0  # a store call running longer than this means the sto
 
 class ExecutionDaemon:
     def __init__(self, app, consumer, dead_letters, clock: Callable[[], datetime],
-                 heartbeat_seconds: float = 2.0, describe: dict | None = None):
+                 heartbeat_seconds: float = 2.0, describe: dict | None = None,
+                 front_doors: tuple = ()):
         self.app = app
         self._consumer = consumer
         self._dead_letters = dead_letters
@@ -42,6 +43,8 @@ class ExecutionDaemon:
         self._inbox: list = []
         self._processing = False
         self._in_flight: set[asyncio.Task] = set()
+        # other ways orders come in (the HTTP API): started with the consumer, stopped first
+        self._front_doors = front_doors
 
     async def run(self, stop: asyncio.Event) -> None:
         app = self.app
@@ -50,6 +53,8 @@ class ExecutionDaemon:
         logger.info("Recovery: %d open orders resumed, %d confirmations to publish", resumed,
                     loaded)
         self._consumer.start(asyncio.get_running_loop(), self._on_message)
+        for door in self._front_doors:
+            await door.start()
         supervise = self.supervisor.start
         supervise("heartbeat", lambda: self._heartbeat_loop(stop))
         supervise("leases", lambda: self.app.leases.run(stop))
@@ -198,6 +203,9 @@ class ExecutionDaemon:
         from the metrics thread: plain attribute reads only."""
         if not self._consumer.running:
             return False, "not consuming trading-orders"
+        for door in self._front_doors:
+            if not door.serving:
+                return False, f"{door.name} not serving"
         problems = self.supervisor.problems()
         if problems:
             return False, "; ".join(problems)
@@ -219,6 +227,8 @@ class ExecutionDaemon:
         app.notifier.notify(ServiceAlert(AlertKind.SERVICE_STOPPING,
                                          f"Execution service stopping on {self.status_id}",
                                          key="stopping"))
+        for door in self._front_doors:
+            await door.stop()
         await self._consumer.stop(timeout=3.0)
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=2.0)

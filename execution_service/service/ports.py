@@ -6,7 +6,12 @@ from datetime import datetime
 from typing import Protocol
 
 from brokers.base import Broker
+from execution_service.domain.commands import Command, CommandOutcome
+from execution_service.domain.intake import Accepted, Intake
 from execution_service.domain.notices import OrderNotice, ServiceAlert
+
+__all__ = ["Accepted", "CommandOutcome", "ConfirmationPublisher", "Intake", "Notifier",
+           "NullNotifier", "OrderDesk"]
 
 #: The logger for the lines that tell a signal's journey (logs/signal_processing.log): the
 #: service logs them there, the logging adapter routes by this name, never by the text.
@@ -63,6 +68,34 @@ class ConfirmationPublisher(Protocol):
     async def publish(self, payload: bytes, attributes: dict[str, str]) -> None: ...
 
 
+class OrderDesk(Protocol):
+    """What the HTTP API asks of the service (service/desk.py implements it). Every method
+    may raise StoreUnavailable; `halt` raises UnknownAccount for an unregistered account."""
+
+    def health(self) -> tuple[bool, str]: ...
+
+    def authenticate(self, secret: str) -> dict | None: ...
+
+    async def submit_order(self, body: bytes, by: str) -> Intake: ...
+
+    async def command(self, command: Command, wait: float) -> CommandOutcome | None: ...
+
+    def order(self, signal_id: str) -> dict | None: ...
+
+    def orders(self, limit: int, status: str | None = None,
+               account_id: str | None = None) -> list[dict]: ...
+
+    def positions(self, include_closed: bool) -> list[dict]: ...
+
+    def confirmations(self, limit: int) -> list[dict]: ...
+
+    def status(self) -> dict: ...
+
+    def capabilities(self) -> dict: ...
+
+    def halt(self, reason: str, account_id: str | None, cancel_open: bool, by: str) -> dict: ...
+
+    def resume(self, account_id: str | None, by: str) -> tuple[dict | None, list[dict]]: ...
 class HaltStore(Protocol):
     """Where halts live (the store's `trading_halts`), for the CLI and the daemon."""
 
@@ -71,6 +104,8 @@ class HaltStore(Protocol):
     def delete_halt(self, halt_id: str) -> dict | None: ...
 
     def list_halts(self) -> list[dict]: ...
+
+    def save_lifted_halt(self, doc: dict) -> None: ...
 
 
 class RiskStore(HaltStore, Protocol):

@@ -33,7 +33,7 @@ from execution_service.domain.risk import (
     working_orders,
 )
 from execution_service.domain.signals import Signal
-from execution_service.errors import StoreUnavailable
+from execution_service.errors import StoreUnavailable, UnknownAccount
 from execution_service.service.ports import HaltStore, RiskStore
 
 logger = logging.getLogger(__name__)
@@ -49,20 +49,49 @@ def halt_id(account_id: str | None) -> str:
 # halts (CLI and daemon), stored through the store port ---------------------------------------
 
 def set_halt(store: HaltStore, reason: str, account_id: str | None = None,
-             cancel_open: bool = False, *, at: datetime) -> dict:
-    """Halt all trading (account_id None) or one account's; replaces an earlier halt there."""
+             cancel_open: bool = False, *, at: datetime, by: str | None = None) -> dict:
+    """Halt all trading (account_id None) or one account's; replaces an earlier halt there.
+    `by` (who asked) is kept on the halt when given."""
     reason = (reason or "").strip()
     if not reason:
         raise ValueError("a halt needs a reason")
     doc = {"_id": halt_id(account_id), "account_id": account_id, "reason": reason,
            "cancel_open": bool(cancel_open), "halted_at": at}
+    if by is not None:
+        doc["by"] = by
     store.save_halt(doc)
     return doc
 
 
-def clear_halt(store: HaltStore, account_id: str | None = None) -> dict | None:
-    """Lift the global halt (or one account's); the halt that was lifted, None if none was."""
-    return store.delete_halt(halt_id(account_id))
+def clear_halt(store: HaltStore, account_id: str | None = None, *, by: str | None = None,
+               at: datetime | None = None) -> dict | None:
+    """Lift the global halt (or one account's); the halt that was lifted, None if none was.
+    With `by`, the lifted halt is kept (`trading_halts_lifted`) with who lifted it, when."""
+    lifted = store.delete_halt(halt_id(account_id))
+    if lifted is not None and by is not None:
+        store.save_lifted_halt({**lifted, "_id": f"{lifted['_id']}:{iso(at)}", "lifted_by": by,
+                                "lifted_at": at})
+    return lifted
+
+
+def halt_trading(store, reason: str, account_id: str | None, cancel_open: bool, *,
+                 at: datetime, by: str) -> dict:
+    """The kill switch as operators use it (CLI, HTTP API): the account must exist."""
+    if account_id is not None and store.get_account(account_id) is None:
+        raise UnknownAccount(f"no account {account_id!r}")
+    doc = set_halt(store, reason, account_id, cancel_open, at=at, by=by)
+    logger.warning("Trading halted for %s by %s: %s", account_id or "all accounts", by,
+                   doc["reason"])
+    return doc
+
+
+def resume_trading(store, account_id: str | None, *, at: datetime,
+                   by: str) -> tuple[dict | None, list[dict]]:
+    """Lift a halt; (the halt lifted or None, the halts still active)."""
+    lifted = clear_halt(store, account_id, by=by, at=at)
+    if lifted is not None:
+        logger.info("Trading resumed for %s by %s", account_id or "all accounts", by)
+    return lifted, active_halts(store)
 
 
 def active_halts(store: HaltStore) -> list[dict]:
@@ -186,6 +215,8 @@ def halt_alert(halt: dict) -> ServiceAlert:
     text = f"Trading halted for {scope}: {halt.get('reason')}"
     if halt.get("cancel_open"):
         text += " (cancelling open orders)"
+    if halt.get("by"):
+        text += f" by {halt['by']}"
     return ServiceAlert(AlertKind.OPERATOR, text,
                         key=f"halt:{halt['_id']}:{iso(halt.get('halted_at'))}")
 

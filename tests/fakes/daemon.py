@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from execution_service.adapters.store import Store, open_store
+
+
+def daemon_env(emulator_host: str, workdir: Path, accounts: list[dict],
+               **settings: str) -> dict[str, str]:
+    """A daemon's environment: a project of its own on the session's emulator (in
+    GOOGLE_CLOUD_PROJECT), these accounts in `workdir/accounts.json`, then `settings`."""
+    (workdir / "accounts.json").write_text(json.dumps(accounts))
+    return {"PUBSUB_EMULATOR_HOST": emulator_host,
+            "GOOGLE_CLOUD_PROJECT": f"test-{uuid.uuid4().hex[:10]}",
+            "ACCOUNTS_FILE": str(workdir / "accounts.json"), **settings}
 
 
 class DaemonProcess:
@@ -21,6 +33,7 @@ class DaemonProcess:
 
     def start(self, wait_for_heartbeat: bool = True, timeout: float = 30.0) -> DaemonProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._output_from = len(self.read_output())  # a restart appends: wait for its own line
         with open(self.output, "ab") as out:
             self.process = subprocess.Popen([sys.executable, "-m", "execution_service", "run"],
                                             cwd=self.workdir, env=self.env, stdout=out,
@@ -35,7 +48,7 @@ class DaemonProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.process.returncode}:\n"
                                      f"{self.read_output()}")
-            if "Running." in self.read_output():
+            if "Running." in self.read_output()[self._output_from:]:
                 return
             time.sleep(0.1)
         raise AssertionError(f"daemon did not start within {timeout}s:\n{self.read_output()}")

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from execution_service.adapters.emulator import free_port
-from tests.fakes.daemon import DaemonProcess
+from tests.fakes.daemon import DaemonProcess, daemon_env
 from tests.fakes.fake_telegram import FakeTelegram
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
 from tests.fakes.waiting import wait_until
@@ -32,17 +32,14 @@ def signal(**fields) -> dict:
 @pytest.fixture(scope="module")
 def ops(emulator_host, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ops")
-    (workdir / "accounts.json").write_text(json.dumps(ACCOUNTS))
-    project = f"test-{uuid.uuid4().hex[:10]}"
     port = free_port()
     telegram = FakeTelegram().start()
-    env = {"PUBSUB_EMULATOR_HOST": emulator_host, "GOOGLE_CLOUD_PROJECT": project,
-           "ACCOUNTS_FILE": str(workdir / "accounts.json"), "ORDER_TIMEOUT_SECONDS": "1.5",
-           "MOCK_FILL_DELAY_SECONDS": "0.05", "ORDER_POLL_SECONDS": "0.1",
-           "METRICS_PORT": str(port), "METRICS_HOST": "127.0.0.1",
-           "TELEGRAM_ENABLED": "true", "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_CHAT_ID": CHAT,
-           "TELEGRAM_API_URL": telegram.url}
-    rig = PubSubRig(project)
+    env = daemon_env(emulator_host, workdir, ACCOUNTS, ORDER_TIMEOUT_SECONDS="1.5",
+                     MOCK_FILL_DELAY_SECONDS="0.05", ORDER_POLL_SECONDS="0.1",
+                     METRICS_PORT=str(port), METRICS_HOST="127.0.0.1", TELEGRAM_ENABLED="true",
+                     TELEGRAM_BOT_TOKEN=TOKEN, TELEGRAM_CHAT_ID=CHAT,
+                     TELEGRAM_API_URL=telegram.url)
+    rig = PubSubRig(env["GOOGLE_CLOUD_PROJECT"])
     daemon = DaemonProcess(workdir, env).start()
     yield daemon, rig, telegram, port
     daemon.stop_quietly()

@@ -241,6 +241,8 @@ def test_given_halts_set_and_lifted_then_poll_reports_each_change_once(db, timer
     assert alert.text == "Trading halted for account acc_1: runaway strategy " \
                          "(cancelling open orders)"
     assert resume_alert(changes.started[0]).text == "Trading resumed for account acc_1"
+    asked = set_halt(db, "desk review", at=NOW, by="api:desk")
+    assert halt_alert(asked).text == "Trading halted for all accounts: desk review by api:desk"
 
 
 async def test_given_a_failing_handler_then_the_halt_is_offered_again(db):

@@ -38,7 +38,7 @@ MAY_IMPORT = {
 }
 PURE = {"__future__", "abc", "collections", "dataclasses", "datetime", "decimal", "enum",
         "functools", "hashlib", "itertools", "json", "math", "re", "string", "typing",
-        "unicodedata", "pydantic"}
+        "unicodedata", "pydantic", "pydantic_core", "secrets", "base64", "hmac"}
 CLIENT_LIBRARIES = {"pymongo", "bson", "litemongo", "google", "grpc", "telegram", "kiteconnect",
                     "ib_async", "requests", "urllib3", "httpx", "prometheus_client", "click"}
 # the outside libraries each layer may use: None is any; a set is an allowlist; a
