@@ -91,6 +91,25 @@ def _install() -> None:
     for cls in classes:
         for name in METHODS:
             _wrap(cls, name)
+    _install_position_count()
+
+
+def _install_position_count() -> None:
+    """Attempts to move a position, and those that lost a compare-and-set (conflicts), as
+    ("position_book", "attempts"/"conflicts"): not store calls, reported apart."""
+    from execution_service.service.positions import PositionBook
+
+    original = PositionBook._try_apply
+
+    def counted(self, *args, **kwargs):
+        moved = original(self, *args, **kwargs)
+        with _lock:
+            _stats[("position_book", "attempts")][0] += 1
+            if not moved:
+                _stats[("position_book", "conflicts")][0] += 1
+        return moved
+
+    PositionBook._try_apply = counted
 
 
 STAGES = ("claimed", "recorded", "publishing", "accepted")

@@ -47,6 +47,9 @@ class OrderRequest:
     #: Orders sharing a group are one-cancels-other at venues that keep such groups (IB's
     #: ocaGroup): one's fill reduces the others by as much, there, even with the daemon down.
     oca_group: str | None = None
+    #: The group's (stop_loss, take_profit) when it is a bracket's exits: how a venue that keeps
+    #: the pair as one order without tags (a Kite GTT) knows the bracket's order again.
+    oca_levels: tuple[float | None, float | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,9 +91,17 @@ class Broker(ABC):
     #: factory so the service can alert. Adapters call `_connection_changed`.
     connection_listener: ConnectionListener | None = None
 
+    #: Called (no arguments) when the venue refuses our session credentials (Kite's
+    #: TokenException): the service halts this broker's accounts until a new session.
+    session_listener: Callable[[], None] | None = None
+
     def _connection_changed(self, connected: bool, detail: str) -> None:
         if self.connection_listener is not None:
             self.connection_listener(connected, detail)
+
+    def _session_expired(self) -> None:
+        if self.session_listener is not None:
+            self.session_listener()
 
     @property
     @abstractmethod

@@ -34,7 +34,8 @@ def _build_mock(settings: Settings, ledger) -> Broker:
 
 def _build_zerodha(settings: Settings, ledger) -> Broker:
     if not (settings.KITE_API_KEY and settings.KITE_ACCESS_TOKEN):
-        raise FatalConfigError("ZERODHA accounts need KITE_API_KEY and KITE_ACCESS_TOKEN")
+        raise FatalConfigError("ZERODHA accounts need KITE_API_KEY and a session: run "
+                               "`execution-service kite login` (or set KITE_ACCESS_TOKEN)")
     from brokers.zerodha import ZerodhaBroker
 
     return ZerodhaBroker(settings.KITE_API_KEY, settings.KITE_ACCESS_TOKEN,
@@ -60,8 +61,10 @@ class BrokerFactory:
 
     def __init__(self, settings: Settings, mock_ledger,
                  listener: BrokerConnectionListener | None = None,
-                 builders: dict[str, BrokerBuilder] | None = None, offload=None):
+                 builders: dict[str, BrokerBuilder] | None = None, offload=None,
+                 session_listener: Callable[[str], None] | None = None):
         self._settings = settings
+        self._session_listener = session_listener
         self._mock_ledger = mock_ledger
         self._offload = offload  # where a broker that keeps its book in the store runs it
         self._listener = listener
@@ -88,8 +91,17 @@ class BrokerFactory:
                 offload_store_calls(self._offload)
             broker.connection_listener = (
                 lambda connected, detail, n=name: self._connection_changed(n, connected, detail))
+            if self._session_listener is not None:
+                broker.session_listener = lambda n=name: self._session_listener(n)
             self._brokers[name] = broker
         return self._brokers[name]
+
+    def update_settings(self, update: dict | None = None, **fields) -> None:
+        """Settings learnt after start-up (a renewed session token, an account's own broker
+        credentials), for brokers built from now on."""
+        update = {**(update or {}), **fields}
+        if update:
+            self._settings = self._settings.model_copy(update=update)
 
     def _connection_changed(self, name: str, connected: bool, detail: str) -> None:
         if connected:

@@ -25,10 +25,13 @@ from kiteconnect import exceptions as kite_errors
 from urllib3.exceptions import NewConnectionError
 
 from brokers.base import Broker, BrokerOrder, BrokerStatus, OrderRequest
+from brokers.zerodha_exits import GttExits
+from brokers.zerodha_gtt import parse_leg_order_id
 from brokers.zerodha_mapping import (
     FINAL_STATUSES,
     VARIETY,
     entry_has_tag,
+    gtt_exit_target,
     kite_tag,
     modify_params,
     newest,
@@ -47,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "https://api.kite.trade"
 DEFAULT_REQUEST_TIMEOUT = 5.0
-SESSION_EXPIRED = "Kite session expired: renew KITE_ACCESS_TOKEN"
+SESSION_EXPIRED = "Kite session expired: run `execution-service kite login`"
 _REMEMBERED_TAGS = 20_000  # tag -> signal id pairs kept to label orders read back
 
 # What a call was doing decides what a failure means (see `translate_error`).
@@ -105,6 +108,7 @@ class ZerodhaBroker(Broker):
         self._signals: dict[str, str] = {}  # tag -> signal id, for tags made in this process
         self._local = threading.local()  # each worker thread's own client (and session)
         self._sessions: list[requests.Session] = []
+        self._gtts = GttExits(self._call, self.get_order, self.cancel_order)
 
     def __repr__(self) -> str:
         return f"ZerodhaBroker(root={self._root!r})"
@@ -117,6 +121,10 @@ class ZerodhaBroker(Broker):
         """Check the session with one cheap call (`GET /user/profile`)."""
         await self._call(READ, "session check", "profile")
         logger.info("Connected to Kite at %s", self._root)
+
+    def set_access_token(self, access_token: str) -> None:
+        """Use a renewed session from the next request on (requests read it per call)."""
+        self._kite.set_access_token(access_token)
 
     async def close(self) -> None:
         sessions, self._sessions = self._sessions, []
@@ -135,6 +143,9 @@ class ZerodhaBroker(Broker):
     async def place_order(self, request: OrderRequest) -> BrokerOrder:
         tag = self.order_tag(request.signal_id)
         try:
+            target = gtt_exit_target(request)
+            if target is not None:
+                return await self._gtts.place(request, *target)
             params = order_params(request, tag)
         except OrderRejected as e:
             logger.info("Not sent to Kite: %s: %s", request.signal_id, e.reason)
@@ -155,6 +166,8 @@ class ZerodhaBroker(Broker):
                                   "product": params["product"]})
 
     async def get_order(self, order_id: str) -> BrokerOrder:
+        if (leg := parse_leg_order_id(order_id)) is not None:
+            return await self._gtts.get(*leg)
         history = await self._call(LOOKUP, f"order {order_id}", "order_history",
                                    order_id)
         if not history:
@@ -163,6 +176,8 @@ class ZerodhaBroker(Broker):
 
     async def find_order(self, signal_id: str) -> BrokerOrder | None:
         """The newest order in today's order book carrying this signal's tag."""
+        if (leg_id := self._gtts.known_leg(signal_id)) is not None:
+            return await self.get_order(leg_id)
         tag = self.order_tag(signal_id)
         orders = await self._call(READ, signal_id, "orders")
         entry = newest([order for order in orders if entry_has_tag(order, tag)])
@@ -174,6 +189,9 @@ class ZerodhaBroker(Broker):
         """Ask Kite to cancel. Like the other adapters, cancelling an order that is already
         complete, cancelled or rejected is a no-op; a refusal while the order is still live
         ("being processed, try later") is TransientBrokerError."""
+        if (leg := parse_leg_order_id(order_id)) is not None:
+            await self._gtts.cancel(*leg)
+            return
         await self._limiter.acquire()
         logger.info("Cancelling Kite order %s", order_id)
         try:
@@ -191,6 +209,9 @@ class ZerodhaBroker(Broker):
     async def modify_order(self, order_id: str, request: OrderRequest) -> None:
         """Kite's `modify_order` with the new quantity and prices (a refusal is OrderRejected:
         a completed, cancelled or rejected order cannot be modified)."""
+        if (leg := parse_leg_order_id(order_id)) is not None:
+            await self._gtts.modify(*leg, request)
+            return
         fields = modify_params(request)
         await self._limiter.acquire()
         logger.info("Modifying Kite order %s: %s", order_id, fields)
@@ -244,7 +265,10 @@ class ZerodhaBroker(Broker):
 
     def _note_failure(self, cause: Exception, error: ExecutionError, what: str) -> None:
         if isinstance(cause, kite_errors.TokenException):
-            self._set_connected(False, SESSION_EXPIRED)
+            # Kite answered: reachable, so no connection alert and no reconnect loop; the
+            # session halt is the one alert, and placing is refused with the session reason
+            self._set_connected(True, "Kite reachable")
+            self._session_expired()
         elif isinstance(cause, requests.ConnectionError) and not isinstance(
                 error, PlacementUncertain):
             self._set_connected(False, f"Kite unreachable ({type(cause).__name__})")
@@ -290,7 +314,7 @@ def _translate_kite(error: kite_errors.KiteException, operation: str) -> Executi
     code = getattr(error, "code", 500)
     if isinstance(error, kite_errors.TokenException):
         if operation == PLACE:
-            return OrderRejected(f"not sent: {SESSION_EXPIRED} ({message})", alert=SESSION_EXPIRED)
+            return OrderRejected(f"not sent: {SESSION_EXPIRED} ({message})")
         return TransientBrokerError(f"{SESSION_EXPIRED} ({message})")
     if code == 429:
         return TransientBrokerError(f"Kite rate limit ({message})")

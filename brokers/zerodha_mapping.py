@@ -13,6 +13,7 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 
 from brokers.base import BrokerOrder, BrokerStatus, Fill, OrderRequest
+from brokers.zerodha_gtt import GTT_PRODUCTS
 from execution_service.errors import OrderRejected
 
 VARIETY = "regular"
@@ -76,6 +77,21 @@ def order_params(request: OrderRequest, tag: str) -> dict:
     return params
 
 
+def gtt_exit_target(request: OrderRequest) -> tuple[str, str, str, int] | None:
+    """(exchange, tradingsymbol, product, quantity) of a GTC exit on CNC/NRML, which goes to
+    Kite as a GTT (`brokers.zerodha_exits`); None for any other order. Or OrderRejected.
+    An exit is told by its one-cancels-other group: a GTC entry is refused as before."""
+    if (request.time_in_force or "").upper() != "GTC" or request.oca_group is None:
+        return None
+    asset_class = _asset_class(request)
+    product = _product(request, asset_class)
+    if product not in GTT_PRODUCTS:
+        return None
+    _side(request)
+    exchange, tradingsymbol = _instrument(request, asset_class)
+    return exchange, tradingsymbol, product, _whole_quantity(request.quantity)
+
+
 def modify_params(request: OrderRequest) -> dict:
     """The keyword arguments for `KiteConnect.modify_order`: the order as modified."""
     return {"quantity": _whole_quantity(request.quantity), **_order_type_fields(request)}
@@ -134,7 +150,7 @@ def _product(request: OrderRequest, asset_class: str) -> str:
 def _validity(request: OrderRequest, product: str) -> str:
     """Kite orders live a day at most. A GTC order on MIS (a protective exit, SPEC §12) goes
     as DAY: Kite squares an intraday position off at the close, so the exit outlives nothing.
-    CNC/NRML exits would need a GTT."""
+    CNC/NRML exits go as GTTs (`gtt_exit_target`), never through here."""
     validity = (request.time_in_force or "DAY").upper()
     if validity == "GTC" and product == "MIS":
         return "DAY"

@@ -18,12 +18,21 @@ from execution_service.adapters.server_settings import ServerSettings
 from execution_service.adapters.store import Store, StoreHandle, open_store
 from execution_service.clock import utc_now
 from execution_service.config import Settings
+from execution_service.credentials import (
+    CREDENTIAL_FIELDS,
+    ENCRYPTED,
+    SecretBox,
+    split_credentials,
+    stored_credentials,
+    stored_fields,
+)
 from execution_service.domain.accounts import parse_symbols
 from execution_service.domain.intake import IntakeLimits
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.domain.risk import limits_from_row
-from execution_service.errors import FatalConfigError
+from execution_service.errors import FatalConfigError, StoreUnavailable
 from execution_service.service.brackets import BracketManager
+from execution_service.service.broker_sessions import SessionKeeper, with_stored_session
 from execution_service.service.commands import CommandHandler
 from execution_service.service.desk import Desk
 from execution_service.service.journal import Counters, OrderJournal
@@ -40,7 +49,6 @@ from execution_service.status import read_status
 logger = logging.getLogger(__name__)
 DEMO_ACCOUNT = {"_id": "acc_abc123", "broker": "MOCK", "enabled": True, "allowed_symbols": [],
                 "display_name": "Demo Paper Account"}
-EMULATOR_HOST_FILE = "pubsub-emulator.host"
 
 
 @dataclass
@@ -62,6 +70,7 @@ class App:
     store_thread: StoreThread | None = None
     commands: CommandHandler | None = None
     brackets: BracketManager | None = None
+    sessions: SessionKeeper | None = None
 
     def close(self) -> None:
         if self.store_thread is not None:
@@ -71,7 +80,9 @@ class App:
 
 def open_brokers(settings: Settings, store: Store) -> BrokerFactory:
     """The brokers alone, for a command that talks to them without a daemon (reconcile)."""
-    return BrokerFactory(settings, store.mock_ledger)
+    brokers = BrokerFactory(with_stored_session(settings, store), store.mock_ledger)
+    use_account_credentials(settings, store, brokers)
+    return brokers
 
 
 def open_app_store(settings: Settings) -> tuple[StoreHandle, Store]:
@@ -79,6 +90,31 @@ def open_app_store(settings: Settings) -> tuple[StoreHandle, Store]:
                         settings.embedded_store_path, ServerSettings.from_settings(settings))
     store = Store(handle.database)
     return handle, store
+
+
+def check_store(settings: Settings) -> None:
+    """Before anything else starts: the store MONGODB_URI names answers (one short line if
+    not, naming the variable)."""
+    variable = "MONGODB_URI" if settings.MONGODB_URI else "DATA_DIR"
+    try:
+        handle, store = open_app_store(settings)
+    except Exception as e:  # noqa: BLE001 - any failure to open is the operator's to fix
+        where = settings.embedded_store_path
+        what = f"cannot use {where} for the embedded store" if where else "cannot open the store"
+        raise FatalConfigError(f"configuration: {variable}: {what} ({_short(e)})") from None
+    try:
+        store.count_accounts()  # one cheap read: does the store answer?
+    except StoreUnavailable as e:
+        raise FatalConfigError(f"configuration: {variable}: cannot reach "
+                               f"{handle.description} ({_short(e.__cause__ or e)})") from None
+    finally:
+        handle.close()
+
+
+def _short(error: BaseException) -> str:
+    """The first clause of a driver error, not pymongo's topology dump."""
+    text = str(error).split(", Timeout:")[0].split(" (configured timeouts")[0]
+    return f"{type(error).__name__}: {text[:200]}"
 
 
 def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
@@ -91,16 +127,20 @@ def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
         handle, opened = open_app_store(settings)
         store = store or opened
     store = store or Store(handle.database)
+    store.health.announce = True  # the daemon logs each outage once (store_errors.StoreHealth)
     store.ensure_indexes()
     risk = RiskGate(store, clock, collar_pct=settings.PRICE_COLLAR_PCT,
                     working_orders=store.working_orders)
     metrics = Metrics()
     notifier = notifier or NullNotifier()
     counters = Counters()
+    sessions = SessionKeeper(store, notifier, clock)
     # sqlite objects (the embedded store) belong to the thread that made them
     store_thread = StoreThread(inline=settings.embedded_store_path is not None)
-    brokers = BrokerFactory(settings, store.mock_ledger, _connection_alerts(notifier),
-                            builders=broker_builders, offload=store_thread.run)
+    brokers = BrokerFactory(with_stored_session(settings, store), store.mock_ledger,
+                            _connection_alerts(notifier), builders=broker_builders,
+                            offload=store_thread.run, session_listener=sessions.expired)
+    sessions.attach(brokers)
     outbox = ConfirmationOutbox(store, publisher, clock=clock,
                                 rescan_seconds=settings.OUTBOX_RESCAN_SECONDS,
                                 store_thread=store_thread)
@@ -130,7 +170,7 @@ def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
                               backoff_base=settings.RETRY_BACKOFF_SECONDS)
     journal.brackets = brackets
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
-               metrics, notifier, counters, clock, store_thread, commands, brackets)
+               metrics, notifier, counters, clock, store_thread, commands, brackets, sessions)
 
 
 def build_desk(app: App) -> Desk:
@@ -161,34 +201,97 @@ def _connection_alerts(notifier: Notifier):
 
 def seed_accounts(settings: Settings, store: Store, clock=utc_now) -> list[str]:
     """ACCOUNTS_FILE upserted into `accounts`; with neither a file nor any account, the demo
-    paper account, so the README's sample signal fills."""
+    paper account, so the README's sample signal fills. Credentials in a row are never written
+    as given (credentials.py); any left in clear by an older version are sealed or removed."""
+    box = SecretBox.from_settings(settings)
     if settings.ACCOUNTS_FILE is not None:
-        accounts = load_accounts_file(settings.ACCOUNTS_FILE)
+        entries = load_accounts_file(settings.ACCOUNTS_FILE)
     elif store.count_accounts() == 0:
-        accounts = [dict(DEMO_ACCOUNT)]
+        entries = [(dict(DEMO_ACCOUNT), {})]
     else:
-        return []
-    for account in accounts:
-        fields = {key: value for key, value in account.items() if key != "_id"}
-        store.upsert_account(account["_id"], fields, clock())
-    return [account["_id"] for account in accounts]
+        entries = []
+    for doc, credentials in entries:
+        fields = {key: value for key, value in doc.items() if key != "_id"}
+        unset = sorted(CREDENTIAL_FIELDS)
+        if credentials:
+            fields.update(stored_fields(credentials, box))
+            if box is None:
+                unset.append(ENCRYPTED)
+        store.upsert_account(doc["_id"], fields, clock(), unset=unset)
+    _seal_clear_credentials(store, box, clock)
+    return [doc["_id"] for doc, _ in entries]
 
 
-def load_accounts_file(path: Path) -> list[dict]:
+def _seal_clear_credentials(store: Store, box: SecretBox | None, clock) -> None:
+    for account in store.list_accounts():
+        _, clear = split_credentials(account)
+        if not clear:
+            continue
+        kept = {**stored_credentials(account, box), **clear}
+        fields = stored_fields(kept, box)
+        store.upsert_account(account["_id"], fields, clock(),
+                             unset=sorted(clear) + ([] if box else [ENCRYPTED]))
+        logger.warning("Account %s held credentials in clear (%s): %s", account["_id"],
+                       ", ".join(sorted(clear)),
+                       "now encrypted with CREDENTIALS_KEY" if box else
+                       "removed from the store (set CREDENTIALS_KEY to keep them encrypted)")
+
+
+def account_credentials(settings: Settings, store: Store) -> dict[str, dict[str, str]]:
+    """Each account's credentials: ACCOUNTS_FILE's, else those sealed in the store."""
+    box = SecretBox.from_settings(settings)
+    found = {account["_id"]: stored_credentials(account, box)
+             for account in store.list_accounts()}
+    if settings.ACCOUNTS_FILE is not None:
+        found.update({doc["_id"]: credentials
+                      for doc, credentials in load_accounts_file(settings.ACCOUNTS_FILE)
+                      if credentials})
+    return {account_id: values for account_id, values in found.items() if values}
+
+
+def use_account_credentials(settings: Settings, store: Store, brokers: BrokerFactory) -> None:
+    """Kite runs one session per process: KITE_API_KEY / KITE_ACCESS_TOKEN from the
+    environment win; otherwise the ZERODHA accounts' own credentials, which must agree."""
+    credentials = account_credentials(settings, store)
+    sessions: dict[tuple, list[str]] = {}
+    for account in store.list_accounts():
+        values = credentials.get(account["_id"])
+        if values and str(account.get("broker", "")).upper() == "ZERODHA":
+            pair = (values.get("api_key"), values.get("access_token"))
+            sessions.setdefault(pair, []).append(account["_id"])
+    if len(sessions) > 1:
+        raise FatalConfigError("ZERODHA accounts carry different Kite credentials ("
+                               + "; ".join(", ".join(ids) for ids in sessions.values())
+                               + "): one Kite session per daemon")
+    if sessions:
+        ((api_key, access_token),) = sessions
+        update = {name: value for name, value in (("KITE_API_KEY", api_key),
+                                                  ("KITE_ACCESS_TOKEN", access_token))
+                  if value and not getattr(settings, name)}
+        brokers.update_settings(update)
+
+
+def load_accounts_file(path: Path) -> list[tuple[dict, dict[str, str]]]:
+    """(account document, its credentials) per row."""
     try:
         rows = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise FatalConfigError(f"ACCOUNTS_FILE {path}: {e}") from None
     if not isinstance(rows, list):
         raise FatalConfigError(f"ACCOUNTS_FILE {path}: must be a JSON list of accounts")
-    return [account_document(row, f"ACCOUNTS_FILE {path} entry {n}") for n, row in
-            enumerate(rows, start=1)]
+    entries = []
+    for n, row in enumerate(rows, start=1):
+        credentials = split_credentials(row)[1] if isinstance(row, dict) else {}
+        entries.append((account_document(row, f"ACCOUNTS_FILE {path} entry {n}"), credentials))
+    return entries
 
 
 def account_document(row: dict, where: str) -> dict:
+    """The `accounts` document for a row: its credential fields are left out."""
     if not isinstance(row, dict) or not isinstance(row.get("account_id"), str) \
             or not row["account_id"]:
         raise FatalConfigError(f"{where}: needs a string account_id")
+    row, _ = split_credentials(row)
     broker = str(row.get("broker", "MOCK")).upper()
     symbols = row.get("allowed_symbols") or []
     if isinstance(symbols, str):

@@ -10,11 +10,18 @@ import click
 
 from execution_service.bootstrap import account_document, open_app_store
 from execution_service.cli_risk import add_limit_options, limits_from_options
-from execution_service.cli_support import Cli, cli_settings, print_json, pubsub_for, with_store
+from execution_service.cli_support import (
+    Cli,
+    cli_settings,
+    print_json,
+    print_rows,
+    pubsub_for,
+    with_store,
+)
 from execution_service.clock import utc_now
+from execution_service.credentials import shown
 from execution_service.domain.accounts import parse_symbols
-from execution_service.domain.records import iso
-from execution_service.domain.text import single_line
+from execution_service.domain.views import NO_POSITIONS, order_line, position_line
 from execution_service.errors import FatalConfigError
 from execution_service.service.desk import shown_positions
 
@@ -36,7 +43,7 @@ def run(use_mock_broker: bool) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def status(as_json: bool) -> None:
     """Heartbeat, uptime, counters and store statistics. Exit 0 only when running."""
     from execution_service.status import read_status, render_status
@@ -93,42 +100,21 @@ def setup_pubsub_command() -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print full records as JSON.")
 @click.option("--limit", default=20, show_default=True, help="How many, newest first (0: all).")
 def orders(as_json: bool, limit: int) -> None:
     """Execution records, newest first."""
     records = with_store(lambda store: store.recent_records(limit))
-    if as_json:
-        print_json(records)
-        return
-    for doc in records:
-        # a rejected record keeps what the message said: shown on one line, escaped
-        click.echo(single_line(
-            f"{iso(doc.get('received_at'))}  {doc['signal_id']:<32} {doc['status']:<16} "
-            f"{doc.get('side') or '':<4} {_num(doc.get('filled_quantity'))}/"
-            f"{_num(doc.get('quantity'))} {doc.get('symbol') or ''} "
-            f"@ {_num(doc.get('avg_fill_price'))}  {doc.get('reject_reason') or ''}"))
+    print_rows(records, as_json, order_line, "no orders yet")
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the positions as JSON.")
 @click.option("--all", "show_all", is_flag=True, help="Closed positions too.")
 def positions(as_json: bool, show_all: bool) -> None:
     """Open positions (with --all, closed ones too)."""
     rows = with_store(lambda store: shown_positions(store, show_all))
-    if as_json:
-        print_json(rows)
-        return
-    for row in rows:
-        click.echo(f"{row['account_id']:<16} {row['strategy_name']:<24} {row['symbol']:<10} "
-                   f"{row['side']:<5} {_num(row['quantity'])} @ {_num(row['avg_entry_price'])} "
-                   f"pnl {row['realized_pnl']:.2f} {row['status']}")
-
-
-def _num(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:g}" if isinstance(value, (int, float)) else single_line(str(value))
+    print_rows(rows, as_json, position_line, "no positions" if show_all else NO_POSITIONS)
 
 
 @main.group()
@@ -139,11 +125,12 @@ def accounts() -> None:
 @accounts.command("add")
 @click.argument("account_id")
 @click.option("--broker", required=True, type=click.Choice(["MOCK", "IBKR", "ZERODHA"],
-                                                           case_sensitive=False))
+                                                           case_sensitive=False),
+              help="Which broker places this account's orders.")
 @click.option("--symbols", help="Allowed symbols, comma-separated (default: any).")
 @click.option("--name", "display_name", help="Display name shown to traders.")
 @click.option("--broker-account", help="The venue's account code (e.g. the IB account).")
-@click.option("--disabled", is_flag=True)
+@click.option("--disabled", is_flag=True, help="Register it disabled.")
 @add_limit_options
 def accounts_add(account_id, broker, symbols, display_name, broker_account, disabled,
                  **limits) -> None:
@@ -163,16 +150,19 @@ def accounts_add(account_id, broker, symbols, display_name, broker_account, disa
 
 
 @accounts.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the accounts as JSON.")
 def accounts_list(as_json: bool) -> None:
-    rows = with_store(lambda store: store.list_accounts())
+    """Registered accounts, with broker, state and allowed symbols."""
+    rows = [shown(row) for row in with_store(lambda store: store.list_accounts())]
     if as_json:
         print_json(rows)
         return
     for row in rows:
+        credentials = ", ".join(f"{name} {state}" for name, state in row["credentials"].items())
         click.echo(f"{row['_id']:<20} {row.get('broker', ''):<8} "
                    f"{'enabled' if row.get('enabled', True) else 'disabled':<9} "
-                   f"{','.join(row.get('allowed_symbols') or []) or 'any'}")
+                   f"{','.join(row.get('allowed_symbols') or []) or 'any'}"
+                   + (f"  credentials: {credentials}" if credentials else ""))
 
 
 def _set_enabled(account_id: str, enabled: bool) -> None:
@@ -188,12 +178,14 @@ def _set_enabled(account_id: str, enabled: bool) -> None:
 @accounts.command("enable")
 @click.argument("account_id")
 def accounts_enable(account_id: str) -> None:
+    """Accept orders for this account again."""
     _set_enabled(account_id, True)
 
 
 @accounts.command("disable")
 @click.argument("account_id")
 def accounts_disable(account_id: str) -> None:
+    """Reject orders for this account (recorded as rejections)."""
     _set_enabled(account_id, False)
 
 
@@ -201,11 +193,19 @@ def accounts_disable(account_id: str) -> None:
 
 
 def _register_extensions() -> None:
-    from execution_service import cli_api_keys, cli_commands, cli_ops, cli_recovery, cli_risk
+    from execution_service import (
+        cli_api_keys,
+        cli_commands,
+        cli_ops,
+        cli_recovery,
+        cli_risk,
+        cli_sessions,
+    )
 
     cli_api_keys.register(main)
     cli_commands.register(main)
     cli_recovery.register(main)
+    cli_sessions.register(main)
     cli_ops.register(main)
     cli_risk.register(main, accounts)
 

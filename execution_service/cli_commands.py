@@ -125,9 +125,9 @@ def cancel(signal_id: str, reason: str | None, wait: float) -> None:
 
 @click.command()
 @click.argument("signal_id")
-@click.option("--limit-price", type=float)
-@click.option("--stop-price", type=float)
-@click.option("--quantity", type=float)
+@click.option("--limit-price", type=float, help="The new limit price (LIMIT, STOP_LIMIT).")
+@click.option("--stop-price", type=float, help="The new stop price (STOP, STOP_LIMIT).")
+@click.option("--quantity", type=float, help="The new quantity (not below what has filled).")
 @click.option("--wait", default=15.0, show_default=True, help="Seconds to wait for the daemon.")
 def modify(signal_id: str, limit_price: float | None, stop_price: float | None,
            quantity: float | None, wait: float) -> None:

@@ -10,12 +10,12 @@ import sys
 import click
 
 from execution_service.domain.text import single_line
-from execution_service.journey import render_journey, signal_journey
+from execution_service.service.journey import render_journey, signal_journey
 
 
 @click.command("show")
 @click.argument("signal_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the journey as JSON.")
 def show(signal_id: str, as_json: bool) -> None:
     """One signal's journey: every event, confirmation and position it moved."""
     from execution_service.cli_support import print_json, with_store
@@ -24,7 +24,7 @@ def show(signal_id: str, as_json: bool) -> None:
     if journey is None:
         click.echo(f"error: no signal {signal_id!r} in the audit store (no execution record, "
                    f"no signal_store document)", err=True)
-        sys.exit(1)
+        sys.exit(2)
     if as_json:
         print_json(journey)
     else:

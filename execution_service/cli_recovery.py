@@ -12,13 +12,14 @@ import click
 
 from execution_service.bootstrap import open_app_store, open_brokers
 from execution_service.cli_support import cli_settings, print_json, pubsub_for
+from execution_service.domain.records import iso
 from execution_service.domain.text import single_line
 from execution_service.errors import FatalConfigError
 from execution_service.service.reconcile import reconcile
 
 
 @click.command("reconcile")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def reconcile_command(as_json: bool) -> None:
     """The brokers' orders and positions against the store. Exit 1 on any mismatch."""
     settings = cli_settings()
@@ -46,9 +47,10 @@ async def _reconcile(store, brokers) -> dict:
 
 
 @click.command("dead-letters")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the dead letters as JSON.")
 @click.option("--requeue", "requeue_id", help="Republish this dead letter to trading-orders.")
-@click.option("--max", "max_messages", default=100, show_default=True)
+@click.option("--max", "max_messages", default=100, show_default=True,
+              help="Read at most this many.")
 def dead_letters_command(as_json: bool, requeue_id: str | None, max_messages: int) -> None:
     """What landed in trading-orders-dead-letter (left there unless requeued)."""
     settings = cli_settings()
@@ -106,7 +108,7 @@ def _describe(received, log: Path) -> dict:
     count = attributes.get("CloudPubSubDeadLetterSourceDeliveryCount")
     reason = attributes.get("dead_letter_reason") or _reason_from_log(body, log) or (
         f"nacked {count} times (store or broker unavailable; see the daemon's log)")
-    return {"id": message.message_id, "published_at": message.publish_time.isoformat(),
+    return {"id": message.message_id, "published_at": iso(message.publish_time),
             "body": body, "attributes": attributes,
             "delivery_count": int(count) if count else received.delivery_attempt or None,
             "reason": reason}

@@ -130,7 +130,9 @@ def accounts_update(account_id: str, clears: tuple[str, ...], symbols: str | Non
     if saved is None:
         raise FatalConfigError(f"no account {account_id!r}")
     if as_json:
-        print_json(saved)
+        from execution_service.credentials import shown
+
+        print_json(shown(saved))
         return
     click.echo(f"account {saved['_id']}: {describe_limits(saved)}, symbols "
                f"{','.join(saved.get('allowed_symbols') or []) or 'any'}")

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import click
 
-from execution_service.bootstrap import EMULATOR_HOST_FILE, open_app_store
+from execution_service.bootstrap import open_app_store
 from execution_service.config import Settings, load_settings
 from execution_service.domain.records import json_default, strict_json
 from execution_service.errors import ExecutionError, FatalConfigError
+from execution_service.redaction import REDACTOR, redact
 
 
 def cli_settings(**overrides) -> Settings:
@@ -23,26 +24,46 @@ def print_json(value) -> None:
     click.echo(strict_json(value, indent=2, default=json_default))
 
 
+def print_rows(rows: list[dict], as_json: bool, line, empty: str) -> None:
+    """JSON, or one line per row, or `empty` when there is nothing to list."""
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        click.echo(empty)
+    for row in rows:
+        click.echo(line(row))
+
+
 class Cli(click.Group):
     """Turns our errors into one clear line and exit code 2 instead of a traceback."""
 
     def invoke(self, ctx):
+        REDACTOR.install_excepthooks()
         try:
             return super().invoke(ctx)
         except ExecutionError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {redact(str(e))}", err=True)
             sys.exit(2)
+        except (click.exceptions.ClickException, click.exceptions.Exit,
+                click.exceptions.Abort):
+            raise
+        except Exception as e:  # a bug: its traceback, with every secret redacted
+            click.echo(REDACTOR.format_exception(e), err=True)
+            sys.exit(1)
 
 
 def emulator_host(settings: Settings) -> str | None:
     if settings.PUBSUB_EMULATOR_HOST:
         return settings.PUBSUB_EMULATOR_HOST
-    host_file = Path(settings.LOG_DIR) / EMULATOR_HOST_FILE
     if settings.starts_local_emulator:
-        if not host_file.exists():
+        from execution_service.adapters.emulator_record import read_host
+
+        host = read_host(Path(settings.LOG_DIR))
+        if host is None:
             raise FatalConfigError("no Pub/Sub emulator: start the daemon (`execution-service "
                                    "run`) or set PUBSUB_EMULATOR_HOST")
-        return host_file.read_text().strip()
+        return host
     return None
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from execution_service.config import Settings
+from execution_service.config import Settings, secret_presence
 from execution_service.domain.orders import OPEN_STATUSES
 from execution_service.domain.records import as_utc, iso
-from execution_service.service.risk import active_halts
+from execution_service.service.risk import active_halts, halt_scope
+
+STILL_TRUE = ("host", "pid", "version", "started_at", "last_heartbeat", "stopped")
 
 
 def read_status(store, settings: Settings, now: datetime) -> dict:
@@ -28,6 +30,7 @@ def read_status(store, settings: Settings, now: datetime) -> dict:
                   "accounts": store.count_accounts()},
     }
     report["halts"] = active_halts(store)
+    report["secrets"] = secret_presence(settings)
     if latest is None:
         report["reason"] = "no daemon has ever written a heartbeat to this store"
         return report
@@ -47,6 +50,9 @@ def read_status(store, settings: Settings, now: datetime) -> dict:
     if not fresh:
         report["reason"] = ("stopped cleanly" if latest.get("stopped") else
                             f"heartbeat is stale ({age:.0f}s old)")
+        # what a stopped daemon last saw (connections, in-flight work) is not true any more
+        report["service"] = {key: latest.get(key) for key in STILL_TRUE if key in latest}
+        report["notifier"] = report["risk"] = None
     return report
 
 
@@ -70,10 +76,17 @@ def render_status(report: dict) -> str:
         f"Orders:    received {report['orders_received']}, filled {report['orders_filled']}, "
         f"rejected {report['orders_rejected']}, cancelled {report['orders_cancelled']}, "
         f"open {report['orders_open']}",
-        "Halts:     " + (", ".join(f"{h.get('account_id') or 'ALL'}: {h.get('reason')}"
+        "Halts:     " + (", ".join(f"{halt_scope(h)}: {h.get('reason')}"
                                    for h in report.get("halts", [])) or "none"),
         "Problems:  " + ("; ".join(report.get("problems") or []) or "none"),
         f"Store:     {report['store']['backend']}: {report['store']['records_by_status']}, "
         f"{report['store']['open_positions']} open positions",
+        "Secrets:   " + ", ".join(f"{name} {state}"
+                                  for name, state in report.get("secrets", {}).items()),
     ]
     return "\n".join(lines)
+
+
+def status_text(store, settings: Settings):
+    """The rendered status as of a time: what the operators' chat desk is given."""
+    return lambda now: render_status(read_status(store, settings, now))

@@ -20,8 +20,9 @@ SIGNALS = REPO / "tests" / "signals"
 def emulator_host(tmp_path_factory):
     """One real emulator for the whole session, on a free loopback port."""
     if find_launcher() is None:
-        pytest.fail("Google's Pub/Sub emulator is required (gcloud components install "
-                    "pubsub-emulator beta)")
+        from execution_service.adapters.emulator import INSTALL_HINT
+
+        pytest.fail(f"Google's Pub/Sub emulator is required. {INSTALL_HINT}")
     log = tmp_path_factory.mktemp("emulator") / "emulator.log"
     emulator = start_emulator(log)
     previous = os.environ.get("PUBSUB_EMULATOR_HOST")

@@ -9,7 +9,6 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable
-from datetime import timedelta
 from functools import partial
 
 from google.api_core import exceptions as gexc
@@ -19,7 +18,13 @@ from google.pubsub_v1 import types as gapic_types
 from google.pubsub_v1.services.publisher import client as gapic_publisher
 
 logger = logging.getLogger(__name__)
+# The subscription's settings and the consumer's, from one place so they agree. A held message
+# (store outage: service/held_messages.py) keeps its lease for MAX_LEASE_SECONDS, renewed every
+# ACK_DEADLINE_SECONDS; then Pub/Sub redelivers it, spending one of MAX_DELIVERY_ATTEMPTS.
 MAX_DELIVERY_ATTEMPTS = 5
+ACK_DEADLINE_SECONDS = 10
+MAX_LEASE_SECONDS = 3600
+RETENTION_SECONDS = 7 * 24 * 3600  # undelivered messages wait this long (Pub/Sub's maximum)
 MAX_MESSAGES_PER_REQUEST = 1000  # Pub/Sub's limit per Publish request
 
 
@@ -55,7 +60,8 @@ def setup_pubsub(names: PubSubNames, publisher=None, subscriber=None) -> list[st
             pass
     subscriptions = [
         {"name": names.orders_subscription, "topic": names.orders_topic,
-         "ack_deadline_seconds": 10,
+         "ack_deadline_seconds": ACK_DEADLINE_SECONDS,
+         "message_retention_duration": duration_pb2.Duration(seconds=RETENTION_SECONDS),
          "retry_policy": {"minimum_backoff": duration_pb2.Duration(seconds=1),
                           "maximum_backoff": duration_pb2.Duration(seconds=30)},
          "dead_letter_policy": {"dead_letter_topic": names.dead_letter_topic,
@@ -70,6 +76,19 @@ def setup_pubsub(names: PubSubNames, publisher=None, subscriber=None) -> list[st
         except gexc.AlreadyExists:
             pass
     return created
+
+
+def subscription_disagreements(names: PubSubNames, subscriber) -> list[str]:
+    """How the existing trading-orders subscription differs from what the daemon expects."""
+    found = subscriber.get_subscription(subscription=names.orders_subscription)
+    expected = {"ack_deadline_seconds": ACK_DEADLINE_SECONDS,
+                "max_delivery_attempts": MAX_DELIVERY_ATTEMPTS,
+                "message_retention_seconds": RETENTION_SECONDS}
+    actual = {"ack_deadline_seconds": found.ack_deadline_seconds,
+              "max_delivery_attempts": found.dead_letter_policy.max_delivery_attempts or None,
+              "message_retention_seconds": int(found.message_retention_duration.total_seconds())}
+    return [f"{name} is {actual[name]}, the daemon expects {value}"
+            for name, value in expected.items() if actual[name] != value]
 
 
 async def await_future(future) -> object:
@@ -222,8 +241,8 @@ class OrderConsumer:
         # ~10 s (with the 60 s default the emulator held it for minutes).
         self._flow = pubsub_v1.types.FlowControl(
             max_messages=max(1, -(-max_in_flight // self._streams)),
-            max_duration_per_lease_extension=10,
-            max_lease_duration=timedelta(minutes=10).total_seconds())
+            max_duration_per_lease_extension=ACK_DEADLINE_SECONDS,
+            max_lease_duration=MAX_LEASE_SECONDS)
         self._futures: list = []
         self._stopped = False
         self._inbox: deque = deque()

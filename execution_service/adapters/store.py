@@ -20,16 +20,24 @@ from typing import Any
 
 import pymongo
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from execution_service.adapters.api_key_store import ApiKeyQueries
+from execution_service.adapters.broker_sessions_store import BrokerSessionQueries
 from execution_service.adapters.mock_ledger_store import MockLedgerStore
 from execution_service.adapters.server_settings import ServerSettings, server_client_options
-from execution_service.adapters.store_errors import DuplicateSignal, translating
+from execution_service.adapters.store_errors import (
+    DuplicateSignal,
+    StoreHealth,
+    translating,
+    writing,
+)
 from execution_service.adapters.store_operations import OperatorQueries
 from execution_service.domain.orders import OPEN_STATUSES, EventKind
 from execution_service.domain.positions import FILL_KEYS_KEPT
 from execution_service.domain.records import parse_iso, published_confirmations, record_id
+from execution_service.errors import FatalConfigError
+from execution_service.redaction import redact, redact_uri_passwords
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +49,7 @@ ACCOUNTS = "accounts"
 SERVICE_STATUS = "service_status"
 NON_TERMINAL = list(OPEN_STATUSES)
 
-__all__ = ["DuplicateSignal", "Store", "StoreHandle", "open_store", "translating"]
+__all__ = ["DuplicateSignal", "Store", "StoreHandle", "open_store", "translating", "writing"]
 
 
 @dataclass
@@ -82,18 +90,14 @@ def open_store(uri: str | None, database: str, embedded_path: Path | None,
         # its in-memory store has no close(): forgetting it is what frees it
         return StoreHandle(client, client[database], "in-memory store (mongomock)",
                            release=lambda: litemongo_client._MEMORY_STORES.pop(name, None))
-    client = pymongo.MongoClient(uri, **server_client_options(server or ServerSettings()))
-    return StoreHandle(client, client[database], f"MongoDB {_redact(uri or '')}")
+    try:
+        client = pymongo.MongoClient(uri, **server_client_options(server or ServerSettings()))
+    except (PyMongoError, ValueError) as e:  # pymongo's messages may quote the URI
+        raise FatalConfigError(f"configuration: MONGODB_URI: {redact(str(e))}") from None
+    return StoreHandle(client, client[database], f"MongoDB {redact_uri_passwords(uri or '')}")
 
 
-def _redact(uri: str) -> str:
-    if "@" not in uri:
-        return uri
-    scheme, rest = uri.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
-
-
-class Store(OperatorQueries, ApiKeyQueries):
+class Store(OperatorQueries, ApiKeyQueries, BrokerSessionQueries):
     """Every read and write the service makes (the port's one implementation, on every
     backend). One instance per process. Collections with a purpose of their own live in
     their own module: OperatorQueries (halts, journey, risk reads) and `mock_ledger`."""
@@ -106,10 +110,11 @@ class Store(OperatorQueries, ApiKeyQueries):
         self.position_fills = database[POSITION_FILLS]
         self.accounts = database[ACCOUNTS]
         self.service_status = database[SERVICE_STATUS]
+        self.health = StoreHealth()
         self.mock_ledger = MockLedgerStore(database)
         self.on_server = isinstance(database, pymongo.database.Database)
 
-    @translating
+    @writing
     def ensure_indexes(self) -> None:
         # Every index costs memory per document in the embedded store: only what the hot path
         # and the lease sweep query (the CLI's sorts and the start-up outbox scan do without).
@@ -140,12 +145,14 @@ class Store(OperatorQueries, ApiKeyQueries):
     def list_accounts(self) -> list[dict]:
         return list(self.accounts.find().sort("_id", 1))
 
-    @translating
-    def upsert_account(self, account_id: str, fields: dict, at: datetime) -> dict:
-        return self.accounts.find_one_and_update(
-            {"_id": account_id}, {"$set": {**fields, "updated_at": at},
-                                  "$setOnInsert": {"created_at": at}},
-            upsert=True, return_document=ReturnDocument.AFTER)
+    @writing
+    def upsert_account(self, account_id: str, fields: dict, at: datetime,
+                       unset: list[str] | tuple = ()) -> dict:
+        update: dict = {"$set": {**fields, "updated_at": at}, "$setOnInsert": {"created_at": at}}
+        if unset:
+            update["$unset"] = {name: "" for name in unset}
+        return self.accounts.find_one_and_update({"_id": account_id}, update, upsert=True,
+                                                 return_document=ReturnDocument.AFTER)
 
     @translating
     def count_accounts(self) -> int:
@@ -153,7 +160,7 @@ class Store(OperatorQueries, ApiKeyQueries):
 
     # execution records ----------------------------------------------------------------------
 
-    @translating
+    @writing
     def insert_record(self, doc: dict) -> None:
         try:
             self.records.insert_one(doc)
@@ -164,7 +171,7 @@ class Store(OperatorQueries, ApiKeyQueries):
     def get_record(self, signal_id: str) -> dict | None:
         return self.records.find_one({"_id": record_id(signal_id)})
 
-    @translating
+    @writing
     def update_record(self, doc: dict, fields: dict, events: list[dict],
                       confirmations: list[dict]) -> dict | None:
         """Compare-and-set on `version`: the record as now stored, or None when someone else
@@ -181,7 +188,7 @@ class Store(OperatorQueries, ApiKeyQueries):
                 "events": [*doc.get("events", []), *events],
                 "confirmations": [*doc.get("confirmations", []), *confirmations]}
 
-    @translating
+    @writing
     def renew_leases(self, signal_ids: list[str], owner_id: str, until: datetime) -> None:
         self.records.update_many({"_id": {"$in": [record_id(s) for s in signal_ids]},
                                   "owner.id": owner_id}, {"$set": {"lease_expires_at": until}})
@@ -199,7 +206,7 @@ class Store(OperatorQueries, ApiKeyQueries):
             {"_id": {"$in": [record_id(s) for s in signal_ids]},
              "cancel_requested_reason": {"$ne": None}}, {"signal_id": 1})]
 
-    @translating
+    @writing
     def take_over(self, doc: dict, owner: dict, until: datetime, at: datetime) -> dict | None:
         """Become the record's owner; bumps `version` so the old owner's writes fail."""
         event = {"status": doc["status"], "event": str(EventKind.TAKEN_OVER), "at": at,
@@ -209,7 +216,7 @@ class Store(OperatorQueries, ApiKeyQueries):
             {"$set": {"owner": owner, "lease_expires_at": until}, "$inc": {"version": 1},
              "$push": {"events": event}}, return_document=ReturnDocument.AFTER)
 
-    @translating
+    @writing
     def mark_published(self, signal_id: str, sequence: int) -> None:
         """Everything up to `sequence` is published. One plain update when it was the latest
         confirmation; otherwise only the mark moves and the outbox stays pending."""
@@ -277,7 +284,7 @@ class Store(OperatorQueries, ApiKeyQueries):
 
     # signal_store ---------------------------------------------------------------------------
 
-    @translating
+    @writing
     def update_signal(self, signal_id: str, fields: dict, at: datetime) -> None:
         self.signals.update_one({"signal_id": signal_id},
                                 {"$set": {**fields, "execution_updated_at": at},
@@ -302,7 +309,7 @@ class Store(OperatorQueries, ApiKeyQueries):
     def count_positions(self, key: dict) -> int:
         return self.positions.count_documents(key)
 
-    @translating
+    @writing
     def insert_position(self, doc: dict) -> bool:
         try:
             self.positions.insert_one(doc)
@@ -314,7 +321,7 @@ class Store(OperatorQueries, ApiKeyQueries):
     def get_position(self, position_id: str) -> dict | None:
         return self.positions.find_one({"_id": position_id})
 
-    @translating
+    @writing
     def update_position(self, doc: dict, fields: dict, fill_key: str) -> bool:
         result = self.positions.update_one(
             {"_id": doc["_id"], "version": doc["version"], "fill_keys": {"$ne": fill_key}},
@@ -343,7 +350,7 @@ class Store(OperatorQueries, ApiKeyQueries):
 
     # service status -------------------------------------------------------------------------
 
-    @translating
+    @writing
     def write_status(self, doc: dict) -> None:
         self.service_status.replace_one({"_id": doc["_id"]}, doc, upsert=True)
 

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from pymongo import ReturnDocument
 
-from execution_service.adapters.store_errors import translating
+from execution_service.adapters.store_errors import translating, writing
 
 HALTS = "trading_halts"
 LIFTED_HALTS = "trading_halts_lifted"  # halts lifted, with who lifted them (issue 21)
@@ -20,11 +20,11 @@ class OperatorQueries:
 
     # trading_halts: one document per scope (see service/risk.py) ----------------------------
 
-    @translating
+    @writing
     def save_halt(self, doc: dict) -> None:
         self.db[HALTS].replace_one({"_id": doc["_id"]}, doc, upsert=True)
 
-    @translating
+    @writing
     def delete_halt(self, halt_id: str) -> dict | None:
         """The halt that was removed, None if there was none."""
         return self.db[HALTS].find_one_and_delete({"_id": halt_id})
@@ -43,7 +43,7 @@ class OperatorQueries:
 
     # accounts -------------------------------------------------------------------------------
 
-    @translating
+    @writing
     def update_account_fields(self, account_id: str, fields: dict, clears: list[str],
                               at: datetime) -> dict | None:
         """Set `fields` and remove `clears` in one write; None when no such account."""

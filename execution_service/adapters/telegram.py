@@ -8,14 +8,11 @@ record of the process, whichever logger or handler produced it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import quote
 
 from telegram.error import BadRequest, RetryAfter, TelegramError, TimedOut
 from telegram.ext import AIORateLimiter, ExtBot
@@ -23,63 +20,9 @@ from telegram.request import HTTPXRequest
 
 from execution_service.domain.notices import OrderNotice, ServiceAlert
 from execution_service.domain.telegram_text import compose_message, truncate
+from execution_service.redaction import protect, redact
 
 logger = logging.getLogger(__name__)
-
-REDACTED = "[REDACTED]"
-
-
-class _TokenRedactor:
-    """Wraps the process's log-record factory once, so that no record from any logger (httpx
-    logs request URLs, python-telegram-bot puts the token in some messages) carries a token."""
-
-    def __init__(self) -> None:
-        self._secrets: set[str] = set()
-        self._previous: Callable[..., logging.LogRecord] | None = None
-        self._lock = threading.Lock()
-
-    def add(self, token: str) -> None:
-        with self._lock:
-            self._secrets.update(_secret_forms(token))
-            if self._previous is None:
-                self._previous = logging.getLogRecordFactory()
-                logging.setLogRecordFactory(self._make_record)
-
-    def redact(self, text: str) -> str:
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            text = text.replace(secret, REDACTED)
-        return text
-
-    def _leaks(self, text: str) -> bool:
-        return any(secret in text for secret in self._secrets)
-
-    def _make_record(self, *args, **kwargs) -> logging.LogRecord:
-        record = self._previous(*args, **kwargs)
-        with contextlib.suppress(Exception):  # a bad record fails later, in its handler
-            self._scrub(record)
-        return record
-
-    def _scrub(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if self._leaks(message):
-            record.msg, record.args = self.redact(message), ()
-        if record.exc_info and record.exc_info[1] is not None:
-            text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
-            if self._leaks(text):
-                record.exc_text, record.exc_info = self.redact(text), None
-
-
-def _secret_forms(token: str) -> set[str]:
-    """The token as it may appear: whole, URL-quoted, and its secret part after the bot id."""
-    forms = {token, quote(token, safe="")}
-    secret = token.partition(":")[2]
-    if len(secret) >= 8:
-        forms.add(secret)
-    return {form for form in forms if form}
-
-
-_REDACTOR = _TokenRedactor()  # one per process, like the log-record factory it wraps
-
 
 @dataclass
 class _AlertWindow:
@@ -105,7 +48,7 @@ class TelegramNotifier:
     ) -> None:
         if not token or not chat_id or queue_size < 1:
             raise ValueError("TelegramNotifier needs a bot token, a chat id and queue_size >= 1")
-        _REDACTOR.add(token)  # before the bot exists: it logs its URL, token included
+        protect([token])  # before the bot exists: it logs its URL, token included
         self._token = token
         self._chat_id = chat_id
         self._api_url = api_url.rstrip("/")
@@ -143,7 +86,7 @@ class TelegramNotifier:
                 self._accept(event)
         except Exception as e:  # noqa: BLE001 - notify must never raise
             self._counts["dropped"] += 1
-            logger.error("Telegram notice dropped: %s", _describe(e))
+            logger.error("Telegram notice dropped: %s", describe_error(e))
 
     async def start(self) -> None:
         if self._task is not None:
@@ -252,7 +195,7 @@ class TelegramNotifier:
             await self._bot.initialize()
             logger.info("Telegram notifier ready as @%s", self._bot.username)
         except Exception as e:  # noqa: BLE001 - the drain task must survive anything
-            logger.warning("Telegram Bot API not usable yet: %s", _describe(e))
+            logger.warning("Telegram Bot API not usable yet: %s", describe_error(e))
 
     async def _send(self, text: str) -> None:
         try:
@@ -272,7 +215,7 @@ class TelegramNotifier:
 
     def _failed(self, message: str, *args) -> None:
         self._counts["failed"] += 1
-        shown = [_describe(arg) if isinstance(arg, BaseException) else arg for arg in args]
+        shown = [describe_error(arg) if isinstance(arg, BaseException) else arg for arg in args]
         logger.warning("Telegram notice not sent, " + message, *shown)
 
     def _discard_queued(self) -> None:
@@ -285,9 +228,9 @@ class TelegramNotifier:
         try:
             await asyncio.wait_for(self._bot.shutdown(), self._stop_timeout)
         except Exception as e:  # noqa: BLE001 - stopping must not fail on a side channel
-            logger.warning("Telegram client did not close cleanly: %s", _describe(e))
+            logger.warning("Telegram client did not close cleanly: %s", describe_error(e))
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
     """An exception as `Type: message`, token removed, for a log line."""
-    return f"{type(error).__name__}: {_REDACTOR.redact(str(error))}"
+    return f"{type(error).__name__}: {redact(str(error))}"

@@ -122,6 +122,12 @@ def is_exit(doc: dict) -> bool:
     return doc.get("role") is not None
 
 
+def oca_levels(doc: dict) -> tuple[float | None, float | None] | None:
+    """An exit's bracket as (stop_loss, take_profit); None for an entry (or an older exit)."""
+    levels = doc.get("bracket_levels") if is_exit(doc) else None
+    return (levels[0], levels[1]) if levels else None
+
+
 def oca_group(doc: dict) -> str | None:
     """The one-cancels-other group an exit's order carries at the venue (one per entry)."""
     return f"{doc['parent_signal_id']}:OCO" if is_exit(doc) else None
@@ -183,6 +189,8 @@ def exit_claim(entry: dict, role: ExitRole, quantity: float, *, broker_tag: str,
         "limit_price": None, "stop_price": None, "time_in_force": EXIT_TIME_IN_FORCE,
         "stop_loss": None, "take_profit": None, "reference_price": None,
         "parent_signal_id": entry["signal_id"], "role": str(role), "broker_tag": broker_tag,
+        # both levels, so a venue keeping the pair as one order (a Kite GTT) knows its sibling
+        "bracket_levels": [entry.get("stop_loss"), entry.get("take_profit")],
         "owner": owner, "lease_expires_at": lease_until, "extra_fields": {},
         "events": [Event(OrderStatus.PENDING, at, EventKind.CLAIMED,
                          {"parent_signal_id": entry["signal_id"], "role": str(role)}).to_doc()],

@@ -137,7 +137,7 @@ class CommandHandler:
             except StoreUnavailable as e:
                 attempt += 1
                 wait = self._store_backoff.after(attempt)
-                logger.warning("Store unavailable on %s request %s (%s); retry in %.1fs",
+                logger.debug("Store unavailable on %s request %s (%s); retry in %.1fs",
                                command.action, command.request_id, e, wait)
                 await asyncio.sleep(wait)
 

@@ -16,7 +16,8 @@ from execution_service.domain.backoff import Backoff
 from execution_service.domain.intake import dead_letter_message
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.errors import ExecutionError, StoreUnavailable
-from execution_service.service.processor import Action
+from execution_service.service.held_messages import HeldIntake
+from execution_service.service.processor import Action, Outcome
 from execution_service.service.risk import halt_alert, resume_alert, watch_halts
 from execution_service.service.supervisor import TaskSupervisor
 
@@ -45,6 +46,7 @@ class ExecutionDaemon:
         self._in_flight: set[asyncio.Task] = set()
         # other ways orders come in (the HTTP API): started with the consumer, stopped first
         self._front_doors = front_doors
+        self.intake = HeldIntake(self._decide_held, self._settle, self._probe)
 
     async def run(self, stop: asyncio.Event) -> None:
         app = self.app
@@ -60,6 +62,7 @@ class ExecutionDaemon:
         supervise("leases", lambda: self.app.leases.run(stop))
         supervise("halts", lambda: watch_halts(self.app.risk, stop, self._on_halt_change,
                                                run=self.app.store_thread.run))
+        supervise("broker-sessions", lambda: self.app.sessions.run(stop))
         logger.info("Execution service started: consuming %s", self._describe.get("subscription"))
         app.notifier.notify(ServiceAlert(AlertKind.SERVICE_STARTED,
                                          f"Execution service started on {self.status_id}",
@@ -85,11 +88,15 @@ class ExecutionDaemon:
             except StoreUnavailable as e:
                 attempt += 1
                 wait = STORE_AT_START.after(attempt)
-                logger.warning("Store unavailable at start (%s); retry in %.1fs", e, wait)
+                logger.debug("Store unavailable at start (%s); retry in %.1fs", e, wait)
                 await asyncio.sleep(wait)
 
     def _on_message(self, message) -> None:
-        """Messages are decided on the store thread, in arrival order, a batch at a time."""
+        """Messages are decided on the store thread, in arrival order, a batch at a time;
+        during a store outage they queue behind the held ones (held_messages.py)."""
+        if self.intake.holding:
+            self.intake.hold(message)
+            return
         self._inbox.append(message)
         if not self._processing:
             self._processing = True
@@ -115,6 +122,10 @@ class ExecutionDaemon:
     def _decide_all(self, batch: list) -> list:
         outcomes = []
         for message in batch:
+            if outcomes and outcomes[-1] is not None and outcomes[-1].action is Action.HOLD:
+                # the store just failed: the rest wait behind, without a call each
+                outcomes.append(Outcome(Action.HOLD, outcomes[-1].reason))
+                continue
             try:
                 outcomes.append(self.app.processor.decide(message.data))
             except Exception:  # noqa: BLE001 - one bad message never holds up the others
@@ -127,6 +138,9 @@ class ExecutionDaemon:
         try:
             if outcome is None:
                 message.nack()
+                return
+            if outcome.action is Action.HOLD:
+                self.intake.hold(message)
                 return
             self.app.processor.finish(outcome)
             if outcome.action is Action.DEAD_LETTER:
@@ -158,6 +172,14 @@ class ExecutionDaemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._heartbeat_seconds)
 
+    async def _decide_held(self, batch: list) -> list:
+        return await self.app.store_thread.run(self._decide_all, batch)
+
+    async def _probe(self) -> bool:
+        """A heartbeat write: the probe that ends an outage."""
+        await self.app.store_thread.run(self._write_status, self._heartbeat_doc(False))
+        return self._store_error is None
+
     def write_heartbeat(self, stopped: bool = False) -> None:
         self._write_status(self._heartbeat_doc(stopped))
 
@@ -173,6 +195,7 @@ class ExecutionDaemon:
                         for name, broker in app.brokers.brokers.items()},
             "counters": app.counters.as_dict(), "in_flight": app.tracker.in_flight,
             "outbox_backlog": app.outbox.backlog, "notifier": app.notifier.stats(),
+            "held_messages": self.intake.holding,
             "problems": self.supervisor.problems(),
             "task_restarts": dict(self.supervisor.restarts),
             **self._describe,
@@ -184,6 +207,8 @@ class ExecutionDaemon:
             self.app.store.write_status({**doc, "risk": self.app.risk.stats()})
             self._store_ok_at = time.monotonic()
             self._store_error = None
+        except StoreUnavailable as e:
+            self._store_error = str(e)  # the outage is logged once, by the store's health
         except ExecutionError as e:
             self._store_error = str(e)
             logger.warning("Heartbeat not written: %s", e)
@@ -206,6 +231,10 @@ class ExecutionDaemon:
         for door in self._front_doors:
             if not door.serving:
                 return False, f"{door.name} not serving"
+        health = getattr(self.app.store, "health", None)
+        if health is not None and health.down:
+            return False, (f"store cannot be written: store unavailable for "
+                           f"{health.down_for():.0f}s; {self.intake.holding} messages held")
         problems = self.supervisor.problems()
         if problems:
             return False, "; ".join(problems)
@@ -230,6 +259,7 @@ class ExecutionDaemon:
         for door in self._front_doors:
             await door.stop()
         await self._consumer.stop(timeout=3.0)
+        await self.intake.stop()
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=2.0)
         await app.commands.stop()

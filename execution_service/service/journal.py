@@ -67,7 +67,7 @@ class Counters:
     duplicates: int = 0
     commands_received: int = 0
     dead_lettered: int = 0
-    nacked: int = 0
+    held: int = 0  # messages the store could not take when they came: held, not nacked
 
     def as_dict(self) -> dict:
         return dict(vars(self))

@@ -8,9 +8,14 @@ entry: applied, it is done; not yet, the position documents (open or closed, eac
 last FILL_KEYS_KEPT keys) say whether the move happened. The ledger outlives every position
 document, so closes and flips lose nothing.
 
-The open position this process last wrote is kept in memory and used for the next
-compare-and-set without reading it first; when another process moved it meanwhile, the
-version no longer matches, and it is read again.
+Fills of one position queue in order: every store call runs on the one store thread (or
+inline, on the embedded store), so this process never races itself. What this process last
+wrote for a position key is kept in memory (`_Known`): the open document, or that the key is
+flat, and how many position documents the key has. The next fill moves the position from
+that without reading it first, so an add, a close and an open each cost one write (a flip
+two: the close and the opposite position's insert), besides the ledger's entry and mark.
+When another process moved the position meanwhile, the version or the next document's _id
+(the count + 1) no longer matches, the write is refused, and the store is read again.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import datetime
 
 from execution_service.domain.positions import (
@@ -38,15 +44,30 @@ def position_key(record: dict) -> dict:
             "symbol": record["symbol"]}
 
 
+@dataclass(frozen=True)
+class _Known:
+    """A position key as this process last wrote it."""
+
+    open: dict | None  # the open document, None when flat
+    count: int | None  # position documents of the key (open and closed), when known
+
+
 class PositionBook:
     def __init__(self, store: PositionStore) -> None:
         self._store = store
-        self._last_written: OrderedDict[tuple, dict] = OrderedDict()
+        self._last_written: OrderedDict[tuple, _Known] = OrderedDict()
 
     def apply(self, record: dict, fill) -> None:
         """Move the record's position by one fill (anything with exec_id, quantity, price,
         at), once."""
         key = position_key(record)
+        try:
+            self._apply(key, record, fill)
+        except BaseException:
+            self._forget(key)  # a write may have landed or not: the store knows
+            raise
+
+    def _apply(self, key: dict, record: dict, fill) -> None:
         fill_key = f"{record['signal_id']}:{fill.exec_id}"
         earlier = self._store.claim_fill(_ledger_entry(key, fill_key, record, fill))
         if earlier is not None:
@@ -73,24 +94,26 @@ class PositionBook:
         return True
 
     def _try_apply(self, key: dict, fill_key: str, record: dict, fill) -> bool:
-        current = self._last_written.get(_cache_key(key)) or self._store.open_position(key)
+        """One attempt; the fill is known not to have moved the position (a new ledger entry,
+        or _finish_if_moved found no move)."""
+        known = self._last_written.get(_cache_key(key))
+        current = known.open if known else self._store.open_position(key)
+        count = known.count if known else None
         change = apply_fill(_position_of(current), record["side"], fill.quantity, fill.price)
         order_id = record.get("order_id")
         if current is None:
-            return self._open(key, change.current, fill.at, order_id, fill_key)
+            return self._open(key, change.current, fill.at, order_id, fill_key, count)
         if change.closed is None:
             fields = _fields(change.current, order_id, current)
             if not self._store.update_position(current, fields, fill_key):
                 return False
-            self._remember(key, {**current, **fields, "version": current["version"] + 1,
-                                 "fill_keys": [*current["fill_keys"], fill_key][-FILL_KEYS_KEPT:]})
+            self._remember(key, _Known(_after(current, fields, fill_key), count))
             return True
-        self._forget(key)
-        return self._close_and_flip(key, current, change, fill.at, order_id, fill_key)
+        return self._close_and_flip(key, current, count, change, fill.at, order_id, fill_key)
 
-    def _remember(self, key: dict, doc: dict) -> None:
+    def _remember(self, key: dict, known: _Known) -> None:
         cache_key = _cache_key(key)
-        self._last_written[cache_key] = doc
+        self._last_written[cache_key] = known
         self._last_written.move_to_end(cache_key)
         if len(self._last_written) > POSITIONS_CACHED:
             self._last_written.popitem(last=False)
@@ -99,15 +122,19 @@ class PositionBook:
         self._last_written.pop(_cache_key(key), None)
 
     def _open(self, key: dict, position: Position, at: datetime, order_id: str | None,
-              fill_key: str) -> bool:
-        if self._store.position_with_fill(key, fill_key) is not None:
-            return False  # the fill that opened it was applied before: let apply() see it
-        ordinal = self._store.count_positions(key) + 1
-        return self._store.insert_position(_new_doc(key, ordinal, position, at, order_id,
-                                                    fill_key))
+              fill_key: str, count: int | None) -> bool:
+        """Insert the key's next position document; refused (False) when the _id is taken:
+        another process opened one meanwhile."""
+        ordinal = (self._store.count_positions(key) if count is None else count) + 1
+        doc = _new_doc(key, ordinal, position, at, order_id, fill_key)
+        if not self._store.insert_position(doc):
+            return False
+        self._remember(key, _Known(doc, ordinal))
+        return True
 
-    def _close_and_flip(self, key: dict, current: dict, change: PositionChange, at: datetime,
-                        order_id: str | None, fill_key: str) -> bool:
+    def _close_and_flip(self, key: dict, current: dict, count: int | None,
+                        change: PositionChange, at: datetime, order_id: str | None,
+                        fill_key: str) -> bool:
         fields = {**_fields(change.closed, order_id, current), "status": "CLOSED",
                   "closed_at": at, "quantity": 0.0, "carry": None}
         if change.current is not None:  # crossing zero: what the opposite side opens with
@@ -116,9 +143,21 @@ class PositionBook:
                                "order_id": order_id}
         if not self._store.update_position(current, fields, fill_key):
             return False
-        self._open_carry(key, {**current, **fields}, fill_key)
         logger.info("Position closed: %s %s realized PnL %.2f", key["symbol"], key["account_id"],
                     change.closed.realized_pnl)
+        if change.current is None:
+            if count is None:  # flat is only safe to remember with the next _id to insert
+                self._forget(key)
+            else:
+                self._remember(key, _Known(None, count))
+            return True
+        # this compare-and-set closed it, so nothing was opened from it yet: no lookup
+        self._forget(key)
+        ordinal = (self._store.count_positions(key) if count is None else count) + 1
+        carry = {**_new_doc(key, ordinal, change.current, at, order_id, fill_key),
+                 "opened_from": current["_id"]}
+        if self._store.insert_position(carry):
+            self._remember(key, _Known(carry, ordinal))
         return True
 
     def _open_carry(self, key: dict, closed: dict, fill_key: str) -> None:
@@ -131,6 +170,12 @@ class PositionBook:
                        closed["closed_at"], carry["order_id"], fill_key)
         doc["opened_from"] = closed["_id"]
         self._store.insert_position(doc)
+
+
+def _after(doc: dict, fields: dict, fill_key: str) -> dict:
+    """The document as update_position leaves it."""
+    return {**doc, **fields, "version": doc["version"] + 1,
+            "fill_keys": [*doc["fill_keys"], fill_key][-FILL_KEYS_KEPT:]}
 
 
 def _ledger_entry(key: dict, fill_key: str, record: dict, fill) -> dict:

@@ -3,8 +3,8 @@
 `accept(body, by)` is the one use case every way in shares (Pub/Sub, the HTTP API): it says
 what became of the order (claimed, rejected and recorded, a duplicate, unusable) and raises
 StoreUnavailable when the store failed. `handle(body)` is the Pub/Sub consumer's view of it:
-ACK once the outcome or the claim is durable, NACK when the store failed, DEAD_LETTER when the
-message cannot even be recorded.
+ACK once the outcome or the claim is durable, HOLD when the store cannot take it now (see
+held_messages.py), DEAD_LETTER when the message cannot even be recorded.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ ACCOUNT_CACHE_SECONDS = 1.0
 
 class Action(StrEnum):
     ACK = "ACK"
-    NACK = "NACK"
+    NACK = "NACK"  # an unexpected failure: redelivered, and counts toward the dead letters
+    HOLD = "HOLD"  # the store is unavailable: keep the message unacknowledged, retry later
     DEAD_LETTER = "DEAD_LETTER"
 
 
@@ -124,11 +125,10 @@ class SignalProcessor:
                 return self._command(data.fields, problem=data.reason)
             intake = self._accept(data, body)
         except StoreUnavailable as e:
-            self._journal.counters.nacked += 1
-            signal_id = signal_id_hint(body) or "no signal_id"
-            logger.warning("Store unavailable, message nacked for redelivery [%s]: %s",
-                           signal_id, e)
-            return Outcome(Action.NACK, str(e), signal_id)
+            # Not logged per message: the store's health logs the outage once (store_errors)
+            self._journal.counters.held += 1
+            self._journal.counters.orders_received -= 1  # counted when handled for good
+            return Outcome(Action.HOLD, str(e), signal_id_hint(body) or "no signal_id")
         if intake.kind is Accepted.UNUSABLE:
             self._journal.counters.dead_lettered += 1
             logger.warning("Unusable message sent to dead letters: %s", intake.reason)

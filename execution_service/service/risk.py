@@ -42,36 +42,54 @@ GLOBAL_HALT = "global"
 RATE_WINDOW = timedelta(seconds=60)
 
 
-def halt_id(account_id: str | None) -> str:
+def halt_id(account_id: str | None, broker: str | None = None) -> str:
+    if broker is not None:
+        return f"broker:{broker}"
     return GLOBAL_HALT if account_id is None else f"account:{account_id}"
+
+
+def halt_scope(halt: dict) -> str:
+    if halt.get("broker"):
+        return f"{halt['broker']} accounts"
+    return "all accounts" if halt.get("account_id") is None else f"account {halt['account_id']}"
 
 
 # halts (CLI and daemon), stored through the store port ---------------------------------------
 
 def set_halt(store: HaltStore, reason: str, account_id: str | None = None,
-             cancel_open: bool = False, *, at: datetime, by: str | None = None) -> dict:
-    """Halt all trading (account_id None) or one account's; replaces an earlier halt there.
-    `by` (who asked) is kept on the halt when given."""
+             cancel_open: bool = False, *, at: datetime, by: str | None = None,
+             broker: str | None = None) -> dict:
+    """Halt all trading (account_id None), one account's, or every account of one broker;
+    replaces an earlier halt there. `by` (who asked) is kept on the halt when given."""
     reason = (reason or "").strip()
     if not reason:
         raise ValueError("a halt needs a reason")
-    doc = {"_id": halt_id(account_id), "account_id": account_id, "reason": reason,
+    doc = {"_id": halt_id(account_id, broker), "account_id": account_id, "reason": reason,
            "cancel_open": bool(cancel_open), "halted_at": at}
     if by is not None:
         doc["by"] = by
+    if broker is not None:
+        doc["broker"] = broker
     store.save_halt(doc)
     return doc
 
 
-def clear_halt(store: HaltStore, account_id: str | None = None, *, by: str | None = None,
-               at: datetime | None = None) -> dict | None:
-    """Lift the global halt (or one account's); the halt that was lifted, None if none was.
-    With `by`, the lifted halt is kept (`trading_halts_lifted`) with who lifted it, when."""
-    lifted = store.delete_halt(halt_id(account_id))
+def clear_halt(store: HaltStore, account_id: str | None = None, broker: str | None = None,
+               *, by: str | None = None, at: datetime | None = None) -> dict | None:
+    """Lift the global halt (or one account's, or one broker's); the halt that was lifted,
+    None if none was. With `by`, the lifted halt is kept (`trading_halts_lifted`) with who
+    lifted it, when."""
+    lifted = store.delete_halt(halt_id(account_id, broker))
     if lifted is not None and by is not None:
         store.save_lifted_halt({**lifted, "_id": f"{lifted['_id']}:{iso(at)}", "lifted_by": by,
                                 "lifted_at": at})
     return lifted
+
+
+def get_halt(store: HaltStore, account_id: str | None = None, broker: str | None = None
+             ) -> dict | None:
+    wanted = halt_id(account_id, broker)
+    return next((doc for doc in store.list_halts() if doc["_id"] == wanted), None)
 
 
 def halt_trading(store, reason: str, account_id: str | None, cancel_open: bool, *,
@@ -128,7 +146,8 @@ class RiskGate:
 
     def check(self, signal: Signal, account: dict) -> RiskBreach | None:
         """The first failing control, or None. Raises StoreUnavailable (caller nacks)."""
-        halt = self._applicable(self._current_halts(), signal.account_id)
+        halt = self._applicable(self._current_halts(), signal.account_id,
+                                str(account.get("broker") or "").upper() or None)
         exposure, recent, working = FLAT, 0, NONE_WORKING
         if halt is None and account.get(MAX_POSITION_NOTIONAL) is not None:
             exposure = net_exposure(self._open_positions(signal.account_id, signal.symbol))
@@ -151,18 +170,20 @@ class RiskGate:
                   if doc.get("signal_id") != signal.signal_id]
         return working_orders(others, signal.entry_price)
 
-    def halt_for(self, account_id: str) -> dict | None:
+    def halt_for(self, account_id: str, broker: str | None = None) -> dict | None:
         """The active halt covering this account (global first), for the tracker: never raises;
         with the store down it answers from the halts last read."""
         try:
             halts = self._current_halts()
         except StoreUnavailable:
             halts = self._halts
-        return self._applicable(halts, account_id)
+        return self._applicable(halts, account_id, broker)
 
     @staticmethod
-    def _applicable(halts: dict[str, dict], account_id: str) -> dict | None:
-        return halts.get(GLOBAL_HALT) or halts.get(halt_id(account_id))
+    def _applicable(halts: dict[str, dict], account_id: str, broker: str | None = None
+                    ) -> dict | None:
+        return halts.get(GLOBAL_HALT) or halts.get(halt_id(account_id)) or (
+            halts.get(halt_id(None, broker)) if broker else None)
 
     def stats(self) -> dict:
         """For the heartbeat: active halts (as last read) and rejections counted by control."""
@@ -171,7 +192,8 @@ class RiskGate:
         except StoreUnavailable:
             halts = self._halts
         return {"halted": {key: {name: doc.get(name) for name in
-                                 ("account_id", "reason", "cancel_open", "halted_at")}
+                                 ("account_id", "broker", "reason", "cancel_open",
+                                  "halted_at", "by")}
                            for key, doc in halts.items()},
                 "rejections_by_control": dict(self._rejections)}
 
@@ -210,9 +232,7 @@ class RiskGate:
 # the daemon's side: alerts and a watcher that acts on new halts -----------------------------------
 
 def halt_alert(halt: dict) -> ServiceAlert:
-    scope = "all accounts" if halt.get("account_id") is None else \
-        f"account {halt['account_id']}"
-    text = f"Trading halted for {scope}: {halt.get('reason')}"
+    text = f"Trading halted for {halt_scope(halt)}: {halt.get('reason')}"
     if halt.get("cancel_open"):
         text += " (cancelling open orders)"
     if halt.get("by"):
@@ -222,9 +242,7 @@ def halt_alert(halt: dict) -> ServiceAlert:
 
 
 def resume_alert(halt: dict) -> ServiceAlert:
-    scope = "all accounts" if halt.get("account_id") is None else \
-        f"account {halt['account_id']}"
-    return ServiceAlert(AlertKind.OPERATOR, f"Trading resumed for {scope}",
+    return ServiceAlert(AlertKind.OPERATOR, f"Trading resumed for {halt_scope(halt)}",
                         key=f"resume:{halt['_id']}:{iso(halt.get('halted_at'))}")
 
 
@@ -238,7 +256,7 @@ async def watch_halts(gate: RiskGate, stop: asyncio.Event,
         try:
             changes = await run(gate.poll_halts) if run is not None else gate.poll_halts()
         except StoreUnavailable as e:
-            logger.warning("Halt poll failed (%s); retrying", e)
+            logger.debug("Halt poll failed (%s); retrying", e)
             changes = HaltChanges()
         if changes.started or changes.ended:
             try:

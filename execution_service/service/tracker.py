@@ -22,7 +22,7 @@ from enum import StrEnum
 from brokers.base import Broker, BrokerOrder, OrderRequest
 from execution_service.domain import orders
 from execution_service.domain.backoff import Backoff
-from execution_service.domain.brackets import is_exit, oca_group
+from execution_service.domain.brackets import is_exit, oca_group, oca_levels
 from execution_service.domain.commands import placement_refusal
 from execution_service.domain.notices import AlertKind, CancelCause, ServiceAlert
 from execution_service.domain.reasons import RejectClass, reason_class
@@ -92,6 +92,7 @@ def request_from_record(doc: dict) -> OrderRequest:
     fields = {name: value for name, value in fields.items() if value is not None}
     return OrderRequest(signal_id=doc["signal_id"], account_id=doc["account_id"],
                         broker_account=doc.get("broker_account"), oca_group=oca_group(doc),
+                        oca_levels=oca_levels(doc),
                         **fields)
 
 
@@ -99,7 +100,7 @@ class OrderTracker:
     def __init__(self, journal, brokers: BrokerSource, notifier: Notifier,
                  policy: TrackingPolicy,
                  clock: Callable[[], datetime],
-                 halts: Callable[[str], dict | None] | None = None, metrics=None,
+                 halts: Callable[..., dict | None] | None = None, metrics=None,
                  store_thread: StoreThread | None = None):
         self._journal = journal
         self._store_thread = store_thread or StoreThread(inline=True)
@@ -107,7 +108,7 @@ class OrderTracker:
         self._notifier = notifier
         self._policy = policy
         self._clock = clock
-        self._halts = halts or (lambda _account_id: None)
+        self._halts = halts or (lambda _account_id, _broker=None: None)
         self._metrics = metrics
         self._tasks: dict[str, asyncio.Task] = {}
         self._nudges = Nudges()
@@ -211,7 +212,7 @@ class OrderTracker:
         last_error: Exception | None = None
         for attempt in range(1, self._policy.max_attempts + 1):
             doc = await self._take_nudge(doc)
-            halt = None if is_exit(doc) else self._halts(doc["account_id"])
+            halt = None if is_exit(doc) else self._halts(doc["account_id"], doc.get("broker"))
             refusal, kind = placement_refusal(state_of(doc)), RejectClass.REQUEST
             if refusal is None and halt is not None:
                 refusal, kind = halt_reason(halt), RejectClass.HALT
@@ -369,7 +370,7 @@ class OrderTracker:
     def _cancel_reason(self, doc: dict, timed_out: bool) -> tuple[str, CancelCause] | None:
         """Why this working order must be cancelled now, if it must: a halt that cancels open
         orders (the operator's), or the timeout."""
-        halt = None if is_exit(doc) else self._halts(doc["account_id"])
+        halt = None if is_exit(doc) else self._halts(doc["account_id"], doc.get("broker"))
         if halt is not None and halt.get("cancel_open"):
             return halt_reason(halt), CancelCause.OPERATOR
         if timed_out:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from brokers.base import Broker
 from brokers.zerodha import ZerodhaBroker
+from brokers.zerodha_gtt import parse_leg_order_id
 from tests.fakes.fake_kite import ACCESS_TOKEN, API_KEY, FakeKite
 
 
@@ -34,6 +35,10 @@ class ZerodhaHarness:
 
     async def advance(self, order_id: str) -> None:
         fake = self._require_fake()
+        if (leg := parse_leg_order_id(order_id)) is not None:  # a GTT exit: its placed order
+            for placed in fake.triggered_orders(leg[0]):
+                await self.advance(placed)
+            return
         if fake.cancel_requested(order_id):
             fake.confirm_cancel(order_id)
             return
@@ -45,7 +50,8 @@ class ZerodhaHarness:
             fake.fill(order_id, chunk)
 
     async def move_market(self, symbol: str, price: float) -> None:
-        """Nothing to do: this venue fills a resting order on `advance`, at its own price."""
+        """Regular orders fill on `advance`, at their own price; GTTs trigger on the move."""
+        self._require_fake().move_market(price)
 
     async def stop(self) -> None:
         if self.broker is not None:

@@ -148,14 +148,14 @@ async def test_contract_given_filled_order_when_cancelled_then_nothing_changes(h
 
 # protective exits (SPEC §12) ------------------------------------------------------------------
 
-async def test_contract_given_gtc_exits_when_market_moves_through_one_then_only_it_fills(harness):
-    """Given a resting sell STOP 95 and sell LIMIT 110 (GTC) with the market at 100, when one
-    is resized and the market moves to 111, then the limit fills at its limit for the new
-    quantity, the stop keeps working and can still be cancelled."""
+async def _take_profit_filled(harness, **exit_fields):
+    """A sell STOP 95 and a sell LIMIT 110 (GTC) resting with the market at 100; the limit is
+    resized to 6 and the market moves to 111: the limit fills 6 at 110. Returns the broker
+    and the stop's order."""
     broker = await harness.start()
     await harness.move_market("SPY", 100.0)
     exit_fields = {"side": "SELL", "time_in_force": "GTC", "reference_price": None,
-                   "product": "MIS"}  # Zerodha takes GTC exits on MIS (as DAY orders)
+                   **exit_fields}
     stop = await broker.place_order(market(10, order_type="STOP", stop_price=95.0,
                                            **exit_fields))
     take = market(10, order_type="LIMIT", limit_price=110.0, **exit_fields)
@@ -167,8 +167,30 @@ async def test_contract_given_gtc_exits_when_market_moves_through_one_then_only_
                                   lambda o: o.status is BrokerStatus.FILLED)
     assert filled.status is BrokerStatus.FILLED and filled.filled_quantity == 6
     assert {fill.price for fill in filled.fills} == {110.0}
-    assert (await broker.get_order(stop.order_id)).status is BrokerStatus.WORKING
+    return broker, stop
+
+
+async def _cancelled_unfilled(harness, broker, stop) -> None:
     await broker.cancel_order(stop.order_id)
     cancelled = await _advance_until(harness, broker, stop.order_id,
                                      lambda o: o.status is BrokerStatus.CANCELLED)
     assert cancelled.status is BrokerStatus.CANCELLED and cancelled.filled_quantity == 0
+
+
+async def test_contract_given_gtc_exits_when_market_moves_through_one_then_only_it_fills(harness):
+    """Given a resting sell STOP 95 and sell LIMIT 110 (GTC, MIS: Zerodha takes those as DAY
+    orders) with the market at 100, when one is resized and the market moves to 111, then the
+    limit fills at its limit for the new quantity, the stop keeps working and can still be
+    cancelled."""
+    broker, stop = await _take_profit_filled(harness, product="MIS")
+    assert (await broker.get_order(stop.order_id)).status is BrokerStatus.WORKING
+    await _cancelled_unfilled(harness, broker, stop)
+
+
+async def test_contract_given_cnc_exits_in_one_group_when_take_profit_fills_then_stop_ends(
+        harness):
+    """Given the same exits for a delivery (CNC) position in one one-cancels-other group (a
+    Zerodha GTT, an IB OCA group, two mock orders), when the limit fills 6 at 110, then the
+    stop, cancelled (or already cancelled by the venue), ends CANCELLED without a fill."""
+    broker, stop = await _take_profit_filled(harness, product="CNC", oca_group="sig_cnc:OCO")
+    await _cancelled_unfilled(harness, broker, stop)

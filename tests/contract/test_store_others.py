@@ -145,3 +145,15 @@ def test_given_the_contract_files_then_every_public_store_method_has_a_case():
     missing = sorted(name for name in _public_methods(Store) | _public_methods(MockLedgerStore)
                      if f".{name}(" not in sources)
     assert missing == [], f"store methods without a contract case: {missing}"
+
+
+def test_given_broker_sessions_when_saved_twice_then_the_latest_is_read_per_broker(store):
+    assert store.get_broker_session("ZERODHA") is None
+    store.save_broker_session("ZERODHA", {"access_token": "t1", "saved_at": T0, "by": "cli:a"})
+    store.save_broker_session("ZERODHA", {"access_token": "t2", "user_id": "AB1234",
+                                          "saved_at": T0 + timedelta(seconds=1), "by": "cli:b"})
+    saved = store.get_broker_session("ZERODHA")
+    assert (saved["_id"], saved["access_token"], saved["user_id"], saved["by"]) == (
+        "ZERODHA", "t2", "AB1234", "cli:b")
+    assert saved["saved_at"] == T0 + timedelta(seconds=1) and "saved_at" in saved
+    assert store.get_broker_session("IBKR") is None

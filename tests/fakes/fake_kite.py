@@ -14,6 +14,7 @@ hooks to move an order through Kite's statuses and trades.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import threading
@@ -25,6 +26,7 @@ from urllib.parse import parse_qs, urlparse
 
 API_KEY = "fake_api_key"
 ACCESS_TOKEN = "fake_access_token_s3cr3t"
+API_SECRET = "fake_api_secret_s3cr3t"
 IST = timezone(timedelta(hours=5, minutes=30))
 NOT_FOUND = "Couldn't find that `order_id`."
 HTTP_STATUS = {"InputException": 400, "OrderException": 400, "PermissionException": 403,
@@ -71,9 +73,13 @@ class FakeOrder:
 
 
 class FakeKite:
-    def __init__(self, api_key: str = API_KEY, access_token: str = ACCESS_TOKEN):
+    def __init__(self, api_key: str = API_KEY, access_token: str = ACCESS_TOKEN,
+                 api_secret: str = API_SECRET):
         self.api_key = api_key
         self.access_token = access_token
+        self.api_secret = api_secret
+        self.request_tokens: set[str] = set()  # issued by a "login", each usable once
+        self.sessions_issued: list[str] = []  # access tokens made by /session/token
         self.placements: list[Placement] = []
         self.requests: list[tuple[str, str]] = []  # (method, path) in arrival order
         self.header_problems: list[str] = []
@@ -82,6 +88,9 @@ class FakeKite:
         self.hold_cancels = False  # DELETE leaves CANCEL PENDING until confirm_cancel()
         self.modifications: list[tuple[str, dict[str, str]]] = []  # (order id, PUT form)
         self.market_price = 100.0
+        self.gtts: dict[int, dict] = {}  # trigger id -> the GTT as GET /gtt/triggers/{id}
+        self.gtt_requests: list[tuple[str, dict]] = []  # (method, form) of POST/PUT
+        self._gtt_ids = itertools.count(1101)
         self._errors: dict[str, list[KiteError]] = {}
         self._hangs: list[float] = []
         self._drops = 0
@@ -141,6 +150,29 @@ class FakeKite:
         """The next placement creates the order, then the connection closes unanswered."""
         with self._lock:
             self._drops += 1
+
+    def issue_request_token(self) -> str:
+        """What Kite's redirect carries after a login: single-use."""
+        token = f"req_{next(self._ids)}"
+        with self._lock:
+            self.request_tokens.add(token)
+        return token
+
+    def create_session(self, form: dict[str, str]) -> dict:
+        """POST /session/token: checksum = sha256(api_key + request_token + api_secret)."""
+        request_token = form.get("request_token", "")
+        expected = hashlib.sha256(
+            (self.api_key + request_token + self.api_secret).encode()).hexdigest()
+        with self._lock:
+            if form.get("api_key") != self.api_key or form.get("checksum") != expected \
+                    or request_token not in self.request_tokens:
+                raise KiteError("TokenException", "Token is invalid or has expired.")
+            self.request_tokens.discard(request_token)
+            self.access_token = f"access_{next(self._ids)}"
+            self.sessions_issued.append(self.access_token)
+        return {"user_id": "AB1234", "user_name": "Fake Trader", "api_key": self.api_key,
+                "access_token": self.access_token, "public_token": "pub",
+                "login_time": datetime.now(IST).strftime("%Y-%m-%d %H:%M:%S")}
 
     def expire_session(self) -> None:
         """From now on every request answers TokenException (403)."""
@@ -301,6 +333,122 @@ class FakeKite:
             self._append(order, status="OPEN", **changes)
             return order_id
 
+    # --- GTTs (Kite's /gtt/triggers shapes) -------------------------------------------
+
+    def place_gtt(self, form: dict[str, str]) -> dict:
+        with self._lock:
+            self.gtt_requests.append(("POST", form))
+            self.take_error("gtt_place")
+            trigger_id = next(self._gtt_ids)
+            now = _stamp(datetime.now(IST))
+            self.gtts[trigger_id] = {
+                "id": trigger_id, "user_id": "AB1234", "parent_trigger": None,
+                "created_at": now, "updated_at": now, "expires_at": now, "status": "active",
+                "meta": {}, **self._gtt_body(form)}
+            return {"trigger_id": trigger_id}
+
+    def modify_gtt(self, trigger_id: str, form: dict[str, str]) -> dict:
+        with self._lock:
+            self.gtt_requests.append(("PUT", form))
+            self.take_error("gtt_modify")
+            gtt = self._known_gtt(trigger_id)
+            if gtt["status"] != "active":
+                raise KiteError("InputException", f"GTT is {gtt['status']}: cannot modify")
+            gtt.update(self._gtt_body(form), updated_at=_stamp(datetime.now(IST)))
+            return {"trigger_id": gtt["id"]}
+
+    def delete_gtt(self, trigger_id: str) -> dict:
+        with self._lock:
+            self.take_error("gtt_delete")
+            gtt = self._known_gtt(trigger_id)
+            if gtt["status"] != "active":
+                raise KiteError("InputException", f"GTT is {gtt['status']}: cannot delete")
+            gtt["status"] = "deleted"
+            return {"trigger_id": gtt["id"]}
+
+    def gtt(self, trigger_id: str) -> dict:
+        with self._lock:
+            self.take_error("gtt_get")
+            return json.loads(json.dumps(self._known_gtt(trigger_id)))
+
+    def all_gtts(self) -> list[dict]:
+        with self._lock:
+            self.take_error("gtt_list")
+            return json.loads(json.dumps(list(self.gtts.values())))
+
+    def trigger_gtt(self, trigger_id: int, leg: int) -> str:
+        """The market crossed the trigger of leg `leg`: Kite places that leg's order (and
+        only that one) and the GTT is triggered. Returns the placed order's id."""
+        with self._lock:
+            gtt = self._known_gtt(str(trigger_id))
+            assert gtt["status"] == "active", gtt["status"]
+            order = gtt["orders"][leg]
+            form = {name: str(order[name]) for name in (
+                "exchange", "tradingsymbol", "transaction_type", "quantity", "order_type",
+                "product", "price")}
+            order_id, _hang = self.place("regular", {**form, "validity": "DAY"})
+            order["result"] = {
+                "triggered_at": float(gtt["condition"]["trigger_values"][leg]),
+                "order_result": {"order_id": order_id, "rejection_reason": "",
+                                 "status": "success"},
+                "timestamp": _stamp(datetime.now(IST)), "validity": "DAY",
+                "quantity": order["quantity"], "price": order["price"],
+                "transaction_type": order["transaction_type"], "order_type": "LIMIT"}
+            gtt["status"] = "triggered"
+            return order_id
+
+    def move_market(self, price: float) -> list[str]:
+        """The last price moves to `price`: every active GTT whose trigger it crosses (from
+        the side of the GTT's last price) triggers. Returns the orders placed."""
+        with self._lock:
+            self.market_price = price
+            placed = []
+            for trigger_id, gtt in list(self.gtts.items()):
+                if gtt["status"] != "active":
+                    continue
+                condition = gtt["condition"]
+                for leg, trigger in enumerate(condition["trigger_values"]):
+                    above = trigger >= condition["last_price"]
+                    if (above and price >= trigger) or (not above and price <= trigger):
+                        placed.append(self.trigger_gtt(trigger_id, leg))
+                        break
+            return placed
+
+    def triggered_orders(self, trigger_id: int) -> list[str]:
+        """The ids of the orders a triggered GTT placed (one at most)."""
+        with self._lock:
+            return [order["result"]["order_result"]["order_id"]
+                    for order in self._known_gtt(str(trigger_id))["orders"] if order["result"]]
+
+    def set_gtt_status(self, trigger_id: int, status: str) -> None:
+        with self._lock:
+            self._known_gtt(str(trigger_id))["status"] = status
+
+    def _known_gtt(self, trigger_id: str) -> dict:
+        gtt = self.gtts.get(int(trigger_id))
+        if gtt is None:
+            raise KiteError("InputException", "Invalid trigger ID.", 404)
+        return gtt
+
+    @staticmethod
+    def _gtt_body(form: dict[str, str]) -> dict:
+        kind = form["type"]
+        condition = json.loads(form["condition"])
+        orders = json.loads(form["orders"])
+        triggers = condition["trigger_values"]
+        if kind not in ("single", "two-leg") or len(triggers) != len(orders) or \
+                len(triggers) != (1 if kind == "single" else 2):
+            raise KiteError("InputException", "Invalid trigger values or orders.")
+        if kind == "two-leg" and not triggers[0] < condition["last_price"] < triggers[1]:
+            raise KiteError("InputException", "Trigger values must straddle the last price.")
+        return {"type": kind,
+                "condition": {**condition, "instrument_token": 408065},
+                "orders": [{**order, "result": None} for order in orders]}
+
+    def ltp(self, instruments: list[str]) -> dict:
+        return {key: {"instrument_token": 408065, "last_price": self.market_price}
+                for key in instruments}
+
     def profile(self) -> dict:
         self.take_error("profile")
         return {"user_id": "AB1234", "user_name": "Fake Trader", "broker": "ZERODHA"}
@@ -389,8 +537,11 @@ class _Handler(BaseHTTPRequestHandler):
         parts = path.strip("/").split("/")
         self.fake.requests.append((method, path))
         try:
-            self.fake.check_headers(self.headers)
-            data = self._route(method, parts)
+            if (method, parts) == ("POST", ["session", "token"]):  # no session yet: no header
+                data = self.fake.create_session(self._form())
+            else:
+                self.fake.check_headers(self.headers)
+                data = self._route(method, parts)
         except KiteError as e:
             self._send(e.status, {"status": "error", "message": e.message,
                                   "data": None, "error_type": e.error_type})
@@ -421,8 +572,28 @@ class _Handler(BaseHTTPRequestHandler):
                 return {"order_id": fake.modify_order(order_id, self._form())}
             case "DELETE", ["orders", _variety, order_id]:
                 return {"order_id": fake.cancel_order(order_id)}
+            case _, ["gtt" | "quote" | "user", *_]:
+                return self._account_route(method, parts)
+        raise KiteError("GeneralException", f"no route {method} /{'/'.join(parts)}", 404)
+
+    def _account_route(self, method: str, parts: list[str]):
+        """The profile, GTTs, and the last price a GTT's placement asks for."""
+        fake = self.fake
+        match method, parts:
             case "GET", ["user", "profile"]:
                 return fake.profile()
+            case "GET", ["gtt", "triggers"]:
+                return fake.all_gtts()
+            case "POST", ["gtt", "triggers"]:
+                return fake.place_gtt(self._form())
+            case "GET", ["gtt", "triggers", trigger_id]:
+                return fake.gtt(trigger_id)
+            case "PUT", ["gtt", "triggers", trigger_id]:
+                return fake.modify_gtt(trigger_id, self._form())
+            case "DELETE", ["gtt", "triggers", trigger_id]:
+                return fake.delete_gtt(trigger_id)
+            case "GET", ["quote", "ltp"]:
+                return fake.ltp(parse_qs(urlparse(self.path).query).get("i", []))
         raise KiteError("GeneralException", f"no route {method} /{'/'.join(parts)}", 404)
 
     def _form(self) -> dict[str, str]:

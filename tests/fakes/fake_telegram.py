@@ -9,10 +9,14 @@
 It answers POST /bot<token>/getMe and /bot<token>/sendMessage with the real Bot API JSON shapes,
 records every sendMessage (token used, chat id, text, all parameters), and can answer 429/500/400
 for the next N sendMessage calls or hang a method until told to stop hanging or shut down.
+For long polling it serves deleteWebhook and getUpdates (offset, timeout, limit as the Bot API
+does): `push_command(chat_id, "/halt stop now", username="desk")` queues an update that the
+next getUpdates delivers.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -68,6 +72,11 @@ class FakeTelegram:
         self._hung = 0
         self._release = threading.Event()
         self._lock = threading.Lock()
+        self._updates: list[dict] = []
+        self._update_ids = itertools.count(1)
+        self._new_update = threading.Condition(self._lock)
+        self._stopping = False
+        self.confirmed_offset = 0  # the highest offset getUpdates was called with
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -85,6 +94,9 @@ class FakeTelegram:
 
     def stop(self) -> None:
         self._release.set()  # hanging handlers return without answering
+        with self._lock:
+            self._stopping = True
+            self._new_update.notify_all()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -135,6 +147,25 @@ class FakeTelegram:
         """Requests received and never answered because of hang()."""
         return self._hung
 
+    def push_command(self, chat_id: int, text: str, username: str = "operator") -> int:
+        """A message from a user in a private chat (its id is `chat_id`); returns update_id."""
+        with self._lock:
+            update_id = next(self._update_ids)
+            command = text.split()[0] if text.startswith("/") else ""
+            sender = {"id": chat_id, "is_bot": False, "first_name": "Operator",
+                      "username": username}
+            self._updates.append({"update_id": update_id, "message": {
+                "message_id": update_id, "date": int(time.time()), "chat": _chat(str(chat_id)),
+                "from": sender, "text": text,
+                "entities": [{"type": "bot_command", "offset": 0, "length": len(command)}]
+                if command else []}})
+            self._new_update.notify_all()
+        return update_id
+
+    def sent_to(self, chat_id: int | str) -> list[str]:
+        with self._lock:
+            return [m.text for m in self.sent if m.chat_id == str(chat_id)]
+
     def calls_to(self, method: str) -> list[Call]:
         with self._lock:
             return [call for call in self.calls if call.method == method]
@@ -154,7 +185,26 @@ class FakeTelegram:
                 return HTTPStatus.OK, {"ok": True, "result": BOT_USER}
             if method == "sendMessage":
                 return self._send_message(token, params)
+            if method == "deleteWebhook":
+                return HTTPStatus.OK, {"ok": True, "result": True}
+            if method == "getUpdates":
+                return self._get_updates(params)
             return _error(HTTPStatus.NOT_FOUND, "Not Found")
+
+    def _get_updates(self, params: dict) -> tuple[int, dict]:
+        """Called holding the lock; waiting releases it."""
+        offset = int(params.get("offset") or 0)
+        self.confirmed_offset = max(self.confirmed_offset, offset)
+        timeout = min(float(params.get("timeout") or 0), 5.0)
+        limit = int(params.get("limit") or 100)
+        deadline = time.monotonic() + timeout
+
+        def pending() -> list[dict]:
+            return [u for u in self._updates if u["update_id"] >= offset][:limit]
+
+        while not pending() and not self._stopping and time.monotonic() < deadline:
+            self._new_update.wait(max(0.0, deadline - time.monotonic()))
+        return HTTPStatus.OK, {"ok": True, "result": pending()}
 
     def _send_message(self, token: str, params: dict) -> tuple[int, dict]:
         failure = next((f for f in self._failures if f.remaining > 0), None)

@@ -47,7 +47,11 @@ class Unreachable:
         if callable(attribute) and not name.startswith("_") and \
                 super().__getattribute__("down"):
             def unavailable(*args, **kwargs):
-                raise StoreUnavailable("store unavailable: injected fault")
+                error = StoreUnavailable("store unavailable: injected fault")
+                health = vars(self).get("health")  # the Store's; the command log has none
+                if health is not None:
+                    health.failed(error)
+                raise error
             return unavailable
         return attribute
 

@@ -105,7 +105,7 @@ def test_given_a_plain_host_then_start_status_signal_show_stop(host):
         assert [e["status"] for e in journey["events"]] == ["PENDING", "SUBMITTED", "FILLED"]
         assert journey["positions"] and journey["signal"]["execution_status"] == "FILLED"
         unknown = run(host, "-c", SHOW, "show", "sig_nobody")
-        assert unknown.returncode == 1 and "no signal 'sig_nobody'" in unknown.stderr
+        assert unknown.returncode == 2 and "no signal 'sig_nobody'" in unknown.stderr
 
         stopped = script(host, "stop.py")
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr

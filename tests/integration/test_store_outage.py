@@ -1,4 +1,5 @@
-"""A store that fails for a while: messages are nacked, redelivered and processed, none lost."""
+"""A store that fails for a while: messages are held unacknowledged (never nacked, never
+dead-lettered) and all processed once it takes a write again."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from execution_service.adapters.pubsub import (
     PubSubNames,
     TopicPublisher,
     make_publisher,
+    subscription_disagreements,
 )
 from execution_service.bootstrap import build_app
 from execution_service.config import load_settings
@@ -21,11 +23,10 @@ from tests.fakes.pubsub_tools import PubSubRig
 from tests.fakes.service_fakes import FlakyStore
 from tests.fakes.stores import memory_store
 
-pytestmark = pytest.mark.asyncio
 
-
-async def test_given_store_down_then_nacked_and_processed_once_it_is_back(emulator_host,
-                                                                          project_id):
+@pytest.mark.asyncio
+async def test_given_store_down_when_50_signals_arrive_then_held_and_all_fill_once_after_it(
+        emulator_host, project_id):
     rig = PubSubRig(project_id)
     settings = load_settings(environ={
         "GOOGLE_CLOUD_PROJECT": project_id, "PUBSUB_EMULATOR_HOST": emulator_host,
@@ -46,26 +47,32 @@ async def test_given_store_down_then_nacked_and_processed_once_it_is_back(emulat
         while not daemon._consumer.running:
             await asyncio.sleep(0.05)
         store.down = True
-        ids = [f"sig_outage_{n}" for n in range(5)]
+        ids = [f"sig_outage_{n}" for n in range(50)]
         for signal_id in ids:
             await asyncio.to_thread(rig.publish, {
                 "signal_id": signal_id, "order_type": "MARKET", "symbol": "SPY",
                 "side": "BUY", "quantity": 1, "account_id": "acc_1",
                 "strategy_name": "Outage", "reference_price": 10.0})
-        await asyncio.wait_for(_until(lambda: app.counters.nacked >= len(ids)), 30)
+        await asyncio.wait_for(_until(lambda: daemon.intake.holding == len(ids)), 30)
         assert reader.recent_records(0) == []
+        assert store.health.down and rig.dead_letters() == []
         store.down = False
         await asyncio.to_thread(rig.wait_for, lambda: all(rig.terminal(i) for i in ids), 30,
                                 "all filled after the outage")
         for signal_id in ids:
             assert rig.statuses(signal_id) == ["SUBMITTED", "FILLED"]
         assert app.store.mock_ledger.count() == len(ids)
+        assert rig.dead_letters() == [] and daemon.intake.holding == 0
+        await asyncio.wait_for(_until(lambda: not store.health.down), 10)
+        assert daemon.healthy() == (True, "ok")
     finally:
         stop.set()
         await asyncio.wait_for(running, 15)
         subscriber.close()
         rig.close()
-    assert json.loads(json.dumps(app.counters.as_dict()))["orders_filled"] == len(ids)
+    counters = json.loads(json.dumps(app.counters.as_dict()))
+    assert counters["orders_filled"] == counters["orders_received"] == len(ids)
+    assert counters["held"] >= 1 and daemon.intake.total_held >= len(ids)
 
 
 async def _until(condition) -> None:
@@ -73,6 +80,23 @@ async def _until(condition) -> None:
         await asyncio.sleep(0.05)
 
 
+def test_given_setup_pubsub_then_the_subscription_agrees_with_the_daemon_else_each_difference(
+        emulator_host, project_id):
+    rig = PubSubRig(project_id)
+    try:
+        assert subscription_disagreements(rig.names, rig.subscriber) == []
+        by_hand = f"projects/{project_id}/subscriptions/by-hand"
+        rig.subscriber.create_subscription(name=by_hand, topic=rig.names.orders_topic,
+                                           ack_deadline_seconds=60)
+        rig.names.orders_subscription = by_hand
+        problems = subscription_disagreements(rig.names, rig.subscriber)
+        assert "ack_deadline_seconds is 60, the daemon expects 10" in problems
+        assert "max_delivery_attempts is None, the daemon expects 5" in problems
+    finally:
+        rig.close()
+
+
+@pytest.mark.asyncio
 async def test_given_the_store_gone_under_a_running_daemon_then_every_working_order_completes(
         emulator_host, project_id):
     """Given 40 orders working (fills due in 3 s) under a running daemon; when every store

@@ -5,21 +5,11 @@ restarting the daemon."""
 from __future__ import annotations
 
 import json
-import time
 
 from tests.fakes.daemon import DaemonProcess
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
+from tests.fakes.waiting import wait_until
 from tests.fakes.wire_mongo import WireMongo
-
-
-def _until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_given_the_store_server_killed_and_restarted_then_every_order_ends_terminal(
@@ -40,13 +30,13 @@ def test_given_the_store_server_killed_and_restarted_then_every_order_ends_termi
         for signal_id in before:
             rig.publish(market_signal({"account_id": "acc_out", "strategy_name": "Outage"},
                                       signal_id=signal_id))
-        _until(lambda: _claimed(daemon) >= len(before), 30, "every order claimed")
+        wait_until(lambda: _claimed(daemon) >= len(before), 30, "every order claimed")
         server.kill()  # orders working, their fills not yet recorded
         for signal_id in during:
             rig.publish(market_signal({"account_id": "acc_out", "strategy_name": "Outage"},
                                       signal_id=signal_id))
         log = daemon.workdir / "logs" / "execution_service.log"
-        _until(lambda: "store unavailable" in log.read_text().lower(), 30,
+        wait_until(lambda: "store unavailable" in log.read_text().lower(), 30,
                "the daemon to meet the outage")
         server.start()  # same port, same data
         ids = before + during

@@ -380,23 +380,30 @@ async def test_zerodha_get_order_errors_translate(fake, error_type, status, expe
 
 
 @pytest.mark.asyncio
-async def test_zerodha_expired_session_rejects_with_an_alert_and_reports_the_connection(fake):
+async def test_given_an_expired_kite_session_then_rejected_and_the_session_listener_told(fake):
     events: list[tuple[bool, str]] = []
     broker = make_broker(fake)
     broker.connection_listener = lambda connected, detail: events.append((connected, detail))
+    expired: list[str] = []
+    broker.session_listener = lambda: expired.append("expired")
     await broker.connect()
     fake.expire_session()
 
     with pytest.raises(OrderRejected) as raised:
         await broker.place_order(order())
-    with pytest.raises(TransientBrokerError, match="renew KITE_ACCESS_TOKEN"):
+    with pytest.raises(TransientBrokerError, match="kite login"):
         await broker.find_order(SIGNAL)
+    assert broker.is_connected  # Kite answered: reachable, only the session is refused
     fake.access_token = ACCESS_TOKEN  # the operator renewed it
+    broker.set_access_token(ACCESS_TOKEN)
     assert await broker.find_order(SIGNAL) is None
 
-    assert raised.value.alert == SESSION_EXPIRED == "Kite session expired: renew KITE_ACCESS_TOKEN"
+    assert SESSION_EXPIRED == "Kite session expired: run `execution-service kite login`"
+    assert SESSION_EXPIRED in raised.value.reason and raised.value.alert is None
     assert fake.placements == []
-    assert events == [(False, SESSION_EXPIRED), (True, "Kite reachable")]
+    assert expired == ["expired", "expired"]  # the service halts once (tests/service)
+    assert events == []  # not a connection loss: the session halt is the one alert
+    assert broker.is_connected
 
 
 @pytest.mark.asyncio
@@ -567,7 +574,8 @@ def test_zerodha_factory_needs_kite_credentials():
     settings = load_settings(environ={})
 
     with pytest.raises(FatalConfigError,
-                       match="ZERODHA accounts need KITE_API_KEY and KITE_ACCESS_TOKEN"):
+                       match=r"ZERODHA accounts need KITE_API_KEY and a session: run "
+                             r"`execution-service kite login` \(or set KITE_ACCESS_TOKEN\)"):
         BUILDERS["ZERODHA"](settings, None)
 
 

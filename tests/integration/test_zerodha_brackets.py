@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from brokers.zerodha import ZerodhaBroker
 from execution_service.domain.brackets import OCO_REASON
-from execution_service.service.processor import Action
-from tests.fakes.fake_kite import ACCESS_TOKEN, API_KEY, FakeKite
-from tests.fakes.service_fakes import make_app, order_body, status_of, wait_until
+from tests.fakes.fake_kite import FakeKite
+from tests.fakes.kite_flow import entry_at_kite, exits_submitted, stop_app
+from tests.fakes.service_fakes import status_of, wait_until
 
 pytestmark = pytest.mark.asyncio
 ENTRY = {"symbol": "INFY", "quantity": 10, "product": "MIS", "reference_price": 1500.0,
@@ -26,14 +25,8 @@ def kite():
 
 
 async def test_given_mis_entry_filled_when_take_profit_fills_then_stop_cancelled_at_kite(kite):
-    broker = ZerodhaBroker(API_KEY, ACCESS_TOKEN, root=kite.url, orders_per_second=1000,
-                           request_timeout=2.0)
-    app, _ = make_app(broker=broker)
-    assert app.processor.handle(order_body(**ENTRY)).action is Action.ACK
-    await wait_until(lambda: status_of(app, "sig_1") == "SUBMITTED", what="entry at Kite")
-    kite.fill(kite.placements[0].order_id, 10, 1500.0)
-    await wait_until(lambda: status_of(app, "sig_1:SL") == "SUBMITTED"
-                     and status_of(app, "sig_1:TP") == "SUBMITTED", what="exits at Kite")
+    app, broker = await entry_at_kite(kite, ENTRY, filled=10)
+    await exits_submitted(app)
     forms = {p.form["order_type"]: p for p in kite.placements[1:]}
     assert {name: (p.form["transaction_type"], p.form["quantity"], p.form["product"],
                    p.form["validity"]) for name, p in forms.items()} == {
@@ -47,6 +40,4 @@ async def test_given_mis_entry_filled_when_take_profit_fills_then_stop_cancelled
     assert len(kite.placements) == 3
     position = app.store.db["positions"].find_one({"symbol": "INFY"})
     assert position["status"] == "CLOSED" and position["realized_pnl"] == pytest.approx(1000.0)
-    await app.brackets.stop()
-    await app.tracker.stop()
-    await broker.close()
+    await stop_app(app, broker)

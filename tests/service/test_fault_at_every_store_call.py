@@ -33,8 +33,8 @@ async def _run_stream(fail_at: int | None) -> tuple[object, object, FaultAtCall]
     leases = asyncio.create_task(app.leases.run(stop))
     try:
         for fields in STREAM:
-            while app.processor.handle(order_body(**fields)).action is Action.NACK:
-                await asyncio.sleep(0.01)  # Pub/Sub redelivers a nacked message
+            while app.processor.handle(order_body(**fields)).action is Action.HOLD:
+                await asyncio.sleep(0.01)  # the daemon holds it and tries it again
             signal_id = fields["signal_id"]
             await wait_until(lambda s=signal_id: _terminal(app, s), what=f"{signal_id} terminal")
         await wait_until(lambda: _all_done(app), what="every order terminal and published")

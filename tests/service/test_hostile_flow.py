@@ -38,11 +38,11 @@ async def test_given_a_deep_body_without_signal_id_then_dead_lettered_with_the_r
     assert outcome.reason.startswith("body nests deeper than 32 levels")
 
 
-async def test_given_the_store_down_when_a_deep_body_arrives_then_nacked_then_recorded():
-    """Fault: the store fails right when the rejection is written: nack, never lost."""
+async def test_given_the_store_down_when_a_deep_body_arrives_then_held_then_recorded():
+    """Fault: the store fails right when the rejection is written: held, never lost."""
     app, _ = make_app(store_class=FlakyStore)
     app.store.down = True
-    assert app.processor.handle(deep_body(b"sig_deep")).action is Action.NACK
+    assert app.processor.handle(deep_body(b"sig_deep")).action is Action.HOLD
     app.store.down = False
     assert app.processor.handle(deep_body(b"sig_deep")).action is Action.ACK
     await settle(app)

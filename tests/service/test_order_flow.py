@@ -45,7 +45,7 @@ async def test_given_three_chunks_when_processed_then_partials_then_filled():
 async def test_given_store_down_when_message_arrives_then_nack_and_later_processed():
     app, publisher = make_app(store_class=FlakyStore)
     app.store.down = True
-    assert app.processor.handle(order_body()).action is Action.NACK
+    assert app.processor.handle(order_body()).action is Action.HOLD
     assert app.store.mock_ledger.count() == 0
     app.store.down = False
     assert app.processor.handle(order_body()).action is Action.ACK

@@ -119,13 +119,17 @@ def test_given_no_cache_then_a_halt_is_obeyed_at_the_next_order(db):
 
 
 def test_given_halt_storage_then_documents_have_the_agreed_shape(db):
-    set_halt(db, "acc halt", "acc_1", cancel_open=True, at=NOW)
+    set_halt(db, "acc halt", "acc_1", cancel_open=True, at=NOW, by="telegram:42:desk")
     set_halt(db, "  everything  ", at=NOW)
+    set_halt(db, "Kite session expired", at=NOW, by="kite", broker="ZERODHA")
     assert active_halts(db) == [
         {"_id": "global", "account_id": None, "reason": "everything", "cancel_open": False,
          "halted_at": NOW},
         {"_id": "account:acc_1", "account_id": "acc_1", "reason": "acc halt",
-         "cancel_open": True, "halted_at": NOW}]
+         "cancel_open": True, "halted_at": NOW, "by": "telegram:42:desk"},
+        {"_id": "broker:ZERODHA", "account_id": None, "reason": "Kite session expired",
+         "cancel_open": False, "halted_at": NOW, "by": "kite", "broker": "ZERODHA"}]
+    assert clear_halt(db, broker="ZERODHA")["_id"] == "broker:ZERODHA"
     assert clear_halt(db)["_id"] == "global"
     assert clear_halt(db) is None
     assert [doc["_id"] for doc in active_halts(db)] == ["account:acc_1"]
@@ -139,6 +143,16 @@ def test_given_the_store_down_when_checked_then_store_unavailable_so_the_message
         gate.check(signal(), ACCOUNT)
     with pytest.raises(StoreUnavailable):
         set_halt(down_store()[0], "x", at=NOW)
+
+
+def test_given_a_broker_halt_then_only_that_brokers_accounts_are_refused(db, timer):
+    gate = RiskGate(db, lambda: NOW, timer=timer)
+    set_halt(db, "Kite session expired", at=NOW, by="kite", broker="ZERODHA")
+    breach = gate.check(signal(), {**ACCOUNT, "broker": "ZERODHA"})
+    assert breach.control == "halt" and breach.reason == "trading halted: Kite session expired"
+    assert gate.check(signal(), {**ACCOUNT, "broker": "MOCK"}) is None
+    assert gate.halt_for("acc_1", "ZERODHA")["reason"] == "Kite session expired"
+    assert gate.halt_for("acc_1", "MOCK") is None
 
 
 def test_given_halts_then_halt_for_answers_per_account_even_with_the_store_down(db, timer):
@@ -220,7 +234,8 @@ def test_given_rejections_then_stats_count_them_by_control_and_show_halts(db, ga
     assert stats["rejections_by_control"] == {"max_order_quantity": 2, "price_collar": 1,
                                               "halt": 1}
     assert stats["halted"] == {"account:acc_1": {"account_id": "acc_1", "reason": "desk closed",
-                                                 "cancel_open": False, "halted_at": NOW}}
+                                                 "cancel_open": False, "halted_at": NOW,
+                                                 "broker": None, "by": None}}
 
 
 # -- halt changes for the daemon -------------------------------------------------------------
