@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from brokers.base import Broker, ConnectionListener
+from brokers.base import Broker
 from execution_service.errors import FatalConfigError
 
-if TYPE_CHECKING:
-    from execution_service.config import Settings
+
+class Settings(Protocol):
+    """What the factory reads of the service's settings (each adapter's `from_settings` reads
+    its own names)."""
+
+    USE_MOCK_BROKER: bool
+    KITE_API_KEY: Any
+    KITE_ACCESS_TOKEN: Any
+    KITE_API_URL: Any
+    KITE_ORDERS_PER_SECOND: float
+
 
 # (settings, the mock broker's ledger) -> broker; only the mock broker keeps a ledger
-BrokerBuilder = Callable[["Settings", object], Broker]
+BrokerBuilder = Callable[[Settings, object], Broker]
+# (broker name, connected, detail): a broker's connection came or went
+BrokerConnectionListener = Callable[[str, bool, str], None]
 
 
 def _build_mock(settings: Settings, ledger) -> Broker:
@@ -48,7 +59,8 @@ BUILDERS: dict[str, BrokerBuilder] = {
 class BrokerFactory:
     """Builds one broker per name on first use and hands out the same one afterwards."""
 
-    def __init__(self, settings: Settings, mock_ledger, listener: ConnectionListener | None = None,
+    def __init__(self, settings: Settings, mock_ledger,
+                 listener: BrokerConnectionListener | None = None,
                  builders: dict[str, BrokerBuilder] | None = None, offload=None,
                  session_listener: Callable[[str], None] | None = None):
         self._settings = settings
@@ -97,7 +109,7 @@ class BrokerFactory:
         else:
             self.lost[name] = detail
         if self._listener is not None:
-            self._listener(connected, f"{name}: {detail}")
+            self._listener(name, connected, detail)
 
     @property
     def brokers(self) -> dict[str, Broker]:

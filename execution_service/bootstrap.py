@@ -38,12 +38,13 @@ from execution_service.service.desk import Desk
 from execution_service.service.journal import Counters, OrderJournal
 from execution_service.service.leases import LeaseKeeper, make_owner
 from execution_service.service.outbox import ConfirmationOutbox
-from execution_service.service.ports import NullNotifier
+from execution_service.service.ports import ConfirmationPublisher, Notifier, NullNotifier
 from execution_service.service.positions import PositionBook
 from execution_service.service.processor import SignalProcessor
 from execution_service.service.risk import RiskGate
 from execution_service.service.store_thread import StoreThread
 from execution_service.service.tracker import OrderTracker, TrackingPolicy
+from execution_service.status import read_status
 
 logger = logging.getLogger(__name__)
 DEMO_ACCOUNT = {"_id": "acc_abc123", "broker": "MOCK", "enabled": True, "allowed_symbols": [],
@@ -63,7 +64,7 @@ class App:
     leases: LeaseKeeper
     risk: RiskGate
     metrics: Metrics
-    notifier: object
+    notifier: Notifier
     counters: Counters
     clock: Callable[[], datetime]
     store_thread: StoreThread | None = None
@@ -75,6 +76,13 @@ class App:
         if self.store_thread is not None:
             self.store_thread.close()
         self.handle.close()
+
+
+def open_brokers(settings: Settings, store: Store) -> BrokerFactory:
+    """The brokers alone, for a command that talks to them without a daemon (reconcile)."""
+    brokers = BrokerFactory(with_stored_session(settings, store), store.mock_ledger)
+    use_account_credentials(settings, store, brokers)
+    return brokers
 
 
 def open_app_store(settings: Settings) -> tuple[StoreHandle, Store]:
@@ -95,7 +103,7 @@ def check_store(settings: Settings) -> None:
         what = f"cannot use {where} for the embedded store" if where else "cannot open the store"
         raise FatalConfigError(f"configuration: {variable}: {what} ({_short(e)})") from None
     try:
-        store.ping()
+        store.count_accounts()  # one cheap read: does the store answer?
     except StoreUnavailable as e:
         raise FatalConfigError(f"configuration: {variable}: cannot reach "
                                f"{handle.description} ({_short(e.__cause__ or e)})") from None
@@ -109,7 +117,8 @@ def _short(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:200]}"
 
 
-def build_app(settings: Settings, publisher, *, notifier=None, handle: StoreHandle | None = None,
+def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
+              notifier: Notifier | None = None, handle: StoreHandle | None = None,
               clock: Callable[[], datetime] = utc_now, broker_builders: dict | None = None,
               store: Store | None = None, command_log: CommandLog | None = None) -> App:
     """Everything but the transport: tests pass a fake publisher (and a fault-injecting store)
@@ -168,6 +177,7 @@ def build_desk(app: App) -> Desk:
     """What the HTTP API serves: the app's processor, store and health."""
     return Desk(settings=app.settings, store=app.store, processor=app.processor,
                 commands=app.commands, brokers=app.brokers, health=app.metrics.health,
+                status_report=lambda at: read_status(app.store, app.settings, at),
                 clock=app.clock, features=_optional_features(app.settings),
                 run_on_store_thread=None if app.store_thread is None else app.store_thread.run)
 
@@ -178,13 +188,14 @@ def _optional_features(settings: Settings) -> tuple[str, ...]:
     return tuple(name for name, on in flags if on)
 
 
-def _connection_alerts(notifier):
-    def listener(connected: bool, detail: str) -> None:
+def _connection_alerts(notifier: Notifier):
+    def listener(broker: str, connected: bool, detail: str) -> None:
         kind = AlertKind.BROKER_CONNECTION_RESTORED if connected else \
             AlertKind.BROKER_CONNECTION_LOST
+        text = f"{broker}: {detail}"
         (logger.info if connected else logger.warning)("Broker connection %s: %s",
-                                                       "restored" if connected else "lost", detail)
-        notifier.notify(ServiceAlert(kind, detail, key=f"{kind}:{detail.split(':')[0]}"))
+                                                       "restored" if connected else "lost", text)
+        notifier.notify(ServiceAlert(kind, text, key=f"{kind}:{broker}"))
     return listener
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -11,52 +10,20 @@ import click
 
 from execution_service.bootstrap import account_document, open_app_store
 from execution_service.cli_risk import add_limit_options, limits_from_options
+from execution_service.cli_support import (
+    Cli,
+    cli_settings,
+    print_json,
+    print_rows,
+    pubsub_for,
+    with_store,
+)
 from execution_service.clock import utc_now
-from execution_service.config import Settings, load_settings
 from execution_service.credentials import shown
 from execution_service.domain.accounts import parse_symbols
-from execution_service.domain.records import json_default, strict_json
-from execution_service.errors import ExecutionError, FatalConfigError
-from execution_service.redaction import REDACTOR, redact
+from execution_service.domain.views import NO_POSITIONS, order_line, position_line
+from execution_service.errors import FatalConfigError
 from execution_service.service.desk import shown_positions
-from execution_service.views import NO_POSITIONS, order_line, position_line
-
-
-def _settings(**overrides) -> Settings:
-    return load_settings({key: value for key, value in overrides.items() if value is not None})
-
-
-def _print_json(value) -> None:
-    click.echo(strict_json(value, indent=2, default=json_default))
-
-
-def print_rows(rows: list[dict], as_json: bool, line, empty: str) -> None:
-    """JSON, or one line per row, or `empty` when there is nothing to list."""
-    if as_json:
-        _print_json(rows)
-        return
-    if not rows:
-        click.echo(empty)
-    for row in rows:
-        click.echo(line(row))
-
-
-class Cli(click.Group):
-    """Turns our errors into one clear line and exit code 2 instead of a traceback."""
-
-    def invoke(self, ctx):
-        REDACTOR.install_excepthooks()
-        try:
-            return super().invoke(ctx)
-        except ExecutionError as e:
-            click.echo(f"error: {redact(str(e))}", err=True)
-            sys.exit(2)
-        except (click.exceptions.ClickException, click.exceptions.Exit,
-                click.exceptions.Abort):
-            raise
-        except Exception as e:  # a bug: its traceback, with every secret redacted
-            click.echo(REDACTOR.format_exception(e), err=True)
-            sys.exit(1)
 
 
 @click.group(cls=Cli)
@@ -71,7 +38,7 @@ def run(use_mock_broker: bool) -> None:
     """Run the daemon (local defaults: emulator, embedded store, mock broker)."""
     from execution_service.run import run_daemon
 
-    settings = _settings(USE_MOCK_BROKER="true" if use_mock_broker else None)
+    settings = cli_settings(USE_MOCK_BROKER="true" if use_mock_broker else None)
     sys.exit(run_daemon(settings, say=click.echo))
 
 
@@ -81,40 +48,17 @@ def status(as_json: bool) -> None:
     """Heartbeat, uptime, counters and store statistics. Exit 0 only when running."""
     from execution_service.status import read_status, render_status
 
-    settings = _settings()
+    settings = cli_settings()
     handle, store = open_app_store(settings)
     try:
         report = read_status(store, settings, utc_now())
     finally:
         handle.close()
     if as_json:
-        _print_json(report)
+        print_json(report)
     else:
         click.echo(render_status(report))
     sys.exit(0 if report["running"] and report["healthy"] else 1)
-
-
-def _emulator_host(settings: Settings) -> str | None:
-    if settings.PUBSUB_EMULATOR_HOST:
-        return settings.PUBSUB_EMULATOR_HOST
-    if settings.starts_local_emulator:
-        from execution_service.adapters.emulator_record import read_host
-
-        host = read_host(Path(settings.LOG_DIR))
-        if host is None:
-            raise FatalConfigError("no Pub/Sub emulator: start the daemon (`execution-service "
-                                   "run`) or set PUBSUB_EMULATOR_HOST")
-        return host
-    return None
-
-
-def _pubsub(settings: Settings):
-    host = _emulator_host(settings)
-    if host:
-        os.environ["PUBSUB_EMULATOR_HOST"] = host
-    from execution_service.adapters import pubsub
-
-    return pubsub, pubsub.PubSubNames(settings)
 
 
 @main.command("send-test-signal")
@@ -128,8 +72,8 @@ def send_test_signal(path: Path, signal_id: str | None) -> None:
         data = json.loads(body)
         data["signal_id"] = signal_id
         body = json.dumps(data).encode()
-    settings = _settings()
-    pubsub, names = _pubsub(settings)
+    settings = cli_settings()
+    pubsub, names = pubsub_for(settings)
     publisher = pubsub.pubsub_v1.PublisherClient()
     message_id = publisher.publish(names.orders_topic, body).result(timeout=30)
     shown = signal_id or _signal_id_of(body)
@@ -147,9 +91,9 @@ def _signal_id_of(body: bytes) -> str:
 @main.command("setup-pubsub")
 def setup_pubsub_command() -> None:
     """Create the topics and subscriptions (idempotent)."""
-    settings = _settings()
-    pubsub, names = _pubsub(settings)
-    created = pubsub.setup_pubsub(names)
+    settings = cli_settings()
+    pubsub, names = pubsub_for(settings)
+    created = pubsub.setuppubsub_for(names)
     for name in created:
         click.echo(f"created {name}")
     click.echo(f"Pub/Sub ready ({len(created)} created, the rest already existed)")
@@ -160,7 +104,7 @@ def setup_pubsub_command() -> None:
 @click.option("--limit", default=20, show_default=True, help="How many, newest first (0: all).")
 def orders(as_json: bool, limit: int) -> None:
     """Execution records, newest first."""
-    records = _with_store(lambda store: store.recent_records(limit))
+    records = with_store(lambda store: store.recent_records(limit))
     print_rows(records, as_json, order_line, "no orders yet")
 
 
@@ -169,16 +113,8 @@ def orders(as_json: bool, limit: int) -> None:
 @click.option("--all", "show_all", is_flag=True, help="Closed positions too.")
 def positions(as_json: bool, show_all: bool) -> None:
     """Open positions (with --all, closed ones too)."""
-    rows = _with_store(lambda store: shown_positions(store, show_all))
+    rows = with_store(lambda store: shown_positions(store, show_all))
     print_rows(rows, as_json, position_line, "no positions" if show_all else NO_POSITIONS)
-
-
-def _with_store(read):
-    handle, store = open_app_store(_settings())
-    try:
-        return read(store)
-    finally:
-        handle.close()
 
 
 @main.group()
@@ -207,7 +143,7 @@ def accounts_add(account_id, broker, symbols, display_name, broker_account, disa
         row["broker_account"] = broker_account
     doc = account_document(row, "account")
     fields = {key: value for key, value in doc.items() if key != "_id"}
-    saved = _with_store(lambda store: store.upsert_account(account_id, fields, utc_now()))
+    saved = with_store(lambda store: store.upsert_account(account_id, fields, utc_now()))
     click.echo(f"account {saved['_id']}: broker {saved['broker']}, "
                f"{'enabled' if saved['enabled'] else 'disabled'}, symbols "
                f"{','.join(saved['allowed_symbols']) or 'any'}")
@@ -217,9 +153,9 @@ def accounts_add(account_id, broker, symbols, display_name, broker_account, disa
 @click.option("--json", "as_json", is_flag=True, help="Print the accounts as JSON.")
 def accounts_list(as_json: bool) -> None:
     """Registered accounts, with broker, state and allowed symbols."""
-    rows = [shown(row) for row in _with_store(lambda store: store.list_accounts())]
+    rows = [shown(row) for row in with_store(lambda store: store.list_accounts())]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     for row in rows:
         credentials = ", ".join(f"{name} {state}" for name, state in row["credentials"].items())
@@ -235,7 +171,7 @@ def _set_enabled(account_id: str, enabled: bool) -> None:
             raise FatalConfigError(f"no account {account_id!r}")
         return store.upsert_account(account_id, {"enabled": enabled}, utc_now())
 
-    _with_store(update)
+    with_store(update)
     click.echo(f"account {account_id} {'enabled' if enabled else 'disabled'}")
 
 

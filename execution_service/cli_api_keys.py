@@ -8,15 +8,14 @@ from __future__ import annotations
 import click
 
 from execution_service.adapters.api_key_store import KeyNameTaken
+from execution_service.cli_support import print_json, with_store
 from execution_service.clock import utc_now
 from execution_service.domain.api_keys import Scope, new_key, shown
 from execution_service.domain.records import iso
 from execution_service.errors import FatalConfigError
 
 
-def _with_store(call):
-    from execution_service.cli import _with_store as with_store  # cli registers this module
-
+def with_key_store(call):
     def on_store(store):
         store.ensure_api_key_indexes()
         return call(store)
@@ -48,7 +47,7 @@ def create(scope: str, name: str | None) -> None:
             raise FatalConfigError(f"an API key named {made.doc['name']!r} already exists "
                                    f"(revoked keys keep their names)") from None
 
-    _with_store(insert)
+    with_key_store(insert)
     click.echo(f"API key {made.doc['_id']} (name {made.doc['name']}, scope {scope}); shown "
                f"once, store it now:", err=True)
     click.echo(made.secret)
@@ -58,11 +57,9 @@ def create(scope: str, name: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the keys as JSON (never a hash).")
 def list_keys(as_json: bool) -> None:
     """Every key: id, name, scope, created, revoked."""
-    rows = [shown(doc) for doc in _with_store(lambda store: store.list_api_keys())]
+    rows = [shown(doc) for doc in with_key_store(lambda store: store.list_api_keys())]
     if as_json:
-        from execution_service.cli import _print_json
-
-        _print_json(rows)
+        print_json(rows)
         return
     if not rows:
         click.echo("no API keys (make one with `api-keys create --scope read|trade`)")
@@ -76,7 +73,7 @@ def list_keys(as_json: bool) -> None:
 @click.argument("key")
 def revoke(key: str) -> None:
     """Revoke the key with this id or name: it is refused (401) from the next call on."""
-    doc = _with_store(lambda store: store.revoke_api_key(key, utc_now()))
+    doc = with_key_store(lambda store: store.revoke_api_key(key, utc_now()))
     if doc is None:
         raise FatalConfigError(f"no API key with id or name {key!r}")
     click.echo(f"API key {doc['_id']} ({doc['name']}) revoked")

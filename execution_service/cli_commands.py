@@ -23,6 +23,7 @@ from execution_service.adapters.command_log import CommandLog
 from execution_service.bootstrap import open_app_store
 from execution_service.domain.commands import (
     CancelOrder,
+    CommandEvent,
     InvalidCommand,
     UnusableCommand,
     cancel_refusal,
@@ -31,6 +32,7 @@ from execution_service.domain.commands import (
 )
 from execution_service.domain.records import state_of
 from execution_service.domain.signals import SIGNAL_ID_PATTERN
+from execution_service.service.commands import KEPT
 
 POLL_SECONDS = 0.2
 ANSWERED = "DONE"
@@ -68,10 +70,10 @@ def _command(action: str, signal_id: str, **fields):
 
 def _send_and_wait(command, body: dict, wait: float) -> dict:
     """Publish on trading-orders, then the daemon's answer (the order_commands document)."""
-    from execution_service.cli import _pubsub, _settings
+    from execution_service.cli_support import cli_settings, pubsub_for
 
-    settings = _settings()
-    pubsub, names = _pubsub(settings)
+    settings = cli_settings()
+    pubsub, names = pubsub_for(settings)
     publisher = pubsub.pubsub_v1.PublisherClient()
     publisher.publish(names.orders_topic, json.dumps(body).encode()).result(timeout=30)
     handle, _store = open_app_store(settings)
@@ -91,9 +93,9 @@ def _send_and_wait(command, body: dict, wait: float) -> dict:
 
 
 def _record(signal_id: str) -> dict | None:
-    from execution_service.cli import _with_store
+    from execution_service.cli_support import with_store
 
-    return _with_store(lambda store: store.get_record(signal_id))
+    return with_store(lambda store: store.get_record(signal_id))
 
 
 @click.command()
@@ -110,9 +112,9 @@ def cancel(signal_id: str, reason: str | None, wait: float) -> None:
         _fail(f"cannot cancel {signal_id}: {refusal}")
     answer = _send_and_wait(command, body, wait)
     outcome, why = answer.get("outcome"), answer.get("reason")
-    if outcome == "CANCEL_REJECTED":
+    if outcome == CommandEvent.CANCEL_REJECTED:
         _fail(f"cannot cancel {signal_id}: {why}")
-    if outcome == "KEPT":
+    if outcome == KEPT:
         click.echo(f"{signal_id} not received yet: it will be refused when it arrives "
                    f"(request {command.request_id})")
         return
@@ -139,7 +141,7 @@ def modify(signal_id: str, limit_price: float | None, stop_price: float | None,
     if refusal is not None:
         _fail(f"cannot modify {signal_id}: {refusal}")
     answer = _send_and_wait(command, body, wait)
-    if answer.get("outcome") != "MODIFIED":
+    if answer.get("outcome") != CommandEvent.MODIFIED:
         _fail(f"cannot modify {signal_id}: {answer.get('reason')}")
     changed = ", ".join(f"{name} {value:g}" for name, value in command.changes().items())
     click.echo(f"{signal_id} modified: {changed} (request {command.request_id})")

@@ -10,13 +10,11 @@ from pathlib import Path
 
 import click
 
-from brokers.factory import BrokerFactory
-from execution_service.bootstrap import open_app_store, use_account_credentials
-from execution_service.cli import _print_json, _pubsub, _settings
+from execution_service.bootstrap import open_app_store, open_brokers
+from execution_service.cli_support import cli_settings, print_json, pubsub_for
 from execution_service.domain.records import iso
 from execution_service.domain.text import single_line
 from execution_service.errors import FatalConfigError
-from execution_service.service.broker_sessions import with_stored_session
 from execution_service.service.reconcile import reconcile
 
 
@@ -24,16 +22,15 @@ from execution_service.service.reconcile import reconcile
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def reconcile_command(as_json: bool) -> None:
     """The brokers' orders and positions against the store. Exit 1 on any mismatch."""
-    settings = _settings()
+    settings = cli_settings()
     handle, store = open_app_store(settings)
     try:
-        brokers = BrokerFactory(with_stored_session(settings, store), store.mock_ledger)
-        use_account_credentials(settings, store, brokers)
+        brokers = open_brokers(settings, store)
         report = asyncio.run(_reconcile(store, brokers))
     finally:
         handle.close()
     if as_json:
-        _print_json(report)
+        print_json(report)
     else:
         click.echo(f"broker orders {report['broker_orders']}, records {report['records']}, "
                    f"mismatches {len(report['mismatches'])}")
@@ -42,7 +39,7 @@ def reconcile_command(as_json: bool) -> None:
     sys.exit(1 if report["mismatches"] else 0)
 
 
-async def _reconcile(store, brokers: BrokerFactory) -> dict:
+async def _reconcile(store, brokers) -> dict:
     try:
         return await reconcile(store, brokers)
     finally:
@@ -56,8 +53,8 @@ async def _reconcile(store, brokers: BrokerFactory) -> dict:
               help="Read at most this many.")
 def dead_letters_command(as_json: bool, requeue_id: str | None, max_messages: int) -> None:
     """What landed in trading-orders-dead-letter (left there unless requeued)."""
-    settings = _settings()
-    pubsub, names = _pubsub(settings)
+    settings = cli_settings()
+    pubsub, names = pubsub_for(settings)
     subscriber = pubsub.pubsub_v1.SubscriberClient()
     try:
         received = subscriber.pull(subscription=names.dead_letter_subscription,
@@ -76,7 +73,7 @@ def dead_letters_command(as_json: bool, requeue_id: str | None, max_messages: in
                                        ack_ids=keep, ack_deadline_seconds=0)
     if requeue_id is None:
         if as_json:
-            _print_json(letters)
+            print_json(letters)
         else:
             for letter in letters:
                 # reason and body came from a message: one line each, escaped

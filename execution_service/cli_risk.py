@@ -10,6 +10,7 @@ import getpass
 
 import click
 
+from execution_service.cli_support import print_json, with_store
 from execution_service.clock import utc_now
 from execution_service.domain.accounts import parse_symbols
 from execution_service.domain.risk import LIMIT_FIELDS, WHOLE_NUMBER_LIMITS, limits_from_row
@@ -45,12 +46,6 @@ def limits_from_options(values: dict) -> dict:
         raise click.UsageError(str(e)) from None
 
 
-def _with_store(call):
-    from execution_service.cli import _with_store as with_store  # cli registers this module
-
-    return with_store(call)
-
-
 def operator() -> str:
     """Who runs a CLI command that changes something (`by`)."""
     try:
@@ -75,7 +70,7 @@ def halt(reason: str, account_id: str | None, cancel_open: bool) -> None:
     if not reason.strip():
         raise click.BadParameter("must not be empty", param_hint="--reason")
 
-    doc = _with_store(lambda store: halt_trading(store, reason, account_id, cancel_open,
+    doc = with_store(lambda store: halt_trading(store, reason, account_id, cancel_open,
                                                  at=utc_now(), by=operator()))
     then = "; running daemons will cancel open orders" if cancel_open else ""
     click.echo(f"trading halted for {_scope(account_id)}: {doc['reason']}{then}")
@@ -85,7 +80,7 @@ def halt(reason: str, account_id: str | None, cancel_open: bool) -> None:
 @click.option("--account", "account_id", help="Lift this account's halt (default: the global).")
 def resume(account_id: str | None) -> None:
     """Lift a halt set by `halt` (a global resume leaves account halts in place)."""
-    lifted, remaining = _with_store(lambda store: resume_trading(store, account_id, at=utc_now(),
+    lifted, remaining = with_store(lambda store: resume_trading(store, account_id, at=utc_now(),
                                                                   by=operator()))
     still = [doc["account_id"] or "all accounts" for doc in remaining]
     tail = f" (still halted: {', '.join(still)})" if still else ""
@@ -130,15 +125,14 @@ def accounts_update(account_id: str, clears: tuple[str, ...], symbols: str | Non
         fields["display_name"] = display_name
     if not fields and not clears:
         raise click.UsageError("nothing to update: give a limit, --clear, --symbols or --name")
-    saved = _with_store(lambda store: store.update_account_fields(account_id, fields,
+    saved = with_store(lambda store: store.update_account_fields(account_id, fields,
                                                                   list(clears), utc_now()))
     if saved is None:
         raise FatalConfigError(f"no account {account_id!r}")
     if as_json:
-        from execution_service.cli import _print_json
         from execution_service.credentials import shown
 
-        _print_json(shown(saved))
+        print_json(shown(saved))
         return
     click.echo(f"account {saved['_id']}: {describe_limits(saved)}, symbols "
                f"{','.join(saved.get('allowed_symbols') or []) or 'any'}")

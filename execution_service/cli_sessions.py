@@ -14,8 +14,8 @@ import uuid
 import click
 
 from execution_service.clock import utc_now
+from execution_service.domain.views import confirmation_line
 from execution_service.errors import FatalConfigError
-from execution_service.views import confirmation_line
 
 
 @click.group("kite")
@@ -32,11 +32,11 @@ def kite() -> None:
 def kite_login(request_token: str | None, listen_port: int | None, timeout: float) -> None:
     """Print the login URL, exchange the request_token for the day's access token, keep it
     in the store: running daemons use it within seconds and lift an expired-session halt."""
-    from execution_service.adapters import kite_login as login
-    from execution_service.cli import _settings, _with_store
+    from brokers import kite_login as login
+    from execution_service.cli_support import cli_settings, with_store
     from execution_service.service.broker_sessions import save_kite_session
 
-    settings = _settings()
+    settings = cli_settings()
     missing = [name for name in ("KITE_API_KEY", "KITE_API_SECRET") if not getattr(settings,
                                                                                    name)]
     if missing:
@@ -55,7 +55,7 @@ def kite_login(request_token: str | None, listen_port: int | None, timeout: floa
     session = login.exchange_request_token(settings.KITE_API_KEY, settings.KITE_API_SECRET,
                                            request_token.strip(), settings.KITE_API_URL)
     by = f"cli:{getpass.getuser()}"
-    halt = _with_store(lambda store: save_kite_session(store, session, utc_now(), by))
+    halt = with_store(lambda store: save_kite_session(store, session, utc_now(), by))
     click.echo(f"Kite session saved for user {session.get('user_id') or '?'}: running daemons "
                "use it within seconds")
     if halt is not None:
@@ -75,9 +75,9 @@ def confirmations(as_json: bool, limit: int, follow: bool) -> None:
     if follow:
         _follow(as_json)
         return
-    from execution_service.cli import _with_store, print_rows
+    from execution_service.cli_support import print_rows, with_store
 
-    records = _with_store(lambda store: store.recent_records(limit))
+    records = with_store(lambda store: store.recent_records(limit))
     print_rows(latest_confirmations(records, limit), as_json, confirmation_line,
                "no confirmations yet")
 
@@ -90,10 +90,10 @@ def latest_confirmations(records: list[dict], limit: int) -> list[dict]:
 
 
 def _follow(as_json: bool) -> None:
-    from execution_service.cli import _pubsub, _settings
+    from execution_service.cli_support import cli_settings, pubsub_for
 
-    settings = _settings()
-    pubsub, names = _pubsub(settings)
+    settings = cli_settings()
+    pubsub, names = pubsub_for(settings)
     subscriber = pubsub.pubsub_v1.SubscriberClient()
     topic = names.confirmations_topic
     path = subscriber.subscription_path(names.project, f"confirmations-follow-"

@@ -13,7 +13,6 @@ from execution_service.domain.intake import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_
 from execution_service.errors import FatalConfigError
 from execution_service.redaction import REDACTED, protect, redact, uri_password
 
-KNOWN_BROKERS = ("MOCK", "IBKR", "ZERODHA")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Settings whose whole value is a secret: never shown (only "set"/"unset"), always redacted.
 # MONGODB_URI is shown with its password redacted.

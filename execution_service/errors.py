@@ -37,5 +37,9 @@ class StoreUnavailable(ExecutionError):
     """The audit store could not be reached; the message must be retried later."""
 
 
+class DuplicateSignal(Exception):  # noqa: N818 (a fact about the signal, not a failure)
+    """A record for this signal_id already exists: the store's answer to a second claim."""
+
+
 class UnknownAccount(ExecutionError):
     """A command named an account that is not registered."""

@@ -52,8 +52,10 @@ def make_commands(settings: Settings, app):
         return None
     from execution_service.adapters.telegram_commands import TelegramCommands
     from execution_service.service.operator_desk import OperatorDesk
+    from execution_service.status import status_text
 
-    desk = OperatorDesk(app.store, settings, app.clock, commands=app.commands)
+    desk = OperatorDesk(app.store, status_text(app.store, settings), app.clock,
+                        commands=app.commands)
     return TelegramCommands.from_settings(settings, desk)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from execution_service.config import Settings, secret_presence
+from execution_service.domain.orders import OPEN_STATUSES
 from execution_service.domain.records import as_utc, iso
 from execution_service.service.risk import active_halts, halt_scope
 
@@ -22,8 +23,7 @@ def read_status(store, settings: Settings, now: datetime) -> dict:
         "orders_filled": by_status.get("FILLED", 0),
         "orders_rejected": by_status.get("REJECTED", 0),
         "orders_cancelled": by_status.get("CANCELLED", 0),
-        "orders_open": sum(by_status.get(s, 0) for s in ("PENDING", "SUBMITTED",
-                                                          "PARTIALLY_FILLED", "PENDING_CANCEL")),
+        "orders_open": sum(by_status.get(s, 0) for s in OPEN_STATUSES),
         "store": {"backend": _backend(settings), "database": settings.MONGODB_DATABASE,
                   "records_by_status": by_status,
                   "open_positions": len(store.list_positions("OPEN")),
@@ -85,3 +85,8 @@ def render_status(report: dict) -> str:
                                   for name, state in report.get("secrets", {}).items()),
     ]
     return "\n".join(lines)
+
+
+def status_text(store, settings: Settings):
+    """The rendered status as of a time: what the operators' chat desk is given."""
+    return lambda now: render_status(read_status(store, settings, now))

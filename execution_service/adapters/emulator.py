@@ -89,7 +89,7 @@ def _wait_answering(emulator: Emulator, timeout: float, log_path: Path | None) -
         if process.poll() is not None:
             raise FatalConfigError(f"Pub/Sub emulator exited at start (code {process.returncode})"
                                    f"; see {log_path}")
-        if _answers(emulator.host):
+        if emulator_answers(emulator.host):
             return
         time.sleep(0.1)
     raise FatalConfigError(f"Pub/Sub emulator did not answer on {emulator.host} within "
@@ -111,7 +111,7 @@ def _die_with_parent():
     return set_death_signal
 
 
-def _answers(host: str) -> bool:
+def emulator_answers(host: str) -> bool:
     try:
         with urllib.request.urlopen(f"http://{host}/", timeout=0.5) as response:
             return response.status == 200

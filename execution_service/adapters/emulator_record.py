@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from execution_service.adapters.emulator import Emulator, _answers
+from execution_service.adapters.emulator import Emulator, emulator_answers
 from execution_service.errors import FatalConfigError
 
 HOST_FILE = "pubsub-emulator.host"
@@ -102,7 +102,7 @@ def read_host(log_dir: Path) -> str | None:
     except FileNotFoundError:
         return None
     for _ in range(2):
-        if _answers(host):
+        if emulator_answers(host):
             return host
     raise FatalConfigError(
         f"{host_file} names {host}, but no emulator answers there: the daemon that wrote it "

@@ -5,17 +5,15 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import queue
-import re
 from pathlib import Path
 
 from execution_service.domain.text import single_line
+from execution_service.service.ports import JOURNEY_LOGGER
 
 FORMAT = "%(asctime)s | [EXECUTION] | %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 SERVICE_LOG = "execution_service.log"
 JOURNEY_LOG = "signal_processing.log"
-_JOURNEY = re.compile(r"^(Received order|Placing order|Order |Published execution|Duplicate "
-                      r"signal|Late fill|Resuming|Cancelling)")
 
 
 class OneLineFormatter(logging.Formatter):
@@ -29,10 +27,11 @@ class OneLineFormatter(logging.Formatter):
 
 
 class JourneyFilter(logging.Filter):
-    """Only the lines that tell a signal's journey go to the shared journey log."""
+    """Only the lines that tell a signal's journey (logged on JOURNEY_LOGGER) go to the shared
+    journey log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return bool(_JOURNEY.match(record.getMessage()))
+        return record.name == JOURNEY_LOGGER
 
 
 def setup_logging(log_dir: Path, level: str = "INFO", console: bool = True

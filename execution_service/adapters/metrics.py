@@ -24,13 +24,13 @@ from prometheus_client import (
     generate_latest,
 )
 
-from execution_service.domain.reasons import REASON_CLASSES, reason_class
-from execution_service.domain.records import as_utc
+from execution_service.domain.orders import TERMINAL_STATUSES
+from execution_service.domain.reasons import REASON_CLASSES, RejectClass, reason_class
+from execution_service.domain.records import as_utc, reject_class_of
 from execution_service.errors import FatalConfigError
 
 logger = logging.getLogger(__name__)
 
-TERMINAL_STATUSES = ("FILLED", "REJECTED", "CANCELLED")
 TERMINAL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 BROKER_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 Health = tuple[bool, str]
@@ -63,12 +63,15 @@ class Metrics:
             self.rejections.labels(reason_class=name)
         self._health: Callable[[], Health] | None = None
 
-    def order_terminal(self, status: str, reason: str | None, seconds: float | None) -> None:
-        """An order reached FILLED, REJECTED or CANCELLED (call once per order)."""
+    def order_terminal(self, status: str, reason: str | None, seconds: float | None,
+                       reject_class: RejectClass | None = None) -> None:
+        """An order reached FILLED, REJECTED or CANCELLED (call once per order). A rejection
+        is counted by the class its rejecter gave; without one, the reason is the broker's."""
         status = str(status)
         self.orders.labels(status=status).inc()
         if status == "REJECTED":
-            self.rejections.labels(reason_class=reason_class(reason)).inc()
+            kind = reject_class or reason_class(reason)
+            self.rejections.labels(reason_class=str(kind)).inc()
         if seconds is not None and seconds >= 0:
             self.signal_to_terminal.observe(seconds)
 
@@ -77,7 +80,7 @@ class Metrics:
         received, closed = as_utc(doc.get("received_at")), as_utc(doc.get("closed_at"))
         seconds = (closed - received).total_seconds() if received and closed else None
         self.order_terminal(doc["status"], doc.get("reject_reason") or doc.get("cancel_reason"),
-                            seconds)
+                            seconds, reject_class_of(doc))
 
     def broker_call(self, broker: str, call: str, seconds: float) -> None:
         self.broker_calls.labels(broker=str(broker), call=call).observe(seconds)

@@ -33,6 +33,8 @@ from execution_service.adapters.store_errors import (
     writing,
 )
 from execution_service.adapters.store_operations import OperatorQueries
+from execution_service.domain.orders import OPEN_STATUSES, EventKind
+from execution_service.domain.positions import FILL_KEYS_KEPT
 from execution_service.domain.records import parse_iso, published_confirmations, record_id
 from execution_service.errors import FatalConfigError
 from execution_service.redaction import redact, redact_uri_passwords
@@ -45,9 +47,7 @@ POSITIONS = "positions"
 POSITION_FILLS = "position_fills"
 ACCOUNTS = "accounts"
 SERVICE_STATUS = "service_status"
-FILL_KEYS_KEPT = 200
-NON_TERMINAL = [str(status) for status in ("PENDING", "SUBMITTED", "PARTIALLY_FILLED",
-                                            "PENDING_CANCEL")]
+NON_TERMINAL = list(OPEN_STATUSES)
 
 __all__ = ["DuplicateSignal", "Store", "StoreHandle", "open_store", "translating", "writing"]
 
@@ -209,8 +209,8 @@ class Store(OperatorQueries, ApiKeyQueries, BrokerSessionQueries):
     @writing
     def take_over(self, doc: dict, owner: dict, until: datetime, at: datetime) -> dict | None:
         """Become the record's owner; bumps `version` so the old owner's writes fail."""
-        event = {"status": doc["status"], "event": "TAKEN_OVER", "at": at, "owner": owner["id"],
-                 "previous_owner": (doc.get("owner") or {}).get("id")}
+        event = {"status": doc["status"], "event": str(EventKind.TAKEN_OVER), "at": at,
+                 "owner": owner["id"], "previous_owner": (doc.get("owner") or {}).get("id")}
         return self.records.find_one_and_update(
             {"_id": doc["_id"], "version": doc["version"]},
             {"$set": {"owner": owner, "lease_expires_at": until}, "$inc": {"version": 1},
@@ -358,6 +358,3 @@ class Store(OperatorQueries, ApiKeyQueries, BrokerSessionQueries):
     def read_statuses(self) -> list[dict]:
         return list(self.service_status.find().sort("last_heartbeat", -1))
 
-    @translating
-    def ping(self) -> None:
-        self.records.find_one({"_id": "__ping__"})

@@ -30,10 +30,11 @@ from pymongo.errors import (
     WriteConcernError,
 )
 
-from execution_service.errors import ExecutionError, StoreUnavailable
+from execution_service.errors import DuplicateSignal, ExecutionError, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+__all__ = ["REFUSAL_CODES", "DuplicateSignal", "StoreRejected", "store_error", "translating"]
 
 # Server answers that say "this request is wrong", not "the server cannot work now": the same
 # call would fail again after any wait. (MongoDB error codes.)
@@ -52,10 +53,6 @@ REFUSAL_CODES = frozenset({
     10334,  # BSONObjectTooLarge
     17280,  # KeyTooLong
 })
-
-
-class DuplicateSignal(Exception):
-    """A record for this signal_id already exists."""
 
 
 class StoreRejected(ExecutionError):

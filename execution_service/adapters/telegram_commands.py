@@ -19,11 +19,12 @@ from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandl
 from telegram.request import HTTPXRequest
 
 from execution_service.adapters.telegram import describe_error
-from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.backoff import Backoff
 from execution_service.domain.text import single_line
 from execution_service.redaction import protect
 
 logger = logging.getLogger(__name__)
+BOT_API_BACKOFF = Backoff(1.0, 60.0)  # while the Bot API is not usable
 
 
 def asked_by(update: Update) -> str:
@@ -38,7 +39,7 @@ class TelegramCommands:
 
     def __init__(self, token: str, api_url: str, admin_chat_ids: tuple[int, ...], desk, *,
                  poll_timeout: float = 10.0, http_timeout: float = 5.0):
-        protect([token])
+        protect([token])  # before the bot exists: it logs its URL, token included
         self._desk = desk
         self._admins = admin_chat_ids
         self._poll_timeout = poll_timeout
@@ -93,7 +94,7 @@ class TelegramCommands:
                 break
             except TelegramError as e:
                 attempt += 1
-                wait = compute_backoff(attempt, 1.0, 60.0)
+                wait = BOT_API_BACKOFF.after(attempt)
                 logger.warning("Telegram commands: Bot API not usable (%s); retry in %.0fs",
                                describe_error(e), wait)
                 await asyncio.sleep(wait)

@@ -18,6 +18,7 @@ from execution_service.domain.orders import (
     QUANTITY_EPSILON,
     Change,
     Event,
+    EventKind,
     OrderState,
     OrderStatus,
 )
@@ -191,7 +192,7 @@ def exit_claim(entry: dict, role: ExitRole, quantity: float, *, broker_tag: str,
         # both levels, so a venue keeping the pair as one order (a Kite GTT) knows its sibling
         "bracket_levels": [entry.get("stop_loss"), entry.get("take_profit")],
         "owner": owner, "lease_expires_at": lease_until, "extra_fields": {},
-        "events": [Event(OrderStatus.PENDING, at, "CLAIMED",
+        "events": [Event(OrderStatus.PENDING, at, EventKind.CLAIMED,
                          {"parent_signal_id": entry["signal_id"], "role": str(role)}).to_doc()],
     })
     doc[role.price_field] = float(entry[role.level_field])
@@ -204,6 +205,6 @@ def resize(state: OrderState, quantity: float, reason: str, at: datetime) -> Cha
     quantity = round(max(quantity, state.filled_quantity), 9)
     if state.status.is_terminal or abs(quantity - state.quantity) <= QUANTITY_EPSILON:
         return Change(state)
-    event = Event(state.status, at, "RESIZED", {"old": {"quantity": state.quantity},
+    event = Event(state.status, at, EventKind.RESIZED, {"old": {"quantity": state.quantity},
                                                 "new": {"quantity": quantity}, "reason": reason})
     return Change(replace(state, quantity=quantity), (event,))

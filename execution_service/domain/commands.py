@@ -18,11 +18,13 @@ from execution_service.domain.orders import (
     WORKING,
     Change,
     Event,
+    EventKind,
     OrderState,
     OrderStatus,
     request_cancel,
 )
-from execution_service.domain.records import confirmation, skeleton_record
+from execution_service.domain.reasons import RejectClass
+from execution_service.domain.records import queue_confirmation, skeleton_record
 from execution_service.domain.signals import (
     SIGNAL_ID_PATTERN,
     PositiveNumber,
@@ -38,13 +40,7 @@ class CommandAction(StrEnum):
     MODIFY = "MODIFY"
 
 
-class CommandEvent(StrEnum):
-    """What a command leaves in the record's events and on execution-confirmations."""
-
-    CANCEL_REQUESTED = "CANCEL_REQUESTED"
-    CANCEL_REJECTED = "CANCEL_REJECTED"
-    MODIFIED = "MODIFIED"
-    MODIFY_REJECTED = "MODIFY_REJECTED"
+CommandEvent = EventKind  # what a command leaves in the events and on execution-confirmations
 
 
 REFUSED = {CommandAction.CANCEL: CommandEvent.CANCEL_REJECTED,
@@ -209,7 +205,7 @@ def refuse(state: OrderState, action: CommandAction, request_id: str, reason: st
     change."""
     if already_applied(state, request_id):
         return Change(state)
-    event = Event(state.status, at, str(REFUSED[action]),
+    event = Event(state.status, at, REFUSED[action],
                   {"request_id": request_id, "reason": reason})
     return Change(replace(state, command_ids=(*state.command_ids, request_id)), (event,))
 
@@ -222,7 +218,7 @@ def modify(state: OrderState, command: ModifyOrder, at: datetime) -> Change:
     old = {name: getattr(state, name) for name in changes}
     modified = replace(state, command_ids=(*state.command_ids, command.request_id), **changes)
     detail = {"request_id": command.request_id, "old": old, "new": changes}
-    return Change(modified, (Event(state.status, at, str(CommandEvent.MODIFIED), detail),))
+    return Change(modified, (Event(state.status, at, CommandEvent.MODIFIED, detail),))
 
 
 def placement_refusal(state: OrderState) -> str | None:
@@ -266,15 +262,14 @@ def early_cancel_record(command: CancelOrder, at: datetime) -> dict[str, Any]:
     restart."""
     reason = command.placement_reason()
     doc = skeleton_record(command.signal_id, at)
-    requested = Event(OrderStatus.PENDING, at, str(CommandEvent.CANCEL_REQUESTED),
+    requested = Event(OrderStatus.PENDING, at, CommandEvent.CANCEL_REQUESTED,
                       {"request_id": command.request_id, "reason": command.cancel_reason()})
     doc.update({"strategy_name": None, "account_id": None, "broker": None,
                 "status": str(OrderStatus.REJECTED), "reject_reason": reason, "closed_at": at,
                 "awaiting_order": True, "cancel_request_id": command.request_id,
                 "cancel_request_source": command.source, "command_ids": [command.request_id],
-                "events": [requested.to_doc()], "confirmation_sequence": 1,
-                "outbox_pending": True})
-    doc["confirmations"] = [confirmation(doc, requested, 1)]
+                "reject_class": str(RejectClass.REQUEST), "events": [requested.to_doc()]})
+    queue_confirmation(doc, requested)
     return doc
 
 
@@ -287,4 +282,21 @@ def refuse_awaited_order(state: OrderState, at: datetime) -> Change:
     if state.cancel_request_id is not None:
         detail["request_id"] = state.cancel_request_id
     return Change(replace(state, command_ids=(*state.command_ids, arrived)),
-                  (Event(OrderStatus.REJECTED, at, "REJECTED", detail),))
+                  (Event(OrderStatus.REJECTED, at, EventKind.REJECTED, detail),))
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    """What became of one request: `event` is a CommandEvent, KEPT or DUPLICATE."""
+
+    request_id: str
+    signal_id: str
+    event: str
+    reason: str | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.event in (CommandEvent.CANCEL_REJECTED, CommandEvent.MODIFY_REJECTED)
+
+    def as_doc(self) -> dict:
+        return {"outcome": str(self.event), "reason": self.reason}

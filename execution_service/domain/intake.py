@@ -12,6 +12,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from execution_service.domain.text import describe_char, first_invisible
@@ -214,3 +215,27 @@ def _fit(text: str, limit: int) -> str:
     if len(encoded) <= limit:
         return text
     return encoded[:limit - 3].decode("utf-8", "ignore") + "…"
+
+
+class Accepted(StrEnum):
+    CLAIMED = "CLAIMED"  # recorded PENDING and handed to the tracker
+    REJECTED = "REJECTED"  # recorded REJECTED (validation, account or risk control)
+    DUPLICATE = "DUPLICATE"  # a record for this signal_id already exists: nothing done
+    UNUSABLE = "UNUSABLE"  # no usable signal_id or no JSON object: nothing can be recorded
+
+
+@dataclass(frozen=True)
+class Intake:
+    """What became of one order, for whoever sent it."""
+
+    kind: Accepted
+    signal_id: str | None = None
+    record: dict | None = None  # as stored (CLAIMED, REJECTED)
+    problems: tuple[Problem, ...] = ()
+    control: str | None = None  # the risk control that refused it
+    track: dict | None = None  # a claim to hand to the tracker, on the event loop
+    written: tuple | None = None  # (record, events, confirmations), for journal.after_write
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(problem.message for problem in self.problems)

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from execution_service.domain.intake import Problem
 
-if TYPE_CHECKING:
-    from execution_service.domain.signals import Signal
+
+class Order(Protocol):
+    """What the bounds read of a signal (domain/signals.py validates with them)."""
+
+    asset_class: object
+    quantity: float
+    entry_price: float | None  # its prices (PRICE_FIELDS) are read by name
+
 
 MIN_PRICE = 1e-8
 MAX_PRICE = 1e9
@@ -47,7 +53,7 @@ def show(value: float) -> str:
     return f"{value:g}"
 
 
-def number_problems(signal: Signal):
+def number_problems(signal: Order):
     """Each bound the signal's numbers break, naming the field."""
     rules = RULES[str(signal.asset_class)]
     yield from _quantity_problems(signal.quantity, rules, str(signal.asset_class))

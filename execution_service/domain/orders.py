@@ -13,6 +13,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+from execution_service.domain.notices import CancelCause
+from execution_service.domain.reasons import RejectClass, reason_class
+
 QUANTITY_EPSILON = 1e-9
 
 
@@ -32,6 +35,34 @@ class OrderStatus(StrEnum):
 
 S = OrderStatus
 TERMINAL = frozenset({S.FILLED, S.REJECTED, S.CANCELLED})
+# the same sets as plain strings, for queries, metrics labels and reports
+STATUSES = tuple(str(status) for status in OrderStatus)
+TERMINAL_STATUSES = tuple(status for status in STATUSES if S(status) in TERMINAL)
+OPEN_STATUSES = tuple(status for status in STATUSES if S(status) not in TERMINAL)
+
+
+class EventKind(StrEnum):
+    """What happened, in a record's `events` list."""
+
+    CLAIMED = "CLAIMED"
+    SUBMITTED = "SUBMITTED"
+    FILL = "FILL"
+    LATE_FILL = "LATE_FILL"
+    COMPLETED = "COMPLETED"
+    COMMISSION = "COMMISSION"
+    REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
+    CANCEL_REQUESTED = "CANCEL_REQUESTED"
+    CANCEL_PENDING = "CANCEL_PENDING"
+    CANCEL_REJECTED = "CANCEL_REJECTED"
+    MODIFIED = "MODIFIED"
+    MODIFY_REJECTED = "MODIFY_REJECTED"
+    TAKEN_OVER = "TAKEN_OVER"
+    RESIZED = "RESIZED"  # a protective exit follows its position's size (§12)
+    OVERFILL = "OVERFILL"  # a fill past the order's quantity, recorded as the venue reports it
+
+
+K = EventKind
 
 WORKING = frozenset({S.SUBMITTED, S.PARTIALLY_FILLED})
 
@@ -74,11 +105,12 @@ class Event:
 
     status: OrderStatus
     at: datetime
-    event: str  # what happened: CLAIMED, SUBMITTED, FILL, LATE_FILL, REJECTED, CANCELLED, ...
+    event: EventKind
     detail: dict = field(default_factory=dict)
 
     def to_doc(self) -> dict:
-        return {"status": str(self.status), "event": self.event, "at": self.at, **self.detail}
+        return {"status": str(self.status), "event": str(self.event), "at": self.at,
+                **self.detail}
 
 
 @dataclass(frozen=True)
@@ -105,7 +137,9 @@ class OrderState:
     filled_at: datetime | None = None
     closed_at: datetime | None = None
     reject_reason: str | None = None
+    reject_class: RejectClass | None = None  # said by the code that rejected it
     cancel_reason: str | None = None
+    cancel_cause: CancelCause | None = None  # who asked for the cancel, kept until it is final
     broker_commission: float | None = None  # the broker's total when it reports one later
     limit_price: float | None = None
     stop_price: float | None = None
@@ -156,7 +190,7 @@ def _round_qty(value: float) -> float:
     return round(value, 9)
 
 
-def _move(state: OrderState, target: OrderStatus, at: datetime, event: str,
+def _move(state: OrderState, target: OrderStatus, at: datetime, event: EventKind,
           **detail) -> Change:
     if not can_transition(state.status, target):
         raise IllegalTransition(state.status, target)
@@ -168,16 +202,20 @@ def submit(state: OrderState, order_id: str, at: datetime) -> Change:
     placed makes it PENDING_CANCEL at once (the tracker sends that cancel)."""
     if state.status is not S.PENDING:
         return Change(state)
-    change = _move(state, S.SUBMITTED, at, "SUBMITTED", order_id=order_id)
+    change = _move(state, S.SUBMITTED, at, K.SUBMITTED, order_id=order_id)
     change = Change(replace(change.state, order_id=order_id, submitted_at=at), change.events)
     if state.cancel_requested_reason is None:
         return change
-    return change.then(lambda s: _move(s, S.PENDING_CANCEL, at, "CANCEL_PENDING",
+    return change.then(lambda s: _move(s, S.PENDING_CANCEL, at, K.CANCEL_PENDING,
                                        reason=s.cancel_requested_reason))
 
 
+SOURCE_CAUSES = {"upstream": CancelCause.UPSTREAM, "operator": CancelCause.OPERATOR}
+
+
 def request_cancel(state: OrderState, reason: str, at: datetime,
-                   request_id: str | None = None, source: str | None = None) -> Change:
+                   request_id: str | None = None, source: str | None = None,
+                   cause: CancelCause | None = None) -> Change:
     """A cancel is asked for. A working order becomes PENDING_CANCEL until the broker confirms
     (fills meanwhile are kept); a PENDING one keeps the request, so it is refused before it
     reaches a broker, or cancelled as soon as it is accepted."""
@@ -189,10 +227,11 @@ def request_cancel(state: OrderState, reason: str, at: datetime,
         detail["request_id"] = request_id
         ids = (*ids, request_id)
     asked = replace(state, cancel_requested_reason=reason, cancel_request_id=request_id,
-                    cancel_request_source=source, command_ids=ids)
+                    cancel_request_source=source, command_ids=ids,
+                    cancel_cause=cause or SOURCE_CAUSES.get(source or ""))
     if state.status is S.PENDING:
-        return Change(asked, (Event(S.PENDING, at, "CANCEL_REQUESTED", detail),))
-    return _move(asked, S.PENDING_CANCEL, at, "CANCEL_REQUESTED", **detail)
+        return Change(asked, (Event(S.PENDING, at, K.CANCEL_REQUESTED, detail),))
+    return _move(asked, S.PENDING_CANCEL, at, K.CANCEL_REQUESTED, **detail)
 
 
 def refuse_cancel(state: OrderState, reason: str, at: datetime) -> Change:
@@ -204,26 +243,29 @@ def refuse_cancel(state: OrderState, reason: str, at: datetime) -> Change:
     detail = {"reason": reason}
     if state.cancel_request_id is not None:
         detail["request_id"] = state.cancel_request_id
-    moved = _move(state, target, at, "CANCEL_REJECTED", **detail)
+    moved = _move(state, target, at, K.CANCEL_REJECTED, **detail)
     return Change(replace(moved.state, cancel_requested_reason=None, cancel_request_id=None,
-                          cancel_request_source=None), moved.events)
+                          cancel_request_source=None, cancel_cause=None), moved.events)
 
 
-def reject(state: OrderState, reason: str, at: datetime) -> Change:
+def reject(state: OrderState, reason: str, at: datetime,
+           kind: RejectClass = RejectClass.BROKER) -> Change:
     if state.status is S.REJECTED:
         return Change(state)
     extra = {} if state.cancel_request_id is None else {"request_id": state.cancel_request_id}
-    change = _move(state, S.REJECTED, at, "REJECTED", reason=reason, **extra)
-    return Change(replace(change.state, reject_reason=reason, closed_at=at), change.events)
+    change = _move(state, S.REJECTED, at, K.REJECTED, reason=reason, **extra)
+    return Change(replace(change.state, reject_reason=reason, reject_class=kind, closed_at=at),
+                  change.events)
 
 
 def cancel(state: OrderState, reason: str, at: datetime) -> Change:
     if state.status is S.CANCELLED:
         return Change(state)
     extra = {} if state.cancel_request_id is None else {"request_id": state.cancel_request_id}
-    change = _move(state, S.CANCELLED, at, "CANCELLED", reason=reason,
+    change = _move(state, S.CANCELLED, at, K.CANCELLED, reason=reason,
                    filled_quantity=state.filled_quantity, **extra)
-    return Change(replace(change.state, cancel_reason=reason, closed_at=at), change.events)
+    return Change(replace(change.state, cancel_reason=reason, closed_at=at,
+                          cancel_cause=state.cancel_cause or CancelCause.BROKER), change.events)
 
 
 def apply_fills(state: OrderState, fills: Iterable[FillLike], at: datetime) -> Change:
@@ -265,18 +307,18 @@ def _apply_one_fill(state: OrderState, fill: FillLike, at: datetime) -> Change:
     if excess > QUANTITY_EPSILON:
         detail["overfill"] = excess
     if state.status is S.FILLED:
-        return Change(filled, (Event(S.FILLED, at, "OVERFILL", detail),))
+        return Change(filled, (Event(S.FILLED, at, K.OVERFILL, detail),))
     if state.status is S.CANCELLED:
-        return Change(filled, (Event(S.CANCELLED, at, "LATE_FILL", detail),))
+        return Change(filled, (Event(S.CANCELLED, at, K.LATE_FILL, detail),))
     complete_now = filled.remaining_quantity <= QUANTITY_EPSILON
     target = S.FILLED if complete_now else (
         S.PENDING_CANCEL if state.status is S.PENDING_CANCEL else S.PARTIALLY_FILLED)
-    moved = _move(filled, target, at, "FILL", **detail)
+    moved = _move(filled, target, at, K.FILL, **detail)
     if target is not S.FILLED:
         return moved
     events = moved.events
     if state.status is S.PENDING_CANCEL and state.cancel_request_id is not None:
-        events += (Event(S.FILLED, at, "CANCEL_REJECTED", {
+        events += (Event(S.FILLED, at, K.CANCEL_REJECTED, {
             "request_id": state.cancel_request_id, "reason": "already filled"}),)
     return Change(replace(moved.state, filled_at=fill.at, closed_at=at), events)
 
@@ -286,7 +328,7 @@ def complete(state: OrderState, at: datetime) -> Change:
     cash-sized crypto order, say): FILLED with what was filled."""
     if state.status not in (*WORKING, S.PENDING_CANCEL) or not state.fills:
         return Change(state)
-    change = _move(state, S.FILLED, at, "COMPLETED", filled_quantity=state.filled_quantity,
+    change = _move(state, S.FILLED, at, K.COMPLETED, filled_quantity=state.filled_quantity,
                    avg_fill_price=state.avg_fill_price, commission=state.commission,
                    fill_at=state.fills[-1].at,
                    reason=f"broker reports the order filled at {state.filled_quantity:g}")
@@ -299,7 +341,7 @@ def set_commission(state: OrderState, total: float | None, at: datetime) -> Chan
     if total is None or abs(total - state.commission) <= 1e-9:
         return Change(state)
     return Change(replace(state, broker_commission=total),
-                  (Event(state.status, at, "COMMISSION", {"commission": total}),))
+                  (Event(state.status, at, K.COMMISSION, {"commission": total}),))
 
 
 def follow_broker(state: OrderState, *, order_id: str, broker_status: str,
@@ -311,7 +353,8 @@ def follow_broker(state: OrderState, *, order_id: str, broker_status: str,
     change = Change(state)
     if broker_status == "REJECTED" and state.status in (S.PENDING, S.SUBMITTED) \
             and not _has_fills(fills):
-        rejected = change.then(lambda s: reject(s, reason or "rejected by broker", at))
+        rejected = change.then(lambda s: reject(s, reason or "rejected by broker", at,
+                                                reason_class(reason)))
         return Change(replace(rejected.state, order_id=order_id), rejected.events)
     change = change.then(lambda s: submit(s, order_id, at))
     change = change.then(lambda s: apply_fills(s, fills, at))

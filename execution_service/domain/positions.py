@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 EPSILON = 1e-9
+FILL_KEYS_KEPT = 200  # the fills a position remembers, to recognise one reported again
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,30 @@
-"""What kind of refusal a reject reason is: a small fixed set, for metrics and dashboards.
+"""What kind of refusal a rejection is: a small fixed set, for the record, metrics and
+dashboards.
 
-The reasons are free text (ours, or the broker's own words), so the class is read from
-them by keyword, first match wins in the order of `_RULES`; anything unrecognised is the
-broker's word for it.
+The code that rejects an order knows why and says so with a `RejectClass`, kept on the record
+as `reject_class`. Only the broker's own words (a venue's refusal text) and records written
+before the class was kept are read by keyword (`reason_class`), first match wins in the order
+of `_RULES`; anything unrecognised is the broker's word for it.
 """
 
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 
-VALIDATION = "validation"  # the message itself is wrong (SPEC §3)
-ACCOUNT = "account"  # unknown or disabled account, symbol outside its allowlist
-RISK = "risk"  # our pre-trade limits and collar; margin, funds, holdings at the venue
-BROKER = "broker"  # the broker (or its adapter) refused it for its own reasons
-CONNECTION = "connection"  # the broker could not be reached, or its session is gone
-HALT = "halt"  # trading halted: kill switch, market closed, circuit breaker
-REASON_CLASSES = (VALIDATION, ACCOUNT, RISK, BROKER, CONNECTION, HALT)
+
+class RejectClass(StrEnum):
+    VALIDATION = "validation"  # the message itself is wrong (SPEC §3)
+    ACCOUNT = "account"  # unknown or disabled account, symbol outside its allowlist
+    RISK = "risk"  # our pre-trade limits and collar; margin, funds, holdings at the venue
+    BROKER = "broker"  # the broker (or its adapter) refused it for its own reasons
+    CONNECTION = "connection"  # the broker could not be reached, or its session is gone
+    HALT = "halt"  # trading halted: kill switch, market closed, circuit breaker
+    REQUEST = "request"  # a cancel request for it came first: never placed (SPEC §11)
+
+
+VALIDATION, ACCOUNT, RISK, BROKER, CONNECTION, HALT, REQUEST = RejectClass
+REASON_CLASSES = tuple(RejectClass)
 
 _RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(pattern)) for name, pattern in (
@@ -33,8 +42,8 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 )
 
 
-def reason_class(reason: str | None) -> str:
-    """The class of a reject reason (one of REASON_CLASSES)."""
+def reason_class(reason: str | None) -> RejectClass:
+    """The class of a reject reason whose source did not say: the broker's own words."""
     text = (reason or "").lower()
     for name, pattern in _RULES:
         if pattern.search(text):

@@ -10,17 +10,26 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from execution_service.domain.orders import Event, OrderState, OrderStatus, RecordedFill
+from execution_service.domain.notices import CancelCause
+from execution_service.domain.orders import (
+    Event,
+    EventKind,
+    OrderState,
+    OrderStatus,
+    RecordedFill,
+)
+from execution_service.domain.reasons import RejectClass
 from execution_service.domain.signals import Signal
 
-CONFIRMED_EVENTS = frozenset({"SUBMITTED", "FILL", "COMPLETED", "LATE_FILL", "OVERFILL",
-                              "REJECTED", "CANCELLED", "MODIFIED", "CANCEL_REJECTED",
-                              "MODIFY_REJECTED", "RESIZED"})
-FILL_EVENTS = frozenset({"FILL", "LATE_FILL", "OVERFILL"})  # each moves the position
+K = EventKind
+CONFIRMED_EVENTS = frozenset({K.SUBMITTED, K.FILL, K.COMPLETED, K.LATE_FILL, K.OVERFILL,
+                              K.REJECTED, K.CANCELLED, K.MODIFIED, K.CANCEL_REJECTED,
+                              K.MODIFY_REJECTED, K.RESIZED})
+FILL_EVENTS = frozenset({K.FILL, K.LATE_FILL, K.OVERFILL})  # each moves the position
 #: Events that change the order's own values (quantity, prices): written with the state.
-ORDER_VALUE_EVENTS = frozenset({"MODIFIED", "RESIZED"})
+ORDER_VALUE_EVENTS = frozenset({K.MODIFIED, K.RESIZED})
 #: Confirmed only when a request asked for it (a timeout's cancel request is internal).
-REQUEST_EVENTS = frozenset({"CANCEL_REQUESTED"})
+REQUEST_EVENTS = frozenset({K.CANCEL_REQUESTED})
 ORDER_FIELDS = ("symbol", "side", "quantity", "order_type", "limit_price", "stop_price",
                 "time_in_force", "stop_loss", "take_profit", "asset_class", "exchange",
                 "currency", "product", "reference_price")
@@ -51,7 +60,7 @@ def new_claim(signal: Signal, *, broker: str, broker_tag: str, at: datetime,
         **{name: _plain(getattr(signal, name)) for name in ORDER_FIELDS},
         "signal_created_at": signal.created_at, "extra_fields": signal.extra_fields,
         "broker": broker, "broker_tag": broker_tag, "owner": owner,
-        "events": [Event(OrderStatus.PENDING, at, "CLAIMED").to_doc()],
+        "events": [Event(OrderStatus.PENDING, at, K.CLAIMED).to_doc()],
     })
     if signal.stop_loss is not None or signal.take_profit is not None:
         doc["exits_settled"] = False  # protective exits to follow its fills (§12)
@@ -59,8 +68,10 @@ def new_claim(signal: Signal, *, broker: str, broker_tag: str, at: datetime,
 
 
 def new_rejection(signal_id: str, fields: dict[str, Any], reason: str, at: datetime,
-                  *, raw_body: bytes | None = None, broker: str | None = None) -> dict[str, Any]:
-    """A REJECTED record for a message that failed validation or an account check."""
+                  *, raw_body: bytes | None = None, broker: str | None = None,
+                  kind: RejectClass = RejectClass.VALIDATION) -> dict[str, Any]:
+    """A REJECTED record for a message that failed validation, an account check or a risk
+    control (`kind` says which), with its one confirmation queued."""
     doc = skeleton_record(signal_id, at)
     kept = {key: value for key, value in fields.items() if key != "signal_id"}
     doc.update({"strategy_name": None, "account_id": None, "broker": broker, **kept})
@@ -68,10 +79,21 @@ def new_rejection(signal_id: str, fields: dict[str, Any], reason: str, at: datet
         doc["side"] = doc["side"].upper()
     if raw_body is not None:
         doc["raw_message"] = raw_body.decode("utf-8", "replace")[:10_000]
-    doc.update({"status": str(OrderStatus.REJECTED), "reject_reason": reason, "closed_at": at,
-                "events": [Event(OrderStatus.REJECTED, at, "REJECTED", {"reason": reason})
-                           .to_doc()]})
+    event = rejection_event(reason, at)
+    doc.update({"status": str(OrderStatus.REJECTED), "reject_reason": reason,
+                "reject_class": str(kind), "closed_at": at, "events": [event.to_doc()]})
+    queue_confirmation(doc, event)
     return doc
+
+
+def rejection_event(reason: str, at: datetime) -> Event:
+    return Event(OrderStatus.REJECTED, at, K.REJECTED, {"reason": reason})
+
+
+def queue_confirmation(doc: dict[str, Any], event: Event) -> None:
+    """A new record's first confirmation, for the outbox to publish."""
+    doc.update(confirmations=[confirmation(doc, event, 1)], confirmation_sequence=1,
+               outbox_pending=True)
 
 
 def _plain(value: Any) -> Any:
@@ -86,6 +108,7 @@ def state_of(doc: dict[str, Any]) -> OrderState:
                                  f.get("commission", 0.0)) for f in doc.get("fills", [])),
         submitted_at=as_utc(doc.get("submitted_at")), filled_at=as_utc(doc.get("filled_at")),
         closed_at=as_utc(doc.get("closed_at")), reject_reason=doc.get("reject_reason"),
+        reject_class=reject_class_of(doc), cancel_cause=cancel_cause_of(doc),
         cancel_reason=doc.get("cancel_reason"), broker_commission=doc.get("broker_commission"),
         limit_price=_number(doc.get("limit_price")), stop_price=_number(doc.get("stop_price")),
         cancel_requested_reason=doc.get("cancel_requested_reason"),
@@ -93,6 +116,19 @@ def state_of(doc: dict[str, Any]) -> OrderState:
         cancel_request_source=doc.get("cancel_request_source"),
         command_ids=tuple(doc.get("command_ids") or ()),
     )
+
+
+def reject_class_of(doc: dict[str, Any]) -> RejectClass | None:
+    """The class its rejecter gave; None for a record written before the class was kept."""
+    return _kind(RejectClass, doc.get("reject_class"))
+
+
+def cancel_cause_of(doc: dict[str, Any]) -> CancelCause | None:
+    return _kind(CancelCause, doc.get("cancel_cause"))
+
+
+def _kind(enum, value: Any):
+    return enum(value) if value in enum.__members__.values() else None
 
 
 def _number(value: Any) -> float | None:
@@ -112,6 +148,7 @@ def state_fields(state: OrderState) -> dict[str, Any]:
         "total_value": round(state.filled_quantity * avg, 2) if avg is not None else 0.0,
         "submitted_at": state.submitted_at, "filled_at": state.filled_at,
         "closed_at": state.closed_at, "reject_reason": state.reject_reason,
+        "reject_class": _text(state.reject_class), "cancel_cause": _text(state.cancel_cause),
         "cancel_reason": state.cancel_reason, "fills": [f.to_doc() for f in state.fills],
         "broker_commission": state.broker_commission,
         "notes": _notes(state), "cancel_requested_reason": state.cancel_requested_reason,
@@ -119,6 +156,10 @@ def state_fields(state: OrderState) -> dict[str, Any]:
         "cancel_request_source": state.cancel_request_source,
         "command_ids": list(state.command_ids),
     }
+
+
+def _text(kind) -> str | None:
+    return None if kind is None else str(kind)
 
 
 def modified_fields(state: OrderState) -> dict[str, Any]:
@@ -148,10 +189,10 @@ def confirmation(doc: dict[str, Any], event: Event, sequence: int) -> dict[str, 
     """The execution-confirmations payload for one event of this record (SPEC §6)."""
     detail = event.detail
     filled = detail.get("filled_quantity", doc.get("filled_quantity", 0.0))
-    is_fill = event.event in FILL_EVENTS or event.event == "COMPLETED"
+    is_fill = event.event in FILL_EVENTS or event.event is K.COMPLETED
     payload = {
         "signal_id": doc["signal_id"], "order_id": detail.get("order_id", doc.get("order_id")),
-        "status": str(event.status), "event": event.event, "sequence": sequence,
+        "status": str(event.status), "event": str(event.event), "sequence": sequence,
         "account_id": doc.get("account_id"), "strategy_name": doc.get("strategy_name"),
         "symbol": doc.get("symbol"), "side": doc.get("side"), "quantity": doc.get("quantity"),
         "filled_quantity": filled,

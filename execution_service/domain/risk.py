@@ -23,6 +23,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from execution_service.domain.reasons import RejectClass
 from execution_service.domain.signals import Signal
 
 HALT = "halt"
@@ -44,6 +45,10 @@ class RiskBreach:
 
     control: str
     reason: str
+
+    @property
+    def kind(self) -> RejectClass:
+        return RejectClass.HALT if self.control == HALT else RejectClass.RISK
 
 
 @dataclass(frozen=True)

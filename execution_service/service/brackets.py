@@ -18,9 +18,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 
-from execution_service.adapters.store import DuplicateSignal
 from execution_service.domain import orders
-from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.backoff import Backoff
 from execution_service.domain.brackets import (
     BracketView,
     ExitAction,
@@ -35,37 +34,39 @@ from execution_service.domain.brackets import (
     plan_exits,
     resize,
 )
-from execution_service.domain.orders import Change
+from execution_service.domain.orders import Change, EventKind
 from execution_service.domain.positions import side_for
 from execution_service.errors import (
+    DuplicateSignal,
     OrderNotFound,
     OrderRejected,
     StoreUnavailable,
     TransientBrokerError,
 )
 from execution_service.service.journal import RecordConflict
-from execution_service.service.ports import BracketStore
+from execution_service.service.ports import JOURNEY_LOGGER, BracketStore, BrokerSource
 from execution_service.service.positions import position_key
 from execution_service.service.tracker import request_from_record
 
 logger = logging.getLogger(__name__)
-FILL_EVENTS = frozenset({"FILL", "LATE_FILL", "COMPLETED"})
+journey = logging.getLogger(JOURNEY_LOGGER)
+REPLAN_EVENTS = frozenset({EventKind.FILL, EventKind.LATE_FILL, EventKind.COMPLETED})  # fills
 CANCEL_SOURCE = "bracket"
 
 
 class BracketManager:
-    def __init__(self, store: BracketStore, journal, tracker, brokers,
+    def __init__(self, store: BracketStore, journal, tracker, brokers: BrokerSource,
                  clock: Callable[[], datetime], owner: dict | None = None,
                  lease_until: Callable[[], datetime] | None = None,
                  backoff_base: float = 0.5, backoff_cap: float = 10.0):
         self._store = store
         self._journal = journal
         self._tracker = tracker
-        self._brokers = brokers  # BrokerFactory
+        self._brokers = brokers
         self._clock = clock
         self._owner = owner
         self._lease_until = lease_until or (lambda: None)
-        self._backoff = (backoff_base, backoff_cap)
+        self._backoff = Backoff(backoff_base, backoff_cap)
         self._tasks: dict[str, asyncio.Task] = {}
         self._again: set[str] = set()
 
@@ -79,9 +80,9 @@ class BracketManager:
         """A durable change of any record: re-plan the brackets it can affect."""
         if is_exit(doc):
             self.schedule(doc["parent_signal_id"])
-        elif exit_levels(doc) and any(e.event in FILL_EVENTS for e in events):
+        elif exit_levels(doc) and any(e.event in REPLAN_EVENTS for e in events):
             self.schedule(doc["signal_id"])
-        if any(e.event in FILL_EVENTS for e in events) and doc.get("account_id"):
+        if any(e.event in REPLAN_EVENTS for e in events) and doc.get("account_id"):
             key = position_key(doc)
             self._run(f"position:{sorted(key.items())}", lambda: self._sweep_position(key))
 
@@ -127,7 +128,7 @@ class BracketManager:
                 failures = 0
             except (StoreUnavailable, TransientBrokerError, RecordConflict) as e:
                 failures += 1
-                wait = compute_backoff(failures, *self._backoff)
+                wait = self._backoff.after(failures)
                 logger.warning("Protective exits %s: %s; retry in %.1fs", key, e, wait)
                 await asyncio.sleep(wait)
                 self._again.add(key)
@@ -225,7 +226,7 @@ class BracketManager:
         now = self._clock()
         doc = self._journal.apply(exit_doc, lambda s: orders.request_cancel(
             s, step.reason, now, source=CANCEL_SOURCE))
-        logger.info("Cancelling protective exit %s: %s [%s]", step.role, step.reason,
+        journey.info("Cancelling protective exit %s: %s [%s]", step.role, step.reason,
                     doc["signal_id"])
         if doc["status"] == str(orders.OrderStatus.PENDING_CANCEL) and doc.get("order_id"):
             broker = self._brokers.create_broker(doc["broker"])

@@ -1,6 +1,6 @@
 """Broker sessions (SPEC §14): the daily Kite access token, kept in the store.
 
-Everything that touches the token is here (and in adapters/kite_login.py, which talks to
+Everything that touches the token is here (and in brokers/kite_login.py, which talks to
 Kite): `kite login` saves it with `save_kite_session`; the running daemon's `SessionKeeper`
 hands a newly saved token to the Zerodha adapter within `interval` seconds, and turns the
 adapter's "session refused" into one halt of every Zerodha account, which it lifts once a new

@@ -12,18 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
 from brokers.base import Broker
-from execution_service.adapters.store import DuplicateSignal
-from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.backoff import Backoff
 from execution_service.domain.commands import (
     REFUSED,
     CancelOrder,
     Command,
     CommandAction,
     CommandEvent,
+    CommandOutcome,
     InvalidCommand,
     ModifyOrder,
     already_applied,
@@ -36,11 +35,13 @@ from execution_service.domain.commands import (
 from execution_service.domain.orders import Event, OrderStatus
 from execution_service.domain.records import confirmation, state_of
 from execution_service.errors import (
+    DuplicateSignal,
     OrderNotFound,
     OrderRejected,
     StoreUnavailable,
     TransientBrokerError,
 )
+from execution_service.service.ports import BrokerSource, CommandRequests, RecordStore
 from execution_service.service.tracker import request_from_record
 
 logger = logging.getLogger(__name__)
@@ -49,37 +50,22 @@ DUPLICATE = "DUPLICATE"
 NOT_RECEIVED = "NOT_RECEIVED"  # the status in a refusal about a signal with no record
 
 
-@dataclass(frozen=True)
-class CommandOutcome:
-    """What became of one request: `event` is a CommandEvent, KEPT or DUPLICATE."""
-
-    request_id: str
-    signal_id: str
-    event: str
-    reason: str | None = None
-
-    @property
-    def refused(self) -> bool:
-        return self.event in (CommandEvent.CANCEL_REJECTED, CommandEvent.MODIFY_REJECTED)
-
-    def as_doc(self) -> dict:
-        return {"outcome": str(self.event), "reason": self.reason}
-
-
 class CommandHandler:
-    def __init__(self, store, command_log, journal, brokers, tracker, outbox,
+    def __init__(self, store: RecordStore, command_log: CommandRequests, journal,
+                 brokers: BrokerSource, tracker, outbox,
                  clock: Callable[[], datetime], check_order: Callable[[dict], str | None],
                  attempts: int = 3, backoff_base: float = 0.5):
         self._store = store
         self._log = command_log
         self._journal = journal
-        self._brokers = brokers  # BrokerFactory
+        self._brokers = brokers
         self._tracker = tracker
         self._outbox = outbox
         self._clock = clock
         self._check_order = check_order  # §3 validation and risk of an order's fields
         self._attempts = attempts
-        self._backoff_base = backoff_base
+        self._broker_backoff = Backoff(backoff_base)
+        self._store_backoff = Backoff(backoff_base, 10.0)
         self._running: dict[str, asyncio.Task] = {}
 
     # entry points -----------------------------------------------------------------------------
@@ -150,7 +136,7 @@ class CommandHandler:
                 return outcome
             except StoreUnavailable as e:
                 attempt += 1
-                wait = compute_backoff(attempt, self._backoff_base, 10.0)
+                wait = self._store_backoff.after(attempt)
                 logger.debug("Store unavailable on %s request %s (%s); retry in %.1fs",
                                command.action, command.request_id, e, wait)
                 await asyncio.sleep(wait)
@@ -217,7 +203,7 @@ class CommandHandler:
                 logger.warning("%s of %s at %s failed (attempt %d/%d): %s", what,
                                doc["signal_id"], broker.name, attempt, self._attempts, e)
                 if attempt < self._attempts:
-                    await asyncio.sleep(compute_backoff(attempt, self._backoff_base))
+                    await asyncio.sleep(self._broker_backoff.after(attempt))
                 last = str(e)
         return f"broker unavailable: {last}"
 

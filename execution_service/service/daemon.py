@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from execution_service import __version__
-from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.backoff import Backoff
 from execution_service.domain.intake import dead_letter_message
 from execution_service.domain.notices import AlertKind, ServiceAlert
 from execution_service.errors import ExecutionError, StoreUnavailable
@@ -22,6 +22,7 @@ from execution_service.service.risk import halt_alert, resume_alert, watch_halts
 from execution_service.service.supervisor import TaskSupervisor
 
 logger = logging.getLogger(__name__)
+STORE_AT_START = Backoff(0.5, 10.0)  # the store not reachable yet when the daemon starts
 STORE_STALL_SECONDS = 2.0  # a store call running longer than this means the store is in trouble
 
 
@@ -86,7 +87,7 @@ class ExecutionDaemon:
                 return loaded, resumed
             except StoreUnavailable as e:
                 attempt += 1
-                wait = compute_backoff(attempt, 0.5, 10.0)
+                wait = STORE_AT_START.after(attempt)
                 logger.debug("Store unavailable at start (%s); retry in %.1fs", e, wait)
                 await asyncio.sleep(wait)
 

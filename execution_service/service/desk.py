@@ -9,16 +9,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Protocol
 
 from execution_service import __version__
-from execution_service.config import Settings
 from execution_service.domain.api_keys import key_hash
 from execution_service.domain.commands import Command
 from execution_service.domain.records import published_confirmations
 from execution_service.service.commands import CommandHandler, CommandOutcome
+from execution_service.service.ports import BrokerSource
 from execution_service.service.processor import Intake, SignalProcessor
 from execution_service.service.risk import halt_trading, resume_trading
-from execution_service.status import read_status
 
 BASE_FEATURES = ("orders", "positions", "confirmations", "status", "halt", "resume", "cancel",
                  "modify")
@@ -34,16 +34,23 @@ async def _run_here(work: Callable, *args):
     return work(*args)
 
 
+class DeskSettings(Protocol):
+    USE_MOCK_BROKER: bool
+
+
 class Desk:
-    def __init__(self, *, settings: Settings, store, processor: SignalProcessor,
-                 commands: CommandHandler, brokers, health: Callable[[], tuple[bool, str]],
+    def __init__(self, *, settings: DeskSettings, store, processor: SignalProcessor,
+                 commands: CommandHandler, brokers: BrokerSource,
+                 health: Callable[[], tuple[bool, str]],
+                 status_report: Callable[[datetime], dict],
                  clock: Callable[[], datetime], features: tuple[str, ...] = (),
                  run_on_store_thread: Callable[..., Awaitable] | None = None):
         self._settings = settings
         self._store = store
         self._processor = processor
         self._commands = commands
-        self._brokers = brokers  # BrokerFactory
+        self._brokers = brokers
+        self._status_report = status_report  # the operators' status, as of a time
         self._clock = clock
         self.health = health
         self._features = BASE_FEATURES + features
@@ -87,7 +94,7 @@ class Desk:
         return self._store.recent_confirmations(limit)
 
     def status(self) -> dict:
-        return read_status(self._store, self._settings, self._clock())
+        return self._status_report(self._clock())
 
     def capabilities(self) -> dict:
         healthy, reason = self.health()

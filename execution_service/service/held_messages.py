@@ -15,7 +15,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.backoff import Backoff
 from execution_service.service.processor import Action, Outcome
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,7 @@ class HeldIntake:
         self._decide = decide
         self._settle = settle
         self._probe = probe
-        self._retry_base = retry_base
-        self._retry_cap = retry_cap
+        self._retry = Backoff(retry_base, retry_cap)
         self._held: deque = deque()
         self._releasing: asyncio.Task | None = None
         self.total_held = 0
@@ -54,7 +53,7 @@ class HeldIntake:
         attempt = 0
         while self._held:
             attempt += 1
-            await asyncio.sleep(compute_backoff(attempt, self._retry_base, self._retry_cap))
+            await asyncio.sleep(self._retry.after(attempt))
             if not await self._store_takes_writes():
                 continue
             batch = list(self._held)

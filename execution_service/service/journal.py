@@ -19,11 +19,19 @@ from execution_service.domain.notices import (
     OrderNotice,
     ServiceAlert,
 )
-from execution_service.domain.orders import Change, Event, OrderState, OrderStatus, RecordedFill
+from execution_service.domain.orders import (
+    Change,
+    Event,
+    EventKind,
+    OrderState,
+    OrderStatus,
+    RecordedFill,
+)
 from execution_service.domain.records import (
     FILL_EVENTS,
     ORDER_VALUE_EVENTS,
     as_utc,
+    cancel_cause_of,
     confirmation,
     is_confirmed,
     modified_fields,
@@ -31,8 +39,11 @@ from execution_service.domain.records import (
     state_of,
 )
 from execution_service.errors import ExecutionError
+from execution_service.service.ports import JOURNEY_LOGGER, Notifier, RecordStore
 
 logger = logging.getLogger(__name__)
+journey = logging.getLogger(JOURNEY_LOGGER)
+K = EventKind
 MAX_CAS_ATTEMPTS = 5
 
 
@@ -63,7 +74,8 @@ class Counters:
 
 
 class OrderJournal:
-    def __init__(self, store, positions, outbox, notifier, counters: Counters,
+    def __init__(self, store: RecordStore, positions, outbox, notifier: Notifier,
+                 counters: Counters,
                  clock: Callable[[], datetime], owner_id: str | None = None, metrics=None):
         self._store = store
         self._positions = positions
@@ -163,53 +175,54 @@ class OrderJournal:
         signal_id = doc["signal_id"]
         detail = event.detail
         kind = _NOTICE_FOR.get((event.event, event.status)) or _COMMAND_NOTICES.get(event.event)
-        if event.event == "SUBMITTED":
+        if event.event == K.SUBMITTED:
             self.counters.orders_submitted += 1
-            logger.info("Order submitted: %s [%s]", detail.get("order_id"), signal_id)
-        elif event.event in ("FILL", "COMPLETED") and event.status is OrderStatus.FILLED:
+            journey.info("Order submitted: %s [%s]", detail.get("order_id"), signal_id)
+        elif event.event in (K.FILL, K.COMPLETED) and event.status is OrderStatus.FILLED:
             self.counters.orders_filled += 1
-            logger.info("Order filled: %s @ $%s [%s]", _qty(doc["filled_quantity"]),
+            journey.info("Order filled: %s @ $%s [%s]", _qty(doc["filled_quantity"]),
                         _money(doc["avg_fill_price"]), signal_id)
-        elif event.event == "FILL":
+        elif event.event == K.FILL:
             self.counters.orders_partially_filled += 1
-            logger.info("Order partially filled: %s/%s @ $%s [%s]",
+            journey.info("Order partially filled: %s/%s @ $%s [%s]",
                         _qty(detail["filled_quantity"]), _qty(doc["quantity"]),
                         _money(detail["avg_fill_price"]), signal_id)
-        elif event.event == "LATE_FILL":
+        elif event.event == K.LATE_FILL:
             self.counters.late_fills += 1
-            logger.warning("Late fill after cancel: %s @ $%s [%s]", _qty(detail["quantity"]),
+            journey.warning("Late fill after cancel: %s @ $%s [%s]", _qty(detail["quantity"]),
                            _money(detail["price"]), signal_id)
-        elif event.event == "REJECTED":
+        elif event.event == K.REJECTED:
             self.counters.orders_rejected += 1
-            logger.info("Order rejected: %s [%s]", detail.get("reason"), signal_id)
-        elif event.event == "CANCELLED":
+            journey.info("Order rejected: %s [%s]", detail.get("reason"), signal_id)
+        elif event.event == K.CANCELLED:
             self.counters.orders_cancelled += 1
-            logger.info("Order cancelled: %s [%s]", detail.get("reason"), signal_id)
+            journey.info("Order cancelled: %s [%s]", detail.get("reason"), signal_id)
         elif event.event in _COMMAND_EVENTS:
-            logger.info("%s (request %s): %s [%s]", event.event.replace("_", " ").capitalize(),
-                        detail.get("request_id"), detail.get("reason") or detail.get("new"),
-                        signal_id)
+            journey.info("%s (request %s): %s [%s]",
+                         str(event.event).replace("_", " ").capitalize(),
+                         detail.get("request_id"), detail.get("reason") or detail.get("new"),
+                         signal_id)
         if kind is not None:
             self._notifier.notify(order_notice(doc, event, kind))
-        if self._metrics is not None and event.event in ("FILL", "COMPLETED", "REJECTED",
-                                                         "CANCELLED") \
+        if self._metrics is not None and event.event in (K.FILL, K.COMPLETED, K.REJECTED,
+                                                         K.CANCELLED) \
                 and event.status.is_terminal and doc["status"] == str(event.status):
             self._metrics.record_terminal(doc)
 
 
 _NOTICE_FOR = {
-    ("FILL", OrderStatus.FILLED): NoticeKind.FILLED,
-    ("COMPLETED", OrderStatus.FILLED): NoticeKind.FILLED,
-    ("FILL", OrderStatus.PARTIALLY_FILLED): NoticeKind.PARTIAL_FILL,
-    ("LATE_FILL", OrderStatus.CANCELLED): NoticeKind.LATE_FILL,
-    ("REJECTED", OrderStatus.REJECTED): NoticeKind.REJECTED,
-    ("CANCELLED", OrderStatus.CANCELLED): NoticeKind.CANCELLED,
-    ("FILL", OrderStatus.PENDING_CANCEL): NoticeKind.PARTIAL_FILL,
+    (K.FILL, OrderStatus.FILLED): NoticeKind.FILLED,
+    (K.COMPLETED, OrderStatus.FILLED): NoticeKind.FILLED,
+    (K.FILL, OrderStatus.PARTIALLY_FILLED): NoticeKind.PARTIAL_FILL,
+    (K.LATE_FILL, OrderStatus.CANCELLED): NoticeKind.LATE_FILL,
+    (K.REJECTED, OrderStatus.REJECTED): NoticeKind.REJECTED,
+    (K.CANCELLED, OrderStatus.CANCELLED): NoticeKind.CANCELLED,
+    (K.FILL, OrderStatus.PENDING_CANCEL): NoticeKind.PARTIAL_FILL,
 }
-_COMMAND_NOTICES = {"MODIFIED": NoticeKind.MODIFIED, "CANCEL_REJECTED": NoticeKind.COMMAND_REFUSED,
-                    "MODIFY_REJECTED": NoticeKind.COMMAND_REFUSED}
-_COMMAND_EVENTS = frozenset({"CANCEL_REQUESTED", "MODIFIED", "CANCEL_REJECTED",
-                             "MODIFY_REJECTED"})
+_COMMAND_NOTICES = {K.MODIFIED: NoticeKind.MODIFIED, K.CANCEL_REJECTED: NoticeKind.COMMAND_REFUSED,
+                    K.MODIFY_REJECTED: NoticeKind.COMMAND_REFUSED}
+_COMMAND_EVENTS = frozenset({K.CANCEL_REQUESTED, K.MODIFIED, K.CANCEL_REJECTED,
+                             K.MODIFY_REJECTED})
 
 
 def overfill_alert(doc: dict, detail: dict) -> ServiceAlert:
@@ -238,22 +251,15 @@ def order_notice(doc: dict, event: Event, kind: NoticeKind) -> OrderNotice:
         reason=reason, cancel_cause=_cancel_cause(doc) if kind is NoticeKind.CANCELLED else None,
         last_fill_quantity=detail.get("quantity"), last_fill_price=detail.get("price"),
         order_id=doc.get("order_id"), request_id=detail.get("request_id"), role=doc.get("role"),
-        command="CANCEL" if event.event == "CANCEL_REJECTED" else "MODIFY",
+        command="CANCEL" if event.event == K.CANCEL_REJECTED else "MODIFY",
         changes=tuple((name, (detail.get("old") or {}).get(name), new)
                       for name, new in (detail.get("new") or {}).items()),
     )
 
 
 def _cancel_cause(doc: dict) -> CancelCause:
-    source = doc.get("cancel_request_source")
-    if source in ("upstream", "operator"):
-        return CancelCause.UPSTREAM if source == "upstream" else CancelCause.OPERATOR
-    reason = (doc.get("cancel_reason") or "").lower()
-    if reason.startswith("timeout"):
-        return CancelCause.TIMEOUT
-    if reason.startswith(("operator", "trading halted")):
-        return CancelCause.OPERATOR
-    return CancelCause.BROKER
+    """Said by whoever asked for the cancel; the broker's own cancel says nothing."""
+    return cancel_cause_of(doc) or CancelCause.BROKER
 
 
 def _number(value) -> float:

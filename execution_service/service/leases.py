@@ -12,9 +12,11 @@ from datetime import datetime, timedelta
 
 from execution_service.domain.records import as_utc
 from execution_service.errors import ExecutionError
+from execution_service.service.ports import JOURNEY_LOGGER, LeaseStore
 from execution_service.service.store_thread import StoreThread
 
 logger = logging.getLogger(__name__)
+journey = logging.getLogger(JOURNEY_LOGGER)
 ORPHAN_SECONDS = 30.0
 
 
@@ -49,7 +51,7 @@ def claimable(doc: dict, owner: dict, now: datetime,
 
 
 class LeaseKeeper:
-    def __init__(self, store, tracker, owner: dict, lease_seconds: float,
+    def __init__(self, store: LeaseStore, tracker, owner: dict, lease_seconds: float,
                  clock: Callable[[], datetime], supervise_seconds: float = 2.0,
                  store_thread: StoreThread | None = None):
         self._store = store
@@ -71,6 +73,10 @@ class LeaseKeeper:
             received = as_utc(doc.get("received_at"))
             return received is None or (now - received).total_seconds() > ORPHAN_SECONDS
         return claimable(doc, self._owner, now)
+
+    @property
+    def owner(self) -> dict:
+        return self._owner
 
     def lease_until(self) -> datetime:
         return self._clock() + self._lease
@@ -94,8 +100,8 @@ class LeaseKeeper:
         taken = await self._store_thread.run(self._take_over_orphans,
                                              set(self._tracker.tracked_ids()))
         for mine, previous in taken:
-            logger.info("Resuming %s order: %s (was %s)", mine["status"], mine["signal_id"],
-                        previous)
+            journey.info("Resuming %s order: %s (was %s)", mine["status"], mine["signal_id"],
+                         previous)
             self._tracker.track(mine, recovering=True)
         return len(taken)
 

@@ -16,12 +16,11 @@ from datetime import datetime
 from execution_service.domain.commands import CancelOrder, parse_command
 from execution_service.domain.telegram_text import truncate
 from execution_service.domain.text import single_line
+from execution_service.domain.views import NO_POSITIONS, order_line, position_line
 from execution_service.errors import ExecutionError
-from execution_service.journey import render_journey, signal_journey
 from execution_service.service.commands import KEPT
+from execution_service.service.journey import render_journey, signal_journey
 from execution_service.service.risk import active_halts, clear_halt, halt_scope, set_halt
-from execution_service.status import read_status, render_status
-from execution_service.views import NO_POSITIONS, order_line, position_line
 
 logger = logging.getLogger(__name__)
 DEFAULT_ORDERS = 10
@@ -30,9 +29,10 @@ CANCEL_UNAVAILABLE = "cancel is not available: this process has no command handl
 
 
 class OperatorDesk:
-    def __init__(self, store, settings, clock: Callable[[], datetime], commands=None):
+    def __init__(self, store, status_text: Callable[[datetime], str],
+                 clock: Callable[[], datetime], commands=None):
         self._store = store
-        self._settings = settings
+        self._status_text = status_text  # the operators' status as text, as of a time (wiring)
         self._clock = clock
         self._commands = commands  # CommandHandler (SPEC §11): /cancel goes through it
 
@@ -56,7 +56,7 @@ class OperatorDesk:
             return f"/{command} failed: {e}"
 
     def _status(self, args: list[str], by: str) -> str:
-        return render_status(read_status(self._store, self._settings, self._clock()))
+        return self._status_text(self._clock())
 
     def _positions(self, args: list[str], by: str) -> str:
         rows = self._store.list_positions("OPEN")

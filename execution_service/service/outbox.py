@@ -24,12 +24,14 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.backoff import Backoff
 from execution_service.domain.records import confirmation_message, signal_fields
 from execution_service.errors import ExecutionError
+from execution_service.service.ports import JOURNEY_LOGGER, ConfirmationPublisher, OutboxStore
 from execution_service.service.store_thread import StoreThread
 
 logger = logging.getLogger(__name__)
+journey = logging.getLogger(JOURNEY_LOGGER)
 BATCH = 500
 FLUSH_AT = 100  # confirmations handed over at once when they pile up within one loop turn
 MARKS_PER_TURN = 50  # store writes per hand-over to the store thread
@@ -39,7 +41,8 @@ PENDING, ACCEPTED, REFUSED = "pending", "accepted", "refused"
 
 
 class ConfirmationOutbox:
-    def __init__(self, store, publisher, *, clock: Callable[[], datetime],
+    def __init__(self, store: OutboxStore, publisher: ConfirmationPublisher, *,
+                 clock: Callable[[], datetime],
                  retry_base: float = 0.2, retry_cap: float = 10.0,
                  rescan_seconds: float = 5.0, store_thread: StoreThread | None = None):
         self._store = store
@@ -64,7 +67,7 @@ class ConfirmationOutbox:
         self._to_mark: dict[str, int] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._retry_policy = (retry_base, retry_cap)
+        self._backoff = Backoff(retry_base, retry_cap)
         self._failures = 0
         self.published = 0
         self.failures = 0
@@ -191,7 +194,7 @@ class ConfirmationOutbox:
             if outcome is None:
                 states[payload["sequence"]] = ACCEPTED
                 self.published += 1
-                logger.info("Published execution confirmation: %s %s #%s", payload["status"],
+                journey.info("Published execution confirmation: %s %s #%s", payload["status"],
                             payload["signal_id"], payload["sequence"])
             else:
                 states[payload["sequence"]] = REFUSED
@@ -239,11 +242,11 @@ class ConfirmationOutbox:
                 await self._rescan()
             if not await self._write_side_effects():
                 self._store_failures += 1
-                await asyncio.sleep(compute_backoff(self._store_failures, *self._retry_policy))
+                await asyncio.sleep(self._backoff.after(self._store_failures))
             else:
                 self._store_failures = 0
             if self._retry:
-                await asyncio.sleep(compute_backoff(max(1, self._failures), *self._retry_policy))
+                await asyncio.sleep(self._backoff.after(max(1, self._failures)))
                 batch = [self._retry.popleft() for _ in range(min(BATCH, len(self._retry)))]
                 for payload in batch:
                     self._outstanding[payload["signal_id"]][payload["sequence"]] = PENDING

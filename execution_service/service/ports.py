@@ -5,13 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from execution_service.domain.commands import Command
+from brokers.base import Broker
+from execution_service.domain.commands import Command, CommandOutcome
+from execution_service.domain.intake import Accepted, Intake
 from execution_service.domain.notices import OrderNotice, ServiceAlert
-from execution_service.service.commands import CommandOutcome
-from execution_service.service.processor import Accepted, Intake
 
 __all__ = ["Accepted", "CommandOutcome", "ConfirmationPublisher", "Intake", "Notifier",
            "NullNotifier", "OrderDesk"]
+
+#: The logger for the lines that tell a signal's journey (logs/signal_processing.log): the
+#: service logs them there, the logging adapter routes by this name, never by the text.
+JOURNEY_LOGGER = "execution_service.journey"
 
 
 class Notifier(Protocol):
@@ -44,6 +48,16 @@ class NullNotifier:
     def stats(self) -> dict:
         return {"enabled": False, "sent": 0, "failed": 0, "dropped": 0, "collapsed": 0,
                 "queued": 0}
+
+
+class BrokerSource(Protocol):
+    """Hands out the broker an account trades through (brokers/factory.py builds them)."""
+
+    def broker_name_for(self, account: dict) -> str: ...
+
+    def check(self, name: str) -> None: ...
+
+    def create_broker(self, name: str) -> Broker: ...
 
 
 class ConfirmationPublisher(Protocol):
@@ -100,6 +114,82 @@ class RiskStore(HaltStore, Protocol):
     def open_positions_for(self, account_id: str, symbol: str) -> list[dict]: ...
 
     def count_orders_since(self, account_id: str, since: datetime) -> int: ...
+
+
+# the store, seen from each use case; every method raises StoreUnavailable when it cannot ---------
+
+class RecordStore(Protocol):
+    """Execution records, the signal store and the account registry (processor, journal)."""
+
+    def get_account(self, account_id: str) -> dict | None: ...
+
+    def get_record(self, signal_id: str) -> dict | None: ...
+
+    def insert_record(self, doc: dict) -> None: ...  # DuplicateSignal when it exists
+
+    def update_record(self, doc: dict, fields: dict, events: list[dict],
+                      confirmations: list[dict]) -> dict | None: ...
+
+    def update_signal(self, signal_id: str, fields: dict, at: datetime) -> None: ...
+
+
+class LeaseStore(Protocol):
+    """Who works which open record (leases)."""
+
+    def open_records(self) -> list[dict]: ...
+
+    def renew_leases(self, signal_ids: list[str], owner_id: str, until: datetime) -> None: ...
+
+    def owned_elsewhere(self, signal_ids: list[str], owner_id: str) -> list[str]: ...
+
+    def cancels_asked(self, signal_ids: list[str]) -> list[str]: ...
+
+    def take_over(self, doc: dict, owner: dict, until: datetime,
+                  at: datetime) -> dict | None: ...
+
+    def open_signal_ids_owned_by(self, owner_id: str) -> list[str]: ...
+
+    def get_record(self, signal_id: str) -> dict | None: ...
+
+
+class OutboxStore(Protocol):
+    """Which confirmations are published (outbox)."""
+
+    def records_with_unpublished(self) -> list[dict]: ...
+
+    def mark_published(self, signal_id: str, sequence: int) -> None: ...
+
+    def update_signal(self, signal_id: str, fields: dict, at: datetime) -> None: ...
+
+
+class PositionStore(Protocol):
+    """Positions by (account, strategy, symbol) (positions)."""
+
+    def open_position(self, key: dict) -> dict | None: ...
+
+    def position_with_fill(self, key: dict, fill_key: str) -> dict | None: ...
+
+    def position_opened_from(self, position_id: str) -> dict | None: ...
+
+    def count_positions(self, key: dict) -> int: ...
+
+    def insert_position(self, doc: dict) -> bool: ...
+
+    def update_position(self, doc: dict, fields: dict, fill_key: str) -> bool: ...
+
+    def claim_fill(self, fill: dict) -> dict | None: ...  # None: new, else the entry kept
+
+    def mark_fill_applied(self, fill_key: str) -> None: ...
+
+
+class CommandRequests(Protocol):
+    """Cancel and modify requests kept until answered (commands)."""
+
+    def receive(self, doc: dict) -> dict | None: ...
+
+    def finish(self, request_id: str, outcome: dict, at: datetime) -> None: ...
+
+    def unfinished(self) -> list[dict]: ...
 
 
 class BracketStore(Protocol):

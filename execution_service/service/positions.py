@@ -26,8 +26,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
-from execution_service.adapters.store import FILL_KEYS_KEPT
-from execution_service.domain.positions import Position, PositionChange, apply_fill
+from execution_service.domain.positions import (
+    FILL_KEYS_KEPT,
+    Position,
+    PositionChange,
+    apply_fill,
+)
+from execution_service.service.ports import PositionStore
 
 logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 20
@@ -48,7 +53,7 @@ class _Known:
 
 
 class PositionBook:
-    def __init__(self, store) -> None:
+    def __init__(self, store: PositionStore) -> None:
         self._store = store
         self._last_written: OrderedDict[tuple, _Known] = OrderedDict()
 

@@ -18,7 +18,6 @@ from enum import StrEnum
 
 from pydantic import ValidationError
 
-from execution_service.adapters.store import DuplicateSignal
 from execution_service.domain.accounts import account_problem, check_account
 from execution_service.domain.commands import (
     InvalidCommand,
@@ -30,12 +29,19 @@ from execution_service.domain.commands import (
 )
 from execution_service.domain.intake import (
     DEFAULT_LIMITS,
+    Accepted,
+    Intake,
     IntakeLimits,
     decode_body,
     signal_id_hint,
 )
-from execution_service.domain.orders import Event, OrderStatus
-from execution_service.domain.records import ORDER_FIELDS, confirmation, new_claim, new_rejection
+from execution_service.domain.reasons import RejectClass
+from execution_service.domain.records import (
+    ORDER_FIELDS,
+    new_claim,
+    new_rejection,
+    rejection_event,
+)
 from execution_service.domain.risk import MAX_ORDERS_PER_MINUTE
 from execution_service.domain.signals import (
     KNOWN_FIELDS_ORDER,
@@ -46,9 +52,11 @@ from execution_service.domain.signals import (
     describe_validation_error,
     signal_from_data,
 )
-from execution_service.errors import StoreUnavailable
+from execution_service.errors import DuplicateSignal, StoreUnavailable
+from execution_service.service.ports import JOURNEY_LOGGER, BrokerSource, RecordStore
 
 logger = logging.getLogger(__name__)
+journey = logging.getLogger(JOURNEY_LOGGER)
 ACCOUNT_CACHE_SECONDS = 1.0
 
 
@@ -69,43 +77,20 @@ class Outcome:
     then: Callable[[], object] | None = None  # more work for the event loop
 
 
-class Accepted(StrEnum):
-    CLAIMED = "CLAIMED"  # recorded PENDING and handed to the tracker
-    REJECTED = "REJECTED"  # recorded REJECTED (validation, account or risk control)
-    DUPLICATE = "DUPLICATE"  # a record for this signal_id already exists: nothing done
-    UNUSABLE = "UNUSABLE"  # no usable signal_id or no JSON object: nothing can be recorded
-
-
-@dataclass(frozen=True)
-class Intake:
-    """What became of one order, for whoever sent it."""
-
-    kind: Accepted
-    signal_id: str | None = None
-    record: dict | None = None  # as stored (CLAIMED, REJECTED)
-    problems: tuple[Problem, ...] = ()
-    control: str | None = None  # the risk control that refused it
-    track: dict | None = None  # a claim to hand to the tracker, on the event loop
-    written: tuple | None = None  # (record, events, confirmations), for journal.after_write
-
-    @property
-    def reason(self) -> str:
-        return "; ".join(problem.message for problem in self.problems)
-
-
 _ACTIONS = {Accepted.CLAIMED: Action.ACK, Accepted.REJECTED: Action.ACK,
             Accepted.DUPLICATE: Action.ACK, Accepted.UNUSABLE: Action.DEAD_LETTER}
 
 
 class SignalProcessor:
-    def __init__(self, store, journal, tracker, brokers, clock: Callable[[], datetime],
+    def __init__(self, store: RecordStore, journal, tracker, brokers: BrokerSource,
+                 clock: Callable[[], datetime],
                  owner: dict | None = None,
                  lease_until: Callable[[], datetime] | None = None, risk=None,
                  limits: IntakeLimits = DEFAULT_LIMITS, commands=None):
         self._store = store
         self._journal = journal
         self._tracker = tracker
-        self._brokers = brokers  # BrokerFactory
+        self._brokers = brokers
         self._clock = clock
         self._owner = owner
         self._lease_until = lease_until
@@ -177,19 +162,22 @@ class SignalProcessor:
         parsed = signal_from_data(data) if isinstance(data, dict) else data
         if isinstance(parsed, Unusable):
             return Intake(Accepted.UNUSABLE, problems=parsed.problems)
-        logger.info("Received order: %s%s", parsed.signal_id, f" (by {by})" if by else "")
+        journey.info("Received order: %s%s", parsed.signal_id, f" (by {by})" if by else "")
         if isinstance(parsed, Invalid):
-            return self._reject(parsed.signal_id, parsed.fields, parsed.problems, body, by)
+            return self._reject(parsed.signal_id, parsed.fields, parsed.problems, body, by,
+                                kind=RejectClass.VALIDATION)
         account = self._account(parsed.account_id)
         problem, control = check_account(parsed, account), None
+        kind = RejectClass.ACCOUNT
         if problem is None and self._risk is not None:
             breach = self._risk.check(parsed, account)
             if breach is not None:
                 problem, control = Problem(None, breach.reason), breach.control
+                kind = breach.kind
         if problem is not None:
             return self._reject(parsed.signal_id, parsed.model_dump(
                 exclude={"extra_fields", "created_at"}, mode="json"), (problem,), body, by,
-                control)
+                control, kind)
         return self._claim(parsed, account, by)
 
     def _command(self, data: dict, problem: str | None = None) -> Outcome:
@@ -257,13 +245,12 @@ class SignalProcessor:
         return Intake(Accepted.CLAIMED, signal.signal_id, doc, track=doc)
 
     def _reject(self, signal_id: str, fields: dict, problems: tuple[Problem, ...], body: bytes,
-                by: str | None, control: str | None = None) -> Intake:
+                by: str | None, control: str | None = None,
+                kind: RejectClass = RejectClass.VALIDATION) -> Intake:
         at = self._clock()
         reason = "; ".join(problem.message for problem in problems)
-        doc = new_rejection(signal_id, fields, reason, at, raw_body=body)
-        event = Event(OrderStatus.REJECTED, at, "REJECTED", {"reason": reason})
-        doc.update(confirmations=[confirmation(doc, event, 1)], confirmation_sequence=1,
-                   outbox_pending=True)
+        doc = new_rejection(signal_id, fields, reason, at, raw_body=body, kind=kind)
+        event = rejection_event(reason, at)
         _record_who_asked(doc, by)
         try:
             self._store.insert_record(doc)
@@ -277,7 +264,7 @@ class SignalProcessor:
         if existing is not None and existing.get("awaiting_order"):
             return self._refuse_awaited(existing, claim)
         self._journal.counters.duplicates += 1
-        logger.info("Duplicate signal ignored (already recorded): %s", signal_id)
+        journey.info("Duplicate signal ignored (already recorded): %s", signal_id)
         return Intake(Accepted.DUPLICATE, signal_id)
 
     def _refuse_awaited(self, kept: dict, claim: dict) -> Intake:
@@ -288,7 +275,7 @@ class SignalProcessor:
         written = self._journal.persist(kept, lambda s: refuse_awaited_order(s, at),
                                         {**order_fields, "awaiting_order": False})
         doc = written[0]
-        logger.info("Order refused: %s [%s]", doc["reject_reason"], doc["signal_id"])
+        journey.info("Order refused: %s [%s]", doc["reject_reason"], doc["signal_id"])
         return Intake(Accepted.REJECTED, doc["signal_id"], doc,
                       (Problem(None, doc["reject_reason"]),), written=written)
 

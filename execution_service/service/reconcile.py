@@ -7,13 +7,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from brokers.base import BrokerOrder
+from brokers.base import BrokerOrder, BrokerStatus
+from execution_service.domain.orders import WORKING, OrderStatus
 
 EPSILON = 1e-6
+S = OrderStatus
+# the record statuses that agree with each broker status
 SAME_STATUS = {
-    "FILLED": {"FILLED"}, "CANCELLED": {"CANCELLED"}, "REJECTED": {"REJECTED"},
-    "WORKING": {"SUBMITTED", "PARTIALLY_FILLED", "PENDING_CANCEL"},
-    "PENDING": {"PENDING", "SUBMITTED"},
+    BrokerStatus.FILLED: {S.FILLED}, BrokerStatus.CANCELLED: {S.CANCELLED},
+    BrokerStatus.REJECTED: {S.REJECTED},
+    BrokerStatus.WORKING: {*WORKING, S.PENDING_CANCEL},
+    BrokerStatus.PENDING: {S.PENDING, S.SUBMITTED},
 }
 
 
@@ -43,13 +47,13 @@ def compare(broker_orders: list[BrokerOrder], records: list[dict],
 
 def _order_differences(order: BrokerOrder, record: dict) -> list[dict]:
     base = {"signal_id": record["signal_id"], "order_id": order.order_id}
-    if record["status"] == "REJECTED" and str(order.status) == "REJECTED":
+    if record["status"] == S.REJECTED and order.status == BrokerStatus.REJECTED:
         return []
     found = []
     if abs(order.filled_quantity - (record.get("filled_quantity") or 0.0)) > EPSILON:
         found.append({**base, "kind": "filled_quantity_differs",
                       "broker": order.filled_quantity, "store": record.get("filled_quantity")})
-    if record["status"] not in SAME_STATUS[str(order.status)]:
+    if record["status"] not in SAME_STATUS[BrokerStatus(order.status)]:
         found.append({**base, "kind": "status_differs", "broker": str(order.status),
                       "store": record["status"]})
     return found

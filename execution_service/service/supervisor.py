@@ -8,7 +8,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.backoff import Backoff
 
 logger = logging.getLogger(__name__)
 HEALTHY_AFTER_SECONDS = 30.0  # a task that ran this long without failing starts over at 1
@@ -16,7 +16,7 @@ HEALTHY_AFTER_SECONDS = 30.0  # a task that ran this long without failing starts
 
 class TaskSupervisor:
     def __init__(self, backoff_base: float = 0.5, backoff_cap: float = 30.0) -> None:
-        self._backoff = (backoff_base, backoff_cap)
+        self._backoff = Backoff(backoff_base, backoff_cap)
         self._tasks: dict[str, asyncio.Task] = {}
         # name -> why it is down; replaced whole, never mutated: the metrics thread reads it
         self.down: dict[str, str] = {}
@@ -44,7 +44,7 @@ class TaskSupervisor:
                 if loop.time() - started >= HEALTHY_AFTER_SECONDS:
                     failures = 0
                 failures += 1
-                wait = compute_backoff(failures, *self._backoff)
+                wait = self._backoff.after(failures)
                 self.down = {**self.down, name: f"{type(e).__name__}: {e}"}
                 self.restarts = {**self.restarts, name: self.restarts.get(name, 0) + 1}
                 logger.exception("Background task %s failed; restarting in %.1fs", name, wait)

@@ -21,10 +21,11 @@ from enum import StrEnum
 
 from brokers.base import Broker, BrokerOrder, OrderRequest
 from execution_service.domain import orders
-from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.backoff import Backoff
 from execution_service.domain.brackets import is_exit, oca_group, oca_levels
 from execution_service.domain.commands import placement_refusal
-from execution_service.domain.notices import AlertKind, ServiceAlert
+from execution_service.domain.notices import AlertKind, CancelCause, ServiceAlert
+from execution_service.domain.reasons import RejectClass, reason_class
 from execution_service.domain.records import ORDER_FIELDS, as_utc, state_of
 from execution_service.domain.risk import halt_reason
 from execution_service.errors import (
@@ -36,9 +37,11 @@ from execution_service.errors import (
 )
 from execution_service.service.journal import LeaseLost, RecordConflict
 from execution_service.service.nudges import Nudges
+from execution_service.service.ports import JOURNEY_LOGGER, BrokerSource, Notifier
 from execution_service.service.store_thread import StoreThread
 
 logger = logging.getLogger(__name__)
+journey = logging.getLogger(JOURNEY_LOGGER)
 PENDING_CANCEL = str(orders.OrderStatus.PENDING_CANCEL)
 
 
@@ -50,6 +53,14 @@ class TrackingPolicy:
     poll_interval: float = 0.5
     store_retry_cap: float = 5.0
     late_fill_grace: float = 1.0  # after a cancel, look once more for a fill that raced it
+
+    @property
+    def broker_backoff(self) -> Backoff:
+        return Backoff(self.backoff_base)
+
+    @property
+    def store_backoff(self) -> Backoff:
+        return Backoff(self.backoff_base, self.store_retry_cap)
 
 
 class FailureAction(StrEnum):
@@ -86,13 +97,14 @@ def request_from_record(doc: dict) -> OrderRequest:
 
 
 class OrderTracker:
-    def __init__(self, journal, brokers, notifier, policy: TrackingPolicy,
+    def __init__(self, journal, brokers: BrokerSource, notifier: Notifier,
+                 policy: TrackingPolicy,
                  clock: Callable[[], datetime],
                  halts: Callable[..., dict | None] | None = None, metrics=None,
                  store_thread: StoreThread | None = None):
         self._journal = journal
         self._store_thread = store_thread or StoreThread(inline=True)
-        self._brokers = brokers  # BrokerFactory
+        self._brokers = brokers
         self._notifier = notifier
         self._policy = policy
         self._clock = clock
@@ -164,11 +176,10 @@ class OrderTracker:
                     logger.info("Stopped tracking %s: %s", doc["signal_id"], e)
                     return
                 failures += 1
-                wait = compute_backoff(failures, self._policy.backoff_base,
-                                       self._policy.store_retry_cap)
+                wait = self._policy.store_backoff.after(failures)
                 if action is FailureAction.RETRY_AND_ALERT:
-                    logger.exception("Tracking %s failed unexpectedly; retry in %.1fs",
-                                     doc["signal_id"], wait)
+                    journey.exception("Tracking %s failed unexpectedly; retry in %.1fs",
+                                      doc["signal_id"], wait)
                     if failures == 1:
                         self._alert(AlertKind.OPERATOR, f"Tracking {doc['signal_id']} failed: "
                                     f"{type(e).__name__}: {e}; retrying",
@@ -196,17 +207,17 @@ class OrderTracker:
         if found is not None:
             return await self._follow_snapshot(doc, found)
         request = request_from_record(doc)
-        logger.info("Placing order: %s %g %s %s [%s]", request.side, request.quantity,
+        journey.info("Placing order: %s %g %s %s [%s]", request.side, request.quantity,
                     request.symbol, request.order_type, request.signal_id)
         last_error: Exception | None = None
         for attempt in range(1, self._policy.max_attempts + 1):
             doc = await self._take_nudge(doc)
             halt = None if is_exit(doc) else self._halts(doc["account_id"], doc.get("broker"))
-            refusal = placement_refusal(state_of(doc))
+            refusal, kind = placement_refusal(state_of(doc)), RejectClass.REQUEST
             if refusal is None and halt is not None:
-                refusal = halt_reason(halt)
+                refusal, kind = halt_reason(halt), RejectClass.HALT
             if refusal is not None:  # nothing can have reached the broker yet
-                return await self._reject(doc, refusal)
+                return await self._reject(doc, refusal, kind)
             try:
                 await self._ensure_connected(broker)
                 placed = await self._timed(broker, "place_order", broker.place_order(request))
@@ -216,11 +227,11 @@ class OrderTracker:
                 logger.warning("Broker %s unavailable for %s (attempt %d/%d): %s", broker.name,
                                request.signal_id, attempt, self._policy.max_attempts, e)
                 if attempt < self._policy.max_attempts:
-                    await asyncio.sleep(compute_backoff(attempt, self._policy.backoff_base))
+                    await asyncio.sleep(self._policy.broker_backoff.after(attempt))
             except OrderRejected as e:
                 if e.alert:
                     self._alert(AlertKind.OPERATOR, e.alert, key=e.alert)
-                return await self._reject(doc, e.reason)
+                return await self._reject(doc, e.reason, reason_class(e.reason))  # its words
             except PlacementUncertain as e:
                 logger.warning("Placement of %s uncertain (%s): looking it up by its tag",
                                request.signal_id, e)
@@ -229,7 +240,7 @@ class OrderTracker:
                   f"{last_error}")
         self._alert(AlertKind.BROKER_CONNECTION_LOST, f"{broker.name}: {last_error}",
                     key=f"lost:{broker.name}")
-        return await self._reject(doc, reason)
+        return await self._reject(doc, reason, RejectClass.CONNECTION)
 
     async def _ensure_connected(self, broker: Broker) -> None:
         if not broker.is_connected:
@@ -258,13 +269,12 @@ class OrderTracker:
             if self._clock() >= deadline:
                 break
             attempt += 1
-            await asyncio.sleep(compute_backoff(attempt, self._policy.backoff_base,
-                                                self._policy.store_retry_cap))
+            await asyncio.sleep(self._policy.store_backoff.after(attempt))
         reason = (f"placement uncertain: {broker.name} shows no order tagged "
                   f"{doc['signal_id']} {self._policy.order_timeout:g}s after it was sent")
         self._alert(AlertKind.OPERATOR, f"{reason}: rejected here; check the broker",
                     key=f"uncertain:{doc['signal_id']}")
-        return await self._reject(doc, reason)
+        return await self._reject(doc, reason, RejectClass.BROKER)
 
     async def _lookup(self, broker: Broker, doc: dict) -> BrokerOrder | None:
         for attempt in range(1, self._policy.max_attempts + 1):
@@ -274,14 +284,14 @@ class OrderTracker:
                                          broker.find_order(doc["signal_id"]))
             except TransientBrokerError as e:
                 logger.warning("Looking up %s failed: %s", doc["signal_id"], e)
-                await asyncio.sleep(compute_backoff(attempt, self._policy.backoff_base))
+                await asyncio.sleep(self._policy.broker_backoff.after(attempt))
         raise TransientBrokerError(f"could not look up {doc['signal_id']} at {broker.name}")
 
     async def _apply(self, doc: dict, step, extra_fields: dict | None = None) -> dict:
         return await self._journal.apply_off_loop(self._store_thread, doc, step, extra_fields)
 
-    async def _reject(self, doc: dict, reason: str) -> dict:
-        return await self._apply(doc, lambda s: orders.reject(s, reason, self._clock()))
+    async def _reject(self, doc: dict, reason: str, kind: RejectClass) -> dict:
+        return await self._apply(doc, lambda s: orders.reject(s, reason, self._clock(), kind))
 
     async def _follow_snapshot(self, doc: dict, snapshot: BrokerOrder,
                                cancel_reason: str | None = None) -> dict:
@@ -312,7 +322,7 @@ class OrderTracker:
                 failures = 0
             except TransientBrokerError as e:
                 failures += 1
-                wait = compute_backoff(failures, policy.backoff_base, policy.store_retry_cap)
+                wait = policy.store_backoff.after(failures)
                 logger.warning("Polling %s failed (%s); retry in %.1fs", doc["signal_id"], e,
                                wait)
                 await asyncio.sleep(wait)
@@ -325,9 +335,9 @@ class OrderTracker:
             now = self._clock()
             pending_cancel = doc["status"] == PENDING_CANCEL
             timed_out = deadline is not None and now >= deadline
-            reason = None if pending_cancel else self._cancel_reason(doc, timed_out)
-            if reason is not None:
-                doc = await self._request_cancel(broker, doc, reason)
+            why = None if pending_cancel else self._cancel_reason(doc, timed_out)
+            if why is not None:
+                doc = await self._request_cancel(broker, doc, *why)
                 cancel_sent = doc["status"] == PENDING_CANCEL
                 continue
             wait = policy.poll_interval if pending_cancel or deadline is None else \
@@ -357,25 +367,28 @@ class OrderTracker:
             return
         await self._follow_snapshot(doc, snapshot)
 
-    def _cancel_reason(self, doc: dict, timed_out: bool) -> str | None:
+    def _cancel_reason(self, doc: dict, timed_out: bool) -> tuple[str, CancelCause] | None:
         """Why this working order must be cancelled now, if it must: a halt that cancels open
-        orders, or the timeout."""
+        orders (the operator's), or the timeout."""
         halt = None if is_exit(doc) else self._halts(doc["account_id"], doc.get("broker"))
         if halt is not None and halt.get("cancel_open"):
-            return halt_reason(halt)
+            return halt_reason(halt), CancelCause.OPERATOR
         if timed_out:
             return (f"timeout: not filled within {self._policy.order_timeout:g}s of "
-                    f"submission (filled {doc['filled_quantity']:g}/{doc['quantity']:g})")
+                    f"submission (filled {doc['filled_quantity']:g}/{doc['quantity']:g})",
+                    CancelCause.TIMEOUT)
         return None
 
-    async def _request_cancel(self, broker: Broker, doc: dict, reason: str) -> dict:
+    async def _request_cancel(self, broker: Broker, doc: dict, reason: str,
+                              cause: CancelCause) -> dict:
         """The service's own cancel (timeout, halt): sent, then PENDING_CANCEL until the broker
         confirms."""
-        logger.info("Cancelling %s: %s [%s]", doc["order_id"], reason, doc["signal_id"])
+        journey.info("Cancelling %s: %s [%s]", doc["order_id"], reason, doc["signal_id"])
         if not await self._cancel_at_broker(broker, doc):
             return doc
         now = self._clock()
-        return await self._apply(doc, lambda s: orders.request_cancel(s, reason, now))
+        return await self._apply(doc, lambda s: orders.request_cancel(s, reason, now,
+                                                                      cause=cause))
 
     async def _send_cancel(self, broker: Broker, doc: dict) -> tuple[dict, bool]:
         """A PENDING_CANCEL record (a command, or an order accepted while its cancel was

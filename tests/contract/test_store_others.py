@@ -89,7 +89,6 @@ def test_given_heartbeats_of_two_daemons_then_read_freshest_first(store):
     beats = store.read_statuses()
     assert [(b["_id"], b["last_heartbeat"]) for b in beats] == [
         ("daemon-2", T0 + timedelta(seconds=9)), ("daemon-1", T0 + timedelta(seconds=7))]
-    store.ping()
 
 
 def test_given_halts_when_saved_replaced_and_deleted_then_listed_by_id(store):

@@ -9,6 +9,7 @@ import uuid
 from google.cloud import pubsub_v1
 
 from execution_service.adapters.pubsub import PubSubNames, setup_pubsub
+from execution_service.domain.orders import TERMINAL_STATUSES
 
 
 class Names(PubSubNames):
@@ -75,8 +76,7 @@ class PubSubRig:
 
     def terminal(self, signal_id: str) -> dict | None:
         for c in self.confirmations:
-            if c["signal_id"] == signal_id and c["status"] in ("FILLED", "REJECTED",
-                                                               "CANCELLED"):
+            if c["signal_id"] == signal_id and c["status"] in TERMINAL_STATUSES:
                 return c
         return None
 

@@ -11,9 +11,11 @@ from brokers.base import Broker, BrokerOrder, BrokerStatus, Fill, OrderRequest
 from execution_service.adapters.command_log import CommandLog
 from execution_service.adapters.store import Store, StoreHandle
 from execution_service.bootstrap import build_app
+from execution_service.clock import utc_now
 from execution_service.config import load_settings
 from execution_service.errors import OrderNotFound, StoreUnavailable
 from tests.fakes.stores import memory_store
+from tests.fakes.waiting import eventually
 
 
 class FakePublisher:
@@ -162,7 +164,7 @@ class ScriptedBroker(Broker):
 
 def make_app(*, env: dict | None = None, broker: Broker | None = None, store_class=Store,
              notifier=None, accounts: list[dict] | None = None,
-             handle: StoreHandle | None = None, start_outbox: bool = True):
+             handle: StoreHandle | None = None, start_outbox: bool = True, clock=utc_now):
     """The real wiring over mongomock, with a fake publisher (and optionally a scripted
     broker registered under MOCK)."""
     settings = load_settings(environ={"MONGODB_URI": "mongomock://", "MOCK_FILL_DELAY_SECONDS": "0",
@@ -177,7 +179,7 @@ def make_app(*, env: dict | None = None, broker: Broker | None = None, store_cla
     if isinstance(store, FlakyStore):
         command_log = store.command_log = FlakyCommandLog(handle.database)
     app = build_app(settings, publisher, handle=handle, notifier=notifier or RecordingNotifier(),
-                    store=store, broker_builders=builders, command_log=command_log)
+                    store=store, broker_builders=builders, command_log=command_log, clock=clock)
     for account in accounts or [{"_id": "acc_1", "broker": "MOCK", "enabled": True}]:
         fields = {key: value for key, value in account.items() if key != "_id"}
         app.store.upsert_account(account["_id"], fields, app.clock())
@@ -206,11 +208,7 @@ async def settle(app, timeout: float = 5.0) -> None:
 
 async def wait_until(condition, timeout: float = 10.0, what: str = "condition") -> None:
     """Poll `condition` on the event loop until it holds; fail naming `what` at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
+    await eventually(condition, timeout, what)
 
 
 def status_of(app, signal_id: str = "sig_1") -> str | None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections import defaultdict
 
 import pytest
 
 from tests.fakes.daemon import DaemonProcess
 from tests.fakes.pubsub_tools import PubSubRig
+from tests.fakes.waiting import wait_until
 from tests.fakes.wire_mongo import daemon_store_env
 
 SYMBOLS = ["SPY", "QQQ", "IWM", "DIA"]
@@ -71,16 +71,15 @@ def test_given_sigkill_mid_stream_when_restarted_then_every_signal_placed_and_fi
 
 def _wait_for_records(daemon: DaemonProcess, at_least: int) -> int:
     """Wait for `at_least` records; returns how many of them were still open."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def open_once_all_recorded() -> list | None:
         handle, store = daemon.store()
         try:
             if store.records.count_documents({}) >= at_least:
-                return len(store.open_records())
+                return [len(store.open_records())]
+            return None
         finally:
             handle.close()
-        time.sleep(0.05)
-    raise AssertionError("the daemon never got going")
+    return wait_until(open_once_all_recorded, 60, f"{at_least} records")[0]
 
 
 def _check_store(daemon: DaemonProcess, ids: list[str]) -> None:

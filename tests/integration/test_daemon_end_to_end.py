@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import SIGNALS
 from tests.fakes.daemon import DaemonProcess
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
+from tests.fakes.waiting import wait_until
 
 ACCOUNTS = [
     {"account_id": "acc_main", "broker": "MOCK", "enabled": True, "display_name": "Main Paper"},
@@ -77,7 +78,9 @@ def test_given_same_signal_twice_when_processed_then_one_broker_order(running):
     rig.publish(body)
     rig.publish(body)
     rig.wait_for(lambda: rig.terminal(body["signal_id"]), what="fill")
-    time.sleep(1.0)  # give the second copy time to arrive and be judged a duplicate
+    log = daemon.workdir / "logs" / "execution_service.log"
+    wait_until(lambda: f"Duplicate signal ignored (already recorded): {body['signal_id']}"
+               in log.read_text(), what="the second copy judged a duplicate")
     rig.collect_confirmations()
     assert rig.statuses(body["signal_id"]) == ["SUBMITTED", "FILLED"]
     handle, store = daemon.store()
@@ -86,8 +89,6 @@ def test_given_same_signal_twice_when_processed_then_one_broker_order(running):
         assert store.records.count_documents({"signal_id": body["signal_id"]}) == 1
     finally:
         handle.close()
-    assert f"Duplicate signal ignored (already recorded): {body['signal_id']}" in \
-        (daemon.workdir / "logs" / "execution_service.log").read_text()
 
 
 @pytest.mark.parametrize("body,reason_part", [
@@ -195,8 +196,10 @@ def test_given_sigterm_then_exits_zero_within_ten_seconds(emulator_host, project
                                       "GOOGLE_CLOUD_PROJECT": project_id,
                                       "MOCK_FILL_DELAY_SECONDS": "5"}).start()
     try:
-        rig.publish(signal(account_id="acc_abc123"))  # the demo account, mid-flight at stop
-        time.sleep(0.5)
+        mid_flight = signal(account_id="acc_abc123")  # the demo account, mid-flight at stop
+        rig.publish(mid_flight)
+        rig.wait_for(lambda: "SUBMITTED" in rig.statuses(mid_flight["signal_id"]),
+                     what="the order placed")
         started = time.monotonic()
         assert daemon.terminate(timeout=15) == 0
         assert time.monotonic() - started < 10

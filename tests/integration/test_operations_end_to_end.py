@@ -4,7 +4,6 @@ collar, notifications and /metrics, all through the real emulator (issues 3, 8, 
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 import uuid
 
@@ -14,6 +13,7 @@ from execution_service.adapters.emulator import free_port
 from tests.fakes.daemon import DaemonProcess, daemon_env
 from tests.fakes.fake_telegram import FakeTelegram
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
+from tests.fakes.waiting import wait_until
 
 TOKEN = "123456:TEST-token-value-not-secret"
 CHAT = "4242"
@@ -48,6 +48,10 @@ def ops(emulator_host, tmp_path_factory):
 
 
 
+def daemon_log(daemon: DaemonProcess) -> str:
+    return (daemon.workdir / "logs" / "execution_service.log").read_text()
+
+
 def outcome(rig: PubSubRig, body: dict) -> dict:
     rig.publish(body)
     return rig.wait_for(lambda: rig.terminal(body["signal_id"]), timeout=30,
@@ -57,7 +61,8 @@ def outcome(rig: PubSubRig, body: dict) -> dict:
 def test_given_halt_then_rejected_without_broker_and_resumed_fills(ops):
     daemon, rig, telegram, _ = ops
     assert daemon.cli("halt", "--reason", "desk review", "--account", "acc_halt").returncode == 0
-    time.sleep(1.2)  # every replica obeys within a second
+    wait_until(lambda: "Trading halted for account acc_halt: desk review" in daemon_log(daemon),
+               what="the daemon to see the halt")
     halted = signal(account_id="acc_halt")
     rejected = outcome(rig, halted)
     assert rejected["status"] == "REJECTED"
@@ -70,7 +75,8 @@ def test_given_halt_then_rejected_without_broker_and_resumed_fills(ops):
     status = json.loads(daemon.cli("status", "--json").stdout)
     assert [h["account_id"] for h in status["halts"]] == ["acc_halt"]
     assert daemon.cli("resume", "--account", "acc_halt").returncode == 0
-    time.sleep(1.2)
+    wait_until(lambda: "Trading resumed for account acc_halt" in daemon_log(daemon),
+               what="the daemon to see the resume")
     assert outcome(rig, signal(account_id="acc_halt"))["status"] == "FILLED"
 
 
@@ -95,11 +101,9 @@ def test_given_telegram_on_then_texts_reach_the_chat_and_the_token_stays_out_of_
     outcome(rig, filled)
     never = signal(order_type="LIMIT", limit_price=95.0, reference_price=100.0)
     assert outcome(rig, never)["status"] == "CANCELLED"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not (
-            any(filled["signal_id"] in m.text for m in telegram.sent)
-            and any(never["signal_id"] in m.text for m in telegram.sent)):
-        time.sleep(0.1)
+    wait_until(lambda: any(filled["signal_id"] in m.text for m in telegram.sent)
+               and any(never["signal_id"] in m.text for m in telegram.sent), 10,
+               "both texts in the chat")
     texts = [m.text for m in telegram.sent]
     fill_text = next(t for t in texts if filled["signal_id"] in t)
     assert fill_text.startswith("✅ Order Filled\n\nSignal: " + filled["signal_id"])

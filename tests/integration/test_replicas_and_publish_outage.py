@@ -20,6 +20,7 @@ from execution_service.config import load_settings
 from execution_service.service.daemon import ExecutionDaemon
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
 from tests.fakes.stores import memory_store
+from tests.fakes.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -52,8 +53,8 @@ async def _run(daemons, body):
     stop = asyncio.Event()
     tasks = [asyncio.create_task(d.run(stop)) for d, _ in daemons]
     try:
-        while not all(d._consumer.running for d, _ in daemons):
-            await asyncio.sleep(0.05)
+        await eventually(lambda: all(d._consumer.running for d, _ in daemons), 30,
+                         "every consumer running")
         await body()
     finally:
         stop.set()
@@ -89,7 +90,8 @@ async def test_given_two_daemons_and_each_signal_twice_then_each_placed_once(emu
             await asyncio.to_thread(rig.publish, body)
         await asyncio.to_thread(rig.wait_for, lambda: all(rig.terminal(i) for i in ids), 60,
                                 "every signal filled")
-        await asyncio.sleep(1.0)  # late copies are judged duplicates, not placed
+        await eventually(lambda: sum(d.app.counters.duplicates for d, _ in daemons) >= len(ids),
+                         30, "every late copy judged a duplicate")
 
     await _run(daemons, body)
     assert Store(handle.database).mock_ledger.count() == len(ids)
@@ -113,8 +115,8 @@ async def test_given_pubsub_refusing_confirmations_then_delivered_afterwards(emu
             await asyncio.to_thread(rig.publish, market_signal(
                 {"account_id": "acc_1", "strategy_name": "Outage"}, signal_id=signal_id))
         reader = Store(handle.database)
-        while reader.counts_by_status().get("FILLED", 0) < len(ids):
-            await asyncio.sleep(0.05)
+        await eventually(lambda: reader.counts_by_status().get("FILLED", 0) >= len(ids), 30,
+                         "every order filled")
         assert flaky.refused and not rig.collect_confirmations()
         flaky.down = False
         await asyncio.to_thread(rig.wait_for, lambda: all(rig.terminal(i) for i in ids), 60,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import threading
@@ -15,6 +14,7 @@ from execution_service.config import load_settings
 from execution_service.domain.notices import AlertKind, NoticeKind, OrderNotice, ServiceAlert
 from execution_service.domain.telegram_text import compose_message
 from tests.fakes.fake_telegram import FakeTelegram
+from tests.fakes.waiting import eventually
 
 TOKEN = "123456:TEST-token-value-not-secret"
 CHAT_ID = "4242"
@@ -58,15 +58,6 @@ async def running(notifier: TelegramNotifier):
         yield notifier
     finally:
         await notifier.stop()
-
-
-async def eventually(condition, within: float = 5.0) -> None:
-    """Wait (without blocking the loop) until condition() holds; a bound, not a timing test."""
-    for _ in range(int(within / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 def accounted(stats: dict) -> int:

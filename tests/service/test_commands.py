@@ -3,7 +3,6 @@ outbox over mongomock, with the mock paper broker (or a scripted one) at the edg
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
@@ -21,6 +20,7 @@ from tests.fakes.service_fakes import (
     order_body,
     settle,
 )
+from tests.fakes.waiting import eventually as wait_until
 
 pytestmark = pytest.mark.asyncio
 RESTING = {"order_type": "LIMIT", "limit_price": 230.0}  # market 235.15: a buy limit rests
@@ -31,12 +31,9 @@ def command(action: str, request_id: str = "req_1", signal_id: str = "sig_1", **
     return json.dumps(body).encode()
 
 
-async def wait_until(condition, timeout: float = 5.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
+async def confirmations_out(app) -> None:
+    """The outbox has published everything the record holds so far."""
+    await wait_until(lambda: not app.outbox.backlog, what="the outbox drained")
 
 
 async def commands_done(app) -> None:
@@ -71,6 +68,7 @@ async def test_given_resting_limit_when_upstream_cancel_then_cancel_requested_th
     await settle(app)
     record = app.store.get_record("sig_1")
     assert record["cancel_reason"] == "cancelled by upstream request req_1: signal withdrawn"
+    await confirmations_out(app)
     assert events_of(publisher) == ["SUBMITTED", "CANCEL_REQUESTED", "CANCELLED"]
     for payload, attributes in confirmations(publisher)[1:]:
         assert payload["request_id"] == "req_1" and attributes["request_id"] == "req_1"
@@ -90,6 +88,7 @@ async def test_given_resting_limit_when_modified_marketable_then_modified_and_fi
     record = app.store.get_record("sig_1")
     assert record["quantity"] == 80 and record["limit_price"] == 236.10
     assert record["filled_quantity"] == 80 and record["avg_fill_price"] == 236.10
+    await confirmations_out(app)
     assert events_of(publisher) == ["SUBMITTED", "MODIFIED", "FILL"]
     modified, attributes = confirmations(publisher)[1]
     assert modified["limit_price"] == 236.10 and modified["quantity"] == 80
@@ -140,12 +139,14 @@ async def test_given_same_request_id_twice_then_second_acked_and_changes_nothing
     await resting_order(app)
     app.processor.handle(command("MODIFY", request_id="req_2", limit_price=231.0))
     await commands_done(app)
+    await wait_until(lambda: "MODIFIED" in events_of(publisher), what="MODIFIED published")
     events = len(app.store.get_record("sig_1")["events"])
     assert app.processor.handle(command("MODIFY", request_id="req_2",
                                         limit_price=232.0)).action is Action.ACK
     await commands_done(app)
     record = app.store.get_record("sig_1")
     assert len(record["events"]) == events and record["limit_price"] == 231.0
+    await confirmations_out(app)
     assert events_of(publisher).count("MODIFIED") == 1
     app.processor.handle(command("CANCEL", request_id="req_3"))
     await wait_until(lambda: status_of(app) == "CANCELLED")
@@ -253,6 +254,7 @@ async def test_given_cancel_pending_when_fill_lands_then_fill_kept_and_cancel_re
     broker.set_status("SCR-1", BrokerStatus.FILLED)
     await settle(app)
     assert status_of(app) == "FILLED"
+    await confirmations_out(app)
     assert events_of(publisher)[-2:] == ["FILL", "CANCEL_REJECTED"]
     assert confirmations(publisher)[-1][0]["reason"] == "already filled"
 
@@ -270,6 +272,7 @@ async def test_given_cancel_kept_but_not_executed_at_crash_then_finished_once_af
     await wait_until(lambda: status_of(second) == "CANCELLED")
     await commands_done(second)
     await settle(second)
+    await confirmations_out(second)
     assert events_of(publisher).count("CANCELLED") == 1
     assert second.commands.resume_unfinished() == 0
 
@@ -282,6 +285,7 @@ async def test_given_store_down_when_command_arrives_then_held_and_processed_lat
     app.store.down = False
     assert app.processor.handle(command("CANCEL")).action is Action.ACK
     await wait_until(lambda: status_of(app) == "CANCELLED")
+    await confirmations_out(app)
     assert events_of(publisher).count("CANCEL_REQUESTED") == 1
 
 
@@ -328,6 +332,7 @@ async def test_given_claim_written_between_cancels_read_and_write_then_order_can
     assert not record.get("awaiting_order") and record["symbol"] == "SPY"
     assert record["cancel_reason"] == "cancelled by upstream request req_1"
     assert app.store.db["mock_broker_orders"].count_documents({}) <= 1
+    await confirmations_out(app)
     assert events_of(publisher).count("CANCELLED") == 1
 
 
@@ -341,6 +346,7 @@ async def test_given_broker_down_when_cancel_then_tracker_resends_until_cancelle
     await wait_until(lambda: status_of(app) == "CANCELLED")
     await settle(app)
     assert broker.cancel_calls >= 6  # the handler's attempts, then the tracker's
+    await confirmations_out(app)
     assert events_of(publisher) == ["SUBMITTED", "CANCEL_REQUESTED", "CANCELLED"]
 
 
@@ -363,6 +369,7 @@ async def test_given_crash_after_cancel_recorded_before_broker_call_then_restart
     await wait_until(lambda: status_of(second) == "CANCELLED")
     await settle(second)
     assert broker.cancel_calls == 1
+    await confirmations_out(second)
     assert events_of(publisher) == ["CANCELLED"]
     assert second.store.get_record("sig_1")["cancel_reason"] == \
         "cancelled by upstream request req_1"

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from execution_service.journey import render_journey, signal_journey
+from execution_service.service.journey import render_journey, signal_journey
 from tests.fakes.service_fakes import make_app, order_body, settle
 
 pytestmark = pytest.mark.asyncio

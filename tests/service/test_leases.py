@@ -11,7 +11,7 @@ from execution_service.clock import utc_now
 from execution_service.domain.records import new_claim
 from execution_service.domain.signals import parse_signal
 from execution_service.service.leases import claimable
-from tests.fakes.service_fakes import make_app, order_body, settle, wait_until
+from tests.fakes.service_fakes import ScriptedBroker, make_app, order_body, settle, wait_until
 
 ME = {"id": "hostA:10:1", "host": "hostA", "pid": 10}
 
@@ -59,36 +59,69 @@ async def test_given_live_lease_elsewhere_then_kept_until_it_expires():
 async def test_given_record_taken_over_then_the_old_owner_stops_writing():
     first, _ = make_app(env={"MOCK_FILL_DELAY_SECONDS": "5", "ORDER_TIMEOUT_SECONDS": "30"})
     first.processor.handle(order_body(signal_id="sig_move"))
-    while first.store.get_record("sig_move")["status"] != "SUBMITTED":
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: first.store.get_record("sig_move")["status"] == "SUBMITTED",
+                     what="the order SUBMITTED")
     second, _ = make_app(handle=first.handle)
     record = first.store.get_record("sig_move")
     assert second.store.take_over(record, {"id": "new-owner", "host": "x", "pid": 1},
                                   second.clock() + timedelta(seconds=30), second.clock())
     await first.leases.renew()
-    for _ in range(200):
-        if not first.tracker.in_flight:
-            break
-        await asyncio.sleep(0.02)
-    assert not first.tracker.in_flight  # LeaseLost: it let go
+    await wait_until(lambda: not first.tracker.in_flight, what="the old owner letting go")
+
+
+class SteppedClock:
+    """The replicas' clock, moved on by the test: leases expire when the test says."""
+
+    def __init__(self) -> None:
+        self.now = utc_now()
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
 
 
 @pytest.mark.asyncio
-async def test_given_two_replicas_and_each_signal_twice_then_each_placed_once():
-    first, _ = make_app()
-    second, _ = make_app(handle=first.handle)
+async def test_given_two_replicas_keeping_leases_concurrently_when_each_signal_reaches_both_then_placed_once_and_never_taken_over():  # noqa: E501
+    """Given two replicas on one store and one venue, each signal reaching both (in
+    alternating order); when, with every order working, the clock passes the lease length
+    several times over and each replica renews its leases and sweeps for orphans in turn,
+    then no live order is taken over, each is placed once and filled, and the second copy of
+    each signal is a duplicate."""
+    clock, venue = SteppedClock(), ScriptedBroker()
+    env = {"LEASE_SECONDS": "10", "ORDER_TIMEOUT_SECONDS": "600"}
+    first, _ = make_app(env=env, broker=venue, clock=clock)
+    clock.advance(1)  # a distinct owner id for the second replica
+    second, _ = make_app(env=env, broker=venue, clock=clock, handle=first.handle)
+    assert first.leases.owner["id"] != second.leases.owner["id"]
+    claimed_by: dict[str, str] = {}
     for n in range(30):
-        body = order_body(signal_id=f"sig_rep_{n}")
-        first.processor.handle(body)
-        second.processor.handle(body)
+        signal_id = f"sig_rep_{n}"
+        arrives_first, arrives_second = (first, second) if n % 2 else (second, first)
+        arrives_first.processor.handle(order_body(signal_id=signal_id))
+        arrives_second.processor.handle(order_body(signal_id=signal_id))
+        claimed_by[signal_id] = arrives_first.leases.owner["id"]
+    await wait_until(lambda: len(venue.orders) == 30, what="every order working")
+    for _ in range(4):  # 16 s of a 10 s lease
+        clock.advance(4)
+        for replica in (first, second):
+            await replica.leases.renew()
+        assert [await replica.leases.sweep() for replica in (second, first)] == [0, 0]
+        await asyncio.sleep(0)  # the trackers keep polling meanwhile
+    for order_id, order in list(venue.orders.items()):
+        venue.fill(order_id, f"X-{order_id}", order.quantity, 10.0, clock())
     await settle(first)
     await settle(second)
-    assert first.store.mock_ledger.count() == 30
+    assert venue.place_calls == 30
     assert first.counters.duplicates + second.counters.duplicates == 30
-    for n in range(30):
-        record = first.store.get_record(f"sig_rep_{n}")
+    for signal_id, owner_id in claimed_by.items():
+        record = first.store.get_record(signal_id)
+        events = [e["event"] for e in record["events"]]
         assert record["status"] == "FILLED"
-        assert [e["event"] for e in record["events"]].count("SUBMITTED") == 1
+        assert events.count("SUBMITTED") == 1
+        assert "TAKEN_OVER" not in events, (signal_id, events)
+        assert record["owner"]["id"] == owner_id
 
 
 @pytest.mark.asyncio

@@ -13,6 +13,7 @@ from execution_service.errors import StoreUnavailable
 from execution_service.service.operator_desk import CANCEL_UNAVAILABLE, OperatorDesk
 from execution_service.service.processor import Action
 from execution_service.service.risk import active_halts
+from execution_service.status import status_text
 from tests.fakes.service_fakes import make_app, order_body
 
 NOW = datetime(2026, 11, 29, 9, 15, tzinfo=UTC)
@@ -31,8 +32,8 @@ def store():
 
 @pytest.fixture
 def desk(store):
-    return OperatorDesk(store, load_settings(environ={"MONGODB_URI": "mongomock://"}),
-                        lambda: NOW)
+    settings = load_settings(environ={"MONGODB_URI": "mongomock://"})
+    return OperatorDesk(store, status_text(store, settings), lambda: NOW)
 
 
 async def test_given_halt_with_a_known_account_first_then_only_that_account_is_halted_by_the_asker(
@@ -82,14 +83,16 @@ async def test_given_the_store_down_then_the_answer_says_so_instead_of_raising(s
         def list_positions(self, status):
             raise StoreUnavailable("store unavailable: ServerSelectionTimeoutError")
 
-    desk = OperatorDesk(DownStore(), load_settings(environ={}), lambda: NOW)
+    down = DownStore()
+    desk = OperatorDesk(down, status_text(down, load_settings(environ={})), lambda: NOW)
     assert await desk.answer("positions", [], BY) == \
         "/positions failed: store unavailable: ServerSelectionTimeoutError"
 
 
 async def test_given_a_resting_order_when_cancel_from_chat_then_cancelled_with_who_asked():
     app, publisher = make_app()
-    desk = OperatorDesk(app.store, app.settings, app.clock, commands=app.commands)
+    desk = OperatorDesk(app.store, status_text(app.store, app.settings), app.clock,
+                        commands=app.commands)
     assert app.processor.handle(order_body(order_type="LIMIT", limit_price=230.0)).action \
         is Action.ACK
     await wait_for(lambda: (app.store.get_record("sig_1") or {}).get("status") == "SUBMITTED")

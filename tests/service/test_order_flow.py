@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 import pytest
@@ -20,6 +19,7 @@ from tests.fakes.service_fakes import (
     order_body,
     settle,
 )
+from tests.fakes.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -58,8 +58,7 @@ async def test_given_publisher_failing_then_confirmations_delivered_after_recove
     app, publisher = make_app()
     publisher.failing = True
     app.processor.handle(order_body())
-    while publisher.refused < 3:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: publisher.refused >= 3, what="three refused publishes")
     assert app.store.get_record("sig_1")["outbox_pending"] is True
     publisher.failing = False
     await settle(app)
@@ -71,8 +70,7 @@ async def test_given_unpublished_confirmations_in_store_when_restarted_then_publ
     first, refusing = make_app()
     refusing.failing = True
     first.processor.handle(order_body())
-    while first.tracker.in_flight:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: not first.tracker.in_flight, what="tracking finished")
     await first.outbox.stop()  # the process dies with both confirmations unpublished
     second, publisher = make_app(handle=first.handle, start_outbox=False)
     assert second.outbox.load_unpublished() == 2
@@ -102,8 +100,8 @@ async def test_given_uncertain_placement_then_found_by_tag_and_never_resent():
     broker.place_error = PlacementUncertain("timed out while placing")
     app, publisher = make_app(broker=broker, env={"ORDER_TIMEOUT_SECONDS": "30"})
     app.processor.handle(order_body())
-    while app.store.get_record("sig_1")["status"] != "SUBMITTED":
-        await asyncio.sleep(0.01)
+    await eventually(lambda: app.store.get_record("sig_1")["status"] == "SUBMITTED",
+                     what="the order SUBMITTED")
     broker.fill("SCR-1", "X1", 100, 10.0, app.clock())
     await settle(app)
     assert broker.place_calls == 1
@@ -115,8 +113,8 @@ async def test_given_cancel_that_raced_a_fill_then_late_fill_recorded():
     app, publisher = make_app(broker=broker, env={"ORDER_TIMEOUT_SECONDS": "0.05",
                                                   "LATE_FILL_GRACE_SECONDS": "0.3"})
     app.processor.handle(order_body(quantity=10))
-    while app.store.get_record("sig_1")["status"] != "CANCELLED":
-        await asyncio.sleep(0.01)
+    await eventually(lambda: app.store.get_record("sig_1")["status"] == "CANCELLED",
+                     what="the order CANCELLED")
     broker.fill("SCR-1", "LATE-1", 4, 10.0, app.clock())
     await settle(app)
     record = app.store.get_record("sig_1")
@@ -132,8 +130,7 @@ async def test_given_timeout_with_partial_fill_then_cancelled_keeping_the_part()
     broker = ScriptedBroker()
     app, publisher = make_app(broker=broker, env={"ORDER_TIMEOUT_SECONDS": "0.2"})
     app.processor.handle(order_body(quantity=10))
-    while not broker.orders:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: broker.orders, what="the order placed")
     broker.fill("SCR-1", "P1", 6, 10.0, app.clock())
     await settle(app)
     record = app.store.get_record("sig_1")

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from execution_service.adapters.logs import setup_logging
 from execution_service.domain.intake import (
     ATTRIBUTE_VALUE_BYTES,
     DEAD_LETTER_BODY_BYTES,
@@ -29,6 +28,8 @@ from execution_service.domain.records import confirmation_message, strict_json
 from execution_service.domain.signals import Signal, parse_signal
 from execution_service.domain.telegram_text import compose_message
 from execution_service.domain.text import describe_char, normalise_identifier, single_line
+from execution_service.service.ports import JOURNEY_LOGGER
+from tests.fakes.service_logging import service_logging
 
 VALID = {"signal_id": "sig_1", "account_id": "acc_1", "strategy_name": "Strat", "symbol": "SPY",
          "side": "BUY", "quantity": 10, "order_type": "MARKET", "reference_price": 100.0}
@@ -243,20 +244,14 @@ def test_given_a_value_that_tries_to_forge_a_log_line_then_each_line_keeps_its_s
     """Given a log argument from a message with line breaks or escapes, when logged through
     the service's logging, then both log files hold one line per record, in the service's
     shape, and a traceback still keeps its own lines."""
-    listener = setup_logging(tmp_path, console=False)
-    try:
-        log = logging.getLogger("forgery")
-        log.info("Received order: %s", forgery)
+    with service_logging(tmp_path):
+        log, journey = logging.getLogger("forgery"), logging.getLogger(JOURNEY_LOGGER)
+        journey.info("Received order: %s", forgery)
         log.warning("Unusable message sent to dead letters: %s", single_line(forgery) + forgery)
         try:
             raise ValueError("boom")
         except ValueError:
-            log.exception("Order failed %s", forgery)
-    finally:
-        listener.stop()
-        root = logging.getLogger()
-        for handler in [h for h in root.handlers if getattr(h, "_execution_service", False)]:
-            root.removeHandler(handler)
+            journey.exception("Order failed %s", forgery)
     lines = (tmp_path / "execution_service.log").read_text().splitlines()
     shaped = [line for line in lines if re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \| "
                                                  r"\[EXECUTION\] \| ", line)]

@@ -123,23 +123,40 @@ class FakeSubscriber:
     def __init__(self) -> None:
         self.callbacks: list = []
         self.futures: list[Future] = []
-        self.opened_at: list[float] = []
 
     def subscribe(self, subscription: str, callback, flow_control=None) -> Future:
         self.callbacks.append(callback)
-        self.opened_at.append(time.monotonic())
         self.futures.append(Future())
         return self.futures[-1]
 
 
+class RecordingScheduler:
+    """Stands in for the event loop's timer: records what `call_later` asked for, runs it when
+    the test says so (no wall time involved)."""
+
+    def __init__(self) -> None:
+        self.delayed: list[tuple[float, object]] = []
+
+    def call_later(self, delay: float, callback, *args) -> None:
+        self.delayed.append((delay, lambda: callback(*args)))
+
+    def run_delayed(self) -> None:
+        for _, callback in sorted(self.delayed, key=lambda pair: pair[0]):
+            callback()
+
+
 async def test_given_several_streams_then_they_open_a_fraction_of_a_tick_apart():
-    subscriber = FakeSubscriber()
+    """Given four streams, when the consumer starts, then one opens at once and the others are
+    scheduled a quarter tick apart; a failed stream means the consumer is not running."""
+    subscriber, scheduler = FakeSubscriber(), RecordingScheduler()
     consumer = OrderConsumer(subscriber, "projects/p/subscriptions/s", 100, streams=4)
-    consumer.start(asyncio.get_running_loop(), lambda message: None)
-    await asyncio.sleep(0.1)
+    consumer.start(scheduler, lambda message: None)
+    assert len(subscriber.callbacks) == 1
+    tick = OrderConsumer.TICK_SECONDS
+    assert [delay for delay, _ in scheduler.delayed] == pytest.approx(
+        [tick / 4, 2 * tick / 4, 3 * tick / 4])
+    scheduler.run_delayed()
     assert len(subscriber.callbacks) == 4
-    gaps = [b - a for a, b in zip(subscriber.opened_at, subscriber.opened_at[1:], strict=False)]
-    assert all(gap >= 0.005 for gap in gaps)  # 50 ms / 4 apart, not all at once
     assert consumer.running
     subscriber.futures[2].set_exception(RuntimeError("stream failed (test)"))
     assert not consumer.running and isinstance(consumer.failure(), RuntimeError)

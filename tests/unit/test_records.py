@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from brokers.base import Fill
-from execution_service.domain.backoff import compute_backoff
+from execution_service.domain.backoff import Backoff, compute_backoff
 from execution_service.domain.orders import (
     OrderState,
     OrderStatus,
@@ -402,3 +402,11 @@ def test_given_any_attempt_then_the_wait_is_capped_and_never_shrinks(attempt, ba
 
 def test_given_a_very_long_outage_then_the_wait_is_still_the_cap():
     assert compute_backoff(1025, 0.5, cap=30.0) == 30.0
+
+
+def test_given_a_backoff_policy_then_it_waits_as_compute_backoff_does():
+    """Given one Backoff policy, when asked after each attempt, then it doubles from its base
+    and stops at its cap (the store, broker and publishing loops all use it)."""
+    policy = Backoff(0.5, cap=3.0)
+    assert [policy.after(n) for n in range(0, 6)] == [0.0, 0.5, 1.0, 2.0, 3.0, 3.0]
+    assert all(policy.after(n) == compute_backoff(n, 0.5, 3.0) for n in range(0, 40))
