@@ -159,6 +159,9 @@ def test_given_sigkill_after_exits_placed_when_restarted_then_resumed_never_plac
     try:
         signal_id = protected_entry(rig, "TSLA")
         daemon.kill()
+        # The emulator may keep handing messages to the killed consumer's stream for good
+        # (LIBRARY-NOTES): the new daemon reads a subscription of its own, made before the mover.
+        daemon.env["TRADING_ORDERS_SUBSCRIPTION"] = "trading-orders-sub-restarted"
         daemon.start()
         move_market(rig, "TSLA", 112.0)
         assert wait_status(rig, f"{signal_id}:TP", "FILLED")["filled_quantity"] == 10
