@@ -8,7 +8,7 @@ from pathlib import Path
 PROJECT_PREFIXES = ("execution_service/", "brokers/")
 
 
-PROJECT_ROOTS = ("execution_service/cli.py", "execution_service/run.py",
+PROJECT_ROOTS = ("execution_service/cli/app.py", "execution_service/run.py",
                  "execution_service/__main__.py")
 
 

@@ -17,8 +17,6 @@ import pytest
 from tests.conftest import REPO, SIGNALS
 
 SCRIPTS = REPO / "scripts"
-SHOW = ("import sys; from execution_service.cli import main; "
-        "from execution_service.cli_ops import register; register(main); main()")
 UNSET = ("ACCOUNTS_FILE", "MONGODB_URI", "MONGODB_DATABASE", "LOG_DIR", "DATA_DIR",
          "USE_MOCK_BROKER", "TELEGRAM_ENABLED")
 
@@ -99,12 +97,12 @@ def test_given_a_plain_host_then_start_status_signal_show_stop(host):
         record = wait_for_status(host, signal_id)
         assert record["status"] == "FILLED" and record["account_id"] == "acc_abc123"
 
-        shown = run(host, "-c", SHOW, "show", signal_id, "--json")
+        shown = run(host, "-m", "execution_service", "show", signal_id, "--json")
         assert shown.returncode == 0, shown.stderr
         journey = json.loads(shown.stdout)
         assert [e["status"] for e in journey["events"]] == ["PENDING", "SUBMITTED", "FILLED"]
         assert journey["positions"] and journey["signal"]["execution_status"] == "FILLED"
-        unknown = run(host, "-c", SHOW, "show", "sig_nobody")
+        unknown = run(host, "-m", "execution_service", "show", "sig_nobody")
         assert unknown.returncode == 2 and "no signal 'sig_nobody'" in unknown.stderr
 
         stopped = script(host, "stop.py")

@@ -10,7 +10,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from execution_service import cli, cli_risk
+from execution_service import cli
+from execution_service.cli import accounts as cli_accounts
 from execution_service.adapters.store import Store, open_store
 from execution_service.domain.signals import Signal
 from execution_service.errors import StoreUnavailable
@@ -280,7 +281,6 @@ async def test_given_a_failing_handler_then_the_halt_is_offered_again(db):
 
 @pytest.fixture
 def run_cli(tmp_path):
-    cli_risk.register(cli.main, cli.accounts)
     runner = CliRunner()
     env = {"MONGODB_URI": f"embedded://{tmp_path}/data", "ACCOUNTS_FILE": ""}
 
@@ -369,9 +369,9 @@ def test_given_an_unknown_account_when_updated_then_error_and_not_created(run_cl
 
 def test_given_add_limit_options_then_a_command_receives_validated_limits():
     @click.command()
-    @cli_risk.add_limit_options
+    @cli_accounts.add_limit_options
     def add(**limits):
-        click.echo(json.dumps(cli_risk.limits_from_options(limits), sort_keys=True))
+        click.echo(json.dumps(cli_accounts.limits_from_options(limits), sort_keys=True))
 
     result = CliRunner().invoke(add, ["--max-order-quantity", "100", "--max-order-notional", "5"])
     assert json.loads(result.output) == {"max_order_notional": 5.0, "max_order_quantity": 100}

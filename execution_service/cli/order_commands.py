@@ -11,7 +11,6 @@ filled) is refused before anything is sent.
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 import time
@@ -21,6 +20,7 @@ import click
 
 from execution_service.adapters.command_log import CommandLog
 from execution_service.bootstrap import open_app_store
+from execution_service.cli.common import cli_settings, operator, pubsub_for, with_store
 from execution_service.domain.commands import (
     CancelOrder,
     CommandEvent,
@@ -38,21 +38,9 @@ POLL_SECONDS = 0.2
 ANSWERED = "DONE"
 
 
-def register(main: click.Group) -> None:
-    main.add_command(cancel)
-    main.add_command(modify)
-
-
 def _fail(text: str) -> None:
     click.echo(f"error: {text}", err=True)
     sys.exit(2)
-
-
-def _operator() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli:unknown"
 
 
 def _command(action: str, signal_id: str, **fields):
@@ -60,7 +48,7 @@ def _command(action: str, signal_id: str, **fields):
         _fail(f"SIGNAL_ID {signal_id!r} is not a signal id (1-128 characters of A-Z a-z 0-9 "
               f"_ . : -)")
     body = {"action": action, "request_id": f"cli-{uuid.uuid4().hex[:16]}",
-            "signal_id": signal_id, "by": _operator(),
+            "signal_id": signal_id, "by": operator(),
             **{name: value for name, value in fields.items() if value is not None}}
     parsed = parse_command(body)
     if isinstance(parsed, InvalidCommand | UnusableCommand):
@@ -70,8 +58,6 @@ def _command(action: str, signal_id: str, **fields):
 
 def _send_and_wait(command, body: dict, wait: float) -> dict:
     """Publish on trading-orders, then the daemon's answer (the order_commands document)."""
-    from execution_service.cli_support import cli_settings, pubsub_for
-
     settings = cli_settings()
     pubsub, names = pubsub_for(settings)
     publisher = pubsub.pubsub_v1.PublisherClient()
@@ -93,8 +79,6 @@ def _send_and_wait(command, body: dict, wait: float) -> dict:
 
 
 def _record(signal_id: str) -> dict | None:
-    from execution_service.cli_support import with_store
-
     return with_store(lambda store: store.get_record(signal_id))
 
 

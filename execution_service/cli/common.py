@@ -3,6 +3,7 @@ Pub/Sub for one command, and errors as one line."""
 
 from __future__ import annotations
 
+import getpass
 import os
 import sys
 from pathlib import Path
@@ -18,6 +19,14 @@ from execution_service.redaction import REDACTOR, redact
 
 def cli_settings(**overrides) -> Settings:
     return load_settings({key: value for key, value in overrides.items() if value is not None})
+
+
+def operator() -> str:
+    """Who runs a CLI command that changes something (`by`)."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no login name in the environment or the password database
+        return "cli:unknown"
 
 
 def print_json(value) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from execution_service.adapters.api_key_store import KeyNameTaken
-from execution_service.cli_support import print_json, with_store
+from execution_service.cli.common import print_json, with_store
 from execution_service.clock import utc_now
 from execution_service.domain.api_keys import Scope, new_key, shown
 from execution_service.domain.records import iso
@@ -78,6 +78,3 @@ def revoke(key: str) -> None:
         raise FatalConfigError(f"no API key with id or name {key!r}")
     click.echo(f"API key {doc['_id']} ({doc['name']}) revoked")
 
-
-def register(main_group: click.Group) -> None:
-    main_group.add_command(api_keys)

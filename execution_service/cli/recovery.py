@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from execution_service.bootstrap import open_app_store, open_brokers
-from execution_service.cli_support import cli_settings, print_json, pubsub_for
+from execution_service.cli.common import cli_settings, print_json, pubsub_for
 from execution_service.domain.records import iso
 from execution_service.domain.text import single_line
 from execution_service.errors import FatalConfigError
@@ -131,7 +131,3 @@ def _reason_from_log(body: str, log: Path) -> str | None:
                 found = match.group(1)
     return found
 
-
-def register(main_group: click.Group) -> None:
-    main_group.add_command(reconcile_command)
-    main_group.add_command(dead_letters_command)
