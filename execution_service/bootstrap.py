@@ -98,6 +98,8 @@ def check_store(settings: Settings) -> None:
     variable = "MONGODB_URI" if settings.MONGODB_URI else "DATA_DIR"
     try:
         handle, store = open_app_store(settings)
+    except FatalConfigError:
+        raise  # already one line naming the variable (a malformed MONGODB_URI)
     except Exception as e:  # noqa: BLE001 - any failure to open is the operator's to fix
         where = settings.embedded_store_path
         what = f"cannot use {where} for the embedded store" if where else "cannot open the store"

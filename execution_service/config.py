@@ -108,8 +108,6 @@ class Settings(BaseSettings):
         if value is not None and value.startswith("embedded://") and \
                 not value.removeprefix("embedded://").strip():
             raise ValueError("embedded:// needs a directory after it (embedded://PATH)")
-        if value is not None and value.startswith("mongodb"):
-            _check_mongodb_uri(value)
         return value
 
     @field_validator("LOG_LEVEL")
@@ -227,19 +225,6 @@ def _secrets_file(path: str | None) -> dict[str, str]:
                                    f"SETTING=value with a known setting name")
         values[key.strip()] = value.strip().strip("'\"")
     return values
-
-
-def _check_mongodb_uri(uri: str) -> None:
-    """Parse without connecting (mongodb+srv:// needs DNS, so only its shape is checked)."""
-    from pymongo.errors import ConfigurationError, InvalidURI
-    from pymongo.uri_parser import parse_uri
-
-    if uri.startswith("mongodb+srv://"):
-        return
-    try:
-        parse_uri(uri)
-    except (InvalidURI, ConfigurationError, ValueError) as e:
-        raise ValueError(f"malformed: {e}") from None
 
 
 def _only_known(env: dict) -> dict:

@@ -20,7 +20,8 @@ from typing import Any
 
 import pymongo
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import ConfigurationError, DuplicateKeyError, InvalidURI, PyMongoError
+from pymongo.uri_parser import parse_uri
 
 from execution_service.adapters.api_key_store import ApiKeyQueries
 from execution_service.adapters.broker_sessions_store import BrokerSessionQueries
@@ -90,11 +91,24 @@ def open_store(uri: str | None, database: str, embedded_path: Path | None,
         # its in-memory store has no close(): forgetting it is what frees it
         return StoreHandle(client, client[database], "in-memory store (mongomock)",
                            release=lambda: litemongo_client._MEMORY_STORES.pop(name, None))
+    check_mongodb_uri(uri)
     try:
         client = pymongo.MongoClient(uri, **server_client_options(server or ServerSettings()))
     except (PyMongoError, ValueError) as e:  # pymongo's messages may quote the URI
         raise FatalConfigError(f"configuration: MONGODB_URI: {redact(str(e))}") from None
     return StoreHandle(client, client[database], f"MongoDB {redact_uri_passwords(uri or '')}")
+
+
+def check_mongodb_uri(uri: str | None) -> None:
+    """The driver's own parser, without connecting (mongodb+srv:// needs DNS, so only its
+    scheme is checked): a malformed URI is a configuration error, not a connection failure."""
+    if not uri or not uri.startswith("mongodb://"):
+        return
+    try:
+        parse_uri(uri)
+    except (InvalidURI, ConfigurationError, ValueError) as e:
+        raise FatalConfigError(redact(f"configuration: MONGODB_URI: malformed: {e} "
+                                      f"(got {uri!r})")) from None
 
 
 class Store(OperatorQueries, ApiKeyQueries, BrokerSessionQueries):

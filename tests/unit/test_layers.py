@@ -61,14 +61,6 @@ OUTSIDE = {
     "wiring": None,
     "cli": None,
 }
-# (module, outside package) pairs allowed despite the layer's rule, each with its reason
-EXCEPTIONS = {
-    ("execution_service.config", "pymongo"):
-        "parses MONGODB_URI with the driver's own parser (no connection), so a malformed URI "
-        "is a configuration error",
-}
-
-
 @dataclass(frozen=True)
 class Import:
     importer: str
@@ -143,7 +135,7 @@ def breaches(imports: list[Import]) -> list[str]:
         rule = OUTSIDE[layer]
         allowed = rule is None or (top not in rule[1] if isinstance(rule, tuple)
                                    else top in rule)
-        if not allowed and (found.importer, top) not in EXCEPTIONS:
+        if not allowed:
             problems.append(f"{found.importer}:{found.line} ({layer}) imports {top}")
     return problems
 

@@ -15,14 +15,14 @@ from pymongo.errors import (
     WriteError,
 )
 
-from execution_service.adapters.store import Store, open_store
+from execution_service.adapters.store import Store, check_mongodb_uri, open_store
 from execution_service.adapters.store_errors import (
     DuplicateSignal,
     StoreHealth,
     StoreRejected,
     store_error,
 )
-from execution_service.errors import StoreUnavailable
+from execution_service.errors import FatalConfigError, StoreUnavailable
 
 OUTAGES = [
     sqlite3.OperationalError("database or disk is full"),
@@ -122,3 +122,26 @@ def test_given_a_clock_then_outage_length_measured_by_it():
     assert health.down_for() == 30.5
     health.wrote()
     assert health.last_outage_seconds == 30.5 and not health.down
+
+
+MALFORMED_URIS = ["mongodb://trader:s3cret-pw@", "mongodb://trader:s3cret-pw@db.example:notaport/",
+                  "mongodb://trader:s3cret-pw@db.example/?w=sometimes&journal=maybe"]
+
+
+@pytest.mark.parametrize("uri", MALFORMED_URIS)
+def test_given_a_malformed_mongodb_uri_when_opened_then_one_config_line_and_no_password(uri):
+    """Given a URI the driver's parser refuses, when the store is opened, then a
+    FatalConfigError naming MONGODB_URI as malformed, without the password, and no client."""
+    with pytest.raises(FatalConfigError) as raised:
+        open_store(uri, "trading", None)
+    text = str(raised.value)
+    assert text.startswith("configuration: MONGODB_URI: malformed: "), text
+    assert "s3cret-pw" not in text and "\n" not in text
+
+
+def test_given_a_wellformed_uri_when_checked_then_accepted_without_connecting():
+    """Given well-formed URIs (an srv one needs DNS, so only its scheme is checked), when
+    checked, then nothing is raised and nothing is contacted (port 1 would refuse)."""
+    for uri in ("mongodb://127.0.0.1:1/?directConnection=true", "mongodb+srv://x.example/db",
+                None, "mongomock://"):
+        check_mongodb_uri(uri)
