@@ -3,12 +3,11 @@ broker, embedded store) and the operators' CLI."""
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
 
-from tests.fakes.daemon import DaemonProcess
+from tests.fakes.daemon import DaemonProcess, daemon_env
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
 
 ACCOUNTS = [{"account_id": "acc_cmd", "broker": "MOCK"}]
@@ -28,12 +27,9 @@ def request(action: str, signal_id: str, **fields) -> dict:
 @pytest.fixture(scope="module")
 def desk(emulator_host, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("commands")
-    (workdir / "accounts.json").write_text(json.dumps(ACCOUNTS))
-    project = f"test-{uuid.uuid4().hex[:10]}"
-    env = {"PUBSUB_EMULATOR_HOST": emulator_host, "GOOGLE_CLOUD_PROJECT": project,
-           "ACCOUNTS_FILE": str(workdir / "accounts.json"), "ORDER_TIMEOUT_SECONDS": "120",
-           "MOCK_FILL_DELAY_SECONDS": "0.05", "ORDER_POLL_SECONDS": "0.1"}
-    rig = PubSubRig(project)
+    env = daemon_env(emulator_host, workdir, ACCOUNTS, ORDER_TIMEOUT_SECONDS="120",
+                     MOCK_FILL_DELAY_SECONDS="0.05", ORDER_POLL_SECONDS="0.1")
+    rig = PubSubRig(env["GOOGLE_CLOUD_PROJECT"])
     daemon = DaemonProcess(workdir, env).start()
     yield daemon, rig
     daemon.stop_quietly()

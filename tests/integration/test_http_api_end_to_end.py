@@ -13,12 +13,13 @@ import pytest
 
 from execution_service.adapters.emulator import free_port
 from execution_service.adapters.http_api import schemas
+from execution_service.domain.orders import TERMINAL_STATUSES
 from tests.fakes.daemon import DaemonProcess, daemon_env
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
+from tests.fakes.waiting import wait_until
 
 ACCOUNTS = [{"account_id": account, "broker": "MOCK", "display_name": "Desk"}
             for account in ("acc_http", "acc_pubsub", "acc_api")]
-TERMINAL = ("FILLED", "REJECTED", "CANCELLED")
 
 
 def api_key(daemon: DaemonProcess, scope: str, name: str) -> str:
@@ -48,24 +49,19 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def wait_until(read, done, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = read()
-        if done(value):
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}: {value}")
-
-
 def settled_order(client: httpx.Client, key: str, signal_id: str) -> dict:
     """The record once terminal with every confirmation published."""
     def read() -> dict:
         answer = client.get(f"/orders/{signal_id}", headers=bearer(key))
         return answer.json() if answer.status_code == 200 else {}
 
-    return wait_until(read, lambda r: r.get("status") in TERMINAL and r["confirmations"] and all(
-        c["published"] for c in r["confirmations"]), what=f"{signal_id} settled")
+    def settled() -> dict | None:
+        record = read()
+        published = record.get("confirmations") and all(
+            c["published"] for c in record["confirmations"])
+        return record if record.get("status") in TERMINAL_STATUSES and published else None
+
+    return wait_until(settled, what=f"{signal_id} settled", poll=0.1)
 
 
 def test_given_a_trade_key_when_an_order_is_posted_then_it_fills_once_and_a_repeat_is_409(
@@ -217,8 +213,8 @@ def test_given_a_halt_over_http_then_pubsub_orders_are_refused_until_resumed(ser
     after = market_signal({"account_id": "acc_pubsub", "strategy_name": "Halted"})
     wait_until(lambda: client.post("/orders", json={**after, "signal_id": f"{after['signal_id']}"
                                                     f"_{uuid.uuid4().hex[:4]}"},
-                                   headers=trade).status_code, lambda code: code == 201,
-               what="orders accepted after resume")
+                                   headers=trade).status_code == 201,
+               what="orders accepted after resume", poll=0.1)
 
 
 def test_given_keys_used_then_no_key_appears_in_any_log_and_revoked_keys_are_refused(served):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -15,6 +14,7 @@ from execution_service.service.processor import Action
 from execution_service.service.risk import active_halts
 from execution_service.status import status_text
 from tests.fakes.service_fakes import make_app, order_body
+from tests.fakes.waiting import eventually
 
 NOW = datetime(2026, 11, 29, 9, 15, tzinfo=UTC)
 BY = "telegram:4242:desk"
@@ -95,10 +95,10 @@ async def test_given_a_resting_order_when_cancel_from_chat_then_cancelled_with_w
                         commands=app.commands)
     assert app.processor.handle(order_body(order_type="LIMIT", limit_price=230.0)).action \
         is Action.ACK
-    await wait_for(lambda: (app.store.get_record("sig_1") or {}).get("status") == "SUBMITTED")
+    await eventually(lambda: (app.store.get_record("sig_1") or {}).get("status") == "SUBMITTED")
     answer = await desk.answer("cancel", ["sig_1"], BY)
     assert answer.startswith("cancel of sig_1 requested (request telegram-")
-    await wait_for(lambda: app.store.get_record("sig_1")["status"] == "CANCELLED")
+    await eventually(lambda: app.store.get_record("sig_1")["status"] == "CANCELLED")
     record = app.store.get_record("sig_1")
     assert record["cancel_reason"].startswith("cancelled by operator request telegram-")
     assert f"({BY}): cancelled from Telegram" in record["cancel_reason"]
@@ -107,9 +107,3 @@ async def test_given_a_resting_order_when_cancel_from_chat_then_cancelled_with_w
     assert (await desk.answer("cancel", ["bad id!"], BY)).startswith("cannot cancel 'bad id!': ")
 
 
-async def wait_for(condition, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.01)

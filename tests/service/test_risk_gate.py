@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from execution_service import cli
-from execution_service.cli import accounts as cli_accounts
 from execution_service.adapters.store import Store, open_store
+from execution_service.cli import accounts as cli_accounts
 from execution_service.domain.signals import Signal
 from execution_service.errors import StoreUnavailable
 from execution_service.service.risk import (

@@ -3,12 +3,11 @@ decided again, in order, once a probe write succeeds."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from execution_service.service.held_messages import HeldIntake
 from execution_service.service.processor import Action, Outcome
+from tests.fakes.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -52,28 +51,24 @@ class Rig:
         return self.store_up
 
 
-async def until(condition, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
-
-
-def intake_for(rig: Rig, probe=None) -> HeldIntake:
-    return HeldIntake(rig.decide, rig.settle, probe or rig.probe, retry_base=0.001,
-                      retry_cap=0.01)
+def held_in_outage(rig: Rig, count: int, probe=None) -> tuple[HeldIntake, list[Message]]:
+    """An intake holding `count` messages that came while the store was down."""
+    intake = HeldIntake(rig.decide, rig.settle, probe or rig.probe, retry_base=0.001,
+                        retry_cap=0.01)
+    rig.store_up = False
+    messages = [Message(n) for n in range(count)]
+    for message in messages:
+        intake.hold(message)
+    return intake, messages
 
 
 async def test_given_outage_when_messages_held_then_released_in_order_after_it():
     rig = Rig()
-    intake = intake_for(rig)
-    rig.store_up = False
-    messages = [Message(n) for n in range(5)]
-    for message in messages:
-        intake.hold(message)
-    await until(lambda: rig.probes >= 3)
+    intake, messages = held_in_outage(rig, 5)
+    await eventually(lambda: rig.probes >= 3)
     assert intake.holding == 5 and rig.settled == [] and rig.handled == []
     rig.store_up = True
-    await until(lambda: intake.holding == 0)
+    await eventually(lambda: intake.holding == 0)
     assert rig.handled == [0, 1, 2, 3, 4]
     assert rig.settled == [(n, Action.ACK) for n in range(5)]
     assert not any(message.nacked for message in messages)
@@ -81,28 +76,21 @@ async def test_given_outage_when_messages_held_then_released_in_order_after_it()
 
 async def test_given_stop_during_outage_then_held_messages_given_back_to_pubsub():
     rig = Rig()
-    intake = intake_for(rig)
-    rig.store_up = False
-    messages = [Message(n) for n in range(3)]
-    for message in messages:
-        intake.hold(message)
+    intake, messages = held_in_outage(rig, 3)
     await intake.stop()
     assert all(message.nacked for message in messages) and intake.holding == 0
 
 
 async def test_given_store_flapping_when_released_then_unhandled_ones_stay_held_in_order():
     rig = Rig()
-    intake = intake_for(rig)
-    rig.store_up = False
-    for n in range(4):
-        intake.hold(Message(n))
+    intake, _ = held_in_outage(rig, 4)
     rig.down_after = 2  # the store goes again after two claims
     rig.store_up = True
-    await until(lambda: len(rig.handled) == 2)
+    await eventually(lambda: len(rig.handled) == 2)
     assert intake.holding == 2
     rig.down_after = None
     rig.store_up = True
-    await until(lambda: intake.holding == 0)
+    await eventually(lambda: intake.holding == 0)
     assert rig.handled == [0, 1, 2, 3]
 
 
@@ -116,9 +104,7 @@ async def test_given_a_probe_that_raises_then_retried_until_it_works():
             raise RuntimeError("probe bug")
         return rig.store_up
 
-    intake = intake_for(rig, probe)
-    rig.store_up = False
-    intake.hold(Message(0))
+    intake, _ = held_in_outage(rig, 1, probe)
     rig.store_up = True
-    await until(lambda: intake.holding == 0)
+    await eventually(lambda: intake.holding == 0)
     assert rig.settled == [(0, Action.ACK)] and len(calls) >= 3
