@@ -13,6 +13,7 @@ import psutil
 
 from execution_service.adapters.pubsub import PubSubNames
 from execution_service.config import load_settings
+from execution_service.domain.orders import TERMINAL_STATUSES
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -27,7 +28,7 @@ TARGETS = {
 ACCOUNT_ID = "acc_bench"
 SYMBOLS = ("SPY", "QQQ", "IWM", "AAPL", "MSFT", "NVDA", "AMZN", "META", "TSLA", "GOOG")
 SPREAD, HOT = "spread", "hot"  # the throughput workloads
-TERMINAL = ("FILLED", "REJECTED", "CANCELLED")
+TERMINAL = TERMINAL_STATUSES
 
 
 def log(text: str) -> None:

@@ -114,8 +114,8 @@ def _before_parsing(body: bytes, limits: IntakeLimits) -> str | None:
 
 def _refuse(body: bytes, reason: str) -> Invalid | Unusable:
     """A REJECTED record when a signal_id can be read from the raw bytes, else a dead letter."""
-    match = _SIGNAL_ID_HINT.search(body[:65_536])
-    return Invalid(match.group(1).decode(), reason, {}) if match else Unusable(reason)
+    signal_id = signal_id_hint(body)
+    return Invalid(signal_id, reason, {}) if signal_id else Unusable(reason)
 
 
 def nesting_depth(body: bytes, stop_above: int) -> int:
@@ -192,7 +192,8 @@ def storable_fields(data: dict, names: tuple[str, ...]) -> dict[str, Any]:
 
 
 def signal_id_hint(body: bytes) -> str | None:
-    """The signal id for a log line, without parsing the whole message."""
+    """The signal id in a body that cannot be parsed (or not within limits), read from its
+    first 64 KiB."""
     match = _SIGNAL_ID_HINT.search(body[:65_536])
     return match.group(1).decode() if match else None
 

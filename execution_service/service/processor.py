@@ -33,7 +33,6 @@ from execution_service.domain.intake import (
     Intake,
     IntakeLimits,
     decode_body,
-    signal_id_hint,
 )
 from execution_service.domain.reasons import RejectClass
 from execution_service.domain.records import (
@@ -71,7 +70,6 @@ class Action(StrEnum):
 class Outcome:
     action: Action
     reason: str = ""
-    signal_id: str | None = None
     track: dict | None = None  # a claim to hand to the tracker
     written: tuple | None = None  # (record, events, confirmations) of a recorded change
     then: Callable[[], object] | None = None  # more work for the event loop
@@ -128,12 +126,12 @@ class SignalProcessor:
             # Not logged per message: the store's health logs the outage once (store_errors)
             self._journal.counters.held += 1
             self._journal.counters.orders_received -= 1  # counted when handled for good
-            return Outcome(Action.HOLD, str(e), signal_id_hint(body) or "no signal_id")
+            return Outcome(Action.HOLD, str(e))
         if intake.kind is Accepted.UNUSABLE:
             self._journal.counters.dead_lettered += 1
             logger.warning("Unusable message sent to dead letters: %s", intake.reason)
         reason = "duplicate" if intake.kind is Accepted.DUPLICATE else intake.reason
-        return Outcome(_ACTIONS[intake.kind], reason, intake.signal_id, track=intake.track,
+        return Outcome(_ACTIONS[intake.kind], reason, track=intake.track,
                        written=intake.written)
 
     def settle(self, intake: Intake) -> Intake:
@@ -193,14 +191,13 @@ class SignalProcessor:
         if isinstance(parsed, InvalidCommand):
             logger.info("Invalid %s request %s: %s [%s]", parsed.action, parsed.request_id,
                         parsed.reason, parsed.signal_id)
-            return Outcome(Action.ACK, parsed.reason, parsed.signal_id,
+            return Outcome(Action.ACK, parsed.reason,
                            then=lambda: self.commands.answer_invalid(parsed))
         logger.info("Received %s request %s [%s]", parsed.action, parsed.request_id,
                     parsed.signal_id)
         if self.commands.receive(parsed) is None:
-            return Outcome(Action.ACK, signal_id=parsed.signal_id,
-                           then=lambda: self.commands.start(parsed))
-        return Outcome(Action.ACK, signal_id=parsed.signal_id)
+            return Outcome(Action.ACK, then=lambda: self.commands.start(parsed))
+        return Outcome(Action.ACK)
 
     def check_order(self, doc: dict) -> str | None:
         """An order's fields (a MODIFY's order as modified) against the §3 rules, the account
