@@ -16,13 +16,9 @@ Backends:
                    dir, the query index in them)
   litemongo-sqlite plain litemongo on sqlite files (its query index in Python memory)
 
-What-ifs (patched in this process only; nothing in the service is changed):
-  one-mark              Store.mark_published as ONE update (pipeline form) instead of two
-  batched-marks         the outbox marks a signal once for its highest published sequence
-                        (SUBMITTED and FILLED published together share one mark)
-  no-positions-applied  drop Store.set_positions_applied (upper bound for folding it into a
-                        write the record gets anyway)
-  bounded-order-ids     positions keep their last 20 order ids instead of all of them
+What-if (patched in this process only; nothing in the service is changed):
+  one-mark              Store.mark_published as ONE update (pipeline form) instead of one or
+                        two plain updates
 
     /work/venv/bin/python benchmarks/core_ops.py --backend uri-mongomock --n 2000
     /work/venv/bin/python benchmarks/core_ops.py --backend litemongo-memory --what-if one-mark
@@ -103,53 +99,6 @@ def _require(owner, name: str) -> None:
                          f"(the service has changed; the what-if is obsolete)")
 
 
-PENDING_MARKS: dict[str, int] = {}
-
-
-def what_if_batched_marks() -> None:
-    """The outbox marks each signal once, for its highest published sequence, from a short
-    timer (all confirmations of a signal published within ~5 ms share one write)."""
-    from execution_service.service.outbox import ConfirmationOutbox
-
-    def flush(store) -> None:
-        items = list(PENDING_MARKS.items())
-        PENDING_MARKS.clear()
-        for signal_id, sequence in items:
-            store.mark_published(signal_id, sequence)
-
-    async def _mark_published(self, payload: dict) -> None:
-        first = not PENDING_MARKS
-        signal_id = payload["signal_id"]
-        PENDING_MARKS[signal_id] = max(PENDING_MARKS.get(signal_id, 0), payload["sequence"])
-        if first:
-            asyncio.get_running_loop().call_later(0.005, flush, self._store)
-
-    _require(ConfirmationOutbox, "_mark_published")
-    ConfirmationOutbox._mark_published = _mark_published
-
-
-def what_if_no_positions_applied() -> None:
-    """Upper bound for folding `positions_applied` into a write the record gets anyway."""
-    _require(Store, "set_positions_applied")
-    Store.set_positions_applied = lambda self, signal_id, count: None
-
-
-def what_if_bounded_order_ids(kept: int = 20) -> None:
-    """Positions keep only their last `kept` order ids (today `_fields` appends every order id
-    of an open position forever, so each fill rewrites an ever larger document)."""
-    from execution_service.service import positions
-
-    _require(positions, "_fields")
-    original = positions._fields
-
-    def _fields(*args, **kwargs):
-        fields = original(*args, **kwargs)
-        fields["order_ids"] = fields["order_ids"][-kept:]
-        return fields
-
-    positions._fields = _fields
-
-
 def body(signal_id: str, i: int) -> bytes:
     return json.dumps({"signal_id": signal_id, "order_type": "MARKET",
                        "symbol": SYMBOLS[i % len(SYMBOLS)], "side": "BUY", "quantity": 1,
@@ -170,7 +119,7 @@ async def drive(app, n: int, batch: int) -> list[dict]:
             if str(outcome.action) != "ACK":
                 raise RuntimeError(f"signal {i}: {outcome}")
             await asyncio.sleep(0)
-        while app.tracker.in_flight or app.outbox.backlog or PENDING_MARKS:
+        while app.tracker.in_flight or app.outbox.backlog:
             await asyncio.sleep(0.001)
         elapsed = time.perf_counter() - started
         after = counting_daemon.snapshot()
@@ -196,20 +145,12 @@ def main(argv: list[str] | None = None) -> int:
                                  "litemongo-memory-naive", "embedded", "litemongo-sqlite"))
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=250)
-    parser.add_argument("--what-if", action="append", default=[],
-                        choices=("one-mark", "batched-marks", "no-positions-applied",
-                                 "bounded-order-ids"))
+    parser.add_argument("--what-if", action="append", default=[], choices=("one-mark",))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    counting_daemon._install()
+    counting_daemon.install()
     if "one-mark" in args.what_if:
         what_if_one_mark()
-    if "batched-marks" in args.what_if:
-        what_if_batched_marks()
-    if "no-positions-applied" in args.what_if:
-        what_if_no_positions_applied()
-    if "bounded-order-ids" in args.what_if:
-        what_if_bounded_order_ids()
     handle, path = open_backend(args.backend)
     accounts = Path(tempfile.mkdtemp(prefix="bench-core-acc-")) / "accounts.json"
     accounts.write_text(json.dumps([{"account_id": "acc_bench", "broker": "MOCK",

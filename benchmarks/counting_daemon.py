@@ -76,7 +76,8 @@ def _wrap(cls, name: str) -> None:
     setattr(cls, name, counted)
 
 
-def _install() -> None:
+def install() -> None:
+    """Count every store call (and position moves) from here on, in this process."""
     classes = []
     try:
         from mongomock.collection import Collection as MockCollection
@@ -278,7 +279,7 @@ def _dump(_signum=None, _frame=None) -> None:
 
 
 def main() -> None:
-    _install()
+    install()
     _install_latency()
     _install_stall_watch()
     signal.signal(signal.SIGUSR1, _dump)

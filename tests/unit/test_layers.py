@@ -61,6 +61,11 @@ OUTSIDE = {
     "wiring": None,
     "cli": None,
 }
+# run as scripts, not layered: no cycle and no private name there either; a module imports its
+# siblings by bare name (the directory is on sys.path)
+SCRIPT_DIRS = ("benchmarks", "scripts")
+
+
 @dataclass(frozen=True)
 class Import:
     importer: str
@@ -84,28 +89,55 @@ def module_name(path: Path, root: Path) -> str:
 
 
 def imports_of(name: str, source: str, is_package: bool, known: set[str]) -> list[Import]:
+    """Every import, and every `module._name` read through a module an import bound."""
     found = []
+    bound: dict[str, str] = {}  # local name -> the project module it is bound to
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            found += [Import(name, alias.name, None, node.lineno) for alias in node.names]
+            for alias in node.names:
+                module = sibling(name, alias.name, known)
+                found.append(Import(name, module, None, node.lineno))
+                if module in known:
+                    bound[alias.asname or alias.name.split(".")[0]] = (
+                        module if alias.asname or "." not in alias.name
+                        else module.split(".")[0])
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 package = name.split(".") if is_package else name.split(".")[:-1]
                 package = package[:len(package) - node.level + 1]
                 base = ".".join([*package, base] if base else package)
+            base = sibling(name, base, known)
             for alias in node.names:
                 submodule = f"{base}.{alias.name}"
                 if submodule in known:  # `from package import module`
                     found.append(Import(name, submodule, None, node.lineno))
+                    bound[alias.asname or alias.name] = submodule
                 else:
                     found.append(Import(name, base, alias.name, node.lineno))
-    return found
+    return found + reads_through_modules(name, source, bound)
 
 
-def project_modules(root: Path = ROOT) -> dict[str, tuple[str, bool]]:
+def reads_through_modules(name: str, source: str, bound: dict[str, str]) -> list[Import]:
+    """`alias.attribute` where an import bound `alias` to a project module: a name taken."""
+    return [Import(name, bound[node.value.id], node.attr, node.lineno)
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            and node.value.id in bound]
+
+
+def sibling(importer: str, module: str, known: set[str]) -> str:
+    """`module` as the project names it: in a script directory a bare name may be a sibling."""
+    top = importer.split(".")[0]
+    if top in SCRIPT_DIRS and f"{top}.{module.split('.')[0]}" in known:
+        return f"{top}.{module}"
+    return module
+
+
+def project_modules(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES
+                    ) -> dict[str, tuple[str, bool]]:
     modules = {}
-    for package in PACKAGES:
+    for package in packages:
         for path in sorted((root / package).rglob("*.py")):
             modules[module_name(path, root)] = (path.read_text(), path.name == "__init__.py")
     return modules
@@ -118,7 +150,7 @@ def all_imports(modules: dict[str, tuple[str, bool]]) -> list[Import]:
 
 
 def is_project(module: str) -> bool:
-    return module.split(".")[0] in PACKAGES
+    return module.split(".")[0] in (*PACKAGES, *SCRIPT_DIRS)
 
 
 def breaches(imports: list[Import]) -> list[str]:
@@ -143,8 +175,8 @@ def breaches(imports: list[Import]) -> list[str]:
 def private_imports(imports: list[Import]) -> list[str]:
     return [f"{found.importer}:{found.line} takes {found.name} from {found.module}"
             for found in imports
-            if is_project(found.module) and found.name and found.name.startswith("_")
-            and not found.name.startswith("__")]
+            if is_project(found.module) and found.module != found.importer and found.name
+            and found.name.startswith("_") and not found.name.startswith("__")]
 
 
 def cycles(imports: list[Import]) -> list[list[str]]:  # noqa: C901 (Tarjan, kept whole)
@@ -193,12 +225,28 @@ def test_given_every_module_then_no_import_crosses_a_layer_boundary(imports):
     assert breaches(imports) == []
 
 
-def test_given_every_module_then_no_import_cycle(imports):
-    assert cycles(imports) == []
+@pytest.fixture(scope="module")
+def with_scripts() -> list[Import]:
+    return all_imports(project_modules(packages=(*PACKAGES, *SCRIPT_DIRS)))
 
 
-def test_given_every_module_then_none_takes_another_modules_private_name(imports):
-    assert private_imports(imports) == []
+def test_given_every_module_and_script_then_no_import_cycle(with_scripts):
+    assert cycles(with_scripts) == []
+
+
+def test_given_every_module_and_script_then_none_takes_another_modules_private_name(
+        with_scripts):
+    """Neither by `from module import _name` nor by reading `module._name`."""
+    assert private_imports(with_scripts) == []
+
+
+def test_given_the_scripts_then_their_imports_of_siblings_are_read_as_project_modules(
+        with_scripts):
+    """Given the benchmarks and scripts (siblings imported by bare name), then those imports
+    are edges to the sibling modules, so a cycle or a private name among them is seen."""
+    edges = {(found.importer, found.module) for found in with_scripts}
+    assert ("benchmarks.core_ops", "benchmarks.counting_daemon") in edges
+    assert ("scripts.start", "scripts._common") in edges
 
 
 def test_given_the_layers_then_every_module_has_one_and_the_wiring_is_where_it_should_be():
@@ -231,13 +279,18 @@ FAKE = {
                                      False),
     "execution_service.adapters.store": ("", False),
     "execution_service.config": ("", False),
+    "benchmarks.bench_a": ("import bench_b\nfrom execution_service.service import positions\n"
+                           "positions._fields = None\nbench_b._install()\n", False),
+    "benchmarks.bench_b": ("from bench_a import run\n", False),
+    "execution_service.service.positions": ("", False),
 }
 
 
 def test_given_a_domain_module_importing_an_adapter_and_a_driver_then_both_are_breaches():
     """Given also a service module on an adapter, a broker on the settings and a wiring module
     on the CLI (the outer edge), then each is a breach; the CLI on bootstrap is not."""
-    problems = breaches(all_imports(FAKE))
+    layered = {name: module for name, module in FAKE.items() if name.split(".")[0] in PACKAGES}
+    problems = breaches(all_imports(layered))
     assert any("domain.leaky" in p and "pymongo" in p for p in problems)
     assert any("domain.leaky" in p and "adapters.store (adapters)" in p for p in problems)
     assert any("service.uses_adapter" in p for p in problems)
@@ -247,10 +300,14 @@ def test_given_a_domain_module_importing_an_adapter_and_a_driver_then_both_are_b
 
 
 def test_given_two_modules_importing_each_other_even_lazily_then_a_cycle():
-    assert cycles(all_imports(FAKE)) == [["execution_service.cli_a", "execution_service.cli_b"]]
+    """... also two scripts importing each other by bare name."""
+    assert cycles(all_imports(FAKE)) == [["benchmarks.bench_a", "benchmarks.bench_b"],
+                                         ["execution_service.cli_a", "execution_service.cli_b"]]
 
 
-def test_given_an_import_of_an_underscore_name_then_it_is_reported():
-    assert private_imports(all_imports(FAKE)) == [
+def test_given_an_underscore_name_imported_or_read_off_a_module_then_it_is_reported():
+    assert sorted(private_imports(all_imports(FAKE))) == [
+        "benchmarks.bench_a:3 takes _fields from execution_service.service.positions",
+        "benchmarks.bench_a:4 takes _install from benchmarks.bench_b",
         "execution_service.service.uses_adapter:1 takes _private from "
         "execution_service.adapters.store"]
