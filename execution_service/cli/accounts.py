@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from execution_service.bootstrap import account_document
-from execution_service.cli.common import print_json, with_store
+from execution_service.cli.common import print_json, print_rows, with_store
 from execution_service.clock import utc_now
 from execution_service.credentials import shown
 from execution_service.domain.accounts import parse_symbols
@@ -91,15 +91,15 @@ def accounts_add(account_id, broker, symbols, display_name, broker_account, disa
 def accounts_list(as_json: bool) -> None:
     """Registered accounts, with broker, state and allowed symbols."""
     rows = [shown(row) for row in with_store(lambda store: store.list_accounts())]
-    if as_json:
-        print_json(rows)
-        return
-    for row in rows:
-        credentials = ", ".join(f"{name} {state}" for name, state in row["credentials"].items())
-        click.echo(f"{row['_id']:<20} {row.get('broker', ''):<8} "
-                   f"{'enabled' if row.get('enabled', True) else 'disabled':<9} "
-                   f"{','.join(row.get('allowed_symbols') or []) or 'any'}"
-                   + (f"  credentials: {credentials}" if credentials else ""))
+    print_rows(rows, as_json, _account_line, None)
+
+
+def _account_line(row: dict) -> str:
+    credentials = ", ".join(f"{name} {state}" for name, state in row["credentials"].items())
+    return (f"{row['_id']:<20} {row.get('broker', ''):<8} "
+            f"{'enabled' if row.get('enabled', True) else 'disabled':<9} "
+            f"{','.join(row.get('allowed_symbols') or []) or 'any'}"
+            + (f"  credentials: {credentials}" if credentials else ""))
 
 
 def _set_enabled(account_id: str, enabled: bool) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from execution_service.adapters.api_key_store import KeyNameTaken
-from execution_service.cli.common import print_json, with_store
+from execution_service.cli.common import print_rows, with_store
 from execution_service.clock import utc_now
 from execution_service.domain.api_keys import Scope, new_key, shown
 from execution_service.domain.records import iso
@@ -58,15 +58,14 @@ def create(scope: str, name: str | None) -> None:
 def list_keys(as_json: bool) -> None:
     """Every key: id, name, scope, created, revoked."""
     rows = [shown(doc) for doc in with_key_store(lambda store: store.list_api_keys())]
-    if as_json:
-        print_json(rows)
-        return
-    if not rows:
-        click.echo("no API keys (make one with `api-keys create --scope read|trade`)")
-    for row in rows:
-        state = f"revoked {iso(row['revoked_at'])}" if row.get("revoked_at") else "active"
-        click.echo(f"{row['_id']:<14} {row['name']:<24} {row['scope']:<6} "
-                   f"created {iso(row['created_at'])}  {state}")
+    print_rows(rows, as_json, _key_line,
+               "no API keys (make one with `api-keys create --scope read|trade`)")
+
+
+def _key_line(row: dict) -> str:
+    state = f"revoked {iso(row['revoked_at'])}" if row.get("revoked_at") else "active"
+    return (f"{row['_id']:<14} {row['name']:<24} {row['scope']:<6} "
+            f"created {iso(row['created_at'])}  {state}")
 
 
 @api_keys.command("revoke")

@@ -33,12 +33,12 @@ def print_json(value) -> None:
     click.echo(strict_json(value, indent=2, default=json_default))
 
 
-def print_rows(rows: list[dict], as_json: bool, line, empty: str) -> None:
-    """JSON, or one line per row, or `empty` when there is nothing to list."""
+def print_rows(rows: list[dict], as_json: bool, line, empty: str | None) -> None:
+    """JSON, or one line per row, or `empty` (if any) when there is nothing to list."""
     if as_json:
         print_json(rows)
         return
-    if not rows:
+    if not rows and empty is not None:
         click.echo(empty)
     for row in rows:
         click.echo(line(row))

@@ -9,9 +9,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from execution_service.adapters.store import Store, open_store
+from tests.fakes.pubsub_tools import PubSubRig
 
 
 def daemon_env(emulator_host: str, workdir: Path, accounts: list[dict],
@@ -22,6 +25,22 @@ def daemon_env(emulator_host: str, workdir: Path, accounts: list[dict],
     return {"PUBSUB_EMULATOR_HOST": emulator_host,
             "GOOGLE_CLOUD_PROJECT": f"test-{uuid.uuid4().hex[:10]}",
             "ACCOUNTS_FILE": str(workdir / "accounts.json"), **settings}
+
+
+@contextmanager
+def daemon_with_rig(emulator_host: str, workdir: Path, accounts: list[dict],
+                    **settings: str) -> Iterator[tuple[DaemonProcess, PubSubRig]]:
+    """A started daemon (`daemon_env`) and a rig on its project; both stopped after."""
+    env = daemon_env(emulator_host, workdir, accounts, **settings)
+    rig = PubSubRig(env["GOOGLE_CLOUD_PROJECT"])
+    try:
+        daemon = DaemonProcess(workdir, env).start()
+        try:
+            yield daemon, rig
+        finally:
+            daemon.stop_quietly()
+    finally:
+        rig.close()
 
 
 class DaemonProcess:

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.fakes.daemon import DaemonProcess, daemon_env
+from tests.fakes.daemon import daemon_with_rig
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
 
 ACCOUNTS = [{"account_id": "acc_cmd", "broker": "MOCK"}]
@@ -27,13 +27,9 @@ def request(action: str, signal_id: str, **fields) -> dict:
 @pytest.fixture(scope="module")
 def desk(emulator_host, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("commands")
-    env = daemon_env(emulator_host, workdir, ACCOUNTS, ORDER_TIMEOUT_SECONDS="120",
-                     MOCK_FILL_DELAY_SECONDS="0.05", ORDER_POLL_SECONDS="0.1")
-    rig = PubSubRig(env["GOOGLE_CLOUD_PROJECT"])
-    daemon = DaemonProcess(workdir, env).start()
-    yield daemon, rig
-    daemon.stop_quietly()
-    rig.close()
+    with daemon_with_rig(emulator_host, workdir, ACCOUNTS, ORDER_TIMEOUT_SECONDS="120",
+                         MOCK_FILL_DELAY_SECONDS="0.05", ORDER_POLL_SECONDS="0.1") as running:
+        yield running
 
 
 def of(rig: PubSubRig, signal_id: str) -> list[tuple[dict, dict]]:

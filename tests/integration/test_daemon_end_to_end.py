@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from tests.conftest import SIGNALS
-from tests.fakes.daemon import DaemonProcess, daemon_env
+from tests.fakes.daemon import DaemonProcess, daemon_with_rig
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
 from tests.fakes.waiting import wait_until
 
@@ -29,13 +29,9 @@ def signal(**fields) -> dict:
 def running(emulator_host, tmp_path_factory):
     """One daemon for the module: embedded store, mock broker, short timeout."""
     workdir = tmp_path_factory.mktemp("daemon")
-    env = daemon_env(emulator_host, workdir, ACCOUNTS, ORDER_TIMEOUT_SECONDS="2",
-                     MOCK_FILL_DELAY_SECONDS="0.05", ORDER_POLL_SECONDS="0.2")
-    rig = PubSubRig(env["GOOGLE_CLOUD_PROJECT"])
-    daemon = DaemonProcess(workdir, env).start()
-    yield daemon, rig
-    daemon.stop_quietly()
-    rig.close()
+    with daemon_with_rig(emulator_host, workdir, ACCOUNTS, ORDER_TIMEOUT_SECONDS="2",
+                         MOCK_FILL_DELAY_SECONDS="0.05", ORDER_POLL_SECONDS="0.2") as both:
+        yield both
 
 
 

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from execution_service.adapters.emulator import free_port
-from tests.fakes.daemon import DaemonProcess, daemon_env
+from tests.fakes.daemon import DaemonProcess, daemon_with_rig
 from tests.fakes.fake_telegram import FakeTelegram
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
 from tests.fakes.waiting import wait_until
@@ -34,17 +34,15 @@ def ops(emulator_host, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ops")
     port = free_port()
     telegram = FakeTelegram().start()
-    env = daemon_env(emulator_host, workdir, ACCOUNTS, ORDER_TIMEOUT_SECONDS="1.5",
-                     MOCK_FILL_DELAY_SECONDS="0.05", ORDER_POLL_SECONDS="0.1",
-                     METRICS_PORT=str(port), METRICS_HOST="127.0.0.1", TELEGRAM_ENABLED="true",
-                     TELEGRAM_BOT_TOKEN=TOKEN, TELEGRAM_CHAT_ID=CHAT,
-                     TELEGRAM_API_URL=telegram.url)
-    rig = PubSubRig(env["GOOGLE_CLOUD_PROJECT"])
-    daemon = DaemonProcess(workdir, env).start()
-    yield daemon, rig, telegram, port
-    daemon.stop_quietly()
-    rig.close()
-    telegram.stop()
+    try:
+        with daemon_with_rig(emulator_host, workdir, ACCOUNTS, ORDER_TIMEOUT_SECONDS="1.5",
+                             MOCK_FILL_DELAY_SECONDS="0.05", ORDER_POLL_SECONDS="0.1",
+                             METRICS_PORT=str(port), METRICS_HOST="127.0.0.1",
+                             TELEGRAM_ENABLED="true", TELEGRAM_BOT_TOKEN=TOKEN,
+                             TELEGRAM_CHAT_ID=CHAT, TELEGRAM_API_URL=telegram.url) as (daemon, rig):
+            yield daemon, rig, telegram, port
+    finally:
+        telegram.stop()
 
 
 
