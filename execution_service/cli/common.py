@@ -44,6 +44,10 @@ def print_rows(rows: list[dict], as_json: bool, line, empty: str | None) -> None
         click.echo(line(row))
 
 
+class Refused(ExecutionError):
+    """What the operator asked cannot be done: said as one line, exit code 2."""
+
+
 class Cli(click.Group):
     """Turns our errors into one clear line and exit code 2 instead of a traceback."""
 

@@ -12,7 +12,6 @@ filled) is refused before anything is sent.
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
 
@@ -20,7 +19,13 @@ import click
 
 from execution_service.adapters.command_log import CommandLog
 from execution_service.bootstrap import open_app_store
-from execution_service.cli.common import cli_settings, operator, pubsub_for, with_store
+from execution_service.cli.common import (
+    Refused,
+    cli_settings,
+    operator,
+    pubsub_for,
+    with_store,
+)
 from execution_service.domain.commands import (
     CancelOrder,
     CommandEvent,
@@ -38,21 +43,16 @@ POLL_SECONDS = 0.2
 ANSWERED = "DONE"
 
 
-def _fail(text: str) -> None:
-    click.echo(f"error: {text}", err=True)
-    sys.exit(2)
-
-
 def _command(action: str, signal_id: str, **fields):
     if not SIGNAL_ID_PATTERN.match(signal_id):
-        _fail(f"SIGNAL_ID {signal_id!r} is not a signal id (1-128 characters of A-Z a-z 0-9 "
-              f"_ . : -)")
+        raise Refused(f"SIGNAL_ID {signal_id!r} is not a signal id (1-128 characters of A-Z a-z "
+                      f"0-9 _ . : -)")
     body = {"action": action, "request_id": f"cli-{uuid.uuid4().hex[:16]}",
             "signal_id": signal_id, "by": operator(),
             **{name: value for name, value in fields.items() if value is not None}}
     parsed = parse_command(body)
     if isinstance(parsed, InvalidCommand | UnusableCommand):
-        _fail(parsed.reason)
+        raise Refused(parsed.reason)
     return parsed, body
 
 
@@ -73,9 +73,8 @@ def _send_and_wait(command, body: dict, wait: float) -> dict:
             time.sleep(POLL_SECONDS)
     finally:
         handle.close()
-    _fail(f"request {command.request_id} sent on {names.orders_topic}, but no daemon answered "
-          f"within {wait:g}s: is it running (`execution-service status`)?")
-    raise AssertionError("unreachable")
+    raise Refused(f"request {command.request_id} sent on {names.orders_topic}, but no daemon "
+                  f"answered within {wait:g}s: is it running (`execution-service status`)?")
 
 
 def _record(signal_id: str) -> dict | None:
@@ -93,11 +92,11 @@ def cancel(signal_id: str, reason: str | None, wait: float) -> None:
     record = _record(signal_id)
     refusal = None if record is None else cancel_refusal(state_of(record))
     if refusal is not None:
-        _fail(f"cannot cancel {signal_id}: {refusal}")
+        raise Refused(f"cannot cancel {signal_id}: {refusal}")
     answer = _send_and_wait(command, body, wait)
     outcome, why = answer.get("outcome"), answer.get("reason")
     if outcome == CommandEvent.CANCEL_REJECTED:
-        _fail(f"cannot cancel {signal_id}: {why}")
+        raise Refused(f"cannot cancel {signal_id}: {why}")
     if outcome == KEPT:
         click.echo(f"{signal_id} not received yet: it will be refused when it arrives "
                    f"(request {command.request_id})")
@@ -120,12 +119,12 @@ def modify(signal_id: str, limit_price: float | None, stop_price: float | None,
                              stop_price=stop_price, quantity=quantity)
     record = _record(signal_id)
     if record is None:
-        _fail(f"cannot modify {signal_id}: no order {signal_id} has been received")
+        raise Refused(f"cannot modify {signal_id}: no order {signal_id} has been received")
     refusal = modify_refusal(state_of(record), str(record.get("order_type")), command)
     if refusal is not None:
-        _fail(f"cannot modify {signal_id}: {refusal}")
+        raise Refused(f"cannot modify {signal_id}: {refusal}")
     answer = _send_and_wait(command, body, wait)
     if answer.get("outcome") != CommandEvent.MODIFIED:
-        _fail(f"cannot modify {signal_id}: {answer.get('reason')}")
+        raise Refused(f"cannot modify {signal_id}: {answer.get('reason')}")
     changed = ", ".join(f"{name} {value:g}" for name, value in command.changes().items())
     click.echo(f"{signal_id} modified: {changed} (request {command.request_id})")

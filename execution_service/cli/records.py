@@ -11,6 +11,7 @@ import uuid
 import click
 
 from execution_service.cli.common import (
+    Refused,
     cli_settings,
     print_json,
     print_rows,
@@ -54,9 +55,8 @@ def show(signal_id: str, as_json: bool) -> None:
     """One signal's journey: every event, confirmation and position it moved."""
     journey = with_store(lambda store: signal_journey(store, signal_id))
     if journey is None:
-        click.echo(f"error: no signal {signal_id!r} in the audit store (no execution record, "
-                   f"no signal_store document)", err=True)
-        sys.exit(2)
+        raise Refused(f"no signal {signal_id!r} in the audit store (no execution record, no "
+                      f"signal_store document)")
     if as_json:
         print_json(journey)
     else:
