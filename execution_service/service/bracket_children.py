@@ -11,7 +11,7 @@ from brokers.base import Broker
 from execution_service.domain import orders
 from execution_service.domain.brackets import exit_levels, exit_signal_id, is_exit
 from execution_service.domain.notices import AlertKind
-from execution_service.domain.reasons import RejectClass
+from execution_service.domain.reasons import reason_class
 from execution_service.domain.records import as_utc
 
 
@@ -29,8 +29,9 @@ class BracketChildren:
         if not doc.get("bracket_at_venue"):
             doc = await self._apply(doc, lambda s: orders.Change(s), {"bracket_at_venue": True})
         children = await self._store_thread.run(self.brackets.claim_children, doc, broker)
-        for child in children:
-            if not orders.OrderStatus(child["status"]).is_terminal:
+        for child in children:  # one owned elsewhere (a dead daemon's) comes with the sweep
+            if _owner_id(child) == _owner_id(doc) and \
+                    not orders.OrderStatus(child["status"]).is_terminal:
                 self.track(child)
         return doc, children
 
@@ -40,23 +41,23 @@ class BracketChildren:
                 self.nudge(exit_signal_id(doc["signal_id"], role))
 
     async def _await_parent(self, broker: Broker, doc: dict) -> dict:
-        """A native bracket's child: found at the venue by its tag once its entry is placed,
-        never sent on its own. Rejected when its entry ended without reaching the venue, or
-        when the venue shows no such child an order timeout after the entry was placed."""
+        """A native bracket's child: found at the venue by its tag once its entry has an order
+        there, never sent on its own. Rejected when its entry ended without reaching the
+        venue, or when the venue shows no such child an order timeout after the entry's."""
         attempt = 0
         while True:
             doc = await self._store_thread.run(self._journal.reload, doc)
             if doc["status"] != "PENDING":
                 return doc
-            found = await self._lookup(broker, doc)
-            if found is not None:
-                return await self._follow_snapshot(doc, found)
             parent = await self._store_thread.run(
                 self._journal.reload, {"signal_id": doc["parent_signal_id"]})
+            if parent.get("order_id"):
+                found = await self._lookup(broker, doc)
+                if found is not None:
+                    return await self._follow_snapshot(doc, found)
             why = self._child_missing(parent)
             if why is not None:
-                return await self._reject(doc, why, RejectClass.REQUEST if parent.get(
-                    "status") == "REJECTED" else RejectClass.BROKER)
+                return await self._reject(doc, why, reason_class(why))
             attempt += 1
             await self._nudges.wait(doc["signal_id"], asyncio.sleep(
                 self._policy.store_backoff.after(attempt)))
@@ -75,3 +76,7 @@ class BracketChildren:
                         key=f"child:{parent['signal_id']}")
             return reason
         return None
+
+
+def _owner_id(doc: dict) -> str | None:
+    return (doc.get("owner") or {}).get("id")
