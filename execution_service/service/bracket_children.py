@@ -19,8 +19,10 @@ class BracketChildren:
     """Mixed into OrderTracker: uses its journal, store thread, nudges and tracking steps."""
 
     def _native_bracket(self, broker: Broker, doc: dict) -> bool:
+        """An entry with exit levels, claimed since exits exist (`exits_settled` false; one
+        from before an upgrade is not protected), for a venue that keeps brackets."""
         return broker.native_brackets and self.brackets is not None and not is_exit(doc) \
-            and bool(exit_levels(doc))
+            and bool(exit_levels(doc)) and doc.get("exits_settled") is False
 
     async def _claim_children(self, broker: Broker, doc: dict) -> tuple[dict, list[dict]]:
         """The entry says its exits live at the venue, then the exits are claimed (both before

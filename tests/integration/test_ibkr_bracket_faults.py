@@ -13,7 +13,13 @@ from execution_service.adapters.store import Store
 from execution_service.errors import StoreUnavailable
 from execution_service.service.processor import Action
 from tests.contract.harness_ibkr import IbkrHarness
-from tests.fakes.service_fakes import make_app, order_body, status_of, wait_until
+from tests.fakes.service_fakes import (
+    RecordingNotifier,
+    make_app,
+    order_body,
+    status_of,
+    wait_until,
+)
 from tests.integration.test_ibkr_brackets import (
     ENTRY,
     EXITS,
@@ -118,6 +124,30 @@ async def test_given_crash_after_children_claimed_before_sent_when_restarted_the
     assert len(second_tws.received) == 3 and tags(second_tws) == sorted(ALL)
     for signal_id in EXITS:
         assert [e["event"] for e in record(second, signal_id)["events"]].count("CLAIMED") == 1
+    await second.brackets.stop()
+    await second.tracker.stop()
+    await broker.close()
+
+
+async def test_given_ib_lost_a_child_when_its_entry_is_found_then_rejected_and_operator_alerted():
+    """Given a restart that finds the entry (filled meanwhile) and its take-profit at TWS but
+    no stop-loss, when an order timeout has passed since the entry was found, then the stop's
+    record is REJECTED saying so and the operator is alerted; nothing is sent in its place."""
+    harness, first = await bracket_placed()
+    tws = harness.tws
+    ids = {s: venue_id(first, s) for s in ALL}
+    await stop(first, harness)
+    tws.fill_next(ids["sig_1"])
+    del tws.book[ids["sig_1:SL"]]
+    first.store.records.update_many({}, {"$set": {"status": "PENDING", "order_id": None}})
+    notifier = RecordingNotifier()
+    second, second_tws, broker = await restarted(first, tws, {"ORDER_TIMEOUT_SECONDS": "0.5"},
+                                                 notifier=notifier)
+    await wait_until(lambda: status_of(second, "sig_1:SL") == "REJECTED", what="stop rejected")
+    assert "shows no child order tagged" in record(second, "sig_1:SL")["reject_reason"]
+    assert any("sig_1" in getattr(event, "text", "") for event in notifier.events)
+    assert (status_of(second, "sig_1"), status_of(second, "sig_1:TP")) == ("FILLED", "SUBMITTED")
+    assert second_tws.received == []
     await second.brackets.stop()
     await second.tracker.stop()
     await broker.close()

@@ -215,13 +215,14 @@ async def test_given_position_closed_by_another_order_then_both_children_cancell
     await stop(app, harness)
 
 
-async def restarted(first, tws: FakeTws):
+async def restarted(first, tws: FakeTws, env: dict | None = None, **options):
     """A new daemon on the same store, and a new IB() on the same TWS (its book)."""
     ib = IB()
     second_tws = FakeTws(ib, book=tws.book)
     broker = IbkrBroker(ibkr_settings(), ib=ib)
     await broker.connect()
-    second, _ = make_app(broker=broker, handle=first.handle, accounts=[], env=SHORT_LEASES)
+    second, _ = make_app(broker=broker, handle=first.handle, accounts=[],
+                         env={**SHORT_LEASES, **(env or {})}, **options)
     open_ids = {doc["signal_id"] for doc in second.store.open_records()}
     loop = asyncio.get_running_loop()
     deadline, taken = loop.time() + 10, 0
