@@ -292,6 +292,7 @@ class IbkrBroker(Broker):
         order = trade.order
         before = (order.totalQuantity, order.lmtPrice, order.auxPrice)
         order.totalQuantity = request.quantity
+        order.transmit = True  # a bracket's parent and first child were sent untransmitted
         if request.limit_price is not None:
             order.lmtPrice = request.limit_price
         if request.stop_price is not None:

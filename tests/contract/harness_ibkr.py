@@ -178,6 +178,8 @@ class FakeTws:
         if known is not None:  # the same order id again: TWS modifies the live order
             sent.permId = known.perm_id
             self.received.append((order_id, contract, sent))
+            if not sent.transmit and order_id not in self.held:
+                return  # TWS keeps an untransmitted change to itself: IB never gets it
             known.order = sent
             self._later(self._modified, order_id)
             return
