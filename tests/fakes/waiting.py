@@ -12,7 +12,7 @@ T = TypeVar("T")
 POLL_SECONDS = 0.01
 
 
-def wait_until(condition: Callable[[], T], timeout: float = 30.0,
+def wait_until(condition: Callable[[], T], timeout: float = 60.0,
                what: str = "condition") -> T:
     """Poll `condition` (from a thread that may block) until it returns something truthy."""
     deadline = time.monotonic() + timeout
@@ -25,7 +25,7 @@ def wait_until(condition: Callable[[], T], timeout: float = 30.0,
         time.sleep(POLL_SECONDS)
 
 
-async def eventually(condition: Callable[[], T], timeout: float = 5.0,
+async def eventually(condition: Callable[[], T], timeout: float = 20.0,
                      what: str = "condition") -> T:
     """Poll `condition` without blocking the event loop until it returns something truthy."""
     loop = asyncio.get_running_loop()

@@ -98,6 +98,7 @@ def test_given_credentials_in_accounts_file_then_kite_trades_and_no_value_appear
 
         # Restarted without the file: the credentials sealed in the store still trade
         del daemon.env["ACCOUNTS_FILE"]
+        daemon.read_new_subscription()
         daemon.output = workdir / "daemon-restarted.out"
         daemon.start()
         said = everything_said(daemon, trade(rig, kite))
