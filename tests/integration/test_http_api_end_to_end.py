@@ -48,7 +48,7 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def wait_until(read, done, timeout: float = 30.0, what: str = "condition"):
+def wait_until(read, done, timeout: float = 60.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = read()
