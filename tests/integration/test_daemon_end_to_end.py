@@ -138,7 +138,7 @@ def test_given_limit_that_never_fills_then_cancelled_on_timeout(running):
     daemon, rig = running
     body = signal(order_type="LIMIT", limit_price=90.0, reference_price=100.0)
     rig.publish(body)
-    cancelled = rig.wait_for(lambda: rig.terminal(body["signal_id"]), timeout=20,
+    cancelled = rig.wait_for(lambda: rig.terminal(body["signal_id"]), timeout=60,
                              what="timeout cancel")
     assert cancelled["status"] == "CANCELLED"
     assert cancelled["reason"].startswith("timeout: not filled within 2s")
@@ -165,7 +165,7 @@ def test_given_stop_orders_then_trigger_only_through_the_stop(running):
     assert rig.wait_for(lambda: rig.terminal(through["signal_id"]),
                         what="stop rejected")["reason"].startswith("stop_price 99.00 is at or "
                                                                    "below the market")
-    assert rig.wait_for(lambda: rig.terminal(resting["signal_id"]), timeout=20,
+    assert rig.wait_for(lambda: rig.terminal(resting["signal_id"]), timeout=60,
                         what="stop cancel")["status"] == "CANCELLED"
 
 

@@ -123,7 +123,7 @@ def test_given_a_hanging_bot_api_when_orders_arrive_then_they_fill_and_the_daemo
         for body in bodies:
             rig.publish(body)
         for body in bodies:
-            filled = rig.wait_for(lambda b=body: rig.terminal(b["signal_id"]), timeout=20,
+            filled = rig.wait_for(lambda b=body: rig.terminal(b["signal_id"]), timeout=60,
                                   what="a fill while the Bot API hangs")
             assert filled["status"] == "FILLED"
         assert daemon.terminate(timeout=30) == 0
