@@ -247,7 +247,7 @@ async def test_given_take_profit_filled_before_a_crash_when_restarted_then_stop_
     await stop(first)
     assert status_of(first, "sig_1:SL") == "SUBMITTED"
     second, _ = make_app(env=env, handle=first.handle, accounts=[])
-    deadline = asyncio.get_running_loop().time() + 10  # sweep is async (store thread)
+    deadline = asyncio.get_running_loop().time() + 30  # sweep is async (store thread)
     while not (await second.leases.sweep() > 0 or "sig_1:SL" in second.tracker.tracked_ids()):
         assert asyncio.get_running_loop().time() < deadline, "stop resumed"
         await asyncio.sleep(0.01)
