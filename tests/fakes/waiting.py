@@ -13,8 +13,9 @@ POLL_SECONDS = 0.01
 
 
 def wait_until(condition: Callable[[], T], timeout: float = 60.0,
-               what: str = "condition") -> T:
-    """Poll `condition` (from a thread that may block) until it returns something truthy."""
+               what: str = "condition", poll: float = POLL_SECONDS) -> T:
+    """Poll `condition` (from a thread that may block) until it returns something truthy;
+    `poll` apart (longer for a condition that runs a CLI process: each costs a second of CPU)."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
@@ -22,7 +23,7 @@ def wait_until(condition: Callable[[], T], timeout: float = 60.0,
             return result
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(POLL_SECONDS)
+        time.sleep(poll)
 
 
 async def eventually(condition: Callable[[], T], timeout: float = 20.0,

@@ -16,7 +16,7 @@ def _letters(daemon: DaemonProcess) -> list[dict]:
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
-    return wait_until(listed, 60, "a message on the dead-letter subscription")
+    return wait_until(listed, 60, "a message on the dead-letter subscription", poll=0.3)
 
 
 def test_given_unusable_message_then_listed_twice_and_requeued(emulator_host, project_id,
@@ -34,7 +34,7 @@ def test_given_unusable_message_then_listed_twice_and_requeued(emulator_host, pr
         assert requeued.returncode == 0 and "requeued" in requeued.stdout
         wait_until(lambda: [letter for letter in _letters(daemon)
                             if letter["id"] != letters[0]["id"]], 60,
-                   "the requeued message back through the daemon, dead-lettered again")
+                   "the requeued message back through the daemon, dead-lettered again", poll=0.3)
         missing = daemon.cli("dead-letters", "--requeue", "no-such-id")
         assert missing.returncode == 2 and "no dead letter no-such-id" in missing.stderr
     finally:

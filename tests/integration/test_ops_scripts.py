@@ -50,7 +50,7 @@ def wait_for_status(host, signal_id: str, timeout: float = 60) -> dict:
             return record
         return None
 
-    return wait_until(final, timeout, f"{signal_id} final")
+    return wait_until(final, timeout, f"{signal_id} final", poll=0.5)
 
 
 def stop_if_running(pid: int | None) -> None:

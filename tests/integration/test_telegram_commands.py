@@ -91,7 +91,7 @@ def test_given_admin_and_stranger_chats_when_they_send_commands_then_admins_are_
         assert ask(telegram, "/resume acc_abc123") == "trading resumed for account acc_abc123"
         assert halts(daemon) == []
         wait_until(lambda: json.loads(daemon.cli("status", "--json").stdout)["risk"]["halted"]
-                   == {}, what="the daemon's heartbeat to show no halt")
+                   == {}, what="the daemon's heartbeat to show no halt", poll=0.3)
         resting = market_signal({"account_id": "acc_abc123", "strategy_name": "Chat"},
                                 order_type="LIMIT", limit_price=95.0)
         rig.publish(resting)
