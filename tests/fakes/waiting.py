@@ -12,10 +12,10 @@ T = TypeVar("T")
 POLL_SECONDS = 0.01
 
 
-def wait_until(condition: Callable[[], T], timeout: float = 30.0,
+def wait_until(condition: Callable[[], T], timeout: float = 60.0,
                what: str = "condition", poll: float = POLL_SECONDS) -> T:
-    """Poll `condition` (from a thread that may block) until it returns something truthy,
-    every `poll` seconds (longer when each call costs the system under test something)."""
+    """Poll `condition` (from a thread that may block) until it returns something truthy;
+    `poll` apart (longer for a condition that runs a CLI process: each costs a second of CPU)."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
@@ -26,7 +26,7 @@ def wait_until(condition: Callable[[], T], timeout: float = 30.0,
         time.sleep(poll)
 
 
-async def eventually(condition: Callable[[], T], timeout: float = 5.0,
+async def eventually(condition: Callable[[], T], timeout: float = 20.0,
                      what: str = "condition") -> T:
     """Poll `condition` without blocking the event loop until it returns something truthy."""
     loop = asyncio.get_running_loop()
