@@ -134,9 +134,10 @@ def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
     metrics = Metrics()
     notifier = notifier or NullNotifier()
     counters = Counters()
-    sessions = SessionKeeper(store, notifier, clock)
     # sqlite objects (the embedded store) belong to the thread that made them
     store_thread = StoreThread(inline=settings.embedded_store_path is not None)
+    sessions = SessionKeeper(store, notifier, clock, box=SecretBox.from_settings(settings),
+                             store_thread=store_thread)
     brokers = BrokerFactory(with_stored_session(settings, store), store.mock_ledger,
                             _connection_alerts(notifier), builders=broker_builders,
                             offload=store_thread.run, session_listener=sessions.expired)
