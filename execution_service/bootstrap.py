@@ -165,7 +165,8 @@ def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
     command_log.ensure_indexes()
     commands = CommandHandler(store, command_log, journal, brokers, tracker, outbox, clock,
                               processor.check_order, attempts=settings.MAX_RETRY_ATTEMPTS,
-                              backoff_base=settings.RETRY_BACKOFF_SECONDS)
+                              backoff_base=settings.RETRY_BACKOFF_SECONDS,
+                              store_thread=store_thread)
     processor.commands = commands
     brackets = BracketManager(store, journal, tracker, brokers, clock, owner, leases.lease_until,
                               backoff_base=settings.RETRY_BACKOFF_SECONDS)
@@ -180,7 +181,7 @@ def build_desk(app: App) -> Desk:
                 commands=app.commands, brokers=app.brokers, health=app.metrics.health,
                 status_report=lambda at: read_status(app.store, app.settings, at),
                 clock=app.clock, features=_optional_features(app.settings),
-                run_on_store_thread=None if app.store_thread is None else app.store_thread.run)
+                store_thread=app.store_thread)
 
 
 def _optional_features(settings: Settings) -> tuple[str, ...]:

@@ -77,7 +77,7 @@ class ExecutionDaemon:
             try:
                 loaded = await self.app.outbox.rescan(everything=True)
                 resumed = await self.app.leases.sweep()
-                commands = self.app.commands.resume_unfinished()
+                commands = await self.app.commands.resume_unfinished()
                 brackets = self.app.brackets.resume()
                 if brackets:
                     logger.info("Recovery: %d brackets with protective exits to re-plan", brackets)

@@ -268,13 +268,13 @@ async def test_given_cancel_kept_but_not_executed_at_crash_then_finished_once_af
     first.store.records.update_one({"signal_id": "sig_1"}, {"$set": {"lease_expires_at": None}})
     second, publisher = make_app(handle=first.handle)
     assert await second.leases.sweep() == 1
-    assert second.commands.resume_unfinished() == 1
+    assert await second.commands.resume_unfinished() == 1
     await wait_until(lambda: status_of(second) == "CANCELLED")
     await commands_done(second)
     await settle(second)
     await confirmations_out(second)
     assert events_of(publisher).count("CANCELLED") == 1
-    assert second.commands.resume_unfinished() == 0
+    assert await second.commands.resume_unfinished() == 0
 
 
 async def test_given_store_down_when_command_arrives_then_held_and_processed_later():
@@ -401,7 +401,7 @@ async def test_given_early_cancel_kept_before_a_crash_then_finished_as_kept_once
     assert outcome.event == "KEPT"
     first.store.db["order_commands"].update_one({"_id": "req_1"}, {"$set": {"state": "RECEIVED"}})
     second, publisher = make_app(handle=first.handle)
-    assert second.commands.resume_unfinished() == 1
+    assert await second.commands.resume_unfinished() == 1
     await commands_done(second)
     done = second.store.db["order_commands"].find_one({"_id": "req_1"})
     assert (done["state"], done["outcome"]) == ("DONE", "KEPT")
