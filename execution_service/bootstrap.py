@@ -169,7 +169,8 @@ def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
                               store_thread=store_thread)
     processor.commands = commands
     brackets = BracketManager(store, journal, tracker, brokers, clock, owner, leases.lease_until,
-                              backoff_base=settings.RETRY_BACKOFF_SECONDS)
+                              backoff_base=settings.RETRY_BACKOFF_SECONDS,
+                              store_thread=store_thread)
     journal.brackets = brackets
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
                metrics, notifier, counters, clock, store_thread, commands, brackets, sessions)

@@ -78,7 +78,7 @@ class ExecutionDaemon:
                 loaded = await self.app.outbox.rescan(everything=True)
                 resumed = await self.app.leases.sweep()
                 commands = await self.app.commands.resume_unfinished()
-                brackets = self.app.brackets.resume()
+                brackets = await self.app.brackets.resume()
                 if brackets:
                     logger.info("Recovery: %d brackets with protective exits to re-plan", brackets)
                 if commands:
