@@ -176,7 +176,9 @@ class BracketManager:
         """The entry's record lists its exits, and says when its bracket is settled."""
         entry, fields = await self._store_thread.run(self._entry_notes, parent_signal_id, levels)
         if any(entry.get(name) != value for name, value in fields.items()):
-            await self._journal.apply_off_loop(self._store_thread, entry, Change, fields)
+            # facts any replica may write (the same whoever does), not the owner's tracking
+            await self._journal.apply_off_loop(self._store_thread, entry, Change, fields,
+                                               any_owner=True)
 
     def _entry_notes(self, parent_signal_id: str, levels) -> tuple[dict, dict]:
         entry = self._store.get_record(parent_signal_id)

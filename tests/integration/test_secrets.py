@@ -4,6 +4,7 @@ output, not in any log."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -66,6 +67,21 @@ def everything_stored(data_dir: Path) -> str:
     return "\n".join(docs + raw)
 
 
+@contextlib.contextmanager
+def torn_down(daemon: DaemonProcess, rig: PubSubRig, kite: FakeKite):
+    try:
+        yield
+    finally:
+        daemon.stop_quietly()
+        rig.close()
+        kite.stop()
+
+
+def everything_kept(workdir: Path, daemon: DaemonProcess) -> tuple[str, str]:
+    """(everything stored, everything logged) once the daemon has stopped."""
+    return everything_stored(workdir / "data"), everything_logged(workdir, daemon)
+
+
 def secrets_file_with_key(tmp_path: Path) -> Path:
     secrets_file = tmp_path / "secrets.env"
     secrets_file.write_text(f"# the key that seals credentials kept in the store\n"
@@ -99,7 +115,7 @@ def test_given_credentials_in_accounts_file_then_kite_trades_and_no_value_appear
     workdir = tmp_path / "work"
     rig = PubSubRig(project_id)
     daemon = DaemonProcess(workdir, env)
-    try:
+    with torn_down(daemon, rig, kite):
         daemon.start()
         trade(rig, kite)
         assert daemon.terminate() == 0
@@ -114,12 +130,7 @@ def test_given_credentials_in_accounts_file_then_kite_trades_and_no_value_appear
         reconciled = said[said.index("$ reconcile"):]
         assert '"broker_orders": 2' in reconciled  # it reached Kite with the sealed credentials
         assert daemon.terminate() == 0
-    finally:
-        daemon.stop_quietly()
-        rig.close()
-        kite.stop()
-    stored = everything_stored(workdir / "data")
-    logged = everything_logged(workdir, daemon)
+    stored, logged = everything_kept(workdir, daemon)
     assert "credentials_encrypted" in stored and "acc_kite" in logged + stored
     for credential in credentials:
         assert credential not in stored, "a credential is in the store"
@@ -155,7 +166,7 @@ def test_given_kite_logins_then_the_sessions_trade_and_no_token_or_secret_appear
     workdir.mkdir()
     rig = PubSubRig(project_id)
     daemon = DaemonProcess(workdir, env)
-    try:
+    with torn_down(daemon, rig, kite):
         morning, said_first = kite_login(daemon, kite)
         daemon.start()
         trade(rig, kite)
@@ -166,12 +177,7 @@ def test_given_kite_logins_then_the_sessions_trade_and_no_token_or_secret_appear
         said = "\n".join([said_first, said_again, everything_said(daemon, trade(rig, kite))])
         assert '"KITE_ACCESS_TOKEN": "unset"' in said and '"CREDENTIALS_KEY": "set"' in said
         assert daemon.terminate() == 0
-    finally:
-        daemon.stop_quietly()
-        rig.close()
-        kite.stop()
-    stored = everything_stored(workdir / "data")
-    logged = everything_logged(workdir, daemon)
+    stored, logged = everything_kept(workdir, daemon)
     assert len(kite.sessions_issued) == 2 and "access_token_encrypted" in stored
     assert "Kite session renewed" in logged and "Using selector" in logged  # a debug line
     for secret in [*kite.sessions_issued, morning, renewal, API_SECRET]:

@@ -20,6 +20,7 @@ from execution_service.service.broker_sessions import (
     with_stored_session,
 )
 from execution_service.service.risk import active_halts
+from tests.fakes.served_api import until
 from tests.fakes.service_fakes import RecordingNotifier
 
 NOW = datetime(2026, 11, 30, 3, 45, tzinfo=UTC)
@@ -123,10 +124,7 @@ async def test_given_the_keeper_running_when_a_login_is_saved_then_it_is_used_wi
     task = asyncio.create_task(keeper.run(stop))
     save_kite_session(store, {"access_token": "tok_3"}, NOW + timedelta(minutes=2), "cli:ops",
                       BOX)
-    for _ in range(500):
-        if broker.tokens:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: broker.tokens, what="the token handed over")
     stop.set()
     await task
     assert broker.tokens == ["tok_3"]
@@ -224,16 +222,11 @@ async def test_given_the_store_down_when_the_keeper_polls_then_the_check_fails_i
     keeper._store.get_broker_session = DownHalts.list_halts.__get__(keeper._store)
     stop = asyncio.Event()
     task = asyncio.create_task(keeper.run(stop))
-    for _ in range(500):
-        if any("Kite session check failed" in r.getMessage() for r in caplog.records):
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: any("Kite session check failed" in r.getMessage()
+                            for r in caplog.records), what="a failed check")
     keeper._store = store
     save_kite_session(store, {"access_token": TOKEN}, NOW + timedelta(minutes=4), "cli:ops", BOX)
-    for _ in range(500):
-        if broker.tokens:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: broker.tokens, what="the token handed over")
     stop.set()
     await task
     assert broker.tokens == [TOKEN]
