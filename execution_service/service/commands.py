@@ -5,7 +5,8 @@ Per request: keep it in `order_commands` (idempotent by `request_id`), decide ag
 record, write the outcome to the record (compare-and-set, with its confirmation: the outbox),
 and call the broker's own cancel or modify. A request in flight at a crash stays RECEIVED and
 is finished after the restart; every step is idempotent, so it is finished once. Store work
-runs on the store thread (`receive` is called there by the processor), never on the loop.
+runs on the store thread (`receive` and `record_invalid` are called there by the processor),
+never on the loop.
 """
 
 from __future__ import annotations
@@ -256,27 +257,19 @@ class CommandHandler:
                                  reason)
         return self._outcome(command, CommandEvent.MODIFY_REJECTED, reason)
 
-    def answer_invalid(self, invalid: InvalidCommand) -> asyncio.Task:
-        """A command that failed validation: refused, on the record when there is one (in the
-        background, its store work on the store thread, retried while the store is down)."""
-        key = f"invalid:{invalid.request_id}"
-        if key in self._running:
-            return self._running[key]
-        task = asyncio.get_running_loop().create_task(self._until_stored(
-            lambda: self._refuse_invalid(invalid), f"invalid request {invalid.request_id}"))
-        self._running[key] = task
-        task.add_done_callback(lambda _t: self._running.pop(key, None))
-        return task
-
-    async def _refuse_invalid(self, invalid: InvalidCommand) -> None:
-        doc = await self._run(self._store.get_record, invalid.signal_id)
+    def record_invalid(self, invalid: InvalidCommand) -> tuple[tuple | None, Callable | None]:
+        """A command that failed validation, refused: on the store thread (the processor's
+        decision, so a store outage holds the message), the refusal written on the record
+        and its (record, events, confirmations) for the loop; or, with no record, the
+        confirmation to publish from the loop."""
+        doc = self._store.get_record(invalid.signal_id)
         if doc is None:
-            self._publish_unrecorded(invalid.signal_id, invalid.action, invalid.request_id,
-                                     invalid.reason)
-            return
+            return None, lambda: self._publish_unrecorded(
+                invalid.signal_id, invalid.action, invalid.request_id, invalid.reason)
         now = self._clock()
-        await self._apply(doc, lambda s: refuse(s, invalid.action, invalid.request_id,
-                                                invalid.reason, now))
+        written = self._journal.persist(doc, lambda s: refuse(
+            s, invalid.action, invalid.request_id, invalid.reason, now), None, True)
+        return (written if written[1] or written[2] else None), None
 
     def _publish_unrecorded(self, signal_id: str, action: CommandAction, request_id: str,
                             reason: str) -> None:

@@ -206,6 +206,23 @@ async def test_given_invalid_modify_then_refused_naming_the_field():
         "failed validation: limit_price must be > 0, got -3"
 
 
+async def test_given_store_down_when_an_invalid_modify_arrives_then_held_and_refused_once_after():
+    """Given the store down; when an invalid MODIFY arrives, then it is held (its refusal could
+    not be written, so it is not acked); when it comes again with the store back, the refusal
+    is on the record and confirmed once."""
+    app, publisher = make_app(store_class=FlakyStore)
+    await resting_order(app)
+    app.store.down = True
+    assert app.processor.handle(command("MODIFY", limit_price=-3)).action is Action.HOLD
+    app.store.down = False
+    assert app.processor.handle(command("MODIFY", limit_price=-3)).action is Action.ACK
+    await wait_until(lambda: "MODIFY_REJECTED" in events_of(publisher))
+    await confirmations_out(app)
+    assert events_of(publisher).count("MODIFY_REJECTED") == 1
+    events = [e["event"] for e in app.store.get_record("sig_1")["events"]]
+    assert events.count("MODIFY_REJECTED") == 1
+
+
 @pytest.mark.parametrize("body", [
     {"action": "CANCEL", "signal_id": "sig_1"},
     {"action": "CANCEL", "request_id": "bad id!", "signal_id": "sig_1"},
