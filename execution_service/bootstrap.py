@@ -171,7 +171,7 @@ def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
     brackets = BracketManager(store, journal, tracker, brokers, clock, owner, leases.lease_until,
                               backoff_base=settings.RETRY_BACKOFF_SECONDS,
                               store_thread=store_thread)
-    journal.brackets = brackets
+    journal.brackets = tracker.brackets = brackets
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
                metrics, notifier, counters, clock, store_thread, commands, brackets, sessions)
 
