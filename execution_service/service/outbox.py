@@ -141,7 +141,7 @@ class ConfirmationOutbox:
     async def rescan(self, everything: bool = False) -> int:
         """`load_unpublished`, its store read on the store thread: at start `everything`,
         afterwards only the records `takes_up` (another live replica publishes its own)."""
-        docs = await self._store_thread.run(self._store.records_with_unpublished)
+        docs = await self._store_thread.run_background(self._store.records_with_unpublished)
         return self._take_up(docs if everything else [d for d in docs if self.takes_up(d)])
 
     def _take_up(self, docs: list[dict]) -> int:
@@ -282,7 +282,8 @@ class ConfirmationOutbox:
             self._writing += len(writes) + len(marks)
             self._marking = marks
             try:
-                written, marked, error = await self._store_thread.run(self._write, writes, marks)
+                written, marked, error = await self._store_thread.run_background(
+                    self._write, writes, marks)
             finally:
                 self._writing -= len(writes) + len(marks)
                 self._marking = {}

@@ -1,36 +1,134 @@
-"""Store work off the event loop: one dedicated thread runs it in submission order (so every
-record's writes keep their order), and a store that hangs holds up that thread, never the
-loop (heartbeats, Pub/Sub flow, Telegram and broker sockets go on)."""
+"""Store work off the event loop: one dedicated thread runs it, and a store that hangs holds up
+that thread, never the loop (heartbeats, Pub/Sub flow, Telegram and broker sockets go on).
+
+Two lanes, each run in submission order (so every record's writes keep their order):
+`run` is the order path (claims, fills, the mock broker's ledger: a signal waits for it), and
+`run_background` is upkeep no signal waits for (the outbox's marks and signal_store rows,
+heartbeats, leases, halt polls, rescans). The thread takes background work only when no
+order-path work is queued, or once it has waited BACKGROUND_MAX_WAIT: a burst of signals is
+not queued behind upkeep, and upkeep is never starved. The upkeep writes touch records only
+in ways that do not depend on their order against the order path (`$max` marks, lease dates).
+
+Results go back to the loop in batches: one wake-up of the loop for whatever finished while
+it was busy, not one per call.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
+BACKGROUND_MAX_WAIT = 0.05  # seconds upkeep may wait behind order-path work
 
 
 class StoreThread:
     """`inline`: run the work in place instead (the embedded store: sqlite objects belong to
     the thread that made them)."""
 
-    def __init__(self, inline: bool = False) -> None:
-        self._executor = None if inline else ThreadPoolExecutor(1, thread_name_prefix="store")
+    def __init__(self, inline: bool = False, background_max_wait: float = BACKGROUND_MAX_WAIT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._inline = inline
+        self._background_max_wait = background_max_wait
+        self._clock = clock
+        self._order_path: deque = deque()
+        self._background: deque = deque()  # (queued at, job)
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
         self._busy_since: float | None = None  # read from the metrics thread too
+        # per event loop: (asyncio future, result, error) not yet handed back
+        self._finished: dict[asyncio.AbstractEventLoop, list] = {}
+        self._finished_lock = threading.Lock()
 
     @property
     def inline(self) -> bool:
-        return self._executor is None
+        return self._inline
 
     async def run(self, work: Callable[..., T], *args, **kwargs) -> T:
+        """Order-path store work: taken before any background work."""
+        return await self._submit(False, work, *args, **kwargs)
+
+    async def run_background(self, work: Callable[..., T], *args, **kwargs) -> T:
+        """Upkeep: runs when no order-path work is queued, or after BACKGROUND_MAX_WAIT."""
+        return await self._submit(True, work, *args, **kwargs)
+
+    async def _submit(self, background: bool, work: Callable[..., T], *args, **kwargs) -> T:
         call = functools.partial(self._timed, work, *args, **kwargs)
-        if self._executor is None:
+        if self._inline:
             return call()
-        return await asyncio.wrap_future(self._executor.submit(call))
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        job = (call, waiter, loop)
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the store thread is closed")
+            if background:
+                self._background.append((self._clock(), job))
+            else:
+                self._order_path.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, daemon=True, name="store")
+                self._thread.start()
+            self._wake.notify()
+        return await waiter
+
+    def _next_job(self):
+        """Under the lock: the job to run now, None when closed."""
+        while True:
+            if self._closed:
+                return None
+            if self._background and (not self._order_path or self._clock()
+                                     - self._background[0][0] >= self._background_max_wait):
+                return self._background.popleft()[1]
+            if self._order_path:
+                return self._order_path.popleft()
+            self._wake.wait()
+
+    def _work(self) -> None:
+        while True:
+            with self._wake:
+                job = self._next_job()
+            if job is None:
+                return
+            call, waiter, loop = job
+            if waiter.cancelled():  # its caller gave up before it ran (read racily: harmless)
+                continue
+            try:
+                outcome = (call(), None)
+            except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
+                outcome = (None, e)
+            self._hand_back(loop, waiter, *outcome)
+
+    def _hand_back(self, loop: asyncio.AbstractEventLoop, waiter, result, error) -> None:
+        with self._finished_lock:
+            finished = self._finished.setdefault(loop, [])
+            finished.append((waiter, result, error))
+            if len(finished) > 1:
+                return  # a wake-up is already on its way; it takes this one too
+        try:
+            loop.call_soon_threadsafe(self._settle_finished, loop)
+        except RuntimeError:  # the loop has closed: nobody waits
+            with self._finished_lock:
+                self._finished.pop(loop, None)
+
+    def _settle_finished(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop: every result that came back to it since its last wake-up."""
+        with self._finished_lock:
+            finished = self._finished.pop(loop, [])
+        for waiter, result, error in finished:
+            if waiter.done():
+                continue
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(result)
 
     def _timed(self, work: Callable[..., T], *args, **kwargs) -> T:
         self._busy_since = time.monotonic()
@@ -45,5 +143,13 @@ class StoreThread:
         return 0.0 if since is None else time.monotonic() - since
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        """Queued work is dropped (its callers are cancelled); a call running finishes."""
+        with self._wake:
+            self._closed = True
+            dropped = [job for job in self._order_path] + [job for _, job in self._background]
+            self._order_path.clear()
+            self._background.clear()
+            self._wake.notify_all()
+        for _call, waiter, loop in dropped:
+            with contextlib.suppress(RuntimeError):  # its loop has closed: nobody waits
+                loop.call_soon_threadsafe(waiter.cancel)
