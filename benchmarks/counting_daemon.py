@@ -170,17 +170,18 @@ class _TimedSubscriber:
 
 
 def _install_latency() -> None:
-    from brokers.mock import MockBroker
+    _install_intake_timing()
+    _install_path_timing()
+
+
+def _install_intake_timing() -> None:
+    """Arrival (the client's callback), hand-over to the loop, durable claim."""
     from execution_service.adapters import pubsub
     from execution_service.service.daemon import ExecutionDaemon
-    from execution_service.service.journal import OrderJournal
 
     original_start = pubsub.OrderConsumer.start
-    original_send = pubsub.TopicPublisher.send
-    original_after_write = OrderJournal.after_write
     original_on_message = ExecutionDaemon._on_message
     original_settle = ExecutionDaemon._settle
-    original_place = MockBroker.place_order
 
     def start(self, loop, handler):
         if not isinstance(self._subscriber, _TimedSubscriber):
@@ -197,6 +198,21 @@ def _install_latency() -> None:
         if outcome is not None and outcome.signal_id:
             _stage(outcome.signal_id, "claimed")
         return original_settle(self, message, outcome)
+
+    pubsub.OrderConsumer.start = start
+    ExecutionDaemon._on_message = on_message
+    ExecutionDaemon._settle = settle
+
+
+def _install_path_timing() -> None:
+    """The broker call, the FILLED record, the publish."""
+    from brokers.mock import MockBroker
+    from execution_service.adapters import pubsub
+    from execution_service.service.journal import OrderJournal
+
+    original_send = pubsub.TopicPublisher.send
+    original_after_write = OrderJournal.after_write
+    original_place = MockBroker.place_order
 
     async def place_order(self, request):
         _stage(request.signal_id, "placing")
@@ -222,11 +238,8 @@ def _install_latency() -> None:
 
         original_send(self, messages, done)
 
-    pubsub.OrderConsumer.start = start
     pubsub.TopicPublisher.send = send
     OrderJournal.after_write = after_write
-    ExecutionDaemon._on_message = on_message
-    ExecutionDaemon._settle = settle
     MockBroker.place_order = place_order
 
 
