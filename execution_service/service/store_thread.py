@@ -1,13 +1,19 @@
 """Store work off the event loop: one dedicated thread runs it, and a store that hangs holds up
 that thread, never the loop (heartbeats, Pub/Sub flow, Telegram and broker sockets go on).
 
-Two lanes, each run in submission order (so every record's writes keep their order):
-`run` is the order path (claims, fills, the mock broker's ledger: a signal waits for it), and
+Two lanes. `run` is the order path (claims, fills, the mock broker's ledger: a signal waits
+for it), oldest signal first: work asked for by a task that said whose it is (`on_behalf_of`,
+the tracker's task per order, with the time its signal was claimed) goes before the work of
+younger signals, and everything else in submission order. So a burst of signals goes through
+one signal after another (claim, place, fill recorded, published) instead of stage by stage,
+and after a stall the oldest signals come out first. One task's calls are awaited one by one,
+so a record's writes keep their order.
+
 `run_background` is upkeep no signal waits for (the outbox's marks and signal_store rows,
-heartbeats, leases, halt polls, rescans). The thread takes background work only when no
-order-path work is queued, or once it has waited BACKGROUND_MAX_WAIT: a burst of signals is
-not queued behind upkeep, and upkeep is never starved. The upkeep writes touch records only
-in ways that do not depend on their order against the order path (`$max` marks, lease dates).
+heartbeats, leases, halt polls, rescans), in submission order: taken only when no order-path
+work is queued, or once it has waited BACKGROUND_MAX_WAIT, so a burst of signals does not
+queue behind upkeep and upkeep is never starved. The upkeep writes touch records only in ways
+that do not depend on their order against the order path (`$max` marks, lease dates).
 
 Results go back to the loop in batches: one wake-up of the loop for whatever finished while
 it was busy, not one per call.
@@ -18,14 +24,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
+import itertools
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TypeVar
 
 T = TypeVar("T")
 BACKGROUND_MAX_WAIT = 0.05  # seconds upkeep may wait behind order-path work
+_SIGNAL_SINCE: ContextVar[float | None] = ContextVar("store_work_signal_since", default=None)
+
+
+def on_behalf_of(since: float) -> None:
+    """The current task's store work from now on is for a signal claimed at `since` (epoch
+    seconds): the order path runs the oldest signal's work first. Set inside the task (a
+    task's context is its own)."""
+    _SIGNAL_SINCE.set(since)
 
 
 class StoreThread:
@@ -37,7 +54,8 @@ class StoreThread:
         self._inline = inline
         self._background_max_wait = background_max_wait
         self._clock = clock
-        self._order_path: deque = deque()
+        self._order_path: list = []  # heap of (signal's time or submission time, n, job)
+        self._submitted = itertools.count()
         self._background: deque = deque()  # (queued at, job)
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -72,7 +90,9 @@ class StoreThread:
             if background:
                 self._background.append((self._clock(), job))
             else:
-                self._order_path.append(job)
+                since = _SIGNAL_SINCE.get()
+                heapq.heappush(self._order_path, (time.time() if since is None else since,
+                                                  next(self._submitted), job))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, daemon=True, name="store")
                 self._thread.start()
@@ -88,7 +108,7 @@ class StoreThread:
                                      - self._background[0][0] >= self._background_max_wait):
                 return self._background.popleft()[1]
             if self._order_path:
-                return self._order_path.popleft()
+                return heapq.heappop(self._order_path)[2]
             self._wake.wait()
 
     def _work(self) -> None:
@@ -146,7 +166,7 @@ class StoreThread:
         """Queued work is dropped (its callers are cancelled); a call running finishes."""
         with self._wake:
             self._closed = True
-            dropped = [job for job in self._order_path] + [job for _, job in self._background]
+            dropped = [job for *_, job in self._order_path] + [job for _, job in self._background]
             self._order_path.clear()
             self._background.clear()
             self._wake.notify_all()

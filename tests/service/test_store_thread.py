@@ -1,6 +1,7 @@
-"""Store work runs on one dedicated thread, in submission order per lane (the order path ahead
-of upkeep, upkeep never starved), and a store call that hangs holds up that thread, never the
-event loop; /healthz names the stalled store."""
+"""Store work runs on one dedicated thread: the order path oldest signal first (otherwise in
+submission order) and ahead of upkeep, upkeep in submission order and never starved; a store
+call that hangs holds up that thread, never the event loop; /healthz names the stalled
+store."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pytest
 
 from execution_service.errors import StoreUnavailable
 from execution_service.service import daemon as daemon_module
+from execution_service.service import store_thread as store_thread_module
 from execution_service.service.daemon import ExecutionDaemon
-from execution_service.service.store_thread import StoreThread
+from execution_service.service.store_thread import StoreThread, on_behalf_of
 from tests.fakes.service_fakes import make_app
 from tests.fakes.waiting import eventually, wait_until
 
@@ -192,3 +194,46 @@ async def test_given_the_thread_closed_then_queued_callers_are_cancelled_and_new
     assert ran == []
     with pytest.raises(RuntimeError, match="closed"):
         await store_thread.run(ran.append, "late")
+
+
+async def test_given_work_for_signals_of_different_ages_then_the_oldest_signal_goes_first():
+    """Given the store thread busy, and queued behind it: a new batch's claims (no signal
+    yet), then the fill of a signal claimed at t=200, then the placement of one claimed at
+    t=100; when it frees up; then the oldest signal's work runs first, then the younger one's,
+    then the new claims: a burst goes through signal by signal, oldest first."""
+    store_thread = StoreThread()
+    release, held = await _blocked(store_thread)
+    ran: list[str] = []
+
+    async def for_signal(since: float, what: str) -> None:
+        on_behalf_of(since)
+        await store_thread.run(ran.append, what)
+
+    calls = [asyncio.ensure_future(store_thread.run(ran.append, "new claims"))]
+    await asyncio.sleep(0)
+    calls.append(asyncio.ensure_future(for_signal(200.0, "fill of the younger")))
+    await asyncio.sleep(0)
+    calls.append(asyncio.ensure_future(for_signal(100.0, "placement of the older")))
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(held, *calls)
+    store_thread.close()
+    assert ran == ["placement of the older", "fill of the younger", "new claims"]
+
+
+async def test_given_one_task_saying_whose_work_it_is_then_other_tasks_are_not_affected():
+    """Given a task that said its work is for an old signal; when another task, started
+    after it, asks for store work; then that work is keyed by its own submission, not by the
+    first task's signal (each task's context is its own)."""
+    seen: list[float | None] = []
+
+    async def tracked() -> None:
+        on_behalf_of(100.0)
+        seen.append(store_thread_module._SIGNAL_SINCE.get())
+
+    async def other() -> None:
+        seen.append(store_thread_module._SIGNAL_SINCE.get())
+
+    await asyncio.ensure_future(tracked())
+    await asyncio.ensure_future(other())
+    assert seen == [100.0, None]
