@@ -159,6 +159,7 @@ async def _serve(settings: Settings, say, cleanup: ExitStack, emulator_log: Path
         describe["metrics"] = f"{server.url}/metrics"
     if emulator_log is not None:
         describe["emulator_log"] = str(emulator_log)
+    settle_heap()  # before "Running.": what waits for that line finds the daemon as before
     _announce(say, settings, describe, seeded)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -167,7 +168,6 @@ async def _serve(settings: Settings, say, cleanup: ExitStack, emulator_log: Path
     commands = make_commands(settings, app)
     if commands is not None:
         await commands.start()
-    settle_heap()
     try:
         await daemon.run(stop)
     finally:
