@@ -11,9 +11,11 @@ so a record's writes keep their order.
 
 `run_background` is upkeep no signal waits for (the outbox's marks and signal_store rows,
 heartbeats, leases, halt polls, rescans), in submission order: taken only when no order-path
-work is queued, or once it has waited BACKGROUND_MAX_WAIT, so a burst of signals does not
-queue behind upkeep and upkeep is never starved. The upkeep writes touch records only in ways
-that do not depend on their order against the order path (`$max` marks, lease dates).
+work is queued, or once it has waited BACKGROUND_MAX_WAIT (and then at most every other
+call, so when every call is slow, in a store outage, neither lane starves the other): a burst
+of signals does not queue behind upkeep, and upkeep is never starved. The upkeep writes
+touch records only in ways that do not depend on their order against the order path (`$max`
+marks, lease dates).
 
 Results go back to the loop in batches: one wake-up of the loop for whatever finished while
 it was busy, not one per call.
@@ -60,6 +62,7 @@ class StoreThread:
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._last_was_background = False
         self._busy_since: float | None = None  # read from the metrics thread too
         # per event loop: (asyncio future, result, error) not yet handed back
         self._finished: dict[asyncio.AbstractEventLoop, list] = {}
@@ -104,12 +107,18 @@ class StoreThread:
         while True:
             if self._closed:
                 return None
-            if self._background and (not self._order_path or self._clock()
-                                     - self._background[0][0] >= self._background_max_wait):
+            if self._background and (not self._order_path or self._background_due()):
+                self._last_was_background = True
                 return self._background.popleft()[1]
             if self._order_path:
+                self._last_was_background = False
                 return heapq.heappop(self._order_path)[2]
             self._wake.wait()
+
+    def _background_due(self) -> bool:
+        """Upkeep has waited its maximum, and did not take the last turn."""
+        return (not self._last_was_background
+                and self._clock() - self._background[0][0] >= self._background_max_wait)
 
     def _work(self) -> None:
         while True:

@@ -237,3 +237,28 @@ async def test_given_one_task_saying_whose_work_it_is_then_other_tasks_are_not_a
     await asyncio.ensure_future(tracked())
     await asyncio.ensure_future(other())
     assert seen == [100.0, None]
+
+
+async def test_given_every_call_slow_as_in_an_outage_then_neither_lane_starves_the_other():
+    """Given a store outage (every call takes 3 s of the clock) with upkeep always overdue
+    (heartbeats, halt polls queued) and order-path work queued (a batch of messages to hold);
+    when the store thread works through them; then the lanes take turns: the order path is
+    never shut out by overdue upkeep (the messages get held), and upkeep still runs."""
+    now = [0.0]
+    store_thread = StoreThread(background_max_wait=0.05, clock=lambda: now[0])
+    release, held = await _blocked(store_thread)
+    ran: list[str] = []
+
+    def slow(what: str) -> None:
+        ran.append(what)
+        now[0] += 3.0
+
+    calls = [asyncio.ensure_future(store_thread.run_background(slow, f"upkeep{n}"))
+             for n in range(4)]
+    calls += [asyncio.ensure_future(store_thread.run(slow, f"hold{n}")) for n in range(2)]
+    await asyncio.sleep(0)
+    now[0] += 3.0  # the call holding the thread was slow too
+    release.set()
+    await asyncio.gather(held, *calls)
+    store_thread.close()
+    assert ran == ["upkeep0", "hold0", "upkeep1", "hold1", "upkeep2", "upkeep3"]
