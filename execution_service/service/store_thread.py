@@ -4,8 +4,9 @@ that thread, never the loop (heartbeats, Pub/Sub flow, Telegram and broker socke
 Two lanes. `run` is the order path (claims, fills, the mock broker's ledger: a signal waits
 for it), oldest signal first: work asked for by a task that said whose it is (`on_behalf_of`,
 the tracker's task per order, with the time its signal was claimed) goes before the work of
-younger signals, and everything else in submission order. So a burst of signals goes through
-one signal after another (claim, place, fill recorded, published) instead of stage by stage,
+younger signals (by at most OLDEST_FIRST_SECONDS: a resting order polled for hours does
+not shut out new ones), and everything else in submission order. So a burst of signals goes
+through one signal after another (claim, place, fill recorded, published) instead of stage by stage,
 and after a stall the oldest signals come out first. One task's calls are awaited one by one,
 so a record's writes keep their order.
 
@@ -37,6 +38,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 BACKGROUND_MAX_WAIT = 0.05  # seconds upkeep may wait behind order-path work
+OLDEST_FIRST_SECONDS = 1.0  # how far an older signal's work may go ahead of newer work
 _SIGNAL_SINCE: ContextVar[float | None] = ContextVar("store_work_signal_since", default=None)
 
 
@@ -52,10 +54,12 @@ class StoreThread:
     the thread that made them)."""
 
     def __init__(self, inline: bool = False, background_max_wait: float = BACKGROUND_MAX_WAIT,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self._inline = inline
         self._background_max_wait = background_max_wait
         self._clock = clock
+        self._wall_clock = wall_clock  # epoch seconds, as `on_behalf_of` is given
         self._order_path: list = []  # heap of (signal's time or submission time, n, job)
         self._submitted = itertools.count()
         self._background: deque = deque()  # (queued at, job)
@@ -73,11 +77,13 @@ class StoreThread:
         return self._inline
 
     async def run(self, work: Callable[..., T], *args, **kwargs) -> T:
-        """Order-path store work: taken before any background work."""
+        """Order-path store work: the oldest signal's first (`on_behalf_of`), ahead of
+        upkeep that has not waited its maximum."""
         return await self._submit(False, work, *args, **kwargs)
 
     async def run_background(self, work: Callable[..., T], *args, **kwargs) -> T:
-        """Upkeep: runs when no order-path work is queued, or after BACKGROUND_MAX_WAIT."""
+        """Upkeep: runs when no order-path work is queued, or once it has waited
+        BACKGROUND_MAX_WAIT (at most every other call)."""
         return await self._submit(True, work, *args, **kwargs)
 
     async def _submit(self, background: bool, work: Callable[..., T], *args, **kwargs) -> T:
@@ -93,9 +99,9 @@ class StoreThread:
             if background:
                 self._background.append((self._clock(), job))
             else:
-                since = _SIGNAL_SINCE.get()
-                heapq.heappush(self._order_path, (time.time() if since is None else since,
-                                                  next(self._submitted), job))
+                now, since = self._wall_clock(), _SIGNAL_SINCE.get()
+                key = now if since is None else max(since, now - OLDEST_FIRST_SECONDS)
+                heapq.heappush(self._order_path, (key, next(self._submitted), job))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, daemon=True, name="store")
                 self._thread.start()

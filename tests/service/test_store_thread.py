@@ -198,10 +198,10 @@ async def test_given_the_thread_closed_then_queued_callers_are_cancelled_and_new
 
 async def test_given_work_for_signals_of_different_ages_then_the_oldest_signal_goes_first():
     """Given the store thread busy, and queued behind it: a new batch's claims (no signal
-    yet), then the fill of a signal claimed at t=200, then the placement of one claimed at
-    t=100; when it frees up; then the oldest signal's work runs first, then the younger one's,
-    then the new claims: a burst goes through signal by signal, oldest first."""
-    store_thread = StoreThread()
+    yet), then the fill of a signal claimed 0.2 s ago, then the placement of one claimed
+    0.5 s ago; when it frees up; then the oldest signal's work runs first, then the younger
+    one's, then the new claims: a burst goes through signal by signal, oldest first."""
+    store_thread = StoreThread(wall_clock=lambda: 1000.0)
     release, held = await _blocked(store_thread)
     ran: list[str] = []
 
@@ -211,14 +211,38 @@ async def test_given_work_for_signals_of_different_ages_then_the_oldest_signal_g
 
     calls = [asyncio.ensure_future(store_thread.run(ran.append, "new claims"))]
     await asyncio.sleep(0)
-    calls.append(asyncio.ensure_future(for_signal(200.0, "fill of the younger")))
+    calls.append(asyncio.ensure_future(for_signal(999.8, "fill of the younger")))
     await asyncio.sleep(0)
-    calls.append(asyncio.ensure_future(for_signal(100.0, "placement of the older")))
+    calls.append(asyncio.ensure_future(for_signal(999.5, "placement of the older")))
     await asyncio.sleep(0)
     release.set()
     await asyncio.gather(held, *calls)
     store_thread.close()
     assert ran == ["placement of the older", "fill of the younger", "new claims"]
+
+
+async def test_given_an_order_resting_for_hours_then_its_polls_do_not_shut_out_new_claims():
+    """Given a claim queued at t=1000, and later (t=1002) a poll for an order claimed hours
+    ago; when the store thread frees up; then the claim runs first: an old signal's work goes
+    ahead of newer work by at most OLDEST_FIRST_SECONDS, never for good."""
+    now = [1000.0]
+    store_thread = StoreThread(wall_clock=lambda: now[0])
+    release, held = await _blocked(store_thread)
+    ran: list[str] = []
+
+    async def poll_of_resting_order() -> None:
+        on_behalf_of(1000.0 - 3 * 3600)
+        await store_thread.run(ran.append, "poll of the resting order")
+
+    calls = [asyncio.ensure_future(store_thread.run(ran.append, "claim"))]
+    await asyncio.sleep(0)
+    now[0] += store_thread_module.OLDEST_FIRST_SECONDS + 1.0
+    calls.append(asyncio.ensure_future(poll_of_resting_order()))
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(held, *calls)
+    store_thread.close()
+    assert ran == ["claim", "poll of the resting order"]
 
 
 async def test_given_one_task_saying_whose_work_it_is_then_other_tasks_are_not_affected():
