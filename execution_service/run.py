@@ -42,8 +42,10 @@ def tune_interpreter() -> None:
 def settle_heap() -> None:
     """Once started: what start-up made (modules, clients, settings: ~80,000 objects) lives as
     long as the process, so it is collected once and frozen out of the cyclic collector. Every
-    later full collection stops all threads; walking those objects made one such pause last
-    ~70 ms at 100 signals/s, the slowest signals of the run (benchmarks/README.md)."""
+    later full collection stops all threads; over those objects one took ~60 ms here, and at
+    100 signals/s such pauses made the slowest signals of a run (README, issue 20). Whatever
+    of them becomes garbage later is freed by reference counting; only cycles among them would
+    stay, once."""
     gc.collect()
     gc.freeze()
 
