@@ -14,9 +14,10 @@ so a record's writes keep their order.
 heartbeats, leases, halt polls, rescans), in submission order: taken only when no order-path
 work is queued, or once it has waited BACKGROUND_MAX_WAIT (and then at most every other
 call, so when every call is slow, in a store outage, neither lane starves the other): a burst
-of signals does not queue behind upkeep, and upkeep is never starved. The upkeep writes
-touch records only in ways that do not depend on their order against the order path (`$max`
-marks, lease dates).
+of signals does not queue behind upkeep, and upkeep is never starved. Long upkeep (the
+outbox's marks, up to 50 signals' worth a call) stops early when order-path work is waiting
+(`order_path_waiting`). The upkeep writes touch records only in ways that do not depend on
+their order against the order path (`$max` marks, lease dates).
 
 Results go back to the loop in batches: one wake-up of the loop for whatever finished while
 it was busy, not one per call.
@@ -120,6 +121,11 @@ class StoreThread:
                 self._last_was_background = False
                 return heapq.heappop(self._order_path)[2]
             self._wake.wait()
+
+    def order_path_waiting(self) -> bool:
+        """Is order-path work queued? (Upkeep running on the store thread asks, to stop
+        early and let it in: the store thread cannot be preempted.)"""
+        return bool(self._order_path)
 
     def _background_due(self) -> bool:
         """Upkeep has waited its maximum, and did not take the last turn."""
