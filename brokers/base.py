@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -87,6 +87,10 @@ class Broker(ABC):
     """One connection to one venue."""
 
     name: str = ""
+    #: The venue keeps an entry's protective exits as children of the entry (IB's bracket):
+    #: `place_bracket` sends all three at once, and the venue activates, sizes and cancels the
+    #: children with the entry. Others get their exits placed after the entry fills.
+    native_brackets: bool = False
     #: Called with (connected, detail) when the connection is lost or restored; set by the
     #: factory so the service can alert. Adapters call `_connection_changed`.
     connection_listener: ConnectionListener | None = None
@@ -125,6 +129,13 @@ class Broker(ABC):
         Raises OrderRejected (refused, nothing working), TransientBrokerError (certainly not
         sent, safe to retry) or PlacementUncertain (may have been sent: look it up).
         """
+
+    async def place_bracket(self, entry: OrderRequest, exits: Sequence[OrderRequest]
+                            ) -> tuple[BrokerOrder, list[BrokerOrder]]:
+        """Send the entry with its exits as the venue's native bracket (when
+        `native_brackets`), each tagged with `order_tag` of its signal; returns the entry and
+        the exits, in the order given. Raises as `place_order` does, for the entry."""
+        raise NotImplementedError(f"{self.name} keeps no native brackets")
 
     @abstractmethod
     async def get_order(self, order_id: str) -> BrokerOrder:

@@ -6,21 +6,31 @@ retries, no polling loops: the order tracker owns those. Orders carry the signal
 TWS's pushes (openOrder, orderStatus, execDetails, commissionReport, error), so reading an
 order costs no request and IB's pacing (50 msgs/s, ib_async throttles at 45) is left to
 ib_async. On (re)connect ib_async's `connectAsync` re-syncs open orders, completed orders and
-executions before it returns; that is what `find_order` searches after a restart.
+executions before it returns; that is what `find_order` searches after a restart. An entry
+with protective exits goes as IB's native bracket (`place_bracket`). Finding and reading trades
+is brokers/ibkr_book.py, IB's statuses as ours brokers/ibkr_status.py, contracts and orders
+brokers/ibkr_contracts.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from ib_async import IB, Contract, Order, StartupFetch, Trade
-from ib_async import Fill as IbFill
 
-from brokers.base import Broker, BrokerOrder, BrokerStatus, Fill, OrderRequest
-from brokers.ibkr_contracts import build_contract, build_order, contract_key, describe, is_set
+from brokers.base import Broker, BrokerOrder, BrokerStatus, OrderRequest
+from brokers.ibkr_book import TradeBook, remember
+from brokers.ibkr_contracts import (
+    build_contract,
+    build_order,
+    contract_key,
+    describe,
+    link_bracket,
+)
+from brokers.ibkr_status import is_informational
 from execution_service.errors import (
     OrderNotFound,
     OrderRejected,
@@ -34,20 +44,7 @@ logger = logging.getLogger(__name__)
 SYNC = StartupFetch.POSITIONS | StartupFetch.ORDERS_OPEN | StartupFetch.ORDERS_COMPLETE | (
     StartupFetch.EXECUTIONS)
 
-#: IB messages about an order that do not change it (held until the open, short-sale locate,
-#: a cancel that came too late, tif set by preset, market data notes). 2100-2199 are warnings.
-INFORMATIONAL_CODES = frozenset({161, 165, 399, 404, 10090, 10147, 10148, 10167, 10197, 10349})
-CANCELLED_CODE = 202  # "Order Canceled - reason:": the cancel confirmation, not a rejection
 CONNECTIVITY_LOST, CONNECTIVITY_RESTORED = 1100, frozenset({1101, 1102})
-
-PENDING_STATES = frozenset({"PendingSubmit", "ApiPending", ""})
-WORKING_STATES = frozenset({"PreSubmitted", "Submitted", "PendingCancel", "ApiUpdate",
-                            "ValidationError"})
-CANCELLED_STATES = frozenset({"Cancelled", "ApiCancelled", "Inactive"})
-
-
-def is_informational(code: int) -> bool:
-    return code in INFORMATIONAL_CODES or 2100 <= code <= 2199
 
 
 @dataclass(frozen=True)
@@ -67,38 +64,15 @@ class IbkrSettings:
         return f"IBKR {self.host}:{self.port}"
 
 
-@dataclass
-class _Placed:
-    """What this process asked for; ib_async forgets its trades on a disconnect."""
-
-    signal_id: str
-    quantity: float
-
-
-ORDERS_REMEMBERED = 10_000  # per-order bookkeeping kept for the most recent orders only
-
-
-def _remember(book: dict, key, value) -> None:
-    """Set, and forget the oldest entries past ORDERS_REMEMBERED (dicts keep insertion
-    order): a long-running daemon's bookkeeping stays bounded."""
-    book.pop(key, None)
-    book[key] = value
-    while len(book) > ORDERS_REMEMBERED:
-        del book[next(iter(book))]
-
-
 class IbkrBroker(Broker):
     name = "IBKR"
+    native_brackets = True
 
     def __init__(self, settings: IbkrSettings, ib: IB | None = None):
         self._settings = settings
         self.ib = ib if ib is not None else IB()
         self._connect_lock = asyncio.Lock()
-        self._placed: dict[str, _Placed] = {}
-        self._perm_by_order: dict[str, int] = {}
-        self._order_by_perm: dict[int, str] = {}
-        self._errors: dict[int, tuple[int, str]] = {}  # order id -> last (code, text)
-        self._cancels: dict[str, None] = {}  # an ordered set
+        self._book = TradeBook(self.ib, settings.client_id)
         self._contracts: dict[tuple, Contract] = {}
         self._up = False
         self._lost = False
@@ -172,8 +146,8 @@ class IbkrBroker(Broker):
                                      f"{self._settings.where}: IB error {code}: {text}")
         if req_id <= 0 or is_informational(code):
             return
-        _remember(self._errors, req_id, (code, text))
-        placed = self._placed.get(str(req_id))
+        remember(self._book.errors, req_id, (code, text))
+        placed = self._book.placed.get(str(req_id))
         logger.warning("IBKR order %s (%s): IB error %s: %s", req_id,
                        placed.signal_id if placed else "no signal", code, text)
 
@@ -190,11 +164,43 @@ class IbkrBroker(Broker):
         contract = await self._qualified(contract, request)
         trade = self._send(contract, order, request)
         await asyncio.sleep(0)  # take in what is already there: an answer, or a lost line
+        return self._answer(trade, request)
+
+    async def place_bracket(self, entry: OrderRequest, exits: Sequence[OrderRequest]
+                            ) -> tuple[BrokerOrder, list[BrokerOrder]]:
+        """IB's native bracket: the parent, then each child (`parentId` = the parent), sent in
+        one go with `transmit` false on all but the last, so TWS takes the three together. IB
+        holds the children until the parent fills, sizes them with its fills, cancels them with
+        an unfilled parent; their `ocaGroup` keeps them one-cancels-other."""
+        contract = build_contract(entry)
+        parent = build_order(entry, self.order_tag(entry.signal_id))
+        children = [build_order(request, self.order_tag(request.signal_id))
+                    for request in exits]
+        self._require_connection(f"order {entry.signal_id} not sent")
+        contract = await self._qualified(contract, entry)
+        try:
+            linked = link_bracket(parent, children, self.ib.client.getReqId)
+        except ConnectionError:
+            raise TransientBrokerError(f"{self._settings.where} not connected: order "
+                                       f"{entry.signal_id} not sent") from None
+        trades = [self._send(contract, parent, entry)]
+        try:  # the parent went without transmit: a child that cannot follow leaves it unsure
+            trades += [self._send(contract, order, request)
+                       for order, request in zip(linked[1:], exits, strict=True)]
+        except TransientBrokerError as e:
+            raise PlacementUncertain(f"{e}: bracket of {entry.signal_id} sent in part; look "
+                                     f"it up by its orderRef") from None
+        await asyncio.sleep(0)
+        return self._answer(trades[0], entry), [
+            self._book.snapshot(trade, str(trade.order.orderId)) for trade in trades[1:]]
+
+    def _answer(self, trade: Trade, request: OrderRequest) -> BrokerOrder:
+        """The placed order as TWS answered so far; raises what place_order promises."""
         acknowledged = trade.orderStatus.status != "PendingSubmit"
         if not self.ib.isConnected() and not acknowledged:
             raise PlacementUncertain(f"{self._settings.where} connection lost while placing "
                                      f"{request.signal_id}: look it up by its orderRef")
-        snapshot = self._snapshot(trade, str(trade.order.orderId))
+        snapshot = self._book.snapshot(trade, str(trade.order.orderId))
         if snapshot.status is BrokerStatus.REJECTED:
             logger.warning("IBKR rejected %s (order %s): %s", request.signal_id,
                            snapshot.order_id, snapshot.reason)
@@ -232,47 +238,41 @@ class IbkrBroker(Broker):
         except Exception as e:
             raise PlacementUncertain(f"{self._settings.where}: placing {request.signal_id} "
                                      f"failed midway ({e!r}): look it up by its orderRef") from e
-        order_id = str(trade.order.orderId)
-        _remember(self._placed, order_id, _Placed(request.signal_id, request.quantity))
-        logger.info("Placed %s with IBKR as order %s: %s %s %s %s", request.signal_id, order_id,
-                    order.action, order.totalQuantity or order.cashQty, describe(contract),
-                    order.orderType)
+        order_id = self._book.placed_now(trade, request.signal_id, request.quantity)
+        logger.info("Placed %s with IBKR as order %s: %s %s %s %s%s", request.signal_id,
+                    order_id, order.action, order.totalQuantity or order.cashQty,
+                    describe(contract), order.orderType,
+                    f" (child of {order.parentId})" if order.parentId else "")
         return trade
 
     # reading ----------------------------------------------------------------------------------
 
     async def get_order(self, order_id: str) -> BrokerOrder:
         self._require_connection(f"cannot read order {order_id}")
-        trade = self._find_trade(order_id)
+        trade = self._book.find_trade(order_id)
         if trade is not None:
-            return self._snapshot(trade, order_id)
-        fills = self._executions(lambda e: self._order_id_of_execution(e) == order_id)
-        if fills:
-            return self._snapshot_from_executions(fills)
+            return self._book.snapshot(trade, order_id)
+        found = self._book.by_executions(order_id)
+        if found is not None:
+            return found
         raise OrderNotFound(f"{self._settings.where} has no order {order_id}")
 
     async def find_order(self, signal_id: str) -> BrokerOrder | None:
         self._require_connection(f"cannot look up {signal_id}")
-        tag = self.order_tag(signal_id)
-        trades = [trade for trade in self.ib.trades() if trade.order.orderRef == tag]
-        if trades:
-            trades.sort(key=lambda trade: trade.order.orderId <= 0)  # our own order id first
-            return self._snapshot(trades[0])
-        fills = self._executions(lambda e: e.orderRef == tag)
-        return self._snapshot_from_executions(fills) if fills else None
+        return self._book.find_by_tag(self.order_tag(signal_id))
 
     async def list_orders(self) -> list[BrokerOrder]:
         self._require_connection("cannot list orders")
-        return [self._snapshot(trade) for trade in self.ib.trades()]
+        return [self._book.snapshot(trade) for trade in self.ib.trades()]
 
     async def cancel_order(self, order_id: str) -> None:
         self._require_connection(f"cancel of {order_id} not sent")
-        trade = self._find_trade(order_id)
+        trade = self._book.find_trade(order_id)
         if trade is None:
             raise OrderNotFound(f"{self._settings.where} has no order {order_id}")
         if trade.isDone():
             return
-        _remember(self._cancels, order_id, None)
+        remember(self._book.cancels, order_id, None)
         try:
             self.ib.cancelOrder(trade.order)
         except ConnectionError:
@@ -283,7 +283,7 @@ class IbkrBroker(Broker):
     async def modify_order(self, order_id: str, request: OrderRequest) -> None:
         """IB's modify: the same order (same orderId) placed again with the new values."""
         self._require_connection(f"modify of {order_id} not sent")
-        trade = self._find_trade(order_id)
+        trade = self._book.find_trade(order_id)
         if trade is None:
             raise OrderNotFound(f"{self._settings.where} has no order {order_id}")
         if trade.isDone():
@@ -292,6 +292,7 @@ class IbkrBroker(Broker):
         order = trade.order
         before = (order.totalQuantity, order.lmtPrice, order.auxPrice)
         order.totalQuantity = request.quantity
+        order.transmit = True  # a bracket's parent and first child were sent untransmitted
         if request.limit_price is not None:
             order.lmtPrice = request.limit_price
         if request.stop_price is not None:
@@ -302,9 +303,9 @@ class IbkrBroker(Broker):
             order.totalQuantity, order.lmtPrice, order.auxPrice = before
             raise TransientBrokerError(f"{self._settings.where} not connected: modify of "
                                        f"{order_id} not sent") from None
-        placed = self._placed.get(order_id)
+        placed = self._book.placed.get(order_id)
         if placed is not None:
-            self._placed[order_id] = _Placed(placed.signal_id, request.quantity)
+            placed.quantity = request.quantity
         logger.info("Modify of IBKR order %s (%s) sent: %s @ %s/%s", order_id, order.orderRef,
                     order.totalQuantity, order.lmtPrice, order.auxPrice)
 
@@ -318,7 +319,7 @@ class IbkrBroker(Broker):
                 woke.set_result(None)
 
         events = [self.ib.disconnectedEvent, self.ib.connectedEvent]
-        trade = self._find_trade(order_id) if self.ib.isConnected() else None
+        trade = self._book.find_trade(order_id) if self.ib.isConnected() else None
         if trade is not None:
             events += [trade.statusEvent, trade.fillEvent, trade.commissionReportEvent]
         for event in events:
@@ -328,194 +329,3 @@ class IbkrBroker(Broker):
         finally:
             for event in events:
                 event.disconnect(wake)
-
-    # finding trades ---------------------------------------------------------------------------
-
-    def _find_trade(self, order_id: str) -> Trade | None:
-        if order_id.startswith("perm:"):
-            return self._trade_by_perm(_int(order_id.removeprefix("perm:")))
-        number, client_id = _int(order_id), self._settings.client_id
-        trade = next((t for t in self.ib.trades() if t.order.orderId == number
-                      and t.order.clientId == client_id), None)
-        if trade is not None:
-            return trade
-        perm = self._perm_by_order.get(order_id) or self._perm_from_executions(order_id)
-        trade = self._trade_by_perm(perm) if perm else None
-        placed = self._placed.get(order_id)
-        if trade is None and placed is not None:
-            tag = self.order_tag(placed.signal_id)
-            trade = next((t for t in self.ib.trades() if t.order.orderRef == tag), None)
-        return trade
-
-    def _trade_by_perm(self, perm: int) -> Trade | None:
-        return next((t for t in self.ib.trades() if _perm_id(t) == perm), None) if perm else None
-
-    def _perm_from_executions(self, order_id: str) -> int:
-        for fill in self.ib.fills():
-            if self._order_id_of_execution(fill.execution) == order_id:
-                return fill.execution.permId
-        return 0
-
-    def _order_id_of(self, trade: Trade) -> str:
-        order = trade.order
-        if order.orderId > 0 and order.clientId == self._settings.client_id:
-            return str(order.orderId)
-        perm = _perm_id(trade)
-        known = self._order_by_perm.get(perm)
-        if known is None:
-            fills = self._executions(lambda e: e.permId == perm)
-            known = self._order_id_of_execution(fills[0].execution) if fills else f"perm:{perm}"
-        return known
-
-    def _order_id_of_execution(self, execution) -> str:
-        if execution.orderId > 0 and execution.clientId == self._settings.client_id:
-            return str(execution.orderId)
-        return self._order_by_perm.get(execution.permId, f"perm:{execution.permId}")
-
-    def _executions(self, wanted) -> list[IbFill]:
-        return [fill for fill in self.ib.fills() if wanted(fill.execution)]
-
-    # translating ------------------------------------------------------------------------------
-
-    def _snapshot(self, trade: Trade, order_id: str | None = None) -> BrokerOrder:
-        order_id = order_id or self._order_id_of(trade)
-        self._remember_perm(order_id, _perm_id(trade))
-        ib_fills = self._fills_of(trade)
-        fills = tuple(to_fill(fill) for fill in ib_fills)
-        status, reason = map_status(
-            effective_status(trade), fills_complete=_fills_complete(trade, fills),
-            error=self._errors.get(_int(order_id)),
-            cancel_requested=order_id in self._cancels, has_fills=bool(fills))
-        placed = self._placed.get(order_id)
-        return BrokerOrder(
-            order_id=order_id, status=status, quantity=_quantity(trade, placed, fills),
-            signal_id=trade.order.orderRef or (placed.signal_id if placed else None),
-            fills=fills, reason=reason, extra=_extra(trade, fills))
-
-    def _snapshot_from_executions(self, ib_fills: list[IbFill]) -> BrokerOrder:
-        """IB reports executions but no open or completed order: the executions are all of it."""
-        execution = ib_fills[0].execution
-        fills = tuple(to_fill(fill) for fill in latest_corrections(ib_fills))
-        quantity = max(*(f.execution.cumQty for f in ib_fills), sum(f.quantity for f in fills))
-        return BrokerOrder(
-            order_id=self._order_id_of_execution(execution), status=BrokerStatus.FILLED,
-            quantity=quantity, signal_id=execution.orderRef or None, fills=fills,
-            extra={"source": "executions", "perm_id": execution.permId,
-                   "commission": round(sum((f.commission for f in fills), 0.0), 6)})
-
-    def _remember_perm(self, order_id: str, perm: int) -> None:
-        if perm and not order_id.startswith("perm:"):
-            _remember(self._perm_by_order, order_id, perm)
-            _remember(self._order_by_perm, perm, order_id)
-
-    def _fills_of(self, trade: Trade) -> list[IbFill]:
-        """The trade's fills plus executions re-synced for it, one per execId."""
-        perm = _perm_id(trade)
-        by_exec_id = {fill.execution.execId: fill for fill in trade.fills}
-        if perm:
-            for fill in self._executions(lambda e: e.permId == perm):
-                by_exec_id.setdefault(fill.execution.execId, fill)
-        return latest_corrections(by_exec_id.values())
-
-
-# pure translation -----------------------------------------------------------------------------
-
-
-def map_status(ib_status: str, *, fills_complete: bool, error: tuple[int, str] | None,
-               cancel_requested: bool, has_fills: bool) -> tuple[BrokerStatus, str | None]:
-    """IB's order status (plus the order's last error) as a BrokerStatus and reason."""
-    reason = f"IB error {error[0]}: {error[1]}" if error else None
-    if ib_status in PENDING_STATES:
-        return BrokerStatus.PENDING, None
-    if ib_status in WORKING_STATES:
-        return BrokerStatus.WORKING, None
-    if ib_status == "Filled":  # IB may say Filled before the last execDetails arrives
-        return (BrokerStatus.FILLED if fills_complete else BrokerStatus.WORKING), None
-    if ib_status in CANCELLED_STATES:
-        refused = ib_status == "Inactive" or (error is not None and error[0] != CANCELLED_CODE)
-        if refused and not cancel_requested and not has_fills:
-            return BrokerStatus.REJECTED, reason or f"IB status {ib_status}"
-        return BrokerStatus.CANCELLED, reason or (
-            "cancelled on request" if cancel_requested else f"IB status {ib_status}")
-    return BrokerStatus.WORKING, None  # a status IB added later: still live as far as we know
-
-
-def effective_status(trade: Trade) -> str:
-    """The trade's status, ignoring what ib_async wrote on warnings (ValidationError, the order
-    is still live) and on informational messages (ib_async marks an order Cancelled on any
-    error it does not know as a warning)."""
-    for entry in reversed(trade.log):
-        if entry.status == "ValidationError" or (entry.errorCode
-                                                 and is_informational(entry.errorCode)):
-            continue
-        return entry.status
-    return trade.orderStatus.status
-
-
-def latest_corrections(fills) -> list[IbFill]:
-    """One fill per execution: IB corrects an execution by re-sending it with an execId that
-    differs only after the last period; the highest one stands."""
-    latest: dict[str, IbFill] = {}
-    for fill in fills:
-        exec_id = fill.execution.execId
-        base = exec_id.rsplit(".", 1)[0]
-        if base not in latest or exec_id > latest[base].execution.execId:
-            latest[base] = fill
-    return sorted(latest.values(), key=lambda fill: (_at(fill), fill.execution.execId))
-
-
-def to_fill(fill: IbFill) -> Fill:
-    report = fill.commissionReport
-    commission = report.commission if report.execId and is_set(report.commission) else 0.0
-    # A correction re-sends an execution under a new last segment ("….01" -> "….02"): keep
-    # the base as our exec id so a correction can never count as a second fill.
-    return Fill(exec_id=base_exec_id(fill.execution.execId),
-                quantity=float(fill.execution.shares),
-                price=float(fill.execution.price), at=_at(fill), commission=commission)
-
-
-def base_exec_id(exec_id: str) -> str:
-    head, dot, tail = exec_id.rpartition(".")
-    return head if dot and tail.isdigit() and head.count(".") >= 1 else exec_id
-
-
-def _at(fill: IbFill) -> datetime:
-    at = fill.execution.time if fill.execution.time.year > 1970 else fill.time
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-
-
-def _fills_complete(trade: Trade, fills: tuple[Fill, ...]) -> bool:
-    filled = sum(fill.quantity for fill in fills)
-    expected = float(trade.orderStatus.filled)
-    if expected <= 0 and is_set(trade.order.filledQuantity):
-        expected = float(trade.order.filledQuantity)
-    if expected <= 0:
-        expected = float(trade.order.totalQuantity)
-    return filled > 0 and filled >= expected - 1e-9 * max(1.0, expected)
-
-
-def _quantity(trade: Trade, placed: _Placed | None, fills: tuple[Fill, ...]) -> float:
-    if placed is not None:
-        return placed.quantity
-    total = float(trade.order.totalQuantity or 0)
-    return total if total > 0 else sum(fill.quantity for fill in fills)
-
-
-def _extra(trade: Trade, fills: tuple[Fill, ...]) -> dict:
-    extra = {"ib_status": trade.orderStatus.status, "perm_id": _perm_id(trade),
-             "con_id": trade.contract.conId,
-             "commission": round(sum((fill.commission for fill in fills), 0.0), 6)}
-    if is_set(trade.order.cashQty):
-        extra["cash_qty"] = float(trade.order.cashQty)
-    return extra
-
-
-def _perm_id(trade: Trade) -> int:
-    return trade.order.permId or trade.orderStatus.permId
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        return 0

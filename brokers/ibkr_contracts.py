@@ -153,6 +153,18 @@ def build_order(request: OrderRequest, order_ref: str) -> Order:
     return order
 
 
+def link_bracket(parent: Order, children: list[Order], next_id: Callable[[], int]
+                 ) -> list[Order]:
+    """Orders to send as one native bracket, as ib_async's `IB.bracketOrder` builds them: ids
+    in sending order, each child's `parentId` the parent's id, `transmit` only on the last, so
+    TWS holds the others until the last arrives and releases them together."""
+    parent.orderId, parent.transmit = next_id(), False
+    for child in children:
+        child.orderId, child.parentId, child.transmit = next_id(), parent.orderId, False
+    (children or [parent])[-1].transmit = True
+    return [parent, *children]
+
+
 def check_crypto(request: OrderRequest) -> None:
     """Refuse, before sending, the crypto orders IB does not take."""
     kind, tif = request.order_type.upper(), request.time_in_force.upper()

@@ -168,7 +168,7 @@ def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
     processor.commands = commands
     brackets = BracketManager(store, journal, tracker, brokers, clock, owner, leases.lease_until,
                               backoff_base=settings.RETRY_BACKOFF_SECONDS)
-    journal.brackets = brackets
+    journal.brackets = tracker.brackets = brackets
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
                metrics, notifier, counters, clock, store_thread, commands, brackets, sessions)
 

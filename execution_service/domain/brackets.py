@@ -30,6 +30,7 @@ INHERITED_FIELDS = ("strategy_name", "account_id", "symbol", "asset_class", "exc
 EXIT_TIME_IN_FORCE = "GTC"
 OCO_REASON = "one-cancels-other: the position is closed by the other exit"
 POSITION_CLOSED_REASON = "position closed by other orders"
+ENTRY_UNFILLED_REASON = "the entry ended without a fill: nothing to protect"
 
 
 class ExitRole(StrEnum):
@@ -53,6 +54,10 @@ class ExitRole(StrEnum):
     def price_field(self) -> str:
         """The exit order's field that carries that price."""
         return "stop_price" if self is ExitRole.STOP_LOSS else "limit_price"
+
+
+#: A native bracket's children in sending order, as ib_async's IB.bracketOrder sends them.
+CHILDREN_ORDER = (ExitRole.TAKE_PROFIT, ExitRole.STOP_LOSS)
 
 
 class ExitAction(StrEnum):
@@ -93,6 +98,11 @@ class BracketView:
     entry_filled: float
     exits: dict[ExitRole, ExitView]
     position_open: float
+    #: The exits are the entry's children at the venue (a native bracket), placed with it:
+    #: never placed here, and sized by the venue with the entry's fills while it works.
+    at_venue: bool = False
+    entry_quantity: float = 0.0
+    entry_working: bool = False
 
     @property
     def exits_filled(self) -> float:
@@ -135,6 +145,39 @@ def oca_group(doc: dict) -> str | None:
 
 def plan_exits(view: BracketView) -> list[ExitStep]:
     """What to do now so that the exits protect exactly `view.open_quantity`."""
+    if view.at_venue and view.entry_working:
+        return _plan_children_of_working_entry(view)
+    steps = _plan_to_open_quantity(view)
+    if view.at_venue:  # placed with the entry or never: a missing child is not placed now
+        return [step for step in steps if step.action is not ExitAction.PLACE]
+    return steps
+
+
+def _plan_children_of_working_entry(view: BracketView) -> list[ExitStep]:
+    """A native bracket whose entry still works: the venue activates and sizes the children
+    with the entry's fills and reduces one by the other's; each child is kept at the entry's
+    quantity less what the exits have filled (an entry MODIFY resizes them), and both are
+    cancelled when other orders close the position their filled part opened."""
+    unexited = round(view.entry_filled - view.exits_filled, 9)
+    closed_by_others = unexited > QUANTITY_EPSILON and view.position_open <= QUANTITY_EPSILON
+    steps: list[ExitStep] = []
+    for role in view.levels:
+        current = view.exits.get(role)
+        if current is None or current.status.is_terminal or current.cancel_requested \
+                or current.status is OrderStatus.PENDING:
+            continue
+        left = round(view.entry_quantity - view.exits_filled, 9)
+        if closed_by_others or left <= QUANTITY_EPSILON:
+            steps.append(ExitStep(role, ExitAction.CANCEL, reason=POSITION_CLOSED_REASON
+                                  if closed_by_others else OCO_REASON))
+            continue
+        target = round(current.filled_quantity + left, 9)
+        if abs(target - current.quantity) > QUANTITY_EPSILON:
+            steps.append(ExitStep(role, ExitAction.RESIZE, target))
+    return steps
+
+
+def _plan_to_open_quantity(view: BracketView) -> list[ExitStep]:
     steps: list[ExitStep] = []
     open_quantity = view.open_quantity
     for role in view.levels:
@@ -157,6 +200,8 @@ def plan_exits(view: BracketView) -> list[ExitStep]:
 
 
 def _cancel_reason(view: BracketView) -> str:
+    if view.entry_filled <= QUANTITY_EPSILON:
+        return ENTRY_UNFILLED_REASON
     if view.entry_filled - view.exits_filled <= QUANTITY_EPSILON:
         return OCO_REASON
     return POSITION_CLOSED_REASON
@@ -168,19 +213,21 @@ def is_settled(entry: dict, exits: dict[ExitRole, dict]) -> bool:
     if not OrderStatus(entry["status"]).is_terminal:
         return False
     levels = exit_levels(entry)
-    if not levels or not entry.get("filled_quantity"):
-        return True
     views = {role: ExitView.of(doc) for role, doc in exits.items()}
     if any(not view.status.is_terminal for view in views.values()):
-        return False
+        return False  # a native bracket's children exist before any fill
+    if not levels or not entry.get("filled_quantity"):
+        return True
     filled = sum(view.filled_quantity for view in views.values())
     return filled >= float(entry["filled_quantity"]) - QUANTITY_EPSILON or \
         all(role in views for role in levels)
 
 
 def exit_claim(entry: dict, role: ExitRole, quantity: float, *, broker_tag: str, at: datetime,
-               owner: dict | None, lease_until: datetime | None) -> dict[str, Any]:
-    """The PENDING record of one exit, written before its order reaches a broker."""
+               owner: dict | None, lease_until: datetime | None,
+               with_parent: bool = False) -> dict[str, Any]:
+    """The PENDING record of one exit, written before its order reaches a broker.
+    `with_parent`: a native bracket's child, sent with its entry and never on its own."""
     signal_id = exit_signal_id(entry["signal_id"], role)
     doc = skeleton_record(signal_id, at)
     doc.update({name: entry.get(name) for name in INHERITED_FIELDS})
@@ -192,6 +239,7 @@ def exit_claim(entry: dict, role: ExitRole, quantity: float, *, broker_tag: str,
         # both levels, so a venue keeping the pair as one order (a Kite GTT) knows its sibling
         "bracket_levels": [entry.get("stop_loss"), entry.get("take_profit")],
         "owner": owner, "lease_expires_at": lease_until, "extra_fields": {},
+        "placed_with_parent": with_parent,
         "events": [Event(OrderStatus.PENDING, at, EventKind.CLAIMED,
                          {"parent_signal_id": entry["signal_id"], "role": str(role)}).to_doc()],
     })

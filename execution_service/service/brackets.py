@@ -8,7 +8,9 @@ tracker (a unique signal_id, so a restart or another replica never places one tw
 working ones through the broker's modify, and cancels those with nothing left to protect.
 Each bracket is worked by one task at a time, re-run while changes keep coming and retried
 with back-off while the store or the broker is down. `resume` re-plans every unsettled bracket
-at start, so the rule holds across a restart.
+at start, so the rule holds across a restart. At a venue with native brackets (IB) the exits
+are the entry's children, claimed here (`claim_children`) and sent with the entry by the
+tracker; the manager then only resizes and cancels them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from datetime import datetime
 from execution_service.domain import orders
 from execution_service.domain.backoff import Backoff
 from execution_service.domain.brackets import (
+    CHILDREN_ORDER,
     BracketView,
     ExitAction,
     ExitRole,
@@ -80,7 +83,8 @@ class BracketManager:
         """A durable change of any record: re-plan the brackets it can affect."""
         if is_exit(doc):
             self.schedule(doc["parent_signal_id"])
-        elif exit_levels(doc) and any(e.event in REPLAN_EVENTS for e in events):
+        elif exit_levels(doc) and (doc.get("bracket_at_venue")  # modify, cancel: children follow
+                                   or any(e.event in REPLAN_EVENTS for e in events)):
             self.schedule(doc["signal_id"])
         if any(e.event in REPLAN_EVENTS for e in events) and doc.get("account_id"):
             key = position_key(doc)
@@ -156,7 +160,9 @@ class BracketManager:
         exits = self._exits(entry, levels)
         view = BracketView(levels, float(entry.get("filled_quantity") or 0.0),
                            {role: ExitView.of(doc) for role, doc in exits.items()},
-                           self._position_open(entry))
+                           self._position_open(entry), bool(entry.get("bracket_at_venue")),
+                           float(entry["quantity"]),
+                           not orders.OrderStatus(entry["status"]).is_terminal)
         for step in plan_exits(view):
             await self._act(step, entry, exits.get(step.role), view)
         self._note_on_entry(parent_signal_id, levels)
@@ -190,6 +196,25 @@ class BracketManager:
             await self._resize(step, exit_doc, view)
         else:
             await self._cancel(step, exit_doc)
+
+    def claim_children(self, entry: dict, broker) -> list[dict]:
+        """A native bracket's exit records (store work), in sending order, claimed before the
+        bracket is sent: the children go to the venue with the entry, for its quantity, and
+        never on their own. Claimed before (a retry, a restart): the stored records."""
+        docs = []
+        for role in (role for role in CHILDREN_ORDER if role in exit_levels(entry)):
+            signal_id = exit_signal_id(entry["signal_id"], role)
+            doc = exit_claim(entry, role, float(entry["quantity"]),
+                             broker_tag=broker.order_tag(signal_id), at=self._clock(),
+                             owner=self._owner, lease_until=self._lease_until(),
+                             with_parent=True)
+            try:
+                self._store.insert_record(doc)
+            except DuplicateSignal:
+                doc = self._store.get_record(signal_id)
+            if doc is not None:
+                docs.append(doc)
+        return docs
 
     def _place(self, step: ExitStep, entry: dict) -> None:
         signal_id = exit_signal_id(entry["signal_id"], step.role)

@@ -192,6 +192,12 @@ class CommandRequests(Protocol):
     def unfinished(self) -> list[dict]: ...
 
 
+class ExitClaims(Protocol):
+    """Claims a native bracket's exit records before the tracker sends the bracket (§12)."""
+
+    def claim_children(self, entry: dict, broker: Broker) -> list[dict]: ...
+
+
 class BracketStore(Protocol):
     """What the protective-exit manager (§12) reads and claims; every method raises
     StoreUnavailable when it cannot."""

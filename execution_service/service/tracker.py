@@ -35,9 +35,10 @@ from execution_service.errors import (
     StoreUnavailable,
     TransientBrokerError,
 )
+from execution_service.service.bracket_children import BracketChildren
 from execution_service.service.journal import LeaseLost, RecordConflict
 from execution_service.service.nudges import Nudges
-from execution_service.service.ports import JOURNEY_LOGGER, BrokerSource, Notifier
+from execution_service.service.ports import JOURNEY_LOGGER, BrokerSource, ExitClaims, Notifier
 from execution_service.service.store_thread import StoreThread, on_behalf_of
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def request_from_record(doc: dict) -> OrderRequest:
                         **fields)
 
 
-class OrderTracker:
+class OrderTracker(BracketChildren):
     def __init__(self, journal, brokers: BrokerSource, notifier: Notifier,
                  policy: TrackingPolicy,
                  clock: Callable[[], datetime],
@@ -112,6 +113,7 @@ class OrderTracker:
         self._metrics = metrics
         self._tasks: dict[str, asyncio.Task] = {}
         self._nudges = Nudges()
+        self.brackets: ExitClaims | None = None  # claims a native bracket's exits (§12)
 
     @property
     def in_flight(self) -> int:
@@ -195,10 +197,13 @@ class OrderTracker:
 
     async def _work(self, doc: dict, recovering: bool) -> None:
         broker = self._brokers.create_broker(doc["broker"])
-        if doc["status"] == "PENDING" and doc.get("placement_uncertain_at"):
+        if doc["status"] == "PENDING" and doc.get("placed_with_parent"):
+            doc = await self._await_parent(broker, doc)
+        elif doc["status"] == "PENDING" and doc.get("placement_uncertain_at"):
             doc = await self._resolve_uncertain(broker, doc)
         elif doc["status"] == "PENDING":
             doc = await self._place(broker, doc, look_first=recovering)
+            self._nudge_children(doc)
         if doc["order_id"] and not orders.OrderStatus(doc["status"]).is_terminal:
             await self._follow(broker, doc)
 
@@ -213,17 +218,17 @@ class OrderTracker:
         journey.info("Placing order: %s %g %s %s [%s]", request.side, request.quantity,
                     request.symbol, request.order_type, request.signal_id)
         last_error: Exception | None = None
+        children: list[dict] | None = None
         for attempt in range(1, self._policy.max_attempts + 1):
             doc = await self._take_nudge(doc)
-            halt = None if is_exit(doc) else self._halts(doc["account_id"], doc.get("broker"))
-            refusal, kind = placement_refusal(state_of(doc)), RejectClass.REQUEST
-            if refusal is None and halt is not None:
-                refusal, kind = halt_reason(halt), RejectClass.HALT
+            refusal = self._refusal(doc)
             if refusal is not None:  # nothing can have reached the broker yet
-                return await self._reject(doc, refusal, kind)
+                return await self._reject(doc, *refusal)
+            if children is None and self._native_bracket(broker, doc):
+                doc, children = await self._claim_children(broker, doc)
             try:
                 await self._ensure_connected(broker)
-                placed = await self._timed(broker, "place_order", broker.place_order(request))
+                placed = await self._send(broker, request, children)
                 return await self._follow_snapshot(doc, placed)
             except TransientBrokerError as e:
                 last_error = e
@@ -244,6 +249,25 @@ class OrderTracker:
         self._alert(AlertKind.BROKER_CONNECTION_LOST, f"{broker.name}: {last_error}",
                     key=f"lost:{broker.name}")
         return await self._reject(doc, reason, RejectClass.CONNECTION)
+
+    def _refusal(self, doc: dict) -> tuple[str, RejectClass] | None:
+        refusal = placement_refusal(state_of(doc))
+        if refusal is not None:
+            return refusal, RejectClass.REQUEST
+        halt = None if is_exit(doc) else self._halts(doc["account_id"], doc.get("broker"))
+        return None if halt is None else (halt_reason(halt), RejectClass.HALT)
+
+    async def _send(self, broker: Broker, request: OrderRequest,
+                    children: list[dict] | None) -> BrokerOrder:
+        if children is None:
+            return await self._timed(broker, "place_order", broker.place_order(request))
+        if any(child.get("order_id") for child in children):
+            raise PlacementUncertain(f"the bracket of {request.signal_id} reached "
+                                     f"{broker.name} before a restart")
+        exits = [request_from_record(child) for child in children if child["status"] == "PENDING"]
+        entry, _ = await self._timed(broker, "place_bracket",
+                                     broker.place_bracket(request, exits))
+        return entry
 
     async def _ensure_connected(self, broker: Broker) -> None:
         if not broker.is_connected:

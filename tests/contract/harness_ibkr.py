@@ -5,10 +5,13 @@ instance: `ib.client.connectAsync` marks the client logged on instead of opening
 the request methods TWS would answer (`reqContractDetails`, `reqOpenOrders`,
 `reqCompletedOrders`, `reqExecutions`, `reqPositions`) are answered by FakeTws, on the next loop
 turn, through `ib.wrapper` callbacks with ib_async's own data classes, exactly as the decoder
-would deliver them. Everything else (IB.connectAsync's sync, placeOrder, cancelOrder, the
-wrapper's bookkeeping) is ib_async's own code; the bytes the client sends go nowhere because
-its transport is None. FakeTws keeps a venue-side book, so what happens while the line is down
-is reported on the next connect, as TWS would.
+would deliver them. It keeps IB's native brackets: orders sent with `transmit=False` wait for
+the last of their bracket; a child (`parentId`) waits PreSubmitted until its parent fills,
+executes no more than the parent has filled less what the bracket's children have executed,
+and is cancelled with an unfilled parent. Everything else (IB.connectAsync's sync, placeOrder,
+cancelOrder, the wrapper's bookkeeping) is ib_async's own code; the bytes the client sends go
+nowhere because its transport is None. FakeTws keeps a venue-side book, so what happens while
+the line is down is reported on the next connect, as TWS would.
 """
 
 from __future__ import annotations
@@ -88,10 +91,11 @@ class FakeTws:
         self.ambiguous_symbols: set[str] = set()
         self.book: dict[int, VenueOrder] = {} if book is None else book  # shared: a restart
         self.received: list[tuple[int, Contract, Order]] = []  # what placeOrder sent
+        self.held: list[int] = []  # sent with transmit=False: not yet working
         self.contract_requests: list[Contract] = []
         perms = [venue.perm_id for venue in self.book.values()]
         self._perm_ids = itertools.count(max(perms, default=5_000_000) + 1)
-        self._exec_seq = itertools.count(1)
+        self._exec_seq = itertools.count(sum(len(v.executions) for v in self.book.values()) + 1)
         self._install()
 
     def _install(self) -> None:
@@ -174,6 +178,8 @@ class FakeTws:
         if known is not None:  # the same order id again: TWS modifies the live order
             sent.permId = known.perm_id
             self.received.append((order_id, contract, sent))
+            if not sent.transmit and order_id not in self.held:
+                return  # TWS keeps an untransmitted change to itself: IB never gets it
             known.order = sent
             self._later(self._modified, order_id)
             return
@@ -181,10 +187,37 @@ class FakeTws:
         self.received.append((order_id, contract, sent))
         self.book[order_id] = VenueOrder(order_id, self.client.clientId, sent.permId, contract,
                                          sent)
-        if self.reject_reason is not None:
-            self._later(self.reject, order_id, 201, f"Order rejected - reason:{self.reject_reason}")
-        elif self.acknowledge:
-            self._later(self.accept, order_id)
+        if not sent.transmit:  # TWS keeps it until the last order of its bracket transmits
+            self.held.append(order_id)
+            return
+        released, self.held = [*self.held, order_id], []
+        for released_id in released:
+            if self.reject_reason is not None:
+                self._later(self.reject, released_id, 201,
+                            f"Order rejected - reason:{self.reject_reason}")
+            elif self.acknowledge:
+                self._later(self.accept, released_id, self._first_status(released_id))
+
+    def _first_status(self, order_id: int) -> str:
+        """A bracket's child waits (PreSubmitted) until its parent has filled some."""
+        parent = self.parent_of(self.book[order_id])
+        return "PreSubmitted" if parent is not None and parent.filled <= 0 else "Submitted"
+
+    def parent_of(self, venue: VenueOrder) -> VenueOrder | None:
+        return self.book.get(venue.order.parentId) if venue.order.parentId else None
+
+    def children_of(self, venue: VenueOrder) -> list[VenueOrder]:
+        return [child for child in self.book.values()
+                if child.order.parentId == venue.order_id and child is not venue]
+
+    def executable(self, venue: VenueOrder) -> float:
+        """What the order may still execute. A child: only what its parent has filled and its
+        bracket's children have not yet sold (IB sizes the children with the parent's fills)."""
+        parent = self.parent_of(venue)
+        if parent is None:
+            return venue.remaining
+        exited = sum(child.filled for child in self.children_of(parent))
+        return max(0.0, min(venue.remaining, parent.filled - exited))
 
     def accept(self, order_id: int, status: str = "Submitted") -> None:
         venue = self.book[order_id]
@@ -242,8 +275,11 @@ class FakeTws:
     def fill_next(self, order_id: int) -> None:
         venue = self.book[order_id]
         sizes = split_quantity(float(venue.order.totalQuantity), self.chunks)
-        size = sizes[len(venue.executions)]
-        commission = split_money(self.commission, len(sizes))[len(venue.executions)]
+        step = min(len(venue.executions), len(sizes) - 1)
+        size = min(sizes[step], self.executable(venue))
+        if size <= 1e-9:
+            return  # a child whose parent has not filled (more): nothing to execute
+        commission = split_money(self.commission, len(sizes))[step]
         self.execute(order_id, size, fill_price(venue.order), commission=commission)
         venue.status = "Filled" if venue.remaining <= 1e-9 else "Submitted"
         if self.online:
@@ -267,6 +303,9 @@ class FakeTws:
             if commission is not None:
                 self.wrapper.commissionReport(report)
         self._one_cancels_other(venue, shares)
+        for child in self.children_of(venue):  # IB activates a bracket's children on a fill
+            if child.status == "PreSubmitted":
+                self.status(child.order_id, "Submitted")
         return execution
 
     def _one_cancels_other(self, executed: VenueOrder, shares: float) -> None:
@@ -291,6 +330,10 @@ class FakeTws:
         if self.online:
             self.wrapper.error(order_id, 202, "Order Canceled - reason:", "")
             self._status(venue)
+        if venue.filled <= 0:  # an unfilled parent takes its bracket's children with it
+            for child in self.children_of(venue):
+                if not child.done:
+                    self.confirm_cancel(child.order_id)
 
     # what a (re)connect is told ---------------------------------------------------------------
 

@@ -194,3 +194,39 @@ async def test_contract_given_cnc_exits_in_one_group_when_take_profit_fills_then
     stop, cancelled (or already cancelled by the venue), ends CANCELLED without a fill."""
     broker, stop = await _take_profit_filled(harness, product="CNC", oca_group="sig_cnc:OCO")
     await _cancelled_unfilled(harness, broker, stop)
+
+
+async def test_contract_given_native_brackets_then_children_wait_for_the_entry_and_oco(harness):
+    """Given an adapter that keeps native brackets (IB), when an entry is placed with a
+    take-profit and a stop-loss as its children, then each child is found by its own tag,
+    executes nothing before the entry fills, and after the entry fills the take-profit's fill
+    ends the stop. An adapter without them says so (`native_brackets` false) and refuses
+    `place_bracket` without sending anything: its exits are placed after the fill."""
+    broker = await harness.start()
+    entry = market(10)
+    exit_fields = {"side": "SELL", "time_in_force": "GTC", "reference_price": None,
+                   "oca_group": f"{entry.signal_id}:OCO"}
+    exits = [market(10, signal_id=f"{entry.signal_id}:TP", order_type="LIMIT",
+                    limit_price=110.0, **exit_fields),
+             market(10, signal_id=f"{entry.signal_id}:SL", order_type="STOP", stop_price=95.0,
+                    **exit_fields)]
+    if not broker.native_brackets:
+        with pytest.raises(NotImplementedError):
+            await broker.place_bracket(entry, exits)
+        assert await broker.find_order(entry.signal_id) is None
+        return
+    placed, children = await broker.place_bracket(entry, exits)
+    assert [child.signal_id for child in children] == [e.signal_id for e in exits]
+    for request, child in zip(exits, children, strict=True):
+        found = await broker.find_order(request.signal_id)
+        assert found is not None and found.order_id == child.order_id
+    take, stop = (child.order_id for child in children)
+    await harness.advance(take)
+    assert (await broker.get_order(take)).filled_quantity == 0  # held until the entry fills
+    await _advance_until(harness, broker, placed.order_id,
+                         lambda o: o.status is BrokerStatus.FILLED)
+    filled = await _advance_until(harness, broker, take,
+                                  lambda o: o.status is BrokerStatus.FILLED)
+    assert filled.filled_quantity == 10 and {fill.price for fill in filled.fills} == {110.0}
+    stopped = await broker.get_order(stop)
+    assert stopped.status is BrokerStatus.CANCELLED and stopped.filled_quantity == 0

@@ -16,7 +16,8 @@ from ib_async import IB, CommissionReport
 from ib_async.util import UNSET_DOUBLE
 
 from brokers.base import BrokerStatus, OrderRequest
-from brokers.ibkr import IbkrBroker, IbkrSettings, map_status
+from brokers.ibkr import IbkrBroker, IbkrSettings
+from brokers.ibkr_status import map_status
 from execution_service.errors import (
     OrderNotFound,
     OrderRejected,
@@ -538,11 +539,11 @@ async def test_ibkr_per_order_bookkeeping_stays_bounded_and_recent_orders_are_fo
                                                                                    monkeypatch):
     """Given room for 3 orders' bookkeeping; when 5 are placed; then only the 3 newest are
     kept, and each is still found through ib.trades()."""
-    from brokers import ibkr as ibkr_module
+    from brokers import ibkr_book as ibkr_module
 
     monkeypatch.setattr(ibkr_module, "ORDERS_REMEMBERED", 3)
     placed = [(await place(ibkr, signal_id=f"sig-bound-{n}"))[0] for n in range(5)]
-    assert list(ibkr.broker._placed) == [p.order_id for p in placed[2:]]
+    assert list(ibkr.broker._book.placed) == [p.order_id for p in placed[2:]]
     for snapshot in placed:
         assert (await ibkr.broker.get_order(snapshot.order_id)).order_id == snapshot.order_id
 

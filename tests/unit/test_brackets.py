@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from execution_service.domain.brackets import (
+    ENTRY_UNFILLED_REASON,
     OCO_REASON,
     POSITION_CLOSED_REASON,
     BracketView,
@@ -171,3 +172,94 @@ def test_given_an_exit_fill_notice_then_titled_by_its_role(role, title):
     notice = OrderNotice(NoticeKind.FILLED, "sig_1:TP", "Strat", "acc_1", "SPY", "SELL", 10,
                          10, 110.0, 1.0, role=role)
     assert compose_message(notice).splitlines()[0] == title
+
+
+# a native bracket (IB): the exits are the entry's children at the venue ----------------------
+
+
+def native(entry_filled: float, exits: dict, *, entry_quantity: float = 10,
+           working_entry: bool = True, position_open: float | None = None) -> BracketView:
+    if position_open is None:
+        position_open = entry_filled - sum(e.filled_quantity for e in exits.values())
+    return BracketView(BOTH, entry_filled, exits, position_open, at_venue=True,
+                       entry_quantity=entry_quantity, entry_working=working_entry)
+
+
+def children(quantity: float = 10, sl_filled: float = 0.0, tp_filled: float = 0.0) -> dict:
+    return {SL: working(quantity - tp_filled, sl_filled), TP: working(quantity - sl_filled,
+                                                                      tp_filled)}
+
+
+def test_given_native_children_of_an_unfilled_working_entry_then_nothing_to_do():
+    """Given children placed with the entry, when nothing has filled, then they are left as
+    IB holds them (no cancel for 'nothing to protect', no resize to zero)."""
+    assert plan_exits(native(0, children())) == []
+
+
+@pytest.mark.parametrize("filled", [0, 4, 10])
+def test_given_native_bracket_without_a_child_record_then_never_placed_here(filled):
+    """Given a native bracket with no record for a child, when planned, then no PLACE: its
+    children go to the venue with the entry or not at all."""
+    assert plan_exits(native(filled, {}, working_entry=filled < 10)) == []
+
+
+def test_given_native_entry_partly_filled_then_children_keep_the_entry_quantity():
+    """Given a partly filled working entry, then the children are not shrunk to the filled part
+    (IB sizes them with the parent's fills)."""
+    assert plan_exits(native(4, children())) == []
+
+
+def test_given_native_entry_quantity_modified_then_children_resized_to_it():
+    assert plan_exits(native(4, children(10), entry_quantity=14)) == [
+        ExitStep(SL, ExitAction.RESIZE, 14), ExitStep(TP, ExitAction.RESIZE, 14)]
+
+
+def test_given_native_take_profit_partly_filled_then_the_stop_follows_ibs_reduction():
+    """Given TP filled 4 of a working entry's 10 (IB reduced the stop to 6), then nothing to
+    do; a stop record still at 10 is resized to 6."""
+    assert plan_exits(native(6, children(10, tp_filled=4))) == []
+    exits = {SL: working(10), TP: working(10, 4)}
+    assert plan_exits(native(6, exits)) == [ExitStep(SL, ExitAction.RESIZE, 6)]
+
+
+def test_given_native_take_profit_filled_the_whole_entry_then_stop_cancelled_oco():
+    exits = {SL: working(10), TP: working(10, 10, status=S.FILLED)}
+    assert plan_exits(native(10, exits)) == [ExitStep(SL, ExitAction.CANCEL, reason=OCO_REASON)]
+
+
+def test_given_native_position_closed_by_other_orders_then_both_children_cancelled():
+    assert plan_exits(native(4, children(), position_open=0)) == [
+        ExitStep(SL, ExitAction.CANCEL, reason=POSITION_CLOSED_REASON),
+        ExitStep(TP, ExitAction.CANCEL, reason=POSITION_CLOSED_REASON)]
+
+
+def test_given_native_entry_cancelled_partly_filled_then_children_shrink_to_the_filled_part():
+    """Given the entry cancelled after 4 of 10 filled (§11: the exits stay for the filled
+    part), then both children are resized to 4."""
+    assert plan_exits(native(4, children(), working_entry=False)) == [
+        ExitStep(SL, ExitAction.RESIZE, 4), ExitStep(TP, ExitAction.RESIZE, 4)]
+
+
+def test_given_native_entry_ended_unfilled_then_children_cancelled_with_the_reason():
+    assert plan_exits(native(0, children(), working_entry=False)) == [
+        ExitStep(SL, ExitAction.CANCEL, reason=ENTRY_UNFILLED_REASON),
+        ExitStep(TP, ExitAction.CANCEL, reason=ENTRY_UNFILLED_REASON)]
+
+
+def test_given_unfilled_entry_done_but_a_child_still_working_then_not_settled():
+    entry = {"status": "CANCELLED", "filled_quantity": 0, "stop_loss": 95.0,
+             "take_profit": 110.0}
+    child = {"status": "SUBMITTED", "quantity": 10, "filled_quantity": 0}
+    assert not is_settled(entry, {SL: child})
+    assert is_settled(entry, {SL: {**child, "status": "CANCELLED"}})
+
+
+def test_given_native_child_claim_then_marked_placed_with_parent_for_the_entry_quantity():
+    entry = {"signal_id": "sig_n", "side": "BUY", "quantity": 10, "stop_loss": 95.0,
+             "take_profit": 110.0}
+    doc = exit_claim(entry, SL, 10, broker_tag="sig_n:SL", at=AT, owner=None,
+                     lease_until=None, with_parent=True)
+    assert (doc["placed_with_parent"], doc["quantity"], doc["side"], doc["stop_price"],
+            doc["time_in_force"]) == (True, 10, "SELL", 95.0, "GTC")
+    assert exit_claim(entry, TP, 4, broker_tag="t", at=AT, owner=None,
+                      lease_until=None)["placed_with_parent"] is False
