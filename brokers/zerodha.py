@@ -17,7 +17,8 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import requests
 from kiteconnect import KiteConnect
@@ -65,11 +66,13 @@ _NOT_SENT = (requests.ConnectTimeout, requests.exceptions.MissingSchema,
 
 
 class OrderRateLimiter:
-    """At most `per_second` requests per second, waiting in arrival order, never dropped.
+    """At most `per_second` requests per second as Kite counts them, waiting in arrival order,
+    never dropped.
 
-    A sliding window: a request waits until the n-th most recent one is one window old. Kite
-    counts requests as they arrive, so the window carries 5% headroom for the jitter between
-    this clock and Kite's (thread start-up, network).
+    A sliding window over the requests' ends: a request starts only once the n-th most recent
+    one ended a window ago. Kite counts a request when it arrives, which is after it started
+    here and before it ended, so no window at Kite holds more than n however late a worker
+    thread sends it (a loaded machine, a slow network). 5% headroom on top.
     """
 
     HEADROOM = 1.05
@@ -80,18 +83,28 @@ class OrderRateLimiter:
             raise ValueError("per_second must be > 0")
         self._burst = max(1, int(per_second))
         self._window = self._burst / per_second * self.HEADROOM
-        self._sent: deque[float] = deque(maxlen=self._burst)
+        self._ends: deque[asyncio.Future[float]] = deque(maxlen=self._burst)
         self._clock = clock
         self._sleep = sleep
         self._lock = asyncio.Lock()
 
-    async def acquire(self) -> None:
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold a slot for one request: enter before it is sent, leave once it has ended
+        (answered or failed)."""
         async with self._lock:
-            if len(self._sent) == self._burst:
-                delay = self._sent[0] + self._window - self._clock()
+            if len(self._ends) == self._burst:
+                # shielded: a cancelled waiter must not cancel another request's end
+                ended = await asyncio.shield(self._ends[0])
+                delay = ended + self._window - self._clock()
                 if delay > 0:
                     await self._sleep(delay)
-            self._sent.append(self._clock())
+            end: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            self._ends.append(end)
+        try:
+            yield
+        finally:
+            end.set_result(self._clock())
 
 
 class ZerodhaBroker(Broker):
@@ -150,13 +163,13 @@ class ZerodhaBroker(Broker):
         except OrderRejected as e:
             logger.info("Not sent to Kite: %s: %s", request.signal_id, e.reason)
             raise
-        await self._limiter.acquire()
-        logger.info("Placing Kite order: %s: %s %s %s:%s %s %s %s tag=%s", request.signal_id,
-                    params["transaction_type"], params["quantity"], params["exchange"],
-                    params["tradingsymbol"], params["order_type"], params["product"],
-                    params["validity"], tag)
-        order_id = str(await self._call(PLACE, request.signal_id, "place_order",
-                                        **params))
+        async with self._limiter.slot():
+            logger.info("Placing Kite order: %s: %s %s %s:%s %s %s %s tag=%s",
+                        request.signal_id, params["transaction_type"], params["quantity"],
+                        params["exchange"], params["tradingsymbol"], params["order_type"],
+                        params["product"], params["validity"], tag)
+            order_id = str(await self._call(PLACE, request.signal_id, "place_order",
+                                            **params))
         logger.info("Kite received order %s: %s", order_id, request.signal_id)
         # A 200 only means Kite received it: its fate shows in the order history.
         return BrokerOrder(order_id=order_id, status=BrokerStatus.PENDING,
@@ -192,11 +205,11 @@ class ZerodhaBroker(Broker):
         if (leg := parse_leg_order_id(order_id)) is not None:
             await self._gtts.cancel(*leg)
             return
-        await self._limiter.acquire()
-        logger.info("Cancelling Kite order %s", order_id)
         try:
-            await self._call(CANCEL, f"order {order_id}", "cancel_order", VARIETY,
-                             order_id)
+            async with self._limiter.slot():
+                logger.info("Cancelling Kite order %s", order_id)
+                await self._call(CANCEL, f"order {order_id}", "cancel_order", VARIETY,
+                                 order_id)
         except OrderRejected as refused:
             current = await self.get_order(order_id)
             if current.extra.get("kite_status") in FINAL_STATUSES:
@@ -213,10 +226,10 @@ class ZerodhaBroker(Broker):
             await self._gtts.modify(*leg, request)
             return
         fields = modify_params(request)
-        await self._limiter.acquire()
-        logger.info("Modifying Kite order %s: %s", order_id, fields)
-        await self._call(MODIFY, f"order {order_id}", "modify_order", VARIETY,
-                         order_id, **fields)
+        async with self._limiter.slot():
+            logger.info("Modifying Kite order %s: %s", order_id, fields)
+            await self._call(MODIFY, f"order {order_id}", "modify_order", VARIETY,
+                             order_id, **fields)
 
     async def list_orders(self) -> list[BrokerOrder]:
         orders = await self._call(READ, "order book", "orders")

@@ -8,9 +8,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from execution_service.adapters.emulator import find_launcher, start_emulator
 from tests.fakes.wire_mongo import WireMongo
+
+# No property test may fail for taking long: a loaded CI machine stalls a single example for
+# hundreds of milliseconds (hypothesis' default deadline is 200 ms) without anything wrong.
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 REPO = Path(__file__).resolve().parent.parent
 SIGNALS = REPO / "tests" / "signals"

@@ -87,8 +87,10 @@ def open_store(uri: str | None, database: str, embedded_path: Path | None,
 
         name = uuid.uuid4().hex
         client = litemongo.connect(f"mem://{name}?engine=memory", tz_aware=True)
+        from execution_service.adapters.memory_store import serialized
+
         # its in-memory store has no close(): forgetting it is what frees it
-        return StoreHandle(client, client[database], "in-memory store (mongomock)",
+        return StoreHandle(client, serialized(client[database]), "in-memory store (mongomock)",
                            release=lambda: litemongo_client._MEMORY_STORES.pop(name, None))
     try:
         client = pymongo.MongoClient(uri, **server_client_options(server or ServerSettings()))

@@ -31,7 +31,7 @@ class DaemonProcess:
         self.process: subprocess.Popen | None = None
         self.output = workdir / "daemon.out"
 
-    def start(self, wait_for_heartbeat: bool = True, timeout: float = 30.0) -> DaemonProcess:
+    def start(self, wait_for_heartbeat: bool = True, timeout: float = 60.0) -> DaemonProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._output_from = len(self.read_output())  # a restart appends: wait for its own line
         with open(self.output, "ab") as out:
@@ -59,6 +59,13 @@ class DaemonProcess:
     def terminate(self, timeout: float = 15.0) -> int:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout)
+
+    def read_new_subscription(self, name: str = "trading-orders-sub-restarted") -> None:
+        """From the next start on, read orders from a subscription of its own (made at start,
+        before the test publishes again). After a SIGKILL or a stop the emulator may keep
+        handing new messages to the old consumer's stream for good (LIBRARY-NOTES), so a
+        restarted daemon on the old subscription may never see them."""
+        self.env["TRADING_ORDERS_SUBSCRIPTION"] = name
 
     def kill(self) -> None:
         self.process.kill()

@@ -19,6 +19,7 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -93,6 +94,7 @@ class FakeKite:
         self._gtt_ids = itertools.count(1101)
         self._errors: dict[str, list[KiteError]] = {}
         self._hangs: list[float] = []
+        self._on_arrival: dict[str, Callable[[str], object]] = {}  # tag -> what befalls it
         self._drops = 0
         self._ids = itertools.count(250101000000001)
         self._trade_ids = itertools.count(80000001)
@@ -145,6 +147,12 @@ class FakeKite:
         stop()): the client times out while the order exists."""
         with self._lock:
             self._hangs.append(seconds)
+
+    def on_arrival(self, tag: str, befall: Callable[[str], object]) -> None:
+        """When the order tagged `tag` is placed, `befall(order_id)` at once (`fill`, `reject`
+        …): what the venue does to it then no longer races the daemon's order timeout."""
+        with self._lock:
+            self._on_arrival[tag] = befall
 
     def drop_next_place(self) -> None:
         """The next placement creates the order, then the connection closes unanswered."""
@@ -264,6 +272,9 @@ class FakeKite:
                 self._append(order, status="REJECTED", status_message=self.reject_reason)
             else:
                 self._append(order, status="OPEN", exchange_order_id=f"13{order_id[-8:]}")
+            befall = self._on_arrival.pop(form.get("tag", ""), None)
+            if befall is not None:
+                befall(order_id)
             return order_id, self._hangs.pop(0) if self._hangs else 0.0
 
     def wait_released(self, seconds: float) -> None:

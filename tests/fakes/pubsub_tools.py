@@ -59,7 +59,7 @@ class PubSubRig:
             self.confirmation_attributes.append(dict(message.attributes))
         return self.confirmations
 
-    def wait_for(self, predicate, timeout: float = 30.0, what: str = "condition"):
+    def wait_for(self, predicate, timeout: float = 60.0, what: str = "condition"):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.collect_confirmations()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import replace
+from datetime import timedelta
 
 from brokers.base import Broker, BrokerOrder, BrokerStatus, Fill, OrderRequest
 from execution_service.adapters.command_log import CommandLog
@@ -162,6 +163,20 @@ class ScriptedBroker(Broker):
         self.orders[order_id] = replace(self.orders[order_id], status=status, reason=reason)
 
 
+class SteppedClock:
+    """The service's clock, moved on by the test: leases expire and orders time out when the
+    test says, however slowly the machine runs."""
+
+    def __init__(self) -> None:
+        self.now = utc_now()
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
 def make_app(*, env: dict | None = None, broker: Broker | None = None, store_class=Store,
              notifier=None, accounts: list[dict] | None = None,
              handle: StoreHandle | None = None, start_outbox: bool = True, clock=utc_now):
@@ -196,7 +211,7 @@ def order_body(**fields) -> bytes:
     return json.dumps(body).encode()
 
 
-async def settle(app, timeout: float = 5.0) -> None:
+async def settle(app, timeout: float = 20.0) -> None:
     """Wait until no order is tracked and the outbox is empty."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -206,7 +221,7 @@ async def settle(app, timeout: float = 5.0) -> None:
     assert not app.outbox.backlog, "confirmations still unpublished"
 
 
-async def wait_until(condition, timeout: float = 10.0, what: str = "condition") -> None:
+async def wait_until(condition, timeout: float = 20.0, what: str = "condition") -> None:
     """Poll `condition` on the event loop until it holds; fail naming `what` at the deadline."""
     await eventually(condition, timeout, what)
 

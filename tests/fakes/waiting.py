@@ -12,9 +12,10 @@ T = TypeVar("T")
 POLL_SECONDS = 0.01
 
 
-def wait_until(condition: Callable[[], T], timeout: float = 30.0,
-               what: str = "condition") -> T:
-    """Poll `condition` (from a thread that may block) until it returns something truthy."""
+def wait_until(condition: Callable[[], T], timeout: float = 60.0,
+               what: str = "condition", poll: float = POLL_SECONDS) -> T:
+    """Poll `condition` (from a thread that may block) until it returns something truthy;
+    `poll` apart (longer for a condition that runs a CLI process: each costs a second of CPU)."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
@@ -22,10 +23,10 @@ def wait_until(condition: Callable[[], T], timeout: float = 30.0,
             return result
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(POLL_SECONDS)
+        time.sleep(poll)
 
 
-async def eventually(condition: Callable[[], T], timeout: float = 5.0,
+async def eventually(condition: Callable[[], T], timeout: float = 20.0,
                      what: str = "condition") -> T:
     """Poll `condition` without blocking the event loop until it returns something truthy."""
     loop = asyncio.get_running_loop()

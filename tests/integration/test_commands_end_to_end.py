@@ -151,7 +151,7 @@ def test_given_repeated_request_ids_then_nothing_changes_and_daemon_stays_up(des
     rig.publish(modify)
     rig.publish({**modify, "limit_price": 97.0})  # same request_id, other values: ignored
     duplicate = f"Duplicate MODIFY request {modify['request_id']} ignored"
-    rig.wait_for(lambda: daemon.read_output().count(duplicate) == 2, what="both duplicates")
+    rig.wait_for(lambda: daemon.read_output().count(duplicate) >= 2, what="both duplicates")
     rig.publish(request("CANCEL", signal_id))
     wait_event(rig, signal_id, "CANCELLED")
     assert events(rig, signal_id).count("MODIFIED") == 1

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import json
-import time
 
 from tests.fakes.daemon import DaemonProcess
 from tests.fakes.pubsub_tools import PubSubRig
+from tests.fakes.waiting import wait_until
 
 
 def _letters(daemon: DaemonProcess) -> list[dict]:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        listed = daemon.cli("dead-letters", "--json")
-        assert listed.returncode == 0, listed.stderr
-        letters = json.loads(listed.stdout)
-        if letters:
-            return letters
-        time.sleep(0.3)
-    raise AssertionError("nothing reached the dead-letter subscription")
+    """The dead letters as `dead-letters --json` lists them, once there are some."""
+    def listed() -> list[dict]:
+        done = daemon.cli("dead-letters", "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    return wait_until(listed, 60, "a message on the dead-letter subscription", poll=0.3)
 
 
 def test_given_unusable_message_then_listed_twice_and_requeued(emulator_host, project_id,
@@ -34,14 +32,9 @@ def test_given_unusable_message_then_listed_twice_and_requeued(emulator_host, pr
         assert _letters(daemon)[0]["id"] == letters[0]["id"]  # listing did not consume it
         requeued = daemon.cli("dead-letters", "--requeue", letters[0]["id"])
         assert requeued.returncode == 0 and "requeued" in requeued.stdout
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # back through the daemon: dead-lettered again
-            again = json.loads(daemon.cli("dead-letters", "--json").stdout)
-            if again and again[0]["id"] != letters[0]["id"]:
-                break
-            time.sleep(0.3)
-        else:
-            raise AssertionError("the requeued message did not come back through the daemon")
+        wait_until(lambda: [letter for letter in _letters(daemon)
+                            if letter["id"] != letters[0]["id"]], 60,
+                   "the requeued message back through the daemon, dead-lettered again", poll=0.3)
         missing = daemon.cli("dead-letters", "--requeue", "no-such-id")
         assert missing.returncode == 2 and "no dead letter no-such-id" in missing.stderr
     finally:

@@ -73,7 +73,7 @@ def test_given_run_when_sigterm_arrives_while_the_emulator_starts_then_no_emulat
         pid, ticks = recorded_emulator(workdir)  # spawned; not answering yet, or just
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=30) == 0
-        wait_until(lambda: gone(pid, ticks), timeout=15, what="the emulator to stop")
+        wait_until(lambda: gone(pid, ticks), timeout=60, what="the emulator to stop")
         assert not (workdir / "logs" / emulator_record.HOST_FILE).exists()
         output = (workdir / "run.out").read_text()
         assert "Starting the Pub/Sub emulator (log: " in output
@@ -93,7 +93,7 @@ def test_given_a_running_daemon_when_killed_with_sigkill_then_its_emulator_goes_
         pid, ticks = recorded_emulator(workdir)
         daemon.kill()
         daemon.wait(timeout=10)
-        wait_until(lambda: gone(pid, ticks), timeout=15, what="the orphaned emulator to stop")
+        wait_until(lambda: gone(pid, ticks), timeout=60, what="the orphaned emulator to stop")
         # the record is still there: the next run must not trust it, and start cleanly
         assert (workdir / "logs" / emulator_record.RECORD_FILE).exists()
         again = start_run(workdir, local_env())
@@ -104,7 +104,7 @@ def test_given_a_running_daemon_when_killed_with_sigkill_then_its_emulator_goes_
             assert second[0] != pid
             again.send_signal(signal.SIGTERM)
             assert again.wait(timeout=30) == 0
-            wait_until(lambda: gone(*second), timeout=15, what="the second emulator to stop")
+            wait_until(lambda: gone(*second), timeout=60, what="the second emulator to stop")
         finally:
             if again.poll() is None:
                 again.kill()

@@ -111,7 +111,7 @@ def send_into_outage(rig: PubSubRig, port: int, strategy: str) -> list[str]:
         rig.publish(body)
     wait_until(lambda: f"{SIGNALS} messages held" in health(port), 90,
                f"the daemon to hold all {SIGNALS} signals")
-    wait_until(lambda: outage_seconds(health(port)) >= 3, 30, "a 3 s outage")
+    wait_until(lambda: outage_seconds(health(port)) >= 3, 60, "a 3 s outage")
     assert f"{SIGNALS} messages held" in health(port)
     assert rig.dead_letters() == []
     return [body["signal_id"] for body in signals]
@@ -122,7 +122,7 @@ def assert_each_filled_once(rig: PubSubRig, port: int, ids: list[str]) -> None:
     for signal_id in ids:
         assert rig.statuses(signal_id) == ["SUBMITTED", "FILLED"], signal_id
     assert rig.dead_letters() == []
-    wait_until(lambda: health(port) == "ok", 20, "healthy again")
+    wait_until(lambda: health(port) == "ok", 60, "healthy again")
 
 
 def outage_seconds(text: str) -> float:

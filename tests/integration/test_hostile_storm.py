@@ -192,7 +192,7 @@ def _dead_letters(rig: PubSubRig, expected: int) -> list:
     return letters
 
 
-def _telegram_texts(telegram: FakeTelegram, hostile: dict, timeout: float = 30.0) -> list[str]:
+def _telegram_texts(telegram: FakeTelegram, hostile: dict, timeout: float = 60.0) -> list[str]:
     """Every message the fake Bot API took, once a rejection for each hostile signal is there."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

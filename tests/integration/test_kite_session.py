@@ -80,7 +80,7 @@ def test_given_a_running_daemon_when_the_session_expires_and_kite_login_runs_the
     assert {outcome["status"] for outcome in outcomes} == {"REJECTED"}
     status = json.loads(daemon.cli("status", "--json").stdout)
     halts = wait_until(lambda: json.loads(daemon.cli("status", "--json").stdout)["risk"]
-                       ["halted"], what="the session halt in status")
+                       ["halted"], what="the session halt in status", poll=0.3)
     assert list(halts) == ["broker:ZERODHA"]
     assert halts["broker:ZERODHA"]["reason"] == "Kite session expired"
     later = kite_signal("acc_kite2")
@@ -104,7 +104,7 @@ def test_given_a_running_daemon_when_the_session_expires_and_kite_login_runs_the
     second_token = kite.sessions_issued[-1]
     assert second_token != first_token
     wait_until(lambda: not json.loads(daemon.cli("status", "--json").stdout)["risk"]["halted"],
-               what="the halt lifted by the running daemon")
+               what="the halt lifted by the running daemon", poll=0.3)
     after = kite_signal("acc_kite2")
     rig.publish(after)
     wait_until(lambda: placed(kite, after["signal_id"]), what="order with the new token")

@@ -54,7 +54,7 @@ def daemon_log(daemon: DaemonProcess) -> str:
 
 def outcome(rig: PubSubRig, body: dict) -> dict:
     rig.publish(body)
-    return rig.wait_for(lambda: rig.terminal(body["signal_id"]), timeout=30,
+    return rig.wait_for(lambda: rig.terminal(body["signal_id"]),
                         what=f"outcome of {body['signal_id']}")
 
 
@@ -102,7 +102,7 @@ def test_given_telegram_on_then_texts_reach_the_chat_and_the_token_stays_out_of_
     never = signal(order_type="LIMIT", limit_price=95.0, reference_price=100.0)
     assert outcome(rig, never)["status"] == "CANCELLED"
     wait_until(lambda: any(filled["signal_id"] in m.text for m in telegram.sent)
-               and any(never["signal_id"] in m.text for m in telegram.sent), 10,
+               and any(never["signal_id"] in m.text for m in telegram.sent), 60,
                "both texts in the chat")
     texts = [m.text for m in telegram.sent]
     fill_text = next(t for t in texts if filled["signal_id"] in t)

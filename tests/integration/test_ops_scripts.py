@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, SIGNALS
+from tests.fakes.waiting import wait_until
 
 SCRIPTS = REPO / "scripts"
 SHOW = ("import sys; from execution_service.cli import main; "
@@ -41,15 +42,15 @@ def script(host, name: str, *args: str) -> subprocess.CompletedProcess:
     return run(host, str(SCRIPTS / name), *args)
 
 
-def wait_for_status(host, signal_id: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_for_status(host, signal_id: str, timeout: float = 60) -> dict:
+    def final() -> dict | None:
         orders = json.loads(run(host, "-m", "execution_service", "orders", "--json").stdout)
         record = next((o for o in orders if o["signal_id"] == signal_id), None)
         if record is not None and record["status"] in ("FILLED", "REJECTED", "CANCELLED"):
             return record
-        time.sleep(0.5)
-    raise AssertionError(f"{signal_id} not final within {timeout}s")
+        return None
+
+    return wait_until(final, timeout, f"{signal_id} final", poll=0.5)
 
 
 def stop_if_running(pid: int | None) -> None:

@@ -29,7 +29,7 @@ def trade(rig: PubSubRig, kite: FakeKite) -> str:
     """One Kite market order, filled; returns its signal id."""
     body = kite_signal()
     rig.publish(body)
-    kite.fill(placed_order_id(kite, body["signal_id"], 30), 5)
+    kite.fill(placed_order_id(kite, body["signal_id"]), 5)
     rig.wait_for(lambda: rig.terminal(body["signal_id"]), 30, "the Kite order")
     assert rig.terminal(body["signal_id"])["status"] == "FILLED"
     return body["signal_id"]
@@ -98,6 +98,7 @@ def test_given_credentials_in_accounts_file_then_kite_trades_and_no_value_appear
 
         # Restarted without the file: the credentials sealed in the store still trade
         del daemon.env["ACCOUNTS_FILE"]
+        daemon.read_new_subscription()
         daemon.output = workdir / "daemon-restarted.out"
         daemon.start()
         said = everything_said(daemon, trade(rig, kite))

@@ -63,7 +63,7 @@ async def test_given_store_down_when_50_signals_arrive_then_held_and_all_fill_on
             assert rig.statuses(signal_id) == ["SUBMITTED", "FILLED"]
         assert app.store.mock_ledger.count() == len(ids)
         assert rig.dead_letters() == [] and daemon.intake.holding == 0
-        await asyncio.wait_for(_until(lambda: not store.health.down), 10)
+        await asyncio.wait_for(_until(lambda: not store.health.down), 30)
         assert daemon.healthy() == (True, "ok")
     finally:
         stop.set()
@@ -138,7 +138,7 @@ async def test_given_the_store_gone_under_a_running_daemon_then_every_working_or
         await asyncio.wait_for(_until(lambda: counts().get("SUBMITTED", 0) + counts().get(
             "FILLED", 0) == len(ids)), 30)
         switch.down = True
-        await asyncio.wait_for(_until(lambda: not daemon.healthy()[0]), 10)
+        await asyncio.wait_for(_until(lambda: not daemon.healthy()[0]), 30)
         assert "store" in daemon.healthy()[1]
         await asyncio.sleep(3.0)  # the outage lasts past every fill's due time
         switch.down = False
@@ -146,7 +146,7 @@ async def test_given_the_store_gone_under_a_running_daemon_then_every_working_or
                                 "all filled after the outage")
         await asyncio.wait_for(_until(lambda: not app.outbox.backlog and
                                       not app.store.records_with_unpublished()), 30)
-        await asyncio.wait_for(_until(lambda: daemon.healthy()[0]), 10)
+        await asyncio.wait_for(_until(lambda: daemon.healthy()[0]), 30)
         for signal_id in ids:
             assert rig.statuses(signal_id) == ["SUBMITTED", "FILLED"], signal_id
             record = app.store.get_record(signal_id)

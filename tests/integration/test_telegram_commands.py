@@ -91,7 +91,7 @@ def test_given_admin_and_stranger_chats_when_they_send_commands_then_admins_are_
         assert ask(telegram, "/resume acc_abc123") == "trading resumed for account acc_abc123"
         assert halts(daemon) == []
         wait_until(lambda: json.loads(daemon.cli("status", "--json").stdout)["risk"]["halted"]
-                   == {}, what="the daemon's heartbeat to show no halt")
+                   == {}, what="the daemon's heartbeat to show no halt", poll=0.3)
         resting = market_signal({"account_id": "acc_abc123", "strategy_name": "Chat"},
                                 order_type="LIMIT", limit_price=95.0)
         rig.publish(resting)
@@ -123,7 +123,7 @@ def test_given_a_hanging_bot_api_when_orders_arrive_then_they_fill_and_the_daemo
         for body in bodies:
             rig.publish(body)
         for body in bodies:
-            filled = rig.wait_for(lambda b=body: rig.terminal(b["signal_id"]), timeout=20,
+            filled = rig.wait_for(lambda b=body: rig.terminal(b["signal_id"]), timeout=60,
                                   what="a fill while the Bot API hangs")
             assert filled["status"] == "FILLED"
         assert daemon.terminate(timeout=30) == 0

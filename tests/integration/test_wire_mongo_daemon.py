@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from collections import Counter
 
@@ -22,6 +21,7 @@ from tests.fakes.mongosh import (
     readme_mongosh_block,
 )
 from tests.fakes.pubsub_tools import PubSubRig, market_signal
+from tests.fakes.waiting import wait_until
 
 BUY, SELL, ZERO = "sig_1732450800_5678", "sig_1732450900_0001", "sig_1732451000_0002"
 SAMPLES = {BUY: "equity_market_buy.json", SELL: "equity_limit_sell.json",
@@ -122,7 +122,8 @@ def test_given_two_replicas_on_one_subscription_and_store_then_both_place_and_ea
     env = {"PUBSUB_EMULATOR_HOST": emulator_host, "GOOGLE_CLOUD_PROJECT": project,
            "MONGODB_URI": wire_mongo.uri, "MONGODB_DATABASE": database,
            "ACCOUNTS_FILE": str(tmp_path / "accounts.json"), "MOCK_FILL_DELAY_SECONDS": "0.3",
-           "ORDER_POLL_SECONDS": "0.1", "PUBSUB_MAX_IN_FLIGHT": "5", "LOG_LEVEL": "WARNING"}
+           "ORDER_POLL_SECONDS": "0.1", "PUBSUB_MAX_IN_FLIGHT": "5", "LOG_LEVEL": "WARNING",
+           "HEARTBEAT_SECONDS": "0.5"}
     rig = PubSubRig(project)
     replicas = [DaemonProcess(tmp_path / f"replica{n}", env).start() for n in (1, 2)]
     ids = [f"sig_rep_{n:03d}" for n in range(40)]
@@ -134,10 +135,12 @@ def test_given_two_replicas_on_one_subscription_and_store_then_both_place_and_ea
             rig.publish(body)
         rig.wait_for(lambda: all(rig.terminal(i) for i in ids), timeout=90,
                      what="every signal filled")
-        time.sleep(1.0)  # late copies arrive and are judged duplicates, never placed
-        rig.collect_confirmations()
         handle, store = replicas[0].store()
         try:
+            # every second copy reached a replica and was judged a duplicate, never placed
+            wait_until(lambda: _duplicates_seen(store) >= len(ids), 90,
+                       "every second copy judged a duplicate")
+            rig.collect_confirmations()
             owners = Counter(store.get_record(i)["owner"]["pid"] for i in ids)
             assert store.mock_ledger.count() == len(ids)
             assert all(store.mock_ledger.count(i) == 1 for i in ids)
@@ -151,3 +154,8 @@ def test_given_two_replicas_on_one_subscription_and_store_then_both_place_and_ea
     assert set(owners) == {r.process.pid for r in replicas}, owners
     for signal_id in ids:
         assert rig.statuses(signal_id).count("SUBMITTED") == 1, rig.statuses(signal_id)
+
+
+def _duplicates_seen(store) -> int:
+    """Duplicates counted by every replica, as their heartbeats last reported them."""
+    return sum(status["counters"]["duplicates"] for status in store.read_statuses())

@@ -30,13 +30,13 @@ def test_given_the_store_server_killed_and_restarted_then_every_order_ends_termi
         for signal_id in before:
             rig.publish(market_signal({"account_id": "acc_out", "strategy_name": "Outage"},
                                       signal_id=signal_id))
-        wait_until(lambda: _claimed(daemon) >= len(before), 30, "every order claimed")
+        wait_until(lambda: _claimed(daemon) >= len(before), 60, "every order claimed")
         server.kill()  # orders working, their fills not yet recorded
         for signal_id in during:
             rig.publish(market_signal({"account_id": "acc_out", "strategy_name": "Outage"},
                                       signal_id=signal_id))
         log = daemon.workdir / "logs" / "execution_service.log"
-        wait_until(lambda: "store unavailable" in log.read_text().lower(), 30,
+        wait_until(lambda: "store unavailable" in log.read_text().lower(), 60,
                "the daemon to meet the outage")
         server.start()  # same port, same data
         ids = before + during

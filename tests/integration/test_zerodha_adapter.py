@@ -516,6 +516,8 @@ async def test_zerodha_rate_limit_spaces_order_requests_and_drops_none(fake):
 
 @pytest.mark.asyncio
 async def test_zerodha_rate_limiter_queues_in_order_on_a_fake_clock():
+    """Given 2.5/s (a burst of 2) and instant requests, then they start in pairs one window
+    apart."""
     now = [0.0]
     starts: list[float] = []
 
@@ -524,11 +526,54 @@ async def test_zerodha_rate_limiter_queues_in_order_on_a_fake_clock():
 
     limiter = OrderRateLimiter(2.5, clock=lambda: now[0], sleep=sleep)
     for _ in range(6):
-        await limiter.acquire()
-        starts.append(now[0])
+        async with limiter.slot():
+            starts.append(now[0])
 
     window = 2 / 2.5 * OrderRateLimiter.HEADROOM
     assert starts == pytest.approx([0, 0, window, window, 2 * window, 2 * window])
+
+
+@pytest.mark.asyncio
+async def test_given_slow_requests_when_limited_then_the_window_counts_from_their_ends():
+    """Given requests that take 0.4 s each (a slow network, a late worker thread) and a burst
+    of 2, when a third comes, then it starts a window after the first one ENDED: Kite sees a
+    request at some moment between its start and its end, so counting from the starts could
+    let three arrive within one window."""
+    now = [0.0]
+    starts: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    limiter = OrderRateLimiter(2.5, clock=lambda: now[0], sleep=sleep)
+
+    async def request() -> None:
+        async with limiter.slot():
+            starts.append(now[0])
+            await sleep(0.4)
+
+    await asyncio.gather(*(request() for _ in range(3)))
+
+    window = 2 / 2.5 * OrderRateLimiter.HEADROOM
+    assert starts[2] >= starts[0] + 0.4 + window - 1e-9
+
+
+@pytest.mark.asyncio
+async def test_given_a_failed_request_then_its_slot_ends_and_the_queue_moves_on():
+    """Given a burst of 1 and a request that raises, then the next one still gets a slot one
+    window after the failure (a failed call counts, and never blocks the queue)."""
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    limiter = OrderRateLimiter(1, clock=lambda: now[0], sleep=sleep)
+    with pytest.raises(ConnectionError):
+        async with limiter.slot():
+            raise ConnectionError("Kite unreachable")
+    async with limiter.slot():
+        started = now[0]
+    assert started == pytest.approx(OrderRateLimiter.HEADROOM)
 
 
 # --- the contract harness and the factory ----------------------------------------------------

@@ -14,6 +14,7 @@ from execution_service.service.processor import Action
 from tests.fakes.service_fakes import (
     FlakyStore,
     ScriptedBroker,
+    SteppedClock,
     make_app,
     order_body,
     status_of,
@@ -246,7 +247,7 @@ async def test_given_take_profit_filled_before_a_crash_when_restarted_then_stop_
     await stop(first)
     assert status_of(first, "sig_1:SL") == "SUBMITTED"
     second, _ = make_app(env=env, handle=first.handle, accounts=[])
-    deadline = asyncio.get_running_loop().time() + 10  # sweep is async (store thread)
+    deadline = asyncio.get_running_loop().time() + 30  # sweep is async (store thread)
     while not (await second.leases.sweep() > 0 or "sig_1:SL" in second.tracker.tracked_ids()):
         assert asyncio.get_running_loop().time() < deadline, "stop resumed"
         await asyncio.sleep(0.01)
@@ -286,10 +287,12 @@ async def test_given_orders_per_minute_limit_then_exits_do_not_use_up_the_strate
 
 
 async def test_given_partly_filled_entry_when_it_times_out_then_exits_kept_for_the_filled_part():
-    broker = ScriptedBroker()
-    app, _ = make_app(broker=broker, env={"ORDER_TIMEOUT_SECONDS": "0.3"})
+    broker, clock = ScriptedBroker(), SteppedClock()
+    app, _ = make_app(broker=broker, env={"ORDER_TIMEOUT_SECONDS": "60"}, clock=clock)
     entry = await scripted_entry(app, broker)
     broker.fill(entry, "E1", 4, 100.0, app.clock())
+    await wait_until(lambda: record(app, "sig_1")["filled_quantity"] == 4, what="4 filled")
+    clock.advance(60)  # the test's clock: the part is always filled before the timeout
     await wait_until(lambda: status_of(app, "sig_1") == "CANCELLED", what="entry timed out")
     await wait_until(lambda: app.brackets.in_flight == 0, what="brackets idle")
     assert exit_quantities(app) == (4, 4)

@@ -70,8 +70,11 @@ async def _fill_one(fail_at: int | None, error: Exception):
     app, publisher = make_app(broker=broker, env={"SUPERVISE_SECONDS": "0.05"})
     app.processor.handle(order_body(quantity=3))
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while not (app.store.get_record("sig_1")["status"] == "FILLED" and not app.outbox.backlog):
+    deadline = loop.time() + 30
+    # FILLED reaches the store (store thread) a moment before its confirmation is queued (on
+    # the loop): done is FILLED with every confirmation out, not FILLED and an empty queue
+    while not (app.store.get_record("sig_1")["status"] == "FILLED" and not app.outbox.backlog
+               and not app.store.records_with_unpublished()):
         assert loop.time() < deadline, f"not FILLED; broker call {fail_at} failed: {broker.calls}"
         await asyncio.sleep(0.01)
     await app.outbox.stop()

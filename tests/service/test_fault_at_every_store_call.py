@@ -124,8 +124,9 @@ async def test_given_a_record_write_applied_but_unacknowledged_then_no_gap_is_ma
         "MOCK_FILL_CHUNKS": "2"})
     app.store.lose_next = True
     app.processor.handle(order_body(signal_id="sig_lost", quantity=4))
-    await wait_until(lambda: _terminal(app, "sig_lost") and not app.outbox.backlog,
-                     what="filled")
+    await wait_until(lambda: _terminal(app, "sig_lost") and not app.outbox.backlog
+                     and not app.store.get_record("sig_lost")["outbox_pending"],
+                     what="filled, every confirmation out")
     assert publisher.statuses("sig_lost") == ["SUBMITTED", "PARTIALLY_FILLED", "FILLED"]
     assert app.store.get_record("sig_lost")["published_sequence"] == 3
     await app.outbox.stop()

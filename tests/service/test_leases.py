@@ -11,7 +11,14 @@ from execution_service.clock import utc_now
 from execution_service.domain.records import new_claim
 from execution_service.domain.signals import parse_signal
 from execution_service.service.leases import claimable
-from tests.fakes.service_fakes import ScriptedBroker, make_app, order_body, settle, wait_until
+from tests.fakes.service_fakes import (
+    ScriptedBroker,
+    SteppedClock,
+    make_app,
+    order_body,
+    settle,
+    wait_until,
+)
 
 ME = {"id": "hostA:10:1", "host": "hostA", "pid": 10}
 
@@ -67,19 +74,6 @@ async def test_given_record_taken_over_then_the_old_owner_stops_writing():
                                   second.clock() + timedelta(seconds=30), second.clock())
     await first.leases.renew()
     await wait_until(lambda: not first.tracker.in_flight, what="the old owner letting go")
-
-
-class SteppedClock:
-    """The replicas' clock, moved on by the test: leases expire when the test says."""
-
-    def __init__(self) -> None:
-        self.now = utc_now()
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.mark.asyncio

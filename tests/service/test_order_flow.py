@@ -15,6 +15,7 @@ from execution_service.service.processor import Action
 from tests.fakes.service_fakes import (
     FlakyStore,
     ScriptedBroker,
+    SteppedClock,
     make_app,
     order_body,
     settle,
@@ -127,15 +128,21 @@ async def test_given_cancel_that_raced_a_fill_then_late_fill_recorded():
 
 
 async def test_given_timeout_with_partial_fill_then_cancelled_keeping_the_part():
-    broker = ScriptedBroker()
-    app, publisher = make_app(broker=broker, env={"ORDER_TIMEOUT_SECONDS": "0.2"})
+    """Given an order 6/10 filled, when the service's clock passes its timeout, then it is
+    cancelled keeping the 6 (the clock is the test's: the fill always comes first)."""
+    broker, clock = ScriptedBroker(), SteppedClock()
+    app, publisher = make_app(broker=broker, env={"ORDER_TIMEOUT_SECONDS": "60"}, clock=clock)
     app.processor.handle(order_body(quantity=10))
     await eventually(lambda: broker.orders, what="the order placed")
     broker.fill("SCR-1", "P1", 6, 10.0, app.clock())
+    await eventually(lambda: app.store.get_record("sig_1")["filled_quantity"] == 6,
+                     what="the part filled")
+    assert app.store.get_record("sig_1")["status"] == "PARTIALLY_FILLED"
+    clock.advance(60)
     await settle(app)
     record = app.store.get_record("sig_1")
     assert record["status"] == "CANCELLED" and record["filled_quantity"] == 6
-    assert record["cancel_reason"].startswith("timeout: not filled within 0.2s")
+    assert record["cancel_reason"].startswith("timeout: not filled within 60s")
     assert publisher.statuses("sig_1") == ["SUBMITTED", "PARTIALLY_FILLED", "CANCELLED"]
 
 

@@ -12,6 +12,7 @@ from concurrent.futures import Future
 import pytest
 
 from execution_service.adapters.pubsub import OrderConsumer, TopicPublisher
+from tests.fakes.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -109,10 +110,7 @@ async def test_given_the_worker_went_idle_then_the_next_batch_starts_it_again(mo
     monkeypatch.setattr(TopicPublisher, "IDLE_SECONDS", 0.05)
     publisher = publisher_with(FakePublishRequests())
     assert await send(publisher, [(b"a", {})]) == [None]
-    deadline = time.monotonic() + 2
-    while publisher._worker is not None and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert publisher._worker is None
+    await eventually(lambda: publisher._worker is None, 30, "the idle worker to stop")
     assert await send(publisher, [(b"b", {})]) == [None]
 
 
