@@ -164,7 +164,7 @@ async def drive(app, n: int, batch: int) -> list[dict]:
     while done < n:
         count = min(batch, n - done)
         before = counting_daemon.snapshot()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         for i in range(done, done + count):
             outcome = app.processor.handle(body(f"core-{i}", i))
             if str(outcome.action) != "ACK":
@@ -173,15 +173,18 @@ async def drive(app, n: int, batch: int) -> list[dict]:
         while app.tracker.in_flight or app.outbox.backlog or PENDING_MARKS:
             await asyncio.sleep(0.001)
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
         after = counting_daemon.snapshot()
         calls = sum(v["calls"] - before.get(k, {}).get("calls", 0) for k, v in after.items())
         store_s = sum(v["seconds"] - before.get(k, {}).get("seconds", 0.0)
                       for k, v in after.items())
         done += count
         rows.append({"records_after": done, "ms_per_signal": round(1000 * elapsed / count, 3),
+                     "cpu_ms_per_signal": round(1000 * cpu / count, 3),
                      "store_calls_per_signal": round(calls / count, 2),
                      "store_ms_per_signal": round(1000 * store_s / count, 3)})
-        print(f"  {done:6d} records  {rows[-1]['ms_per_signal']:8.2f} ms/signal  "
+        print(f"  {done:6d} records  {rows[-1]['ms_per_signal']:8.2f} ms/signal "
+              f"(CPU {rows[-1]['cpu_ms_per_signal']:6.2f} ms)  "
               f"store {rows[-1]['store_ms_per_signal']:8.2f} ms in "
               f"{rows[-1]['store_calls_per_signal']:.1f} calls", flush=True)
     await app.outbox.stop()
@@ -200,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
                         choices=("one-mark", "batched-marks", "no-positions-applied",
                                  "bounded-order-ids"))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--bare", action="store_true",
+                        help="no store call counting (its wrappers cost CPU): CPU figures only")
     args = parser.parse_args(argv)
-    counting_daemon._install()
+    if not args.bare:
+        counting_daemon._install()
     if "one-mark" in args.what_if:
         what_if_one_mark()
     if "batched-marks" in args.what_if:
@@ -214,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     accounts = Path(tempfile.mkdtemp(prefix="bench-core-acc-")) / "accounts.json"
     accounts.write_text(json.dumps([{"account_id": "acc_bench", "broker": "MOCK",
                                      "enabled": True}]))
-    settings = load_settings(environ={"MONGODB_URI": "mongomock://", "LOG_LEVEL": "WARNING",
+    # the embedded store runs inline (its sqlite objects belong to one thread), as the daemon
+    uri = f"embedded://{path}" if args.backend == "embedded" else "mongomock://"
+    settings = load_settings(environ={"MONGODB_URI": uri, "LOG_LEVEL": "WARNING",
                                       "MOCK_FILL_DELAY_SECONDS": "0",
                                       "ACCOUNTS_FILE": str(accounts)})
     print(f"{args.backend}{' + ' + ','.join(args.what_if) if args.what_if else ''}: "
@@ -233,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         if path is not None:
             shutil.rmtree(path, ignore_errors=True)
     by_call = counting_daemon.snapshot()
+    cpu = sorted(row["cpu_ms_per_signal"] for row in rows)
+    print(f"  CPU per signal (process, all threads): median {cpu[len(cpu) // 2]:.2f} ms "
+          f"over {len(rows)} batches")
     print("  store calls over the run (top by time):")
     for key, row in sorted(by_call.items(), key=lambda kv: -kv[1]["seconds"])[:12]:
         print(f"    {key:46s} {row['calls'] / args.n:6.2f}/signal "

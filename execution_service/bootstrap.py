@@ -134,9 +134,10 @@ def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
     metrics = Metrics()
     notifier = notifier or NullNotifier()
     counters = Counters()
-    sessions = SessionKeeper(store, notifier, clock)
     # sqlite objects (the embedded store) belong to the thread that made them
     store_thread = StoreThread(inline=settings.embedded_store_path is not None)
+    sessions = SessionKeeper(store, notifier, clock, box=SecretBox.from_settings(settings),
+                             store_thread=store_thread)
     brokers = BrokerFactory(with_stored_session(settings, store), store.mock_ledger,
                             _connection_alerts(notifier), builders=broker_builders,
                             offload=store_thread.run, session_listener=sessions.expired)
@@ -164,10 +165,12 @@ def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
     command_log.ensure_indexes()
     commands = CommandHandler(store, command_log, journal, brokers, tracker, outbox, clock,
                               processor.check_order, attempts=settings.MAX_RETRY_ATTEMPTS,
-                              backoff_base=settings.RETRY_BACKOFF_SECONDS)
+                              backoff_base=settings.RETRY_BACKOFF_SECONDS,
+                              store_thread=store_thread)
     processor.commands = commands
     brackets = BracketManager(store, journal, tracker, brokers, clock, owner, leases.lease_until,
-                              backoff_base=settings.RETRY_BACKOFF_SECONDS)
+                              backoff_base=settings.RETRY_BACKOFF_SECONDS,
+                              store_thread=store_thread)
     journal.brackets = tracker.brackets = brackets
     return App(settings, handle, store, brokers, journal, tracker, processor, outbox, leases, risk,
                metrics, notifier, counters, clock, store_thread, commands, brackets, sessions)
@@ -179,7 +182,7 @@ def build_desk(app: App) -> Desk:
                 commands=app.commands, brokers=app.brokers, health=app.metrics.health,
                 status_report=lambda at: read_status(app.store, app.settings, at),
                 clock=app.clock, features=_optional_features(app.settings),
-                run_on_store_thread=None if app.store_thread is None else app.store_thread.run)
+                store_thread=app.store_thread)
 
 
 def _optional_features(settings: Settings) -> tuple[str, ...]:

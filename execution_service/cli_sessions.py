@@ -31,16 +31,22 @@ def kite() -> None:
               help="With --listen: seconds to wait for the redirect.")
 def kite_login(request_token: str | None, listen_port: int | None, timeout: float) -> None:
     """Print the login URL, exchange the request_token for the day's access token, keep it
-    in the store: running daemons use it within seconds and lift an expired-session halt."""
+    in the store encrypted with CREDENTIALS_KEY: running daemons use it within seconds and lift
+    an expired-session halt."""
     from brokers import kite_login as login
     from execution_service.cli_support import cli_settings, with_store
+    from execution_service.credentials import SecretBox
+    from execution_service.redaction import protect
     from execution_service.service.broker_sessions import save_kite_session
 
     settings = cli_settings()
-    missing = [name for name in ("KITE_API_KEY", "KITE_API_SECRET") if not getattr(settings,
-                                                                                   name)]
-    if missing:
-        raise FatalConfigError(f"kite login needs {' and '.join(missing)}")
+    missing = [name for name in ("KITE_API_KEY", "KITE_API_SECRET", "CREDENTIALS_KEY")
+               if not getattr(settings, name)]
+    if missing:  # before a single-use request token is spent
+        raise FatalConfigError(f"kite login needs {' and '.join(missing)}"
+                               + (" (the access token is kept in the store only encrypted)"
+                                  if "CREDENTIALS_KEY" in missing else ""))
+    box = SecretBox(settings.CREDENTIALS_KEY)
     if request_token and listen_port:
         raise click.UsageError("give --request-token or --listen, not both")
     click.echo(f"Kite login URL: {login.login_url(settings.KITE_API_KEY)}")
@@ -52,10 +58,11 @@ def kite_login(request_token: str | None, listen_port: int | None, timeout: floa
         request_token = login.wait_for_redirect(listen_port, timeout, listening)
     elif not request_token:
         request_token = click.prompt("request_token (from the redirect URL after you log in)")
+    protect([request_token.strip()])
     session = login.exchange_request_token(settings.KITE_API_KEY, settings.KITE_API_SECRET,
                                            request_token.strip(), settings.KITE_API_URL)
     by = f"cli:{getpass.getuser()}"
-    halt = with_store(lambda store: save_kite_session(store, session, utc_now(), by))
+    halt = with_store(lambda store: save_kite_session(store, session, utc_now(), by, box))
     click.echo(f"Kite session saved for user {session.get('user_id') or '?'}: running daemons "
                "use it within seconds")
     if halt is not None:

@@ -67,7 +67,7 @@ def make_commands(settings: Settings, app):
     from execution_service.status import status_text
 
     desk = OperatorDesk(app.store, status_text(app.store, settings), app.clock,
-                        commands=app.commands)
+                        commands=app.commands, store_thread=app.store_thread)
     return TelegramCommands.from_settings(settings, desk)
 
 

@@ -33,6 +33,7 @@ from execution_service.adapters.store_errors import (
     writing,
 )
 from execution_service.adapters.store_operations import OperatorQueries
+from execution_service.domain.brackets import ExitRole
 from execution_service.domain.orders import OPEN_STATUSES, EventKind
 from execution_service.domain.positions import FILL_KEYS_KEPT
 from execution_service.domain.records import parse_iso, published_confirmations, record_id
@@ -48,6 +49,8 @@ POSITION_FILLS = "position_fills"
 ACCOUNTS = "accounts"
 SERVICE_STATUS = "service_status"
 NON_TERMINAL = list(OPEN_STATUSES)
+EXIT_ROLES = [str(role) for role in ExitRole]
+UNPUBLISHED = {"outbox_pending": True}
 
 __all__ = ["DuplicateSignal", "Store", "StoreHandle", "open_store", "translating", "writing"]
 
@@ -118,10 +121,13 @@ class Store(OperatorQueries, ApiKeyQueries, BrokerSessionQueries):
 
     @writing
     def ensure_indexes(self) -> None:
-        # Every index costs memory per document in the embedded store: only what the hot path
-        # and the lease sweep query (the CLI's sorts and the start-up outbox scan do without).
+        # Every index costs a row per document in the embedded store's files and an entry in
+        # the in-memory store: only what the hot path, the lease sweep and the outbox's periodic
+        # rescan query (the CLI's sorts do without).
         self.records.create_index("signal_id", unique=True)
         self.records.create_index("status")
+        self.records.create_index("role")  # exits only: every fill asks for its position's
+        self.records.create_index("outbox_pending")  # the outbox rescans every few seconds
         self.signals.create_index("signal_id", unique=True)
         self.positions.create_index([("account_id", 1), ("strategy_name", 1), ("symbol", 1),
                                      ("status", 1)])
@@ -132,7 +138,6 @@ class Store(OperatorQueries, ApiKeyQueries, BrokerSessionQueries):
 
     def _ensure_server_indexes(self) -> None:
         self.records.create_index([("received_at", -1), ("_id", -1)])
-        self.records.create_index("outbox_pending")
         self.positions.create_index([("status", 1), ("opened_at", -1)])
         self.service_status.create_index([("last_heartbeat", -1)])
         self.mock_ledger.ensure_indexes()
@@ -177,8 +182,13 @@ class Store(OperatorQueries, ApiKeyQueries, BrokerSessionQueries):
     def update_record(self, doc: dict, fields: dict, events: list[dict],
                       confirmations: list[dict]) -> dict | None:
         """Compare-and-set on `version`: the record as now stored, or None when someone else
-        changed it first. (Built here rather than read back: the record only grows.)"""
-        update: dict[str, Any] = {"$set": fields, "$inc": {"version": 1}}
+        changed it first. (Built here rather than read back: the record only grows.) Only the
+        fields that differ from `doc` are sent: `doc` is that version as stored, and the
+        engines encode, copy and re-check every field they are given."""
+        update: dict[str, Any] = {"$inc": {"version": 1}}
+        changed = {name: value for name, value in fields.items() if not _same(doc, name, value)}
+        if changed:
+            update["$set"] = changed
         pushes = {name: {"$each": items} for name, items in
                   (("events", events), ("confirmations", confirmations)) if items}
         if pushes:
@@ -231,7 +241,7 @@ class Store(OperatorQueries, ApiKeyQueries, BrokerSessionQueries):
 
     @translating
     def records_with_unpublished(self) -> list[dict]:
-        return list(self.records.find({"outbox_pending": True}).sort("received_at", 1))
+        return list(self.records.find(UNPUBLISHED).sort("received_at", 1))
 
     @translating
     def open_records(self) -> list[dict]:
@@ -244,9 +254,10 @@ class Store(OperatorQueries, ApiKeyQueries, BrokerSessionQueries):
 
     @translating
     def open_exits(self, key: dict) -> list[dict]:
-        """The protective exits (§12) still working on one position."""
-        return list(self.records.find({**key, "parent_signal_id": {"$ne": None},
-                                       "status": {"$in": NON_TERMINAL}}))
+        """The protective exits (§12) still working on one position. Asked on every fill: the
+        `role` index comes first, so without exits the answer costs no scan of the open orders
+        (litemongo plans with each indexed condition in turn and stops at an empty one)."""
+        return list(self.records.find(open_exits_filter(key)))
 
     @translating
     def unsettled_brackets(self) -> list[dict]:
@@ -360,3 +371,16 @@ class Store(OperatorQueries, ApiKeyQueries, BrokerSessionQueries):
     def read_statuses(self) -> list[dict]:
         return list(self.service_status.find().sort("last_heartbeat", -1))
 
+
+def _same(doc: dict, name: str, value: Any) -> bool:
+    """Whether `doc` already holds `value` at `name` (the same type too: 1 is not 1.0 in BSON)."""
+    if name not in doc:
+        return False
+    held = doc[name]
+    return type(held) is type(value) and held == value
+
+
+def open_exits_filter(key: dict) -> dict:
+    """The working exits of one position; `role` first (see Store.open_exits)."""
+    return {"role": {"$in": EXIT_ROLES}, **key, "parent_signal_id": {"$ne": None},
+            "status": {"$in": NON_TERMINAL}}

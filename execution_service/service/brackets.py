@@ -49,6 +49,7 @@ from execution_service.errors import (
 from execution_service.service.journal import RecordConflict
 from execution_service.service.ports import JOURNEY_LOGGER, BracketStore, BrokerSource
 from execution_service.service.positions import position_key
+from execution_service.service.store_thread import StoreThread
 from execution_service.service.tracker import request_from_record
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,10 @@ class BracketManager:
     def __init__(self, store: BracketStore, journal, tracker, brokers: BrokerSource,
                  clock: Callable[[], datetime], owner: dict | None = None,
                  lease_until: Callable[[], datetime] | None = None,
-                 backoff_base: float = 0.5, backoff_cap: float = 10.0):
+                 backoff_base: float = 0.5, backoff_cap: float = 10.0,
+                 store_thread: StoreThread | None = None):
         self._store = store
+        self._store_thread = store_thread or StoreThread(inline=True)  # store calls off the loop
         self._journal = journal
         self._tracker = tracker
         self._brokers = brokers
@@ -93,9 +96,9 @@ class BracketManager:
     def schedule(self, parent_signal_id: str) -> None:
         self._run(f"bracket:{parent_signal_id}", lambda: self.sync(parent_signal_id))
 
-    def resume(self) -> int:
+    async def resume(self) -> int:
         """At start: every bracket that may still need work (raises StoreUnavailable)."""
-        entries = self._store.unsettled_brackets()
+        entries = await self._store_thread.run(self._store.unsettled_brackets)
         for entry in entries:
             self.schedule(entry["signal_id"])
         return len(entries)
@@ -145,37 +148,51 @@ class BracketManager:
 
     async def _sweep_position(self, key: dict) -> None:
         """A fill moved this position: every open exit on it may protect too much now."""
-        for exit_doc in self._store.open_exits(key):
+        for exit_doc in await self._store_thread.run(self._store.open_exits, key):
             self.schedule(exit_doc["parent_signal_id"])
 
     # one bracket --------------------------------------------------------------------------------
 
     async def sync(self, parent_signal_id: str) -> None:
+        seen = await self._store_thread.run(self._read_bracket, parent_signal_id)
+        if seen is None:
+            return
+        entry, levels, exits, view = seen
+        for step in plan_exits(view):
+            await self._act(step, entry, exits.get(step.role), view)
+        await self._note_on_entry(parent_signal_id, levels)
+
+    def _read_bracket(self, parent_signal_id: str) -> tuple | None:
+        """On the store thread: (entry, levels, exits, view), or None when nothing to do."""
         entry = self._store.get_record(parent_signal_id)
         if entry is None or is_exit(entry):
-            return
+            return None
         levels = exit_levels(entry)
         if not levels or entry.get("exits_settled") is not False:
-            return  # settled, or claimed before exits existed (never protected on upgrade)
+            return None  # settled, or claimed before exits existed (never protected on upgrade)
         exits = self._exits(entry, levels)
         view = BracketView(levels, float(entry.get("filled_quantity") or 0.0),
                            {role: ExitView.of(doc) for role, doc in exits.items()},
                            self._position_open(entry), bool(entry.get("bracket_at_venue")),
                            float(entry["quantity"]),
                            not orders.OrderStatus(entry["status"]).is_terminal)
-        for step in plan_exits(view):
-            await self._act(step, entry, exits.get(step.role), view)
-        self._note_on_entry(parent_signal_id, levels)
+        return entry, levels, exits, view
 
-    def _note_on_entry(self, parent_signal_id: str, levels) -> None:
+    async def _note_on_entry(self, parent_signal_id: str, levels) -> None:
         """The entry's record lists its exits, and says when its bracket is settled."""
+        entry, fields = await self._store_thread.run(self._entry_notes, parent_signal_id, levels)
+        if any(entry.get(name) != value for name, value in fields.items()):
+            # facts any replica may write (the same whoever does), not the owner's tracking
+            await self._journal.apply_off_loop(self._store_thread, entry, Change, fields,
+                                               any_owner=True)
+
+    def _entry_notes(self, parent_signal_id: str, levels) -> tuple[dict, dict]:
         entry = self._store.get_record(parent_signal_id)
         exits = self._exits(entry, levels)
         fields = {"exits": sorted(doc["signal_id"] for doc in exits.values())}
         if is_settled(entry, exits):
             fields["exits_settled"] = True
-        if any(entry.get(name) != value for name, value in fields.items()):
-            self._journal.apply(entry, Change, fields)
+        return entry, fields
 
     def _exits(self, entry: dict, levels) -> dict[ExitRole, dict]:
         found = {role: self._store.get_record(exit_signal_id(entry["signal_id"], role))
@@ -191,7 +208,7 @@ class BracketManager:
     async def _act(self, step: ExitStep, entry: dict, exit_doc: dict | None,
                    view: BracketView) -> None:
         if step.action is ExitAction.PLACE:
-            self._place(step, entry)
+            await self._place(step, entry)
         elif step.action is ExitAction.RESIZE:
             await self._resize(step, exit_doc, view)
         else:
@@ -216,13 +233,13 @@ class BracketManager:
                 docs.append(doc)
         return docs
 
-    def _place(self, step: ExitStep, entry: dict) -> None:
+    async def _place(self, step: ExitStep, entry: dict) -> None:
         signal_id = exit_signal_id(entry["signal_id"], step.role)
         broker = self._brokers.create_broker(entry["broker"])
         doc = exit_claim(entry, step.role, step.quantity, broker_tag=broker.order_tag(signal_id),
                          at=self._clock(), owner=self._owner, lease_until=self._lease_until())
         try:
-            self._store.insert_record(doc)
+            await self._store_thread.run(self._store.insert_record, doc)
         except DuplicateSignal:  # claimed by another process (or an early cancel): re-plan
             self._again.add(f"bracket:{entry['signal_id']}")
             return
@@ -244,13 +261,15 @@ class BracketManager:
                            exit_doc["signal_id"])
             return
         now = self._clock()
-        self._journal.apply(exit_doc, lambda s: resize(s, step.quantity, reason, now))
+        await self._journal.apply_off_loop(self._store_thread, exit_doc,
+                                           lambda s: resize(s, step.quantity, reason, now))
         self._tracker.nudge(exit_doc["signal_id"])
 
     async def _cancel(self, step: ExitStep, exit_doc: dict) -> None:
         now = self._clock()
-        doc = self._journal.apply(exit_doc, lambda s: orders.request_cancel(
-            s, step.reason, now, source=CANCEL_SOURCE))
+        doc = await self._journal.apply_off_loop(self._store_thread, exit_doc,
+                                                 lambda s: orders.request_cancel(
+                                                     s, step.reason, now, source=CANCEL_SOURCE))
         journey.info("Cancelling protective exit %s: %s [%s]", step.role, step.reason,
                     doc["signal_id"])
         if doc["status"] == str(orders.OrderStatus.PENDING_CANCEL) and doc.get("order_id"):

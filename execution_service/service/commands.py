@@ -4,7 +4,9 @@ Pub/Sub consumer, the CLI (through Pub/Sub), an HTTP route or a Telegram command
 Per request: keep it in `order_commands` (idempotent by `request_id`), decide against the
 record, write the outcome to the record (compare-and-set, with its confirmation: the outbox),
 and call the broker's own cancel or modify. A request in flight at a crash stays RECEIVED and
-is finished after the restart; every step is idempotent, so it is finished once.
+is finished after the restart; every step is idempotent, so it is finished once. Store work
+runs on the store thread (`receive` and `record_invalid` are called there by the processor),
+never on the loop.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ from execution_service.errors import (
     StoreUnavailable,
     TransientBrokerError,
 )
+from execution_service.service.journal import RecordConflict
 from execution_service.service.ports import BrokerSource, CommandRequests, RecordStore
+from execution_service.service.store_thread import StoreThread
 from execution_service.service.tracker import request_from_record
 
 logger = logging.getLogger(__name__)
@@ -54,7 +58,8 @@ class CommandHandler:
     def __init__(self, store: RecordStore, command_log: CommandRequests, journal,
                  brokers: BrokerSource, tracker, outbox,
                  clock: Callable[[], datetime], check_order: Callable[[dict], str | None],
-                 attempts: int = 3, backoff_base: float = 0.5):
+                 attempts: int = 3, backoff_base: float = 0.5,
+                 store_thread: StoreThread | None = None):
         self._store = store
         self._log = command_log
         self._journal = journal
@@ -67,15 +72,39 @@ class CommandHandler:
         self._broker_backoff = Backoff(backoff_base)
         self._store_backoff = Backoff(backoff_base, 10.0)
         self._running: dict[str, asyncio.Task] = {}
+        self._store_thread = store_thread or StoreThread(inline=True)
+        self._run = self._store_thread.run
 
     # entry points -----------------------------------------------------------------------------
 
     async def handle_command(self, command: Command) -> CommandOutcome:
         """Keep, decide, act and answer; the outcome once the request is done."""
-        stored = self.receive(command)
+        stored = await self._run(self.receive, command)
         if stored is not None:
             return stored
         return await self._finish(command)
+
+    async def submit(self, command: Command, wait: float) -> CommandOutcome | None:
+        """For someone waiting at a door (HTTP, Telegram): keep the request, then carry it out
+        in the background; its outcome, or None when not done within `wait` seconds (it goes
+        on). StoreUnavailable when it could not be kept, or the store did not answer in time:
+        then it is carried out if and when the store keeps it."""
+        keeping = asyncio.ensure_future(self._run(self.receive, command))
+        done, _ = await asyncio.wait({keeping}, timeout=self._store_thread.answer_seconds)
+        if not done:
+            keeping.add_done_callback(lambda kept: self._start_if_kept(command, kept))
+            raise self._store_thread.no_answer(f" (request {command.request_id} is carried "
+                                               "out once kept)")
+        earlier = keeping.result()
+        if earlier is not None:
+            return earlier
+        task = self.start(command)
+        done, _ = await asyncio.wait({task}, timeout=wait)
+        return task.result() if done else None
+
+    def _start_if_kept(self, command: Command, keeping: asyncio.Future) -> None:
+        if not keeping.cancelled() and keeping.exception() is None and keeping.result() is None:
+            self.start(command)
 
     def receive(self, command: Command) -> CommandOutcome | None:
         """Keep the request durably (raises StoreUnavailable). None: go on and execute it;
@@ -101,9 +130,9 @@ class CommandHandler:
         task.add_done_callback(lambda _t: self._running.pop(command.request_id, None))
         return task
 
-    def resume_unfinished(self) -> int:
+    async def resume_unfinished(self) -> int:
         """At start: every request kept and not finished by an earlier run."""
-        pending = self._log.unfinished()
+        pending = await self._run(self._log.unfinished)
         for doc in pending:
             self.start(command_from_doc(doc))
         return len(pending)
@@ -121,38 +150,46 @@ class CommandHandler:
     # the work ---------------------------------------------------------------------------------
 
     async def _finish(self, command: Command) -> CommandOutcome:
+        return await self._until_stored(lambda: self._carry_out(command),
+                                        f"{command.action} request {command.request_id}")
+
+    async def _carry_out(self, command: Command) -> CommandOutcome:
+        if isinstance(command, CancelOrder):
+            outcome = await self._cancel(command)
+        else:
+            outcome = await self._modify(command)
+        await self._run(self._log.finish, command.request_id, outcome.as_doc(), self._clock())
+        logger.info("%s request %s: %s%s [%s]", command.action, command.request_id,
+                    outcome.event, f" ({outcome.reason})" if outcome.reason else "",
+                    command.signal_id)
+        self._tracker.nudge(command.signal_id)
+        return outcome
+
+    async def _until_stored(self, work, what: str):
+        """`work()`, again with back-off while the store is unavailable or the record keeps
+        changing under it (every step of it is idempotent)."""
         attempt = 0
         while True:
             try:
-                if isinstance(command, CancelOrder):
-                    outcome = await self._cancel(command)
-                else:
-                    outcome = await self._modify(command)
-                self._log.finish(command.request_id, outcome.as_doc(), self._clock())
-                logger.info("%s request %s: %s%s [%s]", command.action, command.request_id,
-                            outcome.event, f" ({outcome.reason})" if outcome.reason else "",
-                            command.signal_id)
-                self._tracker.nudge(command.signal_id)
-                return outcome
-            except StoreUnavailable as e:
+                return await work()
+            except (StoreUnavailable, RecordConflict) as e:
                 attempt += 1
                 wait = self._store_backoff.after(attempt)
-                logger.debug("Store unavailable on %s request %s (%s); retry in %.1fs",
-                               command.action, command.request_id, e, wait)
+                logger.debug("Store unavailable on %s (%s); retry in %.1fs", what, e, wait)
                 await asyncio.sleep(wait)
 
     async def _cancel(self, command: CancelOrder) -> CommandOutcome:
-        doc = self._store.get_record(command.signal_id)
+        doc = await self._run(self._store.get_record, command.signal_id)
         if doc is None:
             kept = early_cancel_record(command, self._clock())
             try:
-                self._store.insert_record(kept)
+                await self._run(self._store.insert_record, kept)
                 self._journal.after_write(kept, (), kept["confirmations"])
                 return self._outcome(command, KEPT, kept["reject_reason"])
             except DuplicateSignal:  # the order was claimed meanwhile: cancel it
-                doc = self._store.get_record(command.signal_id)
+                doc = await self._run(self._store.get_record, command.signal_id)
         now = self._clock()
-        doc = self._journal.apply(doc, lambda s: apply_cancel(s, command, now))
+        doc = await self._apply(doc, lambda s: apply_cancel(s, command, now))
         state = state_of(doc)
         refused = _refusal_of(doc, command.request_id)
         if refused is not None:
@@ -165,7 +202,7 @@ class CommandHandler:
         return self._outcome(command, CommandEvent.CANCEL_REQUESTED, command.cancel_reason())
 
     async def _modify(self, command: ModifyOrder) -> CommandOutcome:
-        doc = self._store.get_record(command.signal_id)
+        doc = await self._run(self._store.get_record, command.signal_id)
         if doc is None:
             return self._unknown_order(command)
         state = state_of(doc)
@@ -173,18 +210,24 @@ class CommandHandler:
             return self._answered(command, doc)
         changed = {**doc, **command.changes()}
         order_type = str(doc.get("order_type"))
-        refusal = modify_refusal(state, order_type, command) or self._check_order(changed)
+        refusal = modify_refusal(state, order_type, command) or await self._run(
+            self._check_order, changed)
         if refusal is None:
             request = request_from_record(changed)
             refusal = await self._at_broker(doc, "modify", lambda broker: broker.modify_order(
                 doc["order_id"], request))
         now = self._clock()
         if refusal is None:
-            doc = self._journal.apply(doc, lambda s: apply_modify(s, command, order_type, now))
+            doc = await self._apply(doc, lambda s: apply_modify(s, command, order_type, now))
         else:
-            doc = self._journal.apply(doc, lambda s: refuse(
+            doc = await self._apply(doc, lambda s: refuse(
                 s, CommandAction.MODIFY, command.request_id, refusal, now))
         return self._answered(command, doc)
+
+    async def _apply(self, doc: dict, step) -> dict:
+        """A request is written on the record whichever replica tracks it (its owner acts on
+        it: leases.py)."""
+        return await self._journal.apply_off_loop(self._store_thread, doc, step, any_owner=True)
 
     async def _at_broker(self, doc: dict, what: str, call) -> str | None:
         """The broker's own cancel or modify, retried while the venue is unreachable. None when
@@ -214,16 +257,19 @@ class CommandHandler:
                                  reason)
         return self._outcome(command, CommandEvent.MODIFY_REJECTED, reason)
 
-    def answer_invalid(self, invalid: InvalidCommand) -> None:
-        """A command that failed validation: refused, on the record when there is one."""
+    def record_invalid(self, invalid: InvalidCommand) -> tuple[tuple | None, Callable | None]:
+        """A command that failed validation, refused: on the store thread (the processor's
+        decision, so a store outage holds the message), the refusal written on the record
+        and its (record, events, confirmations) for the loop; or, with no record, the
+        confirmation to publish from the loop."""
         doc = self._store.get_record(invalid.signal_id)
         if doc is None:
-            self._publish_unrecorded(invalid.signal_id, invalid.action, invalid.request_id,
-                                     invalid.reason)
-            return
+            return None, lambda: self._publish_unrecorded(
+                invalid.signal_id, invalid.action, invalid.request_id, invalid.reason)
         now = self._clock()
-        self._journal.apply(doc, lambda s: refuse(s, invalid.action, invalid.request_id,
-                                                  invalid.reason, now))
+        written = self._journal.persist(doc, lambda s: refuse(
+            s, invalid.action, invalid.request_id, invalid.reason, now), None, True)
+        return (written if written[1] or written[2] else None), None
 
     def _publish_unrecorded(self, signal_id: str, action: CommandAction, request_id: str,
                             reason: str) -> None:

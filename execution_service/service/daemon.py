@@ -77,8 +77,8 @@ class ExecutionDaemon:
             try:
                 loaded = await self.app.outbox.rescan(everything=True)
                 resumed = await self.app.leases.sweep()
-                commands = self.app.commands.resume_unfinished()
-                brackets = self.app.brackets.resume()
+                commands = await self.app.commands.resume_unfinished()
+                brackets = await self.app.brackets.resume()
                 if brackets:
                     logger.info("Recovery: %d brackets with protective exits to re-plan", brackets)
                 if commands:

@@ -97,17 +97,20 @@ class OrderJournal:
 
     async def apply_off_loop(self, store_thread, doc: dict,
                              step: Callable[[OrderState], Change],
-                             extra_fields: dict | None = None) -> dict:
+                             extra_fields: dict | None = None, any_owner: bool = False) -> dict:
         """`apply`, its store work on the store thread, what follows on the loop."""
         updated, events, confirmations = await store_thread.run(self.persist, doc, step,
-                                                                extra_fields)
+                                                                extra_fields, any_owner)
         if events or confirmations:
             self.after_write(updated, events, confirmations)
         return updated
 
     def persist(self, doc: dict, step: Callable[[OrderState], Change],
-                extra_fields: dict | None = None) -> tuple[dict, tuple[Event, ...], list[dict]]:
-        """Positions, then the record's compare-and-set: store work only (any thread)."""
+                extra_fields: dict | None = None, any_owner: bool = False
+                ) -> tuple[dict, tuple[Event, ...], list[dict]]:
+        """Positions, then the record's compare-and-set: store work only (any thread).
+        `any_owner`: a write any replica may make (a cancel or modify request), retried on a
+        record another process holds instead of LeaseLost."""
         for _ in range(MAX_CAS_ATTEMPTS):
             change = step(state_of(doc))
             if not change.events and not extra_fields:
@@ -120,7 +123,7 @@ class OrderJournal:
             if fresh is None:
                 raise RecordConflict(f"record for {doc['signal_id']} disappeared")
             owner = (fresh.get("owner") or {}).get("id")
-            if self._owner_id and owner and owner != self._owner_id:
+            if self._owner_id and owner and owner != self._owner_id and not any_owner:
                 raise LeaseLost(f"{doc['signal_id']} was taken over by {owner}")
             doc = fresh
         raise RecordConflict(f"record for {doc['signal_id']} kept changing; gave up this round")

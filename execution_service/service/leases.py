@@ -85,15 +85,18 @@ class LeaseKeeper:
         tracked = self._tracker.tracked_ids()
         if not tracked:
             return
-        for signal_id in await self._store_thread.run_background(self._renew, tracked):
+        lost, cancels = await self._store_thread.run_background(self._renew, tracked)
+        for signal_id in lost:
             logger.info("Stopped tracking %s: another process took it over", signal_id)
             self._tracker.forget(signal_id)
-        for signal_id in self._store.cancels_asked(tracked):  # maybe by another replica
+        for signal_id in cancels:  # maybe asked by another replica
             self._tracker.nudge(signal_id)
 
-    def _renew(self, tracked: list[str]) -> list[str]:
+    def _renew(self, tracked: list[str]) -> tuple[list[str], list[str]]:
+        """(the records another process owns now, those with a cancel asked)."""
         self._store.renew_leases(tracked, self._owner["id"], self.lease_until())
-        return self._store.owned_elsewhere(tracked, self._owner["id"])
+        return (self._store.owned_elsewhere(tracked, self._owner["id"]),
+                self._store.cancels_asked(tracked))
 
     async def sweep(self) -> int:
         """Take over every open record whose owner is gone; returns how many."""

@@ -2,12 +2,12 @@
 
 Transport-free: the Telegram adapter parses the command and the chat, calls one method with
 who asked (`by`, e.g. `telegram:<chat_id>:<username>`), and sends back the text. Halts record
-`by`; every answer fits one Telegram message.
+`by`; every answer fits one Telegram message. Store work runs on the store thread, never on
+the event loop; a store that does not answer in time (`StoreThread.answer`) is an answer too.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import uuid
 from collections.abc import Callable
@@ -21,6 +21,7 @@ from execution_service.errors import ExecutionError
 from execution_service.service.commands import KEPT
 from execution_service.service.journey import render_journey, signal_journey
 from execution_service.service.risk import active_halts, clear_halt, halt_scope, set_halt
+from execution_service.service.store_thread import StoreThread
 
 logger = logging.getLogger(__name__)
 DEFAULT_ORDERS = 10
@@ -30,8 +31,10 @@ CANCEL_UNAVAILABLE = "cancel is not available: this process has no command handl
 
 class OperatorDesk:
     def __init__(self, store, status_text: Callable[[datetime], str],
-                 clock: Callable[[], datetime], commands=None):
+                 clock: Callable[[], datetime], commands=None,
+                 store_thread: StoreThread | None = None):
         self._store = store
+        self._store_thread = store_thread or StoreThread(inline=True)
         self._status_text = status_text  # the operators' status as text, as of a time (wiring)
         self._clock = clock
         self._commands = commands  # CommandHandler (SPEC §11): /cancel goes through it
@@ -40,15 +43,16 @@ class OperatorDesk:
 
     async def answer(self, command: str, args: list[str], by: str) -> str:
         """The reply to one command; a store outage is an answer too, never an exception."""
-        handler = {"status": self._status, "positions": self._positions,
-                   "orders": self._orders, "show": self._show, "halt": self._halt,
-                   "resume": self._resume, "cancel": self._cancel_order}.get(command)
-        if handler is None:
+        on_store_thread = {"status": self._status, "positions": self._positions,
+                           "orders": self._orders, "show": self._show, "halt": self._halt,
+                           "resume": self._resume}
+        if command not in on_store_thread and command != "cancel":
             return f"unknown command /{command}"
         try:
-            text = handler(args, by)
-            if inspect.isawaitable(text):
-                text = await text
+            if command == "cancel":
+                text = await self._cancel_order(args, by)
+            else:
+                text = await self._store_thread.answer(on_store_thread[command], args, by)
             # records keep what messages said: each line escaped, as for any Telegram text
             return truncate("\n".join(single_line(line) for line in text.splitlines()))
         except ExecutionError as e:
@@ -116,13 +120,16 @@ class OperatorDesk:
             return f"cannot cancel {args[0]!r}: {command.reason}"
         logger.info("Telegram cancel of %s by %s (request %s)", command.signal_id, by,
                     command.request_id)
-        outcome = await self._commands.handle_command(command)
+        outcome = await self._commands.submit(command, self._store_thread.answer_seconds)
+        if outcome is None:
+            return (f"cancel of {command.signal_id} requested (request {command.request_id}); "
+                    "still being carried out: /show it later")
         if outcome.refused:
             return f"cannot cancel {command.signal_id}: {outcome.reason}"
         if outcome.event == KEPT:
             return (f"{command.signal_id} not received yet: it will be refused when it "
                     f"arrives (request {command.request_id})")
-        doc = self._store.get_record(command.signal_id) or {}
+        doc = await self._store_thread.answer(self._store.get_record, command.signal_id) or {}
         return (f"cancel of {command.signal_id} requested (request {command.request_id}); "
                 f"order now {doc.get('status')}")
 

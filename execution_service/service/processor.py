@@ -193,8 +193,9 @@ class SignalProcessor:
         if isinstance(parsed, InvalidCommand):
             logger.info("Invalid %s request %s: %s [%s]", parsed.action, parsed.request_id,
                         parsed.reason, parsed.signal_id)
-            return Outcome(Action.ACK, parsed.reason, parsed.signal_id,
-                           then=lambda: self.commands.answer_invalid(parsed))
+            written, then = self.commands.record_invalid(parsed)
+            return Outcome(Action.ACK, parsed.reason, parsed.signal_id, written=written,
+                           then=then)
         logger.info("Received %s request %s [%s]", parsed.action, parsed.request_id,
                     parsed.signal_id)
         if self.commands.receive(parsed) is None:

@@ -37,7 +37,10 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TypeVar
 
+from execution_service.errors import StoreUnavailable
+
 T = TypeVar("T")
+ANSWER_SECONDS = 5.0  # how long someone at a door (HTTP, Telegram) waits for the store
 BACKGROUND_MAX_WAIT = 0.05  # seconds upkeep may wait behind order-path work
 OLDEST_FIRST_SECONDS = 1.0  # how far an older signal's work may go ahead of newer work
 _SIGNAL_SINCE: ContextVar[float | None] = ContextVar("store_work_signal_since", default=None)
@@ -54,10 +57,12 @@ class StoreThread:
     """`inline`: run the work in place instead (the embedded store: sqlite objects belong to
     the thread that made them)."""
 
-    def __init__(self, inline: bool = False, background_max_wait: float = BACKGROUND_MAX_WAIT,
+    def __init__(self, inline: bool = False, answer_seconds: float = ANSWER_SECONDS,
+                 background_max_wait: float = BACKGROUND_MAX_WAIT,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self._inline = inline
+        self.answer_seconds = answer_seconds
         self._background_max_wait = background_max_wait
         self._clock = clock
         self._wall_clock = wall_clock  # epoch seconds, as `on_behalf_of` is given
@@ -170,6 +175,19 @@ class StoreThread:
                 waiter.set_exception(error)
             else:
                 waiter.set_result(result)
+
+    async def answer(self, work: Callable[..., T], *args) -> T:
+        """`run` for someone waiting at a door (HTTP, Telegram): StoreUnavailable after
+        `answer_seconds` (a call still queued then is dropped; one already running finishes
+        unseen)."""
+        try:
+            return await asyncio.wait_for(self.run(work, *args), self.answer_seconds)
+        except TimeoutError:
+            raise self.no_answer() from None
+
+    def no_answer(self, detail: str = "") -> StoreUnavailable:
+        return StoreUnavailable(f"store unavailable: no answer within "
+                                f"{self.answer_seconds:g}s{detail}")
 
     def _timed(self, work: Callable[..., T], *args, **kwargs) -> T:
         self._busy_since = time.monotonic()

@@ -99,7 +99,9 @@ def test_given_entry_with_both_levels_when_filled_then_both_exits_protect_it(des
     assert stop_loss[0]["parent_signal_id"] == signal_id and stop_loss[0]["side"] == "SELL"
     quantities = [c["quantity"] for c in stop_loss]
     assert quantities == sorted(quantities) and quantities[-1] == 10  # grew, never shrank
-    record = read(daemon, lambda store: store.get_record(signal_id))
+    # The entry's note of its exits is written on the store thread, a moment after they confirm.
+    record = rig.wait_for(lambda: (r := read(daemon, lambda store: store.get_record(signal_id)))
+                          .get("exits") and r, what="the entry's list of exits")
     assert record["exits"] == [f"{signal_id}:SL", f"{signal_id}:TP"]
     ledger = read(daemon, lambda store: {d["signal_id"]: d for d in store.db[
         "mock_broker_orders"].find({"signal_id": {"$in": record["exits"]}})})

@@ -85,6 +85,8 @@ async def test_given_entry_with_both_levels_when_placed_then_one_bracket_parent_
     assert take.ocaType == stop_loss.ocaType == OCA_REDUCE_WITH_BLOCK
     assert (venue_id(app, "sig_1:TP"), venue_id(app, "sig_1:SL")) == (tp_id, sl_id)
     assert tws.book[sl_id].status == tws.book[tp_id].status == "PreSubmitted"  # held by IB
+    # the bracket manager lists the exits on the entry after the change, on the store thread
+    await wait_until(lambda: record(app, "sig_1").get("exits"), what="the entry's exits")
     entry = record(app, "sig_1")
     assert entry["bracket_at_venue"] and entry["exits"] == list(EXITS)
     for signal_id in EXITS:

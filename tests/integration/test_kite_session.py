@@ -12,6 +12,8 @@ import uuid
 import pytest
 
 from execution_service.adapters.emulator import free_port
+from execution_service.credentials import SecretBox
+from execution_service.service.broker_sessions import session_token
 from tests.fakes.daemon import DaemonProcess
 from tests.fakes.fake_kite import API_KEY, API_SECRET, FakeKite
 from tests.fakes.fake_telegram import FakeTelegram
@@ -19,6 +21,7 @@ from tests.fakes.pubsub_tools import PubSubRig
 from tests.fakes.waiting import wait_until
 
 BOT_TOKEN = "123456:kite-session-test-token"
+CREDENTIALS_KEY = SecretBox.new_key()
 
 
 
@@ -37,7 +40,8 @@ def desk(emulator_host, tmp_path):
            "KITE_API_URL": kite.url, "KITE_API_KEY": API_KEY, "KITE_API_SECRET": API_SECRET,
            "KITE_ACCESS_TOKEN": "", "ORDER_POLL_SECONDS": "0.1", "RETRY_BACKOFF_SECONDS": "0.1",
            "TELEGRAM_ENABLED": "true", "TELEGRAM_BOT_TOKEN": BOT_TOKEN,
-           "TELEGRAM_CHAT_ID": "42", "TELEGRAM_API_URL": telegram.url}
+           "TELEGRAM_CHAT_ID": "42", "TELEGRAM_API_URL": telegram.url,
+           "CREDENTIALS_KEY": CREDENTIALS_KEY}
     rig = PubSubRig(project)
     daemon = DaemonProcess(tmp_path, env)
     yield daemon, rig, kite, telegram
@@ -147,7 +151,8 @@ def test_given_kite_login_listen_when_the_redirect_arrives_then_the_token_is_exc
         saved = store.get_broker_session("ZERODHA")
     finally:
         handle.close()
-    assert saved["access_token"] == kite.sessions_issued[-1] and saved["user_id"] == "AB1234"
+    assert session_token(saved, SecretBox(CREDENTIALS_KEY)) == kite.sessions_issued[-1]
+    assert kite.sessions_issued[-1] not in repr(saved) and saved["user_id"] == "AB1234"
     assert saved["by"].startswith("cli:")
 
 
@@ -165,3 +170,26 @@ def test_given_a_used_request_token_when_kite_login_then_one_line_and_exit_2(des
                              text=True, timeout=60)
     assert missing.returncode == 2
     assert missing.stderr.strip() == "error: kite login needs KITE_API_SECRET"
+
+
+def test_given_no_credentials_key_when_kite_login_then_one_line_naming_it_and_the_request_token_is_not_spent(desk):  # noqa: E501
+    """A desk keeps no broker token in clear: without CREDENTIALS_KEY the login is refused
+    before the single-use request token goes to Kite, so it still works once the key is set."""
+    daemon, _, kite, _ = desk
+    token = kite.issue_request_token()
+    refused = subprocess.run([sys.executable, "-m", "execution_service", "kite", "login",
+                              "--request-token", token], cwd=daemon.workdir,
+                             env={**daemon.env, "CREDENTIALS_KEY": ""}, capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == ("error: kite login needs CREDENTIALS_KEY (the access "
+                                      "token is kept in the store only encrypted)")
+    assert kite.sessions_issued == []
+    bad_key = subprocess.run([sys.executable, "-m", "execution_service", "kite", "login",
+                              "--request-token", token], cwd=daemon.workdir,
+                             env={**daemon.env, "CREDENTIALS_KEY": "not-a-fernet-key"},
+                             capture_output=True, text=True, timeout=60)
+    assert bad_key.returncode == 2 and len(bad_key.stderr.strip().splitlines()) == 1
+    assert "CREDENTIALS_KEY" in bad_key.stderr and "not-a-fernet-key" not in bad_key.stderr
+    assert daemon.cli("kite", "login", "--request-token", token).returncode == 0
+    assert len(kite.sessions_issued) == 1

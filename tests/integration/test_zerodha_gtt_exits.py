@@ -200,7 +200,7 @@ async def test_given_stop_triggered_while_daemon_down_when_restarted_then_resume
     while not (await second.leases.sweep() > 0 or "sig_1:SL" in second.tracker.tracked_ids()):
         assert asyncio.get_running_loop().time() < deadline, "exits resumed"
         await asyncio.sleep(0.01)
-    second.brackets.resume()
+    await second.brackets.resume()
     await wait_until(lambda: status_of(second, "sig_1:SL") == "FILLED", what="stop filled")
     await wait_until(lambda: status_of(second, "sig_1:TP") == "CANCELLED", what="TP cancelled")
     assert posts(kite) == 1 and len(kite.placements) == 2

@@ -251,7 +251,7 @@ async def test_given_take_profit_filled_before_a_crash_when_restarted_then_stop_
     while not (await second.leases.sweep() > 0 or "sig_1:SL" in second.tracker.tracked_ids()):
         assert asyncio.get_running_loop().time() < deadline, "stop resumed"
         await asyncio.sleep(0.01)
-    assert second.brackets.resume() >= 1
+    assert await second.brackets.resume() >= 1
     await wait_until(lambda: status_of(second, "sig_1:SL") == "CANCELLED", what="SL cancelled")
     assert record(second, "sig_1:SL")["cancel_reason"] == OCO_REASON
     assert ledger_tags(second) == ["mover_1", "sig_1", "sig_1:SL", "sig_1:TP"]
@@ -324,7 +324,7 @@ async def test_given_entry_recorded_before_exits_existed_when_restarted_then_lef
     await wait_until(lambda: status_of(first, "sig_1") == "FILLED", what="entry filled")
     first.store.records.update_one({"signal_id": "sig_1"}, {"$unset": {"exits_settled": ""}})
     second, _ = make_app(handle=first.handle, accounts=[])
-    assert second.brackets.resume() == 0
+    assert await second.brackets.resume() == 0
     await second.brackets.sync("sig_1")
     assert record(second, "sig_1:SL") is None and ledger_tags(second) == ["sig_1"]
     await stop(first)

@@ -206,6 +206,23 @@ async def test_given_invalid_modify_then_refused_naming_the_field():
         "failed validation: limit_price must be > 0, got -3"
 
 
+async def test_given_store_down_when_an_invalid_modify_arrives_then_held_and_refused_once_after():
+    """Given the store down; when an invalid MODIFY arrives, then it is held (its refusal could
+    not be written, so it is not acked); when it comes again with the store back, the refusal
+    is on the record and confirmed once."""
+    app, publisher = make_app(store_class=FlakyStore)
+    await resting_order(app)
+    app.store.down = True
+    assert app.processor.handle(command("MODIFY", limit_price=-3)).action is Action.HOLD
+    app.store.down = False
+    assert app.processor.handle(command("MODIFY", limit_price=-3)).action is Action.ACK
+    await wait_until(lambda: "MODIFY_REJECTED" in events_of(publisher))
+    await confirmations_out(app)
+    assert events_of(publisher).count("MODIFY_REJECTED") == 1
+    events = [e["event"] for e in app.store.get_record("sig_1")["events"]]
+    assert events.count("MODIFY_REJECTED") == 1
+
+
 @pytest.mark.parametrize("body", [
     {"action": "CANCEL", "signal_id": "sig_1"},
     {"action": "CANCEL", "request_id": "bad id!", "signal_id": "sig_1"},
@@ -268,13 +285,13 @@ async def test_given_cancel_kept_but_not_executed_at_crash_then_finished_once_af
     first.store.records.update_one({"signal_id": "sig_1"}, {"$set": {"lease_expires_at": None}})
     second, publisher = make_app(handle=first.handle)
     assert await second.leases.sweep() == 1
-    assert second.commands.resume_unfinished() == 1
+    assert await second.commands.resume_unfinished() == 1
     await wait_until(lambda: status_of(second) == "CANCELLED")
     await commands_done(second)
     await settle(second)
     await confirmations_out(second)
     assert events_of(publisher).count("CANCELLED") == 1
-    assert second.commands.resume_unfinished() == 0
+    assert await second.commands.resume_unfinished() == 0
 
 
 async def test_given_store_down_when_command_arrives_then_held_and_processed_later():
@@ -401,7 +418,7 @@ async def test_given_early_cancel_kept_before_a_crash_then_finished_as_kept_once
     assert outcome.event == "KEPT"
     first.store.db["order_commands"].update_one({"_id": "req_1"}, {"$set": {"state": "RECEIVED"}})
     second, publisher = make_app(handle=first.handle)
-    assert second.commands.resume_unfinished() == 1
+    assert await second.commands.resume_unfinished() == 1
     await commands_done(second)
     done = second.store.db["order_commands"].find_one({"_id": "req_1"})
     assert (done["state"], done["outcome"]) == ("DONE", "KEPT")

@@ -2,6 +2,8 @@
 
 Handlers run on the daemon's event loop, like the Pub/Sub consumer's hand-over: an order
 posted here is accepted by the same `accept` call, claimed and tracked by the same tracker.
+The desk does its store work on the store thread, so a hanging store answers 503 here while
+/healthz (no store call) keeps answering.
 """
 
 from __future__ import annotations
@@ -72,25 +74,25 @@ def _read_routes(api: FastAPI, desk: OrderDesk) -> None:
     @api.get("/capabilities", response_model=schemas.Capabilities, dependencies=reader,
              responses=AUTH_ERRORS)
     async def capabilities():
-        return AuditJSON(desk.capabilities())
+        return AuditJSON(await desk.capabilities())
 
     @api.get("/status", response_model=schemas.Status, dependencies=reader,
              responses=AUTH_ERRORS)
     async def status():
-        return AuditJSON(desk.status())
+        return AuditJSON(await desk.status())
 
     @api.get("/orders", response_model=list[schemas.OrderRecord], dependencies=reader,
              responses={**AUTH_ERRORS, **BAD_REQUEST})
     async def orders(limit: int = limit, status: str | None = Query(None),
                      account_id: str | None = Query(None)):
         """Execution records, newest first."""
-        return AuditJSON(desk.orders(limit or MAX_LIMIT, status, account_id))
+        return AuditJSON(await desk.orders(limit or MAX_LIMIT, status, account_id))
 
     @api.get("/orders/{signal_id}", response_model=schemas.OrderRecord, dependencies=reader,
              responses={**AUTH_ERRORS, **BAD_REQUEST, 404: {"model": schemas.ErrorBody}})
     async def order(signal_id: str):
         """One record with its events and confirmations."""
-        record = desk.order(signal_id)
+        record = await desk.order(signal_id)
         if record is None:
             raise ApiError(404, f"no order with signal_id {signal_id!r}")
         return AuditJSON(record)
@@ -98,13 +100,13 @@ def _read_routes(api: FastAPI, desk: OrderDesk) -> None:
     @api.get("/positions", response_model=list[schemas.Position], dependencies=reader,
              responses={**AUTH_ERRORS, **BAD_REQUEST})
     async def positions(all: bool = Query(False, description="closed positions too")):  # noqa: A002
-        return AuditJSON(desk.positions(all))
+        return AuditJSON(await desk.positions(all))
 
     @api.get("/confirmations", response_model=list[schemas.Confirmation], dependencies=reader,
              responses={**AUTH_ERRORS, **BAD_REQUEST})
     async def confirmations(limit: int = limit):
         """Confirmations of every order, newest first, each with whether it was published."""
-        return AuditJSON(desk.confirmations(limit or MAX_LIMIT))
+        return AuditJSON(await desk.confirmations(limit or MAX_LIMIT))
 
 
 def _trade_routes(api: FastAPI, desk: OrderDesk) -> None:
@@ -122,7 +124,7 @@ def _trade_routes(api: FastAPI, desk: OrderDesk) -> None:
         from trading-orders. A refused order with a usable signal_id is recorded REJECTED (and
         confirmed) as it would be from Pub/Sub, so its signal_id is used."""
         intake = await desk.submit_order(await read_body(request), who(key))
-        return _order_answer(desk, intake, key)
+        return await _order_answer(desk, intake, key)
 
     @api.post("/halt", response_model=schemas.Halt,
               responses={**AUTH_ERRORS, **BAD_REQUEST, **TOO_LARGE},
@@ -131,7 +133,7 @@ def _trade_routes(api: FastAPI, desk: OrderDesk) -> None:
         """Stop new orders (kill switch), for every account or one; as `halt`."""
         body = await read_model(request, schemas.HaltRequest)
         try:
-            doc = desk.halt(body.reason, body.account_id, body.cancel_open, who(key))
+            doc = await desk.halt(body.reason, body.account_id, body.cancel_open, who(key))
         except UnknownAccount as e:
             raise ApiError(422, str(e), [{"field": "account_id", "message": str(e)}]) from None
         return AuditJSON(doc)
@@ -142,17 +144,17 @@ def _trade_routes(api: FastAPI, desk: OrderDesk) -> None:
     async def resume(request: Request, key: dict = trader):
         """Lift the global halt, or one account's; as `resume`. No body: the global halt."""
         body = await read_model(request, schemas.ResumeRequest)
-        lifted, remaining = desk.resume(body.account_id, who(key))
+        lifted, remaining = await desk.resume(body.account_id, who(key))
         return AuditJSON({"lifted": lifted, "still_halted": remaining})
 
 
-def _order_answer(desk: OrderDesk, intake: Intake, key: dict) -> AuditJSON:
+async def _order_answer(desk: OrderDesk, intake: Intake, key: dict) -> AuditJSON:
     if intake.kind is Accepted.CLAIMED:
         logger.info("Order %s accepted over HTTP from %s", intake.signal_id, who(key))
         return AuditJSON(intake.record, 201)
     if intake.kind is Accepted.DUPLICATE:
         raise ApiError(409, f"signal_id {intake.signal_id!r} is already recorded",
-                       signal_id=intake.signal_id, record=desk.order(intake.signal_id))
+                       signal_id=intake.signal_id, record=await desk.order(intake.signal_id))
     logger.info("Order %s refused over HTTP from %s: %s", intake.signal_id or "-", who(key),
                 intake.reason)
     raise ApiError(422, intake.reason, problem_errors(intake.problems), signal_id=intake.signal_id,

@@ -82,7 +82,7 @@ async def _answer(desk: OrderDesk, command: Command, wait: float) -> AuditJSON:
     answer = {"request_id": command.request_id, "signal_id": command.signal_id,
               "outcome": "IN_PROGRESS" if outcome is None else str(outcome.event),
               "reason": None if outcome is None else outcome.reason,
-              "record": desk.order(command.signal_id)}
+              "record": await desk.order(command.signal_id)}
     if outcome is not None and outcome.refused:
         raise ApiError(409, outcome.reason or str(outcome.event), **answer)
     status = 202 if outcome is None or outcome.event in ACCEPTED else 200

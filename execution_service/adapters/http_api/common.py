@@ -43,7 +43,7 @@ def caller_with(desk: OrderDesk, needed: Scope):
         if credentials is None:
             raise ApiError(401, "missing API key: send Authorization: Bearer <key>",
                            headers={"WWW-Authenticate": "Bearer"})
-        key = desk.authenticate(credentials.credentials)
+        key = await desk.authenticate(credentials.credentials)
         if key is None:
             raise ApiError(401, "unknown or revoked API key",
                            headers={"WWW-Authenticate": "Bearer"})
