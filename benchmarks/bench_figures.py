@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from bench_common import percentile, percentiles, rounded
 from bench_launcher import Daemon
+from counting_daemon import STAGES
 
 
 def split_ms(ids, sent_wall: dict[str, float], listener) -> dict:
@@ -82,6 +83,21 @@ def stall_diff(before: dict | None, after: dict | None) -> dict | None:
             "sampled_stacks": sorted(stacks, key=lambda kv: -kv[1])[:15]}
 
 
+def gc_diff(before: dict | None, after: dict) -> dict | None:
+    """The daemon's garbage-collector pauses over the window, per generation (the longest is
+    over the daemon's life)."""
+    if "gc" not in after:
+        return None
+    old = (before or {}).get("gc") or {}
+    out = {}
+    for generation, new in after["gc"].items():
+        was = old.get(generation, {"count": 0, "total_s": 0.0})
+        out[generation] = {"count": new["count"] - was["count"],
+                           "total_ms": round(1000 * (new["total_s"] - was["total_s"]), 1),
+                           "max_ms_ever": new["max_ms"]}
+    return out
+
+
 def internal_latency(daemon: Daemon, ids: list[str], before: dict | None = None) -> dict:
     """The daemon's own share (instrumented daemons only): Pub/Sub client hands the signal
     over -> its FILLED confirmation accepted by Pub/Sub; and the loop stalls meanwhile."""
@@ -91,9 +107,10 @@ def internal_latency(daemon: Daemon, ids: list[str], before: dict | None = None)
     values = [snapshot["internal_ms"][s] for s in ids if s in snapshot["internal_ms"]]
     stages = snapshot.get("stages_ms", {})
     by_stage = {}
-    for stage in ("claimed", "recorded", "publishing", "accepted"):
+    for stage in STAGES:
         times = [stages[s][stage] for s in ids if stage in stages.get(s, {})]
         by_stage[stage] = [rounded(percentile(times, 50)), rounded(percentile(times, 99))]
-    return {"loop_stalls": stall_diff(before, snapshot), "daemon_internal_n": len(values),
+    return {"loop_stalls": stall_diff(before, snapshot), "gc_pauses": gc_diff(before, snapshot),
+            "daemon_internal_n": len(values),
             "daemon_stages_p50_p99_ms": by_stage,
             **percentiles(values, "daemon_internal_")}

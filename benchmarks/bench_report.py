@@ -90,9 +90,13 @@ def _latency_rows(lat: dict, floor: dict | None, two_hops: dict | None) -> list[
     if stalls:
         rows.append(("  event-loop stalls > 50 ms", f"{stalls['count']} ({stalls['total_s']} s "
                      f"in all, longest ever {stalls['max_ms_ever']} ms)", "info", "-"))
+    if lat.get("gc_pauses"):
+        rows.append(("  garbage-collector pauses (gen: n, ms)",
+                     ", ".join(f"{gen}: {v['count']}, {v['total_ms']} (max {v['max_ms_ever']})"
+                               for gen, v in lat["gc_pauses"].items()), "info", "-"))
     if lat.get("daemon_stages_p50_p99_ms"):
         stages = lat["daemon_stages_p50_p99_ms"]
-        rows.append(("  daemon stages p50 (p99), ms after hand-over",
+        rows.append(("  daemon stages p50 (p99), ms after the client's callback",
                      ", ".join(f"{name} {v[0]} ({v[1]})" for name, v in stages.items()),
                      "info", "-"))
     if floor:

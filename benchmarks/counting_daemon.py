@@ -10,8 +10,7 @@ wall time. Nested calls made by the driver itself (find_one -> find, ...) are no
 Daemon-internal latency: the time from the moment the Pub/Sub client hands a message to the
 daemon (`OrderConsumer`'s callback, on the client's thread) to the moment Pub/Sub accepted the
 signal's FILLED confirmation (`TopicPublisher.send` heard back), per signal_id, in ms,
-with the stages between: claimed (the handler returned), recorded (the FILLED record
-written), publishing (handed to the publisher), accepted. It leaves out the emulator's two
+with the stages between (`STAGES`). It leaves out the emulator's two
 deliveries, which the benchmark measures from outside.
 
 Event-loop stalls: a task on the daemon's loop ticks every 5 ms; a watchdog thread samples the
@@ -25,6 +24,7 @@ difference over its measured window.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -113,11 +113,15 @@ def _install_position_count() -> None:
     PositionBook._try_apply = counted
 
 
-STAGES = ("claimed", "recorded", "publishing", "accepted")
+# A signal's timeline inside the daemon, ms after the Pub/Sub client's callback got it:
+# handed (the event loop takes it up), claimed (the claim is durable, back on the loop),
+# placing / placed (the broker call), recorded (the FILLED record written), publishing (handed
+# to the publisher), accepted (Pub/Sub answered).
+STAGES = ("handed", "claimed", "placing", "placed", "recorded", "publishing", "accepted")
 
 
 def _stage(signal_id: str, stage: str) -> None:
-    """The time (ms after the hand-over) a signal reached a stage, first time only."""
+    """The time (ms after the client's callback) a signal reached a stage, first time only."""
     arrived = _arrivals.get(signal_id)
     if arrived is not None:
         with _lock:
@@ -147,25 +151,76 @@ def _accepted(signal_ids: list[str]) -> None:
                 _internal_ms[signal_id] = round((time.time() - arrived) * 1000, 3)
 
 
+class _TimedSubscriber:
+    """The subscriber client, its callbacks timed on the client's thread (the arrival)."""
+
+    def __init__(self, subscriber):
+        self._subscriber = subscriber
+
+    def subscribe(self, subscription, callback, **kwargs):
+        def timed(message):
+            signal_id = _signal_id_of(message)
+            if signal_id is not None:
+                _arrived(signal_id, time.time())
+            return callback(message)
+
+        return self._subscriber.subscribe(subscription, timed, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._subscriber, name)
+
+
 def _install_latency() -> None:
+    _install_intake_timing()
+    _install_path_timing()
+
+
+def _install_intake_timing() -> None:
+    """Arrival (the client's callback), hand-over to the loop, durable claim."""
+    from execution_service.adapters import pubsub
+    from execution_service.service.daemon import ExecutionDaemon
+
+    original_start = pubsub.OrderConsumer.start
+    original_on_message = ExecutionDaemon._on_message
+    original_settle = ExecutionDaemon._settle
+
+    def start(self, loop, handler):
+        if not isinstance(self._subscriber, _TimedSubscriber):
+            self._subscriber = _TimedSubscriber(self._subscriber)
+        return original_start(self, loop, handler)
+
+    def on_message(self, message):
+        signal_id = _signal_id_of(message)
+        if signal_id is not None:
+            _stage(signal_id, "handed")
+        return original_on_message(self, message)
+
+    def settle(self, message, outcome):
+        if outcome is not None and outcome.signal_id:
+            _stage(outcome.signal_id, "claimed")
+        return original_settle(self, message, outcome)
+
+    pubsub.OrderConsumer.start = start
+    ExecutionDaemon._on_message = on_message
+    ExecutionDaemon._settle = settle
+
+
+def _install_path_timing() -> None:
+    """The broker call, the FILLED record, the publish."""
+    from brokers.mock import MockBroker
     from execution_service.adapters import pubsub
     from execution_service.service.journal import OrderJournal
 
-    original_start = pubsub.OrderConsumer.start
     original_send = pubsub.TopicPublisher.send
     original_after_write = OrderJournal.after_write
+    original_place = MockBroker.place_order
 
-    def start(self, loop, handler):
-        def timed(message):
-            arrived, signal_id = time.time(), _signal_id_of(message)
-            if signal_id is not None:
-                _arrived(signal_id, arrived)
-            result = handler(message)
-            if signal_id is not None:
-                _stage(signal_id, "claimed")
-            return result
-
-        return original_start(self, loop, timed)
+    async def place_order(self, request):
+        _stage(request.signal_id, "placing")
+        try:
+            return await original_place(self, request)
+        finally:
+            _stage(request.signal_id, "placed")
 
     def after_write(self, doc, events, confirmations):
         if any(c.get("status") == "FILLED" for c in confirmations):
@@ -184,9 +239,9 @@ def _install_latency() -> None:
 
         original_send(self, messages, done)
 
-    pubsub.OrderConsumer.start = start
     pubsub.TopicPublisher.send = send
     OrderJournal.after_write = after_write
+    MockBroker.place_order = place_order
 
 
 def _stack_key(frame) -> str:
@@ -248,6 +303,28 @@ def _install_stall_watch() -> None:
                      name="bench-stall-watchdog").start()
 
 
+_gc_started = [0.0]
+_gc_pauses: dict[int, list] = defaultdict(lambda: [0, 0.0, 0.0])  # generation -> n, s, max s
+
+
+def _on_gc(phase: str, info: dict) -> None:
+    """Every cyclic collection stops all threads of the daemon: counted per generation."""
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+        return
+    elapsed = time.perf_counter() - _gc_started[0]
+    entry = _gc_pauses[info["generation"]]
+    entry[0] += 1
+    entry[1] += elapsed
+    entry[2] = max(entry[2], elapsed)
+
+
+def gc_snapshot() -> dict:
+    return {str(generation): {"count": n, "total_s": round(total, 4),
+                              "max_ms": round(1000 * longest, 2)}
+            for generation, (n, total, longest) in sorted(_gc_pauses.items())}
+
+
 def stall_snapshot() -> dict:
     with _lock:
         stalls = sorted(_stalls)
@@ -274,7 +351,7 @@ def _dump(_signum=None, _frame=None) -> None:
             stages = {signal_id: dict(times) for signal_id, times in _stages.items()}
         json.dump({"at": time.time(), "stats": snapshot(), "internal_ms": internal,
                    "stages_ms": stages,
-                   "stalls": stall_snapshot()}, out)
+                   "stalls": stall_snapshot(), "gc": gc_snapshot()}, out)
     os.replace(tmp, path)
 
 
@@ -282,6 +359,7 @@ def main() -> None:
     install()
     _install_latency()
     _install_stall_watch()
+    gc.callbacks.append(_on_gc)
     signal.signal(signal.SIGUSR1, _dump)
     sys.argv = ["execution-service", "run", *sys.argv[1:]]
     from execution_service.cli import main as cli_main

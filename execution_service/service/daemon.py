@@ -61,7 +61,7 @@ class ExecutionDaemon:
         supervise("heartbeat", lambda: self._heartbeat_loop(stop))
         supervise("leases", lambda: self.app.leases.run(stop))
         supervise("halts", lambda: watch_halts(self.app.risk, stop, self._on_halt_change,
-                                               run=self.app.store_thread.run))
+                                               run=self.app.store_thread.run_background))
         supervise("broker-sessions", lambda: self.app.sessions.run(stop))
         logger.info("Execution service started: consuming %s", self._describe.get("subscription"))
         app.notifier.notify(ServiceAlert(AlertKind.SERVICE_STARTED,
@@ -168,7 +168,8 @@ class ExecutionDaemon:
 
     async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await self.app.store_thread.run(self._write_status, self._heartbeat_doc(False))
+            await self.app.store_thread.run_background(self._write_status,
+                                                       self._heartbeat_doc(False))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._heartbeat_seconds)
 

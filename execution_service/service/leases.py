@@ -85,7 +85,7 @@ class LeaseKeeper:
         tracked = self._tracker.tracked_ids()
         if not tracked:
             return
-        lost, cancels = await self._store_thread.run(self._renew, tracked)
+        lost, cancels = await self._store_thread.run_background(self._renew, tracked)
         for signal_id in lost:
             logger.info("Stopped tracking %s: another process took it over", signal_id)
             self._tracker.forget(signal_id)
@@ -100,8 +100,8 @@ class LeaseKeeper:
 
     async def sweep(self) -> int:
         """Take over every open record whose owner is gone; returns how many."""
-        taken = await self._store_thread.run(self._take_over_orphans,
-                                             set(self._tracker.tracked_ids()))
+        taken = await self._store_thread.run_background(self._take_over_orphans,
+                                                        set(self._tracker.tracked_ids()))
         for mine, previous in taken:
             journey.info("Resuming %s order: %s (was %s)", mine["status"], mine["signal_id"],
                          previous)
@@ -122,8 +122,8 @@ class LeaseKeeper:
     async def retrack(self) -> int:
         """Track again every open record this process owns and no task follows (whatever
         ended its task); returns how many."""
-        docs = await self._store_thread.run(self._untracked_own,
-                                            set(self._tracker.tracked_ids()))
+        docs = await self._store_thread.run_background(self._untracked_own,
+                                                       set(self._tracker.tracked_ids()))
         resumed = 0
         for doc in docs:
             if doc["signal_id"] in self._tracker.tracked_ids():

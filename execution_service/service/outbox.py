@@ -141,7 +141,7 @@ class ConfirmationOutbox:
     async def rescan(self, everything: bool = False) -> int:
         """`load_unpublished`, its store read on the store thread: at start `everything`,
         afterwards only the records `takes_up` (another live replica publishes its own)."""
-        docs = await self._store_thread.run(self._store.records_with_unpublished)
+        docs = await self._store_thread.run_background(self._store.records_with_unpublished)
         return self._take_up(docs if everything else [d for d in docs if self.takes_up(d)])
 
     def _take_up(self, docs: list[dict]) -> int:
@@ -282,7 +282,8 @@ class ConfirmationOutbox:
             self._writing += len(writes) + len(marks)
             self._marking = marks
             try:
-                written, marked, error = await self._store_thread.run(self._write, writes, marks)
+                written, marked, error = await self._store_thread.run_background(
+                    self._write, writes, marks)
             finally:
                 self._writing -= len(writes) + len(marks)
                 self._marking = {}
@@ -301,15 +302,20 @@ class ConfirmationOutbox:
 
     def _write(self, writes: dict[str, tuple[int, dict]], marks: dict[str, int]):
         """On the store thread: returns what was written, what was marked, and the error
-        that stopped it, if one did."""
+        that stopped it, if one did. Stops early, once something is done, when a signal's
+        store work is waiting (the rest goes in the next call)."""
         written: dict[str, int] = {}
         marked: dict[str, int] = {}
         now = self._clock()
         try:
             for signal_id, (sequence, fields) in writes.items():
+                if written and self._store_thread.order_path_waiting():
+                    return written, marked, None
                 self._store.update_signal(signal_id, fields, now)
                 written[signal_id] = sequence
             for signal_id, sequence in marks.items():
+                if (written or marked) and self._store_thread.order_path_waiting():
+                    return written, marked, None
                 self._store.mark_published(signal_id, sequence)
                 marked[signal_id] = sequence
         except ExecutionError as e:

@@ -39,7 +39,7 @@ from execution_service.service.bracket_children import BracketChildren
 from execution_service.service.journal import LeaseLost, RecordConflict
 from execution_service.service.nudges import Nudges
 from execution_service.service.ports import JOURNEY_LOGGER, BrokerSource, ExitClaims, Notifier
-from execution_service.service.store_thread import StoreThread
+from execution_service.service.store_thread import StoreThread, on_behalf_of
 
 logger = logging.getLogger(__name__)
 journey = logging.getLogger(JOURNEY_LOGGER)
@@ -165,6 +165,9 @@ class OrderTracker(BracketChildren):
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, doc: dict, recovering: bool) -> None:
+        claimed_at = as_utc(doc.get("received_at"))
+        if claimed_at is not None:
+            on_behalf_of(claimed_at.timestamp())  # the store thread: oldest signal first
         failures = 0
         while True:
             try:

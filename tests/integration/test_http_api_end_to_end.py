@@ -39,10 +39,19 @@ def served(emulator_host, tmp_path_factory):
     keys = {"trade": api_key(daemon, "trade", "desk"), "read": api_key(daemon, "read", "dash")}
     daemon.start()
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    # "Running." comes before the API listens (it starts once recovery is done)
+    wait_until(lambda: _answers(client), bool, what="the HTTP API to listen")
     yield daemon, rig, client, keys
     client.close()
     daemon.stop_quietly()
     rig.close()
+
+
+def _answers(client: httpx.Client) -> bool:
+    try:
+        return client.get("/healthz").status_code in (200, 503)
+    except httpx.TransportError:
+        return False
 
 
 def bearer(key: str) -> dict[str, str]:
