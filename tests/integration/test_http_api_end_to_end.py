@@ -40,7 +40,7 @@ def served(emulator_host, tmp_path_factory):
     daemon.start()
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     # "Running." comes before the API listens (it starts once recovery is done)
-    wait_until(lambda: _answers(client), bool, what="the HTTP API to listen")
+    wait_until(lambda: _answers(client), what="the HTTP API to listen", poll=0.1)
     yield daemon, rig, client, keys
     client.close()
     daemon.stop_quietly()
