@@ -202,6 +202,12 @@ class CommandHandler:
         return self._outcome(command, CommandEvent.CANCEL_REQUESTED, command.cancel_reason())
 
     async def _modify(self, command: ModifyOrder) -> CommandOutcome:
+        """Held against this process's tracker from before the broker is asked until the
+        answer is recorded: the modify's own fill is recorded after its MODIFIED."""
+        async with self._tracker.holding(command.signal_id):
+            return await self._modify_held(command)
+
+    async def _modify_held(self, command: ModifyOrder) -> CommandOutcome:
         doc = await self._run(self._store.get_record, command.signal_id)
         if doc is None:
             return self._unknown_order(command)

@@ -13,6 +13,7 @@ ends the tracking of an order this process still owns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,6 +114,8 @@ class OrderTracker(BracketChildren):
         self._metrics = metrics
         self._tasks: dict[str, asyncio.Task] = {}
         self._nudges = Nudges()
+        # signal_id: (modifies at its broker not yet recorded, set when none is left)
+        self._holds: dict[str, tuple[int, asyncio.Event]] = {}
         self.brackets: ExitClaims | None = None  # claims a native bracket's exits (§12)
 
     @property
@@ -128,6 +131,28 @@ class OrderTracker(BracketChildren):
         write. (Another replica's tracker learns it from its next compare-and-set.)"""
         if signal_id in self._tasks:
             self._nudges.nudge(signal_id)
+
+    @contextlib.asynccontextmanager
+    async def holding(self, signal_id: str):
+        """While a modify of this order is at its broker and not yet recorded, this process's
+        tracker records none of the order's broker news: a marketable modify fills at once,
+        and its fill (of the new quantity, at the new limit) is recorded after its MODIFIED,
+        as a reader of the confirmations needs. (A modify carried out by another replica is
+        still recorded, values and all, if its fill was recorded first: commands.py.)"""
+        count, released = self._holds.get(signal_id, (0, asyncio.Event()))
+        self._holds[signal_id] = (count + 1, released)
+        try:
+            yield
+        finally:
+            count, released = self._holds.pop(signal_id)
+            if count > 1:
+                self._holds[signal_id] = (count - 1, released)
+            else:
+                released.set()
+
+    async def _unheld(self, signal_id: str) -> None:
+        while signal_id in self._holds:
+            await self._holds[signal_id][1].wait()
 
     async def _take_nudge(self, doc: dict) -> dict:
         if not self._nudges.take(doc["signal_id"]):
@@ -354,6 +379,9 @@ class OrderTracker(BracketChildren):
                                wait)
                 await asyncio.sleep(wait)
                 continue
+            if doc["signal_id"] in self._holds:
+                await self._unheld(doc["signal_id"])
+                doc = await self._store_thread.run(self._journal.reload, doc)
             doc = await self._follow_snapshot(doc, snapshot, doc.get("cancel_requested_reason"))
             if doc["status"] == "CANCELLED":
                 await self._watch_for_late_fill(broker, doc)

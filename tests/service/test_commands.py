@@ -3,14 +3,16 @@ outbox over mongomock, with the mock paper broker (or a scripted one) at the edg
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
 
 from brokers.base import BrokerStatus
 from execution_service.adapters.store import Store
+from execution_service.clock import utc_now
 from execution_service.domain.commands import parse_command
-from execution_service.domain.orders import request_cancel
+from execution_service.domain.orders import follow_broker, request_cancel
 from execution_service.errors import OrderNotFound, OrderRejected, TransientBrokerError
 from execution_service.service.processor import Action
 from tests.fakes.service_fakes import (
@@ -452,3 +454,73 @@ async def test_given_command_body_the_intake_refuses_then_answered_and_no_record
     assert payload["event"] == "CANCEL_REJECTED" and attributes["request_id"] == "req_1"
     assert payload["reason"].startswith("failed validation: field name '$where'")
     assert app.store.get_record("sig_1") is None  # the order, when it comes, is not blocked
+
+
+class FillsOnModify(ScriptedBroker):
+    """A venue where the modify makes the order marketable: it fills the new quantity at the
+    new limit at once. `then` runs after the venue filled it, before the modify returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.then = None
+
+    async def modify_order(self, order_id: str, request) -> None:
+        await super().modify_order(order_id, request)
+        self.fill(order_id, "e1", request.quantity, request.limit_price, utc_now())
+        self.set_status(order_id, BrokerStatus.FILLED)
+        if self.then is not None:
+            await self.then()
+
+
+async def modify_filled_at_once(then) -> tuple:
+    broker = FillsOnModify()
+    app, publisher = make_app(broker=broker)
+    await resting_order(app)
+    broker.then = lambda: then(app, broker)
+    app.processor.handle(command("MODIFY", request_id="req_2", limit_price=236.10, quantity=80))
+    await wait_until(lambda: status_of(app) == "FILLED", what="FILLED")
+    await commands_done(app)
+    await settle(app)
+    return app, publisher
+
+
+def assert_modified_and_filled_at_80(app, publisher) -> None:
+    record = app.store.get_record("sig_1")
+    assert record["status"] == "FILLED" and record["filled_quantity"] == 80
+    assert record["quantity"] == 80 and record["limit_price"] == 236.10
+    [event] = [e for e in record["events"] if e["event"] == "MODIFIED"]
+    assert event["old"] == {"limit_price": 230.0, "quantity": 100.0}
+    assert event["new"] == {"limit_price": 236.10, "quantity": 80}
+    assert "MODIFY_REJECTED" not in events_of(publisher)
+
+
+async def test_given_modify_filled_at_once_when_tracker_sees_fill_first_then_modified_before_fill():
+    """The venue filled the modified order and the modify has not returned yet: the tracker
+    (polling every 10 ms) would record the fill now, before the MODIFIED. It records it only
+    after the MODIFIED (the fill's quantity, 80, only makes sense after the modify)."""
+    async def tracker_free_to_see_the_fill(app, _broker):
+        with contextlib.suppress(AssertionError):  # FILLED here is the bug: checked after
+            await wait_until(lambda: status_of(app) == "FILLED", timeout=0.3)
+    app, publisher = await modify_filled_at_once(tracker_free_to_see_the_fill)
+    assert_modified_and_filled_at_80(app, publisher)
+    await confirmations_out(app)
+    assert events_of(publisher) == ["SUBMITTED", "MODIFIED", "FILL"]
+
+
+async def test_given_modify_filled_at_once_when_fill_recorded_before_modified_then_modify_kept():
+    """Another replica's tracker records the fill (FILLED, 80 of the old 100) before this
+    replica's MODIFIED write: the modify the broker took is still recorded, old and new
+    values, and the record ends at the broker's quantity and limit, never refused."""
+    async def another_replica_records_the_fill(app, broker):
+        record = app.store.get_record("sig_1")
+        snapshot = broker.orders[record["order_id"]]
+        app.journal.persist(record, lambda s: follow_broker(
+            s, order_id=snapshot.order_id, broker_status=str(snapshot.status),
+            fills=snapshot.fills, reason=None, at=utc_now()), None, True)
+        assert status_of(app) == "FILLED"
+        assert app.store.get_record("sig_1")["quantity"] == 100
+    app, publisher = await modify_filled_at_once(another_replica_records_the_fill)
+    assert_modified_and_filled_at_80(app, publisher)
+    await confirmations_out(app)
+    # the fill was recorded against the old 100, so also COMPLETED ("filled at 80")
+    assert events_of(publisher) == ["SUBMITTED", "FILL", "COMPLETED", "MODIFIED"]

@@ -30,6 +30,7 @@ from execution_service.domain.orders import (
     OrderState,
     OrderStatus,
     apply_fills,
+    complete,
     follow_broker,
     refuse_cancel,
     request_cancel,
@@ -217,11 +218,23 @@ def test_given_working_limit_when_modified_then_new_values_and_old_in_event():
 ])
 def test_given_modify_that_breaks_a_rule_then_refused_with_reason(state, order_type, fields,
                                                                    reason):
-    command = modify_cmd(**fields)
-    assert modify_refusal(state, order_type, command) == reason
-    change = apply_modify(state, command, order_type, at(3))
-    assert change.events[0].event == "MODIFY_REJECTED"
-    assert change.events[0].detail["reason"] == reason
+    assert modify_refusal(state, order_type, modify_cmd(**fields)) == reason
+
+
+def test_given_modify_the_broker_took_when_its_fill_was_recorded_first_then_still_recorded():
+    """A marketable modify fills at once; that fill (80 of the new 80) can be recorded FILLED
+    before the MODIFIED write lands. The broker's order has the new values: so must the
+    record (refusing it "already filled" left quantity 100 beside the broker's 80)."""
+    filled_first = complete(working(limit_price=230.0, filled=80), at(2)).state
+    assert filled_first.status is S.FILLED and filled_first.quantity == 100
+    command = modify_cmd(limit_price=236.1, quantity=80)
+    change = apply_modify(filled_first, command, "LIMIT", at(3))
+    assert change.state.status is S.FILLED and change.state.filled_quantity == 80
+    assert change.state.quantity == 80 and change.state.limit_price == 236.1
+    [event] = change.events
+    assert event.event == "MODIFIED" and event.detail["old"] == {"limit_price": 230.0,
+                                                                 "quantity": 100}
+    assert apply_modify(change.state, command, "LIMIT", at(4)).events == ()
 
 
 # records and confirmations -------------------------------------------------------------------
