@@ -244,15 +244,12 @@ def apply_cancel(state: OrderState, command: CancelOrder, at: datetime) -> Chang
                           command.source)
 
 
-def apply_modify(state: OrderState, command: ModifyOrder, order_type: str,
-                 at: datetime) -> Change:
+def apply_modify(state: OrderState, command: ModifyOrder, at: datetime) -> Change:
     """Record the modification the broker took: its values are the order's at the broker now,
     whatever the record became meanwhile. A marketable modify can fill at once, and that fill
     (of the modified order: 80 filled of the new 80) may be recorded FILLED first; refusing the
     modify then ("already filled") would leave the record at the old quantity and limit while
-    the broker's order has the new ones. `order_type` is kept for the callers' symmetry: the
-    checks were made before the broker was asked."""
-    del order_type
+    the broker's order has the new ones. The checks were made before the broker was asked."""
     if already_applied(state, command.request_id):
         return Change(state)
     return modify(state, command, at)

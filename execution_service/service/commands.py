@@ -224,7 +224,7 @@ class CommandHandler:
                 doc["order_id"], request))
         now = self._clock()
         if refusal is None:
-            doc = await self._apply(doc, lambda s: apply_modify(s, command, order_type, now))
+            doc = await self._apply(doc, lambda s: apply_modify(s, command, now))
         else:
             doc = await self._apply(doc, lambda s: refuse(
                 s, CommandAction.MODIFY, command.request_id, refusal, now))

@@ -195,7 +195,7 @@ def test_given_same_request_twice_then_applied_once():
 
 def test_given_working_limit_when_modified_then_new_values_and_old_in_event():
     state = working(limit_price=230.0)
-    change = apply_modify(state, modify_cmd(limit_price=236.1, quantity=80), "LIMIT", at(2))
+    change = apply_modify(state, modify_cmd(limit_price=236.1, quantity=80), at(2))
     assert change.state.quantity == 80 and change.state.limit_price == 236.1
     [event] = change.events
     assert event.event == "MODIFIED" and event.status is S.SUBMITTED
@@ -228,13 +228,13 @@ def test_given_modify_the_broker_took_when_its_fill_was_recorded_first_then_stil
     filled_first = complete(working(limit_price=230.0, filled=80), at(2)).state
     assert filled_first.status is S.FILLED and filled_first.quantity == 100
     command = modify_cmd(limit_price=236.1, quantity=80)
-    change = apply_modify(filled_first, command, "LIMIT", at(3))
+    change = apply_modify(filled_first, command, at(3))
     assert change.state.status is S.FILLED and change.state.filled_quantity == 80
     assert change.state.quantity == 80 and change.state.limit_price == 236.1
     [event] = change.events
     assert event.event == "MODIFIED" and event.detail["old"] == {"limit_price": 230.0,
                                                                  "quantity": 100}
-    assert apply_modify(change.state, command, "LIMIT", at(4)).events == ()
+    assert apply_modify(change.state, command, at(4)).events == ()
 
 
 # records and confirmations -------------------------------------------------------------------
@@ -247,8 +247,7 @@ def test_given_command_state_then_it_round_trips_through_the_record():
 
 
 def test_given_modified_event_then_confirmation_carries_request_and_new_values():
-    change = apply_modify(working(limit_price=230.0), modify_cmd(limit_price=231.0), "LIMIT",
-                          at(2))
+    change = apply_modify(working(limit_price=230.0), modify_cmd(limit_price=231.0), at(2))
     doc = {"signal_id": "sig_1", "account_id": "acc_1", "quantity": 100}
     payload = confirmation(doc, change.events[0], 2)
     assert payload["event"] == "MODIFIED" and payload["limit_price"] == 231.0
