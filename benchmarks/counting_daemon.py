@@ -196,8 +196,9 @@ def _install_intake_timing() -> None:
         return original_on_message(self, message)
 
     def settle(self, message, outcome):
-        if outcome is not None and outcome.signal_id:
-            _stage(outcome.signal_id, "claimed")
+        claim = outcome.track if outcome is not None else None
+        if claim and claim.get("signal_id"):
+            _stage(claim["signal_id"], "claimed")
         return original_settle(self, message, outcome)
 
     pubsub.OrderConsumer.start = start
