@@ -23,6 +23,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import ConfigurationError, DuplicateKeyError, InvalidURI, PyMongoError
 from pymongo.uri_parser import parse_uri
 
+from execution_service.adapters import engine_speedups
 from execution_service.adapters.api_key_store import ApiKeyQueries
 from execution_service.adapters.broker_sessions_store import BrokerSessionQueries
 from execution_service.adapters.mock_ledger_store import MockLedgerStore
@@ -79,6 +80,7 @@ def open_store(uri: str | None, database: str, embedded_path: Path | None,
 
         from execution_service.adapters.embedded_store import ServerStore
 
+        engine_speedups.install()
         embedded_path.mkdir(parents=True, exist_ok=True)
         client = litemongo.MongoClient(ServerStore(embedded_path), tz_aware=True)
         return StoreHandle(client, client[database], f"embedded store at {embedded_path}")
@@ -89,6 +91,7 @@ def open_store(uri: str | None, database: str, embedded_path: Path | None,
         # every document for every query, 100 ms per update at 20,000 records.
         from litemongo import client as litemongo_client
 
+        engine_speedups.install()
         name = uuid.uuid4().hex
         client = litemongo.connect(f"mem://{name}?engine=memory", tz_aware=True)
         from execution_service.adapters.memory_store import serialized

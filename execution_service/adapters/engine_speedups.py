@@ -1,0 +1,169 @@
+"""Cheaper equivalents of the internals of litemongo's vendored mongomock that profiles show
+costing the most CPU per store call, in both engines that run it (`mongomock://` and the
+embedded store). Installed by `open_store`; nothing else in the process is touched.
+
+Each replacement returns what the library's own code returns, for every value the store can
+hold: it takes a fast path only for the exact types whose handling it reproduces (dict,
+list, and immutable BSON scalars) and hands anything else (dict or list subclasses such as
+SON or OrderedDict, RawBSONDocument, tuples, Binary, Timestamp, Regex, datetimes of other
+classes or with a tzinfo other than `timezone` / bson's `FixedOffset`, unknown types) to the
+library's own function. The fast copies drop `copy.deepcopy`'s memo (shared sub-objects
+copied once): a stored document has none to keep, since the engine builds every one afresh
+(`patch_datetime_awareness_in_document` on the way in, `bson.decode` in the embedded store),
+and BSON cannot hold a cycle.
+
+What each one saves (daemon's own workload, `benchmarks/core_ops.py`; figures in the README):
+- `copy.deepcopy` of a stored document (`Collection._update` snapshots it before every
+  update, for a rollback): an execution record with its events and confirmations is ~250
+  objects through `copy.deepcopy`'s memo and `__reduce_ex__` for each datetime.
+- `_bson_encode` builds a new pymongo `CodecOptions` (`to_pymongo`) on every call: once per
+  `$set` field, once per insert; cached here per set of options.
+- `patch_datetime_awareness_in_document` (every filter, update and inserted document) and
+  `make_datetime_timezone_aware_in_document` (every document read) test four isinstance
+  checks per value; `_copy_field` (every document read) `copy.copy`s every scalar.
+Applied only to the litemongo version it was written and tested against: any other leaves
+the library as it is (one DEBUG line).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import logging
+import types
+from collections.abc import Callable
+from typing import Any
+
+import bson
+from bson.codec_options import CodecOptions
+from bson.tz_util import FixedOffset
+
+logger = logging.getLogger(__name__)
+
+WRITTEN_FOR = "0.2.0"  # litemongo's version: its vendored mongomock is what is replaced
+
+# Values no operation mutates in place: a copy may be the value itself. (bool and Int64 are
+# listed apart from int: the fast paths compare exact types.)
+IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes, bson.ObjectId, bson.Int64,
+                       bson.Decimal128})
+_DATETIME = datetime.datetime
+_IMMUTABLE_TZINFO = frozenset({datetime.timezone, FixedOffset})
+
+_installed: dict[str, Any] = {}
+
+
+def _immutable(value: Any) -> bool:
+    kind = type(value)
+    return kind in IMMUTABLE or (kind is _DATETIME and (
+        value.tzinfo is None or type(value.tzinfo) in _IMMUTABLE_TZINFO))
+
+
+def bson_deepcopy(value: Any, memo: dict | None = None) -> Any:
+    """`copy.deepcopy` for BSON values."""
+    kind = type(value)
+    if kind is dict:
+        if all(type(key) is str for key in value):
+            return {key: bson_deepcopy(item) for key, item in value.items()}
+    elif kind is list:
+        return [bson_deepcopy(item) for item in value]
+    elif _immutable(value):
+        return value
+    return copy.deepcopy(value, memo)
+
+
+def bson_copy(value: Any) -> Any:
+    """`copy.copy` for BSON values."""
+    return value if _immutable(value) else copy.copy(value)
+
+
+def fast_copy_field(library: Callable) -> Callable:
+    """mongomock's `_copy_field(obj, container)`: a copy of a value read out."""
+    def copy_field(value: Any, container: type) -> Any:
+        kind = type(value)
+        if kind is dict and container is dict:
+            return {key: copy_field(item, dict) for key, item in value.items()}
+        if kind is list:
+            return [copy_field(item, container) for item in value]
+        if _immutable(value):
+            return value
+        return library(value, container)
+    return copy_field
+
+
+def fast_patch_datetimes(library: Callable) -> Callable:
+    """mongomock's `patch_datetime_awareness_in_document`: datetimes to naive UTC, in ms."""
+    def patch(value: Any) -> Any:
+        kind = type(value)
+        if kind is dict:
+            return {key: patch(item) for key, item in value.items()}
+        if kind is list:
+            return [patch(item) for item in value]
+        if kind in IMMUTABLE:
+            return value
+        return library(value)  # datetimes, Timestamp, tuples, dict subclasses, ...
+    return patch
+
+
+def fast_make_aware(library: Callable, utc: datetime.tzinfo) -> Callable:
+    """mongomock's `make_datetime_timezone_aware_in_document`: stored naive UTC datetimes
+    come back with `utc`."""
+    def make_aware(value: Any) -> Any:
+        kind = type(value)
+        if kind is dict:
+            return {key: make_aware(item) for key, item in value.items()}
+        if kind is list:
+            return [make_aware(item) for item in value]
+        if kind is _DATETIME:
+            return value.replace(tzinfo=utc)
+        if kind in IMMUTABLE:
+            return value
+        return library(value)
+    return make_aware
+
+
+def fast_bson_encode(library: Callable, mongomock_options: type,
+                     default_registry: Any) -> Callable:
+    """mongomock's `_bson_encode` (a validation: the bytes are thrown away) without building
+    pymongo's CodecOptions again on every call (they are immutable: one per distinct set)."""
+    converted: dict[tuple, CodecOptions] = {}
+
+    def bson_encode(document: Any, check_keys: bool, codec_options: Any) -> None:
+        if type(codec_options) is not mongomock_options or (
+                codec_options.type_registry is not default_registry):
+            return library(document, check_keys, codec_options)
+        key = (codec_options.uuid_representation, codec_options.unicode_decode_error_handler)
+        options = converted.get(key)
+        if options is None:
+            options = converted[key] = codec_options.to_pymongo()
+        bson.encode(document, check_keys, options)
+        return None
+    return bson_encode
+
+
+def install() -> bool:
+    """Replace the internals above in litemongo's vendored mongomock, once per process.
+    False (and the library left as it is) when litemongo is not the version they were
+    written for."""
+    import litemongo
+
+    if _installed:
+        return True
+    if litemongo.__version__ != WRITTEN_FOR:
+        logger.debug("store engine speedups not applied: written for litemongo %s, found %s",
+                     WRITTEN_FOR, litemongo.__version__)
+        return False
+    from litemongo._vendor.mongomock import codec_options, collection, helpers
+
+    _installed.update(copy=collection.copy, _copy_field=collection._copy_field,
+                      _bson_encode=collection._bson_encode,
+                      patch=helpers.patch_datetime_awareness_in_document,
+                      make_aware=helpers.make_datetime_timezone_aware_in_document)
+    collection.copy = types.SimpleNamespace(deepcopy=bson_deepcopy, copy=bson_copy)
+    collection._copy_field = fast_copy_field(_installed["_copy_field"])
+    collection._bson_encode = fast_bson_encode(
+        _installed["_bson_encode"], codec_options.CodecOptions,
+        codec_options._DEFAULT_TYPE_REGISTRY)
+    helpers.patch_datetime_awareness_in_document = fast_patch_datetimes(_installed["patch"])
+    helpers.make_datetime_timezone_aware_in_document = fast_make_aware(
+        _installed["make_aware"], helpers.utc)
+    return True
