@@ -62,11 +62,12 @@ def bson_deepcopy(value: Any, memo: dict | None = None) -> Any:
     """`copy.deepcopy` for BSON values."""
     kind = type(value)
     if kind is dict:
-        if all(type(key) is str for key in value):
-            return {key: bson_deepcopy(item) for key, item in value.items()}
-    elif kind is list:
+        return {key if type(key) is str else bson_deepcopy(key): bson_deepcopy(item)
+                for key, item in value.items()}
+    if kind is list:
         return [bson_deepcopy(item) for item in value]
-    elif _immutable(value):
+    if kind in IMMUTABLE or kind is _DATETIME and (
+            value.tzinfo is None or type(value.tzinfo) in _IMMUTABLE_TZINFO):
         return value
     return copy.deepcopy(value, memo)
 
@@ -100,7 +101,12 @@ def fast_patch_datetimes(library: Callable) -> Callable:
             return [patch(item) for item in value]
         if kind in IMMUTABLE:
             return value
-        return library(value)  # datetimes, Timestamp, tuples, dict subclasses, ...
+        if kind is _DATETIME:  # the library's own arithmetic
+            mongo_us = (value.microsecond // 1000) * 1000
+            if value.tzinfo:
+                return (value - value.utcoffset()).replace(tzinfo=None, microsecond=mongo_us)
+            return value.replace(microsecond=mongo_us)
+        return library(value)  # Timestamp, tuples, dict subclasses, ...
     return patch
 
 
@@ -121,6 +127,45 @@ def fast_make_aware(library: Callable, utc: datetime.tzinfo) -> Callable:
     return make_aware
 
 
+def fast_index_add(doc_keys: Callable) -> Callable:
+    """litemongo's `CollectionIndexes.add` (re-index a stored document) without removing and
+    re-adding the entries of the fields whose keys did not change, which is most of them."""
+    def add(self: Any, store_key: Any, doc: dict) -> None:
+        seq = self._docs.get(store_key)
+        if seq is None:
+            seq = self._next_seq
+            self._next_seq += 1
+            for index in self._fields.values():
+                index.add(store_key, doc)
+        else:
+            for index in self._fields.values():
+                if index._doc_keys.get(store_key, _MISSING) != doc_keys(doc, index.path):
+                    index.remove(store_key)
+                    index.add(store_key, doc)
+        self._docs[store_key] = seq
+    return add
+
+
+_MISSING = object()
+_INT64 = range(-(2**63), 2**63)
+_ENCODABLE = frozenset({float, bool, type(None), bson.ObjectId, bson.Int64, bson.Decimal128})
+
+
+def _one_plain_field(document: Any) -> bool:
+    """A one-field document (what `$set` validates, field by field) that BSON encodes
+    whatever the options: a str key without NUL, and a value of a type that always encodes, an
+    int in int64's range, an ASCII str, or a naive datetime."""
+    if type(document) is not dict or len(document) != 1:
+        return False
+    [(key, value)] = document.items()
+    if type(key) is not str or "\0" in key:
+        return False
+    kind = type(value)
+    return (kind in _ENCODABLE or kind is int and value in _INT64
+            or kind is str and value.isascii()
+            or kind is _DATETIME and value.tzinfo is None)
+
+
 def fast_bson_encode(library: Callable, mongomock_options: type,
                      default_registry: Any) -> Callable:
     """mongomock's `_bson_encode` (a validation: the bytes are thrown away) without building
@@ -131,6 +176,8 @@ def fast_bson_encode(library: Callable, mongomock_options: type,
         if type(codec_options) is not mongomock_options or (
                 codec_options.type_registry is not default_registry):
             return library(document, check_keys, codec_options)
+        if not check_keys and _one_plain_field(document):
+            return None
         key = (codec_options.uuid_representation, codec_options.unicode_decode_error_handler)
         options = converted.get(key)
         if options is None:
@@ -152,12 +199,13 @@ def install() -> bool:
         logger.debug("store engine speedups not applied: written for litemongo %s, found %s",
                      WRITTEN_FOR, litemongo.__version__)
         return False
-    from litemongo._vendor.mongomock import codec_options, collection, helpers
+    from litemongo._vendor.mongomock import codec_options, collection, helpers, indexing
 
     _installed.update(copy=collection.copy, _copy_field=collection._copy_field,
                       _bson_encode=collection._bson_encode,
                       patch=helpers.patch_datetime_awareness_in_document,
-                      make_aware=helpers.make_datetime_timezone_aware_in_document)
+                      make_aware=helpers.make_datetime_timezone_aware_in_document,
+                      index_add=indexing.CollectionIndexes.add)
     collection.copy = types.SimpleNamespace(deepcopy=bson_deepcopy, copy=bson_copy)
     collection._copy_field = fast_copy_field(_installed["_copy_field"])
     collection._bson_encode = fast_bson_encode(
@@ -166,4 +214,5 @@ def install() -> bool:
     helpers.patch_datetime_awareness_in_document = fast_patch_datetimes(_installed["patch"])
     helpers.make_datetime_timezone_aware_in_document = fast_make_aware(
         _installed["make_aware"], helpers.utc)
+    indexing.CollectionIndexes.add = fast_index_add(indexing._doc_keys)
     return True
