@@ -19,6 +19,8 @@ Backends:
 What-if (patched in this process only; nothing in the service is changed):
   one-mark              Store.mark_published as ONE update (pipeline form) instead of one or
                         two plain updates
+  no-engine-speedups    the store engines as litemongo ships them (engine_speedups.py not
+                        installed): the before of a before/after, from one checkout
 
     /work/venv/bin/python benchmarks/core_ops.py --backend uri-mongomock --n 2000
     /work/venv/bin/python benchmarks/core_ops.py --backend litemongo-memory --what-if one-mark
@@ -92,6 +94,13 @@ def what_if_one_mark() -> None:
     Store.mark_published = mark_published
 
 
+def what_if_no_engine_speedups() -> None:
+    from execution_service.adapters import engine_speedups
+
+    _require(engine_speedups, "install")
+    engine_speedups.install = lambda: False
+
+
 def _require(owner, name: str) -> None:
     """What-ifs patch the service as it was; refuse when the code has moved on."""
     if not hasattr(owner, name):
@@ -148,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "litemongo-memory-naive", "embedded", "litemongo-sqlite"))
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=250)
-    parser.add_argument("--what-if", action="append", default=[], choices=("one-mark",))
+    parser.add_argument("--what-if", action="append", default=[],
+                        choices=("one-mark", "no-engine-speedups"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--bare", action="store_true",
                         help="no store call counting (its wrappers cost CPU): CPU figures only")
@@ -157,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         counting_daemon.install()
     if "one-mark" in args.what_if:
         what_if_one_mark()
+    if "no-engine-speedups" in args.what_if:
+        what_if_no_engine_speedups()
     handle, path = open_backend(args.backend)
     accounts = Path(tempfile.mkdtemp(prefix="bench-core-acc-")) / "accounts.json"
     accounts.write_text(json.dumps([{"account_id": "acc_bench", "broker": "MOCK",
