@@ -91,14 +91,22 @@ def fast_copy_field(library: Callable) -> Callable:
     return copy_field
 
 
+def bson_walk(leaf: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A function that rebuilds plain dicts and lists around `leaf` of every other value."""
+    def walk(value: Any) -> Any:
+        kind = type(value)
+        if kind is dict:
+            return {key: walk(item) for key, item in value.items()}
+        if kind is list:
+            return [walk(item) for item in value]
+        return leaf(value)
+    return walk
+
+
 def fast_patch_datetimes(library: Callable) -> Callable:
     """mongomock's `patch_datetime_awareness_in_document`: datetimes to naive UTC, in ms."""
     def patch(value: Any) -> Any:
         kind = type(value)
-        if kind is dict:
-            return {key: patch(item) for key, item in value.items()}
-        if kind is list:
-            return [patch(item) for item in value]
         if kind in IMMUTABLE:
             return value
         if kind is _DATETIME:  # the library's own arithmetic
@@ -107,7 +115,7 @@ def fast_patch_datetimes(library: Callable) -> Callable:
                 return (value - value.utcoffset()).replace(tzinfo=None, microsecond=mongo_us)
             return value.replace(microsecond=mongo_us)
         return library(value)  # Timestamp, tuples, dict subclasses, ...
-    return patch
+    return bson_walk(patch)
 
 
 def fast_make_aware(library: Callable, utc: datetime.tzinfo) -> Callable:
@@ -115,16 +123,12 @@ def fast_make_aware(library: Callable, utc: datetime.tzinfo) -> Callable:
     come back with `utc`."""
     def make_aware(value: Any) -> Any:
         kind = type(value)
-        if kind is dict:
-            return {key: make_aware(item) for key, item in value.items()}
-        if kind is list:
-            return [make_aware(item) for item in value]
         if kind is _DATETIME:
             return value.replace(tzinfo=utc)
         if kind in IMMUTABLE:
             return value
         return library(value)
-    return make_aware
+    return bson_walk(make_aware)
 
 
 def fast_index_add(doc_keys: Callable) -> Callable:
