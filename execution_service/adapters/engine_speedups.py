@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import datetime
 import logging
+import threading
 import types
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,7 @@ _DATETIME = datetime.datetime
 _IMMUTABLE_TZINFO = frozenset({datetime.timezone, FixedOffset})
 
 _installed: dict[str, Any] = {}
+_installing = threading.Lock()
 
 
 def _immutable(value: Any) -> bool:
@@ -158,21 +160,22 @@ def fast_index_add(doc_keys: Callable) -> Callable:
 
 
 _MISSING = object()
-_INT64 = range(-(2**63), 2**63)
-_ENCODABLE = frozenset({float, bool, type(None), bson.ObjectId, bson.Int64, bson.Decimal128})
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_ENCODABLE = frozenset({float, bool, type(None), bson.ObjectId, bson.Decimal128})
+_INTEGERS = frozenset({int, bson.Int64})  # BSON refuses either beyond int64
 
 
 def _one_plain_field(document: Any) -> bool:
     """A one-field document (what `$set` validates, field by field) that BSON encodes
     whatever the options: a str key without NUL, and a value of a type that always encodes, an
-    int in int64's range, an ASCII str, or a naive datetime."""
+    int (or Int64) in int64's range, an ASCII str, or a naive datetime."""
     if type(document) is not dict or len(document) != 1:
         return False
     [(key, value)] = document.items()
     if type(key) is not str or "\0" in key:
         return False
     kind = type(value)
-    return (kind in _ENCODABLE or kind is int and value in _INT64
+    return (kind in _ENCODABLE or kind in _INTEGERS and _INT64_MIN <= value <= _INT64_MAX
             or kind is str and value.isascii()
             or kind is _DATETIME and value.tzinfo is None)
 
@@ -204,11 +207,16 @@ def install() -> bool:
     written for."""
     import litemongo
 
-    if _installed:
-        return True
-    if litemongo.__version__ != WRITTEN_FOR:
+    with _installing:  # twice would take the fast functions for the library's
+        if _installed:
+            return True
+        return _install(litemongo.__version__)
+
+
+def _install(version: str) -> bool:
+    if version != WRITTEN_FOR:
         logger.debug("store engine speedups not applied: written for litemongo %s, found %s",
-                     WRITTEN_FOR, litemongo.__version__)
+                     WRITTEN_FOR, version)
         return False
     from litemongo._vendor.mongomock import codec_options, collection, helpers, indexing
 

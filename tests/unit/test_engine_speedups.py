@@ -1,8 +1,9 @@
 """The store engine's speedups (engine_speedups.py) give what litemongo's vendored mongomock
 gives, value for value: each fast function against the library's own (plain mongomock's
 identical, unpatched copies where the vendored ones now call the fast ones), over generated
-BSON values and the awkward ones (dict and list subclasses, SON, RawBSONDocument, tuples,
-Binary, Timestamp, tz-aware datetimes with foreign tzinfos, unknown types)."""
+BSON values and the awkward ones (dict and list subclasses, SON, OrderedDict,
+RawBSONDocument, tuples, bytes vs Binary, Timestamp, Regex, tz-aware datetimes with foreign
+tzinfos, unknown types)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,14 @@ class Unknown:
         return type(other) is Unknown and other.items == self.items
 
 
+class ListSub(list):
+    """A list subclass: the library rebuilds it as a plain list, deepcopy keeps its class."""
+
+
+class DictSub(dict):
+    """A dict subclass other than SON or OrderedDict."""
+
+
 scalars = st.one_of(
     st.text(max_size=6), st.integers(min_value=-(2**63), max_value=2**63 - 1),
     st.floats(allow_nan=False), st.booleans(), st.none(), st.binary(max_size=4),
@@ -69,7 +78,9 @@ values = st.recursive(scalars, lambda children: st.one_of(
     st.lists(children, max_size=4), st.dictionaries(keys, children, max_size=4),
     st.lists(children, max_size=3).map(tuple),
     st.dictionaries(keys, children, max_size=3).map(SON),
-    st.dictionaries(keys, children, max_size=3).map(OrderedDict)), max_leaves=16)
+    st.dictionaries(keys, children, max_size=3).map(OrderedDict),
+    st.lists(children, max_size=3).map(ListSub),
+    st.dictionaries(keys, children, max_size=3).map(DictSub)), max_leaves=16)
 
 
 def same(left, right) -> bool:
@@ -93,7 +104,8 @@ def containers(value, found: set[int]) -> set[int]:
         for item in value.values():
             containers(item, found)
     elif isinstance(value, (list, tuple)):
-        found.add(id(value)) if isinstance(value, list) else None
+        if isinstance(value, list):
+            found.add(id(value))
         for item in value:
             containers(item, found)
     elif isinstance(value, Unknown):
@@ -158,7 +170,8 @@ def test_given_raw_bson_and_son_when_patched_then_as_the_library():
 
 
 encodable_or_not = st.one_of(
-    scalars, st.sampled_from([2**63, -(2**63) - 1, "\udc80", "caf\u00e9", "a\0b", True]),
+    scalars, st.sampled_from([2**63, -(2**63) - 1, Int64(2**63), Int64(-(2**63) - 1), 2**63 - 1,
+                              Int64(-(2**63)), "\udc80", "caf\u00e9", "a\0b", True]),
     st.lists(scalars, max_size=2), st.builds(Unknown, st.just([])))
 
 
@@ -167,9 +180,10 @@ encodable_or_not = st.one_of(
        st.booleans())
 def test_given_a_set_field_when_validated_then_fails_exactly_when_the_library_fails(
         key, value, tz_aware):
-    """Given one `$set` field (a key, a value that may or may not encode: ints beyond int64,
-    lone surrogates, NUL in the key, unknown types); when validated by `_bson_encode`; then
-    it raises the library's exception type exactly when the library's own raises."""
+    """Given one `$set` field (a key, a value that may or may not encode: ints and Int64s
+    beyond int64, lone surrogates, NUL in the key, unknown types); when validated by
+    `_bson_encode`; then it raises the library's exception type exactly when the library's
+    own raises."""
     options = codec_options.CodecOptions(tz_aware=tz_aware)
     outcomes = []
     for encode in (collection._bson_encode, engine_speedups._installed["_bson_encode"]):
