@@ -190,13 +190,12 @@ def fast_bson_encode(library: Callable, mongomock_options: type,
         if type(codec_options) is not mongomock_options or (
                 codec_options.type_registry is not default_registry):
             return library(document, check_keys, codec_options)
-        if not check_keys and _one_plain_field(document):
-            return None
         key = (codec_options.uuid_representation, codec_options.unicode_decode_error_handler)
         options = converted.get(key)
-        if options is None:
+        if options is None:  # first, so options pymongo refuses are refused every time
             options = converted[key] = codec_options.to_pymongo()
-        bson.encode(document, check_keys, options)
+        if check_keys or not _one_plain_field(document):
+            bson.encode(document, check_keys, options)
         return None
     return bson_encode
 

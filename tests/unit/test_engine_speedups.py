@@ -177,14 +177,15 @@ encodable_or_not = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(st.text(max_size=3), st.sampled_from(["a\0", "$x", "a.b"])), encodable_or_not,
-       st.booleans())
+       st.booleans(), st.sampled_from([None, 4, 99]))
 def test_given_a_set_field_when_validated_then_fails_exactly_when_the_library_fails(
-        key, value, tz_aware):
+        key, value, tz_aware, uuid_representation):
     """Given one `$set` field (a key, a value that may or may not encode: ints and Int64s
     beyond int64, lone surrogates, NUL in the key, unknown types); when validated by
     `_bson_encode`; then it raises the library's exception type exactly when the library's
-    own raises."""
-    options = codec_options.CodecOptions(tz_aware=tz_aware)
+    own raises (also with codec options pymongo refuses: uuid_representation 99)."""
+    options = codec_options.CodecOptions(tz_aware=tz_aware,
+                                         uuid_representation=uuid_representation)
     outcomes = []
     for encode in (collection._bson_encode, engine_speedups._installed["_bson_encode"]):
         try:
