@@ -27,7 +27,7 @@ machine at load ~5, on a FILLED execution record of 122 objects from `core_ops.p
 - `CollectionIndexes.add` (the in-memory engine re-indexes every indexed field on every
   write): 4.3 us vs 2.6-2.8 us with four indexed fields, one changed.
 Over the daemon's own calls (`benchmarks/store_calls.py`), the store's CPU per signal went
-from 1.16 to 0.76 ms in memory and from 2.21 to 1.88 ms embedded (README, "The store").
+from 1.16 to 0.76 ms in memory and from 2.21 to 1.88 ms embedded (README, issue 20).
 Applied only to the litemongo version it was written and tested against: any other leaves
 the library as it is (one DEBUG line).
 """

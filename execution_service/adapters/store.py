@@ -75,12 +75,13 @@ def open_store(uri: str | None, database: str, embedded_path: Path | None,
                server: ServerSettings | None = None) -> StoreHandle:
     """Connect to the backend MONGODB_URI names (see module docstring); `server` says how to
     talk to a real MongoDB (write concern, read preference, timeouts)."""
+    if embedded_path is not None or (uri or "").startswith("mongomock://"):
+        engine_speedups.install()  # both engines run litemongo's vendored mongomock
     if embedded_path is not None:
         import litemongo
 
         from execution_service.adapters.embedded_store import ServerStore
 
-        engine_speedups.install()
         embedded_path.mkdir(parents=True, exist_ok=True)
         client = litemongo.MongoClient(ServerStore(embedded_path), tz_aware=True)
         return StoreHandle(client, client[database], f"embedded store at {embedded_path}")
@@ -91,7 +92,6 @@ def open_store(uri: str | None, database: str, embedded_path: Path | None,
         # every document for every query, 100 ms per update at 20,000 records.
         from litemongo import client as litemongo_client
 
-        engine_speedups.install()
         name = uuid.uuid4().hex
         client = litemongo.connect(f"mem://{name}?engine=memory", tz_aware=True)
         from execution_service.adapters.memory_store import serialized
