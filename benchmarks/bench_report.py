@@ -99,6 +99,10 @@ def _latency_rows(lat: dict, floor: dict | None, two_hops: dict | None) -> list[
         rows.append(("  daemon stages p50 (p99), ms after the client's callback",
                      ", ".join(f"{name} {v[0]} ({v[1]})" for name, v in stages.items()),
                      "info", "-"))
+    if lat.get("daemon_worst_1pct_steps_ms"):
+        rows.append(("  the slowest 1%: mean ms per step",
+                     ", ".join(f"{step} {ms}" for step, ms in
+                               lat["daemon_worst_1pct_steps_ms"].items()), "info", "-"))
     if floor:
         rows.append((f"  one bare hop p50/p99 (floor, {floor.get('streams', 1)} streams)",
                      f"{floor['p50_ms']} / {floor['p99_ms']} ms", "info", "-"))
