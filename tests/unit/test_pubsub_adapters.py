@@ -11,7 +11,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from execution_service.adapters.pubsub import HandOver, OrderConsumer, TopicPublisher
+from execution_service.adapters.pubsub import OrderConsumer, TopicPublisher
 from tests.fakes.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
@@ -26,9 +26,10 @@ class FakePublishRequests:
         self.requests: list[list[bytes]] = []
         self.threads: set[str] = set()
 
-    def __call__(self, *, topic: str, messages, retry, timeout: float):
+    def __call__(self, *, request, retry, timeout: float):
         self.threads.add(threading.current_thread().name)
-        data = [m.data for m in messages]
+        assert request.topic == "projects/p/topics/confirmations"
+        data = [m.data for m in request.messages]
         self.requests.append(data)
         if self.hang_when in data:
             time.sleep(timeout + 2)
@@ -120,12 +121,10 @@ async def test_given_the_worker_went_idle_then_the_next_batch_starts_it_again(mo
 class FakeSubscriber:
     def __init__(self) -> None:
         self.callbacks: list = []
-        self.schedulers: list = []
         self.futures: list[Future] = []
 
-    def subscribe(self, subscription: str, callback, flow_control=None, scheduler=None) -> Future:
+    def subscribe(self, subscription: str, callback, flow_control=None) -> Future:
         self.callbacks.append(callback)
-        self.schedulers.append(scheduler)
         self.futures.append(Future())
         return self.futures[-1]
 
@@ -157,9 +156,6 @@ async def test_given_several_streams_then_they_open_a_fraction_of_a_tick_apart()
         [tick / 4, 2 * tick / 4, 3 * tick / 4])
     scheduler.run_delayed()
     assert len(subscriber.callbacks) == 4
-    # each stream hands its messages over itself, with a queue (its acks) of its own
-    assert all(isinstance(s, HandOver) for s in subscriber.schedulers)
-    assert len({id(s.queue) for s in subscriber.schedulers}) == 4
     assert consumer.running
     subscriber.futures[2].set_exception(RuntimeError("stream failed (test)"))
     assert not consumer.running and isinstance(consumer.failure(), RuntimeError)
@@ -191,38 +187,3 @@ async def test_given_messages_keep_arriving_then_other_work_runs_between_batches
     assert handled == list(range(300))
     # it ran between batches while messages flowed (handling all at once gives none)
     assert len({n for n in other_work_at if 0 < n < 300}) >= 2
-
-
-def test_given_messages_scheduled_then_each_is_handed_over_on_the_streams_thread_in_order():
-    """Given the stream's thread schedules messages, when HandOver runs them, then the callback
-    ran at once on that thread, in the order given, and nothing is left pending at shutdown."""
-    handed: list[tuple[int, str]] = []
-    hand_over = HandOver()
-
-    def stream() -> None:
-        for n in range(50):
-            hand_over.schedule(lambda m: handed.append((m, threading.current_thread().name)), n)
-
-    thread = threading.Thread(target=stream, name="stream-thread")
-    thread.start()
-    thread.join()
-    assert handed == [(n, "stream-thread") for n in range(50)]
-    assert hand_over.shutdown(await_msg_callbacks=True) == []
-
-
-def test_given_a_hand_over_that_fails_then_the_stream_goes_on_with_the_next_message(caplog):
-    """Given the callback raises for one message (the event loop has closed, say), when the
-    stream schedules it, then the error is logged, not raised into the client's stream
-    thread, and the next message is handed over."""
-    handed: list[int] = []
-
-    def callback(message: int) -> None:
-        if message == 1:
-            raise RuntimeError("Event loop is closed (test)")
-        handed.append(message)
-
-    hand_over = HandOver()
-    for n in range(3):
-        hand_over.schedule(callback, n)
-    assert handed == [0, 2]
-    assert "Handing a message over to the event loop failed" in caplog.text
