@@ -211,10 +211,10 @@ def _install_intake_timing() -> None:
 def _install_path_timing() -> None:
     """The broker call, the FILLED record, the publish."""
     from brokers.mock import MockBroker
-    from execution_service.adapters import pubsub
+    from execution_service.adapters.publisher import TopicPublisher
     from execution_service.service.journal import OrderJournal
 
-    original_send = pubsub.TopicPublisher.send
+    original_send = TopicPublisher.send
     original_after_write = OrderJournal.after_write
     original_place = MockBroker.place_order
 
@@ -242,7 +242,7 @@ def _install_path_timing() -> None:
 
         original_send(self, messages, done)
 
-    pubsub.TopicPublisher.send = send
+    TopicPublisher.send = send
     _install_request_timing()
     OrderJournal.after_write = after_write
     MockBroker.place_order = place_order
@@ -250,18 +250,18 @@ def _install_path_timing() -> None:
 
 def _install_request_timing() -> None:
     """The publisher's thread starts the Publish request carrying a FILLED confirmation."""
-    from execution_service.adapters import pubsub
+    from execution_service.adapters.publisher import TopicPublisher
 
-    original_publish = pubsub.TopicPublisher._publish
+    original_request = TopicPublisher._request
 
-    def publish(self, jobs):
-        for messages, _settle in jobs:
-            for _payload, attributes in messages:
+    def request(self, messages, jobs, outcomes):
+        for batch, _settle in jobs:
+            for _payload, attributes in batch:
                 if attributes.get("status") == "FILLED":
                     _stage(attributes.get("signal_id", ""), "sending")
-        return original_publish(self, jobs)
+        return original_request(self, messages, jobs, outcomes)
 
-    pubsub.TopicPublisher._publish = publish
+    TopicPublisher._request = request
 
 
 def _stack_key(frame) -> str:
