@@ -205,15 +205,27 @@ def signal_message(signal_id: str, status: str) -> tuple[bytes, dict[str, str]]:
     return f"{signal_id}:{status}".encode(), {"signal_id": signal_id, "status": status}
 
 
+async def with_first_held(ordered_by: str | None = "signal_id",
+                          first: tuple = signal_message("a", "SUBMITTED")):
+    """A publisher whose first request (`first`) Pub/Sub holds until `requests.released`;
+    returns (requests, publisher, the first batch's answer), once that request is out."""
+    requests = FakePublishRequests(hold_when=first[0])
+    publisher = publisher_with(requests, ordered_by=ordered_by)
+    answer = sent(publisher, [first])
+    await eventually(lambda: requests.requests, 30, "the first request to go out")
+    return requests, publisher, answer
+
+
+def sent(publisher: TopicPublisher, messages) -> asyncio.Future:
+    answer = asyncio.get_running_loop().create_future()
+    publisher.send(messages, answer.set_result)
+    return answer
+
+
 async def test_given_a_request_still_out_then_another_signals_message_does_not_wait_for_it():
     """Given ordered by signal and signal a's request held by Pub/Sub, when signal b's
     confirmation is sent, then it is requested and accepted while a's is still out."""
-    requests = FakePublishRequests(hold_when=b"a:SUBMITTED")
-    publisher = publisher_with(requests, ordered_by="signal_id")
-    loop = asyncio.get_running_loop()
-    held = loop.create_future()
-    publisher.send([signal_message("a", "SUBMITTED")], held.set_result)
-    await eventually(lambda: requests.requests, 30, "a's request to go out")
+    requests, publisher, held = await with_first_held()
     assert await send(publisher, [signal_message("b", "FILLED")]) == [None]
     assert not held.done()
     requests.released.set()
@@ -224,32 +236,20 @@ async def test_given_a_signals_request_still_out_then_its_next_message_waits_for
     """Given ordered by signal and a's SUBMITTED held by Pub/Sub, when a's FILLED is sent
     (and b's after it), then a's FILLED is asked for only after the SUBMITTED was answered:
     a's confirmations reach Pub/Sub in order."""
-    requests = FakePublishRequests(hold_when=b"a:SUBMITTED")
-    publisher = publisher_with(requests, ordered_by="signal_id")
-    loop = asyncio.get_running_loop()
-    answers = [loop.create_future() for _ in range(3)]
-    publisher.send([signal_message("a", "SUBMITTED")], answers[0].set_result)
-    await eventually(lambda: requests.requests, 30, "a's SUBMITTED to go out")
-    publisher.send([signal_message("a", "FILLED")], answers[1].set_result)
-    publisher.send([signal_message("b", "FILLED")], answers[2].set_result)
+    requests, publisher, first = await with_first_held()
+    answers = [first, sent(publisher, [signal_message("a", "FILLED")]),
+               sent(publisher, [signal_message("b", "FILLED")])]
     requests.released.set()
     assert await asyncio.wait_for(asyncio.gather(*answers), 10) == [[None]] * 3
     log = requests.log
     assert log.index(("answered", b"a:SUBMITTED")) < log.index(("asked", b"a:FILLED"))
-    assert requests.requests[0] == [b"a:SUBMITTED"]
 
 
 async def test_given_no_order_attribute_then_each_request_waits_for_the_one_before():
     """Given a publisher without `ordered_by` and its first request held, when another batch
     is sent, then it is asked for only after the first one was answered."""
-    requests = FakePublishRequests(hold_when=b"first")
-    publisher = publisher_with(requests)
-    loop = asyncio.get_running_loop()
-    first = loop.create_future()
-    publisher.send([(b"first", {})], first.set_result)
-    await eventually(lambda: requests.requests, 30, "the first request to go out")
-    second = loop.create_future()
-    publisher.send([(b"second", {})], second.set_result)
+    requests, publisher, first = await with_first_held(None, (b"first", {}))
+    second = sent(publisher, [(b"second", {})])
     requests.released.set()
     assert await asyncio.wait_for(asyncio.gather(first, second), 10) == [[None], [None]]
     assert requests.log == [("asked", b"first"), ("answered", b"first"),
@@ -261,18 +261,11 @@ async def test_given_every_slot_taken_then_what_is_queued_meanwhile_goes_in_one_
     """Given one request at a time and the first one held, when three more batches are sent
     meanwhile, then they go out together in the next request once the first is answered."""
     monkeypatch.setattr(TopicPublisher, "REQUESTS_IN_FLIGHT", 1)
-    requests = FakePublishRequests(hold_when=b"a:SUBMITTED")
-    publisher = publisher_with(requests, ordered_by="signal_id")
-    loop = asyncio.get_running_loop()
-    answers = [loop.create_future() for _ in range(4)]
-    publisher.send([signal_message("a", "SUBMITTED")], answers[0].set_result)
-    await eventually(lambda: requests.requests, 30, "the first request to go out")
-    for answer, name in zip(answers[1:], "bcd", strict=True):
-        publisher.send([signal_message(name, "FILLED")], answer.set_result)
+    requests, publisher, first = await with_first_held()
+    answers = [first, *(sent(publisher, [signal_message(name, "FILLED")]) for name in "bcd")]
     requests.released.set()
     assert await asyncio.wait_for(asyncio.gather(*answers), 10) == [[None]] * 4
     assert requests.requests == [[b"a:SUBMITTED"], [b"b:FILLED", b"c:FILLED", b"d:FILLED"]]
-
 
 class RefusingSenders:
     """Stands in for the sender threads once the interpreter is shutting down."""
