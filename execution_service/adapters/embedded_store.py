@@ -20,6 +20,8 @@ from litemongo import sqlite_store
 from litemongo._vendor.mongomock import indexing
 from pymongo.errors import WriteError
 
+from execution_service.adapters.embedded_batch import BatchingConnection, WriteBatches
+
 ID = "_id"
 DOCUMENTS = sqlite_store.CollectionStore.DOCUMENTS
 ROWS = "query_index"
@@ -71,11 +73,12 @@ class SqliteQueryIndex:
     `_id` needs no rows: string and ObjectId ids are looked up by the documents' primary key.
     """
 
-    def __init__(self, connection: sqlite3.Connection, documents: sqlite_store.TableDict) -> None:
+    def __init__(self, connection: BatchingConnection, documents: sqlite_store.TableDict) -> None:
         self._connection = connection
         self._documents = documents
         self._complete: frozenset[str] = frozenset()
         self._seen_version = None
+        self._checked_in: int | None = None  # the transaction the paths were checked in
         with connection:
             connection.execute(f"CREATE TABLE IF NOT EXISTS {ROWS}(path TEXT NOT NULL, "
                                "key TEXT NOT NULL, doc_key TEXT NOT NULL, "
@@ -88,12 +91,17 @@ class SqliteQueryIndex:
         return {ID, *self.complete_paths()}
 
     def complete_paths(self) -> frozenset[str]:
-        """As the file says: re-read whenever another connection has committed."""
+        """As the file says: re-read whenever another connection has committed (checked once
+        per transaction of ours: it holds the write lock, so nobody else can commit)."""
+        transaction = self._connection.checked_in_transaction()
+        if transaction is not None and transaction == self._checked_in:
+            return self._complete
         version = self._connection.execute("PRAGMA data_version").fetchone()[0]
         if version != self._seen_version:
             self._complete = frozenset(path for (path,) in self._connection.execute(
                 f"SELECT path FROM {COMPLETE_PATHS} WHERE scheme = ?", (KEY_SCHEME,)))
             self._seen_version = version
+        self._checked_in = transaction
         return self._complete
 
     # writes: the caller holds the write transaction ----------------------------------------
@@ -151,12 +159,12 @@ class SqliteQueryIndex:
             self._connection.executemany(f"INSERT INTO {COMPLETE_PATHS} VALUES (?, ?)",
                                          [(path, KEY_SCHEME) for path in new])
         self._complete = wanted
-        self._seen_version = None  # read the file again next time: this may yet roll back
+        self._seen_version = self._checked_in = None  # read the file again: this may roll back
 
     def clear(self) -> None:
         self._connection.execute(f"DELETE FROM {ROWS}")
         self._connection.execute(f"DELETE FROM {COMPLETE_PATHS}")
-        self._seen_version = None
+        self._seen_version = self._checked_in = None
 
     # reads ----------------------------------------------------------------------------------
 
@@ -230,19 +238,90 @@ class SqliteQueryIndex:
         return found
 
 
+class IndexDict(sqlite_store.IndexDict):
+    """litemongo's cache of a file's index specifications, checked against the file once per
+    transaction of ours rather than on every query."""
+
+    _checked_in: int | None = None
+
+    def _get_cache(self) -> dict:
+        self._connection.touch()  # asked before a query or a write: it joins the batch first
+        transaction = self._connection.checked_in_transaction()
+        if transaction is None or transaction != self._checked_in or self._cache is None:
+            self._cache = super()._get_cache()
+            self._checked_in = transaction
+        return self._cache
+
+    def invalidate(self) -> None:
+        super().invalidate()
+        self._checked_in = None
+
+
 class CollectionStore(sqlite_store.CollectionStore):
     """litemongo's sqlite collection with the query index in its file (files in litemongo's
-    legacy key format keep its in-memory index)."""
+    legacy key format keep its in-memory index), its connection usable from the store thread
+    and its writes grouped into the store thread's batches (embedded_batch.py)."""
 
     _sql_index: SqliteQueryIndex | None = None
+    _filled_in: int | None = None  # the transaction of ours that found documents here
+
+    def __init__(self, filename, codec_options=None, batches: WriteBatches | None = None):
+        self._batches = batches
+        super().__init__(filename, codec_options=codec_options)
 
     def open(self) -> None:
-        super().open()
+        """litemongo's own, on a BatchingConnection that any one thread at a time may use (the
+        serialized wrapper's lock sees to that)."""
+        self._connection = sqlite3.connect(self._path, factory=BatchingConnection,
+                                           check_same_thread=False)
+        self._connection.batches = self._batches
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute("PRAGMA synchronous=NORMAL")
+        self._cur = self._connection.cursor()
+        key_format = self._init_info()
+        self._documents = sqlite_store.TableDict(
+            self.DOCUMENTS, self._connection, self._cur, codec_options=self._codec_options,
+            key_format=key_format)
+        self.indexes = IndexDict(self.INDEXES, self._connection, self._cur,
+                                 codec_options=self._codec_options, key_format=key_format)
+        row = self._connection.execute(
+            f"SELECT value FROM {self.INFO} WHERE key = 'force_created'").fetchone()
+        self._is_force_created = bool(row and row[0])
+        self._ttl_indexes = {name: index for name, index in self.indexes.items()
+                             if index.get("expireAfterSeconds") is not None}
+        self._query_index = None
+        self._data_version = None
         self._open_sql_index()
 
     def _open_sql_index(self) -> None:
         self._sql_index = (None if self._documents.key_format == sqlite_store.KEY_FORMAT_LEGACY
                            else SqliteQueryIndex(self._connection, self._documents))
+
+    # reads: in a batch, each joins the batch's transaction on this file (embedded_batch.py)
+
+    def __contains__(self, key) -> bool:
+        self._connection.touch()
+        return super().__contains__(key)
+
+    def __getitem__(self, key):
+        self._connection.touch()
+        return super().__getitem__(key)
+
+    def __len__(self) -> int:
+        self._connection.touch()
+        return super().__len__()
+
+    @property
+    def is_empty(self) -> bool:
+        """Asked before every query: once seen non-empty, not asked of the file again in
+        the same transaction of ours (only our own deletes could empty it)."""
+        self._connection.touch()
+        transaction = self._connection.checked_in_transaction()
+        if transaction is not None and transaction == self._filled_in:
+            return False
+        empty = not self._documents
+        self._filled_in = None if empty else transaction
+        return empty
 
     def close(self) -> None:
         super().close()
@@ -251,10 +330,12 @@ class CollectionStore(sqlite_store.CollectionStore):
     @contextlib.contextmanager
     def _write_transaction(self) -> Iterator[None]:
         """One transaction holding sqlite's write lock from the start, so the rows read to
-        update the index are still current when written. TableDict's own `with connection`
-        commits it, so the documents-table write must come last."""
+        update the index are still current when written (in a batch: a savepoint of the
+        batch's). Outside a batch TableDict's own `with connection` commits it, so the
+        documents-table write must come last."""
         with self._rwlock.writer(), self._connection:
-            self._connection.execute("BEGIN IMMEDIATE")
+            if not self._connection.in_transaction:
+                self._connection.begin_immediate()
             yield
 
     def __setitem__(self, key, val: dict) -> None:
@@ -269,6 +350,7 @@ class CollectionStore(sqlite_store.CollectionStore):
             self._documents[key] = val
 
     def __delitem__(self, key) -> None:
+        self._filled_in = None
         if self._sql_index is None:
             super().__delitem__(key)
             return
@@ -277,6 +359,7 @@ class CollectionStore(sqlite_store.CollectionStore):
             del self._documents[key]
 
     def drop(self) -> None:
+        self._filled_in = None
         with self._connection:
             if self._sql_index is not None:
                 self._sql_index.clear()
@@ -284,6 +367,7 @@ class CollectionStore(sqlite_store.CollectionStore):
 
     def copy_from(self, source: sqlite_store.CollectionStore) -> None:
         # The copied documents are indexed on first use (the key format may change too)
+        self._filled_in = None
         with self._connection:
             if self._sql_index is not None:
                 self._sql_index.clear()
@@ -291,6 +375,7 @@ class CollectionStore(sqlite_store.CollectionStore):
         self._open_sql_index()
 
     def _get_query_index(self):
+        self._connection.touch()  # every query asks for it first
         if self._sql_index is None:
             return super()._get_query_index()
         if self._declared_paths() != self._sql_index.complete_paths():
@@ -303,17 +388,27 @@ class CollectionStore(sqlite_store.CollectionStore):
 
 
 class DatabaseStore(sqlite_store.DatabaseStore):
+    _batches: WriteBatches | None = None
+
     def __getitem__(self, col_name) -> CollectionStore:
         if col_name not in self._collections:
             self._collections[col_name] = CollectionStore(
-                self._dirpath / col_name, codec_options=self._codec_options)
+                self._dirpath / col_name, codec_options=self._codec_options,
+                batches=self._batches)
         return self._collections[col_name]
 
 
 class ServerStore(sqlite_store.ServerStore):
-    """Pass to `litemongo.MongoClient(store=...)`: one directory per database, as litemongo."""
+    """Pass to `litemongo.MongoClient(store=...)`: one directory per database, as litemongo.
+    With `batches`, the store thread's calls are committed a batch at a time."""
+
+    def __init__(self, dirpath, batches: WriteBatches | None = None) -> None:
+        super().__init__(dirpath)
+        self._batches = batches
 
     def __getitem__(self, db_name) -> DatabaseStore:
         if db_name not in self._databases:
-            self._databases[db_name] = DatabaseStore(self._dirpath / db_name)
+            database = DatabaseStore(self._dirpath / db_name)
+            database._batches = self._batches
+            self._databases[db_name] = database
         return self._databases[db_name]

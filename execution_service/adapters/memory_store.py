@@ -20,9 +20,10 @@ from litemongo._vendor.mongomock.collection import Collection, Cursor
 from litemongo._vendor.mongomock.command_cursor import CommandCursor
 
 
-def serialized(database: Any) -> SerializedDatabase:
-    """`database` (litemongo's in-memory engine) behind one lock of its own."""
-    return SerializedDatabase(database, threading.RLock())
+def serialized(database: Any, lock: threading.RLock | None = None) -> SerializedDatabase:
+    """`database` (litemongo's in-memory engine, or its sqlite one: embedded_batch.py) behind
+    one lock (its own unless given)."""
+    return SerializedDatabase(database, lock or threading.RLock())
 
 
 def _locked(call: Callable, lock: threading.RLock) -> Callable:
