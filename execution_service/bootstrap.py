@@ -140,6 +140,7 @@ def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
     batches = getattr(handle, "batches", None)
     if batches is not None:
         batches.on_failure = store.health.failed
+        store.health.defer = batches.defer  # an outage ends with a write committed
     store_thread = StoreThread(batches=batches)
     sessions = SessionKeeper(store, notifier, clock, box=SecretBox.from_settings(settings),
                              store_thread=store_thread)

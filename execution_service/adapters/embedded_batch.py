@@ -87,8 +87,9 @@ class Batch:
 
     def __init__(self) -> None:
         self._begun: dict[BatchingConnection, None] = {}  # in order of first touch
-        self._calls: list[tuple[set, Any, BaseException | None]] = []
+        self._calls: list[tuple[set, list, Any, BaseException | None]] = []
         self._touched: set[BatchingConnection] = set()
+        self._after: list[Callable[[], None]] = []
         self._failed: dict[BatchingConnection, BaseException] = {}
 
     def touch(self, connection: BatchingConnection) -> None:
@@ -101,12 +102,16 @@ class Batch:
         self._touched.add(connection)
 
     def run(self, call: Callable[[], Any]) -> None:
-        self._touched = set()
+        self._touched, self._after = set(), []
         try:
             outcome = (call(), None)
         except BaseException as e:  # noqa: BLE001 - handed back to the call's owner
             outcome = (None, e)
-        self._calls.append((self._touched, *outcome))
+        self._calls.append((self._touched, self._after, *outcome))
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the current call's files are committed (never if one fails)."""
+        self._after.append(callback)
 
     def commit(self) -> list[BaseException]:
         """Every file begun; the failures (each file's once)."""
@@ -126,12 +131,18 @@ class Batch:
         """(result, error) per call, in order: StoreUnavailable for a call that touched a file
         whose commit failed."""
         found = []
-        for touched, result, error in self._calls:
+        for touched, _, result, error in self._calls:
             lost = [self._failed[c] for c in touched if c in self._failed]
             if lost:
                 result, error = None, _unavailable(lost[0])
             found.append((result, error))
         return found
+
+    def run_after_commit(self) -> None:
+        for touched, after, _, _ in self._calls:
+            if not any(connection in self._failed for connection in touched):
+                for callback in after:
+                    callback()
 
 
 def _unavailable(error: BaseException) -> StoreUnavailable:
@@ -151,6 +162,14 @@ class WriteBatches:
         self._current: Batch | None = None
         self._thread: int | None = None
 
+    def defer(self, callback: Callable[[], None]) -> bool:
+        """`callback` after the current call's commit, when this thread is in a batch."""
+        batch = self.current()
+        if batch is None:
+            return False
+        batch.after_commit(callback)
+        return True
+
     def current(self) -> Batch | None:
         if self._current is None or threading.get_ident() != self._thread:
             return None
@@ -169,3 +188,4 @@ class WriteBatches:
                 failures = batch.commit()
         if failures and self.on_failure is not None:
             self.on_failure(_unavailable(failures[0]))
+        batch.run_after_commit()

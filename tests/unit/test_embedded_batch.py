@@ -170,3 +170,22 @@ def test_given_no_batch_then_each_write_commits_on_its_own_as_litemongo(opened, 
     assert on_disk(tmp_path, "execution_confirmations") == {"s:exec_0", "s:exec_1"}
     claim(store, 2)
     assert seen["COMMIT"] == 2
+
+
+def test_given_an_outage_then_a_write_ends_it_only_once_its_batch_has_committed(opened):
+    """Given the store in an outage; when a heartbeat-like write succeeds in a batch whose
+    commit then fails; then the outage goes on (one outage, not a new one); when the next
+    batch commits, it is over."""
+    handle, store = opened
+    store.health.defer = handle.batches.defer
+    handle.batches.on_failure = store.health.failed
+    store.health.failed(StoreUnavailable("store unavailable: disk full"))
+    fail_commits_of(handle, "service_status")
+    with handle.batches.batch() as batch:
+        batch.run(lambda: store.write_status({"_id": "me", "n": 1}))
+    assert isinstance(batch.outcomes()[0][1], StoreUnavailable)
+    assert store.health.down and store.health.outages == 1
+    del handle.database["service_status"]._wrapped._store._connection.commit
+    with handle.batches.batch() as batch:
+        batch.run(lambda: store.write_status({"_id": "me", "n": 2}))
+    assert not store.health.down and store.health.outages == 1
