@@ -5,15 +5,29 @@ exactly the calls that touched its file, and other threads kept out of an open b
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 import threading
 from collections import Counter
 from pathlib import Path
 
+import litemongo
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pymongo.errors import DuplicateKeyError
 
+from execution_service.adapters.embedded_batch import WriteBatches
+from execution_service.adapters.embedded_store import ServerStore
 from execution_service.adapters.store import Store, open_store
 from execution_service.errors import StoreUnavailable
+from tests.unit.test_embedded_store import (
+    documents,
+    outcome,
+    queries,
+    rows_from_documents,
+    rows_on_disk,
+    writes,
+)
 
 
 @pytest.fixture
@@ -189,3 +203,40 @@ def test_given_an_outage_then_a_write_ends_it_only_once_its_batch_has_committed(
     with handle.batches.batch() as batch:
         batch.run(lambda: store.write_status({"_id": "me", "n": 2}))
     assert not store.health.down and store.health.outages == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(writes(documents(), queries()),
+                          st.builds(lambda q: lambda c: list(c.find(q)), queries())),
+                min_size=1, max_size=14),
+       st.integers(min_value=1, max_value=14))
+def test_given_any_writes_in_batches_then_answers_and_index_rows_as_plain_litemongo(
+        actions, per_batch):
+    """Given any sequence of writes and finds, run `per_batch` at a time in one batch on the
+    embedded store (its savepoints and what it remembers within a transaction) and one by
+    one on plain litemongo; then every answer is the same and the query index rows on disk
+    are exactly those of the stored documents."""
+    with tempfile.TemporaryDirectory() as root:
+        plain = litemongo.connect(str(Path(root) / "plain"), tz_aware=True)
+        batches = WriteBatches(threading.RLock())
+        indexed = litemongo.MongoClient(ServerStore(Path(root) / "indexed", batches),
+                                        tz_aware=True)
+        try:
+            for client in (plain, indexed):
+                client.trading.records.create_index("u", unique=True, sparse=True)
+                for path in ("status", "tags", "owner.id", "n"):
+                    client.trading.records.create_index(path)
+            for start in range(0, len(actions), per_batch):
+                group = actions[start:start + per_batch]
+                expected = [outcome(action, plain.trading.records) for action in group]
+                with batches.batch() as batch:
+                    for action in group:
+                        batch.run(lambda a=action: outcome(a, indexed.trading.records))
+                assert [result for result, _ in batch.outcomes()] == expected
+            assert outcome(lambda c: list(c.find()), indexed.trading.records) == \
+                outcome(lambda c: list(c.find()), plain.trading.records)
+            collection_file = Path(root) / "indexed" / "trading" / "records"
+            assert rows_on_disk(collection_file) == rows_from_documents(collection_file)
+        finally:
+            plain.close()
+            indexed.close()
