@@ -68,6 +68,7 @@ class BatchingConnection(sqlite3.Connection):
 
     def __exit__(self, kind, error, trace):
         if self._depth == 0:
+            self.transactions += 1  # whatever transaction this ends, the next is another
             return super().__exit__(kind, error, trace)
         self._depth -= 1
         if self._depth == 0:
@@ -93,12 +94,13 @@ class Batch:
         self._failed: dict[BatchingConnection, BaseException] = {}
 
     def touch(self, connection: BatchingConnection) -> None:
-        if not connection.in_transaction:
-            if connection in self._begun:
-                raise sqlite3.OperationalError(
-                    "this batch's transaction was rolled back by an earlier failure")
-            connection.begin_immediate()
+        if connection not in self._begun:
+            if not connection.in_transaction:  # (one left open elsewhere is committed too)
+                connection.begin_immediate()
             self._begun[connection] = None
+        elif not connection.in_transaction:
+            raise sqlite3.OperationalError(
+                "this batch's transaction was rolled back by an earlier failure")
         self._touched.add(connection)
 
     def run(self, call: Callable[[], Any]) -> None:
@@ -116,6 +118,7 @@ class Batch:
     def commit(self) -> list[BaseException]:
         """Every file begun; the failures (each file's once)."""
         for connection in self._begun:
+            connection.transactions += 1
             try:
                 if not connection.in_transaction:
                     raise sqlite3.OperationalError(

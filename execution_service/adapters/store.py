@@ -89,8 +89,14 @@ def open_store(uri: str | None, database: str, embedded_path: Path | None,
         embedded_path.mkdir(parents=True, exist_ok=True)
         batches = WriteBatches(threading.RLock())
         client = litemongo.MongoClient(ServerStore(embedded_path, batches), tz_aware=True)
+
+        def close() -> None:
+            with batches.lock:  # not under a batch the store thread is finishing
+                client.close()
+
         return StoreHandle(client, serialized(client[database], batches.lock),
-                           f"embedded store at {embedded_path}", batches=batches)
+                           f"embedded store at {embedded_path}", release=close,
+                           batches=batches)
     if uri and uri.startswith("mongomock://"):
         import litemongo
 

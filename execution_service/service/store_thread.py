@@ -170,20 +170,26 @@ class StoreThread:
 
     def _run_batch(self, job, batches: StoreBatches) -> None:
         """`job` and those queued behind it, committed together; then every result."""
-        ran = []
+        ran: list = []
         started = self._clock()
-        with batches.batch() as batch:
-            while job is not None:
-                if not job[1].cancelled():
-                    batch.run(job[0])
-                    ran.append(job)
-                if len(ran) >= BATCH_MAX_CALLS or self._clock() - started >= BATCH_MAX_SECONDS:
-                    break
-                with self._wake:
-                    job = self._next_job(wait=False)
-            self._busy_since = time.monotonic()  # the commit: a hung disk shows as a stall
-        self._busy_since = None
-        for (_call, waiter, loop), outcome in zip(ran, batch.outcomes(), strict=True):
+        try:
+            with batches.batch() as batch:
+                while job is not None:
+                    if not job[1].cancelled():
+                        batch.run(job[0])
+                        ran.append(job)
+                    if len(ran) >= BATCH_MAX_CALLS or \
+                            self._clock() - started >= BATCH_MAX_SECONDS:
+                        break
+                    with self._wake:
+                        job = self._next_job(wait=False)
+                self._busy_since = time.monotonic()  # the commit: a hung disk shows as a stall
+            outcomes = batch.outcomes()
+        except Exception as e:  # noqa: BLE001 - the thread goes on; each caller hears of it
+            outcomes = [(None, e)] * len(ran)
+        finally:
+            self._busy_since = None
+        for (_call, waiter, loop), outcome in zip(ran, outcomes, strict=True):
             self._hand_back(loop, waiter, *outcome)
 
     def _hand_back(self, loop: asyncio.AbstractEventLoop, waiter, result, error) -> None:
