@@ -2,8 +2,8 @@
 
 `mongodb://…` a real MongoDB; `mongomock://` in memory (mongomock's engine, with the hash
 indexes litemongo adds); unset (or `embedded://PATH`) the embedded on-disk store (litemongo:
-one sqlite file per collection, each write committed, its query index in the same file:
-embedded_store.py).
+one sqlite file per collection, its query index in the same file: embedded_store.py; each
+write committed, or on the store thread a batch of calls per commit: embedded_batch.py).
 Only single-document atomic writes are used: neither mongomock nor a standalone MongoDB
 has transactions.
 """

@@ -9,10 +9,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from execution_service.adapters.store import Store, open_store
 from tests.fakes.daemon import DaemonProcess
 
-WRITER = """
+OPEN = """
 import sys, datetime
 from execution_service.adapters.store import Store, open_store
 from pathlib import Path
@@ -20,60 +22,35 @@ handle = open_store(None, "trading", Path(sys.argv[1]))
 store = Store(handle.database)
 store.ensure_indexes()
 n = 0
-while True:
-    n += 1
+def insert(n):
     store.records.insert_one({"_id": f"exec_{n}", "signal_id": f"s{n}", "n": n,
                               "at": datetime.datetime.now(datetime.timezone.utc)})
-    print(n, flush=True)  # printed only after insert_one returned: acknowledged
 """
-
-
-def test_given_writer_killed_with_sigkill_then_every_acknowledged_insert_is_on_disk(tmp_path):
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "data")],
-                              stdout=subprocess.PIPE, text=True)
-    acknowledged = 0
-    deadline = time.monotonic() + 20
-    while acknowledged < 300 and time.monotonic() < deadline:
-        acknowledged = int(writer.stdout.readline())
-    os.kill(writer.pid, signal.SIGKILL)
-    writer.wait(timeout=10)
-    assert acknowledged >= 300
-    handle = open_store(None, "trading", tmp_path / "data")
-    try:
-        store = Store(handle.database)
-        on_disk = {doc["n"] for doc in store.records.find({}, {"n": 1})}
-    finally:
-        handle.close()
-    missing = set(range(1, acknowledged + 1)) - on_disk
-    assert not missing, f"lost acknowledged inserts: {sorted(missing)[:10]}"
-
-
-BATCHED_WRITER = """
-import sys, datetime
-from execution_service.adapters.store import Store, open_store
-from pathlib import Path
-handle = open_store(None, "trading", Path(sys.argv[1]))
-store = Store(handle.database)
-store.ensure_indexes()
-n = 0
+WRITERS = {
+    "each write committed": OPEN + """
 while True:
-    with handle.batches.batch() as batch:  # as the daemon's store thread: one commit for five
+    n += 1
+    insert(n)
+    print(n, flush=True)  # printed only after insert_one returned: acknowledged
+""",
+    # as the daemon's store thread: five calls a batch, their results handed back only after
+    # its commit
+    "five a batch": OPEN + """
+while True:
+    with handle.batches.batch() as batch:
         for k in range(1, 6):
-            batch.run(lambda k=k: store.records.insert_one(
-                {"_id": f"exec_{n + k}", "signal_id": f"s{n + k}", "n": n + k,
-                 "at": datetime.datetime.now(datetime.timezone.utc)}))
+            batch.run(lambda k=k: insert(n + k))
     assert all(error is None for _, error in batch.outcomes())
     n += 5
-    print(n, flush=True)  # the results are handed back only now: acknowledged
-"""
+    print(n, flush=True)  # acknowledged
+""",
+}
 
 
-def test_given_a_batching_writer_killed_with_sigkill_then_every_acknowledged_insert_is_on_disk(
-        tmp_path):
-    """Given inserts committed five to a batch, each acknowledged only after its batch's
-    commit; when the writer is killed with SIGKILL; then every acknowledged insert is on
-    disk (what the kill cut off was never acknowledged)."""
-    writer = subprocess.Popen([sys.executable, "-c", BATCHED_WRITER, str(tmp_path / "data")],
+@pytest.mark.parametrize("writer", WRITERS)
+def test_given_writer_killed_with_sigkill_then_every_acknowledged_insert_is_on_disk(
+        tmp_path, writer):
+    writer = subprocess.Popen([sys.executable, "-c", WRITERS[writer], str(tmp_path / "data")],
                               stdout=subprocess.PIPE, text=True)
     acknowledged = 0
     deadline = time.monotonic() + 20
@@ -85,7 +62,8 @@ def test_given_a_batching_writer_killed_with_sigkill_then_every_acknowledged_ins
     assert acknowledged >= 300
     handle = open_store(None, "trading", tmp_path / "data")
     try:
-        on_disk = {doc["n"] for doc in Store(handle.database).records.find({}, {"n": 1})}
+        store = Store(handle.database)
+        on_disk = {doc["n"] for doc in store.records.find({}, {"n": 1})}
     finally:
         handle.close()
     missing = set(range(1, acknowledged + 1)) - on_disk
