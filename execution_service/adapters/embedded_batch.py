@@ -21,6 +21,7 @@ another thread waits for the commit, so it never sees or joins uncommitted work.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -29,13 +30,16 @@ from typing import Any
 from execution_service.adapters.store_errors import store_error
 from execution_service.errors import StoreUnavailable
 
+logger = logging.getLogger(__name__)
+
 
 class BatchingConnection(sqlite3.Connection):
     """litemongo's `with connection:` blocks: their own transaction outside a batch (plain
     sqlite3), a savepoint of the batch's transaction inside one."""
 
     batches: WriteBatches | None = None
-    transactions = 0  # transactions begun here by us: a cache checked in one holds until it ends
+    transactions = 0  # moves at every transaction's start and end: a cache checked in one
+    # transaction (checked_in_transaction) holds until it ends
     _depth = 0
 
     def begin_immediate(self) -> None:
@@ -145,7 +149,10 @@ class Batch:
         for touched, after, _, _ in self._calls:
             if not any(connection in self._failed for connection in touched):
                 for callback in after:
-                    callback()
+                    try:
+                        callback()
+                    except Exception:  # the calls' outcomes stand whatever a listener does
+                        logger.exception("After-commit callback failed")
 
 
 def _unavailable(error: BaseException) -> StoreUnavailable:
