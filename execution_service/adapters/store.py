@@ -36,7 +36,7 @@ from execution_service.adapters.store_errors import (
 from execution_service.adapters.store_operations import OperatorQueries
 from execution_service.domain.brackets import ExitRole
 from execution_service.domain.orders import OPEN_STATUSES, EventKind
-from execution_service.domain.positions import FILL_KEYS_KEPT
+from execution_service.domain.positions import ORDER_IDS_KEPT
 from execution_service.domain.records import parse_iso, published_confirmations, record_id
 from execution_service.errors import FatalConfigError
 from execution_service.redaction import redact, redact_uri_passwords
@@ -349,11 +349,20 @@ class Store(OperatorQueries, ApiKeyQueries, BrokerSessionQueries):
         return self.positions.find_one({"_id": position_id})
 
     @writing
-    def update_position(self, doc: dict, fields: dict, fill_key: str) -> bool:
+    def update_position(self, doc: dict, fields: dict, fill_key: str,
+                        kept_keys: list[str] | None = None, order_id: str | None = None) -> bool:
+        """Compare-and-set on `version`, refused when the fill is already on it: `fields` set,
+        `fill_keys` becomes `kept_keys` (default: all it holds) and this fill's key, and
+        `order_id` is appended to `order_ids` (the last ORDER_IDS_KEPT) unless there already.
+        The list is never sent whole: the engines encode and copy every value they are given."""
+        kept = doc["fill_keys"] if kept_keys is None else kept_keys
+        update: dict[str, Any] = {"$set": {**fields, "fill_keys": [*kept, fill_key]},
+                                  "$inc": {"version": 1}}
+        if order_id and order_id not in doc.get("order_ids", ()):
+            update["$push"] = {"order_ids": {"$each": [order_id], "$slice": -ORDER_IDS_KEPT}}
         result = self.positions.update_one(
             {"_id": doc["_id"], "version": doc["version"], "fill_keys": {"$ne": fill_key}},
-            {"$set": fields, "$inc": {"version": 1},
-             "$push": {"fill_keys": {"$each": [fill_key], "$slice": -FILL_KEYS_KEPT}}})
+            update)
         return result.modified_count == 1
 
     @translating
@@ -367,8 +376,33 @@ class Store(OperatorQueries, ApiKeyQueries, BrokerSessionQueries):
             return self.position_fills.find_one({"_id": fill["_id"]}) or {"applied": False}
 
     @translating
-    def mark_fill_applied(self, fill_key: str) -> None:
-        self.position_fills.update_one({"_id": fill_key}, {"$set": {"applied": True}})
+    def fill_applied(self, fill_key: str) -> bool:
+        """Whether the ledger says this fill's move is done."""
+        entry = self.position_fills.find_one({"_id": fill_key}, {"applied": 1})
+        return bool(entry and entry.get("applied"))
+
+    @writing
+    def mark_fills_applied(self, fill_keys: list[str], position_id: str, key: dict) -> None:
+        """The moves of these fills are done: their keys are on position `position_id`. A key
+        with no ledger entry (a fill from before the ledger) gets one, entered applied."""
+        marked = {"applied": True, "position_id": position_id}
+        result = self.position_fills.update_many({"_id": {"$in": fill_keys}}, {"$set": marked})
+        if result.matched_count == len(fill_keys):
+            return
+        entered = {doc["_id"] for doc in self.position_fills.find({"_id": {"$in": fill_keys}},
+                                                                  {"_id": 1})}
+        for fill_key in fill_keys:
+            if fill_key in entered:
+                continue
+            try:
+                self.position_fills.insert_one({"_id": fill_key, **key, **marked})
+            except DuplicateKeyError:  # claimed meanwhile: it is on the position all the same
+                self.position_fills.update_one({"_id": fill_key}, {"$set": marked})
+
+    @translating
+    def fill_entries(self, fill_keys: list[str]) -> list[dict]:
+        """The ledger's entries of these fills (those it has)."""
+        return list(self.position_fills.find({"_id": {"$in": fill_keys}}))
 
     @translating
     def list_positions(self, status: str | None = "OPEN") -> list[dict]:
