@@ -243,15 +243,21 @@ class Store(OperatorQueries, ApiKeyQueries, BrokerSessionQueries):
              "$push": {"events": event}}, return_document=ReturnDocument.AFTER)
 
     @writing
-    def mark_published(self, signal_id: str, sequence: int) -> None:
-        """Everything up to `sequence` is published. One plain update when it was the latest
-        confirmation; otherwise only the mark moves and the outbox stays pending."""
-        latest = self.records.update_one(
-            {"_id": record_id(signal_id), "confirmation_sequence": {"$lte": sequence}},
-            {"$max": {"published_sequence": sequence}, "$set": {"outbox_pending": False}})
-        if latest.matched_count == 0:
-            self.records.update_one({"_id": record_id(signal_id)},
-                                    {"$max": {"published_sequence": sequence}})
+    def mark_published(self, marks: dict[str, int]) -> None:
+        """Everything up to its sequence is published, for each signal in `marks`: one update
+        for all of them that published their latest confirmation (the outbox clears), a second
+        only when some has a newer one (only the mark moves, it stays pending)."""
+        by_sequence: dict[int, list[str]] = {}
+        for signal_id, sequence in marks.items():
+            by_sequence.setdefault(sequence, []).append(record_id(signal_id))
+        for sequence, ids in by_sequence.items():
+            latest = self.records.update_many(
+                {"_id": {"$in": ids}, "confirmation_sequence": {"$lte": sequence}},
+                {"$max": {"published_sequence": sequence}, "$set": {"outbox_pending": False}})
+            if latest.matched_count < len(ids):
+                self.records.update_many(
+                    {"_id": {"$in": ids}, "confirmation_sequence": {"$gt": sequence}},
+                    {"$max": {"published_sequence": sequence}})
 
     @translating
     def records_with_unpublished(self) -> list[dict]:

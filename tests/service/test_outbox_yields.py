@@ -88,11 +88,11 @@ async def test_given_the_store_failing_mid_way_while_giving_way_then_nothing_is_
     mark_published = app.store.mark_published
     calls = []
 
-    def flaky(signal_id, sequence):
-        calls.append(signal_id)
+    def flaky(marks):
+        calls.append(list(marks))
         if len(calls) % 2:
             raise StoreUnavailable("store down (test)")
-        mark_published(signal_id, sequence)
+        mark_published(marks)
 
     app.store.mark_published = flaky
     for n in range(3):
@@ -100,6 +100,36 @@ async def test_given_the_store_failing_mid_way_while_giving_way_then_nothing_is_
     await settle(app)
     assert len(calls) >= 6 and per_call
     for n in range(3):
+        record = app.store.get_record(f"sig_{n}")
+        assert record["published_sequence"] == 2 and record["outbox_pending"] is False
+    await app.outbox.stop()
+
+
+async def test_given_no_signal_waiting_then_marks_go_in_batches_and_a_failed_batch_is_redone():
+    """Given twelve orders filled while no order-path work waits, and the store refusing the
+    first batch of marks; when the outbox marks them; then marks are written several per
+    store call (MARKS_PER_WRITE at most), the refused batch is written again, and every
+    record ends published and clear."""
+    from execution_service.service.outbox import MARKS_PER_WRITE
+
+    app, publisher = make_app(start_outbox=False)
+    _outbox_on(app, publisher, StoreThread(inline=True))
+    mark_published = app.store.mark_published
+    calls: list[list[str]] = []
+
+    def refuses_the_first(marks):
+        calls.append(list(marks))
+        if len(calls) == 1:
+            raise StoreUnavailable("store down (test)")
+        mark_published(marks)
+
+    app.store.mark_published = refuses_the_first
+    for n in range(12):
+        app.processor.handle(order_body(signal_id=f"sig_{n}"))
+    await settle(app)
+    assert max(len(c) for c in calls) > 1 and all(len(c) <= MARKS_PER_WRITE for c in calls)
+    assert set(calls[0]) <= {s for c in calls[1:] for s in c}  # the refused batch, again
+    for n in range(12):
         record = app.store.get_record(f"sig_{n}")
         assert record["published_sequence"] == 2 and record["outbox_pending"] is False
     await app.outbox.stop()

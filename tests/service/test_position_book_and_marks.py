@@ -171,11 +171,11 @@ def test_given_a_newer_confirmation_then_an_older_mark_leaves_the_outbox_pending
     store.records.insert_one({"_id": "exec_sig_1", "signal_id": "sig_1", "status": "FILLED",
                               "confirmation_sequence": 3, "published_sequence": 0,
                               "outbox_pending": True})
-    store.mark_published("sig_1", 2)
+    store.mark_published({"sig_1": 2})
     assert _mark_of(store) == (2, True)
-    store.mark_published("sig_1", 3)
+    store.mark_published({"sig_1": 3})
     assert _mark_of(store) == (3, False)
-    store.mark_published("sig_1", 1)  # a late answer never moves the mark back
+    store.mark_published({"sig_1": 1})  # a late answer never moves the mark back
     assert _mark_of(store) == (3, False)
 
 
