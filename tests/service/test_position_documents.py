@@ -181,3 +181,37 @@ def test_given_two_replicas_and_a_store_failure_then_every_fill_moves_once(fills
     on_positions = {k for doc in store.positions.find(KEY) for k in doc["fill_keys"]}
     assert [e["_id"] for e in store.position_fills.find({"applied": False})
             if e["_id"] not in on_positions] == []
+
+
+class ChecksDrops(Store):
+    """The real store, recording every key a position write drops while its ledger entry is
+    not marked applied (none may be)."""
+
+    def __init__(self, database) -> None:
+        super().__init__(database)
+        self.dropped_unmarked: list[str] = []
+
+    def update_position(self, doc, fields, fill_key, kept_keys=None, order_id=None) -> bool:
+        stored = self.positions.find_one({"_id": doc["_id"]})
+        if stored["version"] == doc["version"]:  # else the write is refused: nothing drops
+            dropped = set(stored["fill_keys"]) - set(doc["fill_keys"] if kept_keys is None
+                                                     else kept_keys)
+            self.dropped_unmarked += [k for k in dropped if not self.fill_applied(k)]
+        return super().update_position(doc, fields, fill_key, kept_keys, order_id)
+
+
+def test_given_two_books_with_a_bound_of_3_then_no_write_drops_a_key_before_its_mark():
+    """Given two books taking turns over 120 fills that open, add, reduce, close and flip one
+    position, keys marked and dropped every 3 fills; when every position write is checked
+    against the ledger as stored at that moment; then no write dropped a key whose entry was
+    not yet marked applied, and the position is every fill once."""
+    database = mongomock.MongoClient(tz_aware=True)["trading"]
+    checked = ChecksDrops(database)
+    books = [PositionBook(checked, unmarked_max=3), PositionBook(checked, unmarked_max=3)]
+    fills = [("BUY" if (n // 5) % 2 == 0 else "SELL", 1 + n % 4 + (n // 10) % 3,
+              100.0 + n % 3) for n in range(120)]  # 23 closes, flips among them
+    for n, (side, quantity, price) in enumerate(fills):
+        books[(n // 3) % 2].apply(record(f"s{n}", side), fill(n, quantity, price))
+    assert checked.dropped_unmarked == []
+    assert net_of(checked) == pytest.approx(expected_net(fills))
+    assert sum(1 for _ in checked.positions.find(KEY)) > 20  # it closed and flipped
