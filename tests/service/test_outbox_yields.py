@@ -85,24 +85,31 @@ async def test_given_the_store_failing_mid_way_while_giving_way_then_nothing_is_
     none marked past a gap."""
     app, publisher = make_app(start_outbox=False)
     per_call = _outbox_on(app, publisher, _SignalsAlwaysWaiting())
+    calls = await _marks_refused(app, 3, lambda call: call % 2 == 1)
+    assert len(calls) >= 6 and per_call
+
+
+async def _marks_refused(app, orders: int, refused) -> list[list[str]]:
+    """Fill `orders` orders with the store refusing the mark calls numbered `refused(n)`;
+    returns each call's signals, once every record is published and clear."""
     mark_published = app.store.mark_published
-    calls = []
+    calls: list[list[str]] = []
 
     def flaky(marks):
         calls.append(list(marks))
-        if len(calls) % 2:
+        if refused(len(calls)):
             raise StoreUnavailable("store down (test)")
         mark_published(marks)
 
     app.store.mark_published = flaky
-    for n in range(3):
+    for n in range(orders):
         app.processor.handle(order_body(signal_id=f"sig_{n}"))
     await settle(app)
-    assert len(calls) >= 6 and per_call
-    for n in range(3):
+    for n in range(orders):
         record = app.store.get_record(f"sig_{n}")
         assert record["published_sequence"] == 2 and record["outbox_pending"] is False
     await app.outbox.stop()
+    return calls
 
 
 async def test_given_no_signal_waiting_then_marks_go_in_batches_and_a_failed_batch_is_redone():
@@ -114,22 +121,6 @@ async def test_given_no_signal_waiting_then_marks_go_in_batches_and_a_failed_bat
 
     app, publisher = make_app(start_outbox=False)
     _outbox_on(app, publisher, StoreThread(inline=True))
-    mark_published = app.store.mark_published
-    calls: list[list[str]] = []
-
-    def refuses_the_first(marks):
-        calls.append(list(marks))
-        if len(calls) == 1:
-            raise StoreUnavailable("store down (test)")
-        mark_published(marks)
-
-    app.store.mark_published = refuses_the_first
-    for n in range(12):
-        app.processor.handle(order_body(signal_id=f"sig_{n}"))
-    await settle(app)
+    calls = await _marks_refused(app, 12, lambda call: call == 1)
     assert max(len(c) for c in calls) > 1 and all(len(c) <= MARKS_PER_WRITE for c in calls)
     assert set(calls[0]) <= {s for c in calls[1:] for s in c}  # the refused batch, again
-    for n in range(12):
-        record = app.store.get_record(f"sig_{n}")
-        assert record["published_sequence"] == 2 and record["outbox_pending"] is False
-    await app.outbox.stop()
