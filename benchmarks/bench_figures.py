@@ -113,4 +113,41 @@ def internal_latency(daemon: Daemon, ids: list[str], before: dict | None = None)
     return {"loop_stalls": stall_diff(before, snapshot), "gc_pauses": gc_diff(before, snapshot),
             "daemon_internal_n": len(values),
             "daemon_stages_p50_p99_ms": by_stage,
+            "daemon_worst_1pct_steps_ms": worst_steps(snapshot, ids),
+            "store_jobs": store_jobs_diff(before, snapshot),
             **percentiles(values, "daemon_internal_")}
+
+
+def worst_steps(snapshot: dict, ids: list[str], share: float = 0.01) -> dict:
+    """Where the slowest `share` of signals (by daemon-internal time) waited: the mean time
+    from each stage to the next (from the client's callback, `arrived`, to `handed` first)."""
+    internal, stages = snapshot["internal_ms"], snapshot.get("stages_ms", {})
+    timed = sorted((s for s in ids if s in internal and s in stages), key=internal.get)
+    worst = timed[-max(1, int(len(timed) * share)):] if timed else []
+    steps: dict[str, list[float]] = {}
+    for signal_id in worst:
+        previous, previous_at = "arrived", 0.0
+        for stage in STAGES:
+            at = stages[signal_id].get(stage)
+            if at is not None:
+                steps.setdefault(f"{previous}->{stage}", []).append(at - previous_at)
+                previous, previous_at = stage, at
+    return {step: rounded(sum(gaps) / len(gaps)) for step, gaps in steps.items()}
+
+
+def store_jobs_diff(before: dict | None, after: dict) -> dict:
+    """Store-thread jobs over the window, per lane and kind: count, mean ms queued and
+    running, and the longest run ever (instrumented daemons)."""
+    old = (before or {}).get("store_jobs") or {}
+    out = {}
+    for kind, new in (after.get("store_jobs") or {}).items():
+        was = old.get(kind, {"count": 0, "queued_s": 0.0, "run_s": 0.0})
+        count = new["count"] - was["count"]
+        if count:
+            out[kind] = {"count": count,
+                         "queued_mean_ms": rounded(1000 * (new["queued_s"] - was["queued_s"])
+                                                   / count),
+                         "run_mean_ms": rounded(1000 * (new["run_s"] - was["run_s"]) / count),
+                         "queued_max_ms_ever": new["queued_max_ms"],
+                         "run_max_ms_ever": new["run_max_ms"]}
+    return out

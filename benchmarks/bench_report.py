@@ -99,6 +99,16 @@ def _latency_rows(lat: dict, floor: dict | None, two_hops: dict | None) -> list[
         rows.append(("  daemon stages p50 (p99), ms after the client's callback",
                      ", ".join(f"{name} {v[0]} ({v[1]})" for name, v in stages.items()),
                      "info", "-"))
+    if lat.get("daemon_worst_1pct_steps_ms"):
+        rows.append(("  the slowest 1%: mean ms per step",
+                     ", ".join(f"{step} {ms}" for step, ms in
+                               lat["daemon_worst_1pct_steps_ms"].items()), "info", "-"))
+    if lat.get("store_jobs"):
+        busiest = sorted(lat["store_jobs"].items(),
+                         key=lambda kv: -kv[1]["count"] * kv[1]["run_mean_ms"])[:5]
+        rows.append(("  store thread: n, mean ms queued / running (busiest)",
+                     ", ".join(f"{kind} {v['count']}, {v['queued_mean_ms']} / "
+                               f"{v['run_mean_ms']}" for kind, v in busiest), "info", "-"))
     if floor:
         rows.append((f"  one bare hop p50/p99 (floor, {floor.get('streams', 1)} streams)",
                      f"{floor['p50_ms']} / {floor['p99_ms']} ms", "info", "-"))

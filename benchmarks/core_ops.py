@@ -2,10 +2,11 @@
 
 A diagnostic companion to `pipeline.py`: it wires the real app with `build_app` (real
 processor, tracker, journal, positions, outbox and mock broker) but a publisher that accepts
-at once, feeds signals in batches through `SignalProcessor.handle` and lets the tracker and
-the outbox finish each batch. It prints the wall time per signal as the store fills up, and
-the store calls per signal (counted as in `counting_daemon.py`), so a change to the store or
-to the number of round trips can be judged in seconds, without the emulator.
+at once, feeds signals in batches (each decided on the store thread, as the daemon does, then
+finished on the loop) and lets the tracker and the outbox finish each batch. It prints the
+wall time per signal as the store fills up, and the store calls per signal (counted as in
+`counting_daemon.py`), so a change to the store or to the number of round trips can be judged
+in seconds, without the emulator.
 
 Backends:
   uri-mongomock    whatever the service's open_store() opens for MONGODB_URI=mongomock://
@@ -107,6 +108,15 @@ def body(signal_id: str, i: int) -> bytes:
                        "reference_price": 100.0}).encode()
 
 
+async def accept(app, i: int) -> None:
+    """As the daemon: decided on the store thread (a burst of arrivals queues there), the
+    rest on the loop."""
+    outcome = app.processor.finish(
+        await app.store_thread.run(app.processor.decide, body(f"core-{i}", i)))
+    if str(outcome.action) != "ACK":
+        raise RuntimeError(f"signal {i}: {outcome}")
+
+
 async def drive(app, n: int, batch: int) -> list[dict]:
     app.outbox.start()
     rows = []
@@ -115,11 +125,7 @@ async def drive(app, n: int, batch: int) -> list[dict]:
         count = min(batch, n - done)
         before = counting_daemon.snapshot()
         started, cpu_started = time.perf_counter(), time.process_time()
-        for i in range(done, done + count):
-            outcome = app.processor.handle(body(f"core-{i}", i))
-            if str(outcome.action) != "ACK":
-                raise RuntimeError(f"signal {i}: {outcome}")
-            await asyncio.sleep(0)
+        await asyncio.gather(*(accept(app, i) for i in range(done, done + count)))
         while app.tracker.in_flight or app.outbox.backlog:
             await asyncio.sleep(0.001)
         elapsed = time.perf_counter() - started
@@ -162,7 +168,6 @@ def main(argv: list[str] | None = None) -> int:
     accounts = Path(tempfile.mkdtemp(prefix="bench-core-acc-")) / "accounts.json"
     accounts.write_text(json.dumps([{"account_id": "acc_bench", "broker": "MOCK",
                                      "enabled": True}]))
-    # the embedded store runs inline (its sqlite objects belong to one thread), as the daemon
     uri = f"embedded://{path}" if args.backend == "embedded" else "mongomock://"
     settings = load_settings(environ={"MONGODB_URI": uri, "LOG_LEVEL": "WARNING",
                                       "MOCK_FILL_DELAY_SECONDS": "0",

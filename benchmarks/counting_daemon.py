@@ -116,8 +116,10 @@ def _install_position_count() -> None:
 # A signal's timeline inside the daemon, ms after the Pub/Sub client's callback got it:
 # handed (the event loop takes it up), claimed (the claim is durable, back on the loop),
 # placing / placed (the broker call), recorded (the FILLED record written), publishing (handed
-# to the publisher), accepted (Pub/Sub answered).
-STAGES = ("handed", "claimed", "placing", "placed", "recorded", "publishing", "accepted")
+# to the publisher), sending (the publisher's thread starts the Publish request that carries
+# it), accepted (Pub/Sub answered, back on the loop).
+STAGES = ("handed", "claimed", "placing", "placed", "recorded", "publishing", "sending",
+          "accepted")
 
 
 def _stage(signal_id: str, stage: str) -> None:
@@ -209,10 +211,10 @@ def _install_intake_timing() -> None:
 def _install_path_timing() -> None:
     """The broker call, the FILLED record, the publish."""
     from brokers.mock import MockBroker
-    from execution_service.adapters import pubsub
+    from execution_service.adapters.publisher import TopicPublisher
     from execution_service.service.journal import OrderJournal
 
-    original_send = pubsub.TopicPublisher.send
+    original_send = TopicPublisher.send
     original_after_write = OrderJournal.after_write
     original_place = MockBroker.place_order
 
@@ -240,9 +242,26 @@ def _install_path_timing() -> None:
 
         original_send(self, messages, done)
 
-    pubsub.TopicPublisher.send = send
+    TopicPublisher.send = send
+    _install_request_timing()
     OrderJournal.after_write = after_write
     MockBroker.place_order = place_order
+
+
+def _install_request_timing() -> None:
+    """The publisher's thread starts the Publish request carrying a FILLED confirmation."""
+    from execution_service.adapters.publisher import TopicPublisher
+
+    original_request = TopicPublisher._request
+
+    def request(self, messages, jobs, outcomes):
+        for batch, _settle in jobs:
+            for _payload, attributes in batch:
+                if attributes.get("status") == "FILLED":
+                    _stage(attributes.get("signal_id", ""), "sending")
+        return original_request(self, messages, jobs, outcomes)
+
+    TopicPublisher._request = request
 
 
 def _stack_key(frame) -> str:
@@ -326,6 +345,49 @@ def gc_snapshot() -> dict:
             for generation, (n, total, longest) in sorted(_gc_pauses.items())}
 
 
+_store_jobs: dict[tuple[str, str], list] = defaultdict(lambda: [0, 0.0, 0.0, 0.0, 0.0])
+
+
+def _install_store_thread_timing() -> None:
+    """Per kind of store-thread job (lane, the work's name): how many, time queued (submitted
+    -> started) and time running, total and longest."""
+    from execution_service.service.store_thread import StoreThread
+
+    original_submit = StoreThread._submit
+
+    async def submit(self, background, work, *args, **kwargs):
+        if self.inline:
+            return await original_submit(self, background, work, *args, **kwargs)
+        name = getattr(work, "__qualname__", None) or type(work).__name__
+        queued = time.perf_counter()
+
+        def timed(*a, **kw):
+            started = time.perf_counter()
+            try:
+                return work(*a, **kw)
+            finally:
+                ended = time.perf_counter()
+                with _lock:
+                    entry = _store_jobs[("background" if background else "order", name)]
+                    entry[0] += 1
+                    entry[1] += started - queued
+                    entry[2] = max(entry[2], started - queued)
+                    entry[3] += ended - started
+                    entry[4] = max(entry[4], ended - started)
+
+        return await original_submit(self, background, timed, *args, **kwargs)
+
+    StoreThread._submit = submit
+
+
+def store_jobs_snapshot() -> dict:
+    with _lock:
+        return {f"{lane}:{name}": {"count": n, "queued_s": round(queued, 4),
+                                   "queued_max_ms": round(1000 * queued_max, 2),
+                                   "run_s": round(run, 4), "run_max_ms": round(1000 * run_max, 2)}
+                for (lane, name), (n, queued, queued_max, run, run_max) in _store_jobs.items()}
+
+
 def stall_snapshot() -> dict:
     with _lock:
         stalls = sorted(_stalls)
@@ -352,13 +414,15 @@ def _dump(_signum=None, _frame=None) -> None:
             stages = {signal_id: dict(times) for signal_id, times in _stages.items()}
         json.dump({"at": time.time(), "stats": snapshot(), "internal_ms": internal,
                    "stages_ms": stages,
-                   "stalls": stall_snapshot(), "gc": gc_snapshot()}, out)
+                   "stalls": stall_snapshot(), "gc": gc_snapshot(),
+                   "store_jobs": store_jobs_snapshot()}, out)
     os.replace(tmp, path)
 
 
 def main() -> None:
     install()
     _install_latency()
+    _install_store_thread_timing()
     _install_stall_watch()
     gc.callbacks.append(_on_gc)
     signal.signal(signal.SIGUSR1, _dump)

@@ -16,11 +16,13 @@ import sys
 
 from google.cloud import pubsub_v1
 
-from execution_service.adapters.pubsub import OrderConsumer, TopicPublisher, make_publisher
+from execution_service.adapters.publisher import TopicPublisher
+from execution_service.adapters.pubsub import OrderConsumer, make_publisher
 
 
 async def relay(subscription: str, topic: str, streams: int) -> None:
-    publisher = TopicPublisher(make_publisher(), topic)
+    # the daemon's setting; relayed signals carry no signal_id attribute: none waits for another
+    publisher = TopicPublisher(make_publisher(), topic, ordered_by="signal_id")
     subscriber = pubsub_v1.SubscriberClient()
     consumer = OrderConsumer(subscriber, subscription, 200, streams)
     stop = asyncio.Event()

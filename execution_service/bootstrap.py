@@ -136,8 +136,12 @@ def build_app(settings: Settings, publisher: ConfirmationPublisher, *,
     metrics = Metrics()
     notifier = notifier or NullNotifier()
     counters = Counters()
-    # sqlite objects (the embedded store) belong to the thread that made them
-    store_thread = StoreThread(inline=settings.embedded_store_path is not None)
+    # the embedded store commits the store thread's calls a batch at a time
+    batches = getattr(handle, "batches", None)
+    if batches is not None:
+        batches.on_failure = store.health.failed
+        store.health.defer = batches.defer  # an outage ends with a write committed
+    store_thread = StoreThread(batches=batches)
     sessions = SessionKeeper(store, notifier, clock, box=SecretBox.from_settings(settings),
                              store_thread=store_thread)
     brokers = BrokerFactory(with_stored_session(settings, store), store.mock_ledger,

@@ -15,6 +15,7 @@ from execution_service.adapters import emulator_record, pubsub
 from execution_service.adapters.emulator import start_emulator
 from execution_service.adapters.logs import setup_logging
 from execution_service.adapters.metrics import MetricsServer
+from execution_service.adapters.publisher import TopicPublisher, confirmations_publisher
 from execution_service.bootstrap import (
     StoreLock,
     build_app,
@@ -128,7 +129,7 @@ async def _serve(settings: Settings, say, cleanup: ExitStack, emulator_log: Path
     if settings.PUBSUB_EMULATOR_HOST:
         pubsub.setup_pubsub(names, publisher, subscriber)
     _check_subscription(names, subscriber)
-    app = build_app(settings, pubsub.TopicPublisher(publisher, names.confirmations_topic),
+    app = build_app(settings, confirmations_publisher(publisher, names.confirmations_topic),
                     notifier=make_notifier(settings))
     cleanup.callback(app.close)
     seeded = seed_accounts(settings, app.store)
@@ -148,7 +149,7 @@ async def _serve(settings: Settings, say, cleanup: ExitStack, emulator_log: Path
                         settings.API_PORT).bind()
         front_doors = (api,)
         describe["api"] = api.url
-    daemon = ExecutionDaemon(app, consumer, pubsub.TopicPublisher(publisher,
+    daemon = ExecutionDaemon(app, consumer, TopicPublisher(publisher,
                                                                   names.dead_letter_topic),
                              app.clock, settings.HEARTBEAT_SECONDS, describe, front_doors)
     app.metrics.bind(in_flight=lambda: app.tracker.in_flight,

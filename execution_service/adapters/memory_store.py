@@ -6,8 +6,12 @@ a stored document in place, outside its own reader/writer lock, so a reader at t
 sees half an update (one field new, the next still old), a document briefly missing, or
 "dictionary changed size during iteration"; and that error, raised while mongomock's lazy
 reader holds its read lock, leaves the lock held: the next write, then every read, waits
-for good. A real MongoDB and the embedded store (each read decoded afresh from sqlite) have
-none of this. The engine is pure Python under the GIL, so the lock costs no parallelism.
+for good. A real MongoDB has none of this. The engine is pure Python under the GIL, so the
+lock costs no parallelism.
+
+The embedded store sits behind the same wrapper for another reason: its sqlite connections
+may be used by one thread at a time, and the store thread holds the lock for a whole batch
+(embedded_batch.py), so no other thread sees or joins uncommitted work.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from litemongo._vendor.mongomock.collection import Collection, Cursor
 from litemongo._vendor.mongomock.command_cursor import CommandCursor
 
 
-def serialized(database: Any) -> SerializedDatabase:
-    """`database` (litemongo's in-memory engine) behind one lock of its own."""
-    return SerializedDatabase(database, threading.RLock())
+def serialized(database: Any, lock: threading.RLock | None = None) -> SerializedDatabase:
+    """`database` (litemongo's in-memory engine, or its sqlite one: embedded_batch.py) behind
+    one lock (its own unless given)."""
+    return SerializedDatabase(database, lock or threading.RLock())
 
 
 def _locked(call: Callable, lock: threading.RLock) -> Callable:

@@ -1,21 +1,18 @@
-"""Google Cloud Pub/Sub: the trading-orders consumer, publishers, and topic setup."""
+"""Google Cloud Pub/Sub: the trading-orders consumer, the client publisher, and topic setup
+(our own publisher for confirmations: publisher.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import queue
 import threading
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 from google.protobuf import duration_pb2
-from google.pubsub_v1 import types as gapic_types
-from google.pubsub_v1.services.publisher import client as gapic_publisher
 
 logger = logging.getLogger(__name__)
 # The subscription's settings and the consumer's, from one place so they agree. A held message
@@ -25,7 +22,6 @@ MAX_DELIVERY_ATTEMPTS = 5
 ACK_DEADLINE_SECONDS = 10
 MAX_LEASE_SECONDS = 3600
 RETENTION_SECONDS = 7 * 24 * 3600  # undelivered messages wait this long (Pub/Sub's maximum)
-MAX_MESSAGES_PER_REQUEST = 1000  # Pub/Sub's limit per Publish request
 
 
 class PubSubNames:
@@ -89,136 +85,6 @@ def subscription_disagreements(names: PubSubNames, subscriber) -> list[str]:
               "message_retention_seconds": int(found.message_retention_duration.total_seconds())}
     return [f"{name} is {actual[name]}, the daemon expects {value}"
             for name, value in expected.items() if actual[name] != value]
-
-
-async def await_future(future) -> object:
-    """Await a google.api_core / concurrent future from asyncio without blocking the loop."""
-    loop = asyncio.get_running_loop()
-    waiter = loop.create_future()
-
-    def done(fut):
-        def settle():
-            if waiter.done():
-                return
-            error = fut.exception()
-            if error is not None:
-                waiter.set_exception(error)
-            else:
-                waiter.set_result(fut.result())
-        loop.call_soon_threadsafe(settle)
-
-    future.add_done_callback(done)
-    return await waiter
-
-
-class TopicPublisher:
-    """Publishes to one topic; `publish` raises when Pub/Sub refuses (the caller retries).
-
-    `send` hands batches to one worker thread, which sends whatever is queued as one Publish
-    request: the library's batching publisher starts two threads per batch, and waiting for
-    those starts stalled the event loop for up to ~180 ms on a busy machine. The worker exits
-    when idle and is started again on demand.
-    """
-
-    IDLE_SECONDS = 10.0
-
-    def __init__(self, client: pubsub_v1.PublisherClient, topic: str, timeout: float = 10.0,
-                 publish_request: Callable | None = None):
-        self._client = client
-        self._topic = topic
-        self._timeout = timeout
-        # One Publish RPC (the generated client's, which the library's client extends)
-        self._publish_request = publish_request or partial(gapic_publisher.PublisherClient.publish,
-                                                           client)
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._worker: threading.Thread | None = None
-        self._worker_lock = threading.Lock()
-
-    async def publish(self, payload: bytes, attributes: dict[str, str]) -> None:
-        future = self._client.publish(self._topic, payload, timeout=self._timeout, **attributes)
-        await asyncio.wait_for(await_future(future), self._timeout)
-
-    def send(self, messages: list[tuple[bytes, dict[str, str]]],
-             on_done: Callable[[list[BaseException | None]], None]) -> None:
-        """Publish a batch without waiting; `on_done(outcomes)` runs on the event loop once
-        Pub/Sub has answered for all of it (or the timeout passed), one outcome per message
-        (None: accepted)."""
-        if not messages:
-            on_done([])
-            return
-        loop = asyncio.get_running_loop()
-        answered = threading.Event()
-
-        def finish(outcomes: list[BaseException | None]) -> None:
-            if not answered.is_set():
-                answered.set()
-                on_done(outcomes)
-
-        def settle(outcomes: list[BaseException | None]) -> None:  # on the worker thread
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
-                loop.call_soon_threadsafe(finish, outcomes)
-
-        self._jobs.put((messages, settle))
-        self._ensure_worker()
-        loop.call_later(self._timeout + 1.0, finish,
-                        [TimeoutError("publish timed out")] * len(messages))
-
-    def _ensure_worker(self) -> None:
-        with self._worker_lock:
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._work, daemon=True,
-                                                name=f"publish-{self._topic.rsplit('/', 1)[-1]}")
-                self._worker.start()
-
-    def _work(self) -> None:
-        carried = None  # a job that did not fit into the last request
-        while True:
-            if carried is not None:
-                jobs, carried = [carried], None
-            else:
-                try:
-                    jobs = [self._jobs.get(timeout=self.IDLE_SECONDS)]
-                except queue.Empty:
-                    with self._worker_lock:
-                        if self._jobs.empty():
-                            self._worker = None
-                            return
-                    continue
-            count = len(jobs[0][0])
-            while count < MAX_MESSAGES_PER_REQUEST:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if count + len(job[0]) > MAX_MESSAGES_PER_REQUEST:
-                    carried = job
-                    break
-                jobs.append(job)
-                count += len(job[0])
-            self._publish(jobs)
-
-    def _publish(self, jobs: list) -> None:
-        """Everything queued meanwhile in one Publish request (the client library's batcher
-        would start two threads per batch); the request's outcome is each message's."""
-        outcomes = [[None] * len(messages) for messages, _ in jobs]
-        request = []
-        for job_outcomes, (messages, _) in zip(outcomes, jobs, strict=True):
-            for index, (payload, attributes) in enumerate(messages):
-                try:
-                    request.append(gapic_types.PubsubMessage(data=payload,
-                                                             attributes=attributes))
-                except Exception as e:  # refused before anything was sent
-                    job_outcomes[index] = e
-        if request:
-            try:
-                # no retry here: the outbox retries what was refused, with its back-off
-                self._publish_request(topic=self._topic, messages=request, retry=None,
-                                      timeout=self._timeout)
-            except Exception as e:
-                for job_outcomes in outcomes:
-                    job_outcomes[:] = [o if o is not None else e for o in job_outcomes]
-        for job_outcomes, (_, settle) in zip(outcomes, jobs, strict=True):
-            settle(job_outcomes)
 
 
 class OrderConsumer:

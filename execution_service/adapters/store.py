@@ -2,8 +2,8 @@
 
 `mongodb://…` a real MongoDB; `mongomock://` in memory (mongomock's engine, with the hash
 indexes litemongo adds); unset (or `embedded://PATH`) the embedded on-disk store (litemongo:
-one sqlite file per collection, each write committed, its query index in the same file:
-embedded_store.py).
+one sqlite file per collection, its query index in the same file: embedded_store.py; each
+write committed, or on the store thread a batch of calls per commit: embedded_batch.py).
 Only single-document atomic writes are used: neither mongomock nor a standalone MongoDB
 has transactions.
 """
@@ -11,12 +11,13 @@ has transactions.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pymongo
 from pymongo import ReturnDocument
@@ -41,6 +42,9 @@ from execution_service.domain.records import parse_iso, published_confirmations,
 from execution_service.errors import FatalConfigError
 from execution_service.redaction import redact, redact_uri_passwords
 
+if TYPE_CHECKING:
+    from execution_service.adapters.embedded_batch import WriteBatches
+
 logger = logging.getLogger(__name__)
 
 RECORDS = "execution_confirmations"
@@ -62,6 +66,7 @@ class StoreHandle:
     database: Any
     description: str
     release: Callable[[], None] | None = None  # instead of client.close()
+    batches: WriteBatches | None = None  # the embedded store's: the store thread commits in batches
 
     def close(self) -> None:
         if self.release is not None:
@@ -77,11 +82,21 @@ def open_store(uri: str | None, database: str, embedded_path: Path | None,
     if embedded_path is not None:
         import litemongo
 
+        from execution_service.adapters.embedded_batch import WriteBatches
         from execution_service.adapters.embedded_store import ServerStore
+        from execution_service.adapters.memory_store import serialized
 
         embedded_path.mkdir(parents=True, exist_ok=True)
-        client = litemongo.MongoClient(ServerStore(embedded_path), tz_aware=True)
-        return StoreHandle(client, client[database], f"embedded store at {embedded_path}")
+        batches = WriteBatches(threading.RLock())
+        client = litemongo.MongoClient(ServerStore(embedded_path, batches), tz_aware=True)
+
+        def close() -> None:
+            with batches.lock:  # not under a batch the store thread is finishing
+                client.close()
+
+        return StoreHandle(client, serialized(client[database], batches.lock),
+                           f"embedded store at {embedded_path}", release=close,
+                           batches=batches)
     if uri and uri.startswith("mongomock://"):
         import litemongo
 

@@ -142,6 +142,9 @@ class StoreHealth:
         self._first_error = ""
         self.outages = 0
         self.last_outage_seconds: float | None = None
+        # takes a callback to run once the current call's writes are committed, if they are
+        # not yet (the embedded store's batches); False: they are
+        self.defer: Callable[[Callable[[], None]], bool] | None = None
 
     @property
     def down(self) -> bool:
@@ -166,6 +169,11 @@ class StoreHealth:
     def wrote(self) -> None:
         if self._since is None:
             return
+        if self.defer is not None and self.defer(self._written):
+            return  # the write is not committed yet (embedded_batch.py): only once it is
+        self._written()
+
+    def _written(self) -> None:
         with self._lock:
             if self._since is None:
                 return

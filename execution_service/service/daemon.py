@@ -109,7 +109,7 @@ class ExecutionDaemon:
             while self._inbox:
                 batch, self._inbox = self._inbox, []
                 try:
-                    outcomes = await self.app.store_thread.run(self._decide_all, batch)
+                    outcomes = await self._decide_held(batch)
                 except Exception:  # noqa: BLE001 - nacked: Pub/Sub brings them back
                     logger.exception("Deciding %d messages failed; they will be redelivered",
                                      len(batch))
@@ -168,18 +168,29 @@ class ExecutionDaemon:
 
     async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await self.app.store_thread.run_background(self._write_status,
-                                                       self._heartbeat_doc(False))
+            await self._heartbeat(self._heartbeat_doc(False), background=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._heartbeat_seconds)
 
     async def _decide_held(self, batch: list) -> list:
-        return await self.app.store_thread.run(self._decide_all, batch)
+        """On the store thread. The embedded store commits a batch of calls at once: when
+        that commit fails, every claim of these messages is lost, so all are held."""
+        try:
+            return await self.app.store_thread.run(self._decide_all, batch)
+        except StoreUnavailable as e:
+            return [Outcome(Action.HOLD, str(e))] * len(batch)
 
     async def _probe(self) -> bool:
         """A heartbeat write: the probe that ends an outage."""
-        await self.app.store_thread.run(self._write_status, self._heartbeat_doc(False))
+        await self._heartbeat(self._heartbeat_doc(False))
         return self._store_error is None
+
+    async def _heartbeat(self, doc: dict, background: bool = False) -> None:
+        thread = self.app.store_thread
+        try:
+            await (thread.run_background if background else thread.run)(self._write_status, doc)
+        except StoreUnavailable as e:  # written, then its batch's commit failed (embedded)
+            self._store_error = str(e)
 
     def write_heartbeat(self, stopped: bool = False) -> None:
         self._write_status(self._heartbeat_doc(stopped))
@@ -268,7 +279,7 @@ class ExecutionDaemon:
         await app.tracker.stop()
         await app.outbox.drain(timeout=2.0)
         await self.supervisor.stop()
-        await app.store_thread.run(self._write_status, self._heartbeat_doc(True))
+        await self._heartbeat(self._heartbeat_doc(True))
         await app.notifier.stop()
         await app.brokers.close()
         logger.info("Execution service stopped")

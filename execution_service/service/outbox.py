@@ -26,7 +26,7 @@ from datetime import datetime
 
 from execution_service.domain.backoff import Backoff
 from execution_service.domain.records import confirmation_message, signal_fields
-from execution_service.errors import ExecutionError
+from execution_service.errors import ExecutionError, StoreUnavailable
 from execution_service.service.ports import JOURNEY_LOGGER, ConfirmationPublisher, OutboxStore
 from execution_service.service.store_thread import StoreThread
 
@@ -285,6 +285,8 @@ class ConfirmationOutbox:
             try:
                 written, marked, error = await self._store_thread.run_background(
                     self._write, writes, marks)
+            except StoreUnavailable as e:  # what it wrote was not committed (a batching store)
+                written, marked, error = {}, {}, e
             finally:
                 self._writing -= len(writes) + len(marks)
                 self._marking = {}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from brokers.base import Broker
 from execution_service.domain.commands import Command, CommandOutcome
@@ -221,3 +223,18 @@ class BracketStore(Protocol):
     def open_exits(self, key: dict) -> list[dict]: ...
 
     def unsettled_brackets(self) -> list[dict]: ...
+
+
+class StoreBatch(Protocol):
+    """Calls run now, committed together when the batch closes."""
+
+    def run(self, call: Callable[[], Any]) -> None: ...
+
+    def outcomes(self) -> list[tuple[Any, BaseException | None]]: ...  # once closed
+
+
+class StoreBatches(Protocol):
+    """A store that commits several calls at once (the embedded store, embedded_batch.py):
+    a call's outcome is final only once its batch has closed."""
+
+    def batch(self) -> AbstractContextManager[StoreBatch]: ...

@@ -21,6 +21,11 @@ their order against the order path (`$max` marks, lease dates).
 
 Results go back to the loop in batches: one wake-up of the loop for whatever finished while
 it was busy, not one per call.
+
+With a store that commits in batches (`batches`, the embedded store), the calls queued when
+one starts (and those queued while it runs, up to BATCH_MAX_CALLS or BATCH_MAX_SECONDS) run
+as one batch, in the order above, and are committed together: each result is handed back only
+after the commit, so nothing that depends on a write leaves the process before it is on disk.
 """
 
 from __future__ import annotations
@@ -38,11 +43,14 @@ from contextvars import ContextVar
 from typing import TypeVar
 
 from execution_service.errors import StoreUnavailable
+from execution_service.service.ports import StoreBatches
 
 T = TypeVar("T")
 ANSWER_SECONDS = 5.0  # how long someone at a door (HTTP, Telegram) waits for the store
 BACKGROUND_MAX_WAIT = 0.05  # seconds upkeep may wait behind order-path work
 OLDEST_FIRST_SECONDS = 1.0  # how far an older signal's work may go ahead of newer work
+BATCH_MAX_CALLS = 64  # calls committed together at most (a batching store)
+BATCH_MAX_SECONDS = 0.005  # no call joins a batch that has run this long: results wait for it
 _SIGNAL_SINCE: ContextVar[float | None] = ContextVar("store_work_signal_since", default=None)
 
 
@@ -54,14 +62,16 @@ def on_behalf_of(since: float) -> None:
 
 
 class StoreThread:
-    """`inline`: run the work in place instead (the embedded store: sqlite objects belong to
-    the thread that made them)."""
+    """`inline`: run the work in place instead (tests of one service). `batches`: the store's
+    batches, committed a batch of calls at a time."""
 
     def __init__(self, inline: bool = False, answer_seconds: float = ANSWER_SECONDS,
                  background_max_wait: float = BACKGROUND_MAX_WAIT,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 batches: StoreBatches | None = None) -> None:
         self._inline = inline
+        self._batches = batches
         self.answer_seconds = answer_seconds
         self._background_max_wait = background_max_wait
         self._clock = clock
@@ -114,8 +124,9 @@ class StoreThread:
             self._wake.notify()
         return await waiter
 
-    def _next_job(self):
-        """Under the lock: the job to run now, None when closed."""
+    def _next_job(self, wait: bool = True):
+        """Under the lock: the job to run now, None when closed (or, unless `wait`, when none
+        is queued)."""
         while True:
             if self._closed:
                 return None
@@ -125,6 +136,8 @@ class StoreThread:
             if self._order_path:
                 self._last_was_background = False
                 return heapq.heappop(self._order_path)[2]
+            if not wait:
+                return None
             self._wake.wait()
 
     def order_path_waiting(self) -> bool:
@@ -143,6 +156,9 @@ class StoreThread:
                 job = self._next_job()
             if job is None:
                 return
+            if self._batches is not None:
+                self._run_batch(job, self._batches)
+                continue
             call, waiter, loop = job
             if waiter.cancelled():  # its caller gave up before it ran (read racily: harmless)
                 continue
@@ -150,6 +166,30 @@ class StoreThread:
                 outcome = (call(), None)
             except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
                 outcome = (None, e)
+            self._hand_back(loop, waiter, *outcome)
+
+    def _run_batch(self, job, batches: StoreBatches) -> None:
+        """`job` and those queued behind it, committed together; then every result."""
+        ran: list = []
+        started = self._clock()
+        try:
+            with batches.batch() as batch:
+                while job is not None:
+                    if not job[1].cancelled():
+                        batch.run(job[0])
+                        ran.append(job)
+                    if len(ran) >= BATCH_MAX_CALLS or \
+                            self._clock() - started >= BATCH_MAX_SECONDS:
+                        break
+                    with self._wake:
+                        job = self._next_job(wait=False)
+                self._busy_since = time.monotonic()  # the commit: a hung disk shows as a stall
+            outcomes = batch.outcomes()
+        except Exception as e:  # noqa: BLE001 - the thread goes on; each caller hears of it
+            outcomes = [(None, e)] * len(ran)
+        finally:
+            self._busy_since = None
+        for (_call, waiter, loop), outcome in zip(ran, outcomes, strict=True):
             self._hand_back(loop, waiter, *outcome)
 
     def _hand_back(self, loop: asyncio.AbstractEventLoop, waiter, result, error) -> None:

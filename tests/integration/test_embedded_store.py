@@ -9,10 +9,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from execution_service.adapters.store import Store, open_store
 from tests.fakes.daemon import DaemonProcess
 
-WRITER = """
+OPEN = """
 import sys, datetime
 from execution_service.adapters.store import Store, open_store
 from pathlib import Path
@@ -20,16 +22,35 @@ handle = open_store(None, "trading", Path(sys.argv[1]))
 store = Store(handle.database)
 store.ensure_indexes()
 n = 0
-while True:
-    n += 1
+def insert(n):
     store.records.insert_one({"_id": f"exec_{n}", "signal_id": f"s{n}", "n": n,
                               "at": datetime.datetime.now(datetime.timezone.utc)})
-    print(n, flush=True)  # printed only after insert_one returned: acknowledged
 """
+WRITERS = {
+    "each write committed": OPEN + """
+while True:
+    n += 1
+    insert(n)
+    print(n, flush=True)  # printed only after insert_one returned: acknowledged
+""",
+    # as the daemon's store thread: five calls a batch, their results handed back only after
+    # its commit
+    "five a batch": OPEN + """
+while True:
+    with handle.batches.batch() as batch:
+        for k in range(1, 6):
+            batch.run(lambda k=k: insert(n + k))
+    assert all(error is None for _, error in batch.outcomes())
+    n += 5
+    print(n, flush=True)  # acknowledged
+""",
+}
 
 
-def test_given_writer_killed_with_sigkill_then_every_acknowledged_insert_is_on_disk(tmp_path):
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "data")],
+@pytest.mark.parametrize("writer", WRITERS)
+def test_given_writer_killed_with_sigkill_then_every_acknowledged_insert_is_on_disk(
+        tmp_path, writer):
+    writer = subprocess.Popen([sys.executable, "-c", WRITERS[writer], str(tmp_path / "data")],
                               stdout=subprocess.PIPE, text=True)
     acknowledged = 0
     deadline = time.monotonic() + 20
@@ -37,6 +58,7 @@ def test_given_writer_killed_with_sigkill_then_every_acknowledged_insert_is_on_d
         acknowledged = int(writer.stdout.readline())
     os.kill(writer.pid, signal.SIGKILL)
     writer.wait(timeout=10)
+    acknowledged = max([acknowledged, *(int(line) for line in writer.stdout.read().split())])
     assert acknowledged >= 300
     handle = open_store(None, "trading", tmp_path / "data")
     try:

@@ -8,10 +8,11 @@ import asyncio
 import pytest
 from google.cloud import pubsub_v1
 
+from execution_service.adapters import publisher as publishers
+from execution_service.adapters.publisher import TopicPublisher
 from execution_service.adapters.pubsub import (
     OrderConsumer,
     PubSubNames,
-    TopicPublisher,
     make_publisher,
 )
 from execution_service.adapters.store import Store, StoreHandle
@@ -41,7 +42,8 @@ class FlakyTopic(TopicPublisher):
 
 def _daemon(settings, handle, names, confirmations_publisher=None):
     publisher, subscriber = make_publisher(), pubsub_v1.SubscriberClient()
-    topic = confirmations_publisher or TopicPublisher(publisher, names.confirmations_topic)
+    topic = confirmations_publisher or publishers.confirmations_publisher(
+        publisher, names.confirmations_topic)
     app = build_app(settings, topic, handle=handle)
     app.store.upsert_account("acc_1", {"broker": "MOCK", "enabled": True}, app.clock())
     daemon = ExecutionDaemon(app, OrderConsumer(subscriber, names.orders_subscription, 50),
@@ -105,7 +107,7 @@ async def test_given_pubsub_refusing_confirmations_then_delivered_afterwards(emu
     rig = PubSubRig(project_id)
     settings, handle = _settings(project_id, emulator_host), _handle()
     names = PubSubNames(settings)
-    flaky = FlakyTopic(make_publisher(), names.confirmations_topic)
+    flaky = FlakyTopic(make_publisher(), names.confirmations_topic, ordered_by="signal_id")
     daemon = _daemon(settings, handle, names, flaky)
     ids = [f"sig_outage_{n}" for n in range(10)]
 

@@ -9,10 +9,10 @@ import json
 import pytest
 from google.cloud import pubsub_v1
 
+from execution_service.adapters.publisher import TopicPublisher, confirmations_publisher
 from execution_service.adapters.pubsub import (
     OrderConsumer,
     PubSubNames,
-    TopicPublisher,
     make_publisher,
     subscription_disagreements,
 )
@@ -36,7 +36,7 @@ async def test_given_store_down_when_50_signals_arrive_then_held_and_all_fill_on
     publisher, subscriber = make_publisher(), pubsub_v1.SubscriberClient()
     handle, reader = memory_store()
     store = FlakyStore(handle.database)
-    app = build_app(settings, TopicPublisher(publisher, names.confirmations_topic),
+    app = build_app(settings, confirmations_publisher(publisher, names.confirmations_topic),
                     handle=handle, store=store)
     store.upsert_account("acc_1", {"broker": "MOCK", "enabled": True}, app.clock())
     daemon = ExecutionDaemon(app, OrderConsumer(subscriber, names.orders_subscription, 50),
@@ -119,7 +119,7 @@ async def test_given_the_store_gone_under_a_running_daemon_then_every_working_or
     handle, _ = memory_store()
     switch = SwitchableDatabase(handle.database)
     switch.down = False
-    app = build_app(settings, TopicPublisher(publisher, names.confirmations_topic),
+    app = build_app(settings, confirmations_publisher(publisher, names.confirmations_topic),
                     handle=handle, store=Store(switch))
     app.store.upsert_account("acc_1", {"broker": "MOCK", "enabled": True}, app.clock())
     daemon = ExecutionDaemon(app, OrderConsumer(subscriber, names.orders_subscription, 50),

@@ -10,7 +10,7 @@ import pytest
 
 from brokers.factory import BrokerFactory
 from execution_service.adapters.command_log import CommandLog
-from execution_service.adapters.pubsub import TopicPublisher
+from execution_service.adapters.publisher import TopicPublisher
 from execution_service.adapters.store import Store
 from execution_service.adapters.telegram import TelegramNotifier
 from execution_service.service import ports

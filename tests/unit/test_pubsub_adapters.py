@@ -11,7 +11,8 @@ from concurrent.futures import Future
 
 import pytest
 
-from execution_service.adapters.pubsub import OrderConsumer, TopicPublisher
+from execution_service.adapters.publisher import TopicPublisher
+from execution_service.adapters.pubsub import OrderConsumer
 from tests.fakes.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
@@ -21,24 +22,35 @@ class FakePublishRequests:
     """One Publish request per call, like the generated client's `publish`: it raises when
     Pub/Sub refuses the request (`refuse_when` is in one of its messages)."""
 
-    def __init__(self, refuse_when: bytes | None = None, hang_when: bytes | None = None):
-        self.refuse_when, self.hang_when = refuse_when, hang_when
+    def __init__(self, refuse_when: bytes | None = None, hang_when: bytes | None = None,
+                 hold_when: bytes | None = None):
+        self.refuse_when, self.hang_when, self.hold_when = refuse_when, hang_when, hold_when
+        self.released = threading.Event()  # a request holding `hold_when` answers when set
         self.requests: list[list[bytes]] = []
+        self.answered: list[list[bytes]] = []
+        self.log: list[tuple[str, bytes]] = []  # ("asked" | "answered", message), in order
         self.threads: set[str] = set()
 
-    def __call__(self, *, topic: str, messages, retry, timeout: float):
+    def __call__(self, *, request, retry, timeout: float):
         self.threads.add(threading.current_thread().name)
-        data = [m.data for m in messages]
+        assert request.topic == "projects/p/topics/confirmations"
+        data = [m.data for m in request.messages]
         self.requests.append(data)
+        self.log.extend(("asked", d) for d in data)
         if self.hang_when in data:
             time.sleep(timeout + 2)
+        if self.hold_when in data:
+            assert self.released.wait(30), "the test never released the held request"
+        self.answered.append(data)
+        self.log.extend(("answered", d) for d in data)
         if self.refuse_when in data:
             raise ConnectionError("refused (test)")
 
 
-def publisher_with(requests: FakePublishRequests, timeout: float = 10.0) -> TopicPublisher:
+def publisher_with(requests: FakePublishRequests, timeout: float = 10.0,
+                   ordered_by: str | None = None) -> TopicPublisher:
     return TopicPublisher(None, "projects/p/topics/confirmations", timeout,
-                          publish_request=requests)
+                          publish_request=requests, ordered_by=ordered_by)
 
 
 async def send(publisher: TopicPublisher, messages) -> list:
@@ -97,7 +109,8 @@ async def test_given_more_than_pub_subs_limit_queued_then_requests_stay_within_i
 async def test_given_requests_then_they_are_made_off_the_event_loop_thread():
     requests = FakePublishRequests()
     await send(publisher_with(requests), [(b"a", {})])
-    assert requests.threads == {"publish-confirmations"}
+    assert requests.threads and all(name.startswith("publish-confirmations")
+                                    for name in requests.threads)
 
 
 async def test_given_no_answer_then_the_batch_times_out_instead_of_hanging():
@@ -186,3 +199,95 @@ async def test_given_messages_keep_arriving_then_other_work_runs_between_batches
     assert handled == list(range(300))
     # it ran between batches while messages flowed (handling all at once gives none)
     assert len({n for n in other_work_at if 0 < n < 300}) >= 2
+
+
+def signal_message(signal_id: str, status: str) -> tuple[bytes, dict[str, str]]:
+    return f"{signal_id}:{status}".encode(), {"signal_id": signal_id, "status": status}
+
+
+async def with_first_held(ordered_by: str | None = "signal_id",
+                          first: tuple = signal_message("a", "SUBMITTED")):
+    """A publisher whose first request (`first`) Pub/Sub holds until `requests.released`;
+    returns (requests, publisher, the first batch's answer), once that request is out."""
+    requests = FakePublishRequests(hold_when=first[0])
+    publisher = publisher_with(requests, ordered_by=ordered_by)
+    answer = sent(publisher, [first])
+    await eventually(lambda: requests.requests, 30, "the first request to go out")
+    return requests, publisher, answer
+
+
+def sent(publisher: TopicPublisher, messages) -> asyncio.Future:
+    answer = asyncio.get_running_loop().create_future()
+    publisher.send(messages, answer.set_result)
+    return answer
+
+
+async def test_given_a_request_still_out_then_another_signals_message_does_not_wait_for_it():
+    """Given ordered by signal and signal a's request held by Pub/Sub, when signal b's
+    confirmation is sent, then it is requested and accepted while a's is still out."""
+    requests, publisher, held = await with_first_held()
+    assert await send(publisher, [signal_message("b", "FILLED")]) == [None]
+    assert not held.done()
+    requests.released.set()
+    assert await asyncio.wait_for(held, 10) == [None]
+
+
+async def test_given_a_signals_request_still_out_then_its_next_message_waits_for_the_answer():
+    """Given ordered by signal and a's SUBMITTED held by Pub/Sub, when a's FILLED is sent
+    (and b's after it), then a's FILLED is asked for only after the SUBMITTED was answered:
+    a's confirmations reach Pub/Sub in order."""
+    requests, publisher, first = await with_first_held()
+    answers = [first, sent(publisher, [signal_message("a", "FILLED")]),
+               sent(publisher, [signal_message("b", "FILLED")])]
+    requests.released.set()
+    assert await asyncio.wait_for(asyncio.gather(*answers), 10) == [[None]] * 3
+    log = requests.log
+    assert log.index(("answered", b"a:SUBMITTED")) < log.index(("asked", b"a:FILLED"))
+
+
+async def test_given_no_order_attribute_then_each_request_waits_for_the_one_before():
+    """Given a publisher without `ordered_by` and its first request held, when another batch
+    is sent, then it is asked for only after the first one was answered."""
+    requests, publisher, first = await with_first_held(None, (b"first", {}))
+    second = sent(publisher, [(b"second", {})])
+    requests.released.set()
+    assert await asyncio.wait_for(asyncio.gather(first, second), 10) == [[None], [None]]
+    assert requests.log == [("asked", b"first"), ("answered", b"first"),
+                            ("asked", b"second"), ("answered", b"second")]
+
+
+async def test_given_every_slot_taken_then_what_is_queued_meanwhile_goes_in_one_request(
+        monkeypatch):
+    """Given one request at a time and the first one held, when three more batches are sent
+    meanwhile, then they go out together in the next request once the first is answered."""
+    monkeypatch.setattr(TopicPublisher, "REQUESTS_IN_FLIGHT", 1)
+    requests, publisher, first = await with_first_held()
+    answers = [first, *(sent(publisher, [signal_message(name, "FILLED")]) for name in "bcd")]
+    requests.released.set()
+    assert await asyncio.wait_for(asyncio.gather(*answers), 10) == [[None]] * 4
+    assert requests.requests == [[b"a:SUBMITTED"], [b"b:FILLED", b"c:FILLED", b"d:FILLED"]]
+
+class RefusingSenders:
+    """Stands in for the sender threads once the interpreter is shutting down."""
+
+    def submit(self, *args):
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
+async def test_given_no_thread_can_take_a_request_then_its_messages_fail_and_nothing_is_stuck(
+        monkeypatch):
+    """Given one request at a time and the sender threads refusing work (interpreter
+    shutdown), when a batch is sent, then each message fails with that error (the outbox keeps
+    it to retry) and the slot is free: once threads take work again, the next batch goes."""
+    monkeypatch.setattr(TopicPublisher, "REQUESTS_IN_FLIGHT", 1)
+    requests = FakePublishRequests()
+    publisher = publisher_with(requests, ordered_by="signal_id")
+    publisher._senders = RefusingSenders()
+    outcomes = await send(publisher, [signal_message("a", "FILLED")])
+    assert [type(o) for o in outcomes] == [RuntimeError]
+    publisher._senders = None
+    assert await send(publisher, [signal_message("a", "FILLED")]) == [None]
+    assert requests.requests == [[b"a:FILLED"]]
