@@ -420,6 +420,13 @@ class Store(OperatorQueries, ApiKeyQueries, BrokerSessionQueries):
             except DuplicateKeyError:  # claimed meanwhile: it is on the position all the same
                 self.position_fills.update_one({"_id": fill_key}, {"$set": marked})
 
+    def when_written(self, callback: Callable[[], None]) -> None:
+        """`callback` once this call's writes are committed: now, unless the embedded store
+        commits them with its batch (then after it; never when that commit fails)."""
+        defer = self.health.defer
+        if defer is None or not defer(callback):
+            callback()
+
     @translating
     def fill_entries(self, fill_keys: list[str]) -> list[dict]:
         """The ledger's entries of these fills (those it has)."""

@@ -193,6 +193,8 @@ class PositionStore(Protocol):
 
     def mark_fills_applied(self, fill_keys: list[str], position_id: str, key: dict) -> None: ...
 
+    def when_written(self, callback: Callable[[], None]) -> None: ...  # once committed
+
 
 class CommandRequests(Protocol):
     """Cancel and modify requests kept until answered (commands)."""

@@ -66,6 +66,10 @@ class PositionBook:
         self._store = store
         self._unmarked_max = unmarked_max
         self._last_written: OrderedDict[tuple, _Known] = OrderedDict()
+        # per position key, fill keys marked applied: committed (a write may drop them), and
+        # written but not yet committed (the embedded store commits a batch of calls at once)
+        self._marked: dict[tuple, frozenset[str]] = {}
+        self._marking: dict[tuple, frozenset[str]] = {}
 
     def apply(self, record: dict, fill) -> None:
         """Move the record's position by one fill (anything with exec_id, quantity, price,
@@ -125,6 +129,7 @@ class PositionBook:
             fields = _fields(change.current)
             if not self._store.update_position(current, fields, fill_key, kept, order_id):
                 return False
+            self._dropped(key)
             self._remember(key, _Known(_after(current, fields, kept, fill_key, order_id),
                                        count))
             return True
@@ -132,14 +137,35 @@ class PositionBook:
                                     kept)
 
     def _kept_keys(self, key: dict, current: dict) -> list[str]:
-        """The fill keys the open document keeps on its next write: all of them, until it
-        holds `unmarked_max`; then they are marked applied first (being on the position,
-        their moves happened) and none is kept."""
-        keys = current["fill_keys"]
-        if len(keys) < self._unmarked_max:
-            return keys
-        self._store.mark_fills_applied(list(keys), current["_id"], key)
-        return []
+        """The fill keys the open document keeps on its next write: all but those whose
+        marks are committed. Once `unmarked_max` are neither, they are marked applied (being
+        on the position, their moves happened): dropped at once when that write is committed
+        at once, else by the first write after its commit (never in the same batch: a failed
+        commit of the ledger must not leave the drop standing)."""
+        cache_key = _cache_key(key)
+        marked = self._marked.get(cache_key, frozenset())
+        kept = [k for k in current["fill_keys"] if k not in marked]
+        marking = self._marking.get(cache_key, frozenset())
+        if len(kept) >= 3 * self._unmarked_max:
+            marking = frozenset()  # a commit failed: mark them again
+        unmarked = [k for k in kept if k not in marking]
+        if len(unmarked) < self._unmarked_max:
+            return kept
+        self._store.mark_fills_applied(unmarked, current["_id"], key)
+        self._marking[cache_key] = marking.union(unmarked)
+        self._store.when_written(lambda: self._committed(cache_key, unmarked))
+        marked = self._marked.get(cache_key, frozenset())
+        return [k for k in kept if k not in marked]
+
+    def _committed(self, cache_key: tuple, keys: list[str]) -> None:
+        self._marked[cache_key] = self._marked.get(cache_key, frozenset()).union(keys)
+        marking = self._marking.pop(cache_key, frozenset()).difference(keys)
+        if marking:
+            self._marking[cache_key] = marking
+
+    def _dropped(self, key: dict) -> None:
+        """The open document was written without the committed marks' keys."""
+        self._marked.pop(_cache_key(key), None)
 
     def _remember(self, key: dict, known: _Known) -> None:
         cache_key = _cache_key(key)
@@ -173,6 +199,7 @@ class PositionBook:
                                "order_id": order_id}
         if not self._store.update_position(current, fields, fill_key, kept, order_id):
             return False
+        self._dropped(key)
         logger.info("Position closed: %s %s realized PnL %.2f", key["symbol"], key["account_id"],
                     change.closed.realized_pnl)
         if change.current is None:

@@ -79,6 +79,14 @@ def test_given_keys_from_before_the_ledger_when_marked_then_entered_applied(stor
     assert store.claim_fill({"_id": "sig_9:E1", **KEY})["applied"] is True
 
 
+def test_given_no_batch_when_a_callback_waits_for_the_writes_then_it_runs_at_once(store):
+    """Outside the embedded store's batches every write is committed when the call returns:
+    `when_written` runs its callback at once (inside a batch: tests/service, after commit)."""
+    ran = []
+    store.when_written(lambda: ran.append(True))
+    assert ran == [True]
+
+
 def test_given_a_position_when_updated_with_kept_keys_and_orders_then_lists_follow(store):
     """Given a position holding two fill keys and one order, when a fill keeps one key and
     names a new order, then the document holds the kept key and the new one, and both orders;
