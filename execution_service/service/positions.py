@@ -10,8 +10,9 @@ outlives every position document, so closes and flips lose nothing.
 What a position costs to write does not grow with its history: a document holds only the
 keys whose ledger entries are not marked applied, at most UNMARKED_FILL_KEYS. When the open
 document holds that many, the writer marks them all applied in one write (each is on the
-position, so its move happened) and drops them in its compare-and-set; nothing marks a fill
-one by one on the ordinary path. A key leaves a document only after its entry says applied,
+position, so its move happened) and drops them in its compare-and-set (on the embedded
+store's batches, in the first write after the mark's commit); nothing marks a fill one by one
+on the ordinary path. A key leaves a document only after its entry says applied,
 so "entry not applied and key on no document" still means "not moved" provided the ledger is
 read after the position: every move made from a position read from the store (not from this
 process's own last write) first asks the ledger again. Closed documents keep their last keys.
