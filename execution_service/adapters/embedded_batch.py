@@ -9,10 +9,15 @@ files are committed when the batch ends. Nothing of a call leaves the process be
 result is handed back only after the commit, so the broker is asked, a message acknowledged or
 a confirmation published only after what it depends on is on disk.
 
-A file whose commit fails (or whose transaction sqlite rolled back after an error) fails every
-call of the batch that touched it with StoreUnavailable; the other calls stand. Holding the
-write lock from the first touch also keeps the file's snapshot still, so the caches checked
-against `PRAGMA data_version` need one check per batch, not one per query.
+Files commit one after another, the records' file (`commit_last`) after every other: a record
+is the journal of what was done, so what it shows (a position moved, a signal document
+written) must be on disk before it. The first commit that fails (or finds its transaction
+rolled back by sqlite after an error) stops the rest: they are rolled back, as if each write
+had been committed on its own and the writes stopped at the failed one. Every call of the
+batch that touched a file not committed fails with StoreUnavailable; the other calls stand.
+
+Holding the write lock from the first touch also keeps the file's snapshot still, so the
+caches checked against `PRAGMA data_version` need one check per batch, not one per query.
 
 One lock (the serialized wrapper's, memory_store.py) covers the whole batch: a call from
 another thread waits for the commit, so it never sees or joins uncommitted work.
@@ -38,6 +43,7 @@ class BatchingConnection(sqlite3.Connection):
     sqlite3), a savepoint of the batch's transaction inside one."""
 
     batches: WriteBatches | None = None
+    collection = ""  # the collection this file holds
     transactions = 0  # moves at every transaction's start and end: a cache checked in one
     # transaction (checked_in_transaction) holds until it ends
     _depth = 0
@@ -90,7 +96,8 @@ class BatchingConnection(sqlite3.Connection):
 class Batch:
     """Calls run one after another; `outcomes()` once the batch has closed."""
 
-    def __init__(self) -> None:
+    def __init__(self, commit_last: frozenset[str] = frozenset()) -> None:
+        self._commit_last = commit_last
         self._begun: dict[BatchingConnection, None] = {}  # in order of first touch
         self._calls: list[tuple[set, list, Any, BaseException | None]] = []
         self._touched: set[BatchingConnection] = set()
@@ -120,10 +127,17 @@ class Batch:
         self._after.append(callback)
 
     def commit(self) -> list[BaseException]:
-        """Every file begun; the failures (each file's once)."""
-        for connection in self._begun:
+        """Every file begun, `commit_last` ones last, up to the first failure; the rest rolled
+        back. The failures (each file's once)."""
+        begun = list(self._begun)
+        in_order = ([c for c in begun if c.collection not in self._commit_last]
+                    + [c for c in begun if c.collection in self._commit_last])
+        for connection in in_order:
             connection.transactions += 1
             try:
+                if self._failed:
+                    raise sqlite3.OperationalError(
+                        "not committed: an earlier file's commit in the batch failed")
                 if not connection.in_transaction:
                     raise sqlite3.OperationalError(
                         "the transaction was rolled back by sqlite after an error")
@@ -166,8 +180,9 @@ class WriteBatches:
     """The batches of one embedded store (one per process), under the lock that every other
     call into it takes too. `on_failure` hears of each commit that failed (the store's health)."""
 
-    def __init__(self, lock: threading.RLock) -> None:
+    def __init__(self, lock: threading.RLock, commit_last: frozenset[str] = frozenset()) -> None:
         self.lock = lock
+        self.commit_last = commit_last
         self.on_failure: Callable[[BaseException], None] | None = None
         self._current: Batch | None = None
         self._thread: int | None = None
@@ -189,7 +204,7 @@ class WriteBatches:
     def batch(self) -> Iterator[Batch]:
         """Run calls with `batch.run(call)`; they are committed when the block ends."""
         with self.lock:
-            batch = Batch()
+            batch = Batch(self.commit_last)
             self._current, self._thread = batch, threading.get_ident()
             try:
                 yield batch

@@ -66,6 +66,7 @@ class CollectionStore(sqlite_store.CollectionStore):
         self._connection = sqlite3.connect(self._path, factory=BatchingConnection,
                                            check_same_thread=False)
         self._connection.batches = self._batches
+        self._connection.collection = self._path.name
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute("PRAGMA synchronous=NORMAL")
         self._cur = self._connection.cursor()

@@ -87,7 +87,7 @@ def open_store(uri: str | None, database: str, embedded_path: Path | None,
         from execution_service.adapters.memory_store import serialized
 
         embedded_path.mkdir(parents=True, exist_ok=True)
-        batches = WriteBatches(threading.RLock())
+        batches = WriteBatches(threading.RLock(), commit_last=frozenset({RECORDS}))
         client = litemongo.MongoClient(ServerStore(embedded_path, batches), tz_aware=True)
 
         def close() -> None:

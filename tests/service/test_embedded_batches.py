@@ -89,11 +89,12 @@ async def test_given_calls_queued_behind_a_busy_thread_then_one_commit_and_each_
     assert len(commits) == 1
 
 
-async def test_given_a_commit_that_fails_then_its_callers_see_store_unavailable_and_others_not(
+async def test_given_a_commit_that_fails_then_its_callers_and_the_records_after_it_fail(
         embedded_app):
     """Given a batch with a claim (records) and a signal_store row; when signal_store's
-    commit fails; then that caller gets StoreUnavailable, the claim's caller its result,
-    and the store's health records the outage."""
+    commit fails; then both callers get StoreUnavailable (records commit after every other
+    file, and stop at the first failure), neither is on disk, and the store's health records
+    the outage."""
     app, _, tmp_path = embedded_app
     store, store_thread = app.store, app.store_thread
     await store_thread.run(store.update_signal, "sig_0", {"status": "PENDING"}, None)
@@ -105,12 +106,13 @@ async def test_given_a_commit_that_fails_then_its_callers_see_store_unavailable_
     row = asyncio.ensure_future(store_thread.run(store.update_signal, "sig_1", {}, None))
     await asyncio.sleep(0)
     release.set()
-    await claim
+    with pytest.raises(StoreUnavailable, match="earlier file's commit"):
+        await claim
     with pytest.raises(StoreUnavailable, match="disk I/O error"):
         await row
     await busy
     assert failed == ["signal_store"]
-    assert on_disk(tmp_path, "execution_confirmations") >= {"s:exec_1"}
+    assert "s:exec_1" not in on_disk(tmp_path, "execution_confirmations")
     assert len(on_disk(tmp_path, "signal_store")) == 1  # sig_0's row only
     assert app.store.health.down
 

@@ -111,11 +111,12 @@ def fail_commits_of(handle, collection: str) -> None:
     connection.commit = commit
 
 
-def test_given_one_files_commit_fails_then_exactly_the_calls_that_touched_it_fail(
+def test_given_a_files_commit_fails_then_the_records_after_it_are_rolled_back_too(
         opened, tmp_path):
-    """Given a batch writing records, signal_store and both, and a read of records; when
-    signal_store's commit fails; then the calls that touched signal_store see
-    StoreUnavailable, the others stand, and nothing of signal_store is on disk."""
+    """Given a batch writing records, signal_store and both (records touched first), and a
+    read of records; when signal_store's commit fails; then records, committed after every
+    other file, is rolled back as well: every call that touched either sees StoreUnavailable
+    and neither file holds anything of the batch (a record never shows what did not land)."""
     handle, store = opened
     fail_commits_of(handle, "signal_store")
     failures = []
@@ -123,20 +124,35 @@ def test_given_one_files_commit_fails_then_exactly_the_calls_that_touched_it_fai
     with handle.batches.batch() as batch:
         batch.run(lambda: claim(store, 1))
         batch.run(lambda: store.update_signal("sig_1", {"status": "PENDING"}, None))
-        batch.run(lambda: (claim(store, 2), store.update_signal("sig_2", {}, None)))
+        batch.run(lambda: (store.update_signal("sig_2", {}, None), claim(store, 2)))
         batch.run(lambda: store.records.find_one({"signal_id": "sig_1"}))
     outcomes = batch.outcomes()
-    assert outcomes[0] == (None, None)
-    assert isinstance(outcomes[1][1], StoreUnavailable)
-    assert isinstance(outcomes[2][1], StoreUnavailable)
-    assert outcomes[3][1] is None and outcomes[3][0]["_id"] == "exec_1"
+    assert all(isinstance(error, StoreUnavailable) for _, error in outcomes)
     assert "disk I/O error" in str(outcomes[1][1])
+    assert "earlier file's commit" in str(outcomes[0][1])
     assert on_disk(tmp_path, "signal_store") == set()
-    assert on_disk(tmp_path, "execution_confirmations") == {"s:exec_1", "s:exec_2"}
-    assert len(failures) == 1 and isinstance(failures[0], StoreUnavailable)
+    assert on_disk(tmp_path, "execution_confirmations") == set()
+    assert len(failures) == 1 and "disk I/O error" in str(failures[0])
     del handle.database["signal_store"]._wrapped._store._connection.commit
     store.update_signal("sig_1", {"status": "PENDING"}, None)  # the file works again
     assert len(on_disk(tmp_path, "signal_store")) == 1
+
+
+def test_given_the_records_commit_fails_then_what_committed_before_it_stands(
+        opened, tmp_path):
+    """Given a batch with a call writing signal_store then records, and one writing only
+    signal_store; when records' commit (the last) fails; then signal_store's writes stand
+    (as if each write had committed alone and the writes stopped at the record), the
+    signal_store-only call succeeds, and the call that wrote the record fails."""
+    handle, store = opened
+    fail_commits_of(handle, "execution_confirmations")
+    with handle.batches.batch() as batch:
+        batch.run(lambda: (store.update_signal("sig_1", {}, None), claim(store, 1)))
+        batch.run(lambda: store.update_signal("sig_2", {}, None))
+    first, second = batch.outcomes()
+    assert isinstance(first[1], StoreUnavailable) and second[1] is None
+    assert on_disk(tmp_path, "execution_confirmations") == set()
+    assert len(on_disk(tmp_path, "signal_store")) == 2
 
 
 def test_given_sqlite_rolled_the_transaction_back_then_later_calls_on_that_file_fail(
@@ -240,3 +256,23 @@ def test_given_any_writes_in_batches_then_answers_and_index_rows_as_plain_litemo
         finally:
             plain.close()
             indexed.close()
+
+
+def test_given_a_fills_position_commit_fails_then_the_ledger_stands_and_no_record_shows_it(
+        opened, tmp_path):
+    """Given one call that enters a fill in the ledger, moves the position and writes the
+    record (the journal's order), after a claim touched records first; when the positions
+    file's commit fails; then the ledger entry stands (committed before it), and neither the
+    position nor the record lands: the fill is replayed later and moves the position once."""
+    handle, store = opened
+    fail_commits_of(handle, "positions")
+    with handle.batches.batch() as batch:
+        batch.run(lambda: claim(store, 0))
+        batch.run(lambda: (store.claim_fill({"_id": "sig_1:E1", "signal_id": "sig_1"}),
+                           store.insert_position({"_id": "pos_1", "status": "OPEN",
+                                                  "fill_keys": ["sig_1:E1"], "version": 0}),
+                           claim(store, 1)))
+    assert all(isinstance(error, StoreUnavailable) for _, error in batch.outcomes())
+    assert on_disk(tmp_path, "position_fills") == {"s:sig_1:E1"}
+    assert on_disk(tmp_path, "positions") == set()
+    assert on_disk(tmp_path, "execution_confirmations") == set()
