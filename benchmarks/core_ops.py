@@ -85,11 +85,12 @@ def open_backend(kind: str) -> tuple[StoreHandle, Path | None]:
 
 
 def what_if_one_mark() -> None:
-    def mark_published(self, signal_id: str, sequence: int) -> None:
-        self.records.update_one({"_id": record_id(signal_id)}, [
-            {"$set": {"published_sequence": {"$max": ["$published_sequence", sequence]}}},
-            {"$set": {"outbox_pending": {"$lt": ["$published_sequence",
-                                                 "$confirmation_sequence"]}}}])
+    def mark_published(self, marks: dict[str, int]) -> None:
+        for signal_id, sequence in marks.items():
+            self.records.update_one({"_id": record_id(signal_id)}, [
+                {"$set": {"published_sequence": {"$max": ["$published_sequence", sequence]}}},
+                {"$set": {"outbox_pending": {"$lt": ["$published_sequence",
+                                                     "$confirmation_sequence"]}}}])
 
     _require(Store, "mark_published")
     Store.mark_published = mark_published

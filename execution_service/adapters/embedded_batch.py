@@ -9,12 +9,14 @@ files are committed when the batch ends. Nothing of a call leaves the process be
 result is handed back only after the commit, so the broker is asked, a message acknowledged or
 a confirmation published only after what it depends on is on disk.
 
-Files commit one after another, the records' file (`commit_last`) after every other: a record
-is the journal of what was done, so what it shows (a position moved, a signal document
-written) must be on disk before it. The first commit that fails (or finds its transaction
-rolled back by sqlite after an error) stops the rest: they are rolled back, as if each write
-had been committed on its own and the writes stopped at the failed one. Every call of the
-batch that touched a file not committed fails with StoreUnavailable; the other calls stand.
+Files commit one after another, the `commit_last` ones after every other, in that order: the
+positions after the fill ledger (a position moved by a fill the ledger does not hold would be
+moved again by its replay once the position closed), the records after everything (a record is
+the journal of what was done, so what it shows must be on disk before it). The first commit
+that fails (or finds its transaction rolled back by sqlite after an error) stops the rest: they
+are rolled back, as if each write had been committed on its own and the writes stopped at the
+failed one. Every call of the batch that touched a file not committed fails with
+StoreUnavailable; the other calls stand.
 
 Holding the write lock from the first touch also keeps the file's snapshot still, so the
 caches checked against `PRAGMA data_version` need one check per batch, not one per query.
@@ -96,7 +98,7 @@ class BatchingConnection(sqlite3.Connection):
 class Batch:
     """Calls run one after another; `outcomes()` once the batch has closed."""
 
-    def __init__(self, commit_last: frozenset[str] = frozenset()) -> None:
+    def __init__(self, commit_last: tuple[str, ...] = ()) -> None:
         self._commit_last = commit_last
         self._begun: dict[BatchingConnection, None] = {}  # in order of first touch
         self._calls: list[tuple[set, list, Any, BaseException | None]] = []
@@ -129,9 +131,8 @@ class Batch:
     def commit(self) -> list[BaseException]:
         """Every file begun, `commit_last` ones last, up to the first failure; the rest rolled
         back. The failures (each file's once)."""
-        begun = list(self._begun)
-        in_order = ([c for c in begun if c.collection not in self._commit_last]
-                    + [c for c in begun if c.collection in self._commit_last])
+        last = {name: rank for rank, name in enumerate(self._commit_last, start=1)}
+        in_order = sorted(self._begun, key=lambda c: last.get(c.collection, 0))  # stable
         for connection in in_order:
             connection.transactions += 1
             try:
@@ -180,7 +181,7 @@ class WriteBatches:
     """The batches of one embedded store (one per process), under the lock that every other
     call into it takes too. `on_failure` hears of each commit that failed (the store's health)."""
 
-    def __init__(self, lock: threading.RLock, commit_last: frozenset[str] = frozenset()) -> None:
+    def __init__(self, lock: threading.RLock, commit_last: tuple[str, ...] = ()) -> None:
         self.lock = lock
         self.commit_last = commit_last
         self.on_failure: Callable[[BaseException], None] | None = None

@@ -38,7 +38,7 @@ from execution_service.adapters.store_errors import (
 from execution_service.adapters.store_operations import OperatorQueries
 from execution_service.domain.brackets import ExitRole
 from execution_service.domain.orders import OPEN_STATUSES, EventKind
-from execution_service.domain.positions import FILL_KEYS_KEPT
+from execution_service.domain.positions import ORDER_IDS_KEPT
 from execution_service.domain.records import parse_iso, published_confirmations, record_id
 from execution_service.errors import FatalConfigError
 from execution_service.redaction import redact, redact_uri_passwords
@@ -90,7 +90,7 @@ def open_store(uri: str | None, database: str, embedded_path: Path | None,
         from execution_service.adapters.memory_store import serialized
 
         embedded_path.mkdir(parents=True, exist_ok=True)
-        batches = WriteBatches(threading.RLock(), commit_last=frozenset({RECORDS}))
+        batches = WriteBatches(threading.RLock(), commit_last=(POSITIONS, RECORDS))
         client = litemongo.MongoClient(ServerStore(embedded_path, batches), tz_aware=True)
 
         def close() -> None:
@@ -261,15 +261,21 @@ class Store(OperatorQueries, ApiKeyQueries, BrokerSessionQueries):
              "$push": {"events": event}}, return_document=ReturnDocument.AFTER)
 
     @writing
-    def mark_published(self, signal_id: str, sequence: int) -> None:
-        """Everything up to `sequence` is published. One plain update when it was the latest
-        confirmation; otherwise only the mark moves and the outbox stays pending."""
-        latest = self.records.update_one(
-            {"_id": record_id(signal_id), "confirmation_sequence": {"$lte": sequence}},
-            {"$max": {"published_sequence": sequence}, "$set": {"outbox_pending": False}})
-        if latest.matched_count == 0:
-            self.records.update_one({"_id": record_id(signal_id)},
-                                    {"$max": {"published_sequence": sequence}})
+    def mark_published(self, marks: dict[str, int]) -> None:
+        """Everything up to its sequence is published, for each signal in `marks`: one update
+        for all of them that published their latest confirmation (the outbox clears), a second
+        only when some has a newer one (only the mark moves, it stays pending)."""
+        by_sequence: dict[int, list[str]] = {}
+        for signal_id, sequence in marks.items():
+            by_sequence.setdefault(sequence, []).append(record_id(signal_id))
+        for sequence, ids in by_sequence.items():
+            latest = self.records.update_many(
+                {"_id": {"$in": ids}, "confirmation_sequence": {"$lte": sequence}},
+                {"$max": {"published_sequence": sequence}, "$set": {"outbox_pending": False}})
+            if latest.matched_count < len(ids):
+                self.records.update_many(
+                    {"_id": {"$in": ids}, "confirmation_sequence": {"$gt": sequence}},
+                    {"$max": {"published_sequence": sequence}})
 
     @translating
     def records_with_unpublished(self) -> list[dict]:
@@ -367,11 +373,20 @@ class Store(OperatorQueries, ApiKeyQueries, BrokerSessionQueries):
         return self.positions.find_one({"_id": position_id})
 
     @writing
-    def update_position(self, doc: dict, fields: dict, fill_key: str) -> bool:
+    def update_position(self, doc: dict, fields: dict, fill_key: str,
+                        kept_keys: list[str] | None = None, order_id: str | None = None) -> bool:
+        """Compare-and-set on `version`, refused when the fill is already on it: `fields` set,
+        `fill_keys` becomes `kept_keys` (default: all it holds) and this fill's key, and
+        `order_id` is appended to `order_ids` (the last ORDER_IDS_KEPT) unless there already.
+        The list is never sent whole: the engines encode and copy every value they are given."""
+        kept = doc["fill_keys"] if kept_keys is None else kept_keys
+        update: dict[str, Any] = {"$set": {**fields, "fill_keys": [*kept, fill_key]},
+                                  "$inc": {"version": 1}}
+        if order_id and order_id not in doc.get("order_ids", ()):
+            update["$push"] = {"order_ids": {"$each": [order_id], "$slice": -ORDER_IDS_KEPT}}
         result = self.positions.update_one(
             {"_id": doc["_id"], "version": doc["version"], "fill_keys": {"$ne": fill_key}},
-            {"$set": fields, "$inc": {"version": 1},
-             "$push": {"fill_keys": {"$each": [fill_key], "$slice": -FILL_KEYS_KEPT}}})
+            update)
         return result.modified_count == 1
 
     @translating
@@ -385,8 +400,40 @@ class Store(OperatorQueries, ApiKeyQueries, BrokerSessionQueries):
             return self.position_fills.find_one({"_id": fill["_id"]}) or {"applied": False}
 
     @translating
-    def mark_fill_applied(self, fill_key: str) -> None:
-        self.position_fills.update_one({"_id": fill_key}, {"$set": {"applied": True}})
+    def fill_applied(self, fill_key: str) -> bool:
+        """Whether the ledger says this fill's move is done."""
+        entry = self.position_fills.find_one({"_id": fill_key}, {"applied": 1})
+        return bool(entry and entry.get("applied"))
+
+    @writing
+    def mark_fills_applied(self, fill_keys: list[str], position_id: str, key: dict) -> None:
+        """The moves of these fills are done: their keys are on position `position_id`. A key
+        with no ledger entry (a fill from before the ledger) gets one, entered applied."""
+        marked = {"applied": True, "position_id": position_id}
+        result = self.position_fills.update_many({"_id": {"$in": fill_keys}}, {"$set": marked})
+        if result.matched_count == len(fill_keys):
+            return
+        entered = {doc["_id"] for doc in self.position_fills.find({"_id": {"$in": fill_keys}},
+                                                                  {"_id": 1})}
+        for fill_key in fill_keys:
+            if fill_key in entered:
+                continue
+            try:
+                self.position_fills.insert_one({"_id": fill_key, **key, **marked})
+            except DuplicateKeyError:  # claimed meanwhile: it is on the position all the same
+                self.position_fills.update_one({"_id": fill_key}, {"$set": marked})
+
+    def when_written(self, callback: Callable[[], None]) -> None:
+        """`callback` once this call's writes are committed: now, unless the embedded store
+        commits them with its batch (then after it; never when that commit fails)."""
+        defer = self.health.defer
+        if defer is None or not defer(callback):
+            callback()
+
+    @translating
+    def fill_entries(self, fill_keys: list[str]) -> list[dict]:
+        """The ledger's entries of these fills (those it has)."""
+        return list(self.position_fills.find({"_id": {"$in": fill_keys}}))
 
     @translating
     def list_positions(self, status: str | None = "OPEN") -> list[dict]:

@@ -60,11 +60,15 @@ class OperatorQueries:
         return self.signals.find_one({"signal_id": signal_id})
 
     @translating
-    def positions_touched(self, fill_keys: list[str], order_id: str | None) -> list[dict]:
-        """Positions holding one of these fills or naming this order, oldest first."""
+    def positions_touched(self, fill_keys: list[str], order_id: str | None,
+                          position_ids: list[str] | tuple = ()) -> list[dict]:
+        """Positions holding one of these fills, naming this order or among these ids,
+        oldest first."""
         clauses: list[dict] = [{"fill_keys": {"$in": fill_keys}}] if fill_keys else []
         if order_id:
             clauses.append({"order_ids": order_id})
+        if position_ids:
+            clauses.append({"_id": {"$in": list(position_ids)}})
         if not clauses:
             return []
         return list(self.positions.find({"$or": clauses}).sort([("opened_at", 1), ("_id", 1)]))

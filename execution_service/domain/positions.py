@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 EPSILON = 1e-9
-FILL_KEYS_KEPT = 200  # the fills a position remembers, to recognise one reported again
+# A position document holds the keys of the fills that moved it whose ledger entries are not
+# yet marked applied; past this many they are marked together and dropped (service/positions.py).
+UNMARKED_FILL_KEYS = 16
+ORDER_IDS_KEPT = 50  # the latest orders that moved a position (SPEC §5 `order_ids`)
 
 
 @dataclass(frozen=True)

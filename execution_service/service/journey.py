@@ -30,12 +30,19 @@ def signal_journey(store, signal_id: str) -> dict | None:
 
 
 def _positions(store, signal_id: str, record: dict) -> list[dict]:
-    """Positions naming the record's order, or holding one of its fills."""
+    """Positions naming the record's order, or moved by one of its fills: the fill's key is
+    on the position until the fill ledger names the position (service/positions.py)."""
     fill_keys = [f"{signal_id}:{fill['exec_id']}" for fill in record.get("fills", [])]
+    ledger = store.fill_entries(fill_keys) if fill_keys else []
+    moved: dict[str, set[str]] = {}
+    for entry in ledger:
+        if entry.get("position_id"):
+            moved.setdefault(entry["position_id"], set()).add(entry["_id"])
     prefix = f"{signal_id}:"
     return [{**{k: v for k, v in doc.items() if k != "fill_keys"},
-             "signal_fill_keys": [k for k in doc.get("fill_keys", []) if k.startswith(prefix)]}
-            for doc in store.positions_touched(fill_keys, record.get("order_id"))]
+             "signal_fill_keys": sorted(moved.get(doc["_id"], set()).union(
+                 k for k in doc.get("fill_keys", []) if k.startswith(prefix)))}
+            for doc in store.positions_touched(fill_keys, record.get("order_id"), list(moved))]
 
 
 def render_journey(journey: dict) -> str:

@@ -35,6 +35,7 @@ journey = logging.getLogger(JOURNEY_LOGGER)
 BATCH = 500
 FLUSH_AT = 100  # confirmations handed over at once when they pile up within one loop turn
 MARKS_PER_TURN = 50  # store writes per hand-over to the store thread
+MARKS_PER_WRITE = 10  # published marks written in one store call (while no signal waits)
 MARKS_REMEMBERED = 10_000  # recent marks: a rescan racing a mark never republishes
 
 PENDING, ACCEPTED, REFUSED = "pending", "accepted", "refused"
@@ -315,11 +316,15 @@ class ConfirmationOutbox:
                     return written, marked, None
                 self._store.update_signal(signal_id, fields, now)
                 written[signal_id] = sequence
-            for signal_id, sequence in marks.items():
-                if (written or marked) and self._store_thread.order_path_waiting():
+            pending = list(marks.items())
+            while pending:
+                waiting = self._store_thread.order_path_waiting()
+                if (written or marked) and waiting:
                     return written, marked, None
-                self._store.mark_published(signal_id, sequence)
-                marked[signal_id] = sequence
+                size = 1 if waiting else MARKS_PER_WRITE
+                chunk, pending = dict(pending[:size]), pending[size:]
+                self._store.mark_published(chunk)
+                marked.update(chunk)
         except ExecutionError as e:
             return written, marked, e
         return written, marked, None

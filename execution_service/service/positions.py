@@ -1,21 +1,30 @@
 """Moves positions by fills (SPEC §5), before the record that shows the fill is written.
 
 A fill moves a position exactly once, whenever a crash strikes. Its key (`signal_id:exec_id`)
-is entered in the fill ledger (`position_fills`) first, then pushed onto the position in the
-same compare-and-set that moves it, then the ledger entry is marked applied. A fill replayed
-after a crash (the record never showed it, the broker reports it again) finds its ledger
-entry: applied, it is done; not yet, the position documents (open or closed, each keeps its
-last FILL_KEYS_KEPT keys) say whether the move happened. The ledger outlives every position
-document, so closes and flips lose nothing.
+is entered in the fill ledger (`position_fills`) first, then put on the position in the same
+compare-and-set that moves it. A fill replayed after a crash (the record never showed it, the
+broker reports it again) finds its ledger entry: `applied`, it is done; not yet, the position
+documents (open or closed) say whether the move happened, and it is marked applied. The ledger
+outlives every position document, so closes and flips lose nothing.
+
+What a position costs to write does not grow with its history: a document holds only the
+keys whose ledger entries are not marked applied, at most UNMARKED_FILL_KEYS. When the open
+document holds that many, the writer marks them all applied in one write (each is on the
+position, so its move happened) and drops them in its compare-and-set (on the embedded
+store's batches, in the first write after the mark's commit); nothing marks a fill one by one
+on the ordinary path. A key leaves a document only after its entry says applied,
+so "entry not applied and key on no document" still means "not moved" provided the ledger is
+read after the position: every move made from a position read from the store (not from this
+process's own last write) first asks the ledger again. Closed documents keep their last keys.
 
 Fills of one position queue in order: every store call runs on the one store thread (or
 inline, on the embedded store), so this process never races itself. What this process last
 wrote for a position key is kept in memory (`_Known`): the open document, or that the key is
 flat, and how many position documents the key has. The next fill moves the position from
 that without reading it first, so an add, a close and an open each cost one write (a flip
-two: the close and the opposite position's insert), besides the ledger's entry and mark.
-When another process moved the position meanwhile, the version or the next document's _id
-(the count + 1) no longer matches, the write is refused, and the store is read again.
+two: the close and the opposite position's insert), besides the ledger's entry. When another
+process moved the position meanwhile, the version or the next document's _id (the count + 1)
+no longer matches, the write is refused, and the store is read again.
 """
 
 from __future__ import annotations
@@ -27,7 +36,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from execution_service.domain.positions import (
-    FILL_KEYS_KEPT,
+    ORDER_IDS_KEPT,
+    UNMARKED_FILL_KEYS,
     Position,
     PositionChange,
     apply_fill,
@@ -36,7 +46,7 @@ from execution_service.service.ports import PositionStore
 
 logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 20
-POSITIONS_CACHED = 256  # each holds up to FILL_KEYS_KEPT keys: ~20 KB
+POSITIONS_CACHED = 256  # each a position document (bounded lists): ~2 KB
 
 
 def position_key(record: dict) -> dict:
@@ -53,9 +63,14 @@ class _Known:
 
 
 class PositionBook:
-    def __init__(self, store: PositionStore) -> None:
+    def __init__(self, store: PositionStore, unmarked_max: int = UNMARKED_FILL_KEYS) -> None:
         self._store = store
+        self._unmarked_max = unmarked_max
         self._last_written: OrderedDict[tuple, _Known] = OrderedDict()
+        # per position key, fill keys marked applied: committed (a write may drop them), and
+        # written but not yet committed (the embedded store commits a batch of calls at once)
+        self._marked: dict[tuple, frozenset[str]] = {}
+        self._marking: dict[tuple, frozenset[str]] = {}
 
     def apply(self, record: dict, fill) -> None:
         """Move the record's position by one fill (anything with exec_id, quantity, price,
@@ -78,7 +93,6 @@ class PositionBook:
                 return
         for _ in range(MAX_ATTEMPTS):
             if self._try_apply(key, fill_key, record, fill):
-                self._store.mark_fill_applied(fill_key)
                 return
             self._forget(key)
             if self._finish_if_moved(key, fill_key):
@@ -90,26 +104,69 @@ class PositionBook:
         if applied is None:
             return False
         self._open_carry(key, applied, fill_key)
-        self._store.mark_fill_applied(fill_key)
+        self._store.mark_fills_applied([fill_key], applied["_id"], key)
         return True
 
     def _try_apply(self, key: dict, fill_key: str, record: dict, fill) -> bool:
-        """One attempt; the fill is known not to have moved the position (a new ledger entry,
-        or _finish_if_moved found no move)."""
+        """One attempt: True when the fill's move is done (by this write, or by another
+        process, the ledger says), False when the write was refused. The fill is known not to
+        have moved the position when the attempt began (a new ledger entry, or
+        _finish_if_moved found no move)."""
         known = self._last_written.get(_cache_key(key))
-        current = known.open if known else self._store.open_position(key)
-        count = known.count if known else None
+        if known is None:
+            current, count = self._store.open_position(key), None
+            # read after the position: a move this read cannot show (its key marked and
+            # dropped meanwhile) is one the ledger shows
+            if self._store.fill_applied(fill_key):
+                return True
+        else:
+            current, count = known.open, known.count
         change = apply_fill(_position_of(current), record["side"], fill.quantity, fill.price)
         order_id = record.get("order_id")
         if current is None:
             return self._open(key, change.current, fill.at, order_id, fill_key, count)
+        kept = self._kept_keys(key, current)
         if change.closed is None:
-            fields = _fields(change.current, order_id, current)
-            if not self._store.update_position(current, fields, fill_key):
+            fields = _fields(change.current)
+            if not self._store.update_position(current, fields, fill_key, kept, order_id):
                 return False
-            self._remember(key, _Known(_after(current, fields, fill_key), count))
+            self._dropped(key)
+            self._remember(key, _Known(_after(current, fields, kept, fill_key, order_id),
+                                       count))
             return True
-        return self._close_and_flip(key, current, count, change, fill.at, order_id, fill_key)
+        return self._close_and_flip(key, current, count, change, fill.at, order_id, fill_key,
+                                    kept)
+
+    def _kept_keys(self, key: dict, current: dict) -> list[str]:
+        """The fill keys the open document keeps on its next write: all but those whose
+        marks are committed. Once `unmarked_max` are neither, they are marked applied (being
+        on the position, their moves happened): dropped at once when that write is committed
+        at once, else by the first write after its commit (never in the same batch: a failed
+        commit of the ledger must not leave the drop standing)."""
+        cache_key = _cache_key(key)
+        marked = self._marked.get(cache_key, frozenset())
+        kept = [k for k in current["fill_keys"] if k not in marked]
+        marking = self._marking.get(cache_key, frozenset())
+        if len(kept) >= 3 * self._unmarked_max:
+            marking = frozenset()  # a commit failed: mark them again
+        unmarked = [k for k in kept if k not in marking]
+        if len(unmarked) < self._unmarked_max:
+            return kept
+        self._store.mark_fills_applied(unmarked, current["_id"], key)
+        self._marking[cache_key] = marking.union(unmarked)
+        self._store.when_written(lambda: self._committed(cache_key, unmarked))
+        marked = self._marked.get(cache_key, frozenset())
+        return [k for k in kept if k not in marked]
+
+    def _committed(self, cache_key: tuple, keys: list[str]) -> None:
+        self._marked[cache_key] = self._marked.get(cache_key, frozenset()).union(keys)
+        marking = self._marking.pop(cache_key, frozenset()).difference(keys)
+        if marking:
+            self._marking[cache_key] = marking
+
+    def _dropped(self, key: dict) -> None:
+        """The open document was written without the committed marks' keys."""
+        self._marked.pop(_cache_key(key), None)
 
     def _remember(self, key: dict, known: _Known) -> None:
         cache_key = _cache_key(key)
@@ -134,15 +191,16 @@ class PositionBook:
 
     def _close_and_flip(self, key: dict, current: dict, count: int | None,
                         change: PositionChange, at: datetime, order_id: str | None,
-                        fill_key: str) -> bool:
-        fields = {**_fields(change.closed, order_id, current), "status": "CLOSED",
+                        fill_key: str, kept: list[str]) -> bool:
+        fields = {**_fields(change.closed), "status": "CLOSED",
                   "closed_at": at, "quantity": 0.0, "carry": None}
         if change.current is not None:  # crossing zero: what the opposite side opens with
             fields["carry"] = {"side": change.current.side, "quantity": change.current.quantity,
                                "avg_entry_price": change.current.avg_entry_price,
                                "order_id": order_id}
-        if not self._store.update_position(current, fields, fill_key):
+        if not self._store.update_position(current, fields, fill_key, kept, order_id):
             return False
+        self._dropped(key)
         logger.info("Position closed: %s %s realized PnL %.2f", key["symbol"], key["account_id"],
                     change.closed.realized_pnl)
         if change.current is None:
@@ -172,10 +230,14 @@ class PositionBook:
         self._store.insert_position(doc)
 
 
-def _after(doc: dict, fields: dict, fill_key: str) -> dict:
+def _after(doc: dict, fields: dict, kept: list[str], fill_key: str,
+           order_id: str | None) -> dict:
     """The document as update_position leaves it."""
-    return {**doc, **fields, "version": doc["version"] + 1,
-            "fill_keys": [*doc["fill_keys"], fill_key][-FILL_KEYS_KEPT:]}
+    order_ids = doc.get("order_ids", [])
+    if order_id and order_id not in order_ids:
+        order_ids = [*order_ids, order_id][-ORDER_IDS_KEPT:]
+    return {**doc, **fields, "version": doc["version"] + 1, "fill_keys": [*kept, fill_key],
+            "order_ids": order_ids}
 
 
 def _ledger_entry(key: dict, fill_key: str, record: dict, fill) -> dict:
@@ -194,16 +256,9 @@ def _position_of(doc: dict | None) -> Position | None:
     return Position(doc["side"], doc["quantity"], doc["avg_entry_price"], doc["realized_pnl"])
 
 
-ORDER_IDS_KEPT = 50  # the latest orders that moved the position (every fill rewrites it)
-
-
-def _fields(position: Position, order_id: str | None, current: dict) -> dict:
-    order_ids = list(current.get("order_ids", []))
-    if order_id and order_id not in order_ids:
-        order_ids = [*order_ids, order_id][-ORDER_IDS_KEPT:]
+def _fields(position: Position) -> dict:
     return {"side": position.side, "quantity": position.quantity,
-            "avg_entry_price": position.avg_entry_price, "realized_pnl": position.realized_pnl,
-            "order_ids": order_ids}
+            "avg_entry_price": position.avg_entry_price, "realized_pnl": position.realized_pnl}
 
 
 def _new_doc(key: dict, ordinal: int, position: Position, at: datetime, order_id: str | None,

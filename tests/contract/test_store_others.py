@@ -58,10 +58,48 @@ def test_given_a_fill_when_entered_in_the_ledger_twice_then_once_and_applied_onc
     assert store.claim_fill(entry) is None  # new
     earlier = second_store.claim_fill(entry)  # another process, the same fill
     assert earlier["applied"] is False and earlier["quantity"] == 10.0
-    second_store.mark_fill_applied("sig_1:E1")
+    assert store.fill_applied("sig_1:E1") is False
+    second_store.mark_fills_applied(["sig_1:E1"], "pos_1", KEY)
     assert store.claim_fill(entry)["applied"] is True
-    store.mark_fill_applied("sig_9:E1")  # unknown: nothing happens
+    assert store.fill_applied("sig_1:E1") is True
     assert store.claim_fill({**entry, "_id": "sig_2:E1"}) is None
+    assert [e["position_id"] for e in store.fill_entries(["sig_1:E1", "sig_2:E1"])
+            if e.get("position_id")] == ["pos_1"]
+
+
+def test_given_keys_from_before_the_ledger_when_marked_then_entered_applied(store):
+    """Given a position's keys, one with a ledger entry and two without (fills from before
+    the ledger), when they are marked applied, then all three are entered applied and name
+    the position, and a later claim of one of them finds it done."""
+    store.claim_fill({"_id": "sig_1:E1", **KEY, "signal_id": "sig_1", "exec_id": "E1"})
+    store.mark_fills_applied(["sig_0:E1", "sig_1:E1", "sig_9:E1"], "pos_1", KEY)
+    entries = store.fill_entries(["sig_0:E1", "sig_1:E1", "sig_9:E1", "sig_8:E1"])
+    assert sorted((e["_id"], e["applied"], e["position_id"]) for e in entries) == [
+        ("sig_0:E1", True, "pos_1"), ("sig_1:E1", True, "pos_1"), ("sig_9:E1", True, "pos_1")]
+    assert store.claim_fill({"_id": "sig_9:E1", **KEY})["applied"] is True
+
+
+def test_given_no_batch_when_a_callback_waits_for_the_writes_then_it_runs_at_once(store):
+    """Outside the embedded store's batches every write is committed when the call returns:
+    `when_written` runs its callback at once (inside a batch: tests/service, after commit)."""
+    ran = []
+    store.when_written(lambda: ran.append(True))
+    assert ran == [True]
+
+
+def test_given_a_position_when_updated_with_kept_keys_and_orders_then_lists_follow(store):
+    """Given a position holding two fill keys and one order, when a fill keeps one key and
+    names a new order, then the document holds the kept key and the new one, and both orders;
+    when the same order moves it again, then the order is not listed twice."""
+    store.insert_position(position(1, fill_key="sig_1:E1"))
+    current = store.get_position("pos_1")
+    assert store.update_position(current, {"quantity": 11.0}, "sig_2:E1", None, "O-2")
+    current = store.get_position("pos_1")
+    assert current["fill_keys"] == ["sig_1:E1", "sig_2:E1"]
+    assert store.update_position(current, {"quantity": 12.0}, "sig_2:E2", ["sig_2:E1"], "O-2")
+    current = store.get_position("pos_1")
+    assert (current["fill_keys"], current["order_ids"], current["version"]) == \
+        (["sig_2:E1", "sig_2:E2"], ["O-1", "O-2"], 2)
 
 
 def test_given_closed_and_flipped_positions_then_lookups_find_each(store):

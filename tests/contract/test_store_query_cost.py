@@ -81,5 +81,19 @@ def test_given_many_published_records_when_the_outbox_rescans_then_only_pending_
     assert _candidates(litemongo_store, UNPUBLISHED) == 1
     assert [doc["signal_id"] for doc in litemongo_store.records_with_unpublished()] == \
         ["sig_pending"]
-    litemongo_store.mark_published("sig_pending", 1)
+    litemongo_store.mark_published({"sig_pending": 1})
     assert _candidates(litemongo_store, UNPUBLISHED) == 0
+
+
+def test_given_many_records_when_three_are_marked_published_at_once_then_only_they_are_read(
+        litemongo_store):
+    """Given 60 records, when three are marked published in one call (the outbox's batch),
+    then the engine reads those three only: `_id $in` is planned on the primary key."""
+    for n in range(60):
+        litemongo_store.insert_record(claim(f"sig_{n}", confirmation_sequence=2,
+                                            outbox_pending=True))
+    ids = [f"exec_sig_{n}" for n in (3, 30, 59)]
+    assert _candidates(litemongo_store, {"_id": {"$in": ids}, "confirmation_sequence":
+                                         {"$lte": 2}}) == 3
+    litemongo_store.mark_published({"sig_3": 2, "sig_30": 2, "sig_59": 2})
+    assert len(litemongo_store.records_with_unpublished()) == 57

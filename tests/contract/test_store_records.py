@@ -100,15 +100,30 @@ def test_given_confirmations_when_marked_published_then_pending_clears_only_at_t
     store.insert_record(claim("sig_2", at=T0 + timedelta(seconds=1), outbox_pending=True,
                               confirmation_sequence=1))
     assert [r["signal_id"] for r in store.records_with_unpublished()] == ["sig_1", "sig_2"]
-    store.mark_published("sig_1", 1)  # not the latest: the mark moves, still pending
+    store.mark_published({"sig_1": 1})  # not the latest: the mark moves, still pending
     record = store.get_record("sig_1")
     assert record["published_sequence"] == 1 and record["outbox_pending"] is True
-    store.mark_published("sig_1", 2)
-    store.mark_published("sig_1", 1)  # a late answer never moves the mark back
+    store.mark_published({"sig_1": 2})
+    store.mark_published({"sig_1": 1})  # a late answer never moves the mark back
     record = store.get_record("sig_1")
     assert record["published_sequence"] == 2 and record["outbox_pending"] is False
     assert [r["signal_id"] for r in store.records_with_unpublished()] == ["sig_2"]
 
+
+
+def test_given_several_signals_when_marked_published_in_one_call_then_each_as_if_alone(store):
+    """Given three records (one published through its latest confirmation, one with a newer
+    confirmation, one at another sequence) and a signal with no record, when all are marked
+    in one call, then each mark moves as a single mark would, and only the latest clear."""
+    store.insert_record(claim("sig_a", confirmation_sequence=2, outbox_pending=True))
+    store.insert_record(claim("sig_b", confirmation_sequence=3, outbox_pending=True))
+    store.insert_record(claim("sig_c", confirmation_sequence=1, outbox_pending=True,
+                              published_sequence=1))
+    store.mark_published({"sig_a": 2, "sig_b": 2, "sig_c": 1, "sig_none": 2})
+    marks = {s: (store.get_record(s)["published_sequence"], store.get_record(s)["outbox_pending"])
+             for s in ("sig_a", "sig_b", "sig_c")}
+    assert marks == {"sig_a": (2, False), "sig_b": (2, True), "sig_c": (1, False)}
+    assert store.get_record("sig_none") is None
 
 def test_given_records_in_every_status_then_listings_counts_and_open_records_agree(store):
     statuses = ["PENDING", "SUBMITTED", "PARTIALLY_FILLED", "FILLED", "FILLED", "REJECTED",

@@ -19,15 +19,19 @@ def unavailable(name: str) -> BaseException:
 
 class FaultAtCall(Store):
     """The real Store, counting every call of its methods once `arm`ed; call number `fail_at`
-    raises `error(method name)` instead of running (so nothing of it reaches the database)."""
+    raises `error(method name)` instead of running (so nothing of it reaches the database), or,
+    armed with `lands=True`, after running (the write landed, its answer was lost)."""
 
     calls = 0
     fail_at: int | None = None
     error: Callable[[str], BaseException] = staticmethod(unavailable)
     failed: str | None = None
+    lands = False
 
-    def arm(self, fail_at: int | None, error: Callable[[str], BaseException] = unavailable):
+    def arm(self, fail_at: int | None, error: Callable[[str], BaseException] = unavailable,
+            lands: bool = False):
         self.calls, self.fail_at, self.error, self.failed = 0, fail_at, error, None
+        self.lands = lands
 
     def __getattribute__(self, name):
         attribute = super().__getattribute__(name)
@@ -39,6 +43,8 @@ class FaultAtCall(Store):
             self.calls = calls
             if calls == self.fail_at:
                 self.failed = name
+                if self.lands:
+                    attribute(*args, **kwargs)
                 raise self.error(name)
             return attribute(*args, **kwargs)
 

@@ -237,9 +237,9 @@ async def test_given_one_confirmation_refused_then_no_gap_is_ever_marked():
     marks = []
     mark_published = app.store.mark_published
 
-    def spy(signal_id, sequence):
-        marks.append((sequence, list(publisher)))
-        mark_published(signal_id, sequence)
+    def spy(marked):
+        marks.extend((sequence, list(publisher)) for sequence in marked.values())
+        mark_published(marked)
 
     app.store.mark_published = spy
     app.processor.handle(order_body())

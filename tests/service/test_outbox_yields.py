@@ -85,21 +85,42 @@ async def test_given_the_store_failing_mid_way_while_giving_way_then_nothing_is_
     none marked past a gap."""
     app, publisher = make_app(start_outbox=False)
     per_call = _outbox_on(app, publisher, _SignalsAlwaysWaiting())
-    mark_published = app.store.mark_published
-    calls = []
+    calls = await _marks_refused(app, 3, lambda call: call % 2 == 1)
+    assert len(calls) >= 6 and per_call
 
-    def flaky(signal_id, sequence):
-        calls.append(signal_id)
-        if len(calls) % 2:
+
+async def _marks_refused(app, orders: int, refused) -> list[list[str]]:
+    """Fill `orders` orders with the store refusing the mark calls numbered `refused(n)`;
+    returns each call's signals, once every record is published and clear."""
+    mark_published = app.store.mark_published
+    calls: list[list[str]] = []
+
+    def flaky(marks):
+        calls.append(list(marks))
+        if refused(len(calls)):
             raise StoreUnavailable("store down (test)")
-        mark_published(signal_id, sequence)
+        mark_published(marks)
 
     app.store.mark_published = flaky
-    for n in range(3):
+    for n in range(orders):
         app.processor.handle(order_body(signal_id=f"sig_{n}"))
     await settle(app)
-    assert len(calls) >= 6 and per_call
-    for n in range(3):
+    for n in range(orders):
         record = app.store.get_record(f"sig_{n}")
         assert record["published_sequence"] == 2 and record["outbox_pending"] is False
     await app.outbox.stop()
+    return calls
+
+
+async def test_given_no_signal_waiting_then_marks_go_in_batches_and_a_failed_batch_is_redone():
+    """Given twelve orders filled while no order-path work waits, and the store refusing the
+    first batch of marks; when the outbox marks them; then marks are written several per
+    store call (MARKS_PER_WRITE at most), the refused batch is written again, and every
+    record ends published and clear."""
+    from execution_service.service.outbox import MARKS_PER_WRITE
+
+    app, publisher = make_app(start_outbox=False)
+    _outbox_on(app, publisher, StoreThread(inline=True))
+    calls = await _marks_refused(app, 12, lambda call: call == 1)
+    assert max(len(c) for c in calls) > 1 and all(len(c) <= MARKS_PER_WRITE for c in calls)
+    assert set(calls[0]) <= {s for c in calls[1:] for s in c}  # the refused batch, again

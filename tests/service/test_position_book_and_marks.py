@@ -110,8 +110,8 @@ class CountingStore:
 
 def test_given_a_hot_position_then_open_add_close_cost_one_write_and_a_flip_two(store):
     """Given one book moving one position through open, add, close, open, flip, close, when
-    each fill's store calls are counted, then every fill is its ledger entry, one position
-    write (two for a flip: the close and the opposite position) and its mark: no reads."""
+    each fill's store calls are counted, then every fill is its ledger entry and one position
+    write (two for a flip: the close and the opposite position): no reads, no mark."""
     counting = CountingStore(store)
     book = PositionBook(counting)
     steps = [("BUY", 1, "insert"), ("BUY", 2, "update"), ("SELL", 3, "update"),
@@ -124,7 +124,7 @@ def test_given_a_hot_position_then_open_add_close_cost_one_write_and_a_flip_two(
         book.apply(record(f"sig_{n}", side), fill("E1", quantity, 100.0 + n))
         moves = ["insert_position" if w == "insert" else "update_position"
                  for w in writes.split("+")]
-        assert counting.calls == ["claim_fill", *moves, "mark_fill_applied"], (n, side)
+        assert counting.calls == ["claim_fill", *moves], (n, side)
     want = expected([(side, q, 100.0 + n) for n, (side, q, _) in enumerate(steps)])
     got = store.open_position(KEY)
     assert (got["side"], got["quantity"]) == (want.side, want.quantity)
@@ -171,11 +171,11 @@ def test_given_a_newer_confirmation_then_an_older_mark_leaves_the_outbox_pending
     store.records.insert_one({"_id": "exec_sig_1", "signal_id": "sig_1", "status": "FILLED",
                               "confirmation_sequence": 3, "published_sequence": 0,
                               "outbox_pending": True})
-    store.mark_published("sig_1", 2)
+    store.mark_published({"sig_1": 2})
     assert _mark_of(store) == (2, True)
-    store.mark_published("sig_1", 3)
+    store.mark_published({"sig_1": 3})
     assert _mark_of(store) == (3, False)
-    store.mark_published("sig_1", 1)  # a late answer never moves the mark back
+    store.mark_published({"sig_1": 1})  # a late answer never moves the mark back
     assert _mark_of(store) == (3, False)
 
 

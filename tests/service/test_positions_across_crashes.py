@@ -113,3 +113,73 @@ def test_given_a_flip_then_a_reopen_when_the_flipping_fill_is_replayed_then_noth
     _apply_all(PositionBook(store), stream)
     PositionBook(store).apply(_record("s", "SELL"), _fill(1, 15, 101.0))
     assert _held(store) == pytest.approx(_expected(stream))
+
+
+# -- bounded fill keys: marked together, then dropped -----------------------------------------
+
+BOUND = 2  # keys a document holds before they are marked and dropped: every third fill marks
+LONG_STREAM = [*STREAM, ("s8", "BUY", 2, 101.0), ("s9", "BUY", 3, 102.0),
+               ("s10", "SELL", 1, 103.0), ("s11", "BUY", 4, 98.0), ("s12", "SELL", 9, 97.0),
+               ("s13", "SELL", 2, 99.0)]
+
+
+def _clean_run_calls_bounded() -> int:
+    store = FaultAtCall(mongomock.MongoClient(tz_aware=True)["trading"])
+    store.arm(None)
+    _apply_all(PositionBook(store, BOUND), LONG_STREAM)
+    return store.calls
+
+
+def _unmarked_and_off_every_position(store: Store) -> list[str]:
+    """Ledger entries neither marked applied nor on a position: fills recorded as moved
+    nowhere (none may be left once every fill was applied)."""
+    on_positions = {k for doc in store.positions.find(KEY) for k in doc["fill_keys"]}
+    return [e["_id"] for e in store.position_fills.find({"applied": False})
+            if e["_id"] not in on_positions]
+
+
+@pytest.mark.parametrize("lands", [False, True], ids=["before-the-write", "after-the-write"])
+@pytest.mark.parametrize("kill_at", range(1, _clean_run_calls_bounded() + 1))
+def test_given_bounded_keys_and_a_kill_at_any_store_call_when_replayed_then_each_moved_once(
+        kill_at, lands):
+    """Given keys marked and dropped every BOUND fills over opens, adds, closes and flips; when
+    the process dies at store call `kill_at` (before its write, or after it landed) and a new
+    process replays every fill twice; then positions equal the fills, no document holds more
+    than BOUND keys, and every fill is marked applied or still on a position."""
+    database = mongomock.MongoClient(tz_aware=True)["trading"]
+    dying = FaultAtCall(database)
+    dying.arm(kill_at, lambda name: Killed(name), lands=lands)
+    with pytest.raises(Killed):
+        _apply_all(PositionBook(dying, BOUND), LONG_STREAM)
+    restarted = Store(database)
+    _apply_all(PositionBook(restarted, BOUND), LONG_STREAM)
+    _apply_all(PositionBook(restarted, BOUND), LONG_STREAM)
+    assert _held(restarted) == pytest.approx(_expected(LONG_STREAM)), f"killed at {dying.failed}"
+    assert max(len(d["fill_keys"]) for d in restarted.positions.find(KEY)) <= BOUND
+    assert _unmarked_and_off_every_position(restarted) == []
+
+
+class DiesAfterThePositionWrite(Store):
+    def update_position(self, *args, **kwargs) -> bool:
+        super().update_position(*args, **kwargs)
+        raise Killed("after update_position landed")
+
+
+def test_given_a_crash_after_the_position_write_and_260_more_fills_when_replayed_then_once():
+    """Given a fill whose position write landed and whose process then died (the record never
+    showed it, its ledger entry never marked), when 260 other fills move the same position and
+    then the broker reports the fill again, then it does not move the position a second time
+    (a document keeping its last 200 keys would have forgotten it)."""
+    database = mongomock.MongoClient(tz_aware=True)["trading"]
+    store = Store(database)
+    book = PositionBook(store)
+    book.apply(_record("s0", "BUY"), _fill(0, 10, 100.0))
+    with pytest.raises(Killed):
+        PositionBook(DiesAfterThePositionWrite(database)).apply(_record("lost", "BUY"),
+                                                                _fill(1, 7, 101.0))
+    for n in range(260):
+        book.apply(_record(f"o{n}", "BUY"), _fill(2 + n, 1, 102.0))
+    PositionBook(store).apply(_record("lost", "BUY"), _fill(1, 7, 101.0))  # the replay
+    position = store.open_position(KEY)
+    assert position["quantity"] == 10 + 7 + 260
+    assert store.fill_applied("lost:E1") is True

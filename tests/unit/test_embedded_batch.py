@@ -276,3 +276,21 @@ def test_given_a_fills_position_commit_fails_then_the_ledger_stands_and_no_recor
     assert on_disk(tmp_path, "position_fills") == {"s:sig_1:E1"}
     assert on_disk(tmp_path, "positions") == set()
     assert on_disk(tmp_path, "execution_confirmations") == set()
+
+
+def test_given_positions_touched_before_the_ledger_when_the_ledgers_commit_fails_then_no_move_lands(
+        opened, tmp_path):
+    """Given a batch where a read touches positions first, then a call enters a fill in the
+    ledger and moves the position; when the ledger's commit fails; then the position is rolled
+    back too (positions commit after the ledger whatever touched them first): no move lands
+    without its ledger entry, so a replay after a close cannot move the position again."""
+    handle, store = opened
+    fail_commits_of(handle, "position_fills")
+    with handle.batches.batch() as batch:
+        batch.run(lambda: store.positions.find_one({"_id": "pos_1"}))
+        batch.run(lambda: (store.claim_fill({"_id": "sig_1:E1", "signal_id": "sig_1"}),
+                           store.insert_position({"_id": "pos_1", "status": "OPEN",
+                                                  "fill_keys": ["sig_1:E1"], "version": 0})))
+    assert all(isinstance(error, StoreUnavailable) for _, error in batch.outcomes())
+    assert on_disk(tmp_path, "position_fills") == set()
+    assert on_disk(tmp_path, "positions") == set()
