@@ -32,8 +32,10 @@ logger = logging.getLogger(__name__)
 # Each signal crosses between the event loop and the store thread several times; a thread
 # woken for its turn waits for the GIL up to the switch interval while the other one runs
 # (5 ms by default). 1 ms took the daemon's own p99 at 100 signals/s from ~100 to 58-80 ms
-# on a loaded machine (benchmarks/README.md).
-GIL_SWITCH_SECONDS = 0.001
+# on a loaded machine (benchmarks/README.md), but each forced switch costs CPU: on a quiet
+# machine, once the store calls got cheaper, 1 ms gave a spread ratio of 0.21-0.27 against
+# 0.27-0.33 with 2 ms, whose p99 stayed within 10 ms of the floor (README, issue 20).
+GIL_SWITCH_SECONDS = 0.002
 
 
 def tune_interpreter() -> None:

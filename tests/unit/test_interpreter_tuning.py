@@ -9,14 +9,14 @@ import sys
 from execution_service.run import GIL_SWITCH_SECONDS, settle_heap, tune_interpreter
 
 
-def test_given_the_daemon_starting_then_threads_take_turns_within_a_millisecond():
+def test_given_the_daemon_starting_then_threads_take_turns_within_two_milliseconds():
     """Given the default 5 ms switch interval, when the daemon tunes its interpreter, then a
-    thread woken for its turn waits at most 1 ms for the GIL (restored after the test)."""
+    thread woken for its turn waits at most 2 ms for the GIL (restored after the test)."""
     default = sys.getswitchinterval()
     try:
         sys.setswitchinterval(0.005)
         tune_interpreter()
-        assert sys.getswitchinterval() == GIL_SWITCH_SECONDS <= 0.001
+        assert sys.getswitchinterval() == GIL_SWITCH_SECONDS <= 0.002
     finally:
         sys.setswitchinterval(default)
 
