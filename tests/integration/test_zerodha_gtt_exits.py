@@ -190,14 +190,21 @@ async def test_given_stop_triggered_while_daemon_down_when_restarted_then_resume
     first, first_broker = await entry_at_kite(kite, ENTRY, filled=10, env=env)
     await exits_submitted(first)
     await wait_until(lambda: next(iter(kite.gtts.values()))["type"] == "two-leg", what="OCO")
+    first_owner = first.store.get_record("sig_1:TP")["owner"]["id"]
     await stop_app(first, first_broker)
     placed = kite.move_market(1440.0)
     assert len(placed) == 1
     kite.fill(placed[0], 10, 1440.0)
     second_broker = kite_broker(kite)
     second, _ = make_app(env=env, broker=second_broker, handle=first.handle, accounts=[])
+
+    def both_exits_taken_over() -> bool:  # each lease runs out in its own time under load
+        return all((second.store.get_record(exit_id).get("owner") or {}).get("id")
+                   != first_owner for exit_id in ("sig_1:SL", "sig_1:TP"))
+
     deadline = asyncio.get_running_loop().time() + 10  # sweep is async (store thread)
-    while not (await second.leases.sweep() > 0 or "sig_1:SL" in second.tracker.tracked_ids()):
+    while not both_exits_taken_over():
+        await second.leases.sweep()
         assert asyncio.get_running_loop().time() < deadline, "exits resumed"
         await asyncio.sleep(0.01)
     await second.brackets.resume()
