@@ -3,9 +3,7 @@ document per order, `_id` derived from the signal, so an order is never placed t
 
 from __future__ import annotations
 
-from pymongo.errors import DuplicateKeyError
-
-from execution_service.adapters.store_errors import translating
+from execution_service.adapters.store_errors import inserted, translating
 
 MOCK_LEDGER = "mock_broker_orders"
 
@@ -17,11 +15,7 @@ class MockLedgerStore:
     @translating
     def add(self, doc: dict) -> bool:
         """False when an order with this `_id` is already there."""
-        try:
-            self._orders.insert_one(doc)
-            return True
-        except DuplicateKeyError:
-            return False
+        return inserted(self._orders, doc)
 
     @translating
     def get(self, order_id: str) -> dict | None:

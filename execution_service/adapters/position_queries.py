@@ -9,7 +9,7 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from execution_service.adapters.store_errors import translating, writing
+from execution_service.adapters.store_errors import inserted, translating, writing
 from execution_service.domain.positions import ORDER_IDS_KEPT
 
 
@@ -34,11 +34,7 @@ class PositionQueries:
 
     @writing
     def insert_position(self, doc: dict) -> bool:
-        try:
-            self.positions.insert_one(doc)
-            return True
-        except DuplicateKeyError:
-            return False
+        return inserted(self.positions, doc)
 
     @translating
     def get_position(self, position_id: str) -> dict | None:

@@ -122,6 +122,15 @@ def writing(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+def inserted(collection, doc: dict) -> bool:
+    """Insert `doc`; False when a document with its unique key is already there."""
+    try:
+        collection.insert_one(doc)
+        return True
+    except DuplicateKeyError:
+        return False
+
+
 def _health_of(args: tuple) -> StoreHealth | None:
     health = getattr(args[0], "health", None) if args else None
     return health if isinstance(health, StoreHealth) else None
