@@ -13,6 +13,17 @@ from bench_common import log, new_project, rounded
 from bench_launcher import Daemon, daemon_env, publish_all, setup_rig, tear_down
 
 
+def rss_kinds(pid: int) -> dict:
+    """Resident memory split into heap (anonymous), mapped files and shared memory, in MB."""
+    fields = {"RssAnon:": "anon_mb", "RssFile:": "file_mb", "RssShmem:": "shmem_mb"}
+    kinds = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, *rest = line.split()
+        if name in fields:
+            kinds[fields[name]] = round(int(rest[0]) / 1024, 1)
+    return kinds
+
+
 def run_memory(args, emulator) -> dict:
     """RSS after a warm-up and at checkpoints, feeding with a bounded backlog."""
     store = args.memory_store
@@ -55,7 +66,8 @@ def run_memory(args, emulator) -> dict:
             now = time.perf_counter()
             proc = psutil.Process(daemon.pid)
             info = proc.memory_info()
-            sample = {"signals": checkpoint, "rss_mb": round(info.rss / 2**20, 1),
+            kinds = rss_kinds(daemon.pid)
+            sample = {"signals": checkpoint, "rss_mb": round(info.rss / 2**20, 1), **kinds,
                       "vms_mb": round(info.vms / 2**20, 1), "threads": proc.num_threads(),
                       "open_files": len(proc.open_files()),
                       "signals_per_s_since_last": round((checkpoint - last_n) / (now - last_t
