@@ -1,8 +1,8 @@
 """Following a placed order (SPEC §4): its broker polled, or woken by the broker's news or a
-changed record, until the order is terminal; the snapshot recorded each time, and a cancel
-looked at once more for a fill that raced it. A working order is cancelled ORDER_TIMEOUT_SECONDS
-after `submitted_at` (protective exits are GTC: no timeout) or when a halt cancels open
-orders (order_cancels.py)."""
+changed record, until the order is terminal; each snapshot recorded, and a cancelled order
+looked at once more for a fill that raced its cancel. A working order is cancelled
+ORDER_TIMEOUT_SECONDS after `submitted_at` (protective exits are GTC: no timeout) or when a
+halt cancels open orders (order_cancels.py)."""
 
 from __future__ import annotations
 

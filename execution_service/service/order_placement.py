@@ -34,7 +34,6 @@ def request_from_record(doc: dict) -> OrderRequest:
                         **fields)
 
 
-
 class OrderPlacement:
     """Mixed into OrderTracker: uses its policy, halts, clock, broker calls and record steps."""
 

@@ -8,11 +8,11 @@ retried with back-off by one loop, and while it fails newly queued confirmations
 it instead of piling onto Pub/Sub.
 
 The record's side-write to `signal_store` is made by the same loop, before the signal is
-marked published: `outbox_pending` stays set until both are done, so a store failure at any
-point leaves the work in the store, and the periodic rescan (`rescan_seconds`) takes up what
-the store says is pending and this process does not hold (after a restart, or a failure the
-loop gave up on). Every write is idempotent; a confirmation published twice carries the same
-sequence, which consumers tolerate.
+marked published (both written by outbox_marks.py): `outbox_pending` stays set until both are
+done, so a store failure at any point leaves the work in the store, and the periodic rescan
+(`rescan_seconds`) takes up what the store says is pending and this process does not hold
+(after a restart, or a failure the loop gave up on). Every write is idempotent; a
+confirmation published twice carries the same sequence, which consumers tolerate.
 """
 
 from __future__ import annotations
