@@ -105,8 +105,8 @@ def _before_parsing(body: bytes, limits: IntakeLimits) -> str | None:
     if len(body) > limits.max_body_bytes:
         return (f"body is {len(body):,} bytes, over the {limits.max_body_bytes:,}-byte limit "
                 "(MAX_MESSAGE_BYTES)")
-    depth = nesting_depth(body, limits.max_depth)
-    if depth > limits.max_depth:
+    brackets = body.count(b"{") + body.count(b"[")  # nesting can go no deeper
+    if brackets > limits.max_depth and nesting_depth(body, limits.max_depth) > limits.max_depth:
         return (f"body nests deeper than {limits.max_depth} levels (MAX_MESSAGE_DEPTH); "
                 "an order is a flat object")
     return None

@@ -42,6 +42,8 @@ _CONTROL_NAMES = {0x00: "NULL", 0x07: "BELL", 0x08: "BACKSPACE", 0x09: "CHARACTE
 
 def first_invisible(text: str) -> str | None:
     """The first control, format or separator character in `text`, or None."""
+    if text.isprintable():  # no Other (C*) or Separator (Z*) character but the ASCII space
+        return None
     for char in text:
         if unicodedata.category(char) in INVISIBLE_CATEGORIES:
             return char
