@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
@@ -148,6 +148,16 @@ class OrderState:
     cancel_request_source: str | None = None  # "upstream" or "operator"
     command_ids: tuple[str, ...] = ()  # every cancel/modify request already applied
 
+    def evolve(self, **changes) -> OrderState:
+        """`dataclasses.replace`, without its __init__ setting every field one by one (a
+        lifecycle step makes several of these per fill)."""
+        unknown = changes.keys() - _STATE_FIELDS
+        if unknown:
+            raise TypeError(f"OrderState has no field {', '.join(sorted(unknown))}")
+        evolved = object.__new__(OrderState)
+        evolved.__dict__.update(self.__dict__, **changes)
+        return evolved
+
     @property
     def filled_quantity(self) -> float:
         return _round_qty(sum(fill.quantity for fill in self.fills))
@@ -174,6 +184,9 @@ class OrderState:
         return frozenset(fill.exec_id for fill in self.fills)
 
 
+_STATE_FIELDS = frozenset(f.name for f in fields(OrderState))
+
+
 @dataclass(frozen=True)
 class Change:
     """A new state and the events that led to it (empty when nothing changed)."""
@@ -194,7 +207,7 @@ def _move(state: OrderState, target: OrderStatus, at: datetime, event: EventKind
           **detail) -> Change:
     if not can_transition(state.status, target):
         raise IllegalTransition(state.status, target)
-    return Change(replace(state, status=target), (Event(target, at, event, detail),))
+    return Change(state.evolve(status=target), (Event(target, at, event, detail),))
 
 
 def submit(state: OrderState, order_id: str, at: datetime) -> Change:
@@ -203,7 +216,7 @@ def submit(state: OrderState, order_id: str, at: datetime) -> Change:
     if state.status is not S.PENDING:
         return Change(state)
     change = _move(state, S.SUBMITTED, at, K.SUBMITTED, order_id=order_id)
-    change = Change(replace(change.state, order_id=order_id, submitted_at=at), change.events)
+    change = Change(change.state.evolve(order_id=order_id, submitted_at=at), change.events)
     if state.cancel_requested_reason is None:
         return change
     return change.then(lambda s: _move(s, S.PENDING_CANCEL, at, K.CANCEL_PENDING,
@@ -226,7 +239,7 @@ def request_cancel(state: OrderState, reason: str, at: datetime,
     if request_id is not None:
         detail["request_id"] = request_id
         ids = (*ids, request_id)
-    asked = replace(state, cancel_requested_reason=reason, cancel_request_id=request_id,
+    asked = state.evolve(cancel_requested_reason=reason, cancel_request_id=request_id,
                     cancel_request_source=source, command_ids=ids,
                     cancel_cause=cause or SOURCE_CAUSES.get(source or ""))
     if state.status is S.PENDING:
@@ -244,7 +257,7 @@ def refuse_cancel(state: OrderState, reason: str, at: datetime) -> Change:
     if state.cancel_request_id is not None:
         detail["request_id"] = state.cancel_request_id
     moved = _move(state, target, at, K.CANCEL_REJECTED, **detail)
-    return Change(replace(moved.state, cancel_requested_reason=None, cancel_request_id=None,
+    return Change(moved.state.evolve(cancel_requested_reason=None, cancel_request_id=None,
                           cancel_request_source=None, cancel_cause=None), moved.events)
 
 
@@ -254,7 +267,7 @@ def reject(state: OrderState, reason: str, at: datetime,
         return Change(state)
     extra = {} if state.cancel_request_id is None else {"request_id": state.cancel_request_id}
     change = _move(state, S.REJECTED, at, K.REJECTED, reason=reason, **extra)
-    return Change(replace(change.state, reject_reason=reason, reject_class=kind, closed_at=at),
+    return Change(change.state.evolve(reject_reason=reason, reject_class=kind, closed_at=at),
                   change.events)
 
 
@@ -264,7 +277,7 @@ def cancel(state: OrderState, reason: str, at: datetime) -> Change:
     extra = {} if state.cancel_request_id is None else {"request_id": state.cancel_request_id}
     change = _move(state, S.CANCELLED, at, K.CANCELLED, reason=reason,
                    filled_quantity=state.filled_quantity, **extra)
-    return Change(replace(change.state, cancel_reason=reason, closed_at=at,
+    return Change(change.state.evolve(cancel_reason=reason, closed_at=at,
                           cancel_cause=state.cancel_cause or CancelCause.BROKER), change.events)
 
 
@@ -299,7 +312,7 @@ def _apply_one_fill(state: OrderState, fill: FillLike, at: datetime) -> Change:
         return Change(state)
     recorded = RecordedFill(fill.exec_id, quantity, float(fill.price), fill.at,
                             float(fill.commission or 0.0))
-    filled = replace(state, fills=state.fills + (recorded,))
+    filled = state.evolve(fills=state.fills + (recorded,))
     detail = {"exec_id": fill.exec_id, "quantity": quantity, "price": recorded.price,
               "filled_quantity": filled.filled_quantity, "avg_fill_price": filled.avg_fill_price,
               "commission": filled.commission, "fill_at": fill.at}
@@ -320,7 +333,7 @@ def _apply_one_fill(state: OrderState, fill: FillLike, at: datetime) -> Change:
     if state.status is S.PENDING_CANCEL and state.cancel_request_id is not None:
         events += (Event(S.FILLED, at, K.CANCEL_REJECTED, {
             "request_id": state.cancel_request_id, "reason": "already filled"}),)
-    return Change(replace(moved.state, filled_at=fill.at, closed_at=at), events)
+    return Change(moved.state.evolve(filled_at=fill.at, closed_at=at), events)
 
 
 def complete(state: OrderState, at: datetime) -> Change:
@@ -332,7 +345,7 @@ def complete(state: OrderState, at: datetime) -> Change:
                    avg_fill_price=state.avg_fill_price, commission=state.commission,
                    fill_at=state.fills[-1].at,
                    reason=f"broker reports the order filled at {state.filled_quantity:g}")
-    return Change(replace(change.state, filled_at=state.fills[-1].at, closed_at=at),
+    return Change(change.state.evolve(filled_at=state.fills[-1].at, closed_at=at),
                   change.events)
 
 
@@ -340,7 +353,7 @@ def set_commission(state: OrderState, total: float | None, at: datetime) -> Chan
     """Commission reports can arrive after their fills: the broker's total wins."""
     if total is None or abs(total - state.commission) <= 1e-9:
         return Change(state)
-    return Change(replace(state, broker_commission=total),
+    return Change(state.evolve(broker_commission=total),
                   (Event(state.status, at, K.COMMISSION, {"commission": total}),))
 
 
@@ -355,7 +368,7 @@ def follow_broker(state: OrderState, *, order_id: str, broker_status: str,
             and not _has_fills(fills):
         rejected = change.then(lambda s: reject(s, reason or "rejected by broker", at,
                                                 reason_class(reason)))
-        return Change(replace(rejected.state, order_id=order_id), rejected.events)
+        return Change(rejected.state.evolve(order_id=order_id), rejected.events)
     change = change.then(lambda s: submit(s, order_id, at))
     change = change.then(lambda s: apply_fills(s, fills, at))
     change = change.then(lambda s: set_commission(s, commission_total, at))

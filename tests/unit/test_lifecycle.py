@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import FrozenInstanceError
+from dataclasses import replace as dataclass_replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,6 +19,7 @@ from execution_service.domain.orders import (
     IllegalTransition,
     OrderState,
     OrderStatus,
+    RecordedFill,
     apply_fills,
     can_transition,
     cancel,
@@ -633,3 +636,23 @@ def test_given_any_fills_then_grouping_them_differently_gives_the_same_outcome(s
     all_at_once = apply_fills(start, [r for batch in batches for r in batch], at(200)).state
     assert all_at_once.filled_quantity == pytest.approx(one_by_one.filled_quantity, abs=1e-9)
     assert all_at_once.status is one_by_one.status
+
+
+def test_given_a_state_when_evolved_then_it_equals_dataclasses_replace_and_the_original_stays():
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    state = OrderState("sig-1", 10.0, command_ids=("r1",))
+    fill = RecordedFill("e1", 4.0, 101.5, at)
+    changes = {"status": OrderStatus.PARTIALLY_FILLED, "fills": (fill,), "order_id": "o-1",
+               "submitted_at": at}
+    evolved = state.evolve(**changes)
+    assert evolved == dataclass_replace(state, **changes)
+    assert hash(evolved) == hash(dataclass_replace(state, **changes))
+    assert evolved.filled_quantity == 4.0 and evolved.command_ids == ("r1",)
+    assert state.status is OrderStatus.PENDING and state.fills == ()
+    with pytest.raises(FrozenInstanceError):
+        evolved.status = OrderStatus.FILLED
+
+
+def test_given_a_misspelt_field_when_evolving_then_it_is_refused_by_name():
+    with pytest.raises(TypeError, match="statuss"):
+        OrderState("sig-1", 1.0).evolve(statuss="FILLED")
