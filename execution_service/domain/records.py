@@ -225,7 +225,10 @@ def strict_json(value: Any, **options: Any) -> str:
     """JSON any parser accepts: a number that is not finite (none should ever be stored, but a
     record written before the bounds existed may hold one) is written as null, never as
     `Infinity` or `NaN`."""
-    return json.dumps(finite_only(value), allow_nan=False, **options)
+    try:
+        return json.dumps(value, allow_nan=False, **options)
+    except ValueError:  # such a number somewhere: only then is the value copied without it
+        return json.dumps(finite_only(value), allow_nan=False, **options)
 
 
 def finite_only(value: Any) -> Any:

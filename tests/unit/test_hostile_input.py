@@ -11,6 +11,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from execution_service.domain.intake import (
     ATTRIBUTE_VALUE_BYTES,
@@ -24,7 +26,7 @@ from execution_service.domain.intake import (
 )
 from execution_service.domain.notices import NoticeKind, OrderNotice
 from execution_service.domain.orders import OrderState, OrderStatus, apply_fills
-from execution_service.domain.records import confirmation_message, strict_json
+from execution_service.domain.records import confirmation_message, finite_only, strict_json
 from execution_service.domain.signals import Signal, parse_signal
 from execution_service.domain.telegram_text import compose_message
 from execution_service.domain.text import describe_char, normalise_identifier, single_line
@@ -262,3 +264,17 @@ def test_given_a_value_that_tries_to_forge_a_log_line_then_each_line_keeps_its_s
     journey = (tmp_path / "signal_processing.log").read_text().splitlines()
     assert journey[0].endswith(f"Received order: {single_line(forgery)}")
     assert journey[1].endswith(f"Order failed {single_line(forgery)}")
+
+
+_JSON_WITH_ANY_FLOAT = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner)
+    | st.dictionaries(st.text(max_size=3), inner, max_size=3), max_leaves=12)
+
+
+@given(_JSON_WITH_ANY_FLOAT)
+def test_given_any_value_when_written_strictly_then_it_is_what_the_finite_copy_writes(value):
+    """Given finite or non-finite numbers anywhere, when strict_json writes them (the copy
+    without them only made when one is there), then the text is the finite copy's."""
+    expected = json.dumps(finite_only(value), allow_nan=False, separators=(",", ":"))
+    assert strict_json(value, separators=(",", ":")) == expected
