@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from brokers.mock import MockBroker, MockSettings
+from execution_service.adapters.mock_ledger_store import MockLedgerStore
 from execution_service.domain.brackets import OCO_REASON, POSITION_CLOSED_REASON, ExitRole
 from execution_service.errors import TransientBrokerError
 from execution_service.service.processor import Action
@@ -20,6 +22,7 @@ from tests.fakes.service_fakes import (
     status_of,
     wait_until,
 )
+from tests.fakes.stores import memory_store
 
 pytestmark = pytest.mark.asyncio
 LEVELS = {"quantity": 10, "reference_price": 100.0, "stop_loss": 95.0, "take_profit": 110.0}
@@ -104,14 +107,24 @@ async def test_given_protected_long_when_price_through_one_exit_then_filled_othe
 
 
 async def test_given_partial_entry_fills_when_each_lands_then_exits_protect_it_and_grow():
-    app, publisher = make_app(env={"MOCK_FILL_CHUNKS": "2", "MOCK_FILL_DELAY_SECONDS": "0.3"})
+    """Given an entry the mock venue fills in two halves, a second apart on the venue's own
+    clock (moved by the test, so no half lands before the test says, however slow the
+    machine); when the first half lands, then the exits are placed for 5; when the second
+    lands, then they grow to 10 (one RESIZED)."""
+    venue_clock, (handle, _) = SteppedClock(), memory_store()
+    venue = MockBroker(MockLedgerStore(handle.database),
+                       MockSettings(fill_delay_seconds=1.0, fill_chunks=2), clock=venue_clock)
+    app, publisher = make_app(broker=venue, handle=handle)
     assert app.processor.handle(order_body(**LEVELS)).action is Action.ACK
+    await wait_until(lambda: status_of(app, "sig_1") == "SUBMITTED", what="entry placed")
+    venue_clock.advance(1.0)
     await wait_until(lambda: status_of(app, "sig_1:SL") == "SUBMITTED", what="SL placed")
-    first = record(app, "sig_1:SL")["quantity"]
+    assert record(app, "sig_1:SL")["quantity"] == 5
+    assert record(app, "sig_1:TP")["quantity"] == 5
+    venue_clock.advance(1.0)
     await wait_until(lambda: status_of(app, "sig_1") == "FILLED", what="entry filled")
     await wait_until(lambda: record(app, "sig_1:SL")["quantity"] == 10
                      and record(app, "sig_1:TP")["quantity"] == 10, what="exits grew")
-    assert first == 5
 
     def resized() -> list[float]:
         return [p["quantity"] for p, _ in publisher.messages
