@@ -131,12 +131,15 @@ class CollectionStore(sqlite_store.CollectionStore):
         self._sql_index = None
 
     @contextlib.contextmanager
-    def _write_transaction(self) -> Iterator[None]:
+    def _write_transaction(self, deferring_savepoint: bool = False) -> Iterator[None]:
         """One transaction holding sqlite's write lock from the start, so the rows read to
         update the index are still current when written (in a batch: a savepoint of the
-        batch's). Outside a batch TableDict's own `with connection` commits it, so the
-        documents-table write must come last."""
-        with self._rwlock.writer(), self._connection:
+        batch's, opened by the index before its first row statement when deferred: a write
+        of the document alone is one statement). Outside a batch TableDict's own `with
+        connection` commits it, so the documents-table write must come last."""
+        deferring = (self._connection.deferring_savepoint() if deferring_savepoint
+                     else contextlib.nullcontext())
+        with self._rwlock.writer(), deferring, self._connection:
             if not self._connection.in_transaction:
                 self._connection.begin_immediate()
             yield
@@ -148,7 +151,7 @@ class CollectionStore(sqlite_store.CollectionStore):
         if isinstance(val.get(ID), (list, tuple)):
             # As MongoDB: an array id would match queries on its elements, not by primary key
             raise WriteError("can't use an array for _id", 53)
-        with self._write_transaction():
+        with self._write_transaction(deferring_savepoint=True):
             self._sql_index.add(self._index_key(key), val)
             self._documents[key] = val
         self._sql_index.remember(self._index_key(key), val)
@@ -158,7 +161,7 @@ class CollectionStore(sqlite_store.CollectionStore):
         if self._sql_index is None:
             super().__delitem__(key)
             return
-        with self._write_transaction():
+        with self._write_transaction(deferring_savepoint=True):
             self._sql_index.remove(self._index_key(key))
             del self._documents[key]
 
