@@ -55,6 +55,8 @@ class CollectionStore(sqlite_store.CollectionStore):
 
     _sql_index: SqliteQueryIndex | None = None
     _filled_in: int | None = None  # the transaction of ours that found documents here
+    _paths_of: dict | None = None  # the index specifications `_declared` was computed from
+    _declared: frozenset[str] = frozenset()
 
     def __init__(self, filename, codec_options=None, batches: WriteBatches | None = None):
         self._batches = batches
@@ -191,7 +193,13 @@ class CollectionStore(sqlite_store.CollectionStore):
         return self._sql_index
 
     def _declared_paths(self) -> frozenset[str]:
-        return frozenset(indexing.index_paths(self.indexes.values()) - {ID})
+        """The indexed paths, recomputed only when IndexDict re-reads or drops its cache (a
+        new dict each time: an index created here or by another connection)."""
+        specs = self.indexes._get_cache()
+        if specs is not self._paths_of:
+            self._declared = frozenset(indexing.index_paths(specs.values()) - {ID})
+            self._paths_of = specs
+        return self._declared
 
 
 class DatabaseStore(sqlite_store.DatabaseStore):
