@@ -78,10 +78,11 @@ def bson_deepcopy(value: Any, memo: dict | None = None) -> Any:
     """`copy.deepcopy` for BSON values."""
     kind = type(value)
     if kind is dict:
-        return {key if type(key) is str else bson_deepcopy(key): bson_deepcopy(item)
+        return {key if type(key) is str else bson_deepcopy(key):
+                item if type(item) in IMMUTABLE else bson_deepcopy(item)
                 for key, item in value.items()}
     if kind is list:
-        return [bson_deepcopy(item) for item in value]
+        return [item if type(item) in IMMUTABLE else bson_deepcopy(item) for item in value]
     if kind in IMMUTABLE or kind is _DATETIME and (
             value.tzinfo is None or type(value.tzinfo) in _IMMUTABLE_TZINFO):
         return value
@@ -108,13 +109,16 @@ def fast_copy_field(library: Callable) -> Callable:
 
 
 def bson_walk(leaf: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """A function that rebuilds plain dicts and lists around `leaf` of every other value."""
+    """A function that rebuilds plain dicts and lists around `leaf` of every other value.
+    `leaf` must return IMMUTABLE values as they are: they are kept without calling it (most of
+    a document's values, a call each saved)."""
     def walk(value: Any) -> Any:
         kind = type(value)
         if kind is dict:
-            return {key: walk(item) for key, item in value.items()}
+            return {key: item if type(item) in IMMUTABLE else walk(item)
+                    for key, item in value.items()}
         if kind is list:
-            return [walk(item) for item in value]
+            return [item if type(item) in IMMUTABLE else walk(item) for item in value]
         return leaf(value)
     return walk
 
@@ -128,7 +132,10 @@ def fast_patch_datetimes(library: Callable) -> Callable:
         if kind is _DATETIME:  # the library's own arithmetic
             mongo_us = (value.microsecond // 1000) * 1000
             if value.tzinfo:
-                return (value - value.utcoffset()).replace(tzinfo=None, microsecond=mongo_us)
+                offset = value.utcoffset()
+                if offset:  # (UTC's, the usual, is zero: nothing to subtract)
+                    value = value - offset
+                return value.replace(tzinfo=None, microsecond=mongo_us)
             return value.replace(microsecond=mongo_us)
         return library(value)  # Timestamp, tuples, dict subclasses, ...
     return bson_walk(patch)
