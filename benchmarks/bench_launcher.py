@@ -122,18 +122,21 @@ class ConfirmationListener:
 class Daemon:
     """`python -m execution_service run` as a child process in its own temp directory."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], counting: bool = False):
+    def __init__(self, workdir: Path, env: dict[str, str], counting: bool = False,
+                 wrapper: str | None = None):
         self.workdir = workdir
         self.env = env
         self.counting = counting
+        # a script that runs the daemon and answers SIGUSR1 with a snapshot
+        self.wrapper = "counting_daemon.py" if counting else wrapper
         self.output = workdir / "daemon.out"
         self.stats_file = workdir / "store-stats.json"
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> Daemon:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.counting:
-            command = [sys.executable, str(HERE / "counting_daemon.py")]
+        if self.wrapper:
+            command = [sys.executable, str(HERE / self.wrapper)]
             self.env["BENCH_STORE_STATS"] = str(self.stats_file)
         else:
             command = [sys.executable, "-m", "execution_service", "run"]
@@ -168,7 +171,7 @@ class Daemon:
 
     def instrument_snapshot(self, timeout: float = 5.0) -> dict | None:
         """Ask the instrumented daemon (counting_daemon.py) for a snapshot."""
-        if not self.counting or self.process is None or self.process.poll() is not None:
+        if not self.wrapper or self.process is None or self.process.poll() is not None:
             return None
         before = self.stats_file.stat().st_mtime_ns if self.stats_file.exists() else 0
         self.process.send_signal(signal.SIGUSR1)

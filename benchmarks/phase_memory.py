@@ -32,8 +32,10 @@ def run_memory(args, emulator) -> dict:
     names, publisher, subscriber, listener = setup_rig(project, args.streams)
     daemon = Daemon(workdir, daemon_env(emulator.host, project, workdir, store,
                                         args.poll_seconds, streams=args.streams),
-                    counting=False)
+                    wrapper="memory_daemon.py" if args.memory_detail else None)
     checkpoints = sorted({args.memory_warmup, *args.memory_checkpoints})
+    if args.memory_trace_from:
+        daemon.env["BENCH_TRACE_FROM_DUMP"] = str(checkpoints.index(args.memory_trace_from) + 1)
     samples: list[dict] = []
     try:
         daemon.start()
@@ -73,6 +75,8 @@ def run_memory(args, emulator) -> dict:
                       "signals_per_s_since_last": round((checkpoint - last_n) / (now - last_t
                                                                                  - 2.0), 1),
                       "elapsed_s": round(now - t_start, 1)}
+            if args.memory_detail:
+                sample["detail"] = daemon.instrument_snapshot(timeout=30.0)
             samples.append(sample)
             log(f"memory[{store}]: {sample}")
             last_t, last_n = now, checkpoint

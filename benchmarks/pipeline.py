@@ -101,6 +101,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-warmup", type=int, default=1000)
     parser.add_argument("--memory-checkpoints", type=lambda s: [int(x) for x in s.split(",")],
                         default=[10_000, 50_000])
+    parser.add_argument("--memory-detail", action="store_true",
+                        help="memory phase: at each checkpoint also the daemon's heap in use "
+                             "and free, sqlite's bytes and objects by type (memory_daemon.py)")
+    parser.add_argument("--memory-trace-from", type=int, metavar="SIGNALS",
+                        help="with --memory-detail: from this checkpoint on, Python's "
+                             "allocations still alive, by line (tracemalloc; slows the daemon)")
     parser.add_argument("--memory-timeout", type=float, default=3600.0)
     parser.add_argument("--profile", metavar="DIR", help="py-spy record the daemon during "
                         "the pipeline and latency windows; raw stacks and summaries in DIR")

@@ -91,21 +91,25 @@ class TopicPublisher:
             on_done([])
             return
         loop = asyncio.get_running_loop()
-        answered = threading.Event()
+        timer: asyncio.TimerHandle | None = None
 
-        def finish(outcomes: list[BaseException | None]) -> None:
-            if not answered.is_set():
-                answered.set()
+        def finish(outcomes: list[BaseException | None]) -> None:  # on the loop
+            nonlocal timer
+            if timer is not None and not timer.cancelled():
+                timer.cancel()  # answered or timed out: the other one does nothing
+                timer = None
                 on_done(outcomes)
 
         def settle(outcomes: list[BaseException | None]) -> None:  # on a publisher thread
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
                 loop.call_soon_threadsafe(finish, outcomes)
 
+        def time_out() -> None:
+            finish([TimeoutError("publish timed out")] * len(messages))
+
+        timer = loop.call_later(self._timeout + 1.0, time_out)
         self._jobs.put((messages, settle))
         self._ensure_worker()
-        loop.call_later(self._timeout + 1.0, finish,
-                        [TimeoutError("publish timed out")] * len(messages))
 
     def _ensure_worker(self) -> None:
         with self._worker_lock:

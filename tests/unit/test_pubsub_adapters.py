@@ -119,6 +119,39 @@ async def test_given_no_answer_then_the_batch_times_out_instead_of_hanging():
     assert all(isinstance(o, TimeoutError) for o in outcomes)
 
 
+async def test_given_answered_batches_then_no_timeout_stays_scheduled_on_the_loop():
+    """Given many batches Pub/Sub answered, when they are done, then none of their timeouts is
+    still pending (each held its messages and a timer for the whole timeout before)."""
+    loop = asyncio.get_running_loop()
+    publisher = publisher_with(FakePublishRequests(), timeout=60.0)
+    for n in range(20):
+        assert await send(publisher, [(str(n).encode(), {})]) == [None]
+    pending = [h for h in loop._scheduled if not h.cancelled() and h.when() > loop.time() + 30]
+    assert pending == []
+
+
+async def test_given_a_batch_that_timed_out_then_its_late_answer_is_not_reported_again():
+    """Given a batch whose answer comes after its timeout, when the answer comes (a later batch
+    without an order key is sent only after it, and reported after it), then the batch was
+    reported once: as timed out."""
+    requests = FakePublishRequests(hold_when=b"late")
+    publisher = publisher_with(requests, timeout=0.1)
+    reports: list = []
+    timed_out = asyncio.get_running_loop().create_future()
+
+    def on_done(outcomes):
+        reports.append(outcomes)
+        if not timed_out.done():
+            timed_out.set_result(None)
+
+    publisher.send([(b"late", {})], on_done)
+    await asyncio.wait_for(timed_out, 5)
+    requests.released.set()
+    assert await send(publisher, [(b"next", {})]) == [None]
+    assert requests.answered == [[b"late"], [b"next"]]
+    assert len(reports) == 1 and isinstance(reports[0][0], TimeoutError)
+
+
 async def test_given_the_worker_went_idle_then_the_next_batch_starts_it_again(monkeypatch):
     monkeypatch.setattr(TopicPublisher, "IDLE_SECONDS", 0.05)
     publisher = publisher_with(FakePublishRequests())
