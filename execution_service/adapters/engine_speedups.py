@@ -99,9 +99,11 @@ def fast_copy_field(library: Callable) -> Callable:
     def copy_field(value: Any, container: type) -> Any:
         kind = type(value)
         if kind is dict and container is dict:
-            return {key: copy_field(item, dict) for key, item in value.items()}
+            return {key: item if type(item) in IMMUTABLE else copy_field(item, dict)
+                    for key, item in value.items()}
         if kind is list:
-            return [copy_field(item, container) for item in value]
+            return [item if type(item) in IMMUTABLE else copy_field(item, container)
+                    for item in value]
         if _immutable(value):
             return value
         return library(value, container)
