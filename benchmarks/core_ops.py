@@ -45,8 +45,9 @@ sys.path.insert(0, str(HERE))
 
 import counting_daemon  # noqa: E402  (wraps the collection classes when installed)
 
+from execution_service.account_setup import seed_accounts  # noqa: E402
 from execution_service.adapters.store import Store, StoreHandle, open_store  # noqa: E402
-from execution_service.bootstrap import build_app, seed_accounts  # noqa: E402
+from execution_service.bootstrap import build_app  # noqa: E402
 from execution_service.config import load_settings  # noqa: E402
 from execution_service.domain.records import record_id  # noqa: E402
 

@@ -11,6 +11,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
+from execution_service.account_setup import seed_accounts, use_account_credentials
 from execution_service.adapters import emulator_record, pubsub
 from execution_service.adapters.emulator import start_emulator
 from execution_service.adapters.logs import setup_logging
@@ -22,8 +23,6 @@ from execution_service.bootstrap import (
     build_desk,
     check_brokers,
     check_store,
-    seed_accounts,
-    use_account_credentials,
 )
 from execution_service.config import Settings
 from execution_service.service.daemon import ExecutionDaemon

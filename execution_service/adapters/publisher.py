@@ -11,9 +11,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from functools import partial
 
+import grpc
+from google.api_core import exceptions as api_exceptions
+from google.api_core.gapic_v1 import routing_header
 from google.cloud import pubsub_v1
 from google.pubsub_v1 import types as gapic_types
-from google.pubsub_v1.services.publisher import client as gapic_publisher
 
 MAX_MESSAGES_PER_REQUEST = 1000  # Pub/Sub's limit per Publish request
 # A Publish request built as plain protobuf (the generated client's own types) and wrapped
@@ -21,6 +23,23 @@ MAX_MESSAGES_PER_REQUEST = 1000  # Pub/Sub's limit per Publish request
 # two messages, against the emulator: 564 us of CPU that way, 283 us this way).
 _PubsubMessage = gapic_types.PubsubMessage.pb()
 _PublishRequest = gapic_types.PublishRequest.pb()
+
+
+def publish_rpc(client: pubsub_v1.PublisherClient) -> Callable:
+    """One Publish RPC on the client's own gRPC channel (its transport: credentials, endpoint,
+    emulator), called with the plain protobuf request. The generated client's per-call
+    wrappers (retry, timeout, error mapping, routing header), which we never use but for the
+    last two, cost ~200 us of CPU a request against the emulator (546-675 -> 327-404 us)."""
+    rpc = client.transport.publish
+
+    def publish(*, request, timeout: float) -> None:
+        try:
+            rpc(request, timeout=timeout,
+                metadata=(routing_header.to_grpc_metadata((("topic", request.topic),)),))
+        except grpc.RpcError as e:  # as the generated client raises it
+            raise api_exceptions.from_grpc_error(e) from e
+
+    return publish
 
 
 async def await_future(future) -> object:
@@ -65,9 +84,7 @@ class TopicPublisher:
         self._client = client
         self._topic = topic
         self._timeout = timeout
-        # One Publish RPC (the generated client's, which the library's client extends)
-        self._publish_request = publish_request or partial(gapic_publisher.PublisherClient.publish,
-                                                           client)
+        self._publish_request = publish_request or publish_rpc(client)
         self._ordered_by = ordered_by
         self._name = f"publish-{topic.rsplit('/', 1)[-1]}"
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
@@ -184,9 +201,8 @@ class TopicPublisher:
         error = None
         try:
             # no retry here: the outbox retries what was refused, with its back-off
-            whole = gapic_types.PublishRequest.wrap(
-                _PublishRequest(topic=self._topic, messages=request))
-            self._publish_request(request=whole, retry=None, timeout=self._timeout)
+            self._publish_request(request=_PublishRequest(topic=self._topic, messages=request),
+                                  timeout=self._timeout)
         except Exception as e:
             error = e
         self._answer(jobs, outcomes, error)

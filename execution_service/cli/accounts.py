@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from execution_service.bootstrap import account_document
+from execution_service.account_setup import account_document
 from execution_service.cli.common import print_json, print_rows, with_store
 from execution_service.clock import utc_now
 from execution_service.credentials import shown

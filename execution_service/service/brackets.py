@@ -47,10 +47,10 @@ from execution_service.errors import (
     TransientBrokerError,
 )
 from execution_service.service.journal import RecordConflict
+from execution_service.service.order_placement import request_from_record
 from execution_service.service.ports import JOURNEY_LOGGER, BracketStore, BrokerSource
 from execution_service.service.positions import position_key
 from execution_service.service.store_thread import StoreThread
-from execution_service.service.tracker import request_from_record
 
 logger = logging.getLogger(__name__)
 journey = logging.getLogger(JOURNEY_LOGGER)

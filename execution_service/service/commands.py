@@ -44,9 +44,9 @@ from execution_service.errors import (
     TransientBrokerError,
 )
 from execution_service.service.journal import RecordConflict
+from execution_service.service.order_placement import request_from_record
 from execution_service.service.ports import BrokerSource, CommandRequests, RecordStore
 from execution_service.service.store_thread import StoreThread
-from execution_service.service.tracker import request_from_record
 
 logger = logging.getLogger(__name__)
 KEPT = "KEPT"  # a cancel for an order not seen yet: kept, the order is refused when it comes

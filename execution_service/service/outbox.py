@@ -8,25 +8,25 @@ retried with back-off by one loop, and while it fails newly queued confirmations
 it instead of piling onto Pub/Sub.
 
 The record's side-write to `signal_store` is made by the same loop, before the signal is
-marked published: `outbox_pending` stays set until both are done, so a store failure at any
-point leaves the work in the store, and the periodic rescan (`rescan_seconds`) takes up what
-the store says is pending and this process does not hold (after a restart, or a failure the
-loop gave up on). Every write is idempotent; a confirmation published twice carries the same
-sequence, which consumers tolerate.
+marked published (both written by outbox_marks.py): `outbox_pending` stays set until both are
+done, so a store failure at any point leaves the work in the store, and the periodic rescan
+(`rescan_seconds`) takes up what the store says is pending and this process does not hold
+(after a restart, or a failure the loop gave up on). Every write is idempotent; a
+confirmation published twice carries the same sequence, which consumers tolerate.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from execution_service.domain.backoff import Backoff
-from execution_service.domain.records import confirmation_message, signal_fields
-from execution_service.errors import ExecutionError, StoreUnavailable
+from execution_service.domain.records import confirmation_message
+from execution_service.errors import ExecutionError
+from execution_service.service.outbox_marks import OutboxMarks
 from execution_service.service.ports import JOURNEY_LOGGER, ConfirmationPublisher, OutboxStore
 from execution_service.service.store_thread import StoreThread
 
@@ -34,14 +34,11 @@ logger = logging.getLogger(__name__)
 journey = logging.getLogger(JOURNEY_LOGGER)
 BATCH = 500
 FLUSH_AT = 100  # confirmations handed over at once when they pile up within one loop turn
-MARKS_PER_TURN = 50  # store writes per hand-over to the store thread
-MARKS_PER_WRITE = 10  # published marks written in one store call (while no signal waits)
-MARKS_REMEMBERED = 10_000  # recent marks: a rescan racing a mark never republishes
 
 PENDING, ACCEPTED, REFUSED = "pending", "accepted", "refused"
 
 
-class ConfirmationOutbox:
+class ConfirmationOutbox(OutboxMarks):
     def __init__(self, store: OutboxStore, publisher: ConfirmationPublisher, *,
                  clock: Callable[[], datetime],
                  retry_base: float = 0.2, retry_cap: float = 10.0,
@@ -121,18 +118,6 @@ class ConfirmationOutbox:
         batch, self._unsent = self._unsent, []
         if batch:
             self._publish(batch)
-
-    def _published(self, record: dict) -> int:
-        """How far this record's confirmations are published (or being marked so)."""
-        signal_id = record["signal_id"]
-        return max(record.get("published_sequence") or 0, self._marked.get(signal_id, 0),
-                   self._to_mark.get(signal_id, 0), self._marking.get(signal_id, 0))
-
-    def _note_signal_write(self, record: dict) -> None:
-        sequence = record["confirmation_sequence"]
-        queued = self._signal_writes.get(record["signal_id"])
-        if queued is None or queued[0] < sequence:
-            self._signal_writes[record["signal_id"]] = (sequence, signal_fields(record))
 
     def load_unpublished(self) -> int:
         """Take up every record the store says has unpublished confirmations, and is not in
@@ -266,74 +251,6 @@ class ConfirmationOutbox:
         while any(self._outstanding.get(p["signal_id"], {}).get(p["sequence"]) == PENDING
                   for p in batch):
             await asyncio.sleep(0.01)
-
-    async def _write_side_effects(self) -> bool:
-        """signal_store rows, then the published marks (a signal is marked only once its row
-        is written), on the store thread, MARKS_PER_TURN at a time. False when the store
-        failed: what is left stays queued."""
-        while self._signal_writes or self._to_mark:
-            writes = dict(itertools.islice(self._signal_writes.items(), MARKS_PER_TURN))
-            marks = dict(itertools.islice(
-                ((signal_id, sequence) for signal_id, sequence in self._to_mark.items()
-                 if signal_id not in self._signal_writes), MARKS_PER_TURN - len(writes)))
-            if not writes and not marks:
-                return True
-            for signal_id in marks:
-                del self._to_mark[signal_id]
-            self._writing += len(writes) + len(marks)
-            self._marking = marks
-            try:
-                written, marked, error = await self._store_thread.run_background(
-                    self._write, writes, marks)
-            except StoreUnavailable as e:  # what it wrote was not committed (a batching store)
-                written, marked, error = {}, {}, e
-            finally:
-                self._writing -= len(writes) + len(marks)
-                self._marking = {}
-            for signal_id, sequence in written.items():
-                if self._signal_writes.get(signal_id, (None,))[0] == sequence:
-                    del self._signal_writes[signal_id]
-            for signal_id, sequence in marks.items():
-                if signal_id in marked:
-                    self._remember_mark(signal_id, sequence)
-                else:
-                    self._to_mark[signal_id] = max(sequence, self._to_mark.get(signal_id, 0))
-            if error is not None:
-                logger.warning("Outbox store write failed: %s", error)
-                return False
-        return True
-
-    def _write(self, writes: dict[str, tuple[int, dict]], marks: dict[str, int]):
-        """On the store thread: returns what was written, what was marked, and the error
-        that stopped it, if one did. Stops early, once something is done, when a signal's
-        store work is waiting (the rest goes in the next call)."""
-        written: dict[str, int] = {}
-        marked: dict[str, int] = {}
-        now = self._clock()
-        try:
-            for signal_id, (sequence, fields) in writes.items():
-                if written and self._store_thread.order_path_waiting():
-                    return written, marked, None
-                self._store.update_signal(signal_id, fields, now)
-                written[signal_id] = sequence
-            pending = list(marks.items())
-            while pending:
-                waiting = self._store_thread.order_path_waiting()
-                if (written or marked) and waiting:
-                    return written, marked, None
-                size = 1 if waiting else MARKS_PER_WRITE
-                chunk, pending = dict(pending[:size]), pending[size:]
-                self._store.mark_published(chunk)
-                marked.update(chunk)
-        except ExecutionError as e:
-            return written, marked, e
-        return written, marked, None
-
-    def _remember_mark(self, signal_id: str, sequence: int) -> None:
-        self._marked[signal_id] = max(sequence, self._marked.get(signal_id, 0))
-        self._marked.move_to_end(signal_id)
-        if len(self._marked) > MARKS_REMEMBERED:
-            self._marked.popitem(last=False)
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:

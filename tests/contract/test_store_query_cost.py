@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from execution_service.adapters.store import UNPUBLISHED, open_exits_filter
+from execution_service.adapters.record_queries import UNPUBLISHED, open_exits_filter
 from tests.contract.test_store_records import claim
 
 POSITION = {"account_id": "acc_1", "strategy_name": "S", "symbol": "SPY"}

@@ -117,7 +117,7 @@ async def test_given_no_signal_waiting_then_marks_go_in_batches_and_a_failed_bat
     first batch of marks; when the outbox marks them; then marks are written several per
     store call (MARKS_PER_WRITE at most), the refused batch is written again, and every
     record ends published and clear."""
-    from execution_service.service.outbox import MARKS_PER_WRITE
+    from execution_service.service.outbox_marks import MARKS_PER_WRITE
 
     app, publisher = make_app(start_outbox=False)
     _outbox_on(app, publisher, StoreThread(inline=True))

@@ -10,12 +10,12 @@ from click.testing import CliRunner
 from cryptography.fernet import Fernet
 
 from brokers.factory import BrokerFactory
-from execution_service.adapters.store import Store, open_store
-from execution_service.bootstrap import (
+from execution_service.account_setup import (
     account_credentials,
     seed_accounts,
     use_account_credentials,
 )
+from execution_service.adapters.store import Store, open_store
 from execution_service.cli import main
 from execution_service.config import load_settings
 from execution_service.credentials import SecretBox, shown, split_credentials

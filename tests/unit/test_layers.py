@@ -26,7 +26,7 @@ LAYERS = (
     ("brokers", ("brokers",)),
     # the operators' edge: click commands that call bootstrap; nothing imports them
     ("cli", ("execution_service.cli", "execution_service.__main__")),
-    ("wiring", ("execution_service",)),  # bootstrap, run, status
+    ("wiring", ("execution_service",)),  # bootstrap, account_setup, run, status
 )
 PACKAGE_ROOTS = {"execution_service": "core", "brokers": "brokers"}  # __version__, docstrings
 # which layers each layer may import (inside the project)

@@ -31,7 +31,7 @@ class FakePublishRequests:
         self.log: list[tuple[str, bytes]] = []  # ("asked" | "answered", message), in order
         self.threads: set[str] = set()
 
-    def __call__(self, *, request, retry, timeout: float):
+    def __call__(self, *, request, timeout: float):
         self.threads.add(threading.current_thread().name)
         assert request.topic == "projects/p/topics/confirmations"
         data = [m.data for m in request.messages]
