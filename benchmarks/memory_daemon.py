@@ -10,6 +10,7 @@ only when asked, between the benchmark's checkpoints.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import gc
 import json
@@ -56,7 +57,7 @@ def _objects() -> dict:
         if isinstance(o, (dict, list, set, deque_type)):
             sized[type(o).__qualname__] += len(o)
     return {"tracked": len(objects), "by_type": dict(by_type.most_common(TOP_TYPES)),
-            "container_items": dict(sized)}
+            "container_items": dict(sized), "service_containers": _service_queues()}
 
 
 deque_type = type(__import__("collections").deque())
@@ -107,6 +108,84 @@ def _pymalloc_arenas() -> dict:
             for line in text.splitlines() if "=" in line and line.lstrip("# ").startswith(wanted)}
 
 
+_backlog = {"managers": [], "max_on_hold": 0, "max_leased": 0}
+
+
+def _watch_backlog() -> None:
+    """Track the most messages the Pub/Sub client held since the last sample: on hold (pulled
+    beyond flow control) and leased (handed over, not yet acked)."""
+    from google.cloud.pubsub_v1.subscriber._protocol import streaming_pull_manager as spm
+
+    original = spm.StreamingPullManager.__init__
+
+    def remembered(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        _backlog["managers"].append(self)
+
+    spm.StreamingPullManager.__init__ = remembered
+
+    def sample() -> None:
+        while True:
+            time.sleep(0.1)
+            for manager in list(_backlog["managers"]):
+                with contextlib.suppress(AttributeError):
+                    _backlog["max_on_hold"] = max(_backlog["max_on_hold"],
+                                                  manager._messages_on_hold.size)
+                    _backlog["max_leased"] = max(_backlog["max_leased"],
+                                                 manager._leaser.message_count)
+
+    threading.Thread(target=sample, daemon=True, name="bench-backlog").start()
+
+
+def _backlog_since_last() -> dict:
+    seen = {"max_on_hold": _backlog["max_on_hold"], "max_leased": _backlog["max_leased"]}
+    _backlog["max_on_hold"] = _backlog["max_leased"] = 0
+    return seen
+
+
+WATCHED = ("execution_service.service.outbox:ConfirmationOutbox",
+           "execution_service.service.store_thread:StoreThread",
+           "execution_service.service.tracker:OrderTracker",
+           "execution_service.service.daemon:ExecutionDaemon",
+           "execution_service.service.held_messages:HeldIntake",
+           "execution_service.service.journal:OrderJournal",
+           "execution_service.service.processor:SignalProcessor",
+           "execution_service.service.positions:PositionBook",
+           "execution_service.service.leases:LeaseKeeper",
+           "brokers.mock:MockBroker")
+_instances: list = []
+
+
+def _watch_instances() -> None:
+    """Remember the service's long-lived objects as they are built (the daemon freezes what
+    exists at start out of gc's sight, so gc.get_objects() does not find them)."""
+    import importlib
+
+    for spec in WATCHED:
+        module, name = spec.split(":")
+        with contextlib.suppress(ImportError, AttributeError):
+            cls = getattr(importlib.import_module(module), name)
+            original = cls.__init__
+
+            def remembered(self, *args, _original=original, **kwargs):
+                _original(self, *args, **kwargs)
+                _instances.append(self)
+
+            cls.__init__ = remembered
+
+
+def _service_queues() -> dict:
+    """Sizes of the containers the service's long-lived objects hold: a queue that only grows
+    shows here."""
+    sizes: dict[str, int] = {}
+    for o in list(_instances):
+        for name, value in vars(o).items():
+            if isinstance(value, (dict, list, set, deque_type)) and len(value) >= 10:
+                key = f"{type(o).__name__}.{name}"
+                sizes[key] = max(sizes.get(key, 0), len(value))
+    return dict(sorted(sizes.items(), key=lambda item: -item[1])[:25])
+
+
 def _tasks() -> int | None:
     loop = asyncio.events._get_running_loop()
     return None if loop is None else len(asyncio.all_tasks(loop))
@@ -141,7 +220,8 @@ def _dump(_signum=None, _frame=None) -> None:
     snapshot = {"at": time.time(), "libc_heap": _libc_heap(), "sqlite": _sqlite_bytes(),
                 "python_blocks": sys.getallocatedblocks(), "threads": threading.active_count(),
                 "asyncio_tasks": _tasks(), "objects": _objects(),
-                "anonymous": _anonymous_mappings(), "pymalloc": _pymalloc_arenas()}
+                "anonymous": _anonymous_mappings(), "pymalloc": _pymalloc_arenas(),
+                "pubsub_backlog": _backlog_since_last()}
     snapshot["traced_since"] = traced
     snapshot["took_s"] = round(time.perf_counter() - started, 3)
     tmp = f"{path}.tmp"
@@ -152,6 +232,8 @@ def _dump(_signum=None, _frame=None) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGUSR1, _dump)
+    _watch_backlog()
+    _watch_instances()
     sys.argv = ["execution-service", "run", *sys.argv[1:]]
     from execution_service.cli import main as cli_main
 

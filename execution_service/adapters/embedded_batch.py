@@ -49,6 +49,8 @@ class BatchingConnection(sqlite3.Connection):
     transactions = 0  # moves at every transaction's start and end: a cache checked in one
     # transaction (checked_in_transaction) holds until it ends
     _depth = 0
+    _savepoint = False  # the current write's savepoint is open
+    _deferring = False  # the next write opens its savepoint only if it runs two statements
 
     def begin_immediate(self) -> None:
         self.execute("BEGIN IMMEDIATE")
@@ -74,9 +76,28 @@ class BatchingConnection(sqlite3.Connection):
             return super().__enter__()
         batch.touch(self)
         if self._depth == 0:
-            self.execute("SAVEPOINT batch_write")
+            self._savepoint = not self._deferring
+            if self._savepoint:
+                self.execute("SAVEPOINT batch_write")
         self._depth += 1
         return self
+
+    @contextlib.contextmanager
+    def deferring_savepoint(self) -> Iterator[None]:
+        """For a write in a batch that calls `savepoint()` before every statement but its
+        last: one of a single statement needs none (sqlite undoes a failed statement alone)."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+
+    def savepoint(self) -> None:
+        """Open the current write's savepoint if it has none (a no-op outside a batch's
+        write)."""
+        if self._depth > 0 and not self._savepoint and self._batch() is not None:
+            self.execute("SAVEPOINT batch_write")
+            self._savepoint = True
 
     def __exit__(self, kind, error, trace):
         if self._depth == 0:
@@ -84,10 +105,12 @@ class BatchingConnection(sqlite3.Connection):
             return super().__exit__(kind, error, trace)
         self._depth -= 1
         if self._depth == 0:
-            if kind is None:
-                self.execute("RELEASE batch_write")
-            else:
+            opened, self._savepoint = self._savepoint, False
+            if kind is not None:
                 self.transactions += 1  # what caches saw in this transaction may be undone
+            if opened and kind is None:
+                self.execute("RELEASE batch_write")
+            elif opened:
                 # gone when sqlite rolled the whole transaction back: the commit says so
                 with contextlib.suppress(sqlite3.Error):
                     self.execute("ROLLBACK TO batch_write")

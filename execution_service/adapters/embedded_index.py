@@ -109,7 +109,8 @@ class SqliteQueryIndex:
     # writes: the caller holds the write transaction ----------------------------------------
 
     def add(self, store_key: str, doc: dict) -> None:
-        """Index (or re-index) a document: only the rows whose keys changed are written."""
+        """Index (or re-index) a document: only the rows whose keys changed are written (the
+        write's savepoint opened before them: the caller's document write comes next)."""
         paths = self.complete_paths()
         stored = self._stored(store_key)
         if stored is not None:
@@ -120,6 +121,7 @@ class SqliteQueryIndex:
         existing = _rows_for(stored, paths)
         self._delete(store_key, existing - wanted)
         if wanted - existing:
+            self._connection.savepoint()  # the document's own write follows
             self._connection.executemany(
                 f"INSERT OR IGNORE INTO {ROWS} VALUES (?, ?, ?)",
                 [(path, text, store_key) for path, text in wanted - existing])
@@ -164,6 +166,7 @@ class SqliteQueryIndex:
 
     def _delete(self, store_key: str, rows: set[tuple[str, str]]) -> None:
         if rows:
+            self._connection.savepoint()  # the document's own write follows
             self._connection.executemany(
                 f"DELETE FROM {ROWS} WHERE path = ? AND key = ? AND doc_key = ?",
                 [(path, text, store_key) for path, text in rows])

@@ -55,6 +55,8 @@ class CollectionStore(sqlite_store.CollectionStore):
 
     _sql_index: SqliteQueryIndex | None = None
     _filled_in: int | None = None  # the transaction of ours that found documents here
+    _paths_of: dict | None = None  # the index specifications `_declared` was computed from
+    _declared: frozenset[str] = frozenset()
 
     def __init__(self, filename, codec_options=None, batches: WriteBatches | None = None):
         self._batches = batches
@@ -131,12 +133,15 @@ class CollectionStore(sqlite_store.CollectionStore):
         self._sql_index = None
 
     @contextlib.contextmanager
-    def _write_transaction(self) -> Iterator[None]:
+    def _write_transaction(self, deferring_savepoint: bool = False) -> Iterator[None]:
         """One transaction holding sqlite's write lock from the start, so the rows read to
         update the index are still current when written (in a batch: a savepoint of the
-        batch's). Outside a batch TableDict's own `with connection` commits it, so the
-        documents-table write must come last."""
-        with self._rwlock.writer(), self._connection:
+        batch's, opened by the index before its first row statement when deferred: a write
+        of the document alone is one statement). Outside a batch TableDict's own `with
+        connection` commits it, so the documents-table write must come last."""
+        deferring = (self._connection.deferring_savepoint() if deferring_savepoint
+                     else contextlib.nullcontext())
+        with self._rwlock.writer(), deferring, self._connection:
             if not self._connection.in_transaction:
                 self._connection.begin_immediate()
             yield
@@ -148,7 +153,7 @@ class CollectionStore(sqlite_store.CollectionStore):
         if isinstance(val.get(ID), (list, tuple)):
             # As MongoDB: an array id would match queries on its elements, not by primary key
             raise WriteError("can't use an array for _id", 53)
-        with self._write_transaction():
+        with self._write_transaction(deferring_savepoint=True):
             self._sql_index.add(self._index_key(key), val)
             self._documents[key] = val
         self._sql_index.remember(self._index_key(key), val)
@@ -158,7 +163,7 @@ class CollectionStore(sqlite_store.CollectionStore):
         if self._sql_index is None:
             super().__delitem__(key)
             return
-        with self._write_transaction():
+        with self._write_transaction(deferring_savepoint=True):
             self._sql_index.remove(self._index_key(key))
             del self._documents[key]
 
@@ -188,7 +193,13 @@ class CollectionStore(sqlite_store.CollectionStore):
         return self._sql_index
 
     def _declared_paths(self) -> frozenset[str]:
-        return frozenset(indexing.index_paths(self.indexes.values()) - {ID})
+        """The indexed paths, recomputed only when IndexDict re-reads or drops its cache (a
+        new dict each time: an index created here or by another connection)."""
+        specs = self.indexes._get_cache()
+        if specs is not self._paths_of:
+            self._declared = frozenset(indexing.index_paths(specs.values()) - {ID})
+            self._paths_of = specs
+        return self._declared
 
 
 class DatabaseStore(sqlite_store.DatabaseStore):

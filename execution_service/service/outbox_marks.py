@@ -1,25 +1,46 @@
 """What the outbox writes back to the store once Pub/Sub has accepted a signal's confirmations:
 its `signal_store` row, then its published mark (a signal is marked only once its row is
-written). Written on the store thread a few at a time, yielding to the order path; what a store
-failure leaves unwritten stays queued."""
+written). Written on the store thread a turn at a time, giving way to the order path; what a
+store failure leaves unwritten stays queued.
+
+Giving way must not starve it: under a steady stream of signals the order path always has
+work waiting, and an upkeep turn that wrote one item and gave way fell behind by most of a
+signal's rows and marks (13,834 unmarked signals after 20,000 at ~300/s: its memory grew, and
+a restart would have republished them all). So while order-path work waits, a turn still writes
+for a slice of time that grows with the backlog (`upkeep_slice`): upkeep takes as much of the
+store thread as it needs to keep pace, and no more than UPKEEP_SLICE_MAX_SECONDS a turn."""
 
 from __future__ import annotations
 
 import itertools
 import logging
+import time
 
 from execution_service.domain.records import signal_fields
 from execution_service.errors import ExecutionError, StoreUnavailable
 
 logger = logging.getLogger(__name__)
-MARKS_PER_TURN = 50  # store writes per hand-over to the store thread
-MARKS_PER_WRITE = 10  # published marks written in one store call (while no signal waits)
+MARKS_PER_TURN = 200  # store writes per hand-over to the store thread, at most
+MARKS_PER_WRITE = 10  # published marks written in one store call (within a turn's slice)
 MARKS_REMEMBERED = 10_000  # recent marks: a rescan racing a mark never republishes
+UPKEEP_SLICE_SECONDS = 0.001  # a turn's time before it gives way to waiting orders...
+UPKEEP_SLICE_PER_ITEM_SECONDS = 0.00002  # ...and this much more per signal behind
+UPKEEP_SLICE_MAX_SECONDS = 0.02  # at most (the longest an order waits behind upkeep)
+
+
+def upkeep_slice(backlog: int) -> float:
+    """Seconds an upkeep turn may write while order-path work waits, for `backlog` signals
+    whose rows or marks are not yet written: the further behind, the longer."""
+    return min(UPKEEP_SLICE_MAX_SECONDS,
+               UPKEEP_SLICE_SECONDS + backlog * UPKEEP_SLICE_PER_ITEM_SECONDS)
 
 
 class OutboxMarks:
     """Mixed into ConfirmationOutbox: uses its store, store thread and clock, and keeps its
     side-writes (`_signal_writes`) and marks (`_to_mark`, `_marking`, `_marked`)."""
+
+    _upkeep_slice = 0.0  # this turn's (`upkeep_slice`), set on the loop before it
+    _upkeep_clock = staticmethod(time.monotonic)
 
     def _published(self, record: dict) -> int:
         """How far this record's confirmations are published (or being marked so)."""
@@ -48,6 +69,8 @@ class OutboxMarks:
                 del self._to_mark[signal_id]
             self._writing += len(writes) + len(marks)
             self._marking = marks
+            self._upkeep_slice = upkeep_slice(len(self._signal_writes) + len(self._to_mark)
+                                              + len(marks))
             try:
                 written, marked, error = await self._store_thread.run_background(
                     self._write, writes, marks)
@@ -71,23 +94,29 @@ class OutboxMarks:
 
     def _write(self, writes: dict[str, tuple[int, dict]], marks: dict[str, int]):
         """On the store thread: returns what was written, what was marked, and the error
-        that stopped it, if one did. Stops early, once something is done, when a signal's
-        store work is waiting (the rest goes in the next call)."""
+        that stopped it, if one did. Once something is done and this turn's slice
+        (`_upkeep_slice`) has passed, it stops early when a signal's store work is waiting
+        (the rest goes in the next call)."""
         written: dict[str, int] = {}
         marked: dict[str, int] = {}
         now = self._clock()
+        ends = self._upkeep_clock() + self._upkeep_slice
+
+        def give_way() -> bool:
+            return self._store_thread.order_path_waiting() and self._upkeep_clock() >= ends
+
         try:
             for signal_id, (sequence, fields) in writes.items():
-                if written and self._store_thread.order_path_waiting():
+                if written and give_way():
                     return written, marked, None
                 self._store.update_signal(signal_id, fields, now)
                 written[signal_id] = sequence
             pending = list(marks.items())
             while pending:
-                waiting = self._store_thread.order_path_waiting()
-                if (written or marked) and waiting:
+                yielding = give_way()
+                if (written or marked) and yielding:
                     return written, marked, None
-                size = 1 if waiting else MARKS_PER_WRITE
+                size = 1 if yielding else MARKS_PER_WRITE
                 chunk, pending = dict(pending[:size]), pending[size:]
                 self._store.mark_published(chunk)
                 marked.update(chunk)

@@ -100,6 +100,8 @@ def test_given_a_write_that_fails_half_way_then_only_it_is_undone(opened, tmp_pa
     assert store.records.find_one({"signal_id": "sig_bad"}) is None
     assert [doc["_id"] for doc in store.records.find({"status": "PENDING"})] == \
         ["exec_1", "exec_2"]
+    records = tmp_path / "data" / "trading" / "execution_confirmations"
+    assert rows_on_disk(records) == rows_from_documents(records)
 
 
 def fail_commits_of(handle, collection: str) -> None:
@@ -294,3 +296,69 @@ def test_given_positions_touched_before_the_ledger_when_the_ledgers_commit_fails
     assert all(isinstance(error, StoreUnavailable) for _, error in batch.outcomes())
     assert on_disk(tmp_path, "position_fills") == set()
     assert on_disk(tmp_path, "positions") == set()
+
+
+def test_given_writes_of_one_statement_when_one_fails_in_sqlite_then_it_alone_is_undone(
+        opened, tmp_path):
+    """Given a collection without indexes (a write is its document's statement alone, so it
+    opens no savepoint) and a trigger that aborts one document's statement; when it is
+    written between good ones, and an unencodable one too; then those two alone fail, the
+    others commit, and no SAVEPOINT was run (sqlite undoes a failed statement by itself)."""
+    handle, _ = opened
+    docs = handle.database["plain"]
+    docs.insert_one({"_id": "seed"})
+    connection = docs._wrapped._store._connection
+    connection.execute("CREATE TRIGGER boom BEFORE INSERT ON documents WHEN NEW._id = 's:boom' "
+                       "BEGIN SELECT RAISE(ABORT, 'boom'); END")
+    seen = statements(handle, "plain")
+    with handle.batches.batch() as batch:
+        batch.run(lambda: docs.insert_one({"_id": "a", "n": 1}))
+        batch.run(lambda: docs.insert_one({"_id": "boom", "n": 2}))
+        batch.run(lambda: docs.update_one({"_id": "seed"}, {"$set": {"n": 3}}))
+        batch.run(lambda: docs.insert_one({"_id": "bad", "x": object()}))
+        batch.run(lambda: docs.insert_one({"_id": "b", "n": 4}))
+    assert [error is None for _, error in batch.outcomes()] == [True, False, True, False, True]
+    assert on_disk(tmp_path, "plain") == {"s:seed", "s:a", "s:b"}
+    assert docs.find_one({"_id": "seed"}) == {"_id": "seed", "n": 3}
+    assert seen["SAVEPOINT"] == 0 and seen["COMMIT"] == 1
+
+
+def test_given_a_write_changing_index_rows_then_it_has_its_savepoint_and_others_none(opened):
+    """Given records (indexed); when a batch claims one (index rows and the document) and
+    updates another's unindexed field only (the document alone); then one savepoint, the
+    claim's."""
+    handle, store = opened
+    claim(store, 1)
+    seen = statements(handle, "execution_confirmations")
+    with handle.batches.batch() as batch:
+        batch.run(lambda: claim(store, 2))
+        batch.run(lambda: store.records.update_one({"_id": "exec_1"}, {"$set": {"note": "x"}}))
+    assert [error for _, error in batch.outcomes()] == [None, None]
+    assert (seen["SAVEPOINT"], seen["RELEASE"]) == (1, 1)
+    assert store.records.find_one({"_id": "exec_1"})["note"] == "x"
+
+
+def test_given_index_rows_written_when_the_documents_statement_fails_then_they_are_undone(
+        opened, tmp_path):
+    """Given records (indexed) and a trigger that aborts one record's document statement;
+    when that record is claimed (its index rows written first) and then moved to another
+    status, between good claims; then it alone fails, its rows are rolled back to its
+    savepoint, and the file's rows are exactly those of its documents."""
+    handle, store = opened
+    claim(store, 0)
+    connection = handle.database["execution_confirmations"]._wrapped._store._connection
+    connection.execute("CREATE TRIGGER boom BEFORE INSERT ON documents WHEN NEW._id = "
+                       "'s:exec_boom' BEGIN SELECT RAISE(ABORT, 'boom'); END")
+    connection.commit()
+    with handle.batches.batch() as batch:
+        batch.run(lambda: claim(store, 1))
+        batch.run(lambda: claim(store, "boom"))
+        batch.run(lambda: store.records.update_one({"_id": "exec_0"},
+                                                   {"$set": {"status": "FILLED"}}))
+        batch.run(lambda: claim(store, 2))
+    assert [error is None for _, error in batch.outcomes()] == [True, False, True, True]
+    records = tmp_path / "data" / "trading" / "execution_confirmations"
+    assert on_disk(tmp_path, "execution_confirmations") == {"s:exec_0", "s:exec_1", "s:exec_2"}
+    assert rows_on_disk(records) == rows_from_documents(records)
+    assert [doc["_id"] for doc in store.records.find({"status": "PENDING"})] == \
+        ["exec_1", "exec_2"]

@@ -272,3 +272,88 @@ def test_given_speedups_installed_then_plain_mongomock_is_untouched():
     assert mongomock.collection.copy is copy
     assert mongomock.collection._copy_field.__module__ == "mongomock.collection"
     assert collection._copy_field.__module__ == engine_speedups.__name__
+
+
+unique_writes = st.lists(st.tuples(
+    st.sampled_from(["insert", "update", "upsert", "replace"]),
+    st.sampled_from(["a", "b", "c", ObjectId("5f0000000000000000000001")]),
+    st.fixed_dictionaries({}, optional={
+        "k": st.sampled_from([1, 1.0, True, "1", None, [1], {"x": 1}]),
+        "j": st.sampled_from(["p", "q"]),
+        "live": st.booleans()})), max_size=10)
+
+
+def run_unique_writes(docs, writes: list) -> tuple[list, list]:
+    """Each write's outcome (its error's type, or None) and the documents left."""
+    outcomes = []
+    for kind, doc_id, fields in writes:
+        try:
+            if kind == "insert":
+                docs.insert_one({"_id": doc_id, **fields})
+            elif kind == "replace":
+                docs.replace_one({"_id": doc_id}, fields)
+            elif fields:
+                docs.update_one({"_id": doc_id}, {"$set": fields}, upsert=kind == "upsert")
+            outcomes.append(None)
+        except Exception as e:  # noqa: BLE001 - the library's own errors (a TypeError too)
+            outcomes.append(type(e))
+    return outcomes, sorted(docs.find(), key=repr)
+
+
+def unique_indexed(database):
+    docs = database["docs"]
+    docs.create_index("k", unique=True)
+    docs.create_index([("j", 1), ("k", 1)], unique=True, sparse=True, name="j_k")
+    docs.create_index("j", unique=True, name="live_j",
+                      partialFilterExpression={"live": True})
+    return docs
+
+
+@settings(max_examples=60, deadline=None)
+@given(unique_writes, st.sampled_from(["mongomock://", None]))
+def test_given_writes_under_unique_indexes_when_checked_fast_then_as_the_library(writes, uri):
+    """Given inserts, updates, upserts and replacements under unique indexes (plain, compound
+    sparse, partial; keys of types that compare equal in Python but not in MongoDB, arrays and
+    embedded documents), on either engine; when checked by the fast `_ensure_uniques` and by
+    the library's; then every write fails or succeeds alike and the same documents remain."""
+    import tempfile
+    from pathlib import Path
+
+    results = []
+    for ensure_uniques in (collection.Collection._ensure_uniques,
+                           engine_speedups._installed["ensure_uniques"]):
+        with tempfile.TemporaryDirectory() as path:
+            handle = open_store(uri, "trading", None if uri else Path(path))
+            saved = collection.Collection._ensure_uniques
+            collection.Collection._ensure_uniques = ensure_uniques
+            try:
+                results.append(run_unique_writes(unique_indexed(handle.database), writes))
+            finally:
+                collection.Collection._ensure_uniques = saved
+                handle.close()
+    assert results[0] == results[1]
+
+
+def test_given_a_unique_key_no_other_document_has_when_written_then_no_document_read_back(
+        tmp_path):
+    """Given the embedded store and a unique index; when a document with a key of its own is
+    inserted and updated; then no document is read back to check the key (the index's rows
+    show it alone), and a duplicate key still fails."""
+    from pymongo.errors import DuplicateKeyError
+
+    handle = open_store(None, "trading", tmp_path)
+    try:
+        docs = handle.database["docs"]
+        docs.create_index("k", unique=True)
+        docs.insert_one({"_id": "a", "k": 1})
+        seen = []
+        docs._wrapped._store._connection.set_trace_callback(seen.append)
+        docs.insert_one({"_id": "b", "k": 2})
+        docs.update_one({"_id": "b"}, {"$set": {"n": 1}})
+        reads = [sql for sql in seen if sql.startswith("SELECT _id, doc")]
+        assert len(reads) == 1  # the update's own find of "b", not a uniqueness check
+        with pytest.raises(DuplicateKeyError):
+            docs.insert_one({"_id": "c", "k": 1})
+        assert docs.count_documents({"k": 1}) == 1
+    finally:
+        handle.close()
