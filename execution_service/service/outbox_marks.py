@@ -6,9 +6,11 @@ store failure leaves unwritten stays queued.
 Giving way must not starve it: under a steady stream of signals the order path always has
 work waiting, and an upkeep turn that wrote one item and gave way fell behind by most of a
 signal's rows and marks (13,834 unmarked signals after 20,000 at ~300/s: its memory grew, and
-a restart would have republished them all). So while order-path work waits, a turn still writes
-for a slice of time that grows with the backlog (`upkeep_slice`): upkeep takes as much of the
-store thread as it needs to keep pace, and no more than UPKEEP_SLICE_MAX_SECONDS a turn."""
+a restart would have republished them all). So a burst may leave up to UPKEEP_BACKLOG_ALLOWED
+signals behind (orders first; a signal's row and mark written late are written once, not once
+per confirmation), and beyond that, while order-path work waits, a turn still writes for a
+slice of time that grows with the excess (`upkeep_slice`): upkeep takes as much of the store
+thread as it needs to stay within bounds, and no more than UPKEEP_SLICE_MAX_SECONDS a turn."""
 
 from __future__ import annotations
 
@@ -23,16 +25,21 @@ logger = logging.getLogger(__name__)
 MARKS_PER_TURN = 200  # store writes per hand-over to the store thread, at most
 MARKS_PER_WRITE = 10  # published marks written in one store call (within a turn's slice)
 MARKS_REMEMBERED = 10_000  # recent marks: a rescan racing a mark never republishes
-UPKEEP_SLICE_SECONDS = 0.001  # a turn's time before it gives way to waiting orders...
-UPKEEP_SLICE_PER_ITEM_SECONDS = 0.00002  # ...and this much more per signal behind
+UPKEEP_BACKLOG_ALLOWED = 1000  # signals whose row or mark may wait behind orders...
+UPKEEP_SLICE_SECONDS = 0.001  # ...beyond it, a turn's time before it gives way to orders...
+UPKEEP_SLICE_PER_ITEM_SECONDS = 0.00002  # ...and this much more per signal beyond it
 UPKEEP_SLICE_MAX_SECONDS = 0.02  # at most (the longest an order waits behind upkeep)
 
 
 def upkeep_slice(backlog: int) -> float:
     """Seconds an upkeep turn may write while order-path work waits, for `backlog` signals
-    whose rows or marks are not yet written: the further behind, the longer."""
+    whose rows or marks are not yet written: none within the allowance (one item, then it
+    gives way), then the further behind, the longer."""
+    beyond = backlog - UPKEEP_BACKLOG_ALLOWED
+    if beyond <= 0:
+        return 0.0
     return min(UPKEEP_SLICE_MAX_SECONDS,
-               UPKEEP_SLICE_SECONDS + backlog * UPKEEP_SLICE_PER_ITEM_SECONDS)
+               UPKEEP_SLICE_SECONDS + beyond * UPKEEP_SLICE_PER_ITEM_SECONDS)
 
 
 class OutboxMarks:

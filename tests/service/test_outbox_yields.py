@@ -11,6 +11,7 @@ from execution_service.errors import StoreUnavailable
 from execution_service.service import outbox_marks
 from execution_service.service.outbox import ConfirmationOutbox
 from execution_service.service.outbox_marks import (
+    UPKEEP_BACKLOG_ALLOWED,
     UPKEEP_SLICE_MAX_SECONDS,
     UPKEEP_SLICE_SECONDS,
     upkeep_slice,
@@ -164,10 +165,12 @@ async def test_given_no_signal_waiting_then_marks_go_in_batches_and_a_failed_bat
     assert set(calls[0]) <= {s for c in calls[1:] for s in c}  # the refused batch, again
 
 
-async def test_the_slice_grows_with_the_backlog_and_is_bounded():
-    slices = [upkeep_slice(n) for n in (0, 1, 10, 100, 1000, 100_000)]
-    assert slices[0] == UPKEEP_SLICE_SECONDS
-    assert slices == sorted(slices) and slices[3] > slices[0]
+async def test_the_slice_is_none_within_the_allowance_then_grows_with_the_backlog_bounded():
+    allowed = UPKEEP_BACKLOG_ALLOWED
+    assert upkeep_slice(0) == upkeep_slice(allowed) == 0.0
+    slices = [upkeep_slice(allowed + n) for n in (1, 10, 100, 1000, 100_000)]
+    assert slices[0] == pytest.approx(UPKEEP_SLICE_SECONDS, rel=0.1)
+    assert slices == sorted(slices) and slices[2] > slices[0]
     assert slices[-1] == UPKEEP_SLICE_MAX_SECONDS
 
 
@@ -175,11 +178,13 @@ async def test_the_slice_grows_with_the_backlog_and_is_bounded():
 async def test_given_a_steady_stream_of_signals_then_upkeep_keeps_pace_with_fewer_turns(
         monkeypatch, slices):
     """Given 40 orders filled while order-path work always waits (a steady stream), each store
-    write taking 1 ms; when the outbox writes their rows and marks; then every one is written
-    and marked, and with slices it took fewer turns than items (several per turn while the
-    backlog is long), without them one turn per item."""
+    write taking 1 ms, and a backlog beyond the allowance; when the outbox writes their rows
+    and marks; then every one is written and marked, and with slices it took fewer turns than
+    items (several per turn while the backlog is long), without them one turn per item."""
     if not slices:
         monkeypatch.setattr(outbox_marks, "upkeep_slice", lambda backlog: 0.0)
+    else:  # 40 signals behind is beyond the allowance here
+        monkeypatch.setattr(outbox_marks, "UPKEEP_BACKLOG_ALLOWED", 0)
     app, publisher = make_app(start_outbox=False)
     per_call = _outbox_on(app, publisher, _SignalsAlwaysWaiting())
     app.outbox._upkeep_clock = _StoreTime(app)
