@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections import Counter
+from collections import Counter, deque
 
 TOP_TYPES = 40
 
@@ -54,13 +54,11 @@ def _objects() -> dict:
     by_type = Counter(type(o).__qualname__ for o in objects)
     sized = Counter()
     for o in objects:
-        if isinstance(o, (dict, list, set, deque_type)):
+        if isinstance(o, (dict, list, set, deque)):
             sized[type(o).__qualname__] += len(o)
     return {"tracked": len(objects), "by_type": dict(by_type.most_common(TOP_TYPES)),
             "container_items": dict(sized), "service_containers": _service_queues()}
 
-
-deque_type = type(__import__("collections").deque())
 
 
 def _anonymous_mappings() -> dict:
@@ -103,7 +101,7 @@ def _pymalloc_arenas() -> dict:
         out.seek(0)
         text = out.read()
     wanted = ("arenas allocated current", "arenas highwater mark", "bytes in allocated blocks",
-              "bytes in available blocks", "unused pools", "Total")
+              "bytes in available blocks", "unused pools")
     return {line.split("=")[0].strip(" #"): int(line.split("=")[1].replace(",", ""))
             for line in text.splitlines() if "=" in line and line.lstrip("# ").startswith(wanted)}
 
@@ -180,7 +178,7 @@ def _service_queues() -> dict:
     sizes: dict[str, int] = {}
     for o in list(_instances):
         for name, value in vars(o).items():
-            if isinstance(value, (dict, list, set, deque_type)) and len(value) >= 10:
+            if isinstance(value, (dict, list, set, deque)) and len(value) >= 10:
                 key = f"{type(o).__name__}.{name}"
                 sizes[key] = max(sizes.get(key, 0), len(value))
     return dict(sorted(sizes.items(), key=lambda item: -item[1])[:25])
